@@ -1,0 +1,241 @@
+//! Agent configuration: kubelet-like flags, optionally preset by `/etc/podlet/config.yaml`.
+//! A flag given on the command line wins over the file; the file wins over the default.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use serde::Deserialize;
+
+pub const DEFAULT_CONFIG: &str = "/etc/podlet/config.yaml";
+
+/// Paths every subcommand needs (so `podlet ps` finds the agent started with the same file).
+#[derive(Debug, Clone, Args, Default)]
+pub struct PathFlags {
+    /// Configuration file (YAML); missing is fine unless given explicitly.
+    #[arg(long, global = true, env = "PODLET_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Persistent state: images, pod volumes and root filesystems.
+    #[arg(long, global = true)]
+    pub root_dir: Option<PathBuf>,
+    /// Runtime state: shims, sockets, container state.
+    #[arg(long, global = true)]
+    pub run_dir: Option<PathBuf>,
+    /// Container logs, in the kubelet's layout.
+    #[arg(long, global = true)]
+    pub log_dir: Option<PathBuf>,
+}
+
+/// Flags of `podlet run`.
+#[derive(Debug, Clone, Args, Default)]
+pub struct RunFlags {
+    /// Directory of static pod manifests.
+    #[arg(long)]
+    pub manifest_dir: Option<PathBuf>,
+    /// Node name (defaults to the hostname).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// Parent of every pod cgroup, relative to each cgroup hierarchy.
+    #[arg(long)]
+    pub cgroup_root: Option<String>,
+    /// Node API port (0 disables the TCP listener).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Address the node API listens on.
+    #[arg(long)]
+    pub address: Option<IpAddr>,
+    /// The node's IP, reported as hostIP (defaults to the first global address).
+    #[arg(long)]
+    pub node_ip: Option<IpAddr>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FileConfig {
+    manifest_dir: Option<PathBuf>,
+    root_dir: Option<PathBuf>,
+    run_dir: Option<PathBuf>,
+    log_dir: Option<PathBuf>,
+    node_name: Option<String>,
+    cgroup_root: Option<String>,
+    port: Option<u16>,
+    address: Option<IpAddr>,
+    node_ip: Option<IpAddr>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub manifest_dir: PathBuf,
+    pub root_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub log_dir: PathBuf,
+    pub node_name: String,
+    pub cgroup_root: String,
+    pub port: u16,
+    pub address: IpAddr,
+    pub node_ip: Option<IpAddr>,
+    /// Where mounts are read from (a parameter so tests can use a fixture).
+    pub mountinfo: PathBuf,
+}
+
+impl Config {
+    pub fn images_dir(&self) -> PathBuf {
+        self.root_dir.join("images")
+    }
+    /// Per-pod persistent data (rootfs instances, volumes, etc files).
+    pub fn pod_data_dir(&self, uid: &str) -> PathBuf {
+        self.root_dir.join("pods").join(uid)
+    }
+    /// Per-pod runtime dir (shim socket and state).
+    pub fn pod_run_dir(&self, uid: &str) -> PathBuf {
+        self.run_dir.join("pods").join(uid)
+    }
+    /// libcontainer's state root.
+    pub fn container_state_root(&self) -> PathBuf {
+        self.run_dir.join("containers")
+    }
+    pub fn socket_path(&self) -> PathBuf {
+        self.run_dir.join("podlet.sock")
+    }
+}
+
+fn read_file(path: &Path, explicit: bool) -> Result<FileConfig> {
+    match std::fs::read(path) {
+        Ok(data) if data.iter().all(u8::is_ascii_whitespace) => Ok(FileConfig::default()),
+        Ok(data) => {
+            let de = serde_yaml::Deserializer::from_slice(&data);
+            serde_path_to_error::deserialize(de)
+                .map_err(|e| anyhow::anyhow!("{}: {}: {}", path.display(), e.path(), e.inner()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+            Ok(FileConfig::default())
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+        .to_lowercase()
+}
+
+impl Config {
+    pub fn load(paths: &PathFlags, run: &RunFlags) -> Result<Self> {
+        let explicit = paths.config.is_some();
+        let file_path = paths
+            .config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+        let f = read_file(&file_path, explicit)?;
+        let node_name = run
+            .node_name
+            .clone()
+            .or(f.node_name)
+            .unwrap_or_else(hostname);
+        if node_name.is_empty()
+            || node_name.len() > 253
+            || !node_name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        {
+            anyhow::bail!("node name {node_name:?} is not a valid DNS subdomain (set --node-name)");
+        }
+        let cgroup_root = run
+            .cgroup_root
+            .clone()
+            .or(f.cgroup_root)
+            .unwrap_or_else(|| "kubepods".into())
+            .trim_matches('/')
+            .to_string();
+        if cgroup_root.is_empty() || cgroup_root.split('/').any(|c| c == ".." || c.is_empty()) {
+            anyhow::bail!("--cgroup-root {cgroup_root:?} must be a relative cgroup path");
+        }
+        Ok(Self {
+            manifest_dir: run
+                .manifest_dir
+                .clone()
+                .or(f.manifest_dir)
+                .unwrap_or_else(|| "/etc/podlet/manifests".into()),
+            root_dir: paths
+                .root_dir
+                .clone()
+                .or(f.root_dir)
+                .unwrap_or_else(|| "/var/lib/podlet".into()),
+            run_dir: paths
+                .run_dir
+                .clone()
+                .or(f.run_dir)
+                .unwrap_or_else(|| "/run/podlet".into()),
+            log_dir: paths
+                .log_dir
+                .clone()
+                .or(f.log_dir)
+                .unwrap_or_else(|| "/var/log/pods".into()),
+            node_name,
+            cgroup_root,
+            port: run.port.or(f.port).unwrap_or(10250),
+            address: run
+                .address
+                .or(f.address)
+                .unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            node_ip: run.node_ip.or(f.node_ip),
+            mountinfo: PathBuf::from("/proc/self/mountinfo"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_file_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(
+            &file,
+            "rootDir: /srv/podlet\nport: 1234\nnodeName: from-file\n",
+        )
+        .unwrap();
+        let paths = PathFlags {
+            config: Some(file.clone()),
+            ..Default::default()
+        };
+        let run = RunFlags {
+            node_name: Some("from-flag".into()),
+            ..Default::default()
+        };
+        let c = Config::load(&paths, &run).unwrap();
+        assert_eq!(c.node_name, "from-flag");
+        assert_eq!(c.root_dir, Path::new("/srv/podlet"));
+        assert_eq!(c.port, 1234);
+        assert_eq!(c.run_dir, Path::new("/run/podlet"));
+        assert_eq!(c.cgroup_root, "kubepods");
+    }
+
+    #[test]
+    fn bad_file_names_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(&file, "port: lots\n").unwrap();
+        let paths = PathFlags {
+            config: Some(file),
+            ..Default::default()
+        };
+        let err = Config::load(&paths, &RunFlags::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("c.yaml") && err.contains("port"), "{err}");
+        std::fs::write(dir.path().join("d.yaml"), "staticPodPath: /x\n").unwrap();
+        let paths = PathFlags {
+            config: Some(dir.path().join("d.yaml")),
+            ..Default::default()
+        };
+        assert!(Config::load(&paths, &RunFlags::default()).is_err());
+    }
+}

@@ -1,0 +1,226 @@
+//! `podlet`: a Kubernetes node agent and container runtime in one binary.
+
+mod cli;
+mod config;
+mod manifest;
+mod pod;
+mod server;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use config::{Config, PathFlags, RunFlags};
+
+#[derive(Parser)]
+#[command(
+    name = "podlet",
+    version,
+    about = "Kubernetes node agent and container runtime in one binary"
+)]
+struct Cli {
+    #[command(flatten)]
+    paths: PathFlags,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the node agent.
+    Run(RunFlags),
+    /// List pods and their containers.
+    Ps,
+    /// Print a container's logs.
+    Logs {
+        pod: String,
+        #[arg(short, long)]
+        container: Option<String>,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Run a command in a running container.
+    Exec {
+        pod: String,
+        #[arg(short, long)]
+        container: Option<String>,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Manage images.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Low-level OCI runtime commands (for side-by-side benchmarks with crun and runc).
+    #[command(subcommand, hide = true)]
+    Oci(OciCmd),
+    /// The per-pod shim (started by the agent).
+    #[command(hide = true)]
+    Shim {
+        #[arg(long)]
+        pod_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Import an OCI layout directory, OCI archive or docker archive.
+    Import {
+        file: PathBuf,
+        /// Name for an archive that names no image (or to rename it).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List images.
+    Ls,
+    /// Remove images.
+    Rm { images: Vec<String> },
+}
+
+#[derive(Subcommand)]
+enum OciCmd {
+    /// Create, start, wait for and delete a container from a bundle, like `crun run`.
+    Run {
+        #[arg(long)]
+        root: PathBuf,
+        #[arg(long, short)]
+        bundle: PathBuf,
+        id: String,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PODLET_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,libcontainer=warn,libcgroups=error")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_tracing();
+    let code = match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("podlet: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    // Subcommands that create containers stay single-threaded: no tokio runtime for them.
+    match cli.cmd {
+        Cmd::Shim { pod_dir } => Ok(podlet_runtime::shim::run(&pod_dir)),
+        Cmd::Oci(OciCmd::Run { root, bundle, id }) => {
+            podlet_runtime::oci::run_bundle(&root, &id, &bundle).map_err(anyhow::Error::msg)
+        }
+        Cmd::Exec {
+            pod,
+            container,
+            namespace,
+            command,
+        } => {
+            let cfg = Config::load(&cli.paths, &RunFlags::default())?;
+            cli::exec(&cfg, &namespace, &pod, container.as_deref(), command)
+        }
+        Cmd::Ps => {
+            let cfg = Config::load(&cli.paths, &RunFlags::default())?;
+            cli::ps(&cfg, &mut std::io::stdout().lock())?;
+            Ok(0)
+        }
+        Cmd::Logs {
+            pod,
+            container,
+            namespace,
+            follow,
+        } => {
+            let cfg = Config::load(&cli.paths, &RunFlags::default())?;
+            cli::logs(
+                &cfg,
+                &namespace,
+                &pod,
+                container.as_deref(),
+                follow,
+                &mut std::io::stdout().lock(),
+            )?;
+            Ok(0)
+        }
+        Cmd::Image(cmd) => {
+            let cfg = Config::load(&cli.paths, &RunFlags::default())?;
+            let store = podlet_runtime::image::ImageStore::open(cfg.images_dir())?;
+            match cmd {
+                ImageCmd::Import { file, name } => {
+                    let imported = store.import(&file, name.as_deref())?;
+                    for i in imported {
+                        println!("imported {} ({})", i.name, i.id);
+                    }
+                }
+                ImageCmd::Ls => {
+                    podlet_runtime::image::write_table(
+                        &store.list()?,
+                        &mut std::io::stdout().lock(),
+                    )?;
+                }
+                ImageCmd::Rm { images } => {
+                    for i in images {
+                        let r = store.remove(&i, &cfg.mountinfo)?;
+                        println!("removed {}", r.name);
+                    }
+                }
+            }
+            Ok(0)
+        }
+        Cmd::Run(flags) => {
+            let cfg = Config::load(&cli.paths, &flags)?;
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(agent(cfg))?;
+            Ok(0)
+        }
+    }
+}
+
+async fn agent(cfg: Config) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        anyhow::bail!("podlet run needs root (namespaces, mounts and cgroups)");
+    }
+    for d in [&cfg.root_dir, &cfg.run_dir, &cfg.log_dir] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let _ = podlet_runtime::sys::set_oom_score_adj(-999);
+    tracing::info!(node = %cfg.node_name, manifests = %cfg.manifest_dir.display(), "podlet starting");
+    let node = Arc::new(pod::Node::new(cfg.clone())?);
+    // The manager tears down pods that are not desired, so it must start from a complete view
+    // of the manifests, never from an empty one (which would stop every adopted pod).
+    let (desired, errors) = manifest::scan(&cfg.manifest_dir, &cfg.node_name);
+    for e in &errors {
+        tracing::error!(source = "file", "invalid static pod manifest: {e}");
+    }
+    let (tx, rx) = tokio::sync::watch::channel(desired);
+    tokio::spawn(manifest::watch_dir(
+        cfg.manifest_dir.clone(),
+        cfg.node_name.clone(),
+        tx,
+        errors,
+    ));
+    tokio::spawn(pod::run_manager(node.clone(), rx));
+    let server = tokio::spawn(server::serve(node));
+    tokio::select! {
+        r = server => r??,
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; pods keep running"),
+    }
+    Ok(())
+}

@@ -1,0 +1,621 @@
+//! Pure translation of pod specs into runtime terms, following Kubernetes' own rules: QoS
+//! classes, command/args over ENTRYPOINT/CMD, `$(VAR)` expansion, users and capabilities.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, SecurityContext};
+use podlet_runtime::image::ImageConfig;
+use podlet_runtime::spec::DEFAULT_CAPABILITIES;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Qos {
+    Guaranteed,
+    Burstable,
+    BestEffort,
+}
+
+impl Qos {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Qos::Guaranteed => "Guaranteed",
+            Qos::Burstable => "Burstable",
+            Qos::BestEffort => "BestEffort",
+        }
+    }
+    /// The cgroup directory below the cgroup root (the kubelet's layout).
+    pub fn cgroup_dir(self) -> Option<&'static str> {
+        match self {
+            Qos::Guaranteed => None,
+            Qos::Burstable => Some("burstable"),
+            Qos::BestEffort => Some("besteffort"),
+        }
+    }
+}
+
+/// Parses a Kubernetes quantity ("100m", "64Mi", "1.5G", "2e3") into base units.
+pub fn parse_quantity(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let suffixes: [(&str, f64); 15] = [
+        ("Ki", 1024.0),
+        ("Mi", 1024f64.powi(2)),
+        ("Gi", 1024f64.powi(3)),
+        ("Ti", 1024f64.powi(4)),
+        ("Pi", 1024f64.powi(5)),
+        ("Ei", 1024f64.powi(6)),
+        ("n", 1e-9),
+        ("u", 1e-6),
+        ("m", 1e-3),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("P", 1e15),
+        ("E", 1e18),
+    ];
+    for (suf, mult) in suffixes {
+        if let Some(num) = s.strip_suffix(suf) {
+            return num
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite() && *v >= 0.0)
+                .map(|v| v * mult);
+        }
+    }
+    s.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0)
+}
+
+fn resource(
+    map: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
+    name: &str,
+) -> Option<f64> {
+    map.and_then(|m| m.get(name))
+        .and_then(|q| parse_quantity(&q.0))
+}
+
+/// Kubernetes' QoS class of a pod (pkg/apis/core/helper/qos).
+pub fn qos_class(spec: &PodSpec) -> Qos {
+    let mut requests: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut limits: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut guaranteed = true;
+    let all = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter());
+    for c in all {
+        let r = c.resources.as_ref();
+        let reqs = r.and_then(|r| r.requests.as_ref());
+        let lims = r.and_then(|r| r.limits.as_ref());
+        for name in ["cpu", "memory"] {
+            if let Some(v) = resource(reqs, name).filter(|v| *v > 0.0) {
+                *requests.entry(name).or_default() += v;
+            }
+            match resource(lims, name).filter(|v| *v > 0.0) {
+                Some(v) => *limits.entry(name).or_default() += v,
+                None => guaranteed = false,
+            }
+        }
+    }
+    if requests.is_empty() && limits.is_empty() {
+        return Qos::BestEffort;
+    }
+    if guaranteed {
+        // Requests default to limits; a request that differs from its limit breaks the class.
+        let all_equal = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(spec.containers.iter())
+            .all(|c| {
+                let r = c.resources.as_ref();
+                ["cpu", "memory"].iter().all(|n| {
+                    match resource(r.and_then(|r| r.requests.as_ref()), n) {
+                        None => true,
+                        Some(req) => Some(req) == resource(r.and_then(|r| r.limits.as_ref()), n),
+                    }
+                })
+            });
+        if all_equal {
+            return Qos::Guaranteed;
+        }
+    }
+    Qos::Burstable
+}
+
+/// The kubelet's OOM score adjustment for a container.
+pub fn oom_score_adj(qos: Qos, container: &Container, memory_capacity: f64) -> i32 {
+    match qos {
+        Qos::Guaranteed => -997,
+        Qos::BestEffort => 1000,
+        Qos::Burstable => {
+            let req = resource(
+                container
+                    .resources
+                    .as_ref()
+                    .and_then(|r| r.requests.as_ref()),
+                "memory",
+            )
+            .unwrap_or(0.0);
+            let adj = 1000 - (1000.0 * req / memory_capacity.max(1.0)) as i64;
+            adj.clamp(2, 999) as i32
+        }
+    }
+}
+
+/// Expands `$(VAR)` from `env`; `$$(VAR)` is the escaped literal, unknown references stay as is.
+pub fn expand(s: &str, env: &BTreeMap<String, String>) -> String {
+    let mut out = String::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'$' && i + 1 < b.len() {
+            if b[i + 1] == b'$' {
+                out.push('$');
+                i += 2;
+                continue;
+            }
+            if b[i + 1] == b'(' {
+                if let Some(end) = s[i + 2..].find(')') {
+                    let name = &s[i + 2..i + 2 + end];
+                    match env.get(name) {
+                        Some(v) => out.push_str(v),
+                        None => out.push_str(&s[i..i + 3 + end]),
+                    }
+                    i += 3 + end;
+                    continue;
+                }
+            }
+        }
+        let ch = s[i..].chars().next().expect("in bounds");
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    out
+}
+
+/// Values a `fieldRef` may name, known to the node.
+pub struct PodFields<'a> {
+    pub name: &'a str,
+    pub namespace: &'a str,
+    pub uid: &'a str,
+    pub node_name: &'a str,
+    pub host_ip: &'a str,
+    pub pod_ip: &'a str,
+    pub service_account: &'a str,
+}
+
+/// The container's environment: image env, then the pod's (in order, with `$(VAR)` expansion
+/// against what came before), as `NAME=value`.
+pub fn environment(
+    c: &Container,
+    image: &ImageConfig,
+    hostname: &str,
+    fields: &PodFields<'_>,
+    field_prefix: &str,
+) -> Result<(Vec<String>, BTreeMap<String, String>), String> {
+    let mut order: Vec<String> = Vec::new();
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    let set =
+        |k: String, v: String, order: &mut Vec<String>, env: &mut BTreeMap<String, String>| {
+            if !env.contains_key(&k) {
+                order.push(k.clone());
+            }
+            env.insert(k, v);
+        };
+    for kv in image.env.iter().flatten() {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        set(k.to_string(), v.to_string(), &mut order, &mut env);
+    }
+    set(
+        "HOSTNAME".into(),
+        hostname.to_string(),
+        &mut order,
+        &mut env,
+    );
+    for (
+        i,
+        EnvVar {
+            name,
+            value,
+            value_from,
+        },
+    ) in c.env.iter().flatten().enumerate()
+    {
+        let v = match (value, value_from) {
+            (Some(v), _) => expand(v, &env),
+            (None, Some(from)) => {
+                if let Some(f) = &from.field_ref {
+                    match f.field_path.as_str() {
+                        "metadata.name" => fields.name.to_string(),
+                        "metadata.namespace" => fields.namespace.to_string(),
+                        "metadata.uid" => fields.uid.to_string(),
+                        "spec.nodeName" => fields.node_name.to_string(),
+                        "spec.serviceAccountName" => fields.service_account.to_string(),
+                        "status.hostIP" => fields.host_ip.to_string(),
+                        "status.podIP" => fields.pod_ip.to_string(),
+                        other => {
+                            return Err(format!(
+                                "{field_prefix}.env[{i}].valueFrom.fieldRef.fieldPath: Unsupported value: {other:?}"
+                            ))
+                        }
+                    }
+                } else {
+                    return Err(format!(
+                        "{field_prefix}.env[{i}].valueFrom: only fieldRef is available without an apiserver"
+                    ));
+                }
+            }
+            (None, None) => String::new(),
+        };
+        set(name.clone(), v, &mut order, &mut env);
+    }
+    let list = order.iter().map(|k| format!("{k}={}", env[k])).collect();
+    Ok((list, env))
+}
+
+/// The process's argv (Kubernetes' rules for command/args against ENTRYPOINT/CMD).
+pub fn argv(c: &Container, image: &ImageConfig, env: &BTreeMap<String, String>) -> Vec<String> {
+    let expand_all = |v: &Vec<String>| v.iter().map(|a| expand(a, env)).collect::<Vec<_>>();
+    let mut out = Vec::new();
+    match (&c.command, &c.args) {
+        (Some(cmd), args) if !cmd.is_empty() => {
+            out.extend(expand_all(cmd));
+            out.extend(args.as_ref().map(expand_all).unwrap_or_default());
+        }
+        (_, Some(args)) if !args.is_empty() => {
+            out.extend(image.entrypoint.clone().unwrap_or_default());
+            out.extend(expand_all(args));
+        }
+        _ => {
+            out.extend(image.entrypoint.clone().unwrap_or_default());
+            out.extend(image.cmd.clone().unwrap_or_default());
+        }
+    }
+    out
+}
+
+/// Looks `name` up in a passwd/group style file of the image (never following a symlink out).
+fn lookup(rootfs: &Path, file: &str, name: &str) -> Option<Vec<String>> {
+    let p = rootfs.join(file);
+    let meta = std::fs::symlink_metadata(&p).ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    let text = std::fs::read_to_string(p).ok()?;
+    text.lines()
+        .map(|l| l.split(':').map(str::to_string).collect::<Vec<_>>())
+        .find(|f| f.first().map(String::as_str) == Some(name))
+}
+
+fn groups_of(rootfs: &Path, user: &str) -> Vec<u32> {
+    let p = rootfs.join("etc/group");
+    let Ok(meta) = std::fs::symlink_metadata(&p) else {
+        return Vec::new();
+    };
+    if !meta.is_file() {
+        return Vec::new();
+    }
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() >= 4 && f[3].split(',').any(|m| m == user))
+                .then(|| f[2].parse().ok())
+                .flatten()
+        })
+        .collect()
+}
+
+/// Resolves (uid, gid, supplementary gids) from the security contexts and the image's `User`.
+pub fn user(
+    rootfs: &Path,
+    image_user: Option<&str>,
+    pod_sc: Option<&k8s_openapi::api::core::v1::PodSecurityContext>,
+    sc: Option<&SecurityContext>,
+) -> Result<(u32, u32, Vec<u32>), String> {
+    let (mut uid, mut gid, mut name) = (0u32, 0u32, Some("root".to_string()));
+    let mut gid_set = false;
+    if let Some(u) = image_user.filter(|u| !u.is_empty()) {
+        let (user_part, group_part) = match u.split_once(':') {
+            Some((a, b)) => (a, Some(b)),
+            None => (u, None),
+        };
+        if let Ok(n) = user_part.parse::<u32>() {
+            uid = n;
+            name = lookup(rootfs, "etc/passwd", user_part).map(|_| user_part.to_string());
+            if let Some(f) = std::fs::read_to_string(rootfs.join("etc/passwd"))
+                .ok()
+                .and_then(|t| {
+                    t.lines()
+                        .map(|l| l.split(':').map(str::to_string).collect::<Vec<_>>())
+                        .find(|f| f.get(2).and_then(|x| x.parse::<u32>().ok()) == Some(n))
+                })
+            {
+                gid = f.get(3).and_then(|g| g.parse().ok()).unwrap_or(0);
+                name = f.first().cloned();
+            }
+        } else {
+            let f = lookup(rootfs, "etc/passwd", user_part).ok_or_else(|| {
+                format!("image user {user_part:?} is not in the image's /etc/passwd")
+            })?;
+            uid = f
+                .get(2)
+                .and_then(|x| x.parse().ok())
+                .ok_or("malformed /etc/passwd")?;
+            gid = f.get(3).and_then(|x| x.parse().ok()).unwrap_or(0);
+            name = Some(user_part.to_string());
+        }
+        if let Some(g) = group_part {
+            gid_set = true;
+            gid = match g.parse::<u32>() {
+                Ok(n) => n,
+                Err(_) => lookup(rootfs, "etc/group", g)
+                    .and_then(|f| f.get(2).and_then(|x| x.parse().ok()))
+                    .ok_or_else(|| format!("image group {g:?} is not in the image's /etc/group"))?,
+            };
+        }
+    }
+    let run_as_user = sc
+        .and_then(|s| s.run_as_user)
+        .or_else(|| pod_sc.and_then(|s| s.run_as_user));
+    if let Some(u) = run_as_user {
+        uid = u32::try_from(u).map_err(|_| format!("runAsUser {u} is out of range"))?;
+        if !gid_set {
+            gid = 0;
+        }
+        name = None;
+    }
+    let run_as_group = sc
+        .and_then(|s| s.run_as_group)
+        .or_else(|| pod_sc.and_then(|s| s.run_as_group));
+    if let Some(g) = run_as_group {
+        gid = u32::try_from(g).map_err(|_| format!("runAsGroup {g} is out of range"))?;
+    }
+    let run_as_non_root = sc
+        .and_then(|s| s.run_as_non_root)
+        .or_else(|| pod_sc.and_then(|s| s.run_as_non_root))
+        .unwrap_or(false);
+    if run_as_non_root && uid == 0 {
+        return Err(if run_as_user.is_some() {
+            "container's runAsUser breaks non-root policy".into()
+        } else {
+            "container has runAsNonRoot and image will run as root".into()
+        });
+    }
+    let mut extra: Vec<u32> = name.map(|n| groups_of(rootfs, &n)).unwrap_or_default();
+    if let Some(p) = pod_sc {
+        extra.extend(
+            p.supplemental_groups
+                .iter()
+                .flatten()
+                .filter_map(|g| u32::try_from(*g).ok()),
+        );
+        if let Some(fs) = p.fs_group.and_then(|g| u32::try_from(g).ok()) {
+            extra.push(fs);
+        }
+    }
+    extra.sort_unstable();
+    extra.dedup();
+    extra.retain(|g| *g != gid);
+    Ok((uid, gid, extra))
+}
+
+/// containerd's default capabilities with the container's `add`/`drop` applied.
+pub fn capabilities(sc: Option<&SecurityContext>) -> Vec<String> {
+    let norm = |c: &String| {
+        let up = c.to_uppercase();
+        if up.starts_with("CAP_") {
+            up
+        } else {
+            format!("CAP_{up}")
+        }
+    };
+    let mut caps: Vec<String> = DEFAULT_CAPABILITIES.iter().map(|c| c.to_string()).collect();
+    if let Some(c) = sc.and_then(|s| s.capabilities.as_ref()) {
+        let drop: Vec<String> = c.drop.iter().flatten().map(norm).collect();
+        if drop.iter().any(|d| d == "CAP_ALL") {
+            caps.clear();
+        } else {
+            caps.retain(|x| !drop.contains(x));
+        }
+        for a in c.add.iter().flatten().map(norm) {
+            if a == "CAP_ALL" {
+                caps = caps::all().iter().map(|c| c.to_string()).collect();
+            } else if !caps.contains(&a) {
+                caps.push(a);
+            }
+        }
+    }
+    caps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ResourceRequirements;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+    fn ctr(req: &[(&str, &str)], lim: &[(&str, &str)]) -> Container {
+        let m = |v: &[(&str, &str)]| {
+            (!v.is_empty()).then(|| {
+                v.iter()
+                    .map(|(k, q)| (k.to_string(), Quantity(q.to_string())))
+                    .collect()
+            })
+        };
+        Container {
+            name: "c".into(),
+            resources: Some(ResourceRequirements {
+                requests: m(req),
+                limits: m(lim),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn spec(cs: Vec<Container>) -> PodSpec {
+        PodSpec {
+            containers: cs,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn qos_follows_kubernetes() {
+        assert_eq!(qos_class(&spec(vec![ctr(&[], &[])])), Qos::BestEffort);
+        assert_eq!(
+            qos_class(&spec(vec![ctr(&[], &[("cpu", "1"), ("memory", "1Gi")])])),
+            Qos::Guaranteed
+        );
+        assert_eq!(
+            qos_class(&spec(vec![ctr(
+                &[("cpu", "1000m"), ("memory", "1Gi")],
+                &[("cpu", "1"), ("memory", "1024Mi")]
+            )])),
+            Qos::Guaranteed
+        );
+        assert_eq!(
+            qos_class(&spec(vec![ctr(&[("cpu", "100m")], &[])])),
+            Qos::Burstable
+        );
+        assert_eq!(
+            qos_class(&spec(vec![ctr(
+                &[("cpu", "500m")],
+                &[("cpu", "1"), ("memory", "1Gi")]
+            )])),
+            Qos::Burstable
+        );
+        assert_eq!(
+            qos_class(&spec(vec![
+                ctr(&[], &[("cpu", "1"), ("memory", "1Gi")]),
+                ctr(&[], &[])
+            ])),
+            Qos::Burstable
+        );
+    }
+
+    #[test]
+    fn quantities_parse() {
+        assert_eq!(parse_quantity("100m"), Some(0.1));
+        assert_eq!(parse_quantity("64Mi"), Some(64.0 * 1024.0 * 1024.0));
+        assert_eq!(parse_quantity("1G"), Some(1e9));
+        assert_eq!(parse_quantity("2e3"), Some(2000.0));
+        assert_eq!(parse_quantity("x"), None);
+    }
+
+    #[test]
+    fn oom_scores() {
+        let c = ctr(&[("memory", "1Gi")], &[]);
+        let cap = 4.0 * 1024.0 * 1024.0 * 1024.0;
+        assert_eq!(oom_score_adj(Qos::Burstable, &c, cap), 750);
+        assert_eq!(oom_score_adj(Qos::Guaranteed, &c, cap), -997);
+        assert_eq!(oom_score_adj(Qos::BestEffort, &c, cap), 1000);
+        let huge = ctr(&[("memory", "8Gi")], &[]);
+        assert_eq!(oom_score_adj(Qos::Burstable, &huge, cap), 2);
+    }
+
+    #[test]
+    fn command_and_args_override_image() {
+        let img = ImageConfig {
+            entrypoint: Some(vec!["/ep".into()]),
+            cmd: Some(vec!["default".into()]),
+            ..Default::default()
+        };
+        let env: BTreeMap<String, String> = [("X".to_string(), "1".to_string())].into();
+        let mut c = Container::default();
+        assert_eq!(argv(&c, &img, &env), ["/ep", "default"]);
+        c.args = Some(vec!["a$(X)".into(), "$$(X)".into()]);
+        assert_eq!(argv(&c, &img, &env), ["/ep", "a1", "$(X)"]);
+        c.command = Some(vec!["sh".into()]);
+        c.args = None;
+        assert_eq!(argv(&c, &img, &env), ["sh"]);
+    }
+
+    #[test]
+    fn env_merges_and_expands() {
+        let img = ImageConfig {
+            env: Some(vec!["PATH=/bin".into(), "A=img".into()]),
+            ..Default::default()
+        };
+        let c = Container {
+            env: Some(vec![
+                EnvVar {
+                    name: "A".into(),
+                    value: Some("pod".into()),
+                    value_from: None,
+                },
+                EnvVar {
+                    name: "B".into(),
+                    value: Some("$(A)-$(PATH)-$(NOPE)".into()),
+                    value_from: None,
+                },
+            ]),
+            ..Default::default()
+        };
+        let f = PodFields {
+            name: "p",
+            namespace: "ns",
+            uid: "u",
+            node_name: "n",
+            host_ip: "",
+            pod_ip: "",
+            service_account: "",
+        };
+        let (list, _) = environment(&c, &img, "p", &f, "spec.containers[0]").unwrap();
+        assert_eq!(
+            list,
+            ["PATH=/bin", "A=pod", "HOSTNAME=p", "B=pod-/bin-$(NOPE)"]
+        );
+    }
+
+    #[test]
+    fn users_resolve_from_image_and_context() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        std::fs::write(
+            dir.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nwww:x:33:34::/:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("etc/group"), "www:x:34:\nextra:x:50:www\n").unwrap();
+        assert_eq!(
+            user(dir.path(), Some("www"), None, None).unwrap(),
+            (33, 34, vec![50])
+        );
+        assert_eq!(
+            user(dir.path(), Some("1000:1000"), None, None).unwrap(),
+            (1000, 1000, vec![])
+        );
+        let sc = SecurityContext {
+            run_as_user: Some(7),
+            run_as_non_root: Some(true),
+            ..Default::default()
+        };
+        assert_eq!(user(dir.path(), None, None, Some(&sc)).unwrap().0, 7);
+        let nonroot = SecurityContext {
+            run_as_non_root: Some(true),
+            ..Default::default()
+        };
+        assert!(user(dir.path(), None, None, Some(&nonroot))
+            .unwrap_err()
+            .contains("runAsNonRoot"));
+        assert!(user(dir.path(), Some("nobody"), None, None).is_err());
+    }
+
+    #[test]
+    fn capability_add_drop() {
+        use k8s_openapi::api::core::v1::Capabilities;
+        let sc = SecurityContext {
+            capabilities: Some(Capabilities {
+                add: Some(vec!["NET_ADMIN".into()]),
+                drop: Some(vec!["ALL".into()]),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(capabilities(Some(&sc)), ["CAP_NET_ADMIN"]);
+        assert_eq!(capabilities(None).len(), 14);
+    }
+}

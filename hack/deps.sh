@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what building and testing podlet needs on Debian 12 (run as root). Idempotent.
+set -euo pipefail
+pkgs=(busybox-static libseccomp-dev pkg-config util-linux gcc make tar gzip file)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null; then
+  echo "cargo not found: install a Rust toolchain >= 1.85 (rustup), then run this again" >&2
+  exit 1
+fi
+v=$(rustc --version | awk '{print $2}')
+if [ "$(printf '%s\n1.85.0\n' "$v" | sort -V | head -1)" != 1.85.0 ]; then
+  echo "rustc $v is too old: podlet needs >= 1.85" >&2
+  exit 1
+fi

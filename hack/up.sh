@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Brings up a podlet node on this machine (run as root): builds and installs podlet, imports a
+# busybox image, and starts the agent (as a systemd service where systemd runs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
+bash hack/deps.sh
+cargo build --locked --release -p podlet
+install -m 0755 target/release/podlet /usr/local/bin/podlet
+mkdir -p /etc/podlet/manifests /var/lib/podlet /var/log/pods
+img=$(mktemp --suffix=.tar)
+bash hack/busybox-image.sh "$img" >/dev/null
+podlet image import "$img"
+rm -f "$img"
+if [ -d /run/systemd/system ]; then
+  install -m 0644 vagrant/podlet.service /etc/systemd/system/podlet.service
+  systemctl daemon-reload
+  systemctl enable --now podlet.service
+  echo "podlet is running: systemctl status podlet; podlet ps"
+else
+  nohup podlet run >>/var/log/podlet.log 2>&1 </dev/null &
+  echo "podlet is running (pid $!, log /var/log/podlet.log): podlet ps"
+fi
+echo "drop a Pod manifest into /etc/podlet/manifests to run it"

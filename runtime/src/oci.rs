@@ -1,0 +1,51 @@
+//! Runs OCI bundles and execs into containers with libcontainer, from a single-threaded process
+//! (the shim, `podlet exec`, or `podlet oci run` for side-by-side benchmarks with crun and runc).
+
+use std::path::Path;
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::sys::wait::{waitpid, WaitStatus};
+
+fn exit_code(s: WaitStatus) -> i32 {
+    match s {
+        WaitStatus::Exited(_, c) => c,
+        WaitStatus::Signaled(_, sig, _) => 128 + sig as i32,
+        _ => 1,
+    }
+}
+
+/// Creates, starts, waits for and deletes a container, like `crun run`. Returns its exit code.
+pub fn run_bundle(state_root: &Path, id: &str, bundle: &Path) -> Result<i32, String> {
+    let mut c = ContainerBuilder::new(id.to_string(), SyscallType::default())
+        .with_root_path(state_root)
+        .map_err(|e| e.to_string())?
+        .as_init(bundle)
+        .with_systemd(false)
+        .with_detach(true)
+        .build()
+        .map_err(|e| format!("create: {e}"))?;
+    if let Err(e) = c.start() {
+        let _ = c.delete(true);
+        return Err(format!("start: {e}"));
+    }
+    let pid = c.pid().ok_or("container has no pid")?;
+    let status = waitpid(pid, None).map_err(|e| e.to_string())?;
+    c.delete(true).map_err(|e| format!("delete: {e}"))?;
+    Ok(exit_code(status))
+}
+
+/// Runs `args` inside a running container (its namespaces, cgroup and root), with this
+/// process's stdio. Returns the exit code.
+pub fn exec(state_root: &Path, id: &str, args: Vec<String>) -> Result<i32, String> {
+    let pid = ContainerBuilder::new(id.to_string(), SyscallType::default())
+        .with_root_path(state_root)
+        .map_err(|e| e.to_string())?
+        .as_tenant()
+        .with_container_args(args)
+        .with_detach(true)
+        .build()
+        .map_err(|e| format!("exec: {e}"))?;
+    let status = waitpid(pid, None).map_err(|e| e.to_string())?;
+    Ok(exit_code(status))
+}

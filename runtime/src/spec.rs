@@ -1,0 +1,271 @@
+//! Builds the OCI runtime spec (`config.json`) of one container from a runtime-level description.
+//! The runtime knows nothing of pods: the agent translates a pod into [`ContainerConfig`].
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::Spec;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+/// Capabilities containerd gives a container by default.
+pub const DEFAULT_CAPABILITIES: [&str; 14] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// Paths hidden from containers (as runc/containerd do).
+pub const MASKED_PATHS: [&str; 10] = [
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+];
+
+/// Paths made read-only inside containers.
+pub const READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// How a container gets a namespace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Ns {
+    /// Share the host's.
+    Host,
+    /// A new one of its own.
+    New,
+    /// Join the namespace at this path (`/proc/<pid>/ns/<kind>`).
+    Join(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BindMount {
+    pub source: PathBuf,
+    pub destination: String,
+    pub readonly: bool,
+}
+
+/// What the runtime needs to know to run one container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerConfig {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    pub rootfs: PathBuf,
+    pub readonly_rootfs: bool,
+    pub net: Ns,
+    pub ipc: Ns,
+    pub uts: Ns,
+    pub pid: Ns,
+    pub mounts: Vec<BindMount>,
+    /// cgroup path relative to the cgroup root of each hierarchy, e.g. `/kubepods/pod<uid>/<id>`.
+    pub cgroups_path: String,
+    pub capabilities: Vec<String>,
+    pub no_new_privileges: bool,
+    pub privileged: bool,
+    pub oom_score_adj: Option<i32>,
+}
+
+fn namespace(kind: &str, ns: &Ns) -> Option<serde_json::Value> {
+    match ns {
+        Ns::Host => None,
+        Ns::New => Some(json!({"type": kind})),
+        Ns::Join(p) => Some(json!({"type": kind, "path": p})),
+    }
+}
+
+/// Builds and validates the spec.
+pub fn build(c: &ContainerConfig) -> Result<Spec, serde_json::Error> {
+    let mut namespaces = vec![json!({"type": "mount"})];
+    namespaces.extend(namespace("network", &c.net));
+    namespaces.extend(namespace("ipc", &c.ipc));
+    namespaces.extend(namespace("uts", &c.uts));
+    namespaces.extend(namespace("pid", &c.pid));
+    if !c.privileged {
+        namespaces.push(json!({"type": "cgroup"}));
+    }
+    let sys_opts = if c.privileged {
+        json!(["nosuid", "noexec", "nodev"])
+    } else {
+        json!(["nosuid", "noexec", "nodev", "ro"])
+    };
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+    ];
+    // sysfs can only be mounted by the owner of the network namespace; with the host's network
+    // namespace (hostNetwork), the host's /sys is bind-mounted instead, as runc does.
+    if c.net == Ns::Host {
+        mounts.push(json!({"destination": "/sys", "type": "bind", "source": "/sys", "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]}));
+    } else {
+        mounts.push(
+            json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": sys_opts}),
+        );
+        mounts.push(json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}));
+    }
+    for m in &c.mounts {
+        let mut opts = vec!["rbind", "rprivate"];
+        if m.readonly {
+            opts.push("ro");
+        }
+        mounts.push(json!({"destination": m.destination, "type": "bind", "source": m.source, "options": opts}));
+    }
+    let caps = if c.privileged {
+        all_capabilities()
+    } else {
+        c.capabilities.clone()
+    };
+    let mut linux = json!({
+        "namespaces": namespaces,
+        "cgroupsPath": c.cgroups_path,
+        "resources": {"devices": [{"allow": c.privileged, "access": "rwm"}]},
+    });
+    if !c.privileged {
+        linux["maskedPaths"] = json!(MASKED_PATHS);
+        linux["readonlyPaths"] = json!(READONLY_PATHS);
+    }
+    let mut process = json!({
+        "terminal": false,
+        "user": {"uid": c.uid, "gid": c.gid, "additionalGids": c.additional_gids},
+        "args": c.args,
+        "env": c.env,
+        "cwd": c.cwd,
+        "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+        "noNewPrivileges": c.no_new_privileges,
+    });
+    if let Some(adj) = c.oom_score_adj {
+        process["oomScoreAdj"] = json!(adj);
+    }
+    let spec = json!({
+        "ociVersion": "1.0.2",
+        "process": process,
+        "root": {"path": c.rootfs, "readonly": c.readonly_rootfs},
+        "mounts": mounts,
+        "linux": linux,
+    });
+    serde_json::from_value(spec)
+}
+
+/// Writes `config.json` into `bundle`.
+pub fn write_bundle(bundle: &Path, c: &ContainerConfig) -> std::io::Result<()> {
+    let spec = build(c).map_err(std::io::Error::other)?;
+    std::fs::create_dir_all(bundle)?;
+    let data = serde_json::to_vec(&spec).map_err(std::io::Error::other)?;
+    let tmp = bundle.join("config.json.tmp");
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(tmp, bundle.join("config.json"))
+}
+
+fn all_capabilities() -> Vec<String> {
+    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(40);
+    caps::all()
+        .into_iter()
+        .filter(|c| u32::from(c.index()) <= last)
+        .map(|c| c.to_string())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> ContainerConfig {
+        ContainerConfig {
+            args: vec!["sh".into()],
+            env: vec!["A=B".into()],
+            cwd: "/".into(),
+            uid: 1000,
+            gid: 1000,
+            additional_gids: vec![10],
+            rootfs: "/r".into(),
+            readonly_rootfs: false,
+            net: Ns::Join("/proc/7/ns/net".into()),
+            ipc: Ns::Join("/proc/7/ns/ipc".into()),
+            uts: Ns::Join("/proc/7/ns/uts".into()),
+            pid: Ns::New,
+            mounts: vec![BindMount {
+                source: "/x/hosts".into(),
+                destination: "/etc/hosts".into(),
+                readonly: false,
+            }],
+            cgroups_path: "/kubepods/besteffort/podu/c".into(),
+            capabilities: DEFAULT_CAPABILITIES.iter().map(|s| s.to_string()).collect(),
+            no_new_privileges: false,
+            privileged: false,
+            oom_score_adj: Some(1000),
+        }
+    }
+
+    #[test]
+    fn joins_sandbox_namespaces_and_owns_mnt_pid() {
+        let spec = build(&sample()).unwrap();
+        let v = serde_json::to_value(&spec).unwrap();
+        let ns = v["linux"]["namespaces"].as_array().unwrap();
+        let find = |t: &str| ns.iter().find(|n| n["type"] == t).cloned();
+        assert_eq!(find("network").unwrap()["path"], "/proc/7/ns/net");
+        assert_eq!(find("ipc").unwrap()["path"], "/proc/7/ns/ipc");
+        assert!(find("mount").unwrap().get("path").is_none());
+        assert!(find("pid").unwrap().get("path").is_none());
+        assert_eq!(v["process"]["user"]["uid"], 1000);
+        assert_eq!(
+            v["process"]["capabilities"]["bounding"]
+                .as_array()
+                .unwrap()
+                .len(),
+            14
+        );
+        assert!(v["linux"]["maskedPaths"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("/proc/kcore")));
+        let sys = v["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/sys")
+            .unwrap();
+        assert!(sys["options"].as_array().unwrap().contains(&json!("ro")));
+    }
+
+    #[test]
+    fn host_namespaces_are_left_out() {
+        let mut c = sample();
+        c.net = Ns::Host;
+        c.pid = Ns::Host;
+        let v = serde_json::to_value(build(&c).unwrap()).unwrap();
+        let ns = v["linux"]["namespaces"].as_array().unwrap();
+        assert!(!ns
+            .iter()
+            .any(|n| n["type"] == "network" || n["type"] == "pid"));
+    }
+}

@@ -1,0 +1,144 @@
+//! The runtime's raw syscalls, kept in one place. Everything outside this module is safe Rust.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+fn cstr(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+fn check(ret: libc::c_int) -> io::Result<()> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Creates an overlayfs whiteout (a 0/0 character device), which is how overlayfs itself records a
+/// deleted lower file. Layers are unpacked in this form so they stack directly as lowerdirs.
+pub fn mknod_whiteout(path: &Path) -> io::Result<()> {
+    let p = cstr(path)?;
+    // SAFETY: `p` is a valid NUL-terminated string that outlives the call.
+    check(unsafe { libc::mknod(p.as_ptr(), libc::S_IFCHR, libc::makedev(0, 0)) })
+}
+
+/// Sets an extended attribute on `path` itself (never following a symlink).
+pub fn lsetxattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
+    let p = cstr(path)?;
+    let n = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: both strings are NUL-terminated and the value slice is valid for its length.
+    check(unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    })
+}
+
+/// Sets owner of `path` itself (a symlink is not followed).
+pub fn lchown(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+}
+
+/// Sets the modification time of `path` itself, without following a symlink.
+pub fn lutimes(path: &Path, mtime_secs: i64) -> io::Result<()> {
+    let p = cstr(path)?;
+    let ts = [
+        libc::timespec {
+            tv_sec: mtime_secs,
+            tv_nsec: 0,
+        },
+        libc::timespec {
+            tv_sec: mtime_secs,
+            tv_nsec: 0,
+        },
+    ];
+    // SAFETY: `p` is NUL-terminated and `ts` is an array of two timespecs as utimensat requires.
+    check(unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            ts.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+}
+
+/// Brings the loopback interface of the current network namespace up. A new network namespace
+/// starts with `lo` down, and a pod without working loopback breaks ordinary programs.
+pub fn loopback_up() -> io::Result<()> {
+    // SAFETY: plain socket(2) call; the returned fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: ifreq is plain old data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: fd is a valid socket and req a valid ifreq for these ioctls.
+    let res = unsafe {
+        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) < 0 {
+            -1
+        } else {
+            req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            libc::ioctl(fd, libc::SIOCSIFFLAGS, &req)
+        }
+    };
+    let err = io::Error::last_os_error();
+    // SAFETY: fd was returned by socket(2) above and is closed exactly once.
+    unsafe { libc::close(fd) };
+    if res < 0 {
+        Err(err)
+    } else {
+        Ok(())
+    }
+}
+
+/// Makes this process the reaper of its orphaned descendants, so that a shim collects the exit
+/// status of container processes even after intermediate processes are gone.
+pub fn set_child_subreaper() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    check(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) })
+}
+
+/// Names the calling thread (what `ps` shows as comm), e.g. "pause".
+pub fn set_process_name(name: &str) {
+    if let Ok(n) = CString::new(name) {
+        // SAFETY: PR_SET_NAME reads at most 16 bytes from a NUL-terminated string.
+        unsafe { libc::prctl(libc::PR_SET_NAME, n.as_ptr(), 0, 0, 0) };
+    }
+}
+
+/// Clones a child into new namespaces (`flags` are `CLONE_NEW*`), running `child` there. Used for
+/// the pause process, which must be PID 1 of a new PID namespace when the pod shares one.
+pub fn clone_into(flags: libc::c_int, child: &mut dyn FnMut() -> i32) -> io::Result<i32> {
+    let mut stack = vec![0u8; 256 * 1024];
+    let cb: nix::sched::CloneCb = Box::new(|| child() as isize);
+    let clone_flags = nix::sched::CloneFlags::from_bits_truncate(flags);
+    // SAFETY: the shim is single-threaded, so the child gets a consistent copy of memory; the
+    // stack buffer outlives the call in the parent and is private to the child afterwards.
+    let pid = unsafe { nix::sched::clone(cb, &mut stack, clone_flags, Some(libc::SIGCHLD)) }
+        .map_err(io::Error::from)?;
+    Ok(pid.as_raw())
+}
+
+/// Writes this process's OOM score adjustment.
+pub fn set_oom_score_adj(value: i32) -> io::Result<()> {
+    std::fs::write("/proc/self/oom_score_adj", value.to_string())
+}
+
+/// Closes every descriptor from `first` up, so the pause process holds none of the shim's.
+pub fn close_fds_from(first: u32) {
+    // SAFETY: close_range only closes descriptors; the caller owns no Rust objects wrapping them
+    // afterwards (it is the freshly cloned pause process).
+    unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) };
+}
