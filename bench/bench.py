@@ -1,0 +1,194 @@
+#!/usr/bin/env python3
+"""podlet benchmarks, each against the reference in the same run.
+
+1. Container create+start+delete of /bin/true from one OCI bundle: `podlet oci run` (libcontainer)
+   vs `crun run` vs `runc run`. Every runtime runs under the same wrapper, because crun refuses
+   this machine's hybrid cgroup layout unless the empty cgroup2 mount is unmounted first:
+   `unshare -m sh -c 'umount /sys/fs/cgroup/unified; exec RUNTIME ...'`.
+2. Static pod start latency: manifest written -> every container running (as the node API
+   reports it), one pod at a time, over N pods, with the agent in its own network and mount
+   namespaces.
+3. Memory per pod: RSS and PSS of the shim and the pause process while N pods run.
+"""
+import argparse, json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CG = "podlet-bench"
+
+
+def pct(values, p):
+    v = sorted(values)
+    return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
+
+
+def busybox_rootfs(work):
+    archive = os.path.join(work, "bb.tar")
+    subprocess.run(["bash", os.path.join(ROOT, "hack/busybox-image.sh"), archive], check=True, stdout=subprocess.DEVNULL)
+    layout = os.path.join(work, "layout")
+    os.makedirs(layout)
+    subprocess.run(["tar", "-xf", archive, "-C", layout], check=True)
+    index = json.load(open(os.path.join(layout, "index.json")))
+    blob = lambda d: os.path.join(layout, "blobs/sha256", d.split(":")[1])
+    manifest = json.load(open(blob(index["manifests"][0]["digest"])))
+    rootfs = os.path.join(work, "bundle/rootfs")
+    os.makedirs(rootfs)
+    subprocess.run(["tar", "-xzf", blob(manifest["layers"][0]["digest"]), "-C", rootfs], check=True)
+    return os.path.dirname(rootfs)
+
+
+def container_bench(podlet, runs, work):
+    bundle = busybox_rootfs(work)
+    subprocess.run(["runc", "spec"], cwd=bundle, check=True)
+    spec = json.load(open(os.path.join(bundle, "config.json")))
+    spec["process"]["terminal"] = False
+    spec["process"]["args"] = ["/bin/true"]
+    spec["linux"]["cgroupsPath"] = f"/{CG}/ctr"
+    json.dump(spec, open(os.path.join(bundle, "config.json"), "w"))
+    state = os.path.join(work, "state")
+    cmds = {
+        "podlet": lambda i: [podlet, "oci", "run", "--root", state + "/podlet", "--bundle", bundle, f"b{i}"],
+        "crun": lambda i: ["crun", "--root", state + "/crun", "run", "--bundle", bundle, f"b{i}"],
+        "runc": lambda i: ["runc", "--root", state + "/runc", "run", "--bundle", bundle, f"b{i}"],
+    }
+    times = {k: [] for k in cmds}
+    for i in range(runs + 3):
+        for name, cmd in cmds.items():  # interleaved, so drift hits all alike
+            argv = ["unshare", "-m", "sh", "-c", 'umount /sys/fs/cgroup/unified 2>/dev/null; exec "$@"', "sh"] + cmd(i)
+            t0 = time.perf_counter()
+            r = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            dt = (time.perf_counter() - t0) * 1000
+            if r.returncode != 0:
+                sys.exit(f"{name} failed: {r.stderr.decode()}")
+            if i >= 3:  # warm-up
+                times[name].append(dt)
+    base = subprocess.run(["unshare", "-m", "sh", "-c", "umount /sys/fs/cgroup/unified 2>/dev/null; exec true"])
+    wrap = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run(["unshare", "-m", "sh", "-c", "umount /sys/fs/cgroup/unified 2>/dev/null; exec true"])
+        wrap.append((time.perf_counter() - t0) * 1000)
+    w = statistics.median(wrap)
+    print(f"\n== container create+start+delete of /bin/true ({runs} runs each, interleaved; wrapper {w:.1f} ms subtracted)")
+    med = {k: statistics.median(v) - w for k, v in times.items()}
+    for k in cmds:
+        print(f"  {k:7s} median {med[k]:6.1f} ms   p90 {pct(times[k], 90) - w:6.1f} ms")
+    for ref in ("crun", "runc"):
+        print(f"  {ref}/podlet = {med[ref] / med['podlet']:.2f}x  (>1 means podlet is faster)")
+
+
+def http_get(sock_path, path):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sock_path)
+    s.sendall(f"GET {path} HTTP/1.0\r\nHost: b\r\n\r\n".encode())
+    buf = b""
+    while True:
+        d = s.recv(65536)
+        if not d:
+            break
+        buf += d
+    s.close()
+    return buf.split(b"\r\n\r\n", 1)[1]
+
+
+def rss_pss(pid):
+    rss = pss = 0
+    try:
+        for line in open(f"/proc/{pid}/smaps_rollup"):
+            if line.startswith("Rss:"):
+                rss = int(line.split()[1])
+            elif line.startswith("Pss:"):
+                pss = int(line.split()[1])
+    except OSError:
+        pass
+    return rss, pss
+
+
+def pod_bench(podlet, pods, work):
+    d = os.path.join(work, "node")
+    for sub in ("root", "run", "logs", "manifests"):
+        os.makedirs(os.path.join(d, sub))
+    base = [podlet, "--config", "/dev/null", "--root-dir", d + "/root", "--run-dir", d + "/run", "--log-dir", d + "/logs"]
+    archive = os.path.join(work, "bb.tar")
+    subprocess.run(base + ["image", "import", archive], check=True, stdout=subprocess.DEVNULL)
+    holder = subprocess.Popen(["unshare", "--net", "--mount", "--propagation", "private", "sleep", "infinity"])
+    time.sleep(0.2)
+    agent = subprocess.Popen(["nsenter", "-t", str(holder.pid), "-n", "-m", "--"] + base +
+                             ["run", "--manifest-dir", d + "/manifests", "--node-name", "bench", "--cgroup-root", CG, "--port", "0"],
+                             stdout=open(d + "/agent.log", "w"), stderr=subprocess.STDOUT, env=dict(os.environ, PODLET_LOG="warn"))
+    sock = d + "/run/podlet.sock"
+    while not os.path.exists(sock):
+        time.sleep(0.01)
+    lat = []
+    try:
+        for i in range(pods):
+            name = f"p{i}"
+            manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+                        "spec": {"terminationGracePeriodSeconds": 0,
+                                 "containers": [{"name": "c", "image": "busybox", "command": ["sleep", "100000"]}]}}
+            t0 = time.perf_counter()
+            tmp = f"{d}/manifests/.{name}.json"
+            json.dump(manifest, open(tmp, "w"))
+            os.rename(tmp, f"{d}/manifests/{name}.json")
+            while True:
+                items = json.loads(http_get(sock, "/pods"))["items"]
+                p = next((x for x in items if x["metadata"]["name"] == f"{name}-bench"), None)
+                cs = (p or {}).get("status", {}).get("containerStatuses") or []
+                if cs and all("running" in (c.get("state") or {}) for c in cs):
+                    break
+                time.sleep(0.001)
+            lat.append((time.perf_counter() - t0) * 1000)
+        print(f"\n== static pod start: manifest written -> container running ({pods} pods, one at a time)")
+        print(f"  p50 {pct(lat, 50):6.1f} ms   p90 {pct(lat, 90):6.1f} ms   p99 {pct(lat, 99):6.1f} ms   max {max(lat):6.1f} ms")
+        shims, pauses = [], []
+        for uid in os.listdir(d + "/run/pods"):
+            st = json.load(open(f"{d}/run/pods/{uid}/state.json"))
+            shims.append(rss_pss(st["shimPid"]))
+            pauses.append(rss_pss(st["pausePid"]))
+        mean = lambda xs, k: statistics.mean(x[k] for x in xs) / 1024
+        print(f"\n== memory per pod ({len(shims)} pods running)")
+        print(f"  shim   RSS {mean(shims, 0):5.2f} MiB   PSS {mean(shims, 1):5.2f} MiB")
+        print(f"  pause  RSS {mean(pauses, 0):5.2f} MiB   PSS {mean(pauses, 1):5.2f} MiB")
+        print(f"  total  RSS {mean(shims, 0) + mean(pauses, 0):5.2f} MiB   PSS {mean(shims, 1) + mean(pauses, 1):5.2f} MiB per pod")
+    finally:
+        for f in os.listdir(d + "/manifests"):
+            os.remove(os.path.join(d, "manifests", f))
+        deadline = time.time() + 60
+        while time.time() < deadline and os.path.exists(d + "/run/pods") and os.listdir(d + "/run/pods"):
+            time.sleep(0.05)
+        agent.kill()
+        agent.wait()
+        holder.kill()
+        holder.wait()
+
+
+def cleanup_cgroups():
+    for h in ("/sys/fs/cgroup/" + c for c in os.listdir("/sys/fs/cgroup")):
+        root = os.path.join(h, CG)
+        if os.path.isdir(root):
+            for dirpath, _, _ in sorted(os.walk(root), key=lambda t: -t[0].count("/")):
+                try:
+                    os.rmdir(dirpath)
+                except OSError:
+                    pass
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--podlet", required=True)
+    ap.add_argument("--runs", type=int, default=40)
+    ap.add_argument("--pods", type=int, default=50)
+    a = ap.parse_args()
+    podlet = os.path.abspath(a.podlet)
+    work = tempfile.mkdtemp(prefix="podlet-bench-")
+    try:
+        print(f"machine: {os.cpu_count()} CPUs, kernel {os.uname().release}")
+        container_bench(podlet, a.runs, work)
+        pod_bench(podlet, a.pods, work)
+    finally:
+        cleanup_cgroups()
+        subprocess.run(["chmod", "-R", "u+rwx", work])
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
