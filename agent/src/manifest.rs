@@ -263,11 +263,9 @@ pub async fn watch_dir(
         if let Ok(None) = ev {
             return;
         }
-        // Coalesce a burst of events (an editor's write + rename) into one rescan.
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(1), stream.next()).await
-        {
-        }
+        // Take whatever else is already queued (an editor's write + rename) in the same rescan,
+        // without waiting for more: a manifest dropped in place is one rename.
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, stream.next()).await {}
         publish(&dir, &node, &tx, &mut last_errors);
     }
 }

@@ -136,6 +136,15 @@ fn pause_main(cfg: &SandboxConfig) -> i32 {
     if cfg.new_net && sys::loopback_up().is_err() {
         return 3;
     }
+    // Pause moves itself into its cgroup ("0" is the writer). A cgroup v1 migration waits for
+    // an RCU grace period (~10 ms); done here it overlaps with the shim getting ready and the
+    // agent preparing the first container, instead of delaying both.
+    let placed = cgroup_manager(&cfg.pause_cgroup)
+        .and_then(|m| m.add_task(Pid::from_raw(0)).map_err(|e| e.to_string()));
+    if let Err(e) = placed {
+        eprintln!("pause: joining cgroup {}: {e}", cfg.pause_cgroup);
+        return 4;
+    }
     let mut set = SigSet::empty();
     set.add(Signal::SIGCHLD);
     set.add(Signal::SIGTERM);
@@ -210,15 +219,6 @@ impl Shim {
         let pause_cfg = cfg.clone();
         let pause_pid = sys::clone_into(flags, &mut || pause_main(&pause_cfg))
             .map_err(|e| format!("creating the pause process: {e}"))?;
-        let place = cgroup_manager(&cfg.pause_cgroup).and_then(|m| {
-            m.add_task(Pid::from_raw(pause_pid))
-                .map_err(|e| format!("cgroup {}: {e}", cfg.pause_cgroup))
-        });
-        if let Err(e) = place {
-            let _ = nix::sys::signal::kill(Pid::from_raw(pause_pid), Signal::SIGKILL);
-            let _ = waitpid(Pid::from_raw(pause_pid), None);
-            return Err(e);
-        }
 
         let sock = dir.join(super::SOCKET_FILE);
         let _ = fs::remove_file(&sock);
