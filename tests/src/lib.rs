@@ -317,6 +317,12 @@ impl TestNode {
         serde_json::from_slice(&data).unwrap()
     }
 
+    /// The shim's record, or None while the sandbox is being (re)created.
+    pub fn try_shim_state(&self, uid: &str) -> Option<Value> {
+        let data = std::fs::read(self.path(&format!("run/pods/{uid}/state.json"))).ok()?;
+        serde_json::from_slice(&data).ok()
+    }
+
     /// Mount points inside the node's mount namespace below `dir`.
     pub fn mounts_below(&self, dir: &Path) -> Vec<String> {
         let text =

@@ -427,3 +427,107 @@ fn missing_image_waits_with_a_reason() {
             .contains("podlet image import")
     );
 }
+
+#[test]
+fn host_network_init_containers_and_shared_volume() {
+    if !privileged() {
+        return;
+    }
+    let mut node = TestNode::with_busybox();
+    node.start_agent();
+    node.write_manifest(
+        "hostnet.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: hostnet
+spec:
+  hostNetwork: true
+  terminationGracePeriodSeconds: 1
+  volumes:
+  - name: shared
+    emptyDir: {}
+  initContainers:
+  - name: init
+    image: busybox
+    command: ["sh", "-c", "echo from-init > /data/msg"]
+    volumeMounts: [{name: shared, mountPath: /data}]
+  containers:
+  - name: main
+    image: busybox
+    command: ["sleep", "1000"]
+    env:
+    - name: MY_POD
+      valueFrom: {fieldRef: {fieldPath: metadata.name}}
+    volumeMounts: [{name: shared, mountPath: /data}]
+"#,
+    );
+    let pod = node.wait_running("hostnet");
+    let init = &pod["status"]["initContainerStatuses"][0]["state"]["terminated"];
+    assert_eq!(init["exitCode"], 0);
+    assert_eq!(init["reason"], "Completed");
+    let state = node.shim_state(&uid(&pod));
+    let main = state["containers"]["main"]["pid"].as_i64().unwrap();
+    let holder = node.holder_pid() as i64;
+    assert_eq!(
+        ns(main, "net"),
+        ns(holder, "net"),
+        "hostNetwork shares the node's network"
+    );
+    assert_eq!(
+        ns(main, "uts"),
+        ns(holder, "uts"),
+        "hostNetwork shares the node's hostname"
+    );
+    assert_ne!(ns(main, "mnt"), ns(holder, "mnt"));
+    let out = node.podlet(&[
+        "exec",
+        "hostnet-e2e",
+        "--",
+        "sh",
+        "-c",
+        "cat /data/msg; echo $MY_POD; cat /proc/net/dev",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(&lines[..2], ["from-init", "hostnet-e2e"]);
+    // The node's network namespace (the test's), which has only lo.
+    assert!(
+        out.stdout.contains("lo:") && !out.stdout.contains("eth0"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn sandbox_is_recreated_when_pause_dies() {
+    if !privileged() {
+        return;
+    }
+    let mut node = TestNode::with_busybox();
+    node.start_agent();
+    node.write_manifest("two.yaml", TWO);
+    let pod = node.wait_running("two");
+    let uid = uid(&pod);
+    let old = node.shim_state(&uid);
+    let old_pause = old["pausePid"].as_i64().unwrap();
+    let old_a = old["containers"]["a"]["pid"].as_i64().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old_pause as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let pod = node.wait_for("a new sandbox", Duration::from_secs(20), || {
+        let p = node.pod("two")?;
+        let st = node.try_shim_state(&uid)?;
+        let fresh = st["pausePid"].as_i64()? != old_pause;
+        let cs = p["status"]["containerStatuses"].as_array()?.clone();
+        let running = cs
+            .iter()
+            .all(|c| c["state"]["running"].is_object() && c["restartCount"] == 1);
+        (fresh && running).then_some(p)
+    });
+    assert!(!alive(old_a), "the old container outlived its sandbox");
+    assert_eq!(pod["status"]["phase"], "Running");
+}

@@ -65,6 +65,8 @@ struct Worker {
     sandbox_not_before: Option<Instant>,
     conditions: Vec<PodCondition>,
     start_time: Option<Time>,
+    /// Containers of a sandbox that died, so their successors continue the restart count.
+    lost: HashMap<String, ContainerRecord>,
 }
 
 pub async fn run(node: Arc<Node>, pod: Pod, stop: watch::Receiver<bool>) {
@@ -148,6 +150,7 @@ impl Worker {
             sandbox_not_before: None,
             conditions: Vec::new(),
             start_time,
+            lost: HashMap::new(),
         }
     }
 
@@ -202,13 +205,17 @@ impl Worker {
                 self.shim = Some(s);
                 return Ok(());
             }
-            Ok(_) => {
+            Ok(s) => {
                 tracing::warn!("pod sandbox died; recreating it");
+                self.lost.extend(s.containers);
                 let _ = call(&self.run_dir, Request::Shutdown).await;
                 self.cleanup_runtime().await;
             }
             Err(_) if self.run_dir.join(shim::STATE_FILE).exists() => {
                 tracing::warn!("pod shim is gone; recreating the sandbox");
+                if let Some(s) = shim::read_state(&self.run_dir) {
+                    self.lost.extend(s.containers);
+                }
                 self.cleanup_runtime().await;
             }
             Err(_) => {}
@@ -456,7 +463,11 @@ impl Worker {
                 return Some(left);
             }
         }
-        let attempt = prev.map(|r| r.attempt + 1).unwrap_or(0);
+        // Attempts keep counting across a re-created sandbox, as the kubelet's restartCount does.
+        let attempt = prev
+            .or_else(|| self.lost.get(&c.name))
+            .map(|r| r.attempt + 1)
+            .unwrap_or(0);
         match self.start_container(c, field, attempt).await {
             Ok(()) => {
                 let b = self.backoff.entry(c.name.clone()).or_default();
