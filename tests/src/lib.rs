@@ -128,6 +128,22 @@ impl TestNode {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
+        // A node's network namespace starts with lo down; nodes have it up.
+        let lo = Command::new("nsenter")
+            .args([
+                "-t",
+                &holder.id().to_string(),
+                "-n",
+                "busybox",
+                "ip",
+                "link",
+                "set",
+                "lo",
+                "up",
+            ])
+            .status()
+            .expect("nsenter");
+        assert!(lo.success(), "bringing lo up in the node's namespace");
         let cgroup_root = format!(
             "podlet-e2e-{}",
             dir.path()
@@ -146,6 +162,16 @@ impl TestNode {
         let out = node.podlet(&["image", "import", busybox_archive().to_str().unwrap()]);
         assert_eq!(out.code, 0, "import failed: {}", out.stderr);
         node
+    }
+
+    /// A node with its agent running, or None where privileged tests are skipped by hand.
+    pub fn with_agent() -> Option<Self> {
+        if !privileged() {
+            return None;
+        }
+        let mut node = Self::with_busybox();
+        node.start_agent();
+        Some(node)
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {

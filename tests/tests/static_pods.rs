@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use podlet_e2e::{alive, privileged, TestNode};
+use podlet_e2e::{alive, TestNode};
 use serde_json::Value;
 
 fn ns(pid: i64, kind: &str) -> String {
@@ -39,11 +39,9 @@ spec:
 
 #[test]
 fn two_container_pod_shares_sandbox_namespaces() {
-    if !privileged() {
+    let Some(node) = TestNode::with_agent() else {
         return;
-    }
-    let mut node = TestNode::with_busybox();
-    node.start_agent();
+    };
     node.write_manifest("two.yaml", TWO);
     let pod = node.wait_running("two");
     let state = node.shim_state(&uid(&pod));
@@ -129,15 +127,35 @@ fn two_container_pod_shares_sandbox_namespaces() {
     );
     let logs = node.podlet(&["logs", "two-e2e", "-c", "a"]);
     assert_eq!(logs.stdout, "a-started\n");
+
+    // The node API also listens on TCP 10250 inside the node's network namespace.
+    let wget = std::process::Command::new("nsenter")
+        .args([
+            "-t",
+            &node.holder_pid().to_string(),
+            "-n",
+            "busybox",
+            "wget",
+            "-qO-",
+            "http://127.0.0.1:10250/pods",
+        ])
+        .output()
+        .unwrap();
+    let list: Value = serde_json::from_slice(&wget.stdout).expect("PodList over TCP");
+    assert_eq!(list["items"][0]["metadata"]["name"], "two-e2e");
+
+    // An image whose layers a container uses cannot be removed.
+    let rm = node.podlet(&["image", "rm", "busybox"]);
+    assert_ne!(rm.code, 0);
+    assert!(rm.stderr.contains("in use"), "{}", rm.stderr);
+    assert!(node.podlet(&["image", "ls"]).stdout.contains("busybox"));
 }
 
 #[test]
 fn exit_codes_and_cri_logs_are_recorded() {
-    if !privileged() {
+    let Some(node) = TestNode::with_agent() else {
         return;
-    }
-    let mut node = TestNode::with_busybox();
-    node.start_agent();
+    };
     node.write_manifest(
         "job.json",
         r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"job"},
@@ -183,11 +201,9 @@ fn exit_codes_and_cri_logs_are_recorded() {
 
 #[test]
 fn removing_the_manifest_leaves_nothing_behind() {
-    if !privileged() {
+    let Some(node) = TestNode::with_agent() else {
         return;
-    }
-    let mut node = TestNode::with_busybox();
-    node.start_agent();
+    };
     node.write_manifest("two.yaml", TWO);
     let pod = node.wait_running("two");
     let uid = uid(&pod);
@@ -237,11 +253,9 @@ fn removing_the_manifest_leaves_nothing_behind() {
 
 #[test]
 fn agent_kill_and_restart_adopts_running_pods() {
-    if !privileged() {
+    let Some(mut node) = TestNode::with_agent() else {
         return;
-    }
-    let mut node = TestNode::with_busybox();
-    node.start_agent();
+    };
     node.write_manifest(
         "keep.yaml",
         r#"
@@ -297,11 +311,9 @@ spec:
 
 #[test]
 fn edited_and_bad_manifests() {
-    if !privileged() {
+    let Some(node) = TestNode::with_agent() else {
         return;
-    }
-    let mut node = TestNode::with_busybox();
-    node.start_agent();
+    };
     node.write_manifest("two.yaml", TWO);
     let first = uid(&node.wait_running("two"));
     node.write_manifest(
@@ -350,11 +362,9 @@ fn edited_and_bad_manifests() {
 
 #[test]
 fn restart_policy_always_backs_off() {
-    if !privileged() {
+    let Some(node) = TestNode::with_agent() else {
         return;
-    }
-    let mut node = TestNode::with_busybox();
-    node.start_agent();
+    };
     node.write_manifest(
         "crash.yaml",
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: crash\nspec:\n  containers:\n  - name: c\n    image: busybox\n    command: [\"sh\", \"-c\", \"exit 1\"]\n",
@@ -379,11 +389,9 @@ fn restart_policy_always_backs_off() {
 
 #[test]
 fn shared_process_namespace_has_pause_as_pid_1() {
-    if !privileged() {
+    let Some(node) = TestNode::with_agent() else {
         return;
-    }
-    let mut node = TestNode::with_busybox();
-    node.start_agent();
+    };
     node.write_manifest(
         "shared.yaml",
         &TWO.replace("name: two", "name: shared")
@@ -408,11 +416,9 @@ fn shared_process_namespace_has_pause_as_pid_1() {
 
 #[test]
 fn missing_image_waits_with_a_reason() {
-    if !privileged() {
+    let Some(node) = TestNode::with_agent() else {
         return;
-    }
-    let mut node = TestNode::with_busybox();
-    node.start_agent();
+    };
     node.write_manifest("nope.yaml", "apiVersion: v1\nkind: Pod\nmetadata:\n  name: nope\nspec:\n  containers:\n  - name: c\n    image: example.org/none:1\n");
     let p = node.wait_for("waiting reason", Duration::from_secs(10), || {
         node.pod("nope").filter(|p| {
@@ -430,11 +436,9 @@ fn missing_image_waits_with_a_reason() {
 
 #[test]
 fn host_network_init_containers_and_shared_volume() {
-    if !privileged() {
+    let Some(node) = TestNode::with_agent() else {
         return;
-    }
-    let mut node = TestNode::with_busybox();
-    node.start_agent();
+    };
     node.write_manifest(
         "hostnet.yaml",
         r#"
@@ -502,11 +506,9 @@ spec:
 
 #[test]
 fn sandbox_is_recreated_when_pause_dies() {
-    if !privileged() {
+    let Some(node) = TestNode::with_agent() else {
         return;
-    }
-    let mut node = TestNode::with_busybox();
-    node.start_agent();
+    };
     node.write_manifest("two.yaml", TWO);
     let pod = node.wait_running("two");
     let uid = uid(&pod);
