@@ -231,3 +231,70 @@ fn docker_archive_import_ls_and_rm() {
     assert_ne!(out.code, 0);
     assert!(out.stderr.contains("not found"));
 }
+
+/// A second layer on top of busybox that deletes a file (whiteout) and replaces a directory's
+/// content (opaque): a pod must see the merged result.
+#[test]
+fn whiteouts_and_opaque_dirs_apply_in_the_container() {
+    let Some(node) = TestNode::with_agent() else {
+        return;
+    };
+    let dir = node.path("docker");
+    std::fs::create_dir(&dir).unwrap();
+    let st = Command::new("bash")
+        .arg(workspace().join("hack/busybox-image.sh"))
+        .arg(node.path("base.tar"))
+        .env("FORMAT", "docker")
+        .output()
+        .unwrap();
+    assert!(st.status.success());
+    assert!(Command::new("tar")
+        .arg("-xf")
+        .arg(node.path("base.tar"))
+        .arg("-C")
+        .arg(&dir)
+        .status()
+        .unwrap()
+        .success());
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    let base_layer = manifest[0]["Layers"][0].as_str().unwrap().to_string();
+    let top = raw_tar(&[
+        ("bin/.wh.vi", tar::EntryType::Regular, "", b""),
+        ("etc/", tar::EntryType::Directory, "", b""),
+        ("etc/.wh..wh..opq", tar::EntryType::Regular, "", b""),
+        ("etc/only-in-top", tar::EntryType::Regular, "", b"top\n"),
+    ]);
+    std::fs::create_dir(dir.join("top")).unwrap();
+    std::fs::write(dir.join("top/layer.tar"), &top).unwrap();
+    let base = std::fs::read(dir.join(&base_layer)).unwrap();
+    let config = format!(
+        r#"{{"architecture":"amd64","os":"linux","config":{{"Cmd":["sh"],"Env":["PATH=/bin"]}},"rootfs":{{"type":"layers","diff_ids":["sha256:{}","sha256:{}"]}}}}"#,
+        sha(&base),
+        sha(&top)
+    );
+    let cfg_name = format!("{}.json", sha(config.as_bytes()));
+    std::fs::write(dir.join(&cfg_name), &config).unwrap();
+    std::fs::write(
+        dir.join("manifest.json"),
+        format!(r#"[{{"Config":"{cfg_name}","RepoTags":["layered:1"],"Layers":["{base_layer}","top/layer.tar"]}}]"#),
+    )
+    .unwrap();
+    let out = node.podlet(&["image", "import", dir.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    node.write_manifest(
+        "layered.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: layered\nspec:\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: c\n    image: layered:1\n    command: [\"sleep\", \"1000\"]\n",
+    );
+    node.wait_running("layered");
+    let out = node.podlet(&["exec", "layered-e2e", "--", "sh", "-c", "ls /etc | tr '\\n' ' '; test -e /bin/vi && echo vi-present; test -e /bin/ls && echo ls-present"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let listing = out.stdout.lines().next().unwrap_or_default();
+    assert!(listing.contains("only-in-top"), "{listing}");
+    assert!(
+        !listing.contains("passwd") && !listing.contains("group"),
+        "opaque /etc still shows the base layer: {listing}"
+    );
+    assert!(!out.stdout.contains("vi-present"), "whiteout ignored");
+    assert!(out.stdout.contains("ls-present"));
+}

@@ -82,6 +82,29 @@ fn two_container_pod_shares_sandbox_namespaces() {
     let mut lines = out.stdout.lines();
     assert_eq!(lines.next(), Some("two-e2e"));
     assert_eq!(lines.next().map(str::trim), Some("sleep 1000"));
+    // Masked and read-only kernel paths.
+    let out = node.podlet(&["exec", "two-e2e", "-c", "a", "--", "sh", "-c",
+        "cat /proc/keys /proc/timer_list | wc -c; ls /sys/firmware | wc -l; touch /sys/x 2>/dev/null && echo sys-writable; touch /proc/sys/x 2>/dev/null && echo procsys-writable; ls /dev | tr '\\n' ' '"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let mut lines = out.stdout.lines();
+    // Both exist on the host with content; masked, they read empty.
+    assert_eq!(
+        lines.next().map(str::trim),
+        Some("0"),
+        "/proc/keys and /proc/timer_list are masked"
+    );
+    assert_eq!(
+        lines.next().map(str::trim),
+        Some("0"),
+        "/sys/firmware is masked"
+    );
+    let devs = lines.next().unwrap_or_default();
+    for d in [
+        "null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "mqueue",
+    ] {
+        assert!(devs.split(' ').any(|x| x == d), "/dev/{d} missing: {devs}");
+    }
+    assert!(!out.stdout.contains("writable"), "{}", out.stdout);
     // exec's exit code is the command's.
     assert_eq!(
         node.podlet(&["exec", "two-e2e", "-c", "b", "--", "sh", "-c", "exit 5"])
@@ -448,6 +471,8 @@ metadata:
   name: hostnet
 spec:
   hostNetwork: true
+  hostPID: true
+  hostIPC: true
   terminationGracePeriodSeconds: 1
   volumes:
   - name: shared
@@ -484,6 +509,8 @@ spec:
         ns(holder, "uts"),
         "hostNetwork shares the node's hostname"
     );
+    assert_eq!(ns(main, "pid"), ns(holder, "pid"), "hostPID");
+    assert_eq!(ns(main, "ipc"), ns(holder, "ipc"), "hostIPC");
     assert_ne!(ns(main, "mnt"), ns(holder, "mnt"));
     let out = node.podlet(&[
         "exec",
