@@ -1,0 +1,4 @@
+//! The bridge CNI plugin.
+fn main() {
+    podlet_cni::skel::main(&podlet_cni::plugins::bridge::Bridge)
+}

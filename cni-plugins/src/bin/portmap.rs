@@ -1,0 +1,4 @@
+//! The portmap CNI plugin.
+fn main() {
+    podlet_cni::skel::main(&podlet_cni::plugins::portmap::Portmap)
+}

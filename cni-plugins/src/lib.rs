@@ -1,0 +1,12 @@
+//! podlet's CNI plugins (`bridge`, `host-local`, `loopback`, `portmap`) as a library: the spec
+//! types, the plumbing every plugin binary shares, and the plugins themselves. It knows nothing
+//! of pods.
+
+pub mod netlink;
+pub mod ns;
+pub mod skel;
+pub mod spec;
+pub mod ipam;
+pub mod nft;
+mod sys;
+pub mod plugins;

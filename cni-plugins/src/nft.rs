@@ -1,0 +1,282 @@
+//! nftables over netlink (libnftnl). Every attachment's rules live in tables of their own, named
+//! after the attachment (`<kind>:<network>:<container>:<ifname>`), so DEL removes them by name —
+//! also when the network namespace is already gone and no prevResult is given — and GC finds
+//! stale ones by listing tables.
+
+use std::ffi::CString;
+use std::io;
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use nftnl::expr::{Bitwise, Cmp, CmpOp, Immediate, Masquerade, Meta, Nat, NatType, Payload, Register};
+use nftnl::{Batch, Chain, ChainType, FinalizedBatch, Hook, MsgType, ProtoFamily, Rule, Table};
+
+use crate::sys::{table_cb, FibDaddrType, RTN_LOCAL};
+
+pub const MASQ: &str = "cni-masq";
+pub const HOSTPORT: &str = "cni-hostport";
+
+pub fn table_name(kind: &str, network: &str, container: &str, ifname: &str) -> io::Result<CString> {
+    let n = format!("{kind}:{network}:{container}:{ifname}");
+    if n.len() > 255 {
+        return Err(io::Error::other(format!("nftables table name too long: {n}")));
+    }
+    CString::new(n).map_err(io::Error::other)
+}
+
+/// Parses a table name made by [`table_name`]: (kind, network, container, ifname).
+pub fn parse_table_name(name: &str) -> Option<(&str, &str, &str, &str)> {
+    let mut it = name.splitn(4, ':');
+    Some((it.next()?, it.next()?, it.next()?, it.next()?))
+}
+
+fn family_of(ip: IpAddr) -> ProtoFamily {
+    if ip.is_ipv4() {
+        ProtoFamily::Ipv4
+    } else {
+        ProtoFamily::Ipv6
+    }
+}
+
+fn send(batch: FinalizedBatch) -> io::Result<()> {
+    let socket = mnl::Socket::new(mnl::Bus::Netfilter)?;
+    let portid = socket.portid();
+    socket.send_all(&batch)?;
+    let mut buffer = vec![0; nftnl::nft_nlmsg_maxsize() as usize];
+    let mut expected = batch.sequence_numbers();
+    while !expected.is_empty() {
+        for message in socket.recv(&mut buffer[..])? {
+            let message = message?;
+            let seq = expected.next().expect("unexpected netlink ACK");
+            mnl::cb_run(message, seq, portid)?;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes a table if it exists (adding it first makes the delete unconditional).
+fn replace_table(batch: &mut Batch, table: &Table) {
+    batch.add(table, MsgType::Add);
+    batch.add(table, MsgType::Del);
+}
+
+fn saddr(ip: IpAddr) -> Payload {
+    if ip.is_ipv4() {
+        Payload::Network(nftnl::expr::NetworkHeaderField::Ipv4(nftnl::expr::Ipv4HeaderField::Saddr))
+    } else {
+        Payload::Network(nftnl::expr::NetworkHeaderField::Ipv6(nftnl::expr::Ipv6HeaderField::Saddr))
+    }
+}
+
+fn daddr(ip: IpAddr) -> Payload {
+    if ip.is_ipv4() {
+        Payload::Network(nftnl::expr::NetworkHeaderField::Ipv4(nftnl::expr::Ipv4HeaderField::Daddr))
+    } else {
+        Payload::Network(nftnl::expr::NetworkHeaderField::Ipv6(nftnl::expr::Ipv6HeaderField::Daddr))
+    }
+}
+
+fn mask_bytes(net: &IpNetwork) -> Vec<u8> {
+    match net.mask() {
+        IpAddr::V4(m) => m.octets().to_vec(),
+        IpAddr::V6(m) => m.octets().to_vec(),
+    }
+}
+
+fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+/// `<payload> & mask ==/!= network`
+fn match_net(rule: &mut Rule, payload: Payload, net: &IpNetwork, op: CmpOp) {
+    let mask = mask_bytes(net);
+    let zero = vec![0u8; mask.len()];
+    rule.add_expr(&payload);
+    rule.add_expr(&Bitwise::new(&mask[..], &zero[..]));
+    let net_bytes = ip_bytes(net.network());
+    rule.add_expr(&Cmp::new(op, &net_bytes[..]));
+}
+
+/// Masquerades traffic from the attachment's addresses leaving `subnet` (multicast excepted),
+/// replacing whatever rules the attachment had.
+pub fn add_masquerade(network: &str, container: &str, ifname: &str, ips: &[IpNetwork]) -> io::Result<()> {
+    let name = table_name(MASQ, network, container, ifname)?;
+    let mut batch = Batch::new();
+    for fam in [ProtoFamily::Ipv4, ProtoFamily::Ipv6] {
+        let mine: Vec<&IpNetwork> = ips.iter().filter(|n| family_of(n.ip()) == fam).collect();
+        let table = Table::new(&name, fam);
+        replace_table(&mut batch, &table);
+        if mine.is_empty() {
+            continue;
+        }
+        batch.add(&table, MsgType::Add);
+        let mut chain = Chain::new(c"postrouting", &table);
+        chain.set_hook(Hook::PostRouting, 100);
+        chain.set_type(ChainType::Nat);
+        batch.add(&chain, MsgType::Add);
+        for net in mine {
+            let ip = net.ip();
+            let subnet = IpNetwork::new(net.network(), net.prefix()).expect("prefix");
+            let mut local = Rule::new(&chain);
+            local.add_expr(&saddr(ip));
+            local.add_expr(&Cmp::new(CmpOp::Eq, ip));
+            match_net(&mut local, daddr(ip), &subnet, CmpOp::Eq);
+            local.add_expr(&nftnl::expr::Verdict::Accept);
+            batch.add(&local, MsgType::Add);
+            let multicast: IpNetwork = if ip.is_ipv4() { "224.0.0.0/4".parse().expect("net") } else { "ff00::/8".parse().expect("net") };
+            let mut masq = Rule::new(&chain);
+            masq.add_expr(&saddr(ip));
+            masq.add_expr(&Cmp::new(CmpOp::Eq, ip));
+            match_net(&mut masq, daddr(ip), &multicast, CmpOp::Neq);
+            masq.add_expr(&Masquerade);
+            batch.add(&masq, MsgType::Add);
+        }
+    }
+    send(batch.finalize())
+}
+
+/// Removes the attachment's tables of `kind` (both families); nothing there is fine.
+pub fn remove(kind: &str, network: &str, container: &str, ifname: &str) -> io::Result<()> {
+    let name = table_name(kind, network, container, ifname)?;
+    let mut batch = Batch::new();
+    for fam in [ProtoFamily::Ipv4, ProtoFamily::Ipv6] {
+        replace_table(&mut batch, &Table::new(&name, fam));
+    }
+    send(batch.finalize())
+}
+
+/// Names of all nftables tables of the current network namespace.
+pub fn list_tables() -> io::Result<Vec<String>> {
+    let socket = mnl::Socket::new(mnl::Bus::Netfilter)?;
+    let portid = socket.portid();
+    let seq = 1;
+    socket.send(&nftnl::table::get_tables_nlmsg(seq))?;
+    let mut buffer = vec![0; nftnl::nft_nlmsg_maxsize() as usize];
+    let mut out = Vec::new();
+    loop {
+        let n = socket.recv(&mut buffer[..])?;
+        let mut done = false;
+        for message in n {
+            match mnl::cb_run2(message?, seq, portid, table_cb, &mut out)? {
+                mnl::CbResult::Stop => done = true,
+                mnl::CbResult::Ok => {}
+            }
+        }
+        if done {
+            break;
+        }
+    }
+    let mut names: Vec<String> = out.into_iter().map(|(_, n)| n).collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+/// One host port forwarded to a pod.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PortMapping {
+    pub host_port: u16,
+    pub container_port: u16,
+    /// IPPROTO_TCP, IPPROTO_UDP or IPPROTO_SCTP.
+    pub protocol: u8,
+    pub host_ip: Option<IpAddr>,
+}
+
+fn dport(rule: &mut Rule, proto: u8, port: u16) {
+    rule.add_expr(&Meta::L4Proto);
+    rule.add_expr(&Cmp::new(CmpOp::Eq, proto));
+    // TCP, UDP and SCTP all carry the destination port at bytes 2-3. (nftnl's field names say
+    // bits, but the values go to the kernel as the byte offset and length.)
+    rule.add_expr(&Payload::Transport(nftnl::expr::TransportHeaderField::Raw { offset_bits: 2, length_bits: 2 }));
+    rule.add_expr(&Cmp::new(CmpOp::Eq, &port.to_be_bytes()[..]));
+}
+
+/// DNATs each mapping's host port to the pod (from other hosts and from this one), and with
+/// `snat` masquerades connections from the host's loopback so the pod can answer them.
+pub fn add_hostports(network: &str, container: &str, ifname: &str, mappings: &[PortMapping], pod_ips: &[IpAddr], snat: bool) -> io::Result<()> {
+    let name = table_name(HOSTPORT, network, container, ifname)?;
+    let mut batch = Batch::new();
+    for fam in [ProtoFamily::Ipv4, ProtoFamily::Ipv6] {
+        let table = Table::new(&name, fam);
+        replace_table(&mut batch, &table);
+        let Some(pod) = pod_ips.iter().copied().find(|ip| family_of(*ip) == fam) else {
+            continue;
+        };
+        let maps: Vec<&PortMapping> = mappings
+            .iter()
+            .filter(|m| m.host_ip.is_none_or(|h| family_of(h) == fam))
+            .collect();
+        if maps.is_empty() {
+            continue;
+        }
+        batch.add(&table, MsgType::Add);
+        let mut pre = Chain::new(c"prerouting", &table);
+        pre.set_hook(Hook::PreRouting, -100);
+        pre.set_type(ChainType::Nat);
+        let mut out = Chain::new(c"output", &table);
+        out.set_hook(Hook::Out, -100);
+        out.set_type(ChainType::Nat);
+        let mut post = Chain::new(c"postrouting", &table);
+        post.set_hook(Hook::PostRouting, 100);
+        post.set_type(ChainType::Nat);
+        for c in [&pre, &out, &post] {
+            batch.add(c, MsgType::Add);
+        }
+        for m in &maps {
+            for chain in [&pre, &out] {
+                let mut r = Rule::new(chain);
+                match m.host_ip {
+                    Some(h) => {
+                        r.add_expr(&daddr(h));
+                        r.add_expr(&Cmp::new(CmpOp::Eq, h));
+                    }
+                    None => {
+                        r.add_expr(&FibDaddrType(Register::Reg1));
+                        r.add_expr(&Cmp::new(CmpOp::Eq, RTN_LOCAL));
+                    }
+                }
+                dport(&mut r, m.protocol, m.host_port);
+                match pod {
+                    IpAddr::V4(a) => r.add_expr(&Immediate::new(a.octets(), Register::Reg1)),
+                    IpAddr::V6(a) => r.add_expr(&Immediate::new(a.octets(), Register::Reg1)),
+                }
+                r.add_expr(&Immediate::new(m.container_port.to_be(), Register::Reg2));
+                r.add_expr(&Nat {
+                    nat_type: NatType::DNat,
+                    family: fam,
+                    ip_register: Register::Reg1,
+                    port_register: Some(Register::Reg2),
+                });
+                batch.add(&r, MsgType::Add);
+            }
+            if snat {
+                let lo: IpAddr = if pod.is_ipv4() { "127.0.0.1".parse().expect("ip") } else { "::1".parse().expect("ip") };
+                let mut r = Rule::new(&post);
+                r.add_expr(&saddr(lo));
+                r.add_expr(&Cmp::new(CmpOp::Eq, lo));
+                r.add_expr(&daddr(pod));
+                r.add_expr(&Cmp::new(CmpOp::Eq, pod));
+                dport(&mut r, m.protocol, m.container_port);
+                r.add_expr(&Masquerade);
+                batch.add(&r, MsgType::Add);
+            }
+        }
+    }
+    send(batch.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_round_trip() {
+        let n = table_name(MASQ, "podlet", "abc123", "eth0").unwrap();
+        assert_eq!(n.to_str().unwrap(), "cni-masq:podlet:abc123:eth0");
+        assert_eq!(parse_table_name(n.to_str().unwrap()), Some(("cni-masq", "podlet", "abc123", "eth0")));
+        assert!(table_name(MASQ, "n", &"c".repeat(300), "eth0").is_err());
+    }
+}
