@@ -2,11 +2,11 @@
 //! types, the plumbing every plugin binary shares, and the plugins themselves. It knows nothing
 //! of pods.
 
+pub mod ipam;
 pub mod netlink;
+pub mod nft;
 pub mod ns;
+pub mod plugins;
 pub mod skel;
 pub mod spec;
-pub mod ipam;
-pub mod nft;
 mod sys;
-pub mod plugins;

@@ -54,7 +54,12 @@ impl Netlink {
     }
 
     pub async fn link(&self, name: &str) -> io::Result<Option<LinkMessage>> {
-        let mut s = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut s = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         match s.try_next().await {
             Ok(l) => Ok(l),
             Err(e) => {
@@ -84,7 +89,13 @@ impl Netlink {
     }
 
     /// Creates the bridge if missing and brings it up; returns it.
-    pub async fn ensure_bridge(&self, name: &str, mtu: Option<u32>, promisc: bool, vlan_filtering: bool) -> io::Result<LinkMessage> {
+    pub async fn ensure_bridge(
+        &self,
+        name: &str,
+        mtu: Option<u32>,
+        promisc: bool,
+        vlan_filtering: bool,
+    ) -> io::Result<LinkMessage> {
         if self.link(name).await?.is_none() {
             let mut b = LinkBridge::new(name);
             if vlan_filtering {
@@ -106,7 +117,9 @@ impl Netlink {
             .await?
             .ok_or_else(|| io::Error::other(format!("bridge {name} vanished")))?;
         if !is_bridge(&link) {
-            return Err(io::Error::other(format!("{name} already exists but is not a bridge")));
+            return Err(io::Error::other(format!(
+                "{name} already exists but is not a bridge"
+            )));
         }
         let idx = link.header.index;
         let mut set = LinkUnspec::new_with_index(idx).up();
@@ -114,14 +127,27 @@ impl Netlink {
             set = set.promiscuous(true);
         }
         if !link.header.flags.contains(LinkFlags::Up) || promisc {
-            self.handle.link().set(set.build()).execute().await.map_err(io_err)?;
+            self.handle
+                .link()
+                .set(set.build())
+                .execute()
+                .await
+                .map_err(io_err)?;
         }
         Ok(link)
     }
 
     /// Creates a veth pair: `host` here (enslaved to `master`, up) and `peer` moved straight into
     /// the namespace `netns`, in one request.
-    pub async fn add_veth(&self, host: &str, peer: &str, netns: &std::fs::File, master: u32, mtu: Option<u32>, peer_mac: Option<[u8; 6]>) -> io::Result<()> {
+    pub async fn add_veth(
+        &self,
+        host: &str,
+        peer: &str,
+        netns: &std::fs::File,
+        master: u32,
+        mtu: Option<u32>,
+        peer_mac: Option<[u8; 6]>,
+    ) -> io::Result<()> {
         let mut p = LinkUnspec::new_with_name(peer).setns_by_fd(netns.as_raw_fd());
         if let Some(m) = mtu {
             p = p.mtu(m);
@@ -136,17 +162,36 @@ impl Netlink {
         if let Some(m) = mtu {
             msg = msg.mtu(m);
         }
-        self.handle.link().add(msg.build()).execute().await.map_err(io_err)
+        self.handle
+            .link()
+            .add(msg.build())
+            .execute()
+            .await
+            .map_err(io_err)
     }
 
     pub async fn set_up(&self, index: u32, up: bool) -> io::Result<()> {
-        let m = if up { LinkUnspec::new_with_index(index).up() } else { LinkUnspec::new_with_index(index).down() };
-        self.handle.link().set(m.build()).execute().await.map_err(io_err)
+        let m = if up {
+            LinkUnspec::new_with_index(index).up()
+        } else {
+            LinkUnspec::new_with_index(index).down()
+        };
+        self.handle
+            .link()
+            .set(m.build())
+            .execute()
+            .await
+            .map_err(io_err)
     }
 
     pub async fn set_hairpin(&self, index: u32) -> io::Result<()> {
         let m = rtnetlink::LinkBridgePort::new(index).hairpin(true).build();
-        self.handle.link().set_port(m).execute().await.map_err(io_err)
+        self.handle
+            .link()
+            .set_port(m)
+            .execute()
+            .await
+            .map_err(io_err)
     }
 
     pub async fn del_link(&self, index: u32) -> io::Result<()> {
@@ -164,7 +209,12 @@ impl Netlink {
     }
 
     pub async fn addresses(&self, index: u32) -> io::Result<Vec<IpNetwork>> {
-        let mut s = self.handle.address().get().set_link_index_filter(index).execute();
+        let mut s = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
         let mut out = Vec::new();
         while let Some(m) = s.try_next().await.map_err(io_err)? {
             for a in &m.attributes {
@@ -180,7 +230,13 @@ impl Netlink {
 
     /// Adds an address; an address already present is fine.
     pub async fn add_address(&self, index: u32, net: IpNetwork) -> io::Result<()> {
-        match self.handle.address().add(index, net.ip(), net.prefix()).execute().await {
+        match self
+            .handle
+            .address()
+            .add(index, net.ip(), net.prefix())
+            .execute()
+            .await
+        {
             Ok(()) => Ok(()),
             Err(e) => {
                 let e = io_err(e);
@@ -194,31 +250,52 @@ impl Netlink {
     }
 
     pub async fn del_address(&self, index: u32, net: IpNetwork) -> io::Result<()> {
-        let mut s = self.handle.address().get().set_link_index_filter(index).execute();
+        let mut s = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
         while let Some(m) = s.try_next().await.map_err(io_err)? {
             let hit = m.header.prefix_len == net.prefix()
-                && m.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(ip) if *ip == net.ip()));
+                && m.attributes
+                    .iter()
+                    .any(|a| matches!(a, AddressAttribute::Address(ip) if *ip == net.ip()));
             if hit {
-                self.handle.address().del(m).execute().await.map_err(io_err)?;
+                self.handle
+                    .address()
+                    .del(m)
+                    .execute()
+                    .await
+                    .map_err(io_err)?;
             }
         }
         Ok(())
     }
 
     /// Adds a route through `index` (via `gw` when given); an existing one is fine.
-    pub async fn add_route(&self, dst: IpNetwork, gw: Option<IpAddr>, index: u32, mtu: Option<u32>) -> io::Result<()> {
+    pub async fn add_route(
+        &self,
+        dst: IpNetwork,
+        gw: Option<IpAddr>,
+        index: u32,
+        mtu: Option<u32>,
+    ) -> io::Result<()> {
         let mut b = rtnetlink::RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(dst.ip(), dst.prefix())
             .map_err(|e| io::Error::other(format!("route {dst}: {e}")))?
             .output_interface(index);
         if let Some(g) = gw {
-            b = b.gateway(g).map_err(|e| io::Error::other(format!("route {dst} via {g}: {e}")))?;
+            b = b
+                .gateway(g)
+                .map_err(|e| io::Error::other(format!("route {dst} via {g}: {e}")))?;
         }
         let mut msg = b.build();
         if let Some(m) = mtu {
-            msg.attributes.push(netlink_packet_route::route::RouteAttribute::Metrics(vec![
-                netlink_packet_route::route::RouteMetric::Mtu(m),
-            ]));
+            msg.attributes
+                .push(netlink_packet_route::route::RouteAttribute::Metrics(vec![
+                    netlink_packet_route::route::RouteMetric::Mtu(m),
+                ]));
         }
         match self.handle.route().add(msg).execute().await {
             Ok(()) => Ok(()),
@@ -255,7 +332,12 @@ pub fn mac_of(link: &LinkMessage) -> String {
     link.attributes
         .iter()
         .find_map(|a| match a {
-            LinkAttribute::Address(m) => Some(m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")),
+            LinkAttribute::Address(m) => Some(
+                m.iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":"),
+            ),
             _ => None,
         })
         .unwrap_or_default()
@@ -269,7 +351,10 @@ pub fn controller_of(link: &LinkMessage) -> Option<u32> {
 }
 
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let parts: Vec<u8> = s.split(':').filter_map(|p| u8::from_str_radix(p, 16).ok()).collect();
+    let parts: Vec<u8> = s
+        .split(':')
+        .filter_map(|p| u8::from_str_radix(p, 16).ok())
+        .collect();
     (parts.len() == 6 && s.split(':').count() == 6).then(|| {
         let mut m = [0u8; 6];
         m.copy_from_slice(&parts);

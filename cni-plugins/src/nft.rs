@@ -8,7 +8,9 @@ use std::io;
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
-use nftnl::expr::{Bitwise, Cmp, CmpOp, Immediate, Masquerade, Meta, Nat, NatType, Payload, Register};
+use nftnl::expr::{
+    Bitwise, Cmp, CmpOp, Immediate, Masquerade, Meta, Nat, NatType, Payload, Register,
+};
 use nftnl::{Batch, Chain, ChainType, FinalizedBatch, Hook, MsgType, ProtoFamily, Rule, Table};
 
 use crate::sys::{table_cb, FibDaddrType, RTN_LOCAL};
@@ -19,7 +21,9 @@ pub const HOSTPORT: &str = "cni-hostport";
 pub fn table_name(kind: &str, network: &str, container: &str, ifname: &str) -> io::Result<CString> {
     let n = format!("{kind}:{network}:{container}:{ifname}");
     if n.len() > 255 {
-        return Err(io::Error::other(format!("nftables table name too long: {n}")));
+        return Err(io::Error::other(format!(
+            "nftables table name too long: {n}"
+        )));
     }
     CString::new(n).map_err(io::Error::other)
 }
@@ -62,17 +66,25 @@ fn replace_table(batch: &mut Batch, table: &Table) {
 
 fn saddr(ip: IpAddr) -> Payload {
     if ip.is_ipv4() {
-        Payload::Network(nftnl::expr::NetworkHeaderField::Ipv4(nftnl::expr::Ipv4HeaderField::Saddr))
+        Payload::Network(nftnl::expr::NetworkHeaderField::Ipv4(
+            nftnl::expr::Ipv4HeaderField::Saddr,
+        ))
     } else {
-        Payload::Network(nftnl::expr::NetworkHeaderField::Ipv6(nftnl::expr::Ipv6HeaderField::Saddr))
+        Payload::Network(nftnl::expr::NetworkHeaderField::Ipv6(
+            nftnl::expr::Ipv6HeaderField::Saddr,
+        ))
     }
 }
 
 fn daddr(ip: IpAddr) -> Payload {
     if ip.is_ipv4() {
-        Payload::Network(nftnl::expr::NetworkHeaderField::Ipv4(nftnl::expr::Ipv4HeaderField::Daddr))
+        Payload::Network(nftnl::expr::NetworkHeaderField::Ipv4(
+            nftnl::expr::Ipv4HeaderField::Daddr,
+        ))
     } else {
-        Payload::Network(nftnl::expr::NetworkHeaderField::Ipv6(nftnl::expr::Ipv6HeaderField::Daddr))
+        Payload::Network(nftnl::expr::NetworkHeaderField::Ipv6(
+            nftnl::expr::Ipv6HeaderField::Daddr,
+        ))
     }
 }
 
@@ -102,7 +114,12 @@ fn match_net(rule: &mut Rule, payload: Payload, net: &IpNetwork, op: CmpOp) {
 
 /// Masquerades traffic from the attachment's addresses leaving `subnet` (multicast excepted),
 /// replacing whatever rules the attachment had.
-pub fn add_masquerade(network: &str, container: &str, ifname: &str, ips: &[IpNetwork]) -> io::Result<()> {
+pub fn add_masquerade(
+    network: &str,
+    container: &str,
+    ifname: &str,
+    ips: &[IpNetwork],
+) -> io::Result<()> {
     let name = table_name(MASQ, network, container, ifname)?;
     let mut batch = Batch::new();
     for fam in [ProtoFamily::Ipv4, ProtoFamily::Ipv6] {
@@ -126,7 +143,11 @@ pub fn add_masquerade(network: &str, container: &str, ifname: &str, ips: &[IpNet
             match_net(&mut local, daddr(ip), &subnet, CmpOp::Eq);
             local.add_expr(&nftnl::expr::Verdict::Accept);
             batch.add(&local, MsgType::Add);
-            let multicast: IpNetwork = if ip.is_ipv4() { "224.0.0.0/4".parse().expect("net") } else { "ff00::/8".parse().expect("net") };
+            let multicast: IpNetwork = if ip.is_ipv4() {
+                "224.0.0.0/4".parse().expect("net")
+            } else {
+                "ff00::/8".parse().expect("net")
+            };
             let mut masq = Rule::new(&chain);
             masq.add_expr(&saddr(ip));
             masq.add_expr(&Cmp::new(CmpOp::Eq, ip));
@@ -190,13 +211,25 @@ fn dport(rule: &mut Rule, proto: u8, port: u16) {
     rule.add_expr(&Cmp::new(CmpOp::Eq, proto));
     // TCP, UDP and SCTP all carry the destination port at bytes 2-3. (nftnl's field names say
     // bits, but the values go to the kernel as the byte offset and length.)
-    rule.add_expr(&Payload::Transport(nftnl::expr::TransportHeaderField::Raw { offset_bits: 2, length_bits: 2 }));
+    rule.add_expr(&Payload::Transport(
+        nftnl::expr::TransportHeaderField::Raw {
+            offset_bits: 2,
+            length_bits: 2,
+        },
+    ));
     rule.add_expr(&Cmp::new(CmpOp::Eq, &port.to_be_bytes()[..]));
 }
 
 /// DNATs each mapping's host port to the pod (from other hosts and from this one), and with
 /// `snat` masquerades connections from the host's loopback so the pod can answer them.
-pub fn add_hostports(network: &str, container: &str, ifname: &str, mappings: &[PortMapping], pod_ips: &[IpAddr], snat: bool) -> io::Result<()> {
+pub fn add_hostports(
+    network: &str,
+    container: &str,
+    ifname: &str,
+    mappings: &[PortMapping],
+    pod_ips: &[IpAddr],
+    snat: bool,
+) -> io::Result<()> {
     let name = table_name(HOSTPORT, network, container, ifname)?;
     let mut batch = Batch::new();
     for fam in [ProtoFamily::Ipv4, ProtoFamily::Ipv6] {
@@ -253,7 +286,11 @@ pub fn add_hostports(network: &str, container: &str, ifname: &str, mappings: &[P
                 batch.add(&r, MsgType::Add);
             }
             if snat {
-                let lo: IpAddr = if pod.is_ipv4() { "127.0.0.1".parse().expect("ip") } else { "::1".parse().expect("ip") };
+                let lo: IpAddr = if pod.is_ipv4() {
+                    "127.0.0.1".parse().expect("ip")
+                } else {
+                    "::1".parse().expect("ip")
+                };
                 let mut r = Rule::new(&post);
                 r.add_expr(&saddr(lo));
                 r.add_expr(&Cmp::new(CmpOp::Eq, lo));
@@ -276,7 +313,10 @@ mod tests {
     fn table_names_round_trip() {
         let n = table_name(MASQ, "podlet", "abc123", "eth0").unwrap();
         assert_eq!(n.to_str().unwrap(), "cni-masq:podlet:abc123:eth0");
-        assert_eq!(parse_table_name(n.to_str().unwrap()), Some(("cni-masq", "podlet", "abc123", "eth0")));
+        assert_eq!(
+            parse_table_name(n.to_str().unwrap()),
+            Some(("cni-masq", "podlet", "abc123", "eth0"))
+        );
         assert!(table_name(MASQ, "n", &"c".repeat(300), "eth0").is_err());
     }
 }

@@ -40,7 +40,10 @@ pub fn with_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> io::Res
 /// `net/ipv4/ip_forward`), skipping the write when the value is already set.
 pub fn sysctl(key: &str, value: &str) -> io::Result<()> {
     let p = Path::new("/proc/sys").join(key);
-    if std::fs::read_to_string(&p).map(|v| v.trim() == value).unwrap_or(false) {
+    if std::fs::read_to_string(&p)
+        .map(|v| v.trim() == value)
+        .unwrap_or(false)
+    {
         return Ok(());
     }
     std::fs::write(&p, value)

@@ -38,7 +38,11 @@ pub struct Call {
 impl Call {
     /// `prevResult`, parsed.
     pub fn prev_result(&self) -> CniResult<Option<Outcome>> {
-        self.conf.prev_result.as_ref().map(Outcome::parse).transpose()
+        self.conf
+            .prev_result
+            .as_ref()
+            .map(Outcome::parse)
+            .transpose()
     }
 
     pub fn runtime_config(&self, key: &str) -> Option<&Value> {
@@ -63,7 +67,11 @@ fn parse_cni_args(s: &str) -> CniResult<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for pair in s.split(';').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').ok_or_else(|| {
-            CniError::with_details(code::INVALID_ENV, "invalid CNI_ARGS", format!("pair {pair:?} has no '='"))
+            CniError::with_details(
+                code::INVALID_ENV,
+                "invalid CNI_ARGS",
+                format!("pair {pair:?} has no '='"),
+            )
         })?;
         out.insert(k.to_string(), v.to_string());
     }
@@ -83,13 +91,20 @@ pub fn read_call(env: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> (String,
         "" => {
             return (
                 spec::CURRENT_VERSION.into(),
-                Err(CniError::new(code::INVALID_ENV, "required env variables [CNI_COMMAND] missing")),
+                Err(CniError::new(
+                    code::INVALID_ENV,
+                    "required env variables [CNI_COMMAND] missing",
+                )),
             )
         }
         other => {
             return (
                 spec::CURRENT_VERSION.into(),
-                Err(CniError::with_details(code::INVALID_ENV, "unknown CNI_COMMAND", other.to_string())),
+                Err(CniError::with_details(
+                    code::INVALID_ENV,
+                    "unknown CNI_COMMAND",
+                    other.to_string(),
+                )),
             )
         }
     };
@@ -101,7 +116,11 @@ pub fn read_call(env: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> (String,
             Err(e) => {
                 return (
                     spec::CURRENT_VERSION.into(),
-                    Err(CniError::with_details(code::DECODE, "failed to decode network configuration", e.to_string())),
+                    Err(CniError::with_details(
+                        code::DECODE,
+                        "failed to decode network configuration",
+                        e.to_string(),
+                    )),
                 )
             }
         }
@@ -111,11 +130,19 @@ pub fn read_call(env: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> (String,
         Err(e) => {
             return (
                 spec::CURRENT_VERSION.into(),
-                Err(CniError::with_details(code::DECODE, "failed to decode network configuration", e.to_string())),
+                Err(CniError::with_details(
+                    code::DECODE,
+                    "failed to decode network configuration",
+                    e.to_string(),
+                )),
             )
         }
     };
-    let version = if conf.cni_version.is_empty() { "0.1.0".to_string() } else { conf.cni_version.clone() };
+    let version = if conf.cni_version.is_empty() {
+        "0.1.0".to_string()
+    } else {
+        conf.cni_version.clone()
+    };
     let reply_version = if spec::SUPPORTED_VERSIONS.contains(&version.as_str()) {
         version.clone()
     } else {
@@ -129,7 +156,11 @@ pub fn read_call(env: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> (String,
             netns: get("CNI_NETNS"),
             ifname: get("CNI_IFNAME"),
             args: parse_cni_args(&get("CNI_ARGS"))?,
-            path: get("CNI_PATH").split(':').filter(|p| !p.is_empty()).map(String::from).collect(),
+            path: get("CNI_PATH")
+                .split(':')
+                .filter(|p| !p.is_empty())
+                .map(String::from)
+                .collect(),
             raw,
             conf,
             version: reply_version.clone(),
@@ -168,7 +199,11 @@ pub fn read_call(env: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> (String,
                 ));
             }
             if !spec::valid_ifname(&call.ifname) {
-                return Err(CniError::with_details(code::INVALID_ENV, "invalid interface name", call.ifname.clone()));
+                return Err(CniError::with_details(
+                    code::INVALID_ENV,
+                    "invalid interface name",
+                    call.ifname.clone(),
+                ));
             }
         }
         spec::check_supported(&version)?;
@@ -176,13 +211,23 @@ pub fn read_call(env: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> (String,
             return Err(CniError::new(code::INVALID_CONFIG, "missing network name"));
         }
         if !spec::valid_name(&call.conf.name) {
-            return Err(CniError::with_details(code::INVALID_CONFIG, "invalid characters found in network name", call.conf.name.clone()));
+            return Err(CniError::with_details(
+                code::INVALID_CONFIG,
+                "invalid characters found in network name",
+                call.conf.name.clone(),
+            ));
         }
         if command == Command::Check && !spec::at_least(&version, "0.4.0") {
-            return Err(CniError::new(code::INCOMPATIBLE_VERSION, "config version does not allow CHECK"));
+            return Err(CniError::new(
+                code::INCOMPATIBLE_VERSION,
+                "config version does not allow CHECK",
+            ));
         }
         if matches!(command, Command::Gc | Command::Status) && !spec::at_least(&version, "1.1.0") {
-            return Err(CniError::new(code::INCOMPATIBLE_VERSION, format!("config version does not allow {cmd}")));
+            return Err(CniError::new(
+                code::INCOMPATIBLE_VERSION,
+                format!("config version does not allow {cmd}"),
+            ));
         }
         call.version = reply_version.clone();
         Ok(call)
@@ -242,7 +287,10 @@ mod tests {
     }
 
     fn run(env: &[(&str, &str)], conf: &str) -> (Option<Value>, i32) {
-        let env: BTreeMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: BTreeMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let (v, call) = read_call(&|k| env.get(k).cloned(), conf.as_bytes());
         dispatch(&Nop, &v, call)
     }
@@ -259,11 +307,21 @@ mod tests {
     fn errors_carry_the_spec_codes() {
         let conf = r#"{"cniVersion":"1.0.0","name":"n","type":"x"}"#;
         assert_eq!(run(&ENV, conf).1, 0);
-        let code_of = |env: &[(&str, &str)], conf: &str| run(env, conf).0.unwrap()["code"].as_u64().unwrap();
+        let code_of =
+            |env: &[(&str, &str)], conf: &str| run(env, conf).0.unwrap()["code"].as_u64().unwrap();
         assert_eq!(code_of(&ENV, "{not json"), 6);
-        assert_eq!(code_of(&ENV, r#"{"cniVersion":"7.0.0","name":"n","type":"x"}"#), 1);
+        assert_eq!(
+            code_of(&ENV, r#"{"cniVersion":"7.0.0","name":"n","type":"x"}"#),
+            1
+        );
         assert_eq!(code_of(&ENV, r#"{"cniVersion":"1.0.0","type":"x"}"#), 7);
-        assert_eq!(code_of(&ENV, r#"{"cniVersion":"1.0.0","name":"bad/name","type":"x"}"#), 7);
+        assert_eq!(
+            code_of(
+                &ENV,
+                r#"{"cniVersion":"1.0.0","name":"bad/name","type":"x"}"#
+            ),
+            7
+        );
         let mut env = ENV.to_vec();
         env[1] = ("CNI_CONTAINERID", "bad id");
         assert_eq!(code_of(&env, conf), 4);
@@ -275,10 +333,19 @@ mod tests {
         env[0] = ("CNI_COMMAND", "CHECK");
         let mut env = ENV.to_vec();
         env[0] = ("CNI_COMMAND", "CHECK");
-        assert_eq!(code_of(&env, r#"{"cniVersion":"0.3.1","name":"n","type":"x"}"#), 1);
+        assert_eq!(
+            code_of(&env, r#"{"cniVersion":"0.3.1","name":"n","type":"x"}"#),
+            1
+        );
         env[0] = ("CNI_COMMAND", "GC");
-        assert_eq!(code_of(&env, r#"{"cniVersion":"1.0.0","name":"n","type":"x"}"#), 1);
-        assert_eq!(run(&env, r#"{"cniVersion":"1.1.0","name":"n","type":"x"}"#).1, 0);
+        assert_eq!(
+            code_of(&env, r#"{"cniVersion":"1.0.0","name":"n","type":"x"}"#),
+            1
+        );
+        assert_eq!(
+            run(&env, r#"{"cniVersion":"1.1.0","name":"n","type":"x"}"#).1,
+            0
+        );
     }
 
     #[test]

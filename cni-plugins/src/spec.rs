@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 /// Every version a plugin accepts, oldest first (what VERSION reports).
-pub const SUPPORTED_VERSIONS: [&str; 7] = ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+pub const SUPPORTED_VERSIONS: [&str; 7] = [
+    "0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0",
+];
 pub const CURRENT_VERSION: &str = "1.1.0";
 
 /// Error codes of the spec (1-99 reserved, 100+ plugin specific, 999 internal as in libcni).
@@ -209,7 +211,10 @@ impl Outcome {
             }
             if !self.routes.is_empty() {
                 let routes = if at_least(version, "1.1.0") {
-                    self.routes.iter().map(|r| serde_json::to_value(r).expect("route")).collect()
+                    self.routes
+                        .iter()
+                        .map(|r| serde_json::to_value(r).expect("route"))
+                        .collect()
                 } else {
                     routes_basic(&self.routes)
                 };
@@ -224,7 +229,9 @@ impl Outcome {
 
     /// Reads a result of any version (a prevResult, or what an IPAM plugin printed).
     pub fn parse(v: &Value) -> CniResult<Self> {
-        let bad = |e: serde_json::Error| CniError::with_details(code::DECODE, "failed to decode result", e.to_string());
+        let bad = |e: serde_json::Error| {
+            CniError::with_details(code::DECODE, "failed to decode result", e.to_string())
+        };
         let mut out = Outcome::default();
         if let Some(d) = v.get("dns") {
             out.dns = serde_json::from_value(d.clone()).map_err(bad)?;
@@ -232,7 +239,8 @@ impl Outcome {
         if v.get("ip4").is_some() || v.get("ip6").is_some() {
             for key in ["ip4", "ip6"] {
                 if let Some(b) = v.get(key) {
-                    let address: IpNetwork = serde_json::from_value(b["ip"].clone()).map_err(bad)?;
+                    let address: IpNetwork =
+                        serde_json::from_value(b["ip"].clone()).map_err(bad)?;
                     let gateway = b
                         .get("gateway")
                         .map(|g| serde_json::from_value(g.clone()))
@@ -300,7 +308,9 @@ pub fn valid_ifname(s: &str) -> bool {
         && s.len() <= 15
         && s != "."
         && s != ".."
-        && !s.bytes().any(|c| c == b'/' || c == b':' || c.is_ascii_whitespace())
+        && !s
+            .bytes()
+            .any(|c| c == b'/' || c == b':' || c.is_ascii_whitespace())
 }
 
 #[cfg(test)]

@@ -24,8 +24,16 @@ impl Expression for FibDaddrType {
             let e = sys::nftnl_expr_alloc(c"fib".as_ptr());
             let e = NonNull::new(e).expect("nftnl_expr_alloc(fib) failed: out of memory");
             sys::nftnl_expr_set_u32(e.as_ptr(), sys::NFTNL_EXPR_FIB_DREG as u16, self.0.to_raw());
-            sys::nftnl_expr_set_u32(e.as_ptr(), sys::NFTNL_EXPR_FIB_RESULT as u16, NFT_FIB_RESULT_ADDRTYPE);
-            sys::nftnl_expr_set_u32(e.as_ptr(), sys::NFTNL_EXPR_FIB_FLAGS as u16, NFTA_FIB_F_DADDR);
+            sys::nftnl_expr_set_u32(
+                e.as_ptr(),
+                sys::NFTNL_EXPR_FIB_RESULT as u16,
+                NFT_FIB_RESULT_ADDRTYPE,
+            );
+            sys::nftnl_expr_set_u32(
+                e.as_ptr(),
+                sys::NFTNL_EXPR_FIB_FLAGS as u16,
+                NFTA_FIB_F_DADDR,
+            );
             e
         }
     }

@@ -509,3 +509,4 @@ impl Drop for TestNode {
             .status();
     }
 }
+pub mod cni;

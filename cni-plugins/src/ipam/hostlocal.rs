@@ -92,10 +92,16 @@ impl Range {
         let v4 = subnet.is_ipv4();
         let size_bits = if v4 { 32 } else { 128 } - subnet.prefix() as u32;
         if size_bits < 2 {
-            return Err(invalid(format!("network {subnet} too small to allocate from")));
+            return Err(invalid(format!(
+                "network {subnet} too small to allocate from"
+            )));
         }
         let net = to_u128(subnet.network());
-        let last = if size_bits >= 128 { u128::MAX } else { net + ((1u128 << size_bits) - 1) };
+        let last = if size_bits >= 128 {
+            u128::MAX
+        } else {
+            net + ((1u128 << size_bits) - 1)
+        };
         let default_end = if v4 { last - 1 } else { last };
         let start = c.range_start.unwrap_or(from_u128(net + 1, v4));
         let end = c.range_end.unwrap_or(from_u128(default_end, v4));
@@ -105,7 +111,9 @@ impl Range {
             }
         }
         if to_u128(start) > to_u128(end) {
-            return Err(invalid(format!("rangeStart {start} is after rangeEnd {end}")));
+            return Err(invalid(format!(
+                "rangeStart {start} is after rangeEnd {end}"
+            )));
         }
         let gateway = Some(c.gateway.unwrap_or(from_u128(net + 1, v4)));
         if let Some(g) = c.gateway {
@@ -113,11 +121,18 @@ impl Range {
                 return Err(invalid(format!("gateway {g} not in network {subnet}")));
             }
         }
-        Ok(Self { subnet, start, end, gateway })
+        Ok(Self {
+            subnet,
+            start,
+            end,
+            gateway,
+        })
     }
 
     fn contains(&self, ip: IpAddr) -> bool {
-        ip.is_ipv4() == self.subnet.is_ipv4() && to_u128(ip) >= to_u128(self.start) && to_u128(ip) <= to_u128(self.end)
+        ip.is_ipv4() == self.subnet.is_ipv4()
+            && to_u128(ip) >= to_u128(self.start)
+            && to_u128(ip) <= to_u128(self.end)
     }
 
     fn overlaps(&self, o: &Range) -> bool {
@@ -139,9 +154,18 @@ pub struct Config {
 
 impl Config {
     pub fn from_call(call: &Call) -> CniResult<Self> {
-        let ipam = call.raw.get("ipam").cloned().ok_or_else(|| invalid("missing 'ipam' section"))?;
-        let c: IpamConf = serde_json::from_value(ipam)
-            .map_err(|e| CniError::with_details(code::INVALID_CONFIG, "invalid ipam configuration", e.to_string()))?;
+        let ipam = call
+            .raw
+            .get("ipam")
+            .cloned()
+            .ok_or_else(|| invalid("missing 'ipam' section"))?;
+        let c: IpamConf = serde_json::from_value(ipam).map_err(|e| {
+            CniError::with_details(
+                code::INVALID_CONFIG,
+                "invalid ipam configuration",
+                e.to_string(),
+            )
+        })?;
         let mut raw_sets = c.ranges.clone();
         if let Some(subnet) = &c.subnet {
             raw_sets.insert(
@@ -159,7 +183,10 @@ impl Config {
         }
         let mut sets = Vec::new();
         for raw in &raw_sets {
-            let set = raw.iter().map(Range::canonical).collect::<CniResult<Vec<_>>>()?;
+            let set = raw
+                .iter()
+                .map(Range::canonical)
+                .collect::<CniResult<Vec<_>>>()?;
             let v4 = set[0].subnet.is_ipv4();
             if set.iter().any(|r| r.subnet.is_ipv4() != v4) {
                 return Err(invalid("mixed address families in one range set"));
@@ -170,7 +197,10 @@ impl Config {
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {
                 if a.overlaps(b) {
-                    return Err(invalid(format!("range {}-{} overlaps with {}-{}", a.start, a.end, b.start, b.end)));
+                    return Err(invalid(format!(
+                        "range {}-{} overlaps with {}-{}",
+                        a.start, a.end, b.start, b.end
+                    )));
                 }
             }
         }
@@ -195,17 +225,31 @@ pub struct Store {
 }
 
 fn io(what: &Path) -> impl FnOnce(io::Error) -> CniError + '_ {
-    move |e| CniError::with_details(code::IO_FAILURE, format!("{}", what.display()), e.to_string())
+    move |e| {
+        CniError::with_details(
+            code::IO_FAILURE,
+            format!("{}", what.display()),
+            e.to_string(),
+        )
+    }
 }
 
 impl Store {
     pub fn open(dir: &Path) -> CniResult<Self> {
         fs::create_dir_all(dir).map_err(io(dir))?;
         let lp = dir.join("lock");
-        let f = OpenOptions::new().create(true).truncate(false).write(true).open(&lp).map_err(io(&lp))?;
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lp)
+            .map_err(io(&lp))?;
         let lock = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, e)| io(&lp)(e.into()))?;
-        Ok(Self { dir: dir.to_path_buf(), _lock: lock })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            _lock: lock,
+        })
     }
 
     fn is_meta(name: &str) -> bool {
@@ -220,7 +264,9 @@ impl Store {
             if Self::is_meta(&name) {
                 continue;
             }
-            let Ok(ip) = name.parse::<IpAddr>() else { continue };
+            let Ok(ip) = name.parse::<IpAddr>() else {
+                continue;
+            };
             let content = fs::read_to_string(e.path()).unwrap_or_default();
             let (id, ifname) = match content.split_once(LINE_BREAK) {
                 Some((id, ifn)) => (id.trim().to_string(), ifn.trim().to_string()),
@@ -240,7 +286,8 @@ impl Store {
         let p = self.dir.join(ip.to_string());
         match OpenOptions::new().write(true).create_new(true).open(&p) {
             Ok(mut f) => {
-                f.write_all(format!("{id}{LINE_BREAK}{ifname}").as_bytes()).map_err(io(&p))?;
+                f.write_all(format!("{id}{LINE_BREAK}{ifname}").as_bytes())
+                    .map_err(io(&p))?;
                 let lr = self.dir.join(format!("{LAST_RESERVED}{set}"));
                 fs::write(&lr, ip.to_string()).map_err(io(&lr))?;
                 Ok(true)
@@ -262,7 +309,15 @@ impl Store {
         for (ip, fid, fif) in self.allocations()? {
             if Self::matches(id, ifname, &fid, &fif) {
                 let p = self.dir.join(ip.to_string());
-                fs::remove_file(&p).or_else(|e| if e.kind() == io::ErrorKind::NotFound { Ok(()) } else { Err(e) }).map_err(io(&p))?;
+                fs::remove_file(&p)
+                    .or_else(|e| {
+                        if e.kind() == io::ErrorKind::NotFound {
+                            Ok(())
+                        } else {
+                            Err(e)
+                        }
+                    })
+                    .map_err(io(&p))?;
                 n += 1;
             }
         }
@@ -271,17 +326,29 @@ impl Store {
 }
 
 /// Allocates one address from each range set (or the requested ones).
-pub fn allocate(cfg: &Config, store: &Store, id: &str, ifname: &str, requested: &[IpAddr]) -> CniResult<Vec<IpConfig>> {
+pub fn allocate(
+    cfg: &Config,
+    store: &Store,
+    id: &str,
+    ifname: &str,
+    requested: &[IpAddr],
+) -> CniResult<Vec<IpConfig>> {
     for r in requested {
         if !cfg.sets.iter().flatten().any(|rg| rg.contains(*r)) {
-            return Err(CniError::new(code::INVALID_CONFIG, format!("requested IP address {r} is not in any configured range")));
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                format!("requested IP address {r} is not in any configured range"),
+            ));
         }
     }
     let existing = store.allocations()?;
     let mut out = Vec::new();
     for (idx, set) in cfg.sets.iter().enumerate() {
         let in_set = |ip: IpAddr| set.iter().any(|r| r.contains(ip));
-        if let Some((ip, _, _)) = existing.iter().find(|(ip, fid, fif)| in_set(*ip) && Store::matches(id, ifname, fid, fif)) {
+        if let Some((ip, _, _)) = existing
+            .iter()
+            .find(|(ip, fid, fif)| in_set(*ip) && Store::matches(id, ifname, fid, fif))
+        {
             return Err(CniError::new(
                 code::INTERNAL,
                 format!("{ip} has been allocated to {id}, duplicate allocation is not allowed"),
@@ -291,7 +358,13 @@ pub fn allocate(cfg: &Config, store: &Store, id: &str, ifname: &str, requested: 
         let ip = match requested.iter().find(|r| in_set(**r)) {
             Some(r) => {
                 if Some(*r) == range_of(*r).gateway || !store.reserve(*r, id, ifname, idx)? {
-                    return Err(CniError::new(code::INTERNAL, format!("requested IP address {r} is not available in range set {}", describe(set))));
+                    return Err(CniError::new(
+                        code::INTERNAL,
+                        format!(
+                            "requested IP address {r} is not available in range set {}",
+                            describe(set)
+                        ),
+                    ));
                 }
                 *r
             }
@@ -308,17 +381,32 @@ pub fn allocate(cfg: &Config, store: &Store, id: &str, ifname: &str, requested: 
 }
 
 fn describe(set: &[Range]) -> String {
-    set.iter().map(|r| format!("{}-{}", r.start, r.end)).collect::<Vec<_>>().join(",")
+    set.iter()
+        .map(|r| format!("{}-{}", r.start, r.end))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
-fn next_free(set: &[Range], store: &Store, id: &str, ifname: &str, idx: usize) -> CniResult<IpAddr> {
+fn next_free(
+    set: &[Range],
+    store: &Store,
+    id: &str,
+    ifname: &str,
+    idx: usize,
+) -> CniResult<IpAddr> {
     let taken: BTreeSet<IpAddr> = store.allocations()?.into_iter().map(|a| a.0).collect();
     // Round robin: start right after the last address handed out from this set.
-    let (mut ri, mut cur) = match store.last_reserved(idx).and_then(|l| set.iter().position(|r| r.contains(l)).map(|i| (i, l))) {
+    let (mut ri, mut cur) = match store
+        .last_reserved(idx)
+        .and_then(|l| set.iter().position(|r| r.contains(l)).map(|i| (i, l)))
+    {
         Some((i, l)) => (i, Some(l)),
         None => (0, None),
     };
-    let total: u128 = set.iter().map(|r| to_u128(r.end) - to_u128(r.start) + 1).sum();
+    let total: u128 = set
+        .iter()
+        .map(|r| to_u128(r.end) - to_u128(r.start) + 1)
+        .sum();
     let mut seen: u128 = 0;
     while seen <= total {
         let r = &set[ri];
@@ -341,14 +429,19 @@ fn next_free(set: &[Range], store: &Store, id: &str, ifname: &str, idx: usize) -
             return Ok(next);
         }
     }
-    Err(CniError::new(code::INTERNAL, format!("no IP addresses available in range set: {}", describe(set))))
+    Err(CniError::new(
+        code::INTERNAL,
+        format!("no IP addresses available in range set: {}", describe(set)),
+    ))
 }
 
 fn requested_ips(call: &Call) -> CniResult<Vec<IpAddr>> {
     let mut out = Vec::new();
     let mut push = |s: &str| -> CniResult<()> {
         let ip = s.split('/').next().unwrap_or(s);
-        out.push(ip.parse().map_err(|_| CniError::new(code::INVALID_CONFIG, format!("invalid requested IP {s:?}")))?);
+        out.push(ip.parse().map_err(|_| {
+            CniError::new(code::INVALID_CONFIG, format!("invalid requested IP {s:?}"))
+        })?);
         Ok(())
     };
     if let Some(ips) = call.runtime_config("ips").and_then(Value::as_array) {
@@ -356,7 +449,13 @@ fn requested_ips(call: &Call) -> CniResult<Vec<IpAddr>> {
             push(v)?;
         }
     }
-    if let Some(ips) = call.conf.args.as_ref().and_then(|a| a.pointer("/cni/ips")).and_then(Value::as_array) {
+    if let Some(ips) = call
+        .conf
+        .args
+        .as_ref()
+        .and_then(|a| a.pointer("/cni/ips"))
+        .and_then(Value::as_array)
+    {
         for v in ips.iter().filter_map(Value::as_str) {
             push(v)?;
         }
@@ -397,7 +496,10 @@ pub fn valid_attachments(call: &Call) -> Vec<(String, String)> {
         .filter_map(|a| {
             Some((
                 a.get("containerID")?.as_str()?.to_string(),
-                a.get("ifname").and_then(Value::as_str).unwrap_or_default().to_string(),
+                a.get("ifname")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
             ))
         })
         .collect()
@@ -415,7 +517,11 @@ impl Plugin for HostLocal {
             interfaces: Vec::new(),
             ips,
             routes: cfg.routes.clone(),
-            dns: cfg.resolv_conf.as_deref().map(resolv_dns).unwrap_or_default(),
+            dns: cfg
+                .resolv_conf
+                .as_deref()
+                .map(resolv_dns)
+                .unwrap_or_default(),
         })
     }
 
@@ -436,12 +542,30 @@ impl Plugin for HostLocal {
             .map(|a| a.0)
             .collect();
         if mine.is_empty() {
-            return Err(CniError::new(code::INTERNAL, format!("host-local: failed to find address for container {}", call.container_id)));
+            return Err(CniError::new(
+                code::INTERNAL,
+                format!(
+                    "host-local: failed to find address for container {}",
+                    call.container_id
+                ),
+            ));
         }
         if let Some(prev) = call.prev_result()? {
-            for ip in prev.ips.iter().filter(|i| cfg.sets.iter().flatten().any(|r| r.contains(i.address.ip()))) {
+            for ip in prev.ips.iter().filter(|i| {
+                cfg.sets
+                    .iter()
+                    .flatten()
+                    .any(|r| r.contains(i.address.ip()))
+            }) {
                 if !mine.contains(&ip.address.ip()) {
-                    return Err(CniError::new(code::INTERNAL, format!("host-local: {} is not allocated to {}", ip.address.ip(), call.container_id)));
+                    return Err(CniError::new(
+                        code::INTERNAL,
+                        format!(
+                            "host-local: {} is not allocated to {}",
+                            ip.address.ip(),
+                            call.container_id
+                        ),
+                    ));
                 }
             }
         }
@@ -453,7 +577,9 @@ impl Plugin for HostLocal {
         let valid = valid_attachments(call);
         let store = Store::open(&cfg.dir())?;
         for (ip, id, ifn) in store.allocations()? {
-            let keep = valid.iter().any(|(vid, vif)| Store::matches(vid, vif, &id, &ifn) || (ifn.is_empty() && *vid == id));
+            let keep = valid.iter().any(|(vid, vif)| {
+                Store::matches(vid, vif, &id, &ifn) || (ifn.is_empty() && *vid == id)
+            });
             if !keep {
                 let p = cfg.dir().join(ip.to_string());
                 let _ = fs::remove_file(p);
@@ -473,12 +599,26 @@ mod tests {
     use super::*;
 
     fn cfg(dir: &Path, sets: Vec<Vec<RangeConf>>) -> Config {
-        let sets = sets.iter().map(|s| s.iter().map(|r| Range::canonical(r).unwrap()).collect()).collect();
-        Config { network: "net".into(), sets, routes: vec![], data_dir: dir.into(), resolv_conf: None }
+        let sets = sets
+            .iter()
+            .map(|s| s.iter().map(|r| Range::canonical(r).unwrap()).collect())
+            .collect();
+        Config {
+            network: "net".into(),
+            sets,
+            routes: vec![],
+            data_dir: dir.into(),
+            resolv_conf: None,
+        }
     }
 
     fn rc(subnet: &str) -> RangeConf {
-        RangeConf { subnet: subnet.into(), range_start: None, range_end: None, gateway: None }
+        RangeConf {
+            subnet: subnet.into(),
+            range_start: None,
+            range_end: None,
+            gateway: None,
+        }
     }
 
     #[test]
@@ -499,13 +639,22 @@ mod tests {
     #[test]
     fn round_robin_layout_and_exhaustion() {
         let d = tempfile::tempdir().unwrap();
-        let c = cfg(d.path(), vec![vec![rc("10.0.0.0/29")], vec![rc("fd00::/126")]]);
+        let c = cfg(
+            d.path(),
+            vec![vec![rc("10.0.0.0/29")], vec![rc("fd00::/126")]],
+        );
         let store = Store::open(&c.dir()).unwrap();
         let a = allocate(&c, &store, "c1", "eth0", &[]).unwrap();
         assert_eq!(a[0].address.to_string(), "10.0.0.2/29");
         assert_eq!(a[1].address.to_string(), "fd00::2/126");
-        assert_eq!(fs::read_to_string(c.dir().join("10.0.0.2")).unwrap(), "c1\r\neth0");
-        assert_eq!(fs::read_to_string(c.dir().join("last_reserved_ip.0")).unwrap(), "10.0.0.2");
+        assert_eq!(
+            fs::read_to_string(c.dir().join("10.0.0.2")).unwrap(),
+            "c1\r\neth0"
+        );
+        assert_eq!(
+            fs::read_to_string(c.dir().join("last_reserved_ip.0")).unwrap(),
+            "10.0.0.2"
+        );
         // duplicate attachment refused
         assert!(allocate(&c, &store, "c1", "eth0", &[]).is_err());
         let b = allocate(&c, &store, "c2", "eth0", &[]).unwrap();

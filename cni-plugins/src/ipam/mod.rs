@@ -15,13 +15,21 @@ use crate::spec::{code, CniError, CniResult, Outcome};
 /// Finds a plugin binary in `CNI_PATH`.
 pub fn find_plugin(call: &Call, name: &str) -> CniResult<PathBuf> {
     if name.is_empty() || name.contains('/') {
-        return Err(CniError::new(code::INVALID_CONFIG, format!("invalid plugin type {name:?}")));
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!("invalid plugin type {name:?}"),
+        ));
     }
     call.path
         .iter()
         .map(|d| PathBuf::from(d).join(name))
         .find(|p| p.is_file())
-        .ok_or_else(|| CniError::new(code::INVALID_CONFIG, format!("failed to find plugin {name:?} in path {:?}", call.path)))
+        .ok_or_else(|| {
+            CniError::new(
+                code::INVALID_CONFIG,
+                format!("failed to find plugin {name:?} in path {:?}", call.path),
+            )
+        })
 }
 
 /// Runs the configured IPAM plugin for `command` ("ADD", "DEL", "CHECK", "GC", "STATUS").
@@ -40,7 +48,12 @@ pub fn exec(call: &Call, command: &str) -> CniResult<Option<Outcome>> {
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| CniError::internal(format!("running {}: {e}", bin.display())))?;
-    child.stdin.take().expect("piped").write_all(&stdin).map_err(CniError::internal)?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(&stdin)
+        .map_err(CniError::internal)?;
     let out = child.wait_with_output().map_err(CniError::internal)?;
     let parsed: Option<Value> = serde_json::from_slice(&out.stdout).ok();
     if !out.status.success() {
@@ -50,12 +63,18 @@ pub fn exec(call: &Call, command: &str) -> CniResult<Option<Outcome>> {
                 v["msg"].as_str().unwrap_or("IPAM plugin failed"),
                 v.get("details").and_then(Value::as_str).unwrap_or(""),
             ),
-            _ => CniError::internal(format!("IPAM plugin {ipam_type} failed: {}", String::from_utf8_lossy(&out.stdout))),
+            _ => CniError::internal(format!(
+                "IPAM plugin {ipam_type} failed: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )),
         });
     }
     match (command, parsed) {
         ("ADD", Some(v)) => Outcome::parse(&v).map(Some),
-        ("ADD", None) => Err(CniError::new(code::DECODE, format!("IPAM plugin {ipam_type} printed no result"))),
+        ("ADD", None) => Err(CniError::new(
+            code::DECODE,
+            format!("IPAM plugin {ipam_type} printed no result"),
+        )),
         _ => Ok(None),
     }
 }

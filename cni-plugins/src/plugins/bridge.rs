@@ -56,21 +56,34 @@ fn internal(what: &str) -> impl FnOnce(std::io::Error) -> CniError + '_ {
 
 impl BridgeConf {
     pub fn from_call(call: &Call) -> CniResult<Self> {
-        let mut c: BridgeConf = serde_json::from_value(call.raw.clone())
-            .map_err(|e| CniError::with_details(code::INVALID_CONFIG, "invalid bridge configuration", e.to_string()))?;
+        let mut c: BridgeConf = serde_json::from_value(call.raw.clone()).map_err(|e| {
+            CniError::with_details(
+                code::INVALID_CONFIG,
+                "invalid bridge configuration",
+                e.to_string(),
+            )
+        })?;
         if c.bridge.is_empty() || !crate::spec::valid_ifname(&c.bridge) {
             return Err(invalid(format!("invalid bridge name {:?}", c.bridge)));
         }
         if let Some(v) = c.vlan {
             if !(0..=4094).contains(&v) {
-                return Err(invalid(format!("invalid VLAN ID {v} (must be between 0 and 4094)")));
+                return Err(invalid(format!(
+                    "invalid VLAN ID {v} (must be between 0 and 4094)"
+                )));
             }
         }
         if c.vlan.is_some_and(|v| v > 0) {
-            return Err(CniError::new(code::UNSUPPORTED_FIELD, "vlan is not supported by this bridge plugin yet"));
+            return Err(CniError::new(
+                code::UNSUPPORTED_FIELD,
+                "vlan is not supported by this bridge plugin yet",
+            ));
         }
         if c.macspoofchk {
-            return Err(CniError::new(code::UNSUPPORTED_FIELD, "macspoofchk is not supported by this bridge plugin yet"));
+            return Err(CniError::new(
+                code::UNSUPPORTED_FIELD,
+                "macspoofchk is not supported by this bridge plugin yet",
+            ));
         }
         if let Some(m) = c.mtu {
             if !(68..=65535).contains(&m) {
@@ -93,11 +106,20 @@ fn requested_mac(call: &Call) -> CniResult<Option<[u8; 6]>> {
         .runtime_config("mac")
         .and_then(Value::as_str)
         .map(String::from)
-        .or_else(|| call.conf.args.as_ref().and_then(|a| a.pointer("/cni/mac")).and_then(Value::as_str).map(String::from))
+        .or_else(|| {
+            call.conf
+                .args
+                .as_ref()
+                .and_then(|a| a.pointer("/cni/mac"))
+                .and_then(Value::as_str)
+                .map(String::from)
+        })
         .or_else(|| call.args.get("MAC").cloned());
     match s {
         None => Ok(None),
-        Some(m) => netlink::parse_mac(&m).map(Some).ok_or_else(|| invalid(format!("invalid MAC address {m:?}"))),
+        Some(m) => netlink::parse_mac(&m)
+            .map(Some)
+            .ok_or_else(|| invalid(format!("invalid MAC address {m:?}"))),
     }
 }
 
@@ -115,7 +137,11 @@ struct Made {
 async fn add(call: &Call, conf: &BridgeConf, made: &mut Made) -> CniResult<Outcome> {
     let netns_path = Path::new(&call.netns);
     let netns = ns::open(netns_path).map_err(|e| {
-        CniError::with_details(code::UNKNOWN_CONTAINER, format!("failed to open netns {:?}", call.netns), e.to_string())
+        CniError::with_details(
+            code::UNKNOWN_CONTAINER,
+            format!("failed to open netns {:?}", call.netns),
+            e.to_string(),
+        )
     })?;
     let host = Netlink::here().map_err(internal("netlink"))?;
     let br = host
@@ -124,8 +150,16 @@ async fn add(call: &Call, conf: &BridgeConf, made: &mut Made) -> CniResult<Outco
         .map_err(internal(&format!("bridge {}", conf.bridge)))?;
     let br_index = br.header.index;
     let ctr = Netlink::in_netns(netns_path).map_err(internal("netlink in the container"))?;
-    if ctr.link(&call.ifname).await.map_err(internal("container link"))?.is_some() {
-        return Err(CniError::internal(format!("container veth name provided ({}) already exists", call.ifname)));
+    if ctr
+        .link(&call.ifname)
+        .await
+        .map_err(internal("container link"))?
+        .is_some()
+    {
+        return Err(CniError::internal(format!(
+            "container veth name provided ({}) already exists",
+            call.ifname
+        )));
     }
     let mac = requested_mac(call)?;
     let host_name = host_veth_name();
@@ -133,9 +167,15 @@ async fn add(call: &Call, conf: &BridgeConf, made: &mut Made) -> CniResult<Outco
         .await
         .map_err(internal("creating the veth pair"))?;
     made.host_veth = Some(host_name.clone());
-    let host_link = host.link(&host_name).await.map_err(internal("host veth"))?.ok_or_else(|| CniError::internal("host veth vanished"))?;
+    let host_link = host
+        .link(&host_name)
+        .await
+        .map_err(internal("host veth"))?
+        .ok_or_else(|| CniError::internal("host veth vanished"))?;
     if conf.hairpin_mode {
-        host.set_hairpin(host_link.header.index).await.map_err(internal("hairpin mode"))?;
+        host.set_hairpin(host_link.header.index)
+            .await
+            .map_err(internal("hairpin mode"))?;
     }
 
     let mut result = ipam::exec(call, "ADD")?.expect("ADD returns a result");
@@ -146,31 +186,61 @@ async fn add(call: &Call, conf: &BridgeConf, made: &mut Made) -> CniResult<Outco
     if conf.is_default_gateway {
         for ip in &result.ips {
             if let Some(gw) = ip.gateway {
-                let dst: IpNetwork = if gw.is_ipv4() { "0.0.0.0/0".parse().expect("net") } else { "::/0".parse().expect("net") };
+                let dst: IpNetwork = if gw.is_ipv4() {
+                    "0.0.0.0/0".parse().expect("net")
+                } else {
+                    "::/0".parse().expect("net")
+                };
                 if !result.routes.iter().any(|r| r.dst == dst) {
-                    result.routes.push(Route { dst, gw: Some(gw), mtu: None, advmss: None, priority: None, table: None, scope: None });
+                    result.routes.push(Route {
+                        dst,
+                        gw: Some(gw),
+                        mtu: None,
+                        advmss: None,
+                        priority: None,
+                        table: None,
+                        scope: None,
+                    });
                 }
             }
         }
     }
 
     // Inside the container: addresses, link up, routes.
-    let ctr_link = ctr.link(&call.ifname).await.map_err(internal("container link"))?.ok_or_else(|| CniError::internal("container veth vanished"))?;
+    let ctr_link = ctr
+        .link(&call.ifname)
+        .await
+        .map_err(internal("container link"))?
+        .ok_or_else(|| CniError::internal("container veth vanished"))?;
     let idx = ctr_link.header.index;
     let has_v6 = result.ips.iter().any(|i| i.address.is_ipv6());
     if has_v6 && !conf.enabledad {
         let key = format!("net/ipv6/conf/{}/accept_dad", call.ifname);
-        ns::with_netns(netns_path, || ns::sysctl(&key, "0")).map_err(internal("accept_dad"))?.map_err(internal("accept_dad"))?;
+        ns::with_netns(netns_path, || ns::sysctl(&key, "0"))
+            .map_err(internal("accept_dad"))?
+            .map_err(internal("accept_dad"))?;
     }
     for ip in &result.ips {
-        ctr.add_address(idx, ip.address).await.map_err(internal(&format!("adding {}", ip.address)))?;
+        ctr.add_address(idx, ip.address)
+            .await
+            .map_err(internal(&format!("adding {}", ip.address)))?;
     }
     if !conf.disable_container_interface {
-        ctr.set_up(idx, true).await.map_err(internal("container link up"))?;
-        let gw_of = |v4: bool| result.ips.iter().find(|i| i.address.is_ipv4() == v4).and_then(|i| i.gateway);
+        ctr.set_up(idx, true)
+            .await
+            .map_err(internal("container link up"))?;
+        let gw_of = |v4: bool| {
+            result
+                .ips
+                .iter()
+                .find(|i| i.address.is_ipv4() == v4)
+                .and_then(|i| i.gateway)
+        };
         for r in &result.routes {
             let gw = r.gw.or_else(|| gw_of(r.dst.is_ipv4()));
-            ctr.add_route(r.dst, gw, idx, r.mtu).await.map_err(internal(&format!("route {}", r.dst)))?;
+            ctr.add_route(r.dst, gw, idx, r.mtu)
+                .await
+                .map_err(internal(&format!("route {}", r.dst)))?;
         }
     }
 
@@ -180,20 +250,44 @@ async fn add(call: &Call, conf: &BridgeConf, made: &mut Made) -> CniResult<Outco
             let Some(gw) = ip.gateway else { continue };
             let gw_net = IpNetwork::new(gw, ip.address.prefix()).expect("prefix");
             ensure_bridge_addr(&host, br_index, gw_net, conf.force_address, &conf.bridge).await?;
-            let key = if gw.is_ipv4() { "net/ipv4/ip_forward" } else { "net/ipv6/conf/all/forwarding" };
+            let key = if gw.is_ipv4() {
+                "net/ipv4/ip_forward"
+            } else {
+                "net/ipv6/conf/all/forwarding"
+            };
             ns::sysctl(key, "1").map_err(internal(key))?;
         }
     }
     if conf.ip_masq {
         let nets: Vec<IpNetwork> = result.ips.iter().map(|i| i.address).collect();
-        nft::add_masquerade(&call.conf.name, &call.container_id, &call.ifname, &nets).map_err(internal("masquerade rules"))?;
+        nft::add_masquerade(&call.conf.name, &call.container_id, &call.ifname, &nets)
+            .map_err(internal("masquerade rules"))?;
     }
 
-    let br = host.link_by_index(br_index).await.map_err(internal("bridge"))?.unwrap_or(br);
+    let br = host
+        .link_by_index(br_index)
+        .await
+        .map_err(internal("bridge"))?
+        .unwrap_or(br);
     result.interfaces = vec![
-        Interface { name: conf.bridge.clone(), mac: netlink::mac_of(&br), mtu: None, sandbox: String::new() },
-        Interface { name: host_name, mac: netlink::mac_of(&host_link), mtu: None, sandbox: String::new() },
-        Interface { name: call.ifname.clone(), mac: netlink::mac_of(&ctr_link), mtu: None, sandbox: call.netns.clone() },
+        Interface {
+            name: conf.bridge.clone(),
+            mac: netlink::mac_of(&br),
+            mtu: None,
+            sandbox: String::new(),
+        },
+        Interface {
+            name: host_name,
+            mac: netlink::mac_of(&host_link),
+            mtu: None,
+            sandbox: String::new(),
+        },
+        Interface {
+            name: call.ifname.clone(),
+            mac: netlink::mac_of(&ctr_link),
+            mtu: None,
+            sandbox: call.netns.clone(),
+        },
     ];
     for ip in &mut result.ips {
         ip.interface = Some(2);
@@ -203,8 +297,17 @@ async fn add(call: &Call, conf: &BridgeConf, made: &mut Made) -> CniResult<Outco
 
 /// Puts the gateway address on the bridge. Another address of the same subnet is replaced with
 /// `forceAddress`, and refused without it.
-async fn ensure_bridge_addr(host: &Netlink, index: u32, gw: IpNetwork, force: bool, name: &str) -> CniResult<()> {
-    let existing = host.addresses(index).await.map_err(internal("bridge addresses"))?;
+async fn ensure_bridge_addr(
+    host: &Netlink,
+    index: u32,
+    gw: IpNetwork,
+    force: bool,
+    name: &str,
+) -> CniResult<()> {
+    let existing = host
+        .addresses(index)
+        .await
+        .map_err(internal("bridge addresses"))?;
     if existing.iter().any(|a| a.ip() == gw.ip()) {
         return Ok(());
     }
@@ -212,12 +315,18 @@ async fn ensure_bridge_addr(host: &Netlink, index: u32, gw: IpNetwork, force: bo
         let same_subnet = a.contains(gw.ip()) || gw.contains(a.ip());
         if same_subnet && !is_link_local(a.ip()) {
             if !force {
-                return Err(CniError::internal(format!("{name:?} already has an IP address different from {gw}")));
+                return Err(CniError::internal(format!(
+                    "{name:?} already has an IP address different from {gw}"
+                )));
             }
-            host.del_address(index, *a).await.map_err(internal("replacing the bridge address"))?;
+            host.del_address(index, *a)
+                .await
+                .map_err(internal("replacing the bridge address"))?;
         }
     }
-    host.add_address(index, gw).await.map_err(internal("bridge gateway address"))
+    host.add_address(index, gw)
+        .await
+        .map_err(internal("bridge gateway address"))
 }
 
 fn is_link_local(ip: IpAddr) -> bool {
@@ -233,8 +342,14 @@ async fn remove_container_link(call: &Call) -> CniResult<()> {
     let Ok(ctr) = Netlink::in_netns(path) else {
         return Ok(());
     };
-    if let Some(l) = ctr.link(&call.ifname).await.map_err(internal("container link"))? {
-        ctr.del_link(l.header.index).await.map_err(internal("deleting the container veth"))?;
+    if let Some(l) = ctr
+        .link(&call.ifname)
+        .await
+        .map_err(internal("container link"))?
+    {
+        ctr.del_link(l.header.index)
+            .await
+            .map_err(internal("deleting the container veth"))?;
     }
     Ok(())
 }
@@ -242,7 +357,10 @@ async fn remove_container_link(call: &Call) -> CniResult<()> {
 impl Plugin for Bridge {
     fn add(&self, call: &Call) -> CniResult<Outcome> {
         let conf = BridgeConf::from_call(call)?;
-        let mut made = Made { host_veth: None, ipam_done: false };
+        let mut made = Made {
+            host_veth: None,
+            ipam_done: false,
+        };
         let r = block_on(add(call, &conf, &mut made));
         if r.is_err() {
             // A failed ADD leaves nothing: no veth, no address, no rule.
@@ -261,29 +379,61 @@ impl Plugin for Bridge {
         let _conf = BridgeConf::from_call(call)?;
         ipam::exec(call, "DEL")?;
         block_on(remove_container_link(call))?;
-        nft::remove(nft::MASQ, &call.conf.name, &call.container_id, &call.ifname).map_err(internal("masquerade rules"))?;
+        nft::remove(nft::MASQ, &call.conf.name, &call.container_id, &call.ifname)
+            .map_err(internal("masquerade rules"))?;
         Ok(())
     }
 
     fn check(&self, call: &Call) -> CniResult<()> {
         let conf = BridgeConf::from_call(call)?;
-        let prev = call.prev_result()?.ok_or_else(|| CniError::new(code::INVALID_CONFIG, "CHECK needs a prevResult"))?;
+        let prev = call
+            .prev_result()?
+            .ok_or_else(|| CniError::new(code::INVALID_CONFIG, "CHECK needs a prevResult"))?;
         ipam::exec(call, "CHECK")?;
         block_on(async {
             let host = Netlink::here().map_err(internal("netlink"))?;
-            let br = host.link(&conf.bridge).await.map_err(internal("bridge"))?.ok_or_else(|| CniError::internal(format!("bridge {} not found", conf.bridge)))?;
-            let ctr = Netlink::in_netns(Path::new(&call.netns)).map_err(|e| CniError::with_details(code::UNKNOWN_CONTAINER, "netns", e.to_string()))?;
-            let link = ctr.link(&call.ifname).await.map_err(internal("container link"))?.ok_or_else(|| CniError::internal(format!("{} not found in the container", call.ifname)))?;
-            let addrs = ctr.addresses(link.header.index).await.map_err(internal("addresses"))?;
+            let br = host
+                .link(&conf.bridge)
+                .await
+                .map_err(internal("bridge"))?
+                .ok_or_else(|| CniError::internal(format!("bridge {} not found", conf.bridge)))?;
+            let ctr = Netlink::in_netns(Path::new(&call.netns)).map_err(|e| {
+                CniError::with_details(code::UNKNOWN_CONTAINER, "netns", e.to_string())
+            })?;
+            let link = ctr
+                .link(&call.ifname)
+                .await
+                .map_err(internal("container link"))?
+                .ok_or_else(|| {
+                    CniError::internal(format!("{} not found in the container", call.ifname))
+                })?;
+            let addrs = ctr
+                .addresses(link.header.index)
+                .await
+                .map_err(internal("addresses"))?;
             for ip in &prev.ips {
                 if !addrs.iter().any(|a| a.ip() == ip.address.ip()) {
-                    return Err(CniError::internal(format!("{} is missing on {}", ip.address, call.ifname)));
+                    return Err(CniError::internal(format!(
+                        "{} is missing on {}",
+                        ip.address, call.ifname
+                    )));
                 }
             }
-            if let Some(h) = prev.interfaces.iter().find(|i| i.sandbox.is_empty() && i.name != conf.bridge) {
-                let hl = host.link(&h.name).await.map_err(internal("host veth"))?.ok_or_else(|| CniError::internal(format!("host veth {} not found", h.name)))?;
+            if let Some(h) = prev
+                .interfaces
+                .iter()
+                .find(|i| i.sandbox.is_empty() && i.name != conf.bridge)
+            {
+                let hl = host
+                    .link(&h.name)
+                    .await
+                    .map_err(internal("host veth"))?
+                    .ok_or_else(|| CniError::internal(format!("host veth {} not found", h.name)))?;
                 if netlink::controller_of(&hl) != Some(br.header.index) {
-                    return Err(CniError::internal(format!("{} is not attached to {}", h.name, conf.bridge)));
+                    return Err(CniError::internal(format!(
+                        "{} is not attached to {}",
+                        h.name, conf.bridge
+                    )));
                 }
             }
             Ok(())
@@ -296,9 +446,12 @@ impl Plugin for Bridge {
         let valid = ipam::hostlocal::valid_attachments(call);
         for t in nft::list_tables().map_err(internal("listing nftables tables"))? {
             if let Some((kind, net, cid, ifname)) = nft::parse_table_name(&t) {
-                let keep = valid.iter().any(|(v, vi)| v == cid && (vi.is_empty() || vi == ifname));
+                let keep = valid
+                    .iter()
+                    .any(|(v, vi)| v == cid && (vi.is_empty() || vi == ifname));
                 if kind == nft::MASQ && net == call.conf.name && !keep {
-                    nft::remove(nft::MASQ, net, cid, ifname).map_err(internal("masquerade rules"))?;
+                    nft::remove(nft::MASQ, net, cid, ifname)
+                        .map_err(internal("masquerade rules"))?;
                 }
             }
         }

@@ -9,14 +9,21 @@ use crate::spec::{code, CniError, CniResult, Interface, IpConfig, Outcome};
 pub struct Loopback;
 
 async fn set_lo(netns: &str, up: bool) -> CniResult<bool> {
-    let nl = Netlink::in_netns(Path::new(netns))
-        .map_err(|e| CniError::with_details(code::UNKNOWN_CONTAINER, format!("failed to open netns {netns:?}"), e.to_string()))?;
+    let nl = Netlink::in_netns(Path::new(netns)).map_err(|e| {
+        CniError::with_details(
+            code::UNKNOWN_CONTAINER,
+            format!("failed to open netns {netns:?}"),
+            e.to_string(),
+        )
+    })?;
     let lo = nl
         .link("lo")
         .await
         .map_err(|e| CniError::internal(format!("lo: {e}")))?
         .ok_or_else(|| CniError::internal("no lo in the namespace"))?;
-    nl.set_up(lo.header.index, up).await.map_err(|e| CniError::internal(format!("lo: {e}")))?;
+    nl.set_up(lo.header.index, up)
+        .await
+        .map_err(|e| CniError::internal(format!("lo: {e}")))?;
     Ok(true)
 }
 
@@ -31,8 +38,16 @@ impl Plugin for Loopback {
                 sandbox: call.netns.clone(),
             }],
             ips: vec![
-                IpConfig { address: "127.0.0.1/8".parse().expect("net"), gateway: None, interface: Some(0) },
-                IpConfig { address: "::1/128".parse().expect("net"), gateway: None, interface: Some(0) },
+                IpConfig {
+                    address: "127.0.0.1/8".parse().expect("net"),
+                    gateway: None,
+                    interface: Some(0),
+                },
+                IpConfig {
+                    address: "::1/128".parse().expect("net"),
+                    gateway: None,
+                    interface: Some(0),
+                },
             ],
             ..Default::default()
         })
@@ -51,10 +66,19 @@ impl Plugin for Loopback {
 
     fn check(&self, call: &Call) -> CniResult<()> {
         block_on(async {
-            let nl = Netlink::in_netns(Path::new(&call.netns))
-                .map_err(|e| CniError::with_details(code::UNKNOWN_CONTAINER, "netns", e.to_string()))?;
-            let lo = nl.link("lo").await.map_err(|e| CniError::internal(e.to_string()))?.ok_or_else(|| CniError::internal("no lo"))?;
-            if !lo.header.flags.contains(netlink_packet_route::link::LinkFlags::Up) {
+            let nl = Netlink::in_netns(Path::new(&call.netns)).map_err(|e| {
+                CniError::with_details(code::UNKNOWN_CONTAINER, "netns", e.to_string())
+            })?;
+            let lo = nl
+                .link("lo")
+                .await
+                .map_err(|e| CniError::internal(e.to_string()))?
+                .ok_or_else(|| CniError::internal("no lo"))?;
+            if !lo
+                .header
+                .flags
+                .contains(netlink_packet_route::link::LinkFlags::Up)
+            {
                 return Err(CniError::internal("lo is down"));
             }
             Ok(())
