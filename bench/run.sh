@@ -6,5 +6,6 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
 bash hack/deps.sh
 for p in crun runc; do command -v $p >/dev/null || { apt-get install -y -qq crun runc >/dev/null; break; }; done
-cargo build --locked --release -p podlet >&2
-exec python3 bench/bench.py --podlet target/release/podlet --runs "${1:-40}" --pods "${2:-50}"
+cargo build --locked --release -p podlet -p podlet-cni >&2
+python3 bench/bench.py --podlet target/release/podlet --runs "${1:-40}" --pods "${2:-50}"
+python3 bench/cni.py --ours target/release --runs "${1:-40}"

@@ -58,10 +58,20 @@ fn send(batch: FinalizedBatch) -> io::Result<()> {
     Ok(())
 }
 
-/// Deletes a table if it exists (adding it first makes the delete unconditional).
-fn replace_table(batch: &mut Batch, table: &Table) {
-    batch.add(table, MsgType::Add);
-    batch.add(table, MsgType::Del);
+/// Queues the deletion of `name` in every family it exists in. (Deleting a table costs a
+/// kernel commit of ~10 ms, so tables that are not there are not touched.)
+fn delete_existing(batch: &mut Batch, name: &CString, existing: &[(u32, String)]) -> bool {
+    let mut any = false;
+    for fam in [ProtoFamily::Ipv4, ProtoFamily::Ipv6] {
+        if existing
+            .iter()
+            .any(|(f, n)| *f == fam as u32 && n.as_bytes() == name.as_bytes())
+        {
+            batch.add(&Table::new(name, fam), MsgType::Del);
+            any = true;
+        }
+    }
+    any
 }
 
 fn saddr(ip: IpAddr) -> Payload {
@@ -122,10 +132,10 @@ pub fn add_masquerade(
 ) -> io::Result<()> {
     let name = table_name(MASQ, network, container, ifname)?;
     let mut batch = Batch::new();
+    delete_existing(&mut batch, &name, &tables()?);
     for fam in [ProtoFamily::Ipv4, ProtoFamily::Ipv6] {
         let mine: Vec<&IpNetwork> = ips.iter().filter(|n| family_of(n.ip()) == fam).collect();
         let table = Table::new(&name, fam);
-        replace_table(&mut batch, &table);
         if mine.is_empty() {
             continue;
         }
@@ -163,14 +173,22 @@ pub fn add_masquerade(
 pub fn remove(kind: &str, network: &str, container: &str, ifname: &str) -> io::Result<()> {
     let name = table_name(kind, network, container, ifname)?;
     let mut batch = Batch::new();
-    for fam in [ProtoFamily::Ipv4, ProtoFamily::Ipv6] {
-        replace_table(&mut batch, &Table::new(&name, fam));
+    if delete_existing(&mut batch, &name, &tables()?) {
+        send(batch.finalize())?;
     }
-    send(batch.finalize())
+    Ok(())
 }
 
 /// Names of all nftables tables of the current network namespace.
 pub fn list_tables() -> io::Result<Vec<String>> {
+    let mut names: Vec<String> = tables()?.into_iter().map(|(_, n)| n).collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+/// (family, name) of every table.
+fn tables() -> io::Result<Vec<(u32, String)>> {
     let socket = mnl::Socket::new(mnl::Bus::Netfilter)?;
     let portid = socket.portid();
     let seq = 1;
@@ -190,10 +208,7 @@ pub fn list_tables() -> io::Result<Vec<String>> {
             break;
         }
     }
-    let mut names: Vec<String> = out.into_iter().map(|(_, n)| n).collect();
-    names.sort();
-    names.dedup();
-    Ok(names)
+    Ok(out)
 }
 
 /// One host port forwarded to a pod.
@@ -232,9 +247,9 @@ pub fn add_hostports(
 ) -> io::Result<()> {
     let name = table_name(HOSTPORT, network, container, ifname)?;
     let mut batch = Batch::new();
+    delete_existing(&mut batch, &name, &tables()?);
     for fam in [ProtoFamily::Ipv4, ProtoFamily::Ipv6] {
         let table = Table::new(&name, fam);
-        replace_table(&mut batch, &table);
         let Some(pod) = pod_ips.iter().copied().find(|ip| family_of(*ip) == fam) else {
             continue;
         };
