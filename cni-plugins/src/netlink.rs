@@ -170,6 +170,61 @@ impl Netlink {
             .map_err(io_err)
     }
 
+    /// Turns VLAN filtering on for an existing bridge.
+    pub async fn enable_vlan_filtering(&self, name: &str, index: u32) -> io::Result<()> {
+        let msg = LinkBridge::new(name)
+            .index(index)
+            .vlan_filtering(true)
+            .build();
+        self.handle
+            .link()
+            .change(msg)
+            .execute()
+            .await
+            .map_err(io_err)
+    }
+
+    /// Makes `vid` the port's untagged PVID (on a VLAN-filtering bridge); with `self_` the VLAN
+    /// is added to the bridge device itself, tagged.
+    pub async fn bridge_vlan(&self, index: u32, vid: u16, self_: bool) -> io::Result<()> {
+        use netlink_packet_route::link::BridgeVlanInfoFlags;
+        let mut b = rtnetlink::LinkBridgeVlan::new(index);
+        b = if self_ {
+            b.vlan(vid, BridgeVlanInfoFlags::empty()).bridge_self()
+        } else {
+            b.vlan(
+                vid,
+                BridgeVlanInfoFlags::Pvid | BridgeVlanInfoFlags::Untagged,
+            )
+        };
+        self.handle
+            .link()
+            .set(b.build())
+            .execute()
+            .await
+            .map_err(io_err)
+    }
+
+    /// A VLAN interface `name` on `parent` (created if missing, brought up); returns its index.
+    pub async fn ensure_vlan(&self, name: &str, parent: u32, vid: u16) -> io::Result<u32> {
+        if self.link(name).await?.is_none() {
+            let msg = rtnetlink::LinkVlan::new(name, parent, vid).up().build();
+            match self.handle.link().add(msg).execute().await {
+                Ok(()) => {}
+                Err(e) if is_errno(&io_err_ref(&e), libc::EEXIST) => {}
+                Err(e) => return Err(io_err(e)),
+            }
+        }
+        let l = self
+            .link(name)
+            .await?
+            .ok_or_else(|| io::Error::other(format!("{name} vanished")))?;
+        if !l.header.flags.contains(LinkFlags::Up) {
+            self.set_up(l.header.index, true).await?;
+        }
+        Ok(l.header.index)
+    }
+
     pub async fn set_up(&self, index: u32, up: bool) -> io::Result<()> {
         let m = if up {
             LinkUnspec::new_with_index(index).up()
@@ -319,6 +374,14 @@ fn io_err_ref(e: &rtnetlink::Error) -> io::Error {
         },
         other => io::Error::other(other.to_string()),
     }
+}
+
+pub fn vlan_filtering(link: &LinkMessage) -> bool {
+    use netlink_packet_route::link::{InfoBridge, LinkInfo};
+    link.attributes.iter().any(|a| {
+        matches!(a, LinkAttribute::LinkInfo(infos) if infos.iter().any(|i| matches!(i,
+            LinkInfo::Data(InfoData::Bridge(opts)) if opts.iter().any(|o| matches!(o, InfoBridge::VlanFiltering(true))))))
+    })
 }
 
 pub fn is_bridge(link: &LinkMessage) -> bool {

@@ -17,6 +17,9 @@ use crate::sys::{table_cb, FibDaddrType, RTN_LOCAL};
 
 pub const MASQ: &str = "cni-masq";
 pub const HOSTPORT: &str = "cni-hostport";
+pub const MACSPOOF: &str = "cni-macspoof";
+
+const FAMILIES: [ProtoFamily; 3] = [ProtoFamily::Ipv4, ProtoFamily::Ipv6, ProtoFamily::Bridge];
 
 pub fn table_name(kind: &str, network: &str, container: &str, ifname: &str) -> io::Result<CString> {
     let n = format!("{kind}:{network}:{container}:{ifname}");
@@ -62,7 +65,7 @@ fn send(batch: FinalizedBatch) -> io::Result<()> {
 /// kernel commit of ~10 ms, so tables that are not there are not touched.)
 fn delete_existing(batch: &mut Batch, name: &CString, existing: &[(u32, String)]) -> bool {
     let mut any = false;
-    for fam in [ProtoFamily::Ipv4, ProtoFamily::Ipv6] {
+    for fam in FAMILIES {
         if existing
             .iter()
             .any(|(f, n)| *f == fam as u32 && n.as_bytes() == name.as_bytes())
@@ -169,7 +172,36 @@ pub fn add_masquerade(
     send(batch.finalize())
 }
 
-/// Removes the attachment's tables of `kind` (both families); nothing there is fine.
+/// Drops frames entering the bridge from `host_veth` whose source MAC is not `mac`, so a
+/// container cannot impersonate another one.
+pub fn add_macspoof(
+    network: &str,
+    container: &str,
+    ifname: &str,
+    host_veth: &str,
+    mac: [u8; 6],
+) -> io::Result<()> {
+    let name = table_name(MACSPOOF, network, container, ifname)?;
+    let mut batch = Batch::new();
+    delete_existing(&mut batch, &name, &tables()?);
+    let table = Table::new(&name, ProtoFamily::Bridge);
+    batch.add(&table, MsgType::Add);
+    let mut chain = Chain::new(c"prerouting", &table);
+    chain.set_hook(Hook::PreRouting, -300);
+    chain.set_type(ChainType::Filter);
+    batch.add(&chain, MsgType::Add);
+    let ifn = CString::new(host_veth).map_err(io::Error::other)?;
+    let mut r = Rule::new(&chain);
+    r.add_expr(&Meta::IifName);
+    r.add_expr(&Cmp::new(CmpOp::Eq, ifn.as_c_str()));
+    r.add_expr(&Payload::LinkLayer(nftnl::expr::LLHeaderField::Saddr));
+    r.add_expr(&Cmp::new(CmpOp::Neq, &mac[..]));
+    r.add_expr(&nftnl::expr::Verdict::Drop);
+    batch.add(&r, MsgType::Add);
+    send(batch.finalize())
+}
+
+/// Removes the attachment's tables of `kind` (every family); nothing there is fine.
 pub fn remove(kind: &str, network: &str, container: &str, ifname: &str) -> io::Result<()> {
     let name = table_name(kind, network, container, ifname)?;
     let mut batch = Batch::new();

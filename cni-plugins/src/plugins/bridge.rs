@@ -73,18 +73,6 @@ impl BridgeConf {
                 )));
             }
         }
-        if c.vlan.is_some_and(|v| v > 0) {
-            return Err(CniError::new(
-                code::UNSUPPORTED_FIELD,
-                "vlan is not supported by this bridge plugin yet",
-            ));
-        }
-        if c.macspoofchk {
-            return Err(CniError::new(
-                code::UNSUPPORTED_FIELD,
-                "macspoofchk is not supported by this bridge plugin yet",
-            ));
-        }
         if let Some(m) = c.mtu {
             if !(68..=65535).contains(&m) {
                 return Err(invalid(format!("invalid MTU {m}")));
@@ -123,6 +111,19 @@ fn requested_mac(call: &Call) -> CniResult<Option<[u8; 6]>> {
     }
 }
 
+/// VLAN filtering needs CONFIG_BRIDGE_VLAN_FILTERING; say so instead of "not supported".
+fn vlan_error(e: std::io::Error, bridge: &str) -> CniError {
+    if netlink::is_errno(&e, libc::EOPNOTSUPP) {
+        CniError::with_details(
+            code::UNSUPPORTED_FIELD,
+            "vlan: this kernel has no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING)",
+            format!("bridge {bridge}: {e}"),
+        )
+    } else {
+        CniError::internal(format!("bridge {bridge}: {e}"))
+    }
+}
+
 fn host_veth_name() -> String {
     format!("veth{:08x}", rand::random::<u32>())
 }
@@ -144,11 +145,17 @@ async fn add(call: &Call, conf: &BridgeConf, made: &mut Made) -> CniResult<Outco
         )
     })?;
     let host = Netlink::here().map_err(internal("netlink"))?;
+    let vlan = conf.vlan.filter(|v| *v > 0).map(|v| v as u16);
     let br = host
-        .ensure_bridge(&conf.bridge, conf.mtu, conf.promisc_mode, false)
+        .ensure_bridge(&conf.bridge, conf.mtu, conf.promisc_mode, vlan.is_some())
         .await
-        .map_err(internal(&format!("bridge {}", conf.bridge)))?;
+        .map_err(|e| vlan_error(e, &conf.bridge))?;
     let br_index = br.header.index;
+    if vlan.is_some() && !netlink::vlan_filtering(&br) {
+        host.enable_vlan_filtering(&conf.bridge, br_index)
+            .await
+            .map_err(|e| vlan_error(e, &conf.bridge))?;
+    }
     let ctr = Netlink::in_netns(netns_path).map_err(internal("netlink in the container"))?;
     if ctr
         .link(&call.ifname)
@@ -244,12 +251,40 @@ async fn add(call: &Call, conf: &BridgeConf, made: &mut Made) -> CniResult<Outco
         }
     }
 
-    // On the host: gateway addresses on the bridge, forwarding, masquerading.
+    if conf.macspoofchk {
+        let mac = netlink::parse_mac(&netlink::mac_of(&ctr_link))
+            .ok_or_else(|| CniError::internal("container MAC"))?;
+        nft::add_macspoof(
+            &call.conf.name,
+            &call.container_id,
+            &call.ifname,
+            &host_name,
+            mac,
+        )
+        .map_err(internal("macspoofchk rules"))?;
+    }
+
+    // On the host: gateway addresses on the bridge (or its VLAN interface), forwarding, masquerading.
     if conf.is_gateway {
+        let (gw_index, gw_dev) = match vlan {
+            Some(vid) => {
+                host.bridge_vlan(br_index, vid, true)
+                    .await
+                    .map_err(internal("bridge vlan"))?;
+                let name: String = format!("{}.{vid}", conf.bridge).chars().take(15).collect();
+                (
+                    host.ensure_vlan(&name, br_index, vid)
+                        .await
+                        .map_err(internal("vlan interface"))?,
+                    name,
+                )
+            }
+            None => (br_index, conf.bridge.clone()),
+        };
         for ip in &result.ips {
             let Some(gw) = ip.gateway else { continue };
             let gw_net = IpNetwork::new(gw, ip.address.prefix()).expect("prefix");
-            ensure_bridge_addr(&host, br_index, gw_net, conf.force_address, &conf.bridge).await?;
+            ensure_bridge_addr(&host, gw_index, gw_net, conf.force_address, &gw_dev).await?;
             let key = if gw.is_ipv4() {
                 "net/ipv4/ip_forward"
             } else {
@@ -370,7 +405,9 @@ impl Plugin for Bridge {
             if made.host_veth.is_some() {
                 let _ = block_on(remove_container_link(call));
             }
-            let _ = nft::remove(nft::MASQ, &call.conf.name, &call.container_id, &call.ifname);
+            for kind in [nft::MASQ, nft::MACSPOOF] {
+                let _ = nft::remove(kind, &call.conf.name, &call.container_id, &call.ifname);
+            }
         }
         r
     }
@@ -379,8 +416,10 @@ impl Plugin for Bridge {
         let _conf = BridgeConf::from_call(call)?;
         ipam::exec(call, "DEL")?;
         block_on(remove_container_link(call))?;
-        nft::remove(nft::MASQ, &call.conf.name, &call.container_id, &call.ifname)
-            .map_err(internal("masquerade rules"))?;
+        for kind in [nft::MASQ, nft::MACSPOOF] {
+            nft::remove(kind, &call.conf.name, &call.container_id, &call.ifname)
+                .map_err(internal("nftables rules"))?;
+        }
         Ok(())
     }
 
@@ -449,9 +488,8 @@ impl Plugin for Bridge {
                 let keep = valid
                     .iter()
                     .any(|(v, vi)| v == cid && (vi.is_empty() || vi == ifname));
-                if kind == nft::MASQ && net == call.conf.name && !keep {
-                    nft::remove(nft::MASQ, net, cid, ifname)
-                        .map_err(internal("masquerade rules"))?;
+                if (kind == nft::MASQ || kind == nft::MACSPOOF) && net == call.conf.name && !keep {
+                    nft::remove(kind, net, cid, ifname).map_err(internal("nftables rules"))?;
                 }
             }
         }
