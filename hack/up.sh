@@ -5,8 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
 bash hack/deps.sh
-cargo build --locked --release -p podlet
+cargo build --locked --release -p podlet -p podlet-cni
 install -m 0755 target/release/podlet /usr/local/bin/podlet
+# podlet installs these into --cni-bin-dir (/opt/cni/bin) where that directory lacks them.
+install -d /usr/local/lib/podlet/cni
+install -m 0755 target/release/{bridge,host-local,loopback,portmap} /usr/local/lib/podlet/cni/
 mkdir -p /etc/podlet/manifests /var/lib/podlet /var/log/pods
 img=$(mktemp --suffix=.tar)
 bash hack/busybox-image.sh "$img" >/dev/null

@@ -48,6 +48,18 @@ pub struct RunFlags {
     /// The node's IP, reported as hostIP (defaults to the first global address).
     #[arg(long)]
     pub node_ip: Option<IpAddr>,
+    /// CNI network configurations (the lexically first valid one is used).
+    #[arg(long)]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// CNI plugin binaries (a colon-separated search path).
+    #[arg(long)]
+    pub cni_bin_dir: Option<String>,
+    /// CNI result cache (libcni's layout).
+    #[arg(long)]
+    pub cni_cache_dir: Option<PathBuf>,
+    /// Pod address range of the default network podlet writes when there is none.
+    #[arg(long)]
+    pub pod_cidr: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -62,6 +74,10 @@ struct FileConfig {
     port: Option<u16>,
     address: Option<IpAddr>,
     node_ip: Option<IpAddr>,
+    cni_conf_dir: Option<PathBuf>,
+    cni_bin_dir: Option<String>,
+    cni_cache_dir: Option<PathBuf>,
+    pod_cidr: Option<String>,
 }
 
 /// The resolved configuration.
@@ -76,6 +92,10 @@ pub struct Config {
     pub port: u16,
     pub address: IpAddr,
     pub node_ip: Option<IpAddr>,
+    pub cni_conf_dir: PathBuf,
+    pub cni_bin_dirs: Vec<PathBuf>,
+    pub cni_cache_dir: PathBuf,
+    pub pod_cidr: String,
     /// Where mounts are read from (a parameter so tests can use a fixture).
     pub mountinfo: PathBuf,
 }
@@ -184,6 +204,30 @@ impl Config {
                 .or(f.address)
                 .unwrap_or(IpAddr::from([0, 0, 0, 0])),
             node_ip: run.node_ip.or(f.node_ip),
+            cni_conf_dir: run
+                .cni_conf_dir
+                .clone()
+                .or(f.cni_conf_dir)
+                .unwrap_or_else(|| "/etc/cni/net.d".into()),
+            cni_bin_dirs: run
+                .cni_bin_dir
+                .clone()
+                .or(f.cni_bin_dir)
+                .unwrap_or_else(|| "/opt/cni/bin".into())
+                .split(':')
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from)
+                .collect(),
+            cni_cache_dir: run
+                .cni_cache_dir
+                .clone()
+                .or(f.cni_cache_dir)
+                .unwrap_or_else(|| "/var/lib/cni".into()),
+            pod_cidr: run
+                .pod_cidr
+                .clone()
+                .or(f.pod_cidr)
+                .unwrap_or_else(|| "10.88.0.0/16".into()),
             mountinfo: PathBuf::from("/proc/self/mountinfo"),
         })
     }

@@ -3,6 +3,7 @@
 mod cli;
 mod config;
 mod manifest;
+mod network;
 mod pod;
 mod server;
 
@@ -203,6 +204,10 @@ async fn agent(cfg: Config) -> Result<()> {
     let _ = podlet_runtime::sys::set_oom_score_adj(-999);
     tracing::info!(node = %cfg.node_name, manifests = %cfg.manifest_dir.display(), "podlet starting");
     let node = Arc::new(pod::Node::new(cfg.clone())?);
+    {
+        let node = node.clone();
+        tokio::task::spawn_blocking(move || pod::network_gc(&node)).await?;
+    }
     // The manager tears down pods that are not desired, so it must start from a complete view
     // of the manifests, never from an empty one (which would stop every adopted pod).
     let (desired, errors) = manifest::scan(&cfg.manifest_dir, &cfg.node_name);

@@ -2,6 +2,7 @@
 //! types, the plumbing every plugin binary shares, and the plugins themselves. It knows nothing
 //! of pods.
 
+pub mod client;
 pub mod ipam;
 pub mod netlink;
 pub mod nft;

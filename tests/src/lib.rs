@@ -78,6 +78,9 @@ pub fn busybox_archive() -> PathBuf {
         .clone()
 }
 
+/// The pod network of every test node (each node has a network namespace of its own).
+pub const POD_CIDR: &str = "10.244.0.0/24";
+
 pub struct Output {
     pub code: i32,
     pub stdout: String,
@@ -234,6 +237,14 @@ impl TestNode {
             &self.cgroup_root,
             "--port",
             "10250",
+            "--cni-conf-dir",
+            self.path("cni/net.d").to_str().unwrap(),
+            "--cni-bin-dir",
+            self.path("cni/bin").to_str().unwrap(),
+            "--cni-cache-dir",
+            self.path("cni/cache").to_str().unwrap(),
+            "--pod-cidr",
+            POD_CIDR,
         ]);
         let child = cmd
             .stdin(Stdio::null())

@@ -29,18 +29,22 @@ pub struct Node {
     pub memory_capacity: f64,
     /// The podlet binary, re-executed as each pod's shim.
     pub exe: PathBuf,
+    pub network: crate::network::Network,
 }
 
 impl Node {
     pub fn new(cfg: Config) -> anyhow::Result<Self> {
         let images = ImageStore::open(cfg.images_dir())?;
         let host_ip = cfg.node_ip.or_else(first_global_ip);
+        let exe = std::env::current_exe()?;
+        let network = crate::network::Network::init(&cfg, &exe)?;
         Ok(Self {
             images,
             pods: RwLock::new(BTreeMap::new()),
             host_ip,
             memory_capacity: memory_capacity(),
-            exe: std::env::current_exe()?,
+            exe,
+            network,
             cfg,
         })
     }
@@ -121,6 +125,14 @@ fn pods_on_disk(node: &Node) -> BTreeMap<String, Pod> {
         }
     }
     out
+}
+
+/// Releases network attachments of sandboxes that no longer exist (after a crash or reboot).
+pub fn network_gc(node: &Node) {
+    let live: Vec<String> = pods_on_disk(node).into_keys().collect();
+    if let Err(e) = node.network.gc(&live) {
+        tracing::warn!("CNI GC: {e}");
+    }
 }
 
 /// Runs until the process ends: starts, keeps and stops pod workers as `desired` changes.

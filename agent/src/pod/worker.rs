@@ -67,6 +67,8 @@ struct Worker {
     start_time: Option<Time>,
     /// Containers of a sandbox that died, so their successors continue the restart count.
     lost: HashMap<String, ContainerRecord>,
+    /// The pod's addresses from CNI.
+    pod_ips: Vec<std::net::IpAddr>,
 }
 
 pub async fn run(node: Arc<Node>, pod: Pod, stop: watch::Receiver<bool>) {
@@ -151,6 +153,7 @@ impl Worker {
             conditions: Vec::new(),
             start_time,
             lost: HashMap::new(),
+            pod_ips: Vec::new(),
         }
     }
 
@@ -203,6 +206,9 @@ impl Worker {
         match call(&self.run_dir, Request::State).await {
             Ok(s) if !s.pause_exited => {
                 self.shim = Some(s);
+                if self.pod_ips.is_empty() && !self.spec.host_network.unwrap_or(false) {
+                    self.pod_ips = self.node.network.cached_ips(&self.uid);
+                }
                 return Ok(());
             }
             Ok(s) => {
@@ -255,6 +261,9 @@ impl Worker {
             std::fs::read_to_string("/etc/hosts").unwrap_or_else(|_| HOSTS_HEADER.to_string())
         } else {
             let mut h = HOSTS_HEADER.to_string();
+            for ip in &self.pod_ips {
+                h.push_str(&format!("{ip}\t{hostname}\n"));
+            }
             for a in self.spec.host_aliases.iter().flatten() {
                 h.push_str(&format!(
                     "\n# Entries added by HostAliases.\n{}\t{}\n",
@@ -313,8 +322,21 @@ impl Worker {
         let s = call(&self.run_dir, Request::State)
             .await
             .map_err(|e| e.to_string())?;
-        tracing::info!(pause = s.pause_pid, shim = s.shim_pid, "sandbox created");
+        let pause = s.pause_pid;
         self.shim = Some(s);
+        if !host_network {
+            let node = self.node.clone();
+            let (uid, spec) = (self.uid.clone(), self.spec.clone());
+            let netns = format!("/proc/{pause}/ns/net");
+            let ips = tokio::task::spawn_blocking(move || node.network.setup(&uid, &netns, &spec))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("failed to set up the pod network: {e}"))?;
+            self.pod_ips = ips;
+            // /etc/hosts names the pod's own address now that it has one.
+            self.write_etc_files().map_err(|e| io("etc files", e))?;
+        }
+        tracing::info!(pause, ips = ?self.pod_ips, "sandbox created");
         Ok(())
     }
 
@@ -667,7 +689,10 @@ impl Worker {
         let pod_ip = if host_network {
             host_ip.clone()
         } else {
-            String::new()
+            self.pod_ips
+                .first()
+                .map(|i| i.to_string())
+                .unwrap_or_default()
         };
         let fields = PodFields {
             name: &self.name,
@@ -844,7 +869,11 @@ impl Worker {
         self.conditions = conditions.clone();
         let host_ip = self.node.host_ip.map(|i| i.to_string());
         let host_network = self.spec.host_network.unwrap_or(false);
-        let pod_ip = if host_network { host_ip.clone() } else { None };
+        let pod_ips: Vec<String> = if host_network {
+            host_ip.iter().cloned().collect()
+        } else {
+            self.pod_ips.iter().map(|i| i.to_string()).collect()
+        };
         let mut pod = self.pod.clone();
         pod.status = Some(PodStatus {
             phase: Some(self.phase().into()),
@@ -856,8 +885,9 @@ impl Worker {
                 .map(|_| "FailedCreatePodSandBox".to_string()),
             host_ip: host_ip.clone(),
             host_ips: host_ip.clone().map(|ip| vec![HostIP { ip }]),
-            pod_ip: pod_ip.clone(),
-            pod_ips: pod_ip.map(|ip| vec![PodIP { ip }]),
+            pod_ip: pod_ips.first().cloned(),
+            pod_ips: (!pod_ips.is_empty())
+                .then(|| pod_ips.into_iter().map(|ip| PodIP { ip }).collect()),
             qos_class: Some(self.qos.as_str().into()),
             start_time: self.start_time.clone(),
             init_container_statuses: (!inits.is_empty()).then_some(inits),
@@ -915,6 +945,21 @@ impl Worker {
                     Err(_) => break,
                 }
             }
+            // The network goes while pause still holds the namespace, as the kubelet does it.
+            let node = self.node.clone();
+            let uid = self.uid.clone();
+            let netns = if state.pause_exited {
+                String::new()
+            } else {
+                format!("/proc/{}/ns/net", state.pause_pid)
+            };
+            if !self.spec.host_network.unwrap_or(false) {
+                if let Ok(Err(e)) =
+                    tokio::task::spawn_blocking(move || node.network.teardown(&uid, &netns)).await
+                {
+                    tracing::warn!("tearing down the pod network: {e}");
+                }
+            }
             let _ = call(&self.run_dir, Request::Shutdown).await;
             wait_gone(state.shim_pid).await;
         }
@@ -936,6 +981,12 @@ impl Worker {
         let uid = self.uid.clone();
         let _ = tokio::task::spawn_blocking(move || {
             let cfg = &node.cfg;
+            // The namespace is gone or going: DEL what the cache says is still attached.
+            if node.network.attached(&uid) {
+                if let Err(e) = node.network.teardown(&uid, "") {
+                    tracing::warn!("releasing the pod network: {e}");
+                }
+            }
             if let Some(s) = &state {
                 // A shim that stopped answering is ended; the pod's processes die with its cgroups.
                 if is_our_shim(s.shim_pid, &run_dir) {
@@ -970,6 +1021,7 @@ impl Worker {
         })
         .await;
         self.shim = None;
+        self.pod_ips.clear();
     }
 }
 

@@ -1,0 +1,219 @@
+//! The agent as an ordinary CNI runtime: it reads the network from `--cni-conf-dir` (writing a
+//! default `podlet` network when there is none), runs whatever plugins it names from
+//! `--cni-bin-dir`, and always sets up `lo` with the loopback plugin.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use k8s_openapi::api::core::v1::PodSpec;
+use podlet_cni::client::{self, Attachment, Client, NetworkList};
+use serde_json::{json, Map, Value};
+
+use crate::config::Config;
+
+const PLUGINS: [&str; 4] = ["bridge", "host-local", "loopback", "portmap"];
+const DEFAULT_FILE: &str = "10-podlet.conflist";
+pub const IFNAME: &str = "eth0";
+
+pub struct Network {
+    client: Client,
+    conf_dir: PathBuf,
+    loopback: NetworkList,
+}
+
+/// Where podlet's own plugin binaries are: beside the podlet binary, or in
+/// `<prefix>/lib/podlet/cni` for an installed podlet.
+fn own_plugins(exe: &Path) -> Option<PathBuf> {
+    let dir = exe.parent()?;
+    [dir.to_path_buf(), dir.join("../lib/podlet/cni")]
+        .into_iter()
+        .find(|d| PLUGINS.iter().all(|p| d.join(p).is_file()))
+}
+
+fn default_network(pod_cidr: &str, cache_dir: &Path) -> Value {
+    json!({
+        "cniVersion": "1.1.0",
+        "name": "podlet",
+        "plugins": [
+            {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true, "hairpinMode": true,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": pod_cidr}]],
+                      "routes": [{"dst": "0.0.0.0/0"}], "dataDir": cache_dir.join("networks")}},
+            {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true},
+        ],
+    })
+}
+
+impl Network {
+    /// Prepares the CNI directories: installs podlet's plugins where the bin dir lacks them and
+    /// writes the default network where no configuration exists.
+    pub fn init(cfg: &Config, exe: &Path) -> Result<Self> {
+        cfg.pod_cidr
+            .parse::<ipnetwork::IpNetwork>()
+            .with_context(|| format!("--pod-cidr {:?} is not a CIDR", cfg.pod_cidr))?;
+        let bin = cfg.cni_bin_dirs.first().context("--cni-bin-dir is empty")?;
+        std::fs::create_dir_all(bin).with_context(|| format!("creating {}", bin.display()))?;
+        let missing: Vec<&str> = PLUGINS
+            .iter()
+            .copied()
+            .filter(|p| !cfg.cni_bin_dirs.iter().any(|d| d.join(p).is_file()))
+            .collect();
+        if !missing.is_empty() {
+            let src = own_plugins(exe).with_context(|| {
+                format!("the CNI plugins {missing:?} are not in {:?} and podlet's own are not beside {}", cfg.cni_bin_dirs, exe.display())
+            })?;
+            for p in missing {
+                let tmp = bin.join(format!(".{p}.podlet-tmp"));
+                std::fs::copy(src.join(p), &tmp).with_context(|| format!("installing {p}"))?;
+                std::fs::rename(&tmp, bin.join(p))?;
+                tracing::info!(plugin = p, dir = %bin.display(), "installed CNI plugin");
+            }
+        }
+        std::fs::create_dir_all(&cfg.cni_conf_dir)
+            .with_context(|| format!("creating {}", cfg.cni_conf_dir.display()))?;
+        let (found, errors) = client::load_dir(&cfg.cni_conf_dir);
+        for e in &errors {
+            tracing::error!("invalid CNI configuration: {e}");
+        }
+        if found.is_none() {
+            let p = cfg.cni_conf_dir.join(DEFAULT_FILE);
+            let conf = default_network(&cfg.pod_cidr, &cfg.cni_cache_dir);
+            std::fs::write(&p, serde_json::to_vec_pretty(&conf)?)
+                .with_context(|| format!("writing {}", p.display()))?;
+            tracing::info!(file = %p.display(), cidr = %cfg.pod_cidr, "wrote the default pod network");
+        }
+        let loopback = NetworkList::parse(
+            br#"{"cniVersion":"1.1.0","name":"cni-loopback","plugins":[{"type":"loopback"}]}"#,
+            Path::new("(built in)"),
+        )?;
+        Ok(Self {
+            client: Client {
+                bin_dirs: cfg.cni_bin_dirs.clone(),
+                cache_dir: cfg.cni_cache_dir.clone(),
+            },
+            conf_dir: cfg.cni_conf_dir.clone(),
+            loopback,
+        })
+    }
+
+    fn network(&self) -> Result<NetworkList, String> {
+        match client::load_dir(&self.conf_dir) {
+            (Some(n), _) => Ok(n),
+            (None, errors) => Err(errors.first().map(|e| e.to_string()).unwrap_or_else(|| {
+                format!(
+                    "no CNI network configuration in {}",
+                    self.conf_dir.display()
+                )
+            })),
+        }
+    }
+
+    fn attachment(uid: &str, netns: &str, ifname: &str, ports: Map<String, Value>) -> Attachment {
+        Attachment {
+            container_id: uid.to_string(),
+            netns: netns.to_string(),
+            ifname: ifname.to_string(),
+            args: vec![
+                ("IgnoreUnknown".into(), "1".into()),
+                ("K8S_POD_UID".into(), uid.to_string()),
+            ],
+            capability_args: ports,
+        }
+    }
+
+    /// ADD for a pod sandbox: loopback, then the pod network. On failure everything made is
+    /// deleted again and the plugin's message is returned.
+    pub fn setup(&self, uid: &str, netns: &str, spec: &PodSpec) -> Result<Vec<IpAddr>, String> {
+        let net = self.network()?;
+        let mut caps = Map::new();
+        let ports = port_mappings(spec);
+        if !ports.is_empty() {
+            caps.insert("portMappings".into(), json!(ports));
+        }
+        let lo = Self::attachment(uid, netns, "lo", Map::new());
+        let main = Self::attachment(uid, netns, IFNAME, caps);
+        let result = self
+            .client
+            .add(&self.loopback, &lo)
+            .and_then(|_| self.client.add(&net, &main));
+        match result {
+            Ok(r) => Ok(r.ips.iter().map(|i| i.address.ip()).collect()),
+            Err(e) => {
+                let _ = self.client.del(&net, &main);
+                let _ = self.client.del(&self.loopback, &lo);
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// DEL for a pod sandbox (`netns` empty once the namespace is gone). Safe to repeat.
+    pub fn teardown(&self, uid: &str, netns: &str) -> Result<(), String> {
+        let net = self.network()?;
+        let main = Self::attachment(uid, netns, IFNAME, Map::new());
+        let lo = Self::attachment(uid, netns, "lo", Map::new());
+        self.client.del(&net, &main).map_err(|e| e.to_string())?;
+        self.client
+            .del(&self.loopback, &lo)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Whether DEL still has something to do for the pod.
+    pub fn attached(&self, uid: &str) -> bool {
+        let Ok(net) = self.network() else {
+            return false;
+        };
+        self.client
+            .cached_result(&net.name, &Self::attachment(uid, "", IFNAME, Map::new()))
+            .is_some()
+    }
+
+    /// The pod's addresses from the cached result (after an agent restart).
+    pub fn cached_ips(&self, uid: &str) -> Vec<IpAddr> {
+        let Ok(net) = self.network() else {
+            return Vec::new();
+        };
+        self.client
+            .cached_result(&net.name, &Self::attachment(uid, "", IFNAME, Map::new()))
+            .map(|r| r.ips.iter().map(|i| i.address.ip()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Releases everything held for sandboxes that no longer exist.
+    pub fn gc(&self, live: &[String]) -> Result<(), String> {
+        let net = self.network()?;
+        let valid = |ifname: &str| {
+            live.iter()
+                .map(|u| (u.clone(), ifname.to_string()))
+                .collect::<Vec<_>>()
+        };
+        let r1 = self
+            .client
+            .gc(&net, &valid(IFNAME))
+            .map_err(|e| e.to_string());
+        let r2 = self
+            .client
+            .gc(&self.loopback, &valid("lo"))
+            .map_err(|e| e.to_string());
+        r1.and(r2)
+    }
+}
+
+/// `hostPort`s of the pod, as portmap's `portMappings`.
+pub fn port_mappings(spec: &PodSpec) -> Vec<Value> {
+    spec.containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            let host = p.host_port.filter(|h| *h > 0)?;
+            let mut m = json!({
+                "hostPort": host,
+                "containerPort": p.container_port,
+                "protocol": p.protocol.as_deref().unwrap_or("TCP").to_lowercase(),
+            });
+            if let Some(ip) = p.host_ip.as_deref().filter(|i| !i.is_empty()) {
+                m["hostIP"] = json!(ip);
+            }
+            Some(m)
+        })
+        .collect()
+}
