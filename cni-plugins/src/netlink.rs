@@ -29,6 +29,14 @@ fn io_err(e: rtnetlink::Error) -> io::Error {
     }
 }
 
+/// The result, with the error `errno` meaning "nothing to do" (e.g. EEXIST on add).
+fn tolerate<T: Default>(r: Result<T, rtnetlink::Error>, errno: i32) -> io::Result<T> {
+    match r.map_err(io_err) {
+        Err(e) if is_errno(&e, errno) => Ok(T::default()),
+        other => other,
+    }
+}
+
 pub fn is_errno(e: &io::Error, errno: i32) -> bool {
     e.raw_os_error() == Some(errno)
 }
@@ -60,32 +68,12 @@ impl Netlink {
             .get()
             .match_name(name.to_string())
             .execute();
-        match s.try_next().await {
-            Ok(l) => Ok(l),
-            Err(e) => {
-                let e = io_err(e);
-                if is_errno(&e, libc::ENODEV) {
-                    Ok(None)
-                } else {
-                    Err(e)
-                }
-            }
-        }
+        tolerate(s.try_next().await, libc::ENODEV)
     }
 
     pub async fn link_by_index(&self, index: u32) -> io::Result<Option<LinkMessage>> {
         let mut s = self.handle.link().get().match_index(index).execute();
-        match s.try_next().await {
-            Ok(l) => Ok(l),
-            Err(e) => {
-                let e = io_err(e);
-                if is_errno(&e, libc::ENODEV) {
-                    Ok(None)
-                } else {
-                    Err(e)
-                }
-            }
-        }
+        tolerate(s.try_next().await, libc::ENODEV)
     }
 
     /// Creates the bridge if missing and brings it up; returns it.
@@ -105,12 +93,11 @@ impl Netlink {
             if let Some(m) = mtu {
                 msg = msg.mtu(m);
             }
-            match self.handle.link().add(msg.build()).execute().await {
-                Ok(()) => {}
-                // Another ADD created it concurrently.
-                Err(e) if is_errno(&io_err_ref(&e), libc::EEXIST) => {}
-                Err(e) => return Err(io_err(e)),
-            }
+            // Another ADD may have created it concurrently.
+            tolerate(
+                self.handle.link().add(msg.build()).execute().await,
+                libc::EEXIST,
+            )?;
         }
         let link = self
             .link(name)
@@ -209,11 +196,8 @@ impl Netlink {
     pub async fn ensure_vlan(&self, name: &str, parent: u32, vid: u16) -> io::Result<u32> {
         if self.link(name).await?.is_none() {
             let msg = rtnetlink::LinkVlan::new(name, parent, vid).up().build();
-            match self.handle.link().add(msg).execute().await {
-                Ok(()) => {}
-                Err(e) if is_errno(&io_err_ref(&e), libc::EEXIST) => {}
-                Err(e) => return Err(io_err(e)),
-            }
+            // Another ADD may have created it concurrently.
+            tolerate(self.handle.link().add(msg).execute().await, libc::EEXIST)?;
         }
         let l = self
             .link(name)
@@ -250,17 +234,7 @@ impl Netlink {
     }
 
     pub async fn del_link(&self, index: u32) -> io::Result<()> {
-        match self.handle.link().del(index).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let e = io_err(e);
-                if is_errno(&e, libc::ENODEV) {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            }
-        }
+        tolerate(self.handle.link().del(index).execute().await, libc::ENODEV)
     }
 
     pub async fn addresses(&self, index: u32) -> io::Result<Vec<IpNetwork>> {
@@ -285,23 +259,14 @@ impl Netlink {
 
     /// Adds an address; an address already present is fine.
     pub async fn add_address(&self, index: u32, net: IpNetwork) -> io::Result<()> {
-        match self
-            .handle
-            .address()
-            .add(index, net.ip(), net.prefix())
-            .execute()
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let e = io_err(e);
-                if is_errno(&e, libc::EEXIST) {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            }
-        }
+        tolerate(
+            self.handle
+                .address()
+                .add(index, net.ip(), net.prefix())
+                .execute()
+                .await,
+            libc::EEXIST,
+        )
     }
 
     pub async fn del_address(&self, index: u32, net: IpNetwork) -> io::Result<()> {
@@ -352,27 +317,7 @@ impl Netlink {
                     netlink_packet_route::route::RouteMetric::Mtu(m),
                 ]));
         }
-        match self.handle.route().add(msg).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let e = io_err(e);
-                if is_errno(&e, libc::EEXIST) {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            }
-        }
-    }
-}
-
-fn io_err_ref(e: &rtnetlink::Error) -> io::Error {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => match m.code {
-            Some(c) => io::Error::from_raw_os_error(-c.get()),
-            None => io::Error::other("netlink error"),
-        },
-        other => io::Error::other(other.to_string()),
+        tolerate(self.handle.route().add(msg).execute().await, libc::EEXIST)
     }
 }
 
