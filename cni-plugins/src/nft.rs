@@ -219,8 +219,19 @@ pub fn list_tables() -> io::Result<Vec<String>> {
     Ok(names)
 }
 
-/// (family, name) of every table.
+/// (family, name) of every table. A dump that a concurrent change interrupts (EINTR) is
+/// started again, as nft does.
 fn tables() -> io::Result<Vec<(u32, String)>> {
+    let mut tries = 0;
+    loop {
+        match dump_tables() {
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) && tries < 50 => tries += 1,
+            other => return other,
+        }
+    }
+}
+
+fn dump_tables() -> io::Result<Vec<(u32, String)>> {
     let socket = mnl::Socket::new(mnl::Bus::Netfilter)?;
     let portid = socket.portid();
     let seq = 1;
