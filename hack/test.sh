@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || [ "${PODLET_SKIP_PRIVILEGED:-}" = 1 ] || { echo "run as root (the end-to-end tests create namespaces, mounts and cgroups)" >&2; exit 1; }
 bash hack/deps.sh
 cargo build --locked -p podlet -p podlet-cni
-cargo test --locked --workspace
+cargo test --locked --workspace --no-fail-fast
