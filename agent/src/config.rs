@@ -60,6 +60,15 @@ pub struct RunFlags {
     /// Pod address range of the default network podlet writes when there is none.
     #[arg(long)]
     pub pod_cidr: Option<String>,
+    /// Maximum number of processes in a pod (-1: unlimited).
+    #[arg(long, allow_hyphen_values = true)]
+    pub pod_pids_limit: Option<i64>,
+    /// Resources kept for the OS, e.g. `cpu=500m,memory=1Gi`.
+    #[arg(long)]
+    pub system_reserved: Option<String>,
+    /// Resources kept for Kubernetes daemons, e.g. `cpu=100m,memory=256Mi`.
+    #[arg(long)]
+    pub kube_reserved: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -78,6 +87,9 @@ struct FileConfig {
     cni_bin_dir: Option<String>,
     cni_cache_dir: Option<PathBuf>,
     pod_cidr: Option<String>,
+    pod_pids_limit: Option<i64>,
+    system_reserved: Option<String>,
+    kube_reserved: Option<String>,
 }
 
 /// The resolved configuration.
@@ -96,6 +108,9 @@ pub struct Config {
     pub cni_bin_dirs: Vec<PathBuf>,
     pub cni_cache_dir: PathBuf,
     pub pod_cidr: String,
+    pub pod_pids_limit: Option<i64>,
+    /// Reserved (millicores, bytes), system and kube together.
+    pub reserved: (i64, i64),
     /// Where mounts are read from (a parameter so tests can use a fixture).
     pub mountinfo: PathBuf,
 }
@@ -228,6 +243,26 @@ impl Config {
                 .clone()
                 .or(f.pod_cidr)
                 .unwrap_or_else(|| "10.88.0.0/16".into()),
+            pod_pids_limit: run.pod_pids_limit.or(f.pod_pids_limit).filter(|p| *p > 0),
+            reserved: {
+                let parse = |flag: &str, v: Option<String>| -> Result<(i64, i64)> {
+                    v.map(|s| {
+                        crate::pod::resources::parse_reserved(&s)
+                            .map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
+                    })
+                    .transpose()
+                    .map(|r| r.unwrap_or((0, 0)))
+                };
+                let a = parse(
+                    "system-reserved",
+                    run.system_reserved.clone().or(f.system_reserved),
+                )?;
+                let b = parse(
+                    "kube-reserved",
+                    run.kube_reserved.clone().or(f.kube_reserved),
+                )?;
+                (a.0 + b.0, a.1 + b.1)
+            },
             mountinfo: PathBuf::from("/proc/self/mountinfo"),
         })
     }

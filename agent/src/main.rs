@@ -201,9 +201,11 @@ async fn agent(cfg: Config) -> Result<()> {
     for d in [&cfg.root_dir, &cfg.run_dir, &cfg.log_dir] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
+    // Without CAP_SYS_RESOURCE this fails and the node's floor stays where it is (see Node).
     let _ = podlet_runtime::sys::set_oom_score_adj(-999);
     tracing::info!(node = %cfg.node_name, manifests = %cfg.manifest_dir.display(), "podlet starting");
     let node = Arc::new(pod::Node::new(cfg.clone())?);
+    node.update_qos_cgroups();
     {
         let node = node.clone();
         tokio::task::spawn_blocking(move || pod::network_gc(&node)).await?;

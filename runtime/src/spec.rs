@@ -88,6 +88,15 @@ pub struct ContainerConfig {
     pub no_new_privileges: bool,
     pub privileged: bool,
     pub oom_score_adj: Option<i32>,
+    /// CPU and memory limits of the container's cgroup (pids are limited per pod).
+    #[serde(default)]
+    pub cpu_shares: Option<u64>,
+    #[serde(default)]
+    pub cpu_quota: Option<i64>,
+    #[serde(default)]
+    pub cpu_period: Option<u64>,
+    #[serde(default)]
+    pub memory_limit: Option<i64>,
 }
 
 fn namespace(kind: &str, ns: &Ns) -> Option<serde_json::Value> {
@@ -145,8 +154,22 @@ pub fn build(c: &ContainerConfig) -> Result<Spec, serde_json::Error> {
     let mut linux = json!({
         "namespaces": namespaces,
         "cgroupsPath": c.cgroups_path,
-        "resources": {"devices": [{"allow": c.privileged, "access": "rwm"}]},
+        "resources": {"devices": device_rules(c.privileged)},
     });
+    let mut cpu = serde_json::Map::new();
+    if let Some(s) = c.cpu_shares {
+        cpu.insert("shares".into(), json!(s));
+    }
+    if let Some(q) = c.cpu_quota {
+        cpu.insert("quota".into(), json!(q));
+        cpu.insert("period".into(), json!(c.cpu_period.unwrap_or(100_000)));
+    }
+    if !cpu.is_empty() {
+        linux["resources"]["cpu"] = serde_json::Value::Object(cpu);
+    }
+    if let Some(m) = c.memory_limit {
+        linux["resources"]["memory"] = json!({"limit": m});
+    }
     if !c.privileged {
         linux["maskedPaths"] = json!(MASKED_PATHS);
         linux["readonlyPaths"] = json!(READONLY_PATHS);
@@ -171,6 +194,39 @@ pub fn build(c: &ContainerConfig) -> Result<Spec, serde_json::Error> {
         "linux": linux,
     });
     serde_json::from_value(spec)
+}
+
+/// The device cgroup: everything denied but the devices every container has (runc's and
+/// containerd's defaults), or everything allowed for privileged containers.
+fn device_rules(privileged: bool) -> serde_json::Value {
+    if privileged {
+        return json!([{"allow": true, "access": "rwm"}]);
+    }
+    let mut rules = vec![
+        json!({"allow": false, "access": "rwm"}),
+        json!({"allow": true, "type": "c", "access": "m"}),
+        json!({"allow": true, "type": "b", "access": "m"}),
+    ];
+    // null, random, full, tty, zero, urandom, console, pts, ptmx, tun
+    for (major, minor) in [
+        (1, Some(3)),
+        (1, Some(8)),
+        (1, Some(7)),
+        (5, Some(0)),
+        (1, Some(5)),
+        (1, Some(9)),
+        (5, Some(1)),
+        (136, None),
+        (5, Some(2)),
+        (10, Some(200)),
+    ] {
+        let mut r = json!({"allow": true, "type": "c", "major": major, "access": "rwm"});
+        if let Some(m) = minor {
+            r["minor"] = json!(m);
+        }
+        rules.push(r);
+    }
+    json!(rules)
 }
 
 /// Writes `config.json` into `bundle`.
@@ -223,6 +279,10 @@ mod tests {
             no_new_privileges: false,
             privileged: false,
             oom_score_adj: Some(1000),
+            cpu_shares: Some(256),
+            cpu_quota: Some(25_000),
+            cpu_period: Some(100_000),
+            memory_limit: Some(64 << 20),
         }
     }
 

@@ -93,6 +93,8 @@ pub struct TestNode {
     pub node_name: String,
     holder: Child,
     agent: Option<Child>,
+    /// Extra `podlet run` flags for this node.
+    pub agent_args: Vec<String>,
 }
 
 impl TestNode {
@@ -161,6 +163,7 @@ impl TestNode {
             node_name: "e2e".into(),
             holder,
             agent: None,
+            agent_args: Vec::new(),
         };
         let out = node.podlet(&["image", "import", busybox_archive().to_str().unwrap()]);
         assert_eq!(out.code, 0, "import failed: {}", out.stderr);
@@ -246,6 +249,7 @@ impl TestNode {
             "--pod-cidr",
             POD_CIDR,
         ]);
+        cmd.args(&self.agent_args);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -385,6 +389,31 @@ impl TestNode {
             });
         }
         out
+    }
+
+    /// Reads a cgroup file of this node (`rel` below its cgroup root) for `controller`.
+    pub fn cgroup_file(&self, controller: &str, rel: &str, file: &str) -> Option<String> {
+        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut v2 = None;
+        for l in text.lines() {
+            let Some((left, right)) = l.split_once(" - ") else {
+                continue;
+            };
+            let mut r = right.split(' ');
+            let fs = r.next().unwrap_or_default();
+            let opts = r.nth(1).unwrap_or_default();
+            let mp = left.split(' ').nth(4).unwrap_or_default();
+            if fs == "cgroup" && opts.split(',').any(|o| o == controller) {
+                return std::fs::read_to_string(
+                    Path::new(mp).join(&self.cgroup_root).join(rel).join(file),
+                )
+                .ok();
+            }
+            if fs == "cgroup2" {
+                v2 = Some(mp.to_string());
+            }
+        }
+        std::fs::read_to_string(Path::new(&v2?).join(&self.cgroup_root).join(rel).join(file)).ok()
     }
 
     /// Processes whose command line mentions this node's directory (shims) or that are the

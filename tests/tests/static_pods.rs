@@ -105,6 +105,15 @@ fn two_container_pod_shares_sandbox_namespaces() {
         assert!(devs.split(' ').any(|x| x == d), "/dev/{d} missing: {devs}");
     }
     assert!(!out.stdout.contains("writable"), "{}", out.stdout);
+    // The standard devices work through the device cgroup.
+    let out = node.podlet(&["exec", "two-e2e", "-c", "a", "--", "sh", "-c",
+        "head -c 4 /dev/urandom | wc -c; head -c 4 /dev/zero | wc -c; echo x > /dev/null && echo null-ok"]);
+    assert_eq!(
+        out.stdout.split_whitespace().collect::<Vec<_>>(),
+        ["4", "4", "null-ok"],
+        "{}",
+        out.stderr
+    );
     // exec's exit code is the command's.
     assert_eq!(
         node.podlet(&["exec", "two-e2e", "-c", "b", "--", "sh", "-c", "exit 5"])

@@ -2,6 +2,7 @@
 //! no longer desired, including ones found on disk after a restart); each worker drives its pod's
 //! shim towards the spec and publishes the pod's status.
 
+pub mod resources;
 pub mod status;
 pub mod translate;
 mod worker;
@@ -30,6 +31,14 @@ pub struct Node {
     /// The podlet binary, re-executed as each pod's shim.
     pub exe: PathBuf,
     pub network: crate::network::Network,
+    pub cgroups: podlet_runtime::cgroup::Layout,
+    /// Node CPU in millicores.
+    pub cpu_capacity: i64,
+    /// Admitted pods: uid -> (QoS, cpu request in millicores, memory request in bytes).
+    pub admitted: std::sync::Mutex<BTreeMap<String, (translate::Qos, i64, i64)>>,
+    /// The lowest OOM score adjustment this node may give: -1000 with CAP_SYS_RESOURCE,
+    /// otherwise the agent's own (a process may only raise its score without it).
+    pub oom_floor: i32,
 }
 
 impl Node {
@@ -38,7 +47,34 @@ impl Node {
         let host_ip = cfg.node_ip.or_else(first_global_ip);
         let exe = std::env::current_exe()?;
         let network = crate::network::Network::init(&cfg, &exe)?;
+        let cgroups = podlet_runtime::cgroup::Layout::detect(&cfg.mountinfo);
+        let cpu_capacity = std::thread::available_parallelism()
+            .map(|n| n.get() as i64 * 1000)
+            .unwrap_or(1000);
+        let oom_floor = if caps::has_cap(
+            None,
+            caps::CapSet::Effective,
+            caps::Capability::CAP_SYS_RESOURCE,
+        )
+        .unwrap_or(false)
+        {
+            -1000
+        } else {
+            let own = std::fs::read_to_string("/proc/self/oom_score_adj")
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
+            tracing::warn!(
+                floor = own,
+                "no CAP_SYS_RESOURCE: negative OOM score adjustments are raised to {own}"
+            );
+            own
+        };
         Ok(Self {
+            oom_floor,
+            cgroups,
+            cpu_capacity,
+            admitted: std::sync::Mutex::new(BTreeMap::new()),
             images,
             pods: RwLock::new(BTreeMap::new()),
             host_ip,
@@ -47,6 +83,111 @@ impl Node {
             network,
             cfg,
         })
+    }
+
+    /// Allocatable (millicores, bytes): capacity less what is reserved.
+    pub fn allocatable(&self) -> (i64, i64) {
+        (
+            self.cpu_capacity - self.cfg.reserved.0,
+            self.memory_capacity as i64 - self.cfg.reserved.1,
+        )
+    }
+
+    /// Writes the QoS-level cgroups: the root limited to allocatable, BestEffort at the minimum
+    /// weight, Burstable weighted by the requests of its pods.
+    pub fn update_qos_cgroups(&self) {
+        use podlet_runtime::cgroup::{apply, Limits};
+        let (cpu, mem) = self.allocatable();
+        let burstable: i64 = self
+            .admitted
+            .lock()
+            .expect("admitted lock")
+            .values()
+            .filter(|(q, _, _)| *q == translate::Qos::Burstable)
+            .map(|(_, c, _)| c)
+            .sum();
+        let root = &self.cfg.cgroup_root;
+        let sets = [
+            (
+                root.clone(),
+                Limits {
+                    cpu_shares: Some(resources::milli_cpu_to_shares(cpu)),
+                    memory: Some(mem),
+                    ..Default::default()
+                },
+            ),
+            (
+                format!("{root}/besteffort"),
+                Limits {
+                    cpu_shares: Some(2),
+                    ..Default::default()
+                },
+            ),
+            (
+                format!("{root}/burstable"),
+                Limits {
+                    cpu_shares: Some(resources::milli_cpu_to_shares(burstable)),
+                    ..Default::default()
+                },
+            ),
+        ];
+        for (path, limits) in sets {
+            if let Err(e) = apply(&self.cgroups, &path, &limits) {
+                tracing::warn!("cgroup {path}: {e}");
+            }
+        }
+    }
+
+    /// Admits a pod if its requests fit next to the admitted ones; else the kubelet's reason
+    /// (`OutOfcpu`, `OutOfmemory`) and message.
+    pub fn admit(
+        &self,
+        uid: &str,
+        spec: &k8s_openapi::api::core::v1::PodSpec,
+        qos: translate::Qos,
+    ) -> Result<(), (String, String)> {
+        let cpu = resources::pod_request(spec, "cpu");
+        let mem = resources::pod_request(spec, "memory");
+        let mut admitted = self.admitted.lock().expect("admitted lock");
+        if admitted.contains_key(uid) {
+            return Ok(());
+        }
+        let (cap_cpu, cap_mem) = self.allocatable();
+        let used_cpu: i64 = admitted.values().map(|v| v.1).sum();
+        let used_mem: i64 = admitted.values().map(|v| v.2).sum();
+        for (name, req, used, cap) in [
+            ("cpu", cpu, used_cpu, cap_cpu),
+            ("memory", mem, used_mem, cap_mem),
+        ] {
+            if req > 0 && used + req > cap {
+                let reason = format!("OutOf{name}");
+                return Err((
+                    reason,
+                    format!("Pod was rejected: Node didn't have enough resource: {name}, requested: {req}, used: {used}, capacity: {cap}"),
+                ));
+            }
+        }
+        admitted.insert(uid.to_string(), (qos, cpu, mem));
+        Ok(())
+    }
+
+    /// Records a pod that already runs (adopted after a restart), whether or not it fits now.
+    pub fn admit_running(
+        &self,
+        uid: &str,
+        spec: &k8s_openapi::api::core::v1::PodSpec,
+        qos: translate::Qos,
+    ) {
+        let cpu = resources::pod_request(spec, "cpu");
+        let mem = resources::pod_request(spec, "memory");
+        self.admitted
+            .lock()
+            .expect("admitted lock")
+            .insert(uid.to_string(), (qos, cpu, mem));
+    }
+
+    pub fn release(&self, uid: &str) {
+        self.admitted.lock().expect("admitted lock").remove(uid);
     }
 
     pub fn publish(&self, uid: &str, pod: Pod) {

@@ -23,7 +23,11 @@ pub fn terminated(rec: &ContainerRecord) -> ContainerStateTerminated {
     ContainerStateTerminated {
         exit_code: code,
         signal: rec.signal,
-        reason: Some(if code == 0 { "Completed" } else { "Error" }.into()),
+        reason: Some(
+            rec.reason
+                .clone()
+                .unwrap_or_else(|| if code == 0 { "Completed" } else { "Error" }.into()),
+        ),
         started_at: time(&rec.started_at),
         finished_at: time(&rec.finished_at),
         container_id: Some(format!("podlet://{}", rec.id)),

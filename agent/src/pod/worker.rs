@@ -69,6 +69,8 @@ struct Worker {
     lost: HashMap<String, ContainerRecord>,
     /// The pod's addresses from CNI.
     pod_ips: Vec<std::net::IpAddr>,
+    /// Set when the node refused the pod (reason, message): it never starts.
+    rejected: Option<(String, String)>,
 }
 
 pub async fn run(node: Arc<Node>, pod: Pod, stop: watch::Receiver<bool>) {
@@ -154,6 +156,7 @@ impl Worker {
             start_time,
             lost: HashMap::new(),
             pod_ips: Vec::new(),
+            rejected: None,
         }
     }
 
@@ -205,6 +208,9 @@ impl Worker {
     async fn ensure_sandbox(&mut self) -> Result<(), String> {
         match call(&self.run_dir, Request::State).await {
             Ok(s) if !s.pause_exited => {
+                if self.shim.is_none() {
+                    self.node.admit_running(&self.uid, &self.spec, self.qos);
+                }
                 self.shim = Some(s);
                 if self.pod_ips.is_empty() && !self.spec.host_network.unwrap_or(false) {
                     self.pod_ips = self.node.network.cached_ips(&self.uid);
@@ -299,13 +305,18 @@ impl Worker {
                 && !self.spec.host_pid.unwrap_or(false),
             pause_cgroup: format!("{}/pause", self.pod_cgroup),
             state_root: self.node.cfg.container_state_root(),
-            shim_oom_score_adj: Some(-999),
+            shim_oom_score_adj: Some((-999).max(self.node.oom_floor)),
         };
         std::fs::write(
             self.run_dir.join(shim::SANDBOX_FILE),
             serde_json::to_vec(&sandbox).map_err(|e| e.to_string())?,
         )
         .map_err(|e| io("sandbox file", e))?;
+        let limits =
+            super::resources::pod_limits(&self.spec, self.qos, self.node.cfg.pod_pids_limit);
+        podlet_runtime::cgroup::apply(&self.node.cgroups, &self.pod_cgroup, &limits)
+            .map_err(|e| format!("pod cgroup {}: {e}", self.pod_cgroup))?;
+        self.node.update_qos_cgroups();
         let out = tokio::process::Command::new(&self.node.exe)
             .arg("shim")
             .arg("--pod-dir")
@@ -344,6 +355,18 @@ impl Worker {
 
     async fn sync(&mut self) -> Duration {
         let mut wake = Duration::from_secs(10);
+        if self.rejected.is_some() {
+            self.publish();
+            return Duration::from_secs(3600);
+        }
+        if self.shim.is_none() && !self.run_dir.join(shim::STATE_FILE).exists() {
+            if let Err(r) = self.node.admit(&self.uid, &self.spec, self.qos) {
+                tracing::warn!(reason = %r.0, "{}", r.1);
+                self.rejected = Some(r);
+                self.publish();
+                return Duration::from_secs(3600);
+            }
+        }
         if let Err(e) = self.ensure_sandbox().await {
             self.sandbox_error = Some(e);
             self.publish();
@@ -753,6 +776,7 @@ impl Worker {
             .filter(|w| !w.is_empty())
             .or_else(|| image.config.working_dir.clone().filter(|w| !w.is_empty()))
             .unwrap_or_else(|| "/".into());
+        let limits = super::resources::container_limits(c);
         Ok(ContainerConfig {
             args,
             env,
@@ -783,17 +807,23 @@ impl Worker {
             capabilities: translate::capabilities(sc),
             no_new_privileges: sc.and_then(|s| s.allow_privilege_escalation) == Some(false),
             privileged: sc.and_then(|s| s.privileged).unwrap_or(false),
-            oom_score_adj: Some(translate::oom_score_adj(
-                self.qos,
-                c,
-                self.node.memory_capacity,
-            )),
+            oom_score_adj: Some(
+                translate::oom_score_adj(self.qos, c, self.node.memory_capacity)
+                    .max(self.node.oom_floor),
+            ),
+            cpu_shares: limits.cpu_shares,
+            cpu_quota: limits.cpu_quota,
+            cpu_period: limits.cpu_period,
+            memory_limit: limits.memory,
         })
     }
 
     // ----- status -----
 
     fn phase(&self) -> &'static str {
+        if self.rejected.is_some() {
+            return "Failed";
+        }
         let policy = self.restart_policy();
         let recs: Vec<Option<ContainerRecord>> = self
             .spec
@@ -878,11 +908,16 @@ impl Worker {
         pod.status = Some(PodStatus {
             phase: Some(self.phase().into()),
             conditions: Some(conditions),
-            message: self.sandbox_error.clone(),
-            reason: self
-                .sandbox_error
+            message: self
+                .rejected
                 .as_ref()
-                .map(|_| "FailedCreatePodSandBox".to_string()),
+                .map(|r| r.1.clone())
+                .or_else(|| self.sandbox_error.clone()),
+            reason: self.rejected.as_ref().map(|r| r.0.clone()).or_else(|| {
+                self.sandbox_error
+                    .as_ref()
+                    .map(|_| "FailedCreatePodSandBox".to_string())
+            }),
             host_ip: host_ip.clone(),
             host_ips: host_ip.clone().map(|ip| vec![HostIP { ip }]),
             pod_ip: pod_ips.first().cloned(),
@@ -968,6 +1003,8 @@ impl Worker {
         let _ = std::fs::remove_dir_all(&self.run_dir);
         let _ = std::fs::remove_dir_all(&self.log_dir);
         self.node.forget(&self.uid);
+        self.node.release(&self.uid);
+        self.node.update_qos_cgroups();
         tracing::info!("pod stopped and cleaned up");
     }
 

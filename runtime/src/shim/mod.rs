@@ -79,6 +79,12 @@ pub struct ContainerRecord {
     pub finished_at: Option<String>,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
+    /// Why it ended when the kernel says so (`OOMKilled`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The container's cgroup (relative to each hierarchy).
+    #[serde(default)]
+    pub cgroup: String,
     /// The attempt this one replaced (its own `previous` is dropped).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<Box<ContainerRecord>>,

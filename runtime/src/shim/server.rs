@@ -46,6 +46,7 @@ struct LogPipe {
 
 struct Shim {
     dir: PathBuf,
+    cgroups: crate::cgroup::Layout,
     cfg: SandboxConfig,
     poll: Poll,
     listener: UnixListener,
@@ -241,6 +242,7 @@ impl Shim {
             .map_err(|e| e.to_string())?;
         let shim = Shim {
             dir: dir.to_path_buf(),
+            cgroups: crate::cgroup::Layout::detect(Path::new("/proc/self/mountinfo")),
             cfg,
             poll,
             listener,
@@ -536,6 +538,8 @@ impl Shim {
                 finished_at: None,
                 exit_code: None,
                 signal: None,
+                reason: None,
+                cgroup: cgroup_of(&bundle),
                 previous,
             },
         );
@@ -598,6 +602,10 @@ impl Shim {
                 rec.exit_code = Some(code);
                 rec.signal = signal;
                 rec.finished_at = Some(now());
+                // As containerd: an OOM kill anywhere in the container's cgroup makes it OOMKilled.
+                if crate::cgroup::oom_killed(&self.cgroups, &rec.cgroup) {
+                    rec.reason = Some("OOMKilled".into());
+                }
                 tracing::info!(container = %name, pid, code, "exited");
                 return true;
             }
@@ -686,6 +694,19 @@ impl Shim {
         self.persist();
         tracing::info!("sandbox stopped");
     }
+}
+
+/// The cgroup a bundle's container lives in.
+fn cgroup_of(bundle: &Path) -> String {
+    fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|d| serde_json::from_slice::<serde_json::Value>(&d).ok())
+        .and_then(|v| {
+            v.pointer("/linux/cgroupsPath")
+                .and_then(|p| p.as_str())
+                .map(String::from)
+        })
+        .unwrap_or_default()
 }
 
 fn delete_container(state_root: &Path, id: &str) {

@@ -1,0 +1,211 @@
+//! Resource arithmetic as the kubelet does it: requests default to limits, pod values are sums
+//! with the init-container max rule, CPU becomes shares and CFS quota with a 100 ms period.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Container, PodSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use podlet_runtime::cgroup::Limits;
+
+use super::translate::{parse_quantity, Qos};
+
+pub const CPU_PERIOD: u64 = 100_000;
+const MIN_SHARES: u64 = 2;
+const MAX_SHARES: u64 = 262_144;
+const MIN_QUOTA: i64 = 1_000;
+
+pub fn milli_cpu_to_shares(milli: i64) -> u64 {
+    if milli <= 0 {
+        return MIN_SHARES;
+    }
+    ((milli as u64) * 1024 / 1000).clamp(MIN_SHARES, MAX_SHARES)
+}
+
+pub fn milli_cpu_to_quota(milli: i64) -> i64 {
+    ((milli * CPU_PERIOD as i64) / 1000).max(MIN_QUOTA)
+}
+
+fn get(map: Option<&BTreeMap<String, Quantity>>, name: &str) -> Option<f64> {
+    map.and_then(|m| m.get(name))
+        .and_then(|q| parse_quantity(&q.0))
+}
+
+/// (request, limit) of a container for `name` ("cpu" in millicores, "memory" in bytes);
+/// an unset request defaults to the limit, as the API server does.
+pub fn container_resource(c: &Container, name: &str) -> (i64, Option<i64>) {
+    let r = c.resources.as_ref();
+    let scale = if name == "cpu" { 1000.0 } else { 1.0 };
+    let limit = get(r.and_then(|r| r.limits.as_ref()), name).map(|v| (v * scale).ceil() as i64);
+    let request = get(r.and_then(|r| r.requests.as_ref()), name)
+        .map(|v| (v * scale).ceil() as i64)
+        .or(limit)
+        .unwrap_or(0);
+    (request, limit)
+}
+
+/// Pod request for `name`: max(sum of app containers, largest init container).
+pub fn pod_request(spec: &PodSpec, name: &str) -> i64 {
+    let apps: i64 = spec
+        .containers
+        .iter()
+        .map(|c| container_resource(c, name).0)
+        .sum();
+    let init = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| container_resource(c, name).0)
+        .max()
+        .unwrap_or(0);
+    apps.max(init)
+}
+
+/// Pod limit for `name`, only when every container declares one.
+pub fn pod_limit(spec: &PodSpec, name: &str) -> Option<i64> {
+    let apps: Option<i64> = spec
+        .containers
+        .iter()
+        .map(|c| container_resource(c, name).1)
+        .sum();
+    let init: Option<i64> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| container_resource(c, name).1)
+        .try_fold(0i64, |m, l| l.map(|l| m.max(l)));
+    Some(apps?.max(init?))
+}
+
+/// The container's own cgroup values.
+pub fn container_limits(c: &Container) -> Limits {
+    let (cpu_req, cpu_lim) = container_resource(c, "cpu");
+    let (_, mem_lim) = container_resource(c, "memory");
+    Limits {
+        cpu_shares: Some(milli_cpu_to_shares(cpu_req)),
+        cpu_quota: cpu_lim.map(milli_cpu_to_quota),
+        cpu_period: Some(CPU_PERIOD),
+        memory: mem_lim,
+        pids: None,
+    }
+}
+
+/// The pod cgroup's values (`kubepods[/<qos>]/pod<uid>`).
+pub fn pod_limits(spec: &PodSpec, qos: Qos, pids: Option<i64>) -> Limits {
+    if qos == Qos::BestEffort {
+        return Limits {
+            cpu_shares: Some(MIN_SHARES),
+            cpu_period: Some(CPU_PERIOD),
+            pids,
+            ..Default::default()
+        };
+    }
+    Limits {
+        cpu_shares: Some(milli_cpu_to_shares(pod_request(spec, "cpu"))),
+        cpu_quota: pod_limit(spec, "cpu").map(milli_cpu_to_quota),
+        cpu_period: Some(CPU_PERIOD),
+        memory: pod_limit(spec, "memory"),
+        pids,
+    }
+}
+
+/// Parses `cpu=500m,memory=1Gi` (the kubelet's `--system-reserved` form).
+pub fn parse_reserved(s: &str) -> Result<(i64, i64), String> {
+    let (mut cpu, mut mem) = (0, 0);
+    for pair in s.split(',').filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?}: expected name=quantity"))?;
+        let q = parse_quantity(v).ok_or_else(|| format!("{pair:?}: bad quantity"))?;
+        match k {
+            "cpu" => cpu = (q * 1000.0).ceil() as i64,
+            "memory" => mem = q as i64,
+            "ephemeral-storage" | "pid" => {}
+            other => return Err(format!("unknown resource {other:?}")),
+        }
+    }
+    Ok((cpu, mem))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ResourceRequirements;
+
+    fn ctr(req: &[(&str, &str)], lim: &[(&str, &str)]) -> Container {
+        let m = |v: &[(&str, &str)]| {
+            (!v.is_empty()).then(|| {
+                v.iter()
+                    .map(|(k, q)| (k.to_string(), Quantity(q.to_string())))
+                    .collect()
+            })
+        };
+        Container {
+            name: "c".into(),
+            resources: Some(ResourceRequirements {
+                requests: m(req),
+                limits: m(lim),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn shares_and_quota_like_kubelet() {
+        assert_eq!(milli_cpu_to_shares(0), 2);
+        assert_eq!(milli_cpu_to_shares(1), 2);
+        assert_eq!(milli_cpu_to_shares(100), 102);
+        assert_eq!(milli_cpu_to_shares(1000), 1024);
+        assert_eq!(milli_cpu_to_quota(250), 25_000);
+        assert_eq!(milli_cpu_to_quota(5), 1_000);
+    }
+
+    #[test]
+    fn container_and_pod_values() {
+        let g = ctr(&[], &[("cpu", "250m"), ("memory", "64Mi")]);
+        let l = container_limits(&g);
+        assert_eq!(
+            (l.cpu_shares, l.cpu_quota, l.memory),
+            (Some(256), Some(25_000), Some(64 << 20))
+        );
+        let b = ctr(
+            &[("cpu", "100m"), ("memory", "32Mi")],
+            &[("memory", "128Mi")],
+        );
+        let spec = PodSpec {
+            containers: vec![g.clone(), b.clone()],
+            ..Default::default()
+        };
+        let p = pod_limits(&spec, Qos::Burstable, Some(100));
+        assert_eq!(p.cpu_shares, Some(milli_cpu_to_shares(350)));
+        assert_eq!(p.cpu_quota, None, "b has no cpu limit");
+        assert_eq!(p.memory, Some((64 << 20) + (128 << 20)));
+        assert_eq!(p.pids, Some(100));
+        // init containers: max(sum of apps, biggest init)
+        let spec = PodSpec {
+            containers: vec![g.clone()],
+            init_containers: Some(vec![ctr(&[], &[("cpu", "2"), ("memory", "1Gi")])]),
+            ..Default::default()
+        };
+        assert_eq!(pod_request(&spec, "cpu"), 2000);
+        assert_eq!(pod_limit(&spec, "memory"), Some(1 << 30));
+        let be = pod_limits(
+            &PodSpec {
+                containers: vec![ctr(&[], &[])],
+                ..Default::default()
+            },
+            Qos::BestEffort,
+            None,
+        );
+        assert_eq!((be.cpu_shares, be.memory), (Some(2), None));
+    }
+
+    #[test]
+    fn reserved_parses() {
+        assert_eq!(
+            parse_reserved("cpu=500m,memory=1Gi").unwrap(),
+            (500, 1 << 30)
+        );
+        assert!(parse_reserved("gpu=1").is_err());
+    }
+}

@@ -1,0 +1,321 @@
+//! End-to-end: cgroups by QoS class with kubelet's values, limits the kernel enforces, and
+//! admission. Reads the real cgroup files of the node's own cgroup root.
+
+use std::time::Duration;
+
+use podlet_e2e::TestNode;
+use serde_json::Value;
+
+fn uid(p: &Value) -> String {
+    p["metadata"]["uid"].as_str().unwrap().to_string()
+}
+
+fn container_id(p: &Value, i: usize) -> String {
+    p["status"]["containerStatuses"][i]["containerID"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("podlet://")
+        .to_string()
+}
+
+fn pod(name: &str, resources: &str, command: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  terminationGracePeriodSeconds: 0\n  restartPolicy: Never\n  containers:\n  - name: c\n    image: busybox\n    command: [\"sh\", \"-c\", {command:?}]\n{resources}"
+    )
+}
+
+fn num(s: Option<String>) -> i64 {
+    s.unwrap_or_default().trim().parse().unwrap_or(i64::MIN)
+}
+
+#[test]
+fn cgroup_values_and_oom_scores_follow_the_qos_class() {
+    let Some(node) = TestNode::with_agent() else {
+        return;
+    };
+    let g = "    resources:\n      limits: {cpu: 250m, memory: 64Mi}\n";
+    let b = "    resources:\n      requests: {cpu: 100m, memory: 32Mi}\n      limits: {memory: 128Mi}\n";
+    node.write_manifest("g.yaml", &pod("g", g, "sleep 1000"));
+    node.write_manifest("b.yaml", &pod("b", b, "sleep 1000"));
+    node.write_manifest("be.yaml", &pod("be", "", "sleep 1000"));
+    let (pg, pb, pbe) = (
+        node.wait_running("g"),
+        node.wait_running("b"),
+        node.wait_running("be"),
+    );
+    assert_eq!(pg["status"]["qosClass"], "Guaranteed");
+    assert_eq!(pb["status"]["qosClass"], "Burstable");
+    assert_eq!(pbe["status"]["qosClass"], "BestEffort");
+
+    // Guaranteed: <root>/pod<uid>, cpu 250m -> 256 shares, 25 ms quota per 100 ms, 64Mi.
+    let gp = format!("pod{}", uid(&pg));
+    let gc = format!("{gp}/{}", container_id(&pg, 0));
+    for dir in [&gp, &gc] {
+        assert_eq!(
+            num(node.cgroup_file("cpu", dir, "cpu.shares")),
+            256,
+            "{dir}"
+        );
+        assert_eq!(
+            num(node.cgroup_file("cpu", dir, "cpu.cfs_quota_us")),
+            25_000,
+            "{dir}"
+        );
+        assert_eq!(
+            num(node.cgroup_file("cpu", dir, "cpu.cfs_period_us")),
+            100_000,
+            "{dir}"
+        );
+        assert_eq!(
+            num(node.cgroup_file("memory", dir, "memory.limit_in_bytes")),
+            64 << 20,
+            "{dir}"
+        );
+    }
+    // Burstable: <root>/burstable/pod<uid>, 100m -> 102 shares, no quota, memory limit 128Mi.
+    let bp = format!("burstable/pod{}", uid(&pb));
+    let bc = format!("{bp}/{}", container_id(&pb, 0));
+    for dir in [&bp, &bc] {
+        assert_eq!(
+            num(node.cgroup_file("cpu", dir, "cpu.shares")),
+            102,
+            "{dir}"
+        );
+        assert_eq!(
+            num(node.cgroup_file("cpu", dir, "cpu.cfs_quota_us")),
+            -1,
+            "{dir}"
+        );
+        assert_eq!(
+            num(node.cgroup_file("memory", dir, "memory.limit_in_bytes")),
+            128 << 20,
+            "{dir}"
+        );
+    }
+    assert_eq!(
+        num(node.cgroup_file("cpu", "burstable", "cpu.shares")),
+        102,
+        "burstable QoS weight = its pods' requests"
+    );
+    // BestEffort: <root>/besteffort/pod<uid>, the minimum 2 shares everywhere.
+    let ep = format!("besteffort/pod{}", uid(&pbe));
+    assert_eq!(num(node.cgroup_file("cpu", &ep, "cpu.shares")), 2);
+    assert_eq!(num(node.cgroup_file("cpu", "besteffort", "cpu.shares")), 2);
+    assert!(
+        num(node.cgroup_file("memory", &ep, "memory.limit_in_bytes")) > 1 << 40,
+        "no memory limit"
+    );
+
+    // oom_score_adj by class; the agent keeps its own.
+    let adj = |p: &Value| {
+        let pid = node.shim_state(&uid(p))["containers"]["c"]["pid"]
+            .as_i64()
+            .unwrap();
+        std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+            .unwrap()
+            .trim()
+            .parse::<i64>()
+            .unwrap()
+    };
+    // Lowering a score needs CAP_SYS_RESOURCE; without it (as in some sandboxes) the node gives
+    // the lowest score it may: its own.
+    let caps = std::fs::read_to_string("/proc/self/status").unwrap();
+    let eff = u64::from_str_radix(
+        caps.lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .unwrap()
+            .trim(),
+        16,
+    )
+    .unwrap();
+    let floor: i64 = if eff & (1 << 24) != 0 {
+        -1000
+    } else {
+        std::fs::read_to_string("/proc/self/oom_score_adj")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(adj(&pg), (-997i64).max(floor));
+    assert_eq!(adj(&pbe), 1000);
+    let mem_total: f64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<f64>()
+        .unwrap()
+        * 1024.0;
+    let expect = (1000 - (1000.0 * (32u64 << 20) as f64 / mem_total) as i64).clamp(2, 999);
+    assert_eq!(adj(&pb), expect);
+    let shim = node.shim_state(&uid(&pg))["shimPid"].as_i64().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{shim}/oom_score_adj"))
+            .unwrap()
+            .trim(),
+        (-999i64).max(floor).to_string(),
+        "shims never inherit a pod's score"
+    );
+}
+
+#[test]
+fn memory_limit_oom_kills_and_cpu_limit_throttles() {
+    let Some(node) = TestNode::with_agent() else {
+        return;
+    };
+    // A shell variable of ~100 MB in a 32Mi container.
+    node.write_manifest(
+        "hog.yaml",
+        // tail buffers its last lines, and /dev/zero has no line end: it grows until killed.
+        &pod(
+            "hog",
+            "    resources:\n      limits: {memory: 32Mi}\n",
+            "exec tail /dev/zero",
+        ),
+    );
+    node.write_manifest(
+        "spin.yaml",
+        &pod(
+            "spin",
+            "    resources:\n      limits: {cpu: 100m}\n",
+            "while true; do :; done",
+        ),
+    );
+    let hog = node.wait_for("the OOM kill", Duration::from_secs(60), || {
+        node.pod("hog")
+            .filter(|p| p["status"]["containerStatuses"][0]["state"]["terminated"].is_object())
+    });
+    let t = &hog["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(t["reason"], "OOMKilled", "{t}");
+    assert_eq!(t["exitCode"], 137);
+    assert_eq!(hog["status"]["phase"], "Failed");
+
+    let spin = node.wait_running("spin");
+    assert_eq!(spin["status"]["qosClass"], "Burstable");
+    let dir = format!("burstable/pod{}/{}", uid(&spin), container_id(&spin, 0));
+    let throttled = node.wait_for("CFS throttling", Duration::from_secs(20), || {
+        let stat = node.cgroup_file("cpu", &dir, "cpu.stat")?;
+        let n: i64 = stat
+            .lines()
+            .find_map(|l| l.strip_prefix("nr_throttled "))?
+            .trim()
+            .parse()
+            .ok()?;
+        (n > 0).then_some(n)
+    });
+    assert!(throttled > 0);
+}
+
+#[test]
+fn pids_limit_stops_a_fork_bomb_inside_the_pod() {
+    if !podlet_e2e::privileged() {
+        return;
+    }
+    let mut node = TestNode::with_busybox();
+    node.agent_args = vec!["--pod-pids-limit".into(), "40".into()];
+    node.start_agent();
+    node.write_manifest(
+        "bomb.yaml",
+        // The bomb runs in a subshell that dies on its first refused fork; the container's
+        // shell then needs no fork to go on (echo is built in, exec replaces it).
+        &pod("bomb", "", "(i=0; while [ $i -lt 200 ]; do sleep 1000 & i=$((i+1)); done) 2>/dev/null; echo forked; exec sleep 1000"),
+    );
+    let p = node.wait_running("bomb");
+    let dir = format!("besteffort/pod{}", uid(&p));
+    assert_eq!(
+        node.cgroup_file("pids", &dir, "pids.max").unwrap().trim(),
+        "40"
+    );
+    // Kernels count the refused forks in the pod's or in the forking container's pids.events.
+    let ctr = format!("{dir}/{}", container_id(&p, 0));
+    node.wait_for("the bomb to hit the limit", Duration::from_secs(20), || {
+        let hit = |d: &str| {
+            let events = node
+                .cgroup_file("pids", d, "pids.events")
+                .unwrap_or_default();
+            events
+                .lines()
+                .any(|l| l.starts_with("max ") && l != "max 0")
+        };
+        (hit(&dir) || hit(&ctr)).then_some(())
+    });
+    let current = num(node.cgroup_file("pids", &dir, "pids.current"));
+    assert!(current <= 40, "pids.current {current}");
+    // The node still starts other pods.
+    node.write_manifest("after.yaml", &pod("after", "", "sleep 1000"));
+    node.wait_running("after");
+}
+
+#[test]
+fn pods_that_do_not_fit_are_rejected_with_kubelets_reasons() {
+    if !podlet_e2e::privileged() {
+        return;
+    }
+    let mut node = TestNode::with_busybox();
+    // Leave 500m of CPU allocatable, whatever the machine has.
+    let cpus = std::thread::available_parallelism().unwrap().get() as i64;
+    node.agent_args = vec![
+        "--system-reserved".into(),
+        format!("cpu={}m", cpus * 1000 - 500),
+    ];
+    node.start_agent();
+    node.write_manifest(
+        "small.yaml",
+        &pod(
+            "small",
+            "    resources:\n      requests: {cpu: 300m}\n",
+            "sleep 1000",
+        ),
+    );
+    node.wait_running("small");
+    node.write_manifest(
+        "big.yaml",
+        &pod(
+            "big",
+            "    resources:\n      requests: {cpu: 300m}\n",
+            "sleep 1000",
+        ),
+    );
+    let big = node.wait_for("rejection", Duration::from_secs(10), || {
+        node.pod("big").filter(|p| p["status"]["phase"] == "Failed")
+    });
+    assert_eq!(big["status"]["reason"], "OutOfcpu");
+    assert!(
+        big["status"]["message"].as_str().unwrap().contains(
+            "Node didn't have enough resource: cpu, requested: 300, used: 300, capacity: 500"
+        ),
+        "{}",
+        big["status"]["message"]
+    );
+    node.write_manifest(
+        "mem.yaml",
+        &pod(
+            "mem",
+            "    resources:\n      requests: {memory: 100Ti}\n",
+            "sleep 1000",
+        ),
+    );
+    let mem = node.wait_for("rejection", Duration::from_secs(10), || {
+        node.pod("mem").filter(|p| p["status"]["phase"] == "Failed")
+    });
+    assert_eq!(mem["status"]["reason"], "OutOfmemory");
+    // The running pod is undisturbed, and room freed is room again.
+    assert_eq!(node.pod("small").unwrap()["status"]["phase"], "Running");
+    node.remove_manifest("small.yaml");
+    node.wait_for("small gone", Duration::from_secs(20), || {
+        node.pod("small").is_none().then_some(())
+    });
+    node.write_manifest(
+        "again.yaml",
+        &pod(
+            "again",
+            "    resources:\n      requests: {cpu: 400m}\n",
+            "sleep 1000",
+        ),
+    );
+    node.wait_running("again");
+}
