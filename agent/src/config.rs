@@ -69,6 +69,12 @@ pub struct RunFlags {
     /// Resources kept for Kubernetes daemons, e.g. `cpu=100m,memory=256Mi`.
     #[arg(long)]
     pub kube_reserved: Option<String>,
+    /// Hard eviction thresholds (kubelet's syntax; empty disables eviction).
+    #[arg(long)]
+    pub eviction_hard: Option<String>,
+    /// How often eviction signals are checked, in seconds.
+    #[arg(long)]
+    pub eviction_interval: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -90,6 +96,8 @@ struct FileConfig {
     pod_pids_limit: Option<i64>,
     system_reserved: Option<String>,
     kube_reserved: Option<String>,
+    eviction_hard: Option<String>,
+    eviction_interval: Option<f64>,
 }
 
 /// The resolved configuration.
@@ -111,6 +119,8 @@ pub struct Config {
     pub pod_pids_limit: Option<i64>,
     /// Reserved (millicores, bytes), system and kube together.
     pub reserved: (i64, i64),
+    pub eviction_hard: Vec<crate::eviction::Threshold>,
+    pub eviction_interval: std::time::Duration,
     /// Where mounts are read from (a parameter so tests can use a fixture).
     pub mountinfo: PathBuf,
 }
@@ -263,6 +273,19 @@ impl Config {
                 )?;
                 (a.0 + b.0, a.1 + b.1)
             },
+            eviction_hard: crate::eviction::parse(
+                &run.eviction_hard
+                    .clone()
+                    .or(f.eviction_hard)
+                    .unwrap_or_else(|| crate::eviction::DEFAULT_HARD.into()),
+            )
+            .map_err(|e| anyhow::anyhow!("--eviction-hard: {e}"))?,
+            eviction_interval: std::time::Duration::from_secs_f64(
+                run.eviction_interval
+                    .or(f.eviction_interval)
+                    .unwrap_or(10.0)
+                    .max(0.1),
+            ),
             mountinfo: PathBuf::from("/proc/self/mountinfo"),
         })
     }

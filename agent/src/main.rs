@@ -2,6 +2,7 @@
 
 mod cli;
 mod config;
+mod eviction;
 mod manifest;
 mod network;
 mod pod;
@@ -224,6 +225,13 @@ async fn agent(cfg: Config) -> Result<()> {
         errors,
     ));
     tokio::spawn(pod::run_manager(node.clone(), rx));
+    if !cfg.eviction_hard.is_empty() {
+        tokio::spawn(eviction::run(
+            node.clone(),
+            cfg.eviction_hard.clone(),
+            cfg.eviction_interval,
+        ));
+    }
     let server = tokio::spawn(server::serve(node));
     tokio::select! {
         r = server => r??,

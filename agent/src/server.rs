@@ -15,6 +15,7 @@ fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/pods", get(pods))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/node", get(node_object))
         .with_state(node)
 }
 
@@ -36,6 +37,11 @@ async fn pods(State(node): State<Arc<Node>>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "application/json")],
         body.to_string(),
     )
+}
+
+async fn node_object(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    let body = serde_json::to_string(&node.node_object()).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "application/json")], body)
 }
 
 /// Serves until the process ends.

@@ -272,6 +272,19 @@ pub fn apply(layout: &Layout, rel: &str, limits: &Limits) -> io::Result<()> {
     Ok(())
 }
 
+/// Memory charged to cgroup `rel`, in bytes.
+pub fn memory_usage(layout: &Layout, rel: &str) -> Option<u64> {
+    let rel = rel.trim_start_matches('/');
+    let file = match layout {
+        Layout::V1 {
+            memory: Some(m), ..
+        } => m.join(rel).join("memory.usage_in_bytes"),
+        Layout::V1 { memory: None, .. } => return None,
+        Layout::V2 { root } => root.join(rel).join("memory.current"),
+    };
+    fs::read_to_string(file).ok()?.trim().parse().ok()
+}
+
 /// Whether the kernel OOM-killed something in the memory cgroup `rel`.
 pub fn oom_killed(layout: &Layout, rel: &str) -> bool {
     let rel = rel.trim_start_matches('/');

@@ -249,6 +249,15 @@ impl TestNode {
             "--pod-cidr",
             POD_CIDR,
         ]);
+        // Eviction thresholds depend on the machine's free memory and disk: off unless a test
+        // sets them.
+        if !self
+            .agent_args
+            .iter()
+            .any(|a| a.starts_with("--eviction-hard"))
+        {
+            cmd.arg("--eviction-hard=");
+        }
         cmd.args(&self.agent_args);
         let child = cmd
             .stdin(Stdio::null())

@@ -319,3 +319,70 @@ fn pods_that_do_not_fit_are_rejected_with_kubelets_reasons() {
     );
     node.wait_running("again");
 }
+
+#[test]
+fn memory_pressure_evicts_besteffort_first_and_reports_the_condition() {
+    if !podlet_e2e::privileged() {
+        return;
+    }
+    let mut node = TestNode::with_busybox();
+    let avail_kb: u64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("MemAvailable:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap();
+    // A threshold just above what is free: the node is under memory pressure from the start.
+    let threshold_mi = avail_kb / 1024 + 2048;
+    node.agent_args = vec![
+        format!("--eviction-hard=memory.available<{threshold_mi}Mi"),
+        "--eviction-interval=0.5".into(),
+    ];
+    // Both pods exist before the agent starts, so the first eviction chooses between them.
+    node.write_manifest(
+        "g.yaml",
+        &pod(
+            "g",
+            "    resources:\n      limits: {cpu: 100m, memory: 64Mi}\n",
+            "sleep 1000",
+        ),
+    );
+    node.write_manifest("be.yaml", &pod("be", "", "sleep 1000"));
+    node.start_agent();
+    let first = node.wait_for("an eviction", Duration::from_secs(30), || {
+        node.pods()
+            .into_iter()
+            .find(|p| p["status"]["reason"] == "Evicted")
+    });
+    assert_eq!(first["metadata"]["name"], "be-e2e", "BestEffort goes first");
+    assert_eq!(first["status"]["phase"], "Failed");
+    let msg = first["status"]["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("The node was low on resource: memory. Threshold quantity: "),
+        "{msg}"
+    );
+    let n: Value = serde_json::from_str(&node.get("/node").unwrap()).unwrap();
+    let cond = n["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "MemoryPressure")
+        .unwrap()
+        .clone();
+    assert_eq!(cond["status"], "True", "{cond}");
+    assert!(
+        n["status"]["allocatable"]["cpu"].is_string()
+            && n["status"]["nodeInfo"]["containerRuntimeVersion"]
+                .as_str()
+                .unwrap()
+                .starts_with("podlet://")
+    );
+    // The evicted pod's processes are gone; the pressure goes on, so the next pod follows.
+    let uid = first["metadata"]["uid"].as_str().unwrap();
+    assert!(!node.path(&format!("run/pods/{uid}/state.json")).exists());
+    node.wait_for("the next eviction", Duration::from_secs(30), || {
+        node.pod("g").filter(|p| p["status"]["reason"] == "Evicted")
+    });
+}

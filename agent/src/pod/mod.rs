@@ -39,6 +39,12 @@ pub struct Node {
     /// The lowest OOM score adjustment this node may give: -1000 with CAP_SYS_RESOURCE,
     /// otherwise the agent's own (a process may only raise its score without it).
     pub oom_floor: i32,
+    /// Node conditions driven by eviction signals: type -> (status, last transition).
+    pub conditions: RwLock<BTreeMap<&'static str, (bool, jiff::Timestamp)>>,
+    /// Evictions asked for and not finished yet: uid -> message.
+    pub evictions: std::sync::Mutex<BTreeMap<String, String>>,
+    /// Bumped on every eviction request, waking the pod workers.
+    pub eviction_tx: watch::Sender<u64>,
 }
 
 impl Node {
@@ -71,6 +77,9 @@ impl Node {
             own
         };
         Ok(Self {
+            conditions: RwLock::new(BTreeMap::new()),
+            evictions: std::sync::Mutex::new(BTreeMap::new()),
+            eviction_tx: watch::channel(0).0,
             oom_floor,
             cgroups,
             cpu_capacity,
@@ -190,6 +199,178 @@ impl Node {
         self.admitted.lock().expect("admitted lock").remove(uid);
     }
 
+    pub fn set_conditions(&self, now: &BTreeMap<&'static str, bool>) {
+        let mut c = self.conditions.write().expect("conditions lock");
+        for (k, v) in now {
+            match c.get(k) {
+                Some((old, _)) if old == v => {}
+                _ => {
+                    if *v {
+                        tracing::warn!(condition = k, "node condition is now True");
+                    }
+                    c.insert(k, (*v, jiff::Timestamp::now()));
+                }
+            }
+        }
+    }
+
+    pub fn eviction_in_progress(&self) -> bool {
+        !self.evictions.lock().expect("evictions lock").is_empty()
+    }
+
+    /// The pod to evict next: pods using more memory than they requested first, then lower
+    /// priority, then the most memory above the request.
+    pub fn eviction_candidate(&self) -> Option<(String, String)> {
+        let admitted = self.admitted.lock().expect("admitted lock").clone();
+        let pods = self.pods.read().expect("pods lock");
+        let mut ranked: Vec<(bool, i32, i64, String, String)> = admitted
+            .iter()
+            .filter_map(|(uid, (qos, _, mem_req))| {
+                let pod = pods.get(uid)?;
+                let usage = podlet_runtime::cgroup::memory_usage(
+                    &self.cgroups,
+                    &pod_cgroup(&self.cfg.cgroup_root, *qos, uid),
+                )
+                .unwrap_or(0) as i64;
+                let priority = pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
+                let name = format!(
+                    "{}/{}",
+                    pod.metadata.namespace.clone().unwrap_or_default(),
+                    pod.metadata.name.clone().unwrap_or_default()
+                );
+                Some((
+                    usage > *mem_req,
+                    priority,
+                    usage - mem_req,
+                    uid.clone(),
+                    name,
+                ))
+            })
+            .collect();
+        ranked.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(b.2.cmp(&a.2)));
+        ranked.into_iter().next().map(|r| (r.3, r.4))
+    }
+
+    pub fn evict(&self, uid: &str, message: String) {
+        self.evictions
+            .lock()
+            .expect("evictions lock")
+            .insert(uid.to_string(), message);
+        self.eviction_tx.send_modify(|g| *g += 1);
+    }
+
+    pub fn eviction_for(&self, uid: &str) -> Option<String> {
+        self.evictions
+            .lock()
+            .expect("evictions lock")
+            .get(uid)
+            .cloned()
+    }
+
+    pub fn eviction_done(&self, uid: &str) {
+        self.evictions.lock().expect("evictions lock").remove(uid);
+    }
+
+    /// The node as a v1 Node: capacity, allocatable, conditions, addresses and node info.
+    pub fn node_object(&self) -> k8s_openapi::api::core::v1::Node {
+        use k8s_openapi::api::core::v1::{NodeAddress, NodeCondition, NodeStatus, NodeSystemInfo};
+        use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let (acpu, amem) = self.allocatable();
+        let res = |cpu: i64, mem: i64| {
+            BTreeMap::from([
+                ("cpu".to_string(), Quantity(format!("{cpu}m"))),
+                ("memory".to_string(), Quantity(format!("{}Ki", mem / 1024))),
+                ("pods".to_string(), Quantity("110".into())),
+            ])
+        };
+        let conds = self.conditions.read().expect("conditions lock");
+        let mut conditions: Vec<NodeCondition> = ["MemoryPressure", "DiskPressure", "PIDPressure"]
+            .iter()
+            .map(|t| {
+                let (on, since) = conds
+                    .get(t)
+                    .copied()
+                    .unwrap_or((false, jiff::Timestamp::now()));
+                let what = match *t {
+                    "MemoryPressure" => "memory",
+                    "DiskPressure" => "disk",
+                    _ => "PID",
+                };
+                NodeCondition {
+                    type_: t.to_string(),
+                    status: if on { "True" } else { "False" }.into(),
+                    reason: Some(format!(
+                        "Kubelet{}{}",
+                        if on { "Has" } else { "HasNo" },
+                        if *t == "PIDPressure" {
+                            "InsufficientPID".to_string()
+                        } else {
+                            format!(
+                                "{}{}",
+                                if on { "" } else { "Sufficient" },
+                                t.replace("Pressure", "")
+                            )
+                        }
+                    )),
+                    message: Some(format!(
+                        "kubelet has {}{what} pressure",
+                        if on { "" } else { "no " }
+                    )),
+                    last_transition_time: Some(Time(since)),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        conditions.push(NodeCondition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            reason: Some("KubeletReady".into()),
+            message: Some("podlet is posting ready status".into()),
+            ..Default::default()
+        });
+        let uname = nix::sys::utsname::uname().ok();
+        let mut addresses = vec![NodeAddress {
+            type_: "Hostname".into(),
+            address: self.cfg.node_name.clone(),
+        }];
+        if let Some(ip) = self.host_ip {
+            addresses.insert(
+                0,
+                NodeAddress {
+                    type_: "InternalIP".into(),
+                    address: ip.to_string(),
+                },
+            );
+        }
+        let version = env!("CARGO_PKG_VERSION");
+        let mut n = k8s_openapi::api::core::v1::Node::default();
+        n.metadata.name = Some(self.cfg.node_name.clone());
+        n.status = Some(NodeStatus {
+            capacity: Some(res(self.cpu_capacity, self.memory_capacity as i64)),
+            allocatable: Some(res(acpu, amem)),
+            conditions: Some(conditions),
+            addresses: Some(addresses),
+            node_info: Some(NodeSystemInfo {
+                architecture: std::env::consts::ARCH
+                    .replace("x86_64", "amd64")
+                    .replace("aarch64", "arm64"),
+                operating_system: "linux".into(),
+                kernel_version: uname
+                    .as_ref()
+                    .map(|u| u.release().to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                os_image: os_image(),
+                kubelet_version: format!("v{version}"),
+                kube_proxy_version: String::new(),
+                container_runtime_version: format!("podlet://{version}"),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        n
+    }
+
     pub fn publish(&self, uid: &str, pod: Pod) {
         self.pods
             .write()
@@ -199,6 +380,23 @@ impl Node {
 
     pub fn forget(&self, uid: &str) {
         self.pods.write().expect("pods lock").remove(uid);
+    }
+}
+
+fn os_image() -> String {
+    std::fs::read_to_string("/etc/os-release")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap_or_else(|| "Linux".into())
+}
+
+/// A pod's cgroup below the root, by QoS class (the kubelet's layout).
+pub fn pod_cgroup(root: &str, qos: translate::Qos, uid: &str) -> String {
+    match qos.cgroup_dir() {
+        Some(d) => format!("/{root}/{d}/pod{uid}"),
+        None => format!("/{root}/pod{uid}"),
     }
 }
 

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use super::status::{self, ContainerView, Waiting};
 use super::translate::{self, PodFields, Qos};
-use super::Node;
+use super::{pod_cgroup, Node};
 
 pub const POD_FILE: &str = "pod.json";
 const SHIM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -82,15 +82,20 @@ pub async fn run(node: Arc<Node>, pod: Pod, stop: watch::Receiver<bool>) {
 }
 
 async fn drive(mut w: Worker, mut stop: watch::Receiver<bool>) {
+    let mut evictions = w.node.eviction_tx.subscribe();
     loop {
         if *stop.borrow() {
             w.teardown().await;
             return;
         }
+        if let Some(message) = w.node.eviction_for(&w.uid) {
+            w.evict(message).await;
+        }
         let next = w.sync().await;
         let seq = w.shim.as_ref().map(|s| s.seq);
         tokio::select! {
             r = stop.changed() => if r.is_err() { return },
+            _ = evictions.changed() => {}
             _ = w.wait(seq, next) => {}
         }
     }
@@ -105,13 +110,6 @@ async fn call(dir: &Path, req: Request) -> Result<ShimState, ShimError> {
     tokio::task::spawn_blocking(move || shim::call(&dir, &req, timeout))
         .await
         .unwrap_or_else(|e| Err(ShimError::Protocol(e.to_string())))
-}
-
-fn pod_cgroup(root: &str, qos: Qos, uid: &str) -> String {
-    match qos.cgroup_dir() {
-        Some(d) => format!("/{root}/{d}/pod{uid}"),
-        None => format!("/{root}/pod{uid}"),
-    }
 }
 
 const HOSTS_HEADER: &str = "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n";
@@ -933,6 +931,31 @@ impl Worker {
     }
 
     // ----- teardown -----
+
+    /// Stops the pod for the eviction manager: containers killed, network and sandbox gone, the
+    /// pod kept as Failed with reason Evicted until its manifest goes.
+    async fn evict(&mut self, message: String) {
+        tracing::warn!("evicted: {message}");
+        if let Ok(state) = call(&self.run_dir, Request::State).await {
+            if !self.spec.host_network.unwrap_or(false) {
+                let node = self.node.clone();
+                let uid = self.uid.clone();
+                let netns = format!("/proc/{}/ns/net", state.pause_pid);
+                let _ =
+                    tokio::task::spawn_blocking(move || node.network.teardown(&uid, &netns)).await;
+            }
+            if let Ok(last) = call(&self.run_dir, Request::Shutdown).await {
+                wait_gone(state.shim_pid).await;
+                self.cleanup_runtime().await;
+                self.shim = Some(last);
+            }
+        }
+        self.rejected = Some(("Evicted".into(), message));
+        self.node.release(&self.uid);
+        self.node.update_qos_cgroups();
+        self.publish();
+        self.node.eviction_done(&self.uid);
+    }
 
     async fn teardown(&mut self) {
         let grace = Duration::from_secs(
