@@ -32,7 +32,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the node agent.
-    Run(RunFlags),
+    Run(Box<RunFlags>),
     /// List pods and their containers.
     Ps,
     /// Print a container's logs.
