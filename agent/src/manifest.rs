@@ -129,9 +129,22 @@ fn validate(pod: &Pod) -> Result<(), String> {
 }
 
 /// Gives a parsed manifest its node identity, as the kubelet's file source does.
-pub fn to_static(mut pod: Pod, file: &Path, data: &[u8], node: &str) -> StaticPod {
+pub fn to_static(mut pod: Pod, file: &Path, node: &str) -> StaticPod {
+    // The identity leaves out container resources: changing only those resizes the pod in
+    // place (Kubernetes' in-place resize) instead of replacing it.
+    let mut identity = serde_json::to_value(&pod).unwrap_or_default();
+    if let Some(cs) = identity
+        .pointer_mut("/spec/containers")
+        .and_then(|c| c.as_array_mut())
+    {
+        for c in cs {
+            if let Some(o) = c.as_object_mut() {
+                o.remove("resources");
+            }
+        }
+    }
     let mut h = Sha256::new();
-    h.update(data);
+    h.update(serde_json::to_vec(&identity).unwrap_or_default());
     h.update(format!("host:{node}").as_bytes());
     h.update(format!("file:{}", file.display()).as_bytes());
     let uid = hex::encode(&h.finalize()[..16]);
@@ -195,7 +208,7 @@ pub fn scan(dir: &Path, node: &str) -> (Desired, Vec<String>) {
                 continue;
             }
         };
-        let sp = to_static(pod, &f, &data, node);
+        let sp = to_static(pod, &f, node);
         let key = (
             sp.pod.metadata.namespace.clone().unwrap_or_default(),
             sp.pod.metadata.name.clone().unwrap_or_default(),
@@ -329,8 +342,8 @@ mod tests {
     #[test]
     fn static_identity_is_stable_and_changes_with_content() {
         let p = parse(GOOD.as_bytes()).unwrap();
-        let a = to_static(p.clone(), Path::new("/m/web.yaml"), GOOD.as_bytes(), "n1");
-        let b = to_static(p.clone(), Path::new("/m/web.yaml"), GOOD.as_bytes(), "n1");
+        let a = to_static(p.clone(), Path::new("/m/web.yaml"), "n1");
+        let b = to_static(p.clone(), Path::new("/m/web.yaml"), "n1");
         assert_eq!(a, b);
         assert_eq!(a.pod.metadata.name.as_deref(), Some("web-n1"));
         assert_eq!(a.pod.metadata.namespace.as_deref(), Some("default"));

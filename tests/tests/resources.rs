@@ -386,3 +386,79 @@ fn memory_pressure_evicts_besteffort_first_and_reports_the_condition() {
         node.pod("g").filter(|p| p["status"]["reason"] == "Evicted")
     });
 }
+
+#[test]
+fn changing_only_resources_resizes_the_running_pod_in_place() {
+    let Some(node) = TestNode::with_agent() else {
+        return;
+    };
+    let manifest = |cpu: &str, mem: &str| {
+        pod(
+            "rs",
+            &format!("    resources:\n      limits: {{cpu: {cpu}, memory: {mem}}}\n"),
+            "sleep 1000",
+        )
+        .replace("restartPolicy: Never", "restartPolicy: Always")
+    };
+    node.write_manifest("rs.yaml", &manifest("200m", "64Mi"));
+    let before = node.wait_running("rs");
+    let uid = uid(&before);
+    let pid = node.shim_state(&uid)["containers"]["c"]["pid"]
+        .as_i64()
+        .unwrap();
+    let ctr = format!("pod{uid}/{}", container_id(&before, 0));
+    assert_eq!(
+        num(node.cgroup_file("cpu", &ctr, "cpu.cfs_quota_us")),
+        20_000
+    );
+
+    node.write_manifest("rs.yaml", &manifest("300m", "96Mi"));
+    node.wait_for("the new limits", Duration::from_secs(10), || {
+        (num(node.cgroup_file("cpu", &ctr, "cpu.cfs_quota_us")) == 30_000).then_some(())
+    });
+    assert_eq!(
+        num(node.cgroup_file("memory", &ctr, "memory.limit_in_bytes")),
+        96 << 20
+    );
+    assert_eq!(num(node.cgroup_file("cpu", &ctr, "cpu.shares")), 307);
+    assert_eq!(
+        num(node.cgroup_file("cpu", &format!("pod{uid}"), "cpu.cfs_quota_us")),
+        30_000
+    );
+    assert_eq!(
+        num(node.cgroup_file("memory", &format!("pod{uid}"), "memory.limit_in_bytes")),
+        96 << 20
+    );
+    let after = node.pod("rs").unwrap();
+    assert_eq!(after["metadata"]["uid"], uid.as_str(), "the same pod");
+    assert_eq!(
+        node.shim_state(&uid)["containers"]["c"]["pid"].as_i64(),
+        Some(pid),
+        "not restarted"
+    );
+    assert_eq!(after["status"]["containerStatuses"][0]["restartCount"], 0);
+    let shown = node.wait_for("the status", Duration::from_secs(5), || {
+        let p = node.pod("rs")?;
+        (p["status"]["containerStatuses"][0]["resources"]["limits"]["cpu"] == "300m").then_some(p)
+    });
+    assert_eq!(
+        shown["status"]["containerStatuses"][0]["resources"]["limits"]["memory"],
+        "96Mi"
+    );
+
+    // Dropping the limits would make it BestEffort: Kubernetes refuses that resize.
+    node.write_manifest(
+        "rs.yaml",
+        &pod("rs", "", "sleep 1000").replace("restartPolicy: Never", "restartPolicy: Always"),
+    );
+    let refused = node.wait_for("the refusal", Duration::from_secs(10), || {
+        node.pod("rs")
+            .filter(|p| p["status"]["resize"] == "Infeasible")
+    });
+    assert_eq!(refused["metadata"]["uid"], uid.as_str());
+    assert_eq!(
+        num(node.cgroup_file("cpu", &ctr, "cpu.cfs_quota_us")),
+        30_000,
+        "values kept"
+    );
+}

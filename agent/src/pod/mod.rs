@@ -435,6 +435,8 @@ fn first_global_ip() -> Option<IpAddr> {
 
 struct Handle {
     stop: watch::Sender<bool>,
+    /// The latest spec of the pod (only resources can change for the same UID).
+    pod: watch::Sender<Pod>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -481,8 +483,19 @@ pub async fn run_manager(node: Arc<Node>, mut desired: watch::Receiver<Desired>)
         let want = desired.borrow_and_update().clone();
         workers.retain(|_, h| !h.task.is_finished());
         for (uid, sp) in &want {
-            if !workers.contains_key(uid) {
-                workers.insert(uid.clone(), spawn(node.clone(), sp.pod.clone(), false));
+            match workers.get(uid) {
+                Some(h) => {
+                    h.pod.send_if_modified(|p| {
+                        let changed = *p != sp.pod;
+                        if changed {
+                            *p = sp.pod.clone();
+                        }
+                        changed
+                    });
+                }
+                None => {
+                    workers.insert(uid.clone(), spawn(node.clone(), sp.pod.clone(), false));
+                }
             }
         }
         for (uid, h) in &workers {
@@ -505,6 +518,11 @@ pub async fn run_manager(node: Arc<Node>, mut desired: watch::Receiver<Desired>)
 
 fn spawn(node: Arc<Node>, pod: Pod, stopping: bool) -> Handle {
     let (stop, rx) = watch::channel(stopping);
-    let task = tokio::spawn(worker::run(node, pod, rx));
-    Handle { stop, task }
+    let (pod_tx, pod_rx) = watch::channel(pod.clone());
+    let task = tokio::spawn(worker::run(node, pod, rx, pod_rx));
+    Handle {
+        stop,
+        pod: pod_tx,
+        task,
+    }
 }

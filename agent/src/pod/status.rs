@@ -48,6 +48,8 @@ pub struct ContainerView<'a> {
     pub image_id: Option<String>,
     pub record: Option<&'a ContainerRecord>,
     pub waiting: Option<&'a Waiting>,
+    /// The resources the container's cgroup has now.
+    pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
 }
 
 pub fn container_status(v: ContainerView<'_>) -> ContainerStatus {
@@ -96,6 +98,7 @@ pub fn container_status(v: ContainerView<'_>) -> ContainerStatus {
         ready: running,
         started: Some(running),
         restart_count: rec.map(|r| r.attempt as i32).unwrap_or(0),
+        resources: if running { v.resources } else { None },
         state: Some(state),
         last_state: Some(ContainerState {
             terminated: last,

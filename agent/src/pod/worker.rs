@@ -71,17 +71,24 @@ struct Worker {
     pod_ips: Vec<std::net::IpAddr>,
     /// Set when the node refused the pod (reason, message): it never starts.
     rejected: Option<(String, String)>,
+    /// `Infeasible` when a resize was refused (it would change the QoS class).
+    resize: Option<String>,
 }
 
-pub async fn run(node: Arc<Node>, pod: Pod, stop: watch::Receiver<bool>) {
+pub async fn run(
+    node: Arc<Node>,
+    pod: Pod,
+    stop: watch::Receiver<bool>,
+    updates: watch::Receiver<Pod>,
+) {
     use tracing::Instrument;
     let w = Worker::new(node, pod);
     let span =
         tracing::info_span!("pod", pod = %format!("{}/{}", w.namespace, w.name), uid = %w.uid);
-    drive(w, stop).instrument(span).await
+    drive(w, stop, updates).instrument(span).await
 }
 
-async fn drive(mut w: Worker, mut stop: watch::Receiver<bool>) {
+async fn drive(mut w: Worker, mut stop: watch::Receiver<bool>, mut updates: watch::Receiver<Pod>) {
     let mut evictions = w.node.eviction_tx.subscribe();
     loop {
         if *stop.borrow() {
@@ -96,6 +103,10 @@ async fn drive(mut w: Worker, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             r = stop.changed() => if r.is_err() { return },
             _ = evictions.changed() => {}
+            r = updates.changed() => if r.is_ok() {
+                let pod = updates.borrow_and_update().clone();
+                w.resize(pod).await;
+            },
             _ = w.wait(seq, next) => {}
         }
     }
@@ -155,6 +166,7 @@ impl Worker {
             lost: HashMap::new(),
             pod_ips: Vec::new(),
             rejected: None,
+            resize: None,
         }
     }
 
@@ -867,6 +879,7 @@ impl Worker {
                         }),
                         record: rec,
                         waiting: self.waiting.get(&c.name),
+                        resources: c.resources.clone(),
                     })
                 })
                 .collect()
@@ -923,6 +936,7 @@ impl Worker {
                 .then(|| pod_ips.into_iter().map(|ip| PodIP { ip }).collect()),
             qos_class: Some(self.qos.as_str().into()),
             start_time: self.start_time.clone(),
+            resize: self.resize.clone(),
             init_container_statuses: (!inits.is_empty()).then_some(inits),
             container_statuses: Some(apps),
             ..Default::default()
@@ -931,6 +945,56 @@ impl Worker {
     }
 
     // ----- teardown -----
+
+    /// Applies new container resources to the running pod without restarting anything, as
+    /// Kubernetes' in-place resize does. A resize that would change the QoS class is refused.
+    async fn resize(&mut self, pod: Pod) {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let qos = translate::qos_class(&spec);
+        if qos != self.qos {
+            tracing::warn!(
+                from = self.qos.as_str(),
+                to = qos.as_str(),
+                "resize refused: it would change the QoS class"
+            );
+            self.resize = Some("Infeasible".into());
+            self.publish();
+            return;
+        }
+        let pod_limits = super::resources::pod_limits(&spec, qos, self.node.cfg.pod_pids_limit);
+        let layout = &self.node.cgroups;
+        // Growing needs the pod first, shrinking the containers first: pod, containers, pod.
+        let mut result = podlet_runtime::cgroup::apply(layout, &self.pod_cgroup, &pod_limits);
+        for c in &spec.containers {
+            if let Some(rec) = self.record(&c.name).filter(|r| r.running()) {
+                let r = podlet_runtime::cgroup::apply(
+                    layout,
+                    &rec.cgroup,
+                    &super::resources::container_limits(c),
+                );
+                result = result.and(r);
+            }
+        }
+        result = podlet_runtime::cgroup::apply(layout, &self.pod_cgroup, &pod_limits).and(result);
+        match result {
+            Ok(()) => {
+                tracing::info!("resized in place");
+                self.resize = None;
+                self.spec = spec;
+                self.pod = pod;
+                self.node.admit_running(&self.uid, &self.spec, self.qos);
+                self.node.update_qos_cgroups();
+                if let Ok(data) = serde_json::to_vec(&self.pod) {
+                    let _ = std::fs::write(self.run_dir.join(POD_FILE), data);
+                }
+            }
+            Err(e) => {
+                tracing::warn!("resize failed: {e}");
+                self.resize = Some("Infeasible".into());
+            }
+        }
+        self.publish();
+    }
 
     /// Stops the pod for the eviction manager: containers killed, network and sandbox gone, the
     /// pod kept as Failed with reason Evicted until its manifest goes.
