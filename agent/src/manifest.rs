@@ -351,10 +351,23 @@ mod tests {
         let c = to_static(
             parse(edited.as_bytes()).unwrap(),
             Path::new("/m/web.yaml"),
-            edited.as_bytes(),
             "n1",
         );
         assert_ne!(a.pod.metadata.uid, c.pod.metadata.uid);
+        let resized = GOOD.replace(
+            "    image: busybox\n",
+            "    image: busybox\n    resources:\n      limits: {cpu: 1}\n",
+        );
+        let r = to_static(
+            parse(resized.as_bytes()).unwrap(),
+            Path::new("/m/web.yaml"),
+            "n1",
+        );
+        assert_eq!(
+            a.pod.metadata.uid, r.pod.metadata.uid,
+            "resources only: same pod"
+        );
+        assert_ne!(a.pod, r.pod);
     }
 
     #[test]
