@@ -75,6 +75,9 @@ pub struct RunFlags {
     /// How often eviction signals are checked, in seconds.
     #[arg(long)]
     pub eviction_interval: Option<f64>,
+    /// Memory the QoS cgroups keep for higher classes, e.g. `memory=100%`.
+    #[arg(long)]
+    pub qos_reserved: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -98,6 +101,7 @@ struct FileConfig {
     kube_reserved: Option<String>,
     eviction_hard: Option<String>,
     eviction_interval: Option<f64>,
+    qos_reserved: Option<String>,
 }
 
 /// The resolved configuration.
@@ -121,6 +125,8 @@ pub struct Config {
     pub reserved: (i64, i64),
     pub eviction_hard: Vec<crate::eviction::Threshold>,
     pub eviction_interval: std::time::Duration,
+    /// Fraction of higher classes' memory requests kept from lower QoS classes.
+    pub qos_reserved_memory: Option<f64>,
     /// Where mounts are read from (a parameter so tests can use a fixture).
     pub mountinfo: PathBuf,
 }
@@ -286,6 +292,20 @@ impl Config {
                     .unwrap_or(10.0)
                     .max(0.1),
             ),
+            qos_reserved_memory: match run.qos_reserved.clone().or(f.qos_reserved) {
+                None => None,
+                Some(v) => {
+                    let pct = v
+                        .strip_prefix("memory=")
+                        .and_then(|p| p.strip_suffix('%'))
+                        .and_then(|p| p.parse::<f64>().ok())
+                        .filter(|p| (0.0..=100.0).contains(p))
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("--qos-reserved {v:?}: expected memory=<0-100>%")
+                        })?;
+                    Some(pct / 100.0)
+                }
+            },
             mountinfo: PathBuf::from("/proc/self/mountinfo"),
         })
     }

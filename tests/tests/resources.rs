@@ -462,3 +462,52 @@ fn changing_only_resources_resizes_the_running_pod_in_place() {
         "values kept"
     );
 }
+
+#[test]
+fn qos_reserved_keeps_memory_for_higher_classes() {
+    if !podlet_e2e::privileged() {
+        return;
+    }
+    let mut node = TestNode::with_busybox();
+    node.agent_args = vec!["--qos-reserved=memory=100%".into()];
+    node.start_agent();
+    node.write_manifest(
+        "g.yaml",
+        &pod(
+            "g",
+            "    resources:\n      limits: {cpu: 100m, memory: 64Mi}\n",
+            "sleep 1000",
+        ),
+    );
+    node.write_manifest(
+        "b.yaml",
+        &pod(
+            "b",
+            "    resources:\n      requests: {memory: 32Mi}\n",
+            "sleep 1000",
+        ),
+    );
+    node.wait_running("g");
+    node.wait_running("b");
+    let total: i64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<i64>()
+        .unwrap()
+        * 1024;
+    let page = |v: i64| v / 4096 * 4096;
+    node.wait_for("QoS memory limits", Duration::from_secs(5), || {
+        (num(node.cgroup_file("memory", "burstable", "memory.limit_in_bytes"))
+            == page(total - (64 << 20)))
+        .then_some(())
+    });
+    assert_eq!(
+        num(node.cgroup_file("memory", "besteffort", "memory.limit_in_bytes")),
+        page(total - (64 << 20) - (32 << 20))
+    );
+}

@@ -107,14 +107,22 @@ impl Node {
     pub fn update_qos_cgroups(&self) {
         use podlet_runtime::cgroup::{apply, Limits};
         let (cpu, mem) = self.allocatable();
-        let burstable: i64 = self
-            .admitted
-            .lock()
-            .expect("admitted lock")
-            .values()
-            .filter(|(q, _, _)| *q == translate::Qos::Burstable)
-            .map(|(_, c, _)| c)
-            .sum();
+        let admitted = self.admitted.lock().expect("admitted lock").clone();
+        let sum = |qos: translate::Qos, cpu: bool| -> i64 {
+            admitted
+                .values()
+                .filter(|(q, _, _)| *q == qos)
+                .map(|(_, c, m)| if cpu { *c } else { *m })
+                .sum()
+        };
+        let burstable = sum(translate::Qos::Burstable, true);
+        // --qos-reserved: lower classes may not use what higher classes requested.
+        let reserve = |classes: &[translate::Qos]| {
+            self.cfg.qos_reserved_memory.map(|f| {
+                let requested: i64 = classes.iter().map(|q| sum(*q, false)).sum();
+                (mem - (requested as f64 * f) as i64).max(0)
+            })
+        };
         let root = &self.cfg.cgroup_root;
         let sets = [
             (
@@ -129,6 +137,7 @@ impl Node {
                 format!("{root}/besteffort"),
                 Limits {
                     cpu_shares: Some(2),
+                    memory: reserve(&[translate::Qos::Guaranteed, translate::Qos::Burstable]),
                     ..Default::default()
                 },
             ),
@@ -136,6 +145,7 @@ impl Node {
                 format!("{root}/burstable"),
                 Limits {
                     cpu_shares: Some(resources::milli_cpu_to_shares(burstable)),
+                    memory: reserve(&[translate::Qos::Guaranteed]),
                     ..Default::default()
                 },
             ),
