@@ -446,6 +446,22 @@ fn changing_only_resources_resizes_the_running_pod_in_place() {
         "96Mi"
     );
 
+    // A resize made while the agent is down is applied when it comes back.
+    let mut node = node;
+    node.kill_agent();
+    node.write_manifest("rs.yaml", &manifest("400m", "96Mi"));
+    node.start_agent();
+    node.wait_for(
+        "the resize after a restart",
+        Duration::from_secs(10),
+        || (num(node.cgroup_file("cpu", &ctr, "cpu.cfs_quota_us")) == 40_000).then_some(()),
+    );
+    assert_eq!(
+        node.shim_state(&uid)["containers"]["c"]["pid"].as_i64(),
+        Some(pid),
+        "still not restarted"
+    );
+
     // Dropping the limits would make it BestEffort: Kubernetes refuses that resize.
     node.write_manifest(
         "rs.yaml",
@@ -458,7 +474,7 @@ fn changing_only_resources_resizes_the_running_pod_in_place() {
     assert_eq!(refused["metadata"]["uid"], uid.as_str());
     assert_eq!(
         num(node.cgroup_file("cpu", &ctr, "cpu.cfs_quota_us")),
-        30_000,
+        40_000,
         "values kept"
     );
 }

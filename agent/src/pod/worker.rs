@@ -218,10 +218,11 @@ impl Worker {
     async fn ensure_sandbox(&mut self) -> Result<(), String> {
         match call(&self.run_dir, Request::State).await {
             Ok(s) if !s.pause_exited => {
-                if self.shim.is_none() {
-                    self.node.admit_running(&self.uid, &self.spec, self.qos);
-                }
+                let adopting = self.shim.is_none();
                 self.shim = Some(s);
+                if adopting {
+                    self.adopt().await;
+                }
                 if self.pod_ips.is_empty() && !self.spec.host_network.unwrap_or(false) {
                     self.pod_ips = self.node.network.cached_ips(&self.uid);
                 }
@@ -945,6 +946,25 @@ impl Worker {
     }
 
     // ----- teardown -----
+
+    /// Takes over a running sandbox after an agent restart. It was built from the spec recorded
+    /// with it; if the manifest's resources changed meanwhile, that is a resize.
+    async fn adopt(&mut self) {
+        let recorded = std::fs::read(self.run_dir.join(POD_FILE))
+            .ok()
+            .and_then(|d| serde_json::from_slice::<Pod>(&d).ok());
+        let wanted = self.pod.clone();
+        if let Some(old) = recorded.filter(|old| old.spec != wanted.spec) {
+            self.spec = old.spec.clone().unwrap_or_default();
+            self.qos = translate::qos_class(&self.spec);
+            self.pod_cgroup = pod_cgroup(&self.node.cfg.cgroup_root, self.qos, &self.uid);
+            self.pod = old;
+            self.node.admit_running(&self.uid, &self.spec, self.qos);
+            Box::pin(self.resize(wanted)).await;
+        } else {
+            self.node.admit_running(&self.uid, &self.spec, self.qos);
+        }
+    }
 
     /// Applies new container resources to the running pod without restarting anything, as
     /// Kubernetes' in-place resize does. A resize that would change the QoS class is refused.
