@@ -78,6 +78,9 @@ pub struct RunFlags {
     /// Memory the QoS cgroups keep for higher classes, e.g. `memory=100%`.
     #[arg(long)]
     pub qos_reserved: Option<String>,
+    /// Use RuntimeDefault seccomp for containers that ask for no profile.
+    #[arg(long)]
+    pub seccomp_default: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -102,6 +105,7 @@ struct FileConfig {
     eviction_hard: Option<String>,
     eviction_interval: Option<f64>,
     qos_reserved: Option<String>,
+    seccomp_default: Option<bool>,
 }
 
 /// The resolved configuration.
@@ -127,6 +131,7 @@ pub struct Config {
     pub eviction_interval: std::time::Duration,
     /// Fraction of higher classes' memory requests kept from lower QoS classes.
     pub qos_reserved_memory: Option<f64>,
+    pub seccomp_default: bool,
     /// Where mounts are read from (a parameter so tests can use a fixture).
     pub mountinfo: PathBuf,
 }
@@ -306,6 +311,7 @@ impl Config {
                     Some(pct / 100.0)
                 }
             },
+            seccomp_default: run.seccomp_default || f.seccomp_default.unwrap_or(false),
             mountinfo: PathBuf::from("/proc/self/mountinfo"),
         })
     }

@@ -6,6 +6,7 @@ pub mod cgroup;
 pub mod image;
 pub mod oci;
 pub mod rootfs;
+pub mod seccomp;
 pub mod shim;
 pub mod spec;
 pub mod sys;

@@ -97,6 +97,12 @@ pub struct ContainerConfig {
     pub cpu_period: Option<u64>,
     #[serde(default)]
     pub memory_limit: Option<i64>,
+    /// The OCI seccomp section (None: unconfined).
+    #[serde(default)]
+    pub seccomp: Option<serde_json::Value>,
+    /// AppArmor profile to exec into (None: unconfined).
+    #[serde(default)]
+    pub apparmor_profile: Option<String>,
 }
 
 fn namespace(kind: &str, ns: &Ns) -> Option<serde_json::Value> {
@@ -170,6 +176,9 @@ pub fn build(c: &ContainerConfig) -> Result<Spec, serde_json::Error> {
     if let Some(m) = c.memory_limit {
         linux["resources"]["memory"] = json!({"limit": m});
     }
+    if let Some(sc) = c.seccomp.as_ref().filter(|_| !c.privileged) {
+        linux["seccomp"] = sc.clone();
+    }
     if !c.privileged {
         linux["maskedPaths"] = json!(MASKED_PATHS);
         linux["readonlyPaths"] = json!(READONLY_PATHS);
@@ -181,10 +190,18 @@ pub fn build(c: &ContainerConfig) -> Result<Spec, serde_json::Error> {
         "env": c.env,
         "cwd": c.cwd,
         "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-        "noNewPrivileges": c.no_new_privileges,
     });
+    // Only written when true: libcontainer loads seccomp before dropping capabilities only when
+    // the field is absent (it tests for presence, not value). With `false` written, the filter
+    // would be loaded without privileges or no_new_privs, and the kernel would refuse it.
+    if c.no_new_privileges {
+        process["noNewPrivileges"] = json!(true);
+    }
     if let Some(adj) = c.oom_score_adj {
         process["oomScoreAdj"] = json!(adj);
+    }
+    if let Some(p) = c.apparmor_profile.as_ref().filter(|_| !c.privileged) {
+        process["apparmorProfile"] = json!(p);
     }
     let spec = json!({
         "ociVersion": "1.0.2",
@@ -283,6 +300,8 @@ mod tests {
             cpu_quota: Some(25_000),
             cpu_period: Some(100_000),
             memory_limit: Some(64 << 20),
+            seccomp: None,
+            apparmor_profile: None,
         }
     }
 

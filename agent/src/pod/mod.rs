@@ -3,6 +3,7 @@
 //! shim towards the spec and publishes the pod's status.
 
 pub mod resources;
+pub mod security;
 pub mod status;
 pub mod translate;
 mod worker;
@@ -39,6 +40,8 @@ pub struct Node {
     /// The lowest OOM score adjustment this node may give: -1000 with CAP_SYS_RESOURCE,
     /// otherwise the agent's own (a process may only raise its score without it).
     pub oom_floor: i32,
+    /// Whether the kernel enforces AppArmor.
+    pub apparmor: bool,
     /// Node conditions driven by eviction signals: type -> (status, last transition).
     pub conditions: RwLock<BTreeMap<&'static str, (bool, jiff::Timestamp)>>,
     /// Evictions asked for and not finished yet: uid -> message.
@@ -76,7 +79,17 @@ impl Node {
             );
             own
         };
+        let apparmor = security::apparmor_enabled();
+        if apparmor {
+            if let Err(e) = security::load_default_profile(&cfg.run_dir) {
+                anyhow::bail!(
+                    "loading the AppArmor profile {}: {e}",
+                    security::APPARMOR_DEFAULT
+                );
+            }
+        }
         Ok(Self {
+            apparmor,
             conditions: RwLock::new(BTreeMap::new()),
             evictions: std::sync::Mutex::new(BTreeMap::new()),
             eviction_tx: watch::channel(0).0,

@@ -371,7 +371,18 @@ impl Worker {
             return Duration::from_secs(3600);
         }
         if self.shim.is_none() && !self.run_dir.join(shim::STATE_FILE).exists() {
-            if let Err(r) = self.node.admit(&self.uid, &self.spec, self.qos) {
+            let all = self
+                .spec
+                .init_containers
+                .iter()
+                .flatten()
+                .chain(self.spec.containers.iter());
+            let refused = all
+                .filter_map(|c| super::security::apparmor(&self.pod, c, self.node.apparmor).err())
+                .next();
+            if let Some(r) =
+                refused.or_else(|| self.node.admit(&self.uid, &self.spec, self.qos).err())
+            {
                 tracing::warn!(reason = %r.0, "{}", r.1);
                 self.rejected = Some(r);
                 self.publish();
@@ -788,6 +799,16 @@ impl Worker {
             .or_else(|| image.config.working_dir.clone().filter(|w| !w.is_empty()))
             .unwrap_or_else(|| "/".into());
         let limits = super::resources::container_limits(c);
+        let capabilities = translate::capabilities(sc);
+        let seccomp = super::security::seccomp(
+            &self.pod,
+            c,
+            &capabilities,
+            &self.node.cfg.root_dir.join("seccomp"),
+            self.node.cfg.seccomp_default,
+        )?;
+        let apparmor_profile =
+            super::security::apparmor(&self.pod, c, self.node.apparmor).map_err(|e| e.1)?;
         Ok(ContainerConfig {
             args,
             env,
@@ -815,7 +836,7 @@ impl Worker {
             },
             mounts,
             cgroups_path: format!("{}/{id}", self.pod_cgroup),
-            capabilities: translate::capabilities(sc),
+            capabilities,
             no_new_privileges: sc.and_then(|s| s.allow_privilege_escalation) == Some(false),
             privileged: sc.and_then(|s| s.privileged).unwrap_or(false),
             oom_score_adj: Some(
@@ -826,6 +847,8 @@ impl Worker {
             cpu_quota: limits.cpu_quota,
             cpu_period: limits.cpu_period,
             memory_limit: limits.memory,
+            seccomp,
+            apparmor_profile,
         })
     }
 

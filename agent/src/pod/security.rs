@@ -1,0 +1,218 @@
+//! Seccomp and AppArmor profiles for a container, chosen as the kubelet chooses them: the
+//! container's securityContext over the pod's, the legacy AppArmor annotation, and
+//! `--seccomp-default`.
+
+use std::path::Path;
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use serde_json::Value;
+
+pub const APPARMOR_DEFAULT: &str = "podlet-default";
+const APPARMOR_ANNOTATION: &str = "container.apparmor.security.beta.kubernetes.io/";
+
+/// Whether the kernel enforces AppArmor.
+pub fn apparmor_enabled() -> bool {
+    std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+        .map(|v| v.trim() == "Y")
+        .unwrap_or(false)
+}
+
+/// The seccomp section for a container (None: unconfined).
+pub fn seccomp(
+    pod: &Pod,
+    c: &Container,
+    caps: &[String],
+    profiles: &Path,
+    default_runtime: bool,
+) -> Result<Option<Value>, String> {
+    let sc = c.security_context.as_ref();
+    if sc.and_then(|s| s.privileged).unwrap_or(false) {
+        return Ok(None);
+    }
+    let profile = sc.and_then(|s| s.seccomp_profile.clone()).or_else(|| {
+        pod.spec
+            .as_ref()?
+            .security_context
+            .as_ref()?
+            .seccomp_profile
+            .clone()
+    });
+    match profile {
+        None if default_runtime => Ok(Some(podlet_runtime::seccomp::runtime_default(caps))),
+        None => Ok(None),
+        Some(p) => match p.type_.as_str() {
+            "RuntimeDefault" => Ok(Some(podlet_runtime::seccomp::runtime_default(caps))),
+            "Unconfined" => Ok(None),
+            "Localhost" => {
+                let name = p
+                    .localhost_profile
+                    .as_deref()
+                    .ok_or("seccompProfile.localhostProfile: Required value")?;
+                podlet_runtime::seccomp::load_localhost(profiles, name).map(Some)
+            }
+            other => Err(format!("seccompProfile.type: Unsupported value: {other:?}")),
+        },
+    }
+}
+
+/// The AppArmor profile for a container. Without AppArmor in the kernel, RuntimeDefault runs
+/// unconfined and Localhost is refused: Err((reason, message)) as the kubelet reports it.
+pub fn apparmor(
+    pod: &Pod,
+    c: &Container,
+    enabled: bool,
+) -> Result<Option<String>, (String, String)> {
+    let sc = c.security_context.as_ref();
+    if sc.and_then(|s| s.privileged).unwrap_or(false) {
+        return Ok(None);
+    }
+    let annotation = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(&format!("{APPARMOR_ANNOTATION}{}", c.name)))
+        .map(|v| match v.as_str() {
+            "runtime/default" => ("RuntimeDefault".to_string(), None),
+            "unconfined" => ("Unconfined".to_string(), None),
+            other => (
+                "Localhost".to_string(),
+                other.strip_prefix("localhost/").map(String::from),
+            ),
+        });
+    let field = sc
+        .and_then(|s| s.app_armor_profile.clone())
+        .or_else(|| {
+            pod.spec
+                .as_ref()?
+                .security_context
+                .as_ref()?
+                .app_armor_profile
+                .clone()
+        })
+        .map(|p| (p.type_, p.localhost_profile));
+    let (kind, local) = field
+        .or(annotation)
+        .unwrap_or(("RuntimeDefault".into(), None));
+    match (kind.as_str(), enabled) {
+        ("Unconfined", _) => Ok(None),
+        ("RuntimeDefault", true) => Ok(Some(APPARMOR_DEFAULT.into())),
+        ("RuntimeDefault", false) => Ok(None),
+        ("Localhost", false) => Err((
+            "AppArmor".into(),
+            "Cannot enforce AppArmor: AppArmor is not enabled on the host".into(),
+        )),
+        ("Localhost", true) => local.filter(|l| !l.is_empty()).map(Some).ok_or_else(|| {
+            (
+                "AppArmor".into(),
+                "appArmorProfile.localhostProfile: Required value".into(),
+            )
+        }),
+        (other, _) => Err((
+            "AppArmor".into(),
+            format!("appArmorProfile.type: Unsupported value: {other:?}"),
+        )),
+    }
+}
+
+/// Loads podlet's default profile into the kernel where AppArmor is enabled.
+pub fn load_default_profile(run_dir: &Path) -> Result<(), String> {
+    let path = run_dir.join(APPARMOR_DEFAULT);
+    std::fs::write(
+        &path,
+        include_str!("../../../apparmor-profiles/podlet-default"),
+    )
+    .map_err(|e| e.to_string())?;
+    let out = std::process::Command::new("apparmor_parser")
+        .args(["-r", "-W"])
+        .arg(&path)
+        .output()
+        .map_err(|e| format!("apparmor_parser: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{AppArmorProfile, PodSpec, SeccompProfile, SecurityContext};
+
+    fn pod_with(c: Container) -> Pod {
+        Pod {
+            spec: Some(PodSpec {
+                containers: vec![c.clone()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn apparmor_without_kernel_support() {
+        let c = Container {
+            name: "c".into(),
+            ..Default::default()
+        };
+        assert_eq!(apparmor(&pod_with(c.clone()), &c, false), Ok(None));
+        assert_eq!(
+            apparmor(&pod_with(c.clone()), &c, true),
+            Ok(Some("podlet-default".into()))
+        );
+        let local = Container {
+            name: "c".into(),
+            security_context: Some(SecurityContext {
+                app_armor_profile: Some(AppArmorProfile {
+                    type_: "Localhost".into(),
+                    localhost_profile: Some("mine".into()),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let err = apparmor(&pod_with(local.clone()), &local, false).unwrap_err();
+        assert_eq!(err.0, "AppArmor");
+        assert_eq!(
+            apparmor(&pod_with(local.clone()), &local, true),
+            Ok(Some("mine".into()))
+        );
+        let mut p = pod_with(c.clone());
+        p.metadata.annotations =
+            Some([(format!("{APPARMOR_ANNOTATION}c"), "localhost/x".to_string())].into());
+        assert!(
+            apparmor(&p, &c, false).is_err(),
+            "the legacy annotation counts"
+        );
+    }
+
+    #[test]
+    fn seccomp_choice() {
+        let c = Container {
+            name: "c".into(),
+            ..Default::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            seccomp(&pod_with(c.clone()), &c, &[], dir.path(), false).unwrap(),
+            None
+        );
+        assert!(seccomp(&pod_with(c.clone()), &c, &[], dir.path(), true)
+            .unwrap()
+            .is_some());
+        let rt = Container {
+            name: "c".into(),
+            security_context: Some(SecurityContext {
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "Localhost".into(),
+                    localhost_profile: Some("nope.json".into()),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(seccomp(&pod_with(rt.clone()), &rt, &[], dir.path(), false)
+            .unwrap_err()
+            .contains("failed to load"));
+    }
+}

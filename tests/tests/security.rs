@@ -1,0 +1,145 @@
+//! End-to-end: seccomp profiles and AppArmor handling on this node.
+
+use std::time::Duration;
+
+use podlet_e2e::{workspace, TestNode};
+
+fn logs(node: &TestNode, pod: &str, c: &str) -> String {
+    node.podlet(&["logs", pod, "-c", c]).stdout
+}
+
+const CHECK: &str = "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; unshare -U true 2>/dev/null; echo unshare=$?; mkdir /tmp/made 2>/dev/null && echo mkdir=ok || echo mkdir=refused; exec sleep 1000";
+
+fn container(name: &str, profile: &str) -> String {
+    format!(
+        "  - name: {name}\n    image: busybox\n    command: [\"sh\", \"-c\", {CHECK:?}]\n{profile}"
+    )
+}
+
+#[test]
+fn seccomp_profiles_are_in_force_from_the_first_instruction() {
+    let Some(node) = TestNode::with_agent() else {
+        return;
+    };
+    std::fs::create_dir_all(node.path("root/seccomp")).unwrap();
+    std::fs::write(
+        node.path("root/seccomp/no-mkdir.json"),
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":1}]}"#,
+    )
+    .unwrap();
+    let manifest = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: sc\nspec:\n  terminationGracePeriodSeconds: 0\n  containers:\n{}{}{}",
+        container("rt", "    securityContext:\n      seccompProfile: {type: RuntimeDefault}\n"),
+        container("un", "    securityContext:\n      seccompProfile: {type: Unconfined}\n"),
+        container("lh", "    securityContext:\n      seccompProfile: {type: Localhost, localhostProfile: no-mkdir.json}\n"),
+    ) + &container("nnp", "    securityContext:\n      allowPrivilegeEscalation: false\n      seccompProfile: {type: RuntimeDefault}\n");
+    node.write_manifest("sc.yaml", &manifest);
+    node.wait_running("sc");
+    let read = |c: &str| {
+        node.wait_for("the checks", Duration::from_secs(10), || {
+            Some(logs(&node, "sc-e2e", c)).filter(|l| l.contains("mkdir="))
+        })
+    };
+    let (rt, un, lh, nnp) = (read("rt"), read("un"), read("lh"), read("nnp"));
+    // With and without no_new_privs, the filter is in force.
+    assert!(
+        nnp.contains("NoNewPrivs:\t1") && nnp.contains("Seccomp:\t2") && nnp.contains("unshare=1"),
+        "{nnp}"
+    );
+    assert!(rt.contains("NoNewPrivs:\t0"), "{rt}");
+    // The filter is there in the container's own first process (PID 1 of its namespace).
+    assert!(rt.contains("Seccomp:\t2"), "{rt}");
+    assert!(un.contains("Seccomp:\t0"), "{un}");
+    assert!(lh.contains("Seccomp:\t2"), "{lh}");
+    // RuntimeDefault refuses new namespaces; the Localhost profile refuses mkdir only.
+    assert!(rt.contains("unshare=1") && rt.contains("mkdir=ok"), "{rt}");
+    assert!(lh.contains("mkdir=refused"), "{lh}");
+    assert!(un.contains("mkdir=ok"), "{un}");
+    if un.contains("unshare=0") {
+        // Where the node allows user namespaces at all, only seccomp made the difference.
+        assert!(rt.contains("unshare=1"));
+    }
+    // A missing Localhost profile is a config error of that container.
+    node.write_manifest(
+        "missing.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: missing\nspec:\n  containers:\n{}",
+            container("c", "    securityContext:\n      seccompProfile: {type: Localhost, localhostProfile: nope.json}\n")
+        ),
+    );
+    let p = node.wait_for("the config error", Duration::from_secs(10), || {
+        node.pod("missing").filter(|p| {
+            p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+                == "CreateContainerConfigError"
+        })
+    });
+    assert!(
+        p["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nope.json")
+    );
+}
+
+#[test]
+fn seccomp_default_flag_applies_runtime_default() {
+    if !podlet_e2e::privileged() {
+        return;
+    }
+    let mut node = TestNode::with_busybox();
+    node.agent_args = vec!["--seccomp-default".into()];
+    node.start_agent();
+    node.write_manifest(
+        "d.yaml",
+        &format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: d\nspec:\n  terminationGracePeriodSeconds: 0\n  containers:\n{}", container("c", "")),
+    );
+    node.wait_running("d");
+    let l = node.wait_for("the checks", Duration::from_secs(10), || {
+        Some(logs(&node, "d-e2e", "c")).filter(|l| l.contains("mkdir="))
+    });
+    assert!(l.contains("Seccomp:\t2") && l.contains("unshare=1"), "{l}");
+}
+
+#[test]
+fn apparmor_follows_the_kernel() {
+    let Some(node) = TestNode::with_agent() else {
+        return;
+    };
+    let enabled = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+        .map(|v| v.trim() == "Y")
+        .unwrap_or(false);
+    node.write_manifest(
+        "aa.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: aa\nspec:\n  containers:\n  - name: c\n    image: busybox\n    command: [\"sleep\", \"1000\"]\n    securityContext:\n      appArmorProfile: {type: Localhost, localhostProfile: some-profile}\n",
+    );
+    node.write_manifest(
+        "rd.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: rd\nspec:\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: c\n    image: busybox\n    command: [\"sleep\", \"1000\"]\n    securityContext:\n      appArmorProfile: {type: RuntimeDefault}\n",
+    );
+    node.wait_running("rd");
+    if !enabled {
+        // As the kubelet: RuntimeDefault runs unconfined, a Localhost profile cannot be enforced.
+        let aa = node.wait_for("the refusal", Duration::from_secs(10), || {
+            node.pod("aa").filter(|p| p["status"]["phase"] == "Failed")
+        });
+        assert_eq!(aa["status"]["reason"], "AppArmor");
+        assert_eq!(
+            aa["status"]["message"],
+            "Cannot enforce AppArmor: AppArmor is not enabled on the host"
+        );
+    }
+}
+
+#[test]
+fn the_default_apparmor_profile_parses() {
+    let out = std::process::Command::new("apparmor_parser")
+        .args(["-Q", "-K"])
+        .arg(workspace().join("apparmor-profiles/podlet-default"))
+        .output()
+        .expect("apparmor_parser (Debian's apparmor package; hack/deps.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
