@@ -81,6 +81,9 @@ pub struct RunFlags {
     /// Use RuntimeDefault seccomp for containers that ask for no profile.
     #[arg(long)]
     pub seccomp_default: bool,
+    /// Unsafe sysctls pods may set (comma-separated, `net.core.*` patterns).
+    #[arg(long)]
+    pub allowed_unsafe_sysctls: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -106,6 +109,7 @@ struct FileConfig {
     eviction_interval: Option<f64>,
     qos_reserved: Option<String>,
     seccomp_default: Option<bool>,
+    allowed_unsafe_sysctls: Option<String>,
 }
 
 /// The resolved configuration.
@@ -132,6 +136,7 @@ pub struct Config {
     /// Fraction of higher classes' memory requests kept from lower QoS classes.
     pub qos_reserved_memory: Option<f64>,
     pub seccomp_default: bool,
+    pub allowed_unsafe_sysctls: Vec<String>,
     /// Where mounts are read from (a parameter so tests can use a fixture).
     pub mountinfo: PathBuf,
 }
@@ -312,6 +317,16 @@ impl Config {
                 }
             },
             seccomp_default: run.seccomp_default || f.seccomp_default.unwrap_or(false),
+            allowed_unsafe_sysctls: run
+                .allowed_unsafe_sysctls
+                .clone()
+                .or(f.allowed_unsafe_sysctls)
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
             mountinfo: PathBuf::from("/proc/self/mountinfo"),
         })
     }

@@ -38,10 +38,23 @@ pub fn run_bundle(state_root: &Path, id: &str, bundle: &Path) -> Result<i32, Str
 /// Runs `args` inside a running container (its namespaces, cgroup and root), with this
 /// process's stdio. Returns the exit code.
 pub fn exec(state_root: &Path, id: &str, args: Vec<String>) -> Result<i32, String> {
+    // As the container's own process: its user, group and supplementary groups.
+    let container = libcontainer::container::Container::load(state_root.join(id))
+        .map_err(|e| format!("container {id}: {e}"))?;
+    let spec = oci_spec::runtime::Spec::load(container.bundle().join("config.json"))
+        .map_err(|e| format!("container {id}: {e}"))?;
+    let user = spec
+        .process()
+        .as_ref()
+        .map(|p| p.user().clone())
+        .unwrap_or_default();
     let pid = ContainerBuilder::new(id.to_string(), SyscallType::default())
         .with_root_path(state_root)
         .map_err(|e| e.to_string())?
         .as_tenant()
+        .with_user(Some(user.uid()))
+        .with_group(Some(user.gid()))
+        .with_additional_gids(user.additional_gids().clone().unwrap_or_default())
         .with_container_args(args)
         .with_detach(true)
         .build()

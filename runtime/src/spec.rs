@@ -103,6 +103,12 @@ pub struct ContainerConfig {
     /// AppArmor profile to exec into (None: unconfined).
     #[serde(default)]
     pub apparmor_profile: Option<String>,
+    /// Sysctls set in the container's (the pod's) namespaces.
+    #[serde(default)]
+    pub sysctls: Vec<(String, String)>,
+    /// `procMount: Unmasked`: no masked or read-only /proc paths.
+    #[serde(default)]
+    pub unmasked_proc: bool,
 }
 
 fn namespace(kind: &str, ns: &Ns) -> Option<serde_json::Value> {
@@ -179,9 +185,16 @@ pub fn build(c: &ContainerConfig) -> Result<Spec, serde_json::Error> {
     if let Some(sc) = c.seccomp.as_ref().filter(|_| !c.privileged) {
         linux["seccomp"] = sc.clone();
     }
-    if !c.privileged {
+    if !c.privileged && !c.unmasked_proc {
         linux["maskedPaths"] = json!(MASKED_PATHS);
         linux["readonlyPaths"] = json!(READONLY_PATHS);
+    }
+    if !c.sysctls.is_empty() {
+        linux["sysctl"] = json!(c
+            .sysctls
+            .iter()
+            .cloned()
+            .collect::<std::collections::BTreeMap<_, _>>());
     }
     let mut process = json!({
         "terminal": false,
@@ -302,6 +315,8 @@ mod tests {
             memory_limit: Some(64 << 20),
             seccomp: None,
             apparmor_profile: None,
+            sysctls: vec![],
+            unmasked_proc: false,
         }
     }
 

@@ -143,3 +143,87 @@ fn the_default_apparmor_profile_parses() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn sysctls_proc_mount_and_fs_group() {
+    let Some(node) = TestNode::with_agent() else {
+        return;
+    };
+    node.write_manifest(
+        "sys.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: sys
+spec:
+  terminationGracePeriodSeconds: 0
+  securityContext:
+    fsGroup: 1234
+    runAsUser: 1000
+    sysctls:
+    - {name: net.ipv4.ip_unprivileged_port_start, value: "100"}
+  volumes:
+  - {name: data, emptyDir: {}}
+  containers:
+  - name: c
+    image: busybox
+    command: ["sleep", "1000"]
+    volumeMounts: [{name: data, mountPath: /data}]
+  - name: unmasked
+    image: busybox
+    command: ["sleep", "1000"]
+    securityContext:
+      runAsUser: 0
+      procMount: Unmasked
+"#,
+    );
+    node.wait_running("sys");
+    let out = node.podlet(&["exec", "sys-e2e", "-c", "c", "--", "sh", "-c",
+        "cat /proc/sys/net/ipv4/ip_unprivileged_port_start; touch /data/f && ls -ln /data/f | awk '{print $3, $4}'; id -G"]);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.first(), Some(&"100"), "{}{}", out.stdout, out.stderr);
+    assert_eq!(
+        lines.get(1),
+        Some(&"1000 1234"),
+        "files in the volume belong to fsGroup: {}",
+        out.stdout
+    );
+    assert!(
+        lines
+            .get(2)
+            .is_some_and(|g| g.split(' ').any(|x| x == "1234")),
+        "{}",
+        out.stdout
+    );
+    let keys = node
+        .podlet(&[
+            "exec",
+            "sys-e2e",
+            "-c",
+            "unmasked",
+            "--",
+            "sh",
+            "-c",
+            "cat /proc/keys | wc -c",
+        ])
+        .stdout;
+    assert_ne!(
+        keys.trim(),
+        "0",
+        "procMount Unmasked leaves /proc/keys visible"
+    );
+    // An unsafe sysctl is refused, as the kubelet does.
+    node.write_manifest(
+        "bad.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: bad\nspec:\n  securityContext:\n    sysctls:\n    - {name: net.core.somaxconn, value: \"1024\"}\n  containers:\n  - name: c\n    image: busybox\n    command: [\"sleep\", \"1000\"]\n",
+    );
+    let bad = node.wait_for("the refusal", Duration::from_secs(10), || {
+        node.pod("bad").filter(|p| p["status"]["phase"] == "Failed")
+    });
+    assert_eq!(bad["status"]["reason"], "SysctlForbidden");
+    assert!(bad["status"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("net.core.somaxconn"));
+}

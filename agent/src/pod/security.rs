@@ -216,3 +216,112 @@ mod tests {
             .contains("failed to load"));
     }
 }
+
+/// Kubernetes' safe sysctls: namespaced and isolated from the node.
+const SAFE_SYSCTLS: [&str; 12] = [
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+    "net.ipv4.tcp_rmem",
+    "net.ipv4.tcp_wmem",
+];
+
+/// Whether a sysctl lives in a namespace a pod has its own of (IPC or network).
+fn namespaced(name: &str) -> bool {
+    name.starts_with("net.")
+        || name.starts_with("fs.mqueue.")
+        || name.starts_with("kernel.shm")
+        || name.starts_with("kernel.msg")
+        || name == "kernel.sem"
+}
+
+/// Pattern match for `--allowed-unsafe-sysctls` entries (`net.core.*` style).
+fn allowed(name: &str, patterns: &[String]) -> bool {
+    patterns.iter().any(|p| match p.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => p == name,
+    })
+}
+
+/// The pod's sysctls, or the kubelet's rejection (`SysctlForbidden`).
+pub fn sysctls(
+    pod: &Pod,
+    allowed_unsafe: &[String],
+) -> Result<Vec<(String, String)>, (String, String)> {
+    let spec = pod.spec.as_ref();
+    let list = spec
+        .and_then(|s| s.security_context.as_ref())
+        .and_then(|sc| sc.sysctls.clone())
+        .unwrap_or_default();
+    let host_net = spec.and_then(|s| s.host_network).unwrap_or(false);
+    let host_ipc = spec.and_then(|s| s.host_ipc).unwrap_or(false);
+    let mut out = Vec::new();
+    for s in list {
+        let forbid = |why: String| {
+            Err((
+                "SysctlForbidden".to_string(),
+                format!("forbidden sysctl: {why}"),
+            ))
+        };
+        if !SAFE_SYSCTLS.contains(&s.name.as_str()) && !allowed(&s.name, allowed_unsafe) {
+            return forbid(format!("{:?} not allowlisted", s.name));
+        }
+        if !namespaced(&s.name) {
+            return forbid(format!("{:?} not namespaced", s.name));
+        }
+        if s.name.starts_with("net.") && host_net {
+            return forbid(format!("{:?} not allowed with host net enabled", s.name));
+        }
+        if !s.name.starts_with("net.") && host_ipc {
+            return forbid(format!("{:?} not allowed with host ipc enabled", s.name));
+        }
+        out.push((s.name, s.value));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod sysctl_tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{PodSecurityContext, PodSpec, Sysctl};
+
+    fn pod(names: &[&str]) -> Pod {
+        Pod {
+            spec: Some(PodSpec {
+                security_context: Some(PodSecurityContext {
+                    sysctls: Some(
+                        names
+                            .iter()
+                            .map(|n| Sysctl {
+                                name: n.to_string(),
+                                value: "1".into(),
+                            })
+                            .collect(),
+                    ),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn safe_unsafe_and_host_wide() {
+        assert!(sysctls(&pod(&["net.ipv4.tcp_syncookies"]), &[]).is_ok());
+        let e = sysctls(&pod(&["net.core.somaxconn"]), &[]).unwrap_err();
+        assert_eq!(e.0, "SysctlForbidden");
+        assert!(sysctls(&pod(&["net.core.somaxconn"]), &["net.core.*".into()]).is_ok());
+        assert!(sysctls(&pod(&["kernel.pid_max"]), &["kernel.*".into()])
+            .unwrap_err()
+            .1
+            .contains("not namespaced"));
+    }
+}

@@ -379,7 +379,10 @@ impl Worker {
                 .chain(self.spec.containers.iter());
             let refused = all
                 .filter_map(|c| super::security::apparmor(&self.pod, c, self.node.apparmor).err())
-                .next();
+                .next()
+                .or_else(|| {
+                    super::security::sysctls(&self.pod, &self.node.cfg.allowed_unsafe_sysctls).err()
+                });
             if let Some(r) =
                 refused.or_else(|| self.node.admit(&self.uid, &self.spec, self.qos).err())
             {
@@ -661,7 +664,21 @@ impl Worker {
                 let d = self.data_dir.join("volumes/empty-dir").join(&vol.name);
                 std::fs::create_dir_all(&d).map_err(|e| format!("volume {:?}: {e}", vol.name))?;
                 use std::os::unix::fs::PermissionsExt;
-                let _ = std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777));
+                // fsGroup: the volume belongs to the group, setgid so new files do too.
+                let fs_group = self
+                    .spec
+                    .security_context
+                    .as_ref()
+                    .and_then(|s| s.fs_group)
+                    .and_then(|g| u32::try_from(g).ok());
+                let mode = if let Some(g) = fs_group {
+                    std::os::unix::fs::chown(&d, None, Some(g))
+                        .map_err(|e| format!("volume {:?}: {e}", vol.name))?;
+                    0o2777
+                } else {
+                    0o777
+                };
+                let _ = std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode));
                 d
             } else if let Some(hp) = &vol.host_path {
                 let p = PathBuf::from(&hp.path);
@@ -809,6 +826,9 @@ impl Worker {
         )?;
         let apparmor_profile =
             super::security::apparmor(&self.pod, c, self.node.apparmor).map_err(|e| e.1)?;
+        let sysctls = super::security::sysctls(&self.pod, &self.node.cfg.allowed_unsafe_sysctls)
+            .map_err(|e| e.1)?;
+        let unmasked_proc = sc.and_then(|s| s.proc_mount.as_deref()) == Some("Unmasked");
         Ok(ContainerConfig {
             args,
             env,
@@ -849,6 +869,8 @@ impl Worker {
             memory_limit: limits.memory,
             seccomp,
             apparmor_profile,
+            sysctls,
+            unmasked_proc,
         })
     }
 
