@@ -1,0 +1,417 @@
+//! Containers of a pod: back-off, root filesystems, bundles, and the runtime configuration
+//! translated from the pod spec.
+
+use super::*;
+
+impl Worker {
+    /// Starts a container unless it is backing off; returns how long until it should be tried.
+    pub(super) async fn try_start(
+        &mut self,
+        c: &Container,
+        field: &str,
+        prev: Option<&ContainerRecord>,
+    ) -> Option<Duration> {
+        let now = Instant::now();
+        let pod_ref = format!("{}_{}({})", self.name, self.namespace, self.uid);
+        let b = self.backoff.entry(c.name.clone()).or_default();
+        if let Some(r) = prev {
+            if b.counted != Some(r.attempt) {
+                b.counted = Some(r.attempt);
+                let ran = match (status::time(&r.started_at), status::time(&r.finished_at)) {
+                    (Some(s), Some(f)) => f.0.duration_since(s.0).as_secs(),
+                    _ => 0,
+                };
+                if ran as u64 >= BACKOFF_RESET.as_secs() {
+                    b.crashes = 0;
+                }
+                let delay = backoff_delay(b.crashes);
+                b.crashes += 1;
+                b.not_before = (delay > Duration::ZERO).then(|| now + delay);
+            }
+        }
+        if let Some(nb) = b.not_before {
+            if now < nb {
+                let left = nb - now;
+                let w = match self.waiting.get(&c.name) {
+                    Some(w) if w.reason == "ErrImagePull" || w.reason == "ImagePullBackOff" => {
+                        Waiting {
+                            reason: "ImagePullBackOff".into(),
+                            message: Some(format!(
+                                "Back-off pulling image {:?}",
+                                c.image.clone().unwrap_or_default()
+                            )),
+                        }
+                    }
+                    Some(w)
+                        if prev.is_none() || w.reason != "CrashLoopBackOff" && b.failures > 0 =>
+                    {
+                        w.clone()
+                    }
+                    _ => Waiting {
+                        reason: "CrashLoopBackOff".into(),
+                        message: Some(format!(
+                            "back-off {}s restarting failed container={} pod={pod_ref}",
+                            backoff_delay(b.crashes.saturating_sub(1)).as_secs().max(10),
+                            c.name
+                        )),
+                    },
+                };
+                self.waiting.insert(c.name.clone(), w);
+                return Some(left);
+            }
+        }
+        // Attempts keep counting across a re-created sandbox, as the kubelet's restartCount does.
+        let attempt = prev
+            .or_else(|| self.lost.get(&c.name))
+            .map(|r| r.attempt + 1)
+            .unwrap_or(0);
+        match self.start_container(c, field, attempt).await {
+            Ok(()) => {
+                let b = self.backoff.entry(c.name.clone()).or_default();
+                b.failures = 0;
+                b.not_before = None;
+                self.waiting.remove(&c.name);
+                None
+            }
+            Err(w) => {
+                tracing::warn!(container = %c.name, reason = %w.reason, "{}", w.message.clone().unwrap_or_default());
+                let b = self.backoff.entry(c.name.clone()).or_default();
+                b.failures += 1;
+                let delay = backoff_delay(b.failures);
+                b.not_before = Some(now + delay);
+                self.waiting.insert(c.name.clone(), w);
+                Some(delay)
+            }
+        }
+    }
+
+    pub(super) fn instance_dir(&self, name: &str, attempt: u32) -> PathBuf {
+        self.data_dir
+            .join("containers")
+            .join(name)
+            .join(attempt.to_string())
+    }
+
+    pub(super) fn remove_instance(&self, dir: &Path) {
+        for m in rootfs::mounts_below(&self.node.cfg.mountinfo, dir) {
+            let _ = rootfs::unmount(&m);
+        }
+        let _ = make_writable_and_remove(dir);
+    }
+
+    pub(super) async fn start_container(
+        &mut self,
+        c: &Container,
+        field: &str,
+        attempt: u32,
+    ) -> Result<(), Waiting> {
+        let fail = |reason: &str, message: String| Waiting {
+            reason: reason.into(),
+            message: Some(message),
+        };
+        let image_name = c.image.clone().unwrap_or_default();
+        let image = self.node.images.resolve(&image_name).map_err(|_| {
+            fail(
+                "ErrImagePull",
+                format!("image {image_name:?} is not present on this node; import it with `podlet image import`"),
+            )
+        })?;
+        let inst = self.instance_dir(&c.name, attempt);
+        if inst.exists() {
+            self.remove_instance(&inst);
+        }
+        let root = inst.join("rootfs");
+        let lowers = self
+            .node
+            .images
+            .lowerdirs(&image)
+            .map_err(|e| fail("CreateContainerError", e.to_string()))?;
+        rootfs::mount_overlay(&lowers, &inst.join("upper"), &inst.join("work"), &root)
+            .map_err(|e| fail("CreateContainerError", e.to_string()))?;
+        let id = hex::encode(rand_bytes());
+        let result = async {
+            let config = self
+                .container_config(c, field, &image, &root, &inst, &id)
+                .map_err(|e| fail("CreateContainerConfigError", e))?;
+            podlet_runtime::spec::write_bundle(&inst, &config)
+                .map_err(|e| fail("CreateContainerError", e.to_string()))?;
+            let log_path = self.log_dir.join(&c.name).join(format!("{attempt}.log"));
+            let req = Request::Start {
+                name: c.name.clone(),
+                id: id.clone(),
+                bundle: inst.clone(),
+                log_path,
+                attempt,
+            };
+            call(&self.run_dir, req).await.map_err(|e| {
+                let msg = e.to_string();
+                let reason = if msg.contains("starting container") {
+                    "RunContainerError"
+                } else {
+                    "CreateContainerError"
+                };
+                fail(reason, msg)
+            })
+        }
+        .await;
+        match result {
+            Ok(state) => {
+                self.shim = Some(state);
+                self.image_ids.insert(c.name.clone(), image.image_ref());
+                tracing::info!(container = %c.name, attempt, "container started");
+                // Earlier instances are dead; their logs stay in the log directory.
+                for old in 0..attempt {
+                    let d = self.instance_dir(&c.name, old);
+                    if d.exists() {
+                        self.remove_instance(&d);
+                    }
+                }
+                Ok(())
+            }
+            Err(w) => {
+                self.remove_instance(&inst);
+                Err(w)
+            }
+        }
+    }
+
+    pub(super) fn volume_mounts(
+        &self,
+        c: &Container,
+        field: &str,
+    ) -> Result<Vec<BindMount>, String> {
+        let mut out = Vec::new();
+        for (j, m) in c.volume_mounts.iter().flatten().enumerate() {
+            let vol = self
+                .spec
+                .volumes
+                .iter()
+                .flatten()
+                .find(|v| v.name == m.name)
+                .ok_or_else(|| {
+                    format!("{field}.volumeMounts[{j}].name: Not found: {:?}", m.name)
+                })?;
+            let mut source = if vol.empty_dir.is_some() {
+                let d = self.data_dir.join("volumes/empty-dir").join(&vol.name);
+                std::fs::create_dir_all(&d).map_err(|e| format!("volume {:?}: {e}", vol.name))?;
+                use std::os::unix::fs::PermissionsExt;
+                // fsGroup: the volume belongs to the group, setgid so new files do too.
+                let fs_group = self
+                    .spec
+                    .security_context
+                    .as_ref()
+                    .and_then(|s| s.fs_group)
+                    .and_then(|g| u32::try_from(g).ok());
+                let mode = if let Some(g) = fs_group {
+                    std::os::unix::fs::chown(&d, None, Some(g))
+                        .map_err(|e| format!("volume {:?}: {e}", vol.name))?;
+                    0o2777
+                } else {
+                    0o777
+                };
+                let _ = std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode));
+                d
+            } else if let Some(hp) = &vol.host_path {
+                let p = PathBuf::from(&hp.path);
+                match hp.type_.as_deref().unwrap_or("") {
+                    "DirectoryOrCreate" => std::fs::create_dir_all(&p)
+                        .map_err(|e| format!("hostPath {:?}: {e}", hp.path))?,
+                    "Directory" if !p.is_dir() => {
+                        return Err(format!(
+                            "hostPath type check failed: {} is not a directory",
+                            hp.path
+                        ))
+                    }
+                    "File" if !p.is_file() => {
+                        return Err(format!(
+                            "hostPath type check failed: {} is not a file",
+                            hp.path
+                        ))
+                    }
+                    "FileOrCreate" if !p.exists() => std::fs::write(&p, b"")
+                        .map_err(|e| format!("hostPath {:?}: {e}", hp.path))?,
+                    _ => {}
+                }
+                p
+            } else {
+                return Err(format!(
+                    "volume {:?}: only emptyDir and hostPath volumes can be used without an apiserver",
+                    vol.name
+                ));
+            };
+            if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+                let sp = Path::new(sub);
+                if sp.is_absolute()
+                    || sp
+                        .components()
+                        .any(|c| matches!(c, std::path::Component::ParentDir))
+                {
+                    return Err(format!(
+                        "{field}.volumeMounts[{j}].subPath: Invalid value: {sub:?}"
+                    ));
+                }
+                source = source.join(sp);
+                if !source.exists() {
+                    std::fs::create_dir_all(&source)
+                        .map_err(|e| format!("subPath {sub:?}: {e}"))?;
+                }
+            }
+            out.push(BindMount {
+                source,
+                destination: m.mount_path.clone(),
+                readonly: m.read_only.unwrap_or(false),
+            });
+        }
+        Ok(out)
+    }
+
+    pub(super) fn container_config(
+        &self,
+        c: &Container,
+        field: &str,
+        image: &ImageRecord,
+        root: &Path,
+        inst: &Path,
+        id: &str,
+    ) -> Result<ContainerConfig, String> {
+        let sc = c.security_context.as_ref();
+        let pod_sc = self.spec.security_context.as_ref();
+        let hostname = self.hostname();
+        let host_ip = self.host_ip();
+        let host_network = self.spec.host_network.unwrap_or(false);
+        let pod_ip = if host_network {
+            host_ip.clone()
+        } else {
+            self.pod_ips
+                .first()
+                .map(|i| i.to_string())
+                .unwrap_or_default()
+        };
+        let fields = PodFields {
+            name: &self.name,
+            namespace: &self.namespace,
+            uid: &self.uid,
+            node_name: &self.node.cfg.node_name,
+            host_ip: &host_ip,
+            pod_ip: &pod_ip,
+            service_account: self
+                .spec
+                .service_account_name
+                .as_deref()
+                .unwrap_or("default"),
+        };
+        let (env, env_map) = translate::environment(c, &image.config, &hostname, &fields, field)?;
+        let args = translate::argv(c, &image.config, &env_map);
+        if args.is_empty() {
+            return Err(format!(
+                "{field}: no command specified: the image has no ENTRYPOINT or CMD"
+            ));
+        }
+        let (uid, gid, additional_gids) =
+            translate::user(root, image.config.user.as_deref(), pod_sc, sc)?;
+        let pause = self.shim.as_ref().map(|s| s.pause_pid).unwrap_or(0);
+        let join = |kind: &str| Ns::Join(PathBuf::from(format!("/proc/{pause}/ns/{kind}")));
+        let etc = self.data_dir.join("etc");
+        let mut mounts = vec![
+            BindMount {
+                source: etc.join("hosts"),
+                destination: "/etc/hosts".into(),
+                readonly: false,
+            },
+            BindMount {
+                source: etc.join("hostname"),
+                destination: "/etc/hostname".into(),
+                readonly: false,
+            },
+            BindMount {
+                source: etc.join("resolv.conf"),
+                destination: "/etc/resolv.conf".into(),
+                readonly: false,
+            },
+        ];
+        let term = inst.join("termination-log");
+        std::fs::write(&term, b"").map_err(|e| format!("termination log: {e}"))?;
+        mounts.push(BindMount {
+            source: term,
+            destination: c
+                .termination_message_path
+                .clone()
+                .unwrap_or_else(|| "/dev/termination-log".into()),
+            readonly: false,
+        });
+        mounts.extend(self.volume_mounts(c, field)?);
+        let cwd = c
+            .working_dir
+            .clone()
+            .filter(|w| !w.is_empty())
+            .or_else(|| image.config.working_dir.clone().filter(|w| !w.is_empty()))
+            .unwrap_or_else(|| "/".into());
+        let limits = crate::pod::resources::container_limits(c);
+        let capabilities = translate::capabilities(sc);
+        let seccomp = crate::pod::security::seccomp(
+            &self.pod,
+            c,
+            &capabilities,
+            &self.node.cfg.root_dir.join("seccomp"),
+            self.node.cfg.seccomp_default,
+        )?;
+        let apparmor_profile =
+            crate::pod::security::apparmor(&self.pod, c, self.node.apparmor).map_err(|e| e.1)?;
+        let sysctls =
+            crate::pod::security::sysctls(&self.pod, &self.node.cfg.allowed_unsafe_sysctls)
+                .map_err(|e| e.1)?;
+        let unmasked_proc = sc.and_then(|s| s.proc_mount.as_deref()) == Some("Unmasked");
+        Ok(ContainerConfig {
+            args,
+            env,
+            cwd,
+            uid,
+            gid,
+            additional_gids,
+            rootfs: root.to_path_buf(),
+            readonly_rootfs: sc
+                .and_then(|s| s.read_only_root_filesystem)
+                .unwrap_or(false),
+            net: if host_network { Ns::Host } else { join("net") },
+            ipc: if self.spec.host_ipc.unwrap_or(false) {
+                Ns::Host
+            } else {
+                join("ipc")
+            },
+            uts: if host_network { Ns::Host } else { join("uts") },
+            pid: if self.spec.host_pid.unwrap_or(false) {
+                Ns::Host
+            } else if self.spec.share_process_namespace.unwrap_or(false) {
+                join("pid")
+            } else {
+                Ns::New
+            },
+            mounts,
+            cgroups_path: format!("{}/{id}", self.pod_cgroup),
+            capabilities,
+            no_new_privileges: sc.and_then(|s| s.allow_privilege_escalation) == Some(false),
+            privileged: sc.and_then(|s| s.privileged).unwrap_or(false),
+            oom_score_adj: Some(
+                translate::oom_score_adj(self.qos, c, self.node.memory_capacity)
+                    .max(self.node.oom_floor),
+            ),
+            cpu_shares: limits.cpu_shares,
+            cpu_quota: limits.cpu_quota,
+            cpu_period: limits.cpu_period,
+            memory_limit: limits.memory,
+            seccomp,
+            apparmor_profile,
+            sysctls,
+            unmasked_proc,
+        })
+    }
+}
+
+pub(super) fn rand_bytes() -> [u8; 32] {
+    let mut b = [0u8; 32];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut b);
+    }
+    b
+}

@@ -1,0 +1,448 @@
+//! One pod's worker: level-triggered, it reads the shim's state, starts what should run (with
+//! Kubernetes' restart back-off), publishes the status, and sleeps until the shim reports a
+//! change, a back-off expires, or the pod is to be stopped.
+
+mod containers;
+mod sandbox;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Container, HostIP, Pod, PodCondition, PodIP, PodSpec, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use podlet_runtime::image::{make_writable_and_remove, ImageRecord};
+use podlet_runtime::shim::{self, ContainerRecord, Request, SandboxConfig, ShimError, ShimState};
+use podlet_runtime::spec::{BindMount, ContainerConfig, Ns};
+use podlet_runtime::{cgroup, rootfs};
+use tokio::sync::watch;
+
+use super::status::{self, ContainerView, Waiting};
+use super::translate::{self, PodFields, Qos};
+use super::{pod_cgroup, Node};
+
+pub const POD_FILE: &str = "pod.json";
+const SHIM_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+const BACKOFF_RESET: Duration = Duration::from_secs(600);
+
+#[derive(Default)]
+struct Backoff {
+    /// Restarts since the container last ran long enough to reset the back-off.
+    crashes: u32,
+    /// The attempt whose exit has been accounted for.
+    counted: Option<u32>,
+    /// Failures to create/start, for pull and config errors.
+    failures: u32,
+    not_before: Option<Instant>,
+}
+
+fn backoff_delay(n: u32) -> Duration {
+    if n == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_secs(10)
+        .saturating_mul(1 << (n - 1).min(6))
+        .min(MAX_BACKOFF)
+}
+
+struct Worker {
+    node: Arc<Node>,
+    pod: Pod,
+    spec: PodSpec,
+    uid: String,
+    name: String,
+    namespace: String,
+    qos: Qos,
+    run_dir: PathBuf,
+    data_dir: PathBuf,
+    log_dir: PathBuf,
+    pod_cgroup: String,
+    shim: Option<ShimState>,
+    waiting: HashMap<String, Waiting>,
+    backoff: HashMap<String, Backoff>,
+    image_ids: HashMap<String, String>,
+    sandbox_error: Option<String>,
+    sandbox_failures: u32,
+    sandbox_not_before: Option<Instant>,
+    conditions: Vec<PodCondition>,
+    start_time: Option<Time>,
+    /// Containers of a sandbox that died, so their successors continue the restart count.
+    lost: HashMap<String, ContainerRecord>,
+    /// The pod's addresses from CNI.
+    pod_ips: Vec<std::net::IpAddr>,
+    /// Set when the node refused the pod (reason, message): it never starts.
+    rejected: Option<(String, String)>,
+    /// `Infeasible` when a resize was refused (it would change the QoS class).
+    resize: Option<String>,
+}
+
+pub async fn run(
+    node: Arc<Node>,
+    pod: Pod,
+    stop: watch::Receiver<bool>,
+    updates: watch::Receiver<Pod>,
+) {
+    use tracing::Instrument;
+    let w = Worker::new(node, pod);
+    let span =
+        tracing::info_span!("pod", pod = %format!("{}/{}", w.namespace, w.name), uid = %w.uid);
+    drive(w, stop, updates).instrument(span).await
+}
+
+async fn drive(mut w: Worker, mut stop: watch::Receiver<bool>, mut updates: watch::Receiver<Pod>) {
+    let mut evictions = w.node.eviction_tx.subscribe();
+    loop {
+        if *stop.borrow() {
+            w.teardown().await;
+            return;
+        }
+        if let Some(message) = w.node.eviction_for(&w.uid) {
+            w.evict(message).await;
+        }
+        let next = w.sync().await;
+        let seq = w.shim.as_ref().map(|s| s.seq);
+        tokio::select! {
+            r = stop.changed() => if r.is_err() { return },
+            _ = evictions.changed() => {}
+            r = updates.changed() => if r.is_ok() {
+                let pod = updates.borrow_and_update().clone();
+                w.resize(pod).await;
+            },
+            _ = w.wait(seq, next) => {}
+        }
+    }
+}
+
+async fn call(dir: &Path, req: Request) -> Result<ShimState, ShimError> {
+    let dir = dir.to_path_buf();
+    let timeout = match &req {
+        Request::Wait { timeout_ms, .. } => Duration::from_millis(timeout_ms + 5000),
+        _ => SHIM_TIMEOUT,
+    };
+    tokio::task::spawn_blocking(move || shim::call(&dir, &req, timeout))
+        .await
+        .unwrap_or_else(|e| Err(ShimError::Protocol(e.to_string())))
+}
+
+impl Worker {
+    fn new(node: Arc<Node>, pod: Pod) -> Self {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let namespace = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let spec = pod.spec.clone().unwrap_or_default();
+        let qos = translate::qos_class(&spec);
+        let cfg = &node.cfg;
+        let start_time = std::fs::metadata(cfg.pod_run_dir(&uid).join(POD_FILE))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| jiff::Timestamp::try_from(t).ok())
+            .map(|t| Time(t.round(jiff::Unit::Second).unwrap_or(t)));
+        Self {
+            run_dir: cfg.pod_run_dir(&uid),
+            data_dir: cfg.pod_data_dir(&uid),
+            log_dir: cfg.log_dir.join(format!("{namespace}_{name}_{uid}")),
+            pod_cgroup: pod_cgroup(&cfg.cgroup_root, qos, &uid),
+            node,
+            pod,
+            spec,
+            uid,
+            name,
+            namespace,
+            qos,
+            shim: None,
+            waiting: HashMap::new(),
+            backoff: HashMap::new(),
+            image_ids: HashMap::new(),
+            sandbox_error: None,
+            sandbox_failures: 0,
+            sandbox_not_before: None,
+            conditions: Vec::new(),
+            start_time,
+            lost: HashMap::new(),
+            pod_ips: Vec::new(),
+            rejected: None,
+            resize: None,
+        }
+    }
+
+    fn hostname(&self) -> String {
+        let h = self
+            .spec
+            .hostname
+            .clone()
+            .unwrap_or_else(|| self.name.clone());
+        let mut h: String = h.chars().take(63).collect();
+        while h.ends_with('-') || h.ends_with('.') {
+            h.pop();
+        }
+        h
+    }
+
+    fn restart_policy(&self) -> &str {
+        self.spec.restart_policy.as_deref().unwrap_or("Always")
+    }
+
+    fn host_ip(&self) -> String {
+        self.node.host_ip.map(|i| i.to_string()).unwrap_or_default()
+    }
+
+    async fn wait(&self, seq: Option<u64>, max: Duration) {
+        let Some(seq) = seq else {
+            tokio::time::sleep(max).await;
+            return;
+        };
+        let ms = max.as_millis().clamp(1, 10_000) as u64;
+        let started = Instant::now();
+        if call(
+            &self.run_dir,
+            Request::Wait {
+                after: seq,
+                timeout_ms: ms,
+            },
+        )
+        .await
+        .is_err()
+        {
+            // The shim is gone: look again soon, not in a tight loop.
+            tokio::time::sleep(Duration::from_millis(200).saturating_sub(started.elapsed())).await;
+        }
+    }
+
+    async fn sync(&mut self) -> Duration {
+        let mut wake = Duration::from_secs(10);
+        if self.rejected.is_some() {
+            self.publish();
+            return Duration::from_secs(3600);
+        }
+        if self.shim.is_none() && !self.run_dir.join(shim::STATE_FILE).exists() {
+            let all = self
+                .spec
+                .init_containers
+                .iter()
+                .flatten()
+                .chain(self.spec.containers.iter());
+            let refused = all
+                .filter_map(|c| {
+                    crate::pod::security::apparmor(&self.pod, c, self.node.apparmor).err()
+                })
+                .next()
+                .or_else(|| {
+                    crate::pod::security::sysctls(&self.pod, &self.node.cfg.allowed_unsafe_sysctls)
+                        .err()
+                });
+            if let Some(r) =
+                refused.or_else(|| self.node.admit(&self.uid, &self.spec, self.qos).err())
+            {
+                tracing::warn!(reason = %r.0, "{}", r.1);
+                self.rejected = Some(r);
+                self.publish();
+                return Duration::from_secs(3600);
+            }
+        }
+        if let Err(e) = self.ensure_sandbox().await {
+            self.sandbox_error = Some(e);
+            self.publish();
+            return self
+                .sandbox_not_before
+                .map(|t| t.saturating_duration_since(Instant::now()))
+                .unwrap_or(wake)
+                .max(Duration::from_millis(100));
+        }
+        let policy = self.restart_policy().to_string();
+        let inits = self.spec.init_containers.clone().unwrap_or_default();
+        let mut init_done = true;
+        for (i, c) in inits.iter().enumerate() {
+            let rec = self.record(&c.name);
+            match rec {
+                Some(r) if r.running() => {
+                    self.waiting.remove(&c.name);
+                    init_done = false;
+                    break;
+                }
+                Some(r) if r.exit_code == Some(0) => {
+                    self.waiting.remove(&c.name);
+                    continue;
+                }
+                Some(r) => {
+                    init_done = false;
+                    if policy != "Never" {
+                        if let Some(d) = self
+                            .try_start(c, &format!("spec.initContainers[{i}]"), Some(&r))
+                            .await
+                        {
+                            wake = wake.min(d);
+                        }
+                    }
+                    break;
+                }
+                None => {
+                    init_done = false;
+                    if let Some(d) = self
+                        .try_start(c, &format!("spec.initContainers[{i}]"), None)
+                        .await
+                    {
+                        wake = wake.min(d);
+                    }
+                    break;
+                }
+            }
+        }
+        if init_done {
+            for (i, c) in self.spec.containers.clone().iter().enumerate() {
+                let field = format!("spec.containers[{i}]");
+                match self.record(&c.name) {
+                    Some(r) if r.running() => {
+                        self.waiting.remove(&c.name);
+                    }
+                    Some(r) => {
+                        let code = r.exit_code.unwrap_or(0);
+                        let restart = policy == "Always" || (policy == "OnFailure" && code != 0);
+                        if restart {
+                            if let Some(d) = self.try_start(c, &field, Some(&r)).await {
+                                wake = wake.min(d);
+                            }
+                        } else {
+                            self.waiting.remove(&c.name);
+                        }
+                    }
+                    None => {
+                        if let Some(d) = self.try_start(c, &field, None).await {
+                            wake = wake.min(d);
+                        }
+                    }
+                }
+            }
+        }
+        self.publish();
+        wake
+    }
+
+    fn record(&self, name: &str) -> Option<ContainerRecord> {
+        self.shim
+            .as_ref()
+            .and_then(|s| s.containers.get(name))
+            .cloned()
+    }
+
+    // ----- status -----
+
+    fn phase(&self) -> &'static str {
+        if self.rejected.is_some() {
+            return "Failed";
+        }
+        let policy = self.restart_policy();
+        let recs: Vec<Option<ContainerRecord>> = self
+            .spec
+            .containers
+            .iter()
+            .map(|c| self.record(&c.name))
+            .collect();
+        let init_failed = self.spec.init_containers.iter().flatten().any(|c| {
+            self.record(&c.name)
+                .is_some_and(|r| !r.running() && r.exit_code.unwrap_or(0) != 0)
+        });
+        if init_failed && policy == "Never" {
+            return "Failed";
+        }
+        if recs.iter().any(|r| r.is_none()) {
+            return "Pending";
+        }
+        let recs: Vec<ContainerRecord> = recs.into_iter().flatten().collect();
+        if recs.iter().any(|r| r.running()) || policy == "Always" {
+            return "Running";
+        }
+        let all_ok = recs.iter().all(|r| r.exit_code == Some(0));
+        match (all_ok, policy) {
+            (true, _) => "Succeeded",
+            (false, "Never") => "Failed",
+            _ => "Running",
+        }
+    }
+
+    fn publish(&mut self) {
+        let statuses = |list: &[Container]| -> Vec<_> {
+            list.iter()
+                .map(|c| {
+                    let rec = self.shim.as_ref().and_then(|s| s.containers.get(&c.name));
+                    status::container_status(ContainerView {
+                        name: &c.name,
+                        image: c.image.as_deref().unwrap_or_default(),
+                        image_id: self.image_ids.get(&c.name).cloned().or_else(|| {
+                            c.image
+                                .as_deref()
+                                .and_then(|i| self.node.images.resolve(i).ok())
+                                .map(|i| i.image_ref())
+                        }),
+                        record: rec,
+                        waiting: self.waiting.get(&c.name),
+                        resources: c.resources.clone(),
+                    })
+                })
+                .collect()
+        };
+        let inits = statuses(self.spec.init_containers.as_deref().unwrap_or(&[]));
+        let apps = statuses(&self.spec.containers);
+        let sandbox_ok = self.shim.is_some();
+        let initialized = inits.iter().all(|s| {
+            s.state
+                .as_ref()
+                .and_then(|st| st.terminated.as_ref())
+                .is_some_and(|t| t.exit_code == 0)
+        });
+        let ready = initialized && apps.iter().all(|s| s.ready);
+        let prev = std::mem::take(&mut self.conditions);
+        let conditions = vec![
+            status::condition(&prev, "PodReadyToStartContainers", sandbox_ok, None),
+            status::condition(
+                &prev,
+                "Initialized",
+                initialized,
+                Some("ContainersNotInitialized"),
+            ),
+            status::condition(&prev, "Ready", ready, Some("ContainersNotReady")),
+            status::condition(&prev, "ContainersReady", ready, Some("ContainersNotReady")),
+            status::condition(&prev, "PodScheduled", true, None),
+        ];
+        self.conditions = conditions.clone();
+        let host_ip = self.node.host_ip.map(|i| i.to_string());
+        let host_network = self.spec.host_network.unwrap_or(false);
+        let pod_ips: Vec<String> = if host_network {
+            host_ip.iter().cloned().collect()
+        } else {
+            self.pod_ips.iter().map(|i| i.to_string()).collect()
+        };
+        let mut pod = self.pod.clone();
+        pod.status = Some(PodStatus {
+            phase: Some(self.phase().into()),
+            conditions: Some(conditions),
+            message: self
+                .rejected
+                .as_ref()
+                .map(|r| r.1.clone())
+                .or_else(|| self.sandbox_error.clone()),
+            reason: self.rejected.as_ref().map(|r| r.0.clone()).or_else(|| {
+                self.sandbox_error
+                    .as_ref()
+                    .map(|_| "FailedCreatePodSandBox".to_string())
+            }),
+            host_ip: host_ip.clone(),
+            host_ips: host_ip.clone().map(|ip| vec![HostIP { ip }]),
+            pod_ip: pod_ips.first().cloned(),
+            pod_ips: (!pod_ips.is_empty())
+                .then(|| pod_ips.into_iter().map(|ip| PodIP { ip }).collect()),
+            qos_class: Some(self.qos.as_str().into()),
+            start_time: self.start_time.clone(),
+            resize: self.resize.clone(),
+            init_container_statuses: (!inits.is_empty()).then_some(inits),
+            container_statuses: Some(apps),
+            ..Default::default()
+        });
+        self.node.publish(&self.uid, pod);
+    }
+}
