@@ -129,26 +129,7 @@ pub fn parse_reserved(s: &str) -> Result<(i64, i64), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::ResourceRequirements;
-
-    fn ctr(req: &[(&str, &str)], lim: &[(&str, &str)]) -> Container {
-        let m = |v: &[(&str, &str)]| {
-            (!v.is_empty()).then(|| {
-                v.iter()
-                    .map(|(k, q)| (k.to_string(), Quantity(q.to_string())))
-                    .collect()
-            })
-        };
-        Container {
-            name: "c".into(),
-            resources: Some(ResourceRequirements {
-                requests: m(req),
-                limits: m(lim),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
+    use crate::pod::translate::tests::ctr;
 
     #[test]
     fn shares_and_quota_like_kubelet() {

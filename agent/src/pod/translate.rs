@@ -432,12 +432,13 @@ pub fn capabilities(sc: Option<&SecurityContext>) -> Vec<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::ResourceRequirements;
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
-    fn ctr(req: &[(&str, &str)], lim: &[(&str, &str)]) -> Container {
+    /// A container with the given requests and limits (shared by the resource tests).
+    pub(crate) fn ctr(req: &[(&str, &str)], lim: &[(&str, &str)]) -> Container {
         let m = |v: &[(&str, &str)]| {
             (!v.is_empty()).then(|| {
                 v.iter()
