@@ -109,6 +109,72 @@ pub struct ContainerConfig {
     /// `procMount: Unmasked`: no masked or read-only /proc paths.
     #[serde(default)]
     pub unmasked_proc: bool,
+    /// Device nodes created in the container's /dev (privileged containers get the host's).
+    #[serde(default)]
+    pub devices: Vec<Device>,
+}
+
+/// A device node for the container's /dev.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Device {
+    pub path: String,
+    /// "c" or "b".
+    pub kind: String,
+    pub major: i64,
+    pub minor: i64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The device nodes below `dev_root` (the host's `/dev`), as containerd gives them to privileged
+/// containers: character and block devices, without the per-container pseudo filesystems.
+pub fn host_devices(dev_root: &Path) -> Vec<Device> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    const SKIP: [&str; 6] = ["pts", "shm", "mqueue", "fd", ".lxc", ".udev"];
+    let mut out = Vec::new();
+    let mut stack = vec![dev_root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let Ok(meta) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            let ft = meta.file_type();
+            let rel = p
+                .strip_prefix(dev_root)
+                .map(|r| r.display().to_string())
+                .unwrap_or_default();
+            if ft.is_dir() {
+                if !SKIP.contains(&rel.as_str()) {
+                    stack.push(p);
+                }
+                continue;
+            }
+            let kind = if ft.is_char_device() {
+                "c"
+            } else if ft.is_block_device() {
+                "b"
+            } else {
+                continue;
+            };
+            let rdev = meta.rdev();
+            out.push(Device {
+                path: format!("/dev/{rel}"),
+                kind: kind.into(),
+                major: libc::major(rdev) as i64,
+                minor: libc::minor(rdev) as i64,
+                mode: meta.mode() & 0o7777,
+                uid: meta.uid(),
+                gid: meta.gid(),
+            });
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
 }
 
 fn namespace(kind: &str, ns: &Ns) -> Option<serde_json::Value> {
@@ -188,6 +254,16 @@ pub fn build(c: &ContainerConfig) -> Result<Spec, serde_json::Error> {
     if !c.privileged && !c.unmasked_proc {
         linux["maskedPaths"] = json!(MASKED_PATHS);
         linux["readonlyPaths"] = json!(READONLY_PATHS);
+    }
+    if !c.devices.is_empty() {
+        linux["devices"] = json!(c
+            .devices
+            .iter()
+            .map(
+                |d| json!({"path": d.path, "type": d.kind, "major": d.major, "minor": d.minor,
+                            "fileMode": d.mode, "uid": d.uid, "gid": d.gid})
+            )
+            .collect::<Vec<_>>());
     }
     if !c.sysctls.is_empty() {
         linux["sysctl"] = json!(c
@@ -269,16 +345,16 @@ pub fn write_bundle(bundle: &Path, c: &ContainerConfig) -> std::io::Result<()> {
     std::fs::rename(tmp, bundle.join("config.json"))
 }
 
+/// Every capability this process can hand on: privileged containers get all of them (a
+/// runtime cannot grant what its own bounding set lacks).
 fn all_capabilities() -> Vec<String> {
-    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
-        .unwrap_or(40);
-    caps::all()
+    let mut v: Vec<String> = caps::read(None, caps::CapSet::Bounding)
+        .unwrap_or_else(|_| caps::all())
         .into_iter()
-        .filter(|c| u32::from(c.index()) <= last)
         .map(|c| c.to_string())
-        .collect()
+        .collect();
+    v.sort();
+    v
 }
 
 #[cfg(test)]
@@ -317,6 +393,7 @@ mod tests {
             apparmor_profile: None,
             sysctls: vec![],
             unmasked_proc: false,
+            devices: vec![],
         }
     }
 
@@ -349,6 +426,15 @@ mod tests {
             .find(|m| m["destination"] == "/sys")
             .unwrap();
         assert!(sys["options"].as_array().unwrap().contains(&json!("ro")));
+    }
+
+    #[test]
+    fn host_devices_are_read_from_a_tree() {
+        let devs = host_devices(Path::new("/dev"));
+        assert!(devs
+            .iter()
+            .any(|d| d.path == "/dev/null" && d.kind == "c" && d.major == 1 && d.minor == 3));
+        assert!(!devs.iter().any(|d| d.path.starts_with("/dev/pts/")));
     }
 
     #[test]

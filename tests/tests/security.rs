@@ -227,3 +227,62 @@ spec:
         .unwrap()
         .contains("net.core.somaxconn"));
 }
+
+#[test]
+fn privileged_containers_get_host_devices_caps_and_a_writable_sys() {
+    let Some(node) = TestNode::with_agent() else {
+        return;
+    };
+    // A host character device that no container has by default.
+    let defaults = [
+        "null", "zero", "full", "random", "urandom", "tty", "console", "ptmx", "tty0", "tty1",
+    ];
+    let device = std::fs::read_dir("/dev")
+        .unwrap()
+        .flatten()
+        .filter(|e| std::os::unix::fs::FileTypeExt::is_char_device(&e.file_type().unwrap()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !defaults.contains(&n.as_str()))
+        .min()
+        .expect("a host character device");
+    let check = format!(
+        "ls /dev/{device} >/dev/null 2>&1 && echo dev=yes || echo dev=no; grep -E '^(Seccomp|CapEff):' /proc/self/status; grep ' /sys ' /proc/mounts | cut -d' ' -f4 | cut -d, -f1; exec sleep 1000"
+    );
+    node.write_manifest(
+        "priv.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: priv\nspec:\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: p\n    image: busybox\n    command: [\"sh\", \"-c\", {check:?}]\n    securityContext: {{privileged: true, seccompProfile: {{type: RuntimeDefault}}}}\n  - name: n\n    image: busybox\n    command: [\"sh\", \"-c\", {check:?}]\n"
+        ),
+    );
+    node.wait_running("priv");
+    let read = |c: &str| {
+        node.wait_for("the checks", Duration::from_secs(10), || {
+            Some(logs(&node, "priv-e2e", c)).filter(|l| l.contains("CapEff"))
+        })
+    };
+    let (p, n) = (read("p"), read("n"));
+    assert!(
+        p.contains("dev=yes") && n.contains("dev=no"),
+        "/dev/{device}: {p} / {n}"
+    );
+    assert!(
+        p.contains("Seccomp:\t0"),
+        "privileged runs without seccomp: {p}"
+    );
+    let caps = |l: &str| {
+        u64::from_str_radix(
+            l.lines()
+                .find_map(|x| x.strip_prefix("CapEff:"))
+                .unwrap()
+                .trim(),
+            16,
+        )
+        .unwrap()
+    };
+    assert!(
+        caps(&p) & (1 << 21) != 0 && caps(&n) & (1 << 21) == 0,
+        "CAP_SYS_ADMIN: {p} / {n}"
+    );
+    assert_eq!(p.lines().last().map(str::trim), Some("rw"), "{p}");
+    assert_eq!(n.lines().last().map(str::trim), Some("ro"), "{n}");
+}

@@ -422,7 +422,12 @@ pub fn capabilities(sc: Option<&SecurityContext>) -> Vec<String> {
         }
         for a in c.add.iter().flatten().map(norm) {
             if a == "CAP_ALL" {
-                caps = caps::all().iter().map(|c| c.to_string()).collect();
+                // All that this node holds: a runtime cannot grant more.
+                caps = caps::read(None, caps::CapSet::Bounding)
+                    .unwrap_or_else(|_| caps::all())
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect();
             } else if !caps.contains(&a) {
                 caps.push(a);
             }

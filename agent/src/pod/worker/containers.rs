@@ -361,6 +361,12 @@ impl Worker {
             crate::pod::security::sysctls(&self.pod, &self.node.cfg.allowed_unsafe_sysctls)
                 .map_err(|e| e.1)?;
         let unmasked_proc = sc.and_then(|s| s.proc_mount.as_deref()) == Some("Unmasked");
+        let privileged = sc.and_then(|s| s.privileged).unwrap_or(false);
+        let devices = if privileged {
+            podlet_runtime::spec::host_devices(Path::new("/dev"))
+        } else {
+            Vec::new()
+        };
         Ok(ContainerConfig {
             args,
             env,
@@ -403,6 +409,7 @@ impl Worker {
             apparmor_profile,
             sysctls,
             unmasked_proc,
+            devices,
         })
     }
 }
