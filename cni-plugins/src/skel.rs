@@ -108,35 +108,27 @@ pub fn read_call(env: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> (String,
             )
         }
     };
+    let decode = |e: serde_json::Error| {
+        (
+            spec::CURRENT_VERSION.to_string(),
+            Err(CniError::with_details(
+                code::DECODE,
+                "failed to decode network configuration",
+                e.to_string(),
+            )),
+        )
+    };
     let raw: Value = if command == Command::Version && stdin.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
         match serde_json::from_slice(stdin) {
             Ok(v) => v,
-            Err(e) => {
-                return (
-                    spec::CURRENT_VERSION.into(),
-                    Err(CniError::with_details(
-                        code::DECODE,
-                        "failed to decode network configuration",
-                        e.to_string(),
-                    )),
-                )
-            }
+            Err(e) => return decode(e),
         }
     };
     let conf: NetConf = match serde_json::from_value(raw.clone()) {
         Ok(c) => c,
-        Err(e) => {
-            return (
-                spec::CURRENT_VERSION.into(),
-                Err(CniError::with_details(
-                    code::DECODE,
-                    "failed to decode network configuration",
-                    e.to_string(),
-                )),
-            )
-        }
+        Err(e) => return decode(e),
     };
     let version = if conf.cni_version.is_empty() {
         "0.1.0".to_string()

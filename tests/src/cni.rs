@@ -141,6 +141,29 @@ impl CniHost {
         path: &Path,
         conf: &Value,
     ) -> Reply {
+        self.plugin_raw(
+            bin,
+            command,
+            cid,
+            netns,
+            ifname,
+            path,
+            conf.to_string().as_bytes(),
+        )
+    }
+
+    /// As [`CniHost::plugin`], with the configuration as raw bytes (malformed ones too).
+    #[allow(clippy::too_many_arguments)]
+    pub fn plugin_raw(
+        &self,
+        bin: &Path,
+        command: &str,
+        cid: &str,
+        netns: &str,
+        ifname: &str,
+        path: &Path,
+        stdin: &[u8],
+    ) -> Reply {
         let mut child = Command::new("nsenter")
             .args(["-t", &self.host.id().to_string(), "-n", "--"])
             .arg(bin)
@@ -156,12 +179,7 @@ impl CniHost {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(conf.to_string().as_bytes())
-            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
         let out = child.wait_with_output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         Reply {

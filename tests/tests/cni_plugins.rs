@@ -342,28 +342,16 @@ fn bad_input_gets_the_right_code_and_leaves_nothing() {
         assert_eq!(r.json["code"], code, "{what}: {}", r.stdout);
     }
     // Malformed JSON is a decode error.
-    let mut child = std::process::Command::new("nsenter")
-        .args(["-t", &h.host_pid().to_string(), "-n", "--"])
-        .arg(bin.join("bridge"))
-        .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", "c1")
-        .env("CNI_NETNS", &netns)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", &bin)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"{\"cniVersion\": ")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["code"], 6);
+    let r = h.plugin_raw(
+        &bin.join("bridge"),
+        "ADD",
+        "c1",
+        &netns,
+        "eth0",
+        &bin,
+        b"{\"cniVersion\": ",
+    );
+    assert_eq!(r.json["code"], 6);
     // Bad environment: container ID and interface name.
     let conf = bridge_conf("1.1.0", "bad", "10.91.0.0/24", &data);
     assert_eq!(

@@ -463,37 +463,35 @@ struct Handle {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// Pods the runtime holds on disk, by UID (from a previous run of the agent).
-fn pods_on_disk(node: &Node) -> BTreeMap<String, Pod> {
-    let mut out = BTreeMap::new();
-    let Ok(rd) = std::fs::read_dir(node.cfg.run_dir.join("pods")) else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let uid = e.file_name().to_string_lossy().into_owned();
-        match std::fs::read(e.path().join(worker::POD_FILE))
-            .ok()
-            .and_then(|d| serde_json::from_slice::<Pod>(&d).ok())
-        {
-            Some(p) => {
-                out.insert(uid, p);
-            }
-            None => {
-                // A sandbox that never got its spec written: build a minimal pod to tear down.
-                let mut p = Pod::default();
-                p.metadata.uid = Some(uid.clone());
-                p.metadata.name = Some(uid.clone());
-                p.metadata.namespace = Some("default".into());
-                out.insert(uid, p);
-            }
-        }
-    }
-    out
+/// UIDs of the pods the runtime holds on disk (from a previous run of the agent too).
+fn uids_on_disk(node: &Node) -> Vec<String> {
+    std::fs::read_dir(node.cfg.run_dir.join("pods"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The pod a sandbox on disk was made for; a sandbox whose spec was never written gets a
+/// minimal pod, enough to tear it down.
+fn pod_on_disk(node: &Node, uid: &str) -> Pod {
+    std::fs::read(node.cfg.pod_run_dir(uid).join(worker::POD_FILE))
+        .ok()
+        .and_then(|d| serde_json::from_slice::<Pod>(&d).ok())
+        .unwrap_or_else(|| {
+            let mut p = Pod::default();
+            p.metadata.uid = Some(uid.to_string());
+            p.metadata.name = Some(uid.to_string());
+            p.metadata.namespace = Some("default".into());
+            p
+        })
 }
 
 /// Releases network attachments of sandboxes that no longer exist (after a crash or reboot).
 pub fn network_gc(node: &Node) {
-    let live: Vec<String> = pods_on_disk(node).into_keys().collect();
+    let live = uids_on_disk(node);
     if let Err(e) = node.network.gc(&live) {
         tracing::warn!("CNI GC: {e}");
     }
@@ -526,9 +524,11 @@ pub async fn run_manager(node: Arc<Node>, mut desired: watch::Receiver<Desired>)
                 let _ = h.stop.send(true);
             }
         }
-        for (uid, pod) in pods_on_disk(&node) {
+        // Only sandboxes nobody handles are read from disk.
+        for uid in uids_on_disk(&node) {
             if !want.contains_key(&uid) && !workers.contains_key(&uid) {
                 tracing::info!(pod = %uid, "tearing down a pod that is no longer wanted");
+                let pod = pod_on_disk(&node, &uid);
                 workers.insert(uid, spawn(node.clone(), pod, true));
             }
         }

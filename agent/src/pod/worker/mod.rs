@@ -366,6 +366,24 @@ impl Worker {
     }
 
     fn publish(&mut self) {
+        // Image IDs of adopted containers come from the store once, not on every status.
+        let all = self
+            .spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(self.spec.containers.iter());
+        for c in all {
+            if !self.image_ids.contains_key(&c.name) {
+                if let Some(i) = c
+                    .image
+                    .as_deref()
+                    .and_then(|i| self.node.images.resolve(i).ok())
+                {
+                    self.image_ids.insert(c.name.clone(), i.image_ref());
+                }
+            }
+        }
         let statuses = |list: &[Container]| -> Vec<_> {
             list.iter()
                 .map(|c| {
@@ -373,12 +391,7 @@ impl Worker {
                     status::container_status(ContainerView {
                         name: &c.name,
                         image: c.image.as_deref().unwrap_or_default(),
-                        image_id: self.image_ids.get(&c.name).cloned().or_else(|| {
-                            c.image
-                                .as_deref()
-                                .and_then(|i| self.node.images.resolve(i).ok())
-                                .map(|i| i.image_ref())
-                        }),
+                        image_id: self.image_ids.get(&c.name).cloned(),
                         record: rec,
                         waiting: self.waiting.get(&c.name),
                         resources: c.resources.clone(),
