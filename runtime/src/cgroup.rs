@@ -231,45 +231,86 @@ pub fn apply(layout: &Layout, rel: &str, limits: &Limits) -> io::Result<()> {
             }
         }
         Layout::V2 { root } => {
+            // Only controllers the root offers can be delegated and written: on a hybrid host the
+            // cpu/memory/pids controllers stay bound to v1, and a cgroup2 mount offers none of them.
+            let offered = available_v2(root);
+            let has = |c: &str| offered.as_ref().is_none_or(|o| o.iter().any(|x| x == c));
+            let delegate = ["cpu", "memory", "pids"]
+                .iter()
+                .filter(|c| has(c))
+                .map(|c| format!("+{c}"))
+                .collect::<Vec<_>>()
+                .join(" ");
             // Each level must delegate the controllers to its children.
             let mut cur = root.clone();
             for part in Path::new(rel).components() {
                 let ctl = cur.join("cgroup.subtree_control");
-                if ctl.exists() {
-                    let _ = write(&cur, "cgroup.subtree_control", "+cpu +memory +pids");
+                if ctl.exists() && !delegate.is_empty() {
+                    let _ = write(&cur, "cgroup.subtree_control", &delegate);
                 }
                 cur.push(part);
                 fs::create_dir_all(&cur)?;
             }
-            if let Some(s) = limits.cpu_shares {
-                write(&cur, "cpu.weight", &shares_to_weight(s).to_string())?;
+            if has("cpu") {
+                if let Some(s) = limits.cpu_shares {
+                    write(&cur, "cpu.weight", &shares_to_weight(s).to_string())?;
+                }
+                let period = limits.cpu_period.unwrap_or(100_000);
+                let quota = limits
+                    .cpu_quota
+                    .filter(|q| *q > 0)
+                    .map(|q| q.to_string())
+                    .unwrap_or_else(|| "max".into());
+                write(&cur, "cpu.max", &format!("{quota} {period}"))?;
             }
-            let period = limits.cpu_period.unwrap_or(100_000);
-            let quota = limits
-                .cpu_quota
-                .filter(|q| *q > 0)
-                .map(|q| q.to_string())
-                .unwrap_or_else(|| "max".into());
-            write(&cur, "cpu.max", &format!("{quota} {period}"))?;
-            write(
-                &cur,
-                "memory.max",
-                &limits
-                    .memory
-                    .map(|m| m.to_string())
-                    .unwrap_or_else(|| "max".into()),
-            )?;
-            write(
-                &cur,
-                "pids.max",
-                &limits
-                    .pids
-                    .map(|p| p.to_string())
-                    .unwrap_or_else(|| "max".into()),
-            )?;
+            if has("memory") {
+                write(
+                    &cur,
+                    "memory.max",
+                    &limits
+                        .memory
+                        .map(|m| m.to_string())
+                        .unwrap_or_else(|| "max".into()),
+                )?;
+            }
+            if has("pids") {
+                write(
+                    &cur,
+                    "pids.max",
+                    &limits
+                        .pids
+                        .map(|p| p.to_string())
+                        .unwrap_or_else(|| "max".into()),
+                )?;
+            }
         }
     }
     Ok(())
+}
+
+/// The controllers a cgroup v2 root offers (`cgroup.controllers`), or None where the file is
+/// absent (a tree that is not a cgroup2 mount, as in tests).
+pub fn available_v2(root: &Path) -> Option<Vec<String>> {
+    let text = fs::read_to_string(root.join("cgroup.controllers")).ok()?;
+    Some(text.split_whitespace().map(str::to_owned).collect())
+}
+
+/// Controllers podlet enforces limits with that this layout lacks (warned about at start).
+pub fn missing_controllers(layout: &Layout) -> Vec<&'static str> {
+    match layout {
+        Layout::V1 { cpu, memory, pids } => [("cpu", cpu), ("memory", memory), ("pids", pids)]
+            .into_iter()
+            .filter(|(_, p)| p.is_none())
+            .map(|(n, _)| n)
+            .collect(),
+        Layout::V2 { root } => {
+            let offered = available_v2(root);
+            ["cpu", "memory", "pids"]
+                .into_iter()
+                .filter(|c| offered.as_ref().is_some_and(|o| !o.iter().any(|x| x == c)))
+                .collect()
+        }
+    }
 }
 
 /// Memory charged to cgroup `rel`, in bytes.
@@ -385,6 +426,31 @@ mod limit_tests {
         )
         .unwrap();
         assert!(oom_killed(&layout, "/kubepods/podabc"));
+    }
+
+    #[test]
+    fn v2_writes_only_the_controllers_the_root_offers() {
+        let root = tempfile::tempdir().unwrap();
+        fs::write(root.path().join("cgroup.subtree_control"), "").unwrap();
+        fs::write(root.path().join("cgroup.controllers"), "hugetlb pids\n").unwrap();
+        let layout = Layout::V2 {
+            root: root.path().into(),
+        };
+        assert_eq!(missing_controllers(&layout), ["cpu", "memory"]);
+        let l = Limits {
+            cpu_shares: Some(256),
+            memory: Some(64 << 20),
+            pids: Some(100),
+            ..Default::default()
+        };
+        apply(&layout, "/kubepods/podabc", &l).unwrap();
+        let d = root.path().join("kubepods/podabc");
+        assert!(!d.join("cpu.weight").exists() && !d.join("memory.max").exists());
+        assert_eq!(fs::read_to_string(d.join("pids.max")).unwrap(), "100");
+        assert_eq!(
+            fs::read_to_string(root.path().join("cgroup.subtree_control")).unwrap(),
+            "+pids"
+        );
     }
 
     #[test]

@@ -170,6 +170,26 @@ impl TestNode {
         node
     }
 
+    /// Replaces the node's view of `/sys/fs/cgroup` with a cgroup2 mount (the unified hierarchy
+    /// the host already has), so the node runs on the cgroup v2 layout. Returns the host path of
+    /// that hierarchy, where the node's tree can be read.
+    pub fn use_cgroup2(&self) -> PathBuf {
+        let pid = self.holder.id().to_string();
+        let st = Command::new("nsenter")
+            .args(["-t", &pid, "-m", "--", "sh", "-ec"])
+            .arg("umount -R /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup")
+            .status()
+            .expect("nsenter");
+        assert!(
+            st.success(),
+            "mounting cgroup2 in the node's mount namespace"
+        );
+        cgroup_hierarchies()
+            .into_iter()
+            .find(|h| h.join("cgroup.subtree_control").exists())
+            .expect("the host's cgroup2 hierarchy")
+    }
+
     /// A node with its agent running, or None where privileged tests are skipped by hand.
     pub fn with_agent() -> Option<Self> {
         if !privileged() {

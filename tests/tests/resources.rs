@@ -527,3 +527,57 @@ fn qos_reserved_keeps_memory_for_higher_classes() {
         page(total - (64 << 20) - (32 << 20))
     );
 }
+
+#[test]
+fn cgroup_v2_layout_places_and_removes_pods() {
+    if !podlet_e2e::privileged() {
+        return;
+    }
+    let mut node = TestNode::with_busybox();
+    let v2 = node.use_cgroup2();
+    node.start_agent();
+    let b = "    resources:\n      requests: {cpu: 100m, memory: 32Mi}\n      limits: {cpu: 200m, memory: 128Mi}\n";
+    node.write_manifest("b.yaml", &pod("b", b, "sleep 1000"));
+    let p = node.wait_running("b");
+    assert_eq!(p["status"]["qosClass"], "Burstable");
+    let (u, ctr) = (uid(&p), container_id(&p, 0));
+    let rel = format!("{}/burstable/pod{u}/{ctr}", node.cgroup_root);
+    let pid = node.shim_state(&u)["containers"]["c"]["pid"]
+        .as_i64()
+        .unwrap();
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(
+        own.lines().any(|l| l == format!("0::/{rel}")),
+        "the container sits in its v2 leaf: {own}"
+    );
+    let procs = std::fs::read_to_string(v2.join(&rel).join("cgroup.procs")).unwrap();
+    assert!(procs.lines().any(|l| l == pid.to_string()), "{procs}");
+    // Values where this kernel lets cgroup2 have the controllers (elsewhere they stay with v1,
+    // and the agent says so).
+    let offered = std::fs::read_to_string(v2.join("cgroup.controllers")).unwrap();
+    let offered: Vec<&str> = offered.split_whitespace().collect();
+    let read = |f: &str| std::fs::read_to_string(v2.join(&rel).join(f)).unwrap();
+    if offered.contains(&"cpu") {
+        assert_eq!(read("cpu.weight").trim(), "4");
+        assert_eq!(read("cpu.max").trim(), "20000 100000");
+    }
+    if offered.contains(&"memory") {
+        assert_eq!(read("memory.max").trim(), (128u64 << 20).to_string());
+    }
+    let missing: Vec<&str> = ["cpu", "memory", "pids"]
+        .into_iter()
+        .filter(|c| !offered.contains(c))
+        .collect();
+    if !missing.is_empty() {
+        assert!(
+            node.agent_log().contains("cgroup controllers unavailable"),
+            "the agent warns about {missing:?}"
+        );
+    }
+    node.remove_manifest("b.yaml");
+    node.wait_for("pod cgroup removed", Duration::from_secs(10), || {
+        (!v2.join(format!("{}/burstable/pod{u}", node.cgroup_root))
+            .exists())
+        .then_some(())
+    });
+}

@@ -33,6 +33,8 @@ pub struct Node {
     pub exe: PathBuf,
     pub network: crate::network::Network,
     pub cgroups: podlet_runtime::cgroup::Layout,
+    /// Controllers the layout lacks; their limits are not enforced (warned at start).
+    pub missing_controllers: Vec<&'static str>,
     /// Node CPU in millicores.
     pub cpu_capacity: i64,
     /// Admitted pods: uid -> (QoS, cpu request in millicores, memory request in bytes).
@@ -57,6 +59,14 @@ impl Node {
         let exe = std::env::current_exe()?;
         let network = crate::network::Network::init(&cfg, &exe)?;
         let cgroups = podlet_runtime::cgroup::Layout::detect(&cfg.mountinfo);
+        let missing = podlet_runtime::cgroup::missing_controllers(&cgroups);
+        if !missing.is_empty() {
+            tracing::warn!(
+                ?cgroups,
+                ?missing,
+                "cgroup controllers unavailable: their limits are not enforced"
+            );
+        }
         let cpu_capacity = std::thread::available_parallelism()
             .map(|n| n.get() as i64 * 1000)
             .unwrap_or(1000);
@@ -95,6 +105,7 @@ impl Node {
             eviction_tx: watch::channel(0).0,
             oom_floor,
             cgroups,
+            missing_controllers: missing,
             cpu_capacity,
             admitted: std::sync::Mutex::new(BTreeMap::new()),
             images,

@@ -347,6 +347,8 @@ impl Worker {
             .or_else(|| image.config.working_dir.clone().filter(|w| !w.is_empty()))
             .unwrap_or_else(|| "/".into());
         let limits = crate::pod::resources::container_limits(c);
+        let has_cpu = !self.node.missing_controllers.contains(&"cpu");
+        let has_memory = !self.node.missing_controllers.contains(&"memory");
         let capabilities = translate::capabilities(sc);
         let seccomp = crate::pod::security::seccomp(
             &self.pod,
@@ -401,10 +403,11 @@ impl Worker {
                 translate::oom_score_adj(self.qos, c, self.node.memory_capacity)
                     .max(self.node.oom_floor),
             ),
-            cpu_shares: limits.cpu_shares,
-            cpu_quota: limits.cpu_quota,
-            cpu_period: limits.cpu_period,
-            memory_limit: limits.memory,
+            // libcontainer writes these itself; only where the controllers exist.
+            cpu_shares: limits.cpu_shares.filter(|_| has_cpu),
+            cpu_quota: limits.cpu_quota.filter(|_| has_cpu),
+            cpu_period: limits.cpu_period.filter(|_| has_cpu),
+            memory_limit: limits.memory.filter(|_| has_memory),
             seccomp,
             apparmor_profile,
             sysctls,
