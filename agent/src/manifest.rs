@@ -95,6 +95,19 @@ fn validate(pod: &Pod) -> Result<(), String> {
             }
         }
     }
+    if spec.host_users == Some(false) {
+        for (field, set) in [
+            ("hostNetwork", spec.host_network),
+            ("hostPID", spec.host_pid),
+            ("hostIPC", spec.host_ipc),
+        ] {
+            if set == Some(true) {
+                return Err(format!(
+                    "spec.{field}: Forbidden: when `hostUsers` is false"
+                ));
+            }
+        }
+    }
     if let Some(p) = spec.restart_policy.as_deref() {
         if !["Always", "OnFailure", "Never"].contains(&p) {
             return Err(format!(

@@ -43,6 +43,52 @@ pub fn mount_overlay(
     .map_err(|e| io::Error::other(format!("mounting overlay at {}: {e}", target.display())))
 }
 
+/// Mounts `lowers` like [`mount_overlay`], with every lower layer seen through an idmapped mount
+/// of the user namespace at `userns` (`/proc/<pid>/ns/user`), so the image's root-owned files
+/// belong to the namespace's root; the upper layer is owned by `owner` (that root on the host).
+/// The shifted lowers are attached below `scratch` only while the overlay is mounted, which
+/// keeps private references to them.
+pub fn mount_overlay_idmapped(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+    userns: &Path,
+    owner: (u32, u32),
+    scratch: &Path,
+) -> io::Result<()> {
+    use std::os::fd::AsFd;
+    let ns = std::fs::File::open(userns)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", userns.display())))?;
+    let mut shifted = Vec::with_capacity(lowers.len());
+    let result = (|| {
+        for (i, lower) in lowers.iter().enumerate() {
+            let at = scratch.join(i.to_string());
+            std::fs::create_dir_all(&at)?;
+            let tree = crate::sys::idmapped_clone(lower, ns.as_fd()).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("idmapped mount of {}: {e}", lower.display()),
+                )
+            })?;
+            crate::sys::attach_mount(tree.as_fd(), &at)?;
+            shifted.push(at);
+        }
+        std::fs::create_dir_all(upper)?;
+        std::os::unix::fs::chown(upper, Some(owner.0), Some(owner.1))?;
+        mount_overlay(&shifted, upper, work, target)
+    })();
+    // rmdir, never a recursive removal: a mount left by a failed unmount is an image layer.
+    for at in &shifted {
+        let _ = unmount(at);
+    }
+    for i in 0..lowers.len() {
+        let _ = std::fs::remove_dir(scratch.join(i.to_string()));
+    }
+    let _ = std::fs::remove_dir(scratch);
+    result
+}
+
 /// Unmounts `target` if something is mounted there (lazily, as a container may still hold it).
 pub fn unmount(target: &Path) -> io::Result<()> {
     loop {

@@ -112,6 +112,31 @@ pub struct ContainerConfig {
     /// Device nodes created in the container's /dev (privileged containers get the host's).
     #[serde(default)]
     pub devices: Vec<Device>,
+    /// The pod's user namespace to join (`hostUsers: false`); None shares the host's.
+    #[serde(default)]
+    pub userns: Option<UserNs>,
+}
+
+/// A pod's user namespace: IDs 0..size inside are host IDs host_id.. (UIDs and GIDs alike).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdRange {
+    pub host_id: u32,
+    pub size: u32,
+}
+
+impl IdRange {
+    /// The `uid_map`/`gid_map` line.
+    pub fn map_line(&self) -> String {
+        format!("0 {} {}\n", self.host_id, self.size)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserNs {
+    /// `/proc/<pause>/ns/user`.
+    pub path: PathBuf,
+    pub range: IdRange,
 }
 
 /// A device node for the container's /dev.
@@ -187,7 +212,12 @@ fn namespace(kind: &str, ns: &Ns) -> Option<serde_json::Value> {
 
 /// Builds and validates the spec.
 pub fn build(c: &ContainerConfig) -> Result<Spec, serde_json::Error> {
-    let mut namespaces = vec![json!({"type": "mount"})];
+    // The user namespace first: the others are owned by it.
+    let mut namespaces = vec![];
+    if let Some(u) = &c.userns {
+        namespaces.push(json!({"type": "user", "path": u.path}));
+    }
+    namespaces.push(json!({"type": "mount"}));
     namespaces.extend(namespace("network", &c.net));
     namespaces.extend(namespace("ipc", &c.ipc));
     namespaces.extend(namespace("uts", &c.uts));
@@ -234,6 +264,11 @@ pub fn build(c: &ContainerConfig) -> Result<Spec, serde_json::Error> {
         "cgroupsPath": c.cgroups_path,
         "resources": {"devices": device_rules(c.privileged)},
     });
+    if let Some(u) = &c.userns {
+        let m = json!([{"containerID": 0, "hostID": u.range.host_id, "size": u.range.size}]);
+        linux["uidMappings"] = m.clone();
+        linux["gidMappings"] = m;
+    }
     let mut cpu = serde_json::Map::new();
     if let Some(s) = c.cpu_shares {
         cpu.insert("shares".into(), json!(s));
@@ -394,7 +429,36 @@ mod tests {
             sysctls: vec![],
             unmasked_proc: false,
             devices: vec![],
+            userns: None,
         }
+    }
+
+    #[test]
+    fn a_pod_user_namespace_comes_first_with_its_mappings() {
+        let mut c = sample();
+        c.userns = Some(UserNs {
+            path: "/proc/7/ns/user".into(),
+            range: IdRange {
+                host_id: 131_072,
+                size: 65_536,
+            },
+        });
+        let v = serde_json::to_value(build(&c).unwrap()).unwrap();
+        assert_eq!(
+            v["linux"]["namespaces"][0],
+            json!({"type": "user", "path": "/proc/7/ns/user"})
+        );
+        let m = json!([{"containerID": 0, "hostID": 131_072, "size": 65_536}]);
+        assert_eq!(v["linux"]["uidMappings"], m);
+        assert_eq!(v["linux"]["gidMappings"], m);
+        assert_eq!(c.userns.unwrap().range.map_line(), "0 131072 65536\n");
+        assert!(build(&sample())
+            .unwrap()
+            .linux()
+            .as_ref()
+            .unwrap()
+            .uid_mappings()
+            .is_none());
     }
 
     #[test]

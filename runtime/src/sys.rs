@@ -2,6 +2,7 @@
 
 use std::ffi::CString;
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -141,4 +142,68 @@ pub fn close_fds_from(first: u32) {
     // SAFETY: close_range only closes descriptors; the caller owns no Rust objects wrapping them
     // afterwards (it is the freshly cloned pause process).
     unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) };
+}
+
+/// A detached clone of the directory tree at `path` whose file owners are shifted through the
+/// user namespace `userns` (an idmapped mount): on-disk ID 0 reads as the namespace's root.
+/// Lower layers are shared between pods, so they are shifted this way instead of chowned.
+pub fn idmapped_clone(path: &Path, userns: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let p = cstr(path)?;
+    // SAFETY: `p` is NUL-terminated; open_tree returns a new descriptor we then own.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us and nothing else owns it.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let attr = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    let empty = c"";
+    // SAFETY: `attr` and `empty` outlive the call; the size passed is that of `attr`.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(tree)
+}
+
+/// Attaches a detached mount (from `idmapped_clone`) at `target`.
+pub fn attach_mount(tree: BorrowedFd<'_>, target: &Path) -> io::Result<()> {
+    let t = cstr(target)?;
+    let empty = c"";
+    // SAFETY: both strings are NUL-terminated and outlive the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

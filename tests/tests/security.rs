@@ -286,3 +286,108 @@ fn privileged_containers_get_host_devices_caps_and_a_writable_sys() {
     assert_eq!(p.lines().last().map(str::trim), Some("rw"), "{p}");
     assert_eq!(n.lines().last().map(str::trim), Some("ro"), "{n}");
 }
+
+fn userns_pod(name: &str, host_dir: &str) -> String {
+    let script = "cat /proc/self/uid_map; echo id=$(id -u); touch /made-by-root && echo rootfs=ok; touch /data/x && echo emptydir=ok; echo more >> /host/owned && echo hostpath=written || echo hostpath=denied; exec sleep 1000";
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  hostUsers: false\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: c\n    image: busybox\n    command: [\"sh\", \"-c\", {script:?}]\n    volumeMounts:\n    - {{name: data, mountPath: /data}}\n    - {{name: host, mountPath: /host}}\n  volumes:\n  - {{name: data, emptyDir: {{}}}}\n  - {{name: host, hostPath: {{path: {host_dir}}}}}\n"
+    )
+}
+
+fn uid_map_of(node: &TestNode, pod: &serde_json::Value) -> (u64, u64, u64) {
+    let uid = pod["metadata"]["uid"].as_str().unwrap();
+    let pid = node.shim_state(uid)["containers"]["c"]["pid"]
+        .as_i64()
+        .unwrap();
+    let map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap();
+    let f: Vec<u64> = map.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    assert_eq!(f.len(), 3, "one mapping line: {map}");
+    (f[0], f[1], f[2])
+}
+
+#[test]
+fn host_users_false_gets_its_own_id_range_and_no_power_over_host_files() {
+    let Some(mut node) = TestNode::with_agent() else {
+        return;
+    };
+    let host_dir = node.path("hostdir");
+    std::fs::create_dir_all(&host_dir).unwrap();
+    std::fs::write(host_dir.join("owned"), "host\n").unwrap();
+    let hd = host_dir.to_str().unwrap();
+    node.write_manifest("u1.yaml", &userns_pod("u1", hd));
+    node.write_manifest("u2.yaml", &userns_pod("u2", hd));
+    let (p1, p2) = (node.wait_running("u1"), node.wait_running("u2"));
+    let (inside, host1, size) = uid_map_of(&node, &p1);
+    let (_, host2, _) = uid_map_of(&node, &p2);
+    assert_eq!((inside, size), (0, 65536));
+    assert!(host1 >= 65536 && host2 >= 65536, "never the host's own IDs");
+    assert!(
+        host1.abs_diff(host2) >= 65536,
+        "ranges overlap: {host1} {host2}"
+    );
+
+    let out = node.wait_for("the checks", Duration::from_secs(10), || {
+        Some(logs(&node, "u1-e2e", "c")).filter(|l| l.contains("hostpath="))
+    });
+    assert!(out.contains("id=0"), "root inside: {out}");
+    assert!(
+        out.contains("rootfs=ok"),
+        "the idmapped rootfs is root's: {out}"
+    );
+    assert!(out.contains("emptydir=ok"), "{out}");
+    assert!(out.contains("hostpath=denied"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(host_dir.join("owned")).unwrap(),
+        "host\n"
+    );
+    // What the pod's root wrote belongs to its host ID, not to the host's root.
+    let uid1 = p1["metadata"]["uid"].as_str().unwrap();
+    let made = node.path(&format!(
+        "root/pods/{uid1}/containers/c/0/upper/made-by-root"
+    ));
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&made).unwrap().uid() as u64, host1);
+
+    // The range survives an agent restart, and the pod is adopted, not restarted.
+    let pid_before = node.shim_state(uid1)["containers"]["c"]["pid"].clone();
+    node.kill_agent();
+    node.start_agent();
+    node.wait_running("u1");
+    assert_eq!(node.shim_state(uid1)["containers"]["c"]["pid"], pid_before);
+    let table = std::fs::read_to_string(node.path("root/userns.json")).unwrap();
+    assert!(table.contains(uid1), "{table}");
+
+    // Deleting the pod releases its range, which the next pod gets.
+    node.remove_manifest("u1.yaml");
+    node.wait_for("u1's range released", Duration::from_secs(15), || {
+        let table = std::fs::read_to_string(node.path("root/userns.json")).unwrap();
+        (node.pod("u1").is_none() && !table.contains(uid1)).then_some(())
+    });
+    node.write_manifest("u3.yaml", &userns_pod("u3", hd));
+    let p3 = node.wait_running("u3");
+    assert_eq!(uid_map_of(&node, &p3).1, host1, "the freed range is reused");
+    // exec joins the pod's user namespace too.
+    let out = node.podlet(&[
+        "exec",
+        "u3-e2e",
+        "--",
+        "sh",
+        "-c",
+        "id -u; cat /proc/self/uid_map",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.starts_with("0\n"), "{}", out.stdout);
+    assert!(out.stdout.contains(&format!(" {host1} ")), "{}", out.stdout);
+
+    // hostUsers: false cannot share the host's namespaces.
+    node.write_manifest(
+        "bad.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: bad\nspec:\n  hostUsers: false\n  hostNetwork: true\n  containers:\n  - {name: c, image: busybox}\n",
+    );
+    node.wait_for("the refusal", Duration::from_secs(10), || {
+        node.agent_log()
+            .contains("spec.hostNetwork: Forbidden: when `hostUsers` is false")
+            .then_some(())
+    });
+    assert!(node.pod("bad").is_none());
+}

@@ -6,6 +6,7 @@ pub mod resources;
 pub mod security;
 pub mod status;
 pub mod translate;
+pub mod userns;
 mod worker;
 
 use std::collections::{BTreeMap, HashMap};
@@ -35,6 +36,8 @@ pub struct Node {
     pub cgroups: podlet_runtime::cgroup::Layout,
     /// Controllers the layout lacks; their limits are not enforced (warned at start).
     pub missing_controllers: Vec<&'static str>,
+    /// Host ID ranges of `hostUsers: false` pods.
+    pub userns: userns::Allocator,
     /// Node CPU in millicores.
     pub cpu_capacity: i64,
     /// Admitted pods: uid -> (QoS, cpu request in millicores, memory request in bytes).
@@ -106,6 +109,7 @@ impl Node {
             oom_floor,
             cgroups,
             missing_controllers: missing,
+            userns: userns::Allocator::open(&cfg.root_dir.join("userns.json"))?,
             cpu_capacity,
             admitted: std::sync::Mutex::new(BTreeMap::new()),
             images,
@@ -500,9 +504,11 @@ fn pod_on_disk(node: &Node, uid: &str) -> Pod {
         })
 }
 
-/// Releases network attachments of sandboxes that no longer exist (after a crash or reboot).
+/// Releases network attachments and user namespace ranges of sandboxes that no longer exist
+/// (after a crash or reboot).
 pub fn network_gc(node: &Node) {
     let live = uids_on_disk(node);
+    node.userns.retain(&live);
     if let Err(e) = node.network.gc(&live) {
         tracing::warn!("CNI GC: {e}");
     }

@@ -39,6 +39,10 @@ pub struct SandboxConfig {
     pub pause_cgroup: String,
     /// libcontainer's state root.
     pub state_root: PathBuf,
+    /// Pause gets a new user namespace with this mapping (`hostUsers: false`); the pod's other
+    /// namespaces are owned by it.
+    #[serde(default)]
+    pub userns: Option<crate::spec::IdRange>,
     /// OOM score adjustment of the shim itself.
     #[serde(default)]
     pub shim_oom_score_adj: Option<i32>,

@@ -140,12 +140,20 @@ fn pause_main(cfg: &SandboxConfig) -> i32 {
     // Pause moves itself into its cgroup ("0" is the writer). A cgroup v1 migration waits for
     // an RCU grace period (~10 ms); done here it overlaps with the shim getting ready and the
     // agent preparing the first container, instead of delaying both.
+    // In a new user namespace it may not create cgroups: the shim places it instead.
+    if cfg.userns.is_some() {
+        return pause_wait();
+    }
     let placed = cgroup_manager(&cfg.pause_cgroup)
         .and_then(|m| m.add_task(Pid::from_raw(0)).map_err(|e| e.to_string()));
     if let Err(e) = placed {
         eprintln!("pause: joining cgroup {}: {e}", cfg.pause_cgroup);
         return 4;
     }
+    pause_wait()
+}
+
+fn pause_wait() -> i32 {
     let mut set = SigSet::empty();
     set.add(Signal::SIGCHLD);
     set.add(Signal::SIGTERM);
@@ -217,9 +225,31 @@ impl Shim {
         if cfg.new_pid {
             flags |= libc::CLONE_NEWPID;
         }
+        if cfg.userns.is_some() {
+            flags |= libc::CLONE_NEWUSER;
+        }
         let pause_cfg = cfg.clone();
         let pause_pid = sys::clone_into(flags, &mut || pause_main(&pause_cfg))
             .map_err(|e| format!("creating the pause process: {e}"))?;
+        if let Some(range) = &cfg.userns {
+            // Written from outside (only a privileged parent may map a whole range); before any
+            // container joins, since the agent waits for the sandbox to be ready.
+            for f in ["uid_map", "gid_map"] {
+                let path = format!("/proc/{pause_pid}/{f}");
+                if let Err(e) = fs::write(&path, range.map_line()) {
+                    let _ = nix::sys::signal::kill(Pid::from_raw(pause_pid), Signal::SIGKILL);
+                    return Err(format!("{path}: {e}"));
+                }
+            }
+            let placed = cgroup_manager(&cfg.pause_cgroup).and_then(|m| {
+                m.add_task(Pid::from_raw(pause_pid))
+                    .map_err(|e| e.to_string())
+            });
+            if let Err(e) = placed {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pause_pid), Signal::SIGKILL);
+                return Err(format!("placing pause in {}: {e}", cfg.pause_cgroup));
+            }
+        }
 
         let sock = dir.join(super::SOCKET_FILE);
         let _ = fs::remove_file(&sock);

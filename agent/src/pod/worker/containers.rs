@@ -126,8 +126,20 @@ impl Worker {
             .images
             .lowerdirs(&image)
             .map_err(|e| fail("CreateContainerError", e.to_string()))?;
-        rootfs::mount_overlay(&lowers, &inst.join("upper"), &inst.join("work"), &root)
-            .map_err(|e| fail("CreateContainerError", e.to_string()))?;
+        let pause = self.shim.as_ref().map(|s| s.pause_pid).unwrap_or(0);
+        match self.node.userns.get(&self.uid) {
+            Some(r) => rootfs::mount_overlay_idmapped(
+                &lowers,
+                &inst.join("upper"),
+                &inst.join("work"),
+                &root,
+                Path::new(&format!("/proc/{pause}/ns/user")),
+                (r.host_id, r.host_id),
+                &inst.join("idmapped"),
+            ),
+            None => rootfs::mount_overlay(&lowers, &inst.join("upper"), &inst.join("work"), &root),
+        }
+        .map_err(|e| fail("CreateContainerError", e.to_string()))?;
         let id = hex::encode(rand_bytes());
         let result = async {
             let config = self
@@ -202,13 +214,14 @@ impl Worker {
                     .as_ref()
                     .and_then(|s| s.fs_group)
                     .and_then(|g| u32::try_from(g).ok());
-                let mode = if let Some(g) = fs_group {
-                    std::os::unix::fs::chown(&d, None, Some(g))
+                // In a user namespace, IDs are the pod's: the host sees them shifted.
+                let shift = self.node.userns.get(&self.uid).map_or(0, |r| r.host_id);
+                if fs_group.is_some() || shift > 0 {
+                    let g = fs_group.unwrap_or(0).saturating_add(shift);
+                    std::os::unix::fs::chown(&d, Some(shift), Some(g))
                         .map_err(|e| format!("volume {:?}: {e}", vol.name))?;
-                    0o2777
-                } else {
-                    0o777
-                };
+                }
+                let mode = if fs_group.is_some() { 0o2777 } else { 0o777 };
                 let _ = std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode));
                 d
             } else if let Some(hp) = &vol.host_path {
@@ -310,6 +323,14 @@ impl Worker {
         let (uid, gid, additional_gids) =
             translate::user(root, image.config.user.as_deref(), pod_sc, sc)?;
         let pause = self.shim.as_ref().map(|s| s.pause_pid).unwrap_or(0);
+        let userns = self
+            .node
+            .userns
+            .get(&self.uid)
+            .map(|range| podlet_runtime::spec::UserNs {
+                path: PathBuf::from(format!("/proc/{pause}/ns/user")),
+                range,
+            });
         let join = |kind: &str| Ns::Join(PathBuf::from(format!("/proc/{pause}/ns/{kind}")));
         let etc = self.data_dir.join("etc");
         let mut mounts = vec![
@@ -413,6 +434,7 @@ impl Worker {
             sysctls,
             unmasked_proc,
             devices,
+            userns,
         })
     }
 }

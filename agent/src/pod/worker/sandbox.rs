@@ -84,7 +84,14 @@ impl Worker {
         std::fs::write(etc.join("hosts"), hosts)?;
         std::fs::write(etc.join("hostname"), format!("{hostname}\n"))?;
         let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
-        std::fs::write(etc.join("resolv.conf"), resolv)
+        std::fs::write(etc.join("resolv.conf"), resolv)?;
+        // In a user namespace the files belong to the pod's root, as the kubelet chowns them.
+        if let Some(r) = self.node.userns.get(&self.uid) {
+            for f in ["hosts", "hostname", "resolv.conf"] {
+                std::os::unix::fs::chown(etc.join(f), Some(r.host_id), Some(r.host_id))?;
+            }
+        }
+        Ok(())
     }
 
     pub(super) async fn create_sandbox(&mut self) -> Result<(), String> {
@@ -96,6 +103,11 @@ impl Worker {
         if self.start_time.is_none() {
             self.start_time = Some(status::now());
         }
+        let userns = if self.spec.host_users == Some(false) {
+            Some(self.node.userns.allocate(&self.uid)?)
+        } else {
+            None
+        };
         self.write_etc_files().map_err(|e| io("etc files", e))?;
         let host_network = self.spec.host_network.unwrap_or(false);
         let sandbox = SandboxConfig {
@@ -108,6 +120,7 @@ impl Worker {
             pause_cgroup: format!("{}/pause", self.pod_cgroup),
             state_root: self.node.cfg.container_state_root(),
             shim_oom_score_adj: Some((-999).max(self.node.oom_floor)),
+            userns,
         };
         std::fs::write(
             self.run_dir.join(shim::SANDBOX_FILE),
@@ -243,6 +256,7 @@ impl Worker {
         }
         self.rejected = Some(("Evicted".into(), message));
         self.node.release(&self.uid);
+        self.node.userns.release(&self.uid);
         self.node.update_qos_cgroups();
         self.publish();
         self.node.eviction_done(&self.uid);
@@ -318,6 +332,7 @@ impl Worker {
         let _ = std::fs::remove_dir_all(&self.log_dir);
         self.node.forget(&self.uid);
         self.node.release(&self.uid);
+        self.node.userns.release(&self.uid);
         self.node.update_qos_cgroups();
         tracing::info!("pod stopped and cleaned up");
     }
