@@ -12,6 +12,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+# etcd for the etcd-backend tests: Debian's etcd-server binary, unpacked into the build tree
+# rather than installed (the package would start a machine-wide etcd service).
+root=$(cd "$(dirname "$0")/.." && pwd)
+if [ ! -x "$root/target/tools/usr/bin/etcd" ]; then
+  mkdir -p "$root/target/tools/debs"
+  (cd "$root/target/tools/debs" && apt-get download -qq -o APT::Sandbox::User=root etcd-server)
+  dpkg-deb -x "$root"/target/tools/debs/etcd-server_*.deb "$root/target/tools"
+fi
 if ! command -v cargo >/dev/null; then
   echo "cargo not found: install a Rust toolchain >= 1.85 (rustup), then run this again" >&2
   exit 1
