@@ -33,6 +33,25 @@ struct Cli {
 enum Cmd {
     /// Run the node agent.
     Run(Box<RunFlags>),
+    /// Run the control plane (apiserver) alone.
+    ControlPlane {
+        /// Where the embedded store keeps its data.
+        #[arg(long, default_value = "/var/lib/podlet/control-plane")]
+        data_dir: PathBuf,
+        /// Address to serve the Kubernetes API on.
+        #[arg(long, default_value = "127.0.0.1:6443")]
+        listen: std::net::SocketAddr,
+        /// etcd members (comma-separated `http://host:port`); the embedded store when empty.
+        #[arg(long, value_delimiter = ',')]
+        etcd_servers: Vec<String>,
+        /// Where to write the administrator's kubeconfig.
+        #[arg(long, default_value = "/etc/podlet/admin.kubeconfig")]
+        admin_kubeconfig: PathBuf,
+        /// How often to compact store history older than one interval (kube-apiserver's
+        /// `--etcd-compaction-interval`).
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        etcd_compaction_interval: std::time::Duration,
+    },
     /// List pods and their containers.
     Ps,
     /// Print a container's logs.
@@ -183,6 +202,32 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
+        Cmd::ControlPlane {
+            data_dir,
+            listen,
+            etcd_servers,
+            admin_kubeconfig,
+            etcd_compaction_interval,
+        } => {
+            let cfg = podlet_control_plane::Config {
+                data_dir,
+                listen,
+                etcd_servers,
+                admin_kubeconfig: Some(admin_kubeconfig),
+                compaction_interval: etcd_compaction_interval,
+            };
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(async {
+                    tokio::select! {
+                        r = podlet_control_plane::run(cfg, None) => r,
+                        _ = tokio::signal::ctrl_c() => Ok(()),
+                    }
+                })?;
+            Ok(0)
+        }
         Cmd::Run(flags) => {
             let cfg = Config::load(&cli.paths, &flags)?;
             tokio::runtime::Builder::new_multi_thread()
@@ -238,4 +283,21 @@ async fn agent(cfg: Config) -> Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; pods keep running"),
     }
     Ok(())
+}
+
+/// A Go-style duration as Kubernetes flags take them: `300ms`, `10s`, `5m`, `1h`.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map(|i| s.split_at(i))
+        .ok_or_else(|| format!("{s:?}: missing unit (ms, s, m or h)"))?;
+    let n: f64 = num.parse().map_err(|_| format!("{s:?}: not a duration"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m or h)")),
+    };
+    Ok(std::time::Duration::from_secs_f64(secs))
 }

@@ -578,4 +578,5 @@ impl Drop for TestNode {
             .status();
     }
 }
+pub mod apiserver;
 pub mod cni;

@@ -1,0 +1,1377 @@
+//! The apiserver: Kubernetes' REST API over a [`Store`]. It keeps no state of its own (every
+//! object, revision and watch comes from the store), so several apiservers can share one etcd.
+
+pub mod discovery;
+pub mod objects;
+pub mod patch;
+pub mod protobuf;
+pub mod resources;
+pub mod selectors;
+pub mod status;
+pub mod table;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use base64::Engine;
+use serde_json::{json, Value};
+
+use crate::store::{Event, EventKind, KeyValue, Rev, Store, StoreError};
+use resources::Resource;
+use selectors::{FieldSelector, LabelSelector};
+use status::ApiError;
+
+/// Kubernetes' limit on request bodies.
+const MAX_BODY: usize = 3 * 1024 * 1024;
+
+pub struct ApiServer {
+    pub store: Arc<dyn Store>,
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+pub fn router(server: Arc<ApiServer>) -> Router {
+    Router::new()
+        .fallback(dispatch)
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(server)
+}
+
+fn json_response(code: StatusCode, v: &Value) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+fn store_error(r: &Resource, name: &str, e: StoreError) -> ApiError {
+    match e {
+        StoreError::AlreadyExists(_) => ApiError::already_exists(r, name),
+        StoreError::NotFound(_) => ApiError::not_found(r, name),
+        StoreError::Conflict { .. } => ApiError::conflict(r, name),
+        StoreError::Compacted {
+            requested, current, ..
+        } => ApiError::gone(format!("too old resource version: {requested} ({current})")),
+        StoreError::Backend(m) => ApiError::internal(m),
+    }
+}
+
+/// The stored object with its `resourceVersion`.
+fn decode_kv(kv: &KeyValue) -> Value {
+    let mut v: Value = serde_json::from_slice(&kv.value).unwrap_or(Value::Null);
+    if v.is_object() {
+        v["metadata"]["resourceVersion"] = json!(kv.mod_rev.to_string());
+    }
+    v
+}
+
+fn encode(obj: &Value) -> Vec<u8> {
+    let mut o = obj.clone();
+    if let Some(m) = o["metadata"].as_object_mut() {
+        m.remove("resourceVersion");
+    }
+    serde_json::to_vec(&o).expect("values serialize")
+}
+
+/// What a request addresses.
+struct Target {
+    r: &'static Resource,
+    ns: Option<String>,
+    name: Option<String>,
+    sub: Option<String>,
+    watch_path: bool,
+}
+
+fn parse_target(path: &str) -> Option<Result<Target, ApiError>> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, version, rest) = match segs.as_slice() {
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return None,
+    };
+    let (watch_path, rest) = match rest {
+        ["watch", rest @ ..] => (true, rest),
+        _ => (false, rest),
+    };
+    let find = |plural: &str| resources::find(group, version, plural);
+    let t = |r, ns: Option<&str>, name: Option<&str>, sub: Option<&str>| {
+        Some(Ok(Target {
+            r,
+            ns: ns.map(str::to_owned),
+            name: name.map(str::to_owned),
+            sub: sub.map(str::to_owned),
+            watch_path,
+        }))
+    };
+    let not_found = || {
+        Some(Err(ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )))
+    };
+    match rest {
+        ["namespaces", ns, plural, tail @ ..] if find(plural).is_some_and(|r| r.namespaced) => {
+            let r = find(plural).unwrap();
+            match tail {
+                [] => t(r, Some(ns), None, None),
+                [name] => t(r, Some(ns), Some(name), None),
+                [name, sub] => t(r, Some(ns), Some(name), Some(sub)),
+                _ => not_found(),
+            }
+        }
+        [plural, tail @ ..] => {
+            let Some(r) = find(plural) else {
+                return not_found();
+            };
+            match tail {
+                [] => t(r, None, None, None),
+                [name] if !r.namespaced => t(r, None, Some(name), None),
+                [name, sub] if !r.namespaced => t(r, None, Some(name), Some(sub)),
+                _ => not_found(),
+            }
+        }
+        [] => None,
+    }
+}
+
+fn query_map(uri: &Uri) -> HashMap<String, String> {
+    uri.query()
+        .and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .collect()
+}
+
+fn wants_table(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.split(',').next().is_some_and(|f| f.contains("as=Table")))
+}
+
+async fn dispatch(
+    State(server): State<Arc<ApiServer>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => return ApiError::too_large().into_response(),
+    };
+    let path = uri.path().to_string();
+    let q = query_map(&uri);
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("127.0.0.1")
+        .to_string();
+    let res = match (method.clone(), path.as_str()) {
+        (Method::GET, "/version") => Ok(json_response(StatusCode::OK, &discovery::version())),
+        (Method::GET, "/healthz" | "/livez" | "/readyz") => {
+            match server.store.current_rev().await {
+                Ok(_) => Ok((StatusCode::OK, "ok").into_response()),
+                Err(e) => Err(ApiError::internal(format!("storage: {e}"))),
+            }
+        }
+        (Method::GET, "/api") => Ok(match discovery::wants_aggregated(&accept) {
+            Some(v) => aggregated_response(true, v),
+            None => json_response(StatusCode::OK, &discovery::api_versions(&host)),
+        }),
+        (Method::GET, "/apis") => Ok(match discovery::wants_aggregated(&accept) {
+            Some(v) => aggregated_response(false, v),
+            None => json_response(StatusCode::OK, &discovery::api_group_list()),
+        }),
+        (Method::GET, "/openapi/v2" | "/swagger-2.0.0.pb-v1") => Ok(openapi_v2(&accept)),
+        (Method::GET, "/openapi/v3") => Ok(json_response(
+            StatusCode::OK,
+            &discovery::openapi_v3_index(),
+        )),
+        (Method::GET, p) if p.starts_with("/openapi/v3/") => {
+            let key = p.trim_start_matches("/openapi/v3/");
+            match discovery::OPENAPI_V3.get(key) {
+                Some((_, doc)) => Ok((
+                    StatusCode::OK,
+                    [
+                        (header::CONTENT_TYPE, "application/json"),
+                        (header::CACHE_CONTROL, "public, immutable"),
+                    ],
+                    doc.clone(),
+                )
+                    .into_response()),
+                None => Err(ApiError::new(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                )),
+            }
+        }
+        (Method::GET, "/api/v1") => Ok(json_response(
+            StatusCode::OK,
+            &discovery::resource_list("", "v1").unwrap(),
+        )),
+        (Method::GET, p)
+            if p.starts_with("/apis/") && p.trim_matches('/').split('/').count() <= 3 =>
+        {
+            let segs: Vec<&str> = p.trim_matches('/').split('/').collect();
+            let found = match segs.as_slice() {
+                [_, g] => discovery::api_group(g),
+                [_, g, v] => discovery::resource_list(g, v),
+                _ => None,
+            };
+            found
+                .map(|v| json_response(StatusCode::OK, &v))
+                .ok_or_else(|| {
+                    ApiError::new(
+                        404,
+                        "NotFound",
+                        "the server could not find the requested resource",
+                    )
+                })
+        }
+        _ => match parse_target(&path) {
+            None => Err(ApiError::new(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            )),
+            Some(Err(e)) => Err(e),
+            Some(Ok(t)) => {
+                let req = Req {
+                    server: &server,
+                    q: &q,
+                    headers: &headers,
+                    table: wants_table(&headers),
+                };
+                req.resource(method, t, body).await
+            }
+        },
+    };
+    res.unwrap_or_else(|e| e.into_response())
+}
+
+fn aggregated_response(core: bool, version: &str) -> Response {
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            format!("application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList"),
+        )],
+        discovery::aggregated(core, version).to_string(),
+    )
+        .into_response()
+}
+
+fn openapi_v2(accept: &str) -> Response {
+    if accept.contains("protobuf") {
+        // An empty protobuf document: older kubectl then reads /openapi/v3 for everything.
+        return (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+            )],
+            Vec::new(),
+        )
+            .into_response();
+    }
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        discovery::OPENAPI_V2.clone(),
+    )
+        .into_response()
+}
+
+struct Req<'a> {
+    server: &'a ApiServer,
+    q: &'a HashMap<String, String>,
+    headers: &'a HeaderMap,
+    table: bool,
+}
+
+impl Req<'_> {
+    fn store(&self) -> &dyn Store {
+        &*self.server.store
+    }
+
+    fn param(&self, k: &str) -> Option<&str> {
+        self.q.get(k).map(String::as_str).filter(|s| !s.is_empty())
+    }
+
+    /// A server-side apply request (its managedFields entry is made by `patch::apply`).
+    fn is_apply(&self) -> bool {
+        self.headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|c| c.to_str().ok())
+            .is_some_and(|c| c.contains("apply-patch"))
+    }
+
+    fn dry_run(&self) -> bool {
+        self.param("dryRun") == Some("All")
+    }
+
+    fn field_manager(&self) -> String {
+        if let Some(m) = self.param("fieldManager") {
+            return m.to_string();
+        }
+        // Kubernetes' default: the user agent's program name.
+        self.headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|ua| ua.split('/').next())
+            .filter(|s| !s.is_empty())
+            .unwrap_or("unknown")
+            .to_string()
+    }
+
+    fn respond(
+        &self,
+        r: &Resource,
+        code: StatusCode,
+        obj: &Value,
+        warnings: &[String],
+    ) -> Response {
+        let body = if self.table {
+            table::table(
+                r,
+                std::slice::from_ref(obj),
+                json!({"resourceVersion": obj["metadata"]["resourceVersion"]}),
+                self.param("includeObject").unwrap_or("Metadata"),
+                true,
+            )
+        } else {
+            obj.clone()
+        };
+        let mut resp = json_response(code, &body);
+        for w in warnings {
+            if let Ok(v) = format!("299 - \"{}\"", w.replace('"', "'")).parse() {
+                resp.headers_mut().append(header::WARNING, v);
+            }
+        }
+        resp
+    }
+
+    async fn resource(&self, method: Method, t: Target, body: Bytes) -> ApiResult {
+        let r = t.r;
+        if t.ns.is_none() && r.namespaced && t.name.is_some() {
+            return Err(ApiError::new(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ));
+        }
+        let watch = t.watch_path || matches!(self.param("watch"), Some("true") | Some("1"));
+        match (method, t.name.as_deref(), t.sub.as_deref()) {
+            (Method::GET, None, None) if watch => self.watch(r, t.ns.as_deref(), None).await,
+            (Method::GET, Some(name), None) if watch => {
+                self.watch(r, t.ns.as_deref(), Some(name)).await
+            }
+            (Method::GET, None, None) => self.list(r, t.ns.as_deref()).await,
+            (_, _, _) if !r.stored => Err(ApiError::method_not_allowed(
+                "the server does not allow this method on the requested resource",
+            )),
+            (Method::POST, None, None) => self.create(r, t.ns.as_deref(), &body).await,
+            (Method::DELETE, None, None) => self.delete_collection(r, t.ns.as_deref(), &body).await,
+            (Method::GET, Some(name), None | Some("status")) => {
+                let kv = self
+                    .store()
+                    .get(&r.key(t.ns.as_deref(), name))
+                    .await
+                    .map_err(|e| store_error(r, name, e))?
+                    .ok_or_else(|| ApiError::not_found(r, name))?;
+                Ok(self.respond(r, StatusCode::OK, &decode_kv(&kv), &[]))
+            }
+            (Method::PUT, Some(name), sub @ (None | Some("status"))) => {
+                self.update(r, t.ns.as_deref(), name, &body, sub).await
+            }
+            (Method::PATCH, Some(name), sub @ (None | Some("status"))) => {
+                self.patch(r, t.ns.as_deref(), name, &body, sub).await
+            }
+            (Method::DELETE, Some(name), None) => {
+                self.delete(r, t.ns.as_deref(), name, &body).await
+            }
+            (Method::POST, Some(name), Some("binding")) if r.plural == "pods" => {
+                self.bind(t.ns.as_deref().unwrap_or("default"), name, &body)
+                    .await
+            }
+            (Method::POST, Some(name), Some("eviction")) if r.plural == "pods" => {
+                self.delete(r, t.ns.as_deref(), name, &Bytes::new()).await?;
+                Ok(json_response(
+                    StatusCode::CREATED,
+                    &status::success(json!({"name": name, "kind": "pods"})),
+                ))
+            }
+            (_, Some(_), Some(sub))
+                if r.status && sub == "status" || r.subresources.contains(&sub) =>
+            {
+                Err(ApiError::method_not_allowed(format!(
+                    "the server does not allow this method on the requested resource ({sub})"
+                )))
+            }
+            _ => Err(ApiError::new(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            )),
+        }
+    }
+
+    fn selectors(&self, r: &Resource) -> Result<(LabelSelector, FieldSelector), ApiError> {
+        let ls = LabelSelector::parse(self.param("labelSelector").unwrap_or(""))
+            .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?;
+        let fs = FieldSelector::parse(self.param("fieldSelector").unwrap_or(""), r.plural)
+            .map_err(ApiError::bad_request)?;
+        Ok((ls, fs))
+    }
+
+    fn prefix(r: &Resource, ns: Option<&str>) -> String {
+        match ns {
+            Some(ns) if r.namespaced => format!("{}{ns}/", r.prefix()),
+            _ => r.prefix(),
+        }
+    }
+
+    async fn list(&self, r: &'static Resource, ns: Option<&str>) -> ApiResult {
+        let (ls, fs) = self.selectors(r)?;
+        if !r.stored {
+            let items = self.virtual_list(r).await;
+            return Ok(self.list_response(r, items, json!({"resourceVersion": ""})));
+        }
+        let limit: usize = self
+            .param("limit")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0);
+        let (at, start) = match self.param("continue") {
+            Some(tok) => {
+                let (rev, start) = decode_continue(tok)
+                    .ok_or_else(|| ApiError::bad_request("continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)"))?;
+                (Some(rev), Some(start))
+            }
+            None => match (
+                self.param("resourceVersion"),
+                self.param("resourceVersionMatch"),
+            ) {
+                (Some(rv), Some("Exact")) => (Some(parse_rv(rv)?), None),
+                _ => (None, None),
+            },
+        };
+        let (kvs, rev) = match self.store().list(&Self::prefix(r, ns), at).await {
+            Ok(x) => x,
+            Err(StoreError::Compacted { .. }) if start.is_some() => {
+                return Err(ApiError::gone("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list."));
+            }
+            Err(e) => return Err(store_error(r, "", e)),
+        };
+        let mut items = Vec::new();
+        let mut next = None;
+        let mut remaining = 0i64;
+        for kv in kvs
+            .iter()
+            .filter(|kv| start.as_ref().is_none_or(|s| kv.key > *s))
+        {
+            let obj = decode_kv(kv);
+            if !ls.matches(&obj) || !fs.matches(&obj) {
+                continue;
+            }
+            if limit > 0 && items.len() == limit {
+                remaining += 1;
+                continue;
+            }
+            if limit > 0 && items.len() + 1 == limit {
+                next = Some(kv.key.clone());
+            }
+            items.push(obj);
+        }
+        let mut meta = json!({"resourceVersion": rev.to_string()});
+        if remaining > 0 {
+            if let Some(last) = next {
+                meta["continue"] = json!(encode_continue(rev, &last));
+                meta["remainingItemCount"] = json!(remaining);
+            }
+        }
+        Ok(self.list_response(r, items, meta))
+    }
+
+    fn list_response(&self, r: &Resource, items: Vec<Value>, meta: Value) -> Response {
+        if self.table {
+            let t = table::table(
+                r,
+                &items,
+                meta,
+                self.param("includeObject").unwrap_or("Metadata"),
+                true,
+            );
+            return json_response(StatusCode::OK, &t);
+        }
+        let items: Vec<Value> = items
+            .into_iter()
+            .map(|mut o| {
+                if let Some(m) = o.as_object_mut() {
+                    m.remove("kind");
+                    m.remove("apiVersion");
+                }
+                o
+            })
+            .collect();
+        json_response(
+            StatusCode::OK,
+            &json!({"kind": r.list_kind(), "apiVersion": r.api_version(), "metadata": meta, "items": items}),
+        )
+    }
+
+    async fn virtual_list(&self, r: &Resource) -> Vec<Value> {
+        match r.plural {
+            "componentstatuses" => {
+                let healthy = self.store().current_rev().await.is_ok();
+                vec![json!({
+                    "kind": "ComponentStatus", "apiVersion": "v1",
+                    "metadata": {"name": "etcd-0"},
+                    "conditions": [{"type": "Healthy", "status": if healthy { "True" } else { "False" }, "message": if healthy { "ok" } else { "storage unreachable" }}],
+                })]
+            }
+            _ => vec![],
+        }
+    }
+
+    /// NamespaceLifecycle: the namespace exists and is not being deleted.
+    async fn check_namespace(&self, r: &Resource, ns: &str) -> Result<(), ApiError> {
+        if !r.namespaced {
+            return Ok(());
+        }
+        let nsr = resources::find("", "v1", "namespaces").unwrap();
+        match self.store().get(&nsr.key(None, ns)).await {
+            Ok(Some(kv)) => {
+                let obj = decode_kv(&kv);
+                if obj["status"]["phase"] == "Terminating" {
+                    return Err(ApiError::forbidden(format!(
+                        "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                        r.plural, ""
+                    )));
+                }
+                Ok(())
+            }
+            Ok(None) => Err(ApiError::not_found(nsr, ns)),
+            Err(e) => Err(ApiError::internal(e.to_string())),
+        }
+    }
+
+    fn parse_body(&self, body: &Bytes) -> Result<Value, ApiError> {
+        let ct = self
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json");
+        if ct.starts_with(protobuf::MEDIA_TYPE) {
+            protobuf::decode(body)
+        } else if ct.contains("yaml") {
+            serde_yaml::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
+        } else {
+            serde_json::from_slice(body).map_err(|e| {
+                ApiError::bad_request(format!(
+                    "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (couldn't decode: {e})"
+                ))
+            })
+        }
+    }
+
+    async fn create(&self, r: &'static Resource, ns: Option<&str>, body: &Bytes) -> ApiResult {
+        let input = self.parse_body(body)?;
+        let validation = self.param("fieldValidation").unwrap_or("Warn");
+        let (mut obj, warnings) = objects::decode(r, &input, validation)?;
+        let ns = if r.namespaced {
+            let url_ns = ns.unwrap_or("default");
+            match obj["metadata"]["namespace"].as_str() {
+                Some(n) if !n.is_empty() && n != url_ns => {
+                    return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
+                }
+                _ => {}
+            }
+            obj["metadata"]["namespace"] = json!(url_ns);
+            Some(url_ns.to_string())
+        } else {
+            if let Some(m) = obj["metadata"].as_object_mut() {
+                m.remove("namespace");
+            }
+            None
+        };
+        if obj["metadata"]["resourceVersion"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty())
+        {
+            return Err(ApiError::bad_request(
+                "resourceVersion should not be set on objects to be created",
+            ));
+        }
+        if obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty()
+        {
+            if let Some(base) = obj["metadata"]["generateName"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+            {
+                obj["metadata"]["name"] = json!(objects::generated_name(base));
+            }
+        }
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let now = objects::now();
+        {
+            let m = obj["metadata"].as_object_mut().unwrap();
+            m.insert("uid".into(), json!(objects::new_uid()));
+            m.insert("creationTimestamp".into(), json!(now));
+            for k in ["deletionTimestamp", "deletionGracePeriodSeconds"] {
+                m.remove(k);
+            }
+            if !self.is_apply() {
+                m.remove("managedFields");
+            }
+            if r.group == "apps" {
+                m.insert("generation".into(), json!(1));
+            }
+        }
+        objects::apply_defaults(r, &mut obj);
+        let causes = objects::validate(r, &obj);
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(r, &name, causes));
+        }
+        if let Some(ns) = &ns {
+            self.check_namespace(r, ns).await?;
+        }
+        if r.plural == "pods" {
+            self.admit_priority(&mut obj).await?;
+        }
+        if !self.is_apply() {
+            patch::record_update(
+                &mut obj,
+                &self.field_manager(),
+                &r.api_version(),
+                &now,
+                None,
+            );
+        }
+        if self.dry_run() {
+            return Ok(self.respond(r, StatusCode::CREATED, &obj, &warnings));
+        }
+        let kv = self
+            .store()
+            .create(&r.key(ns.as_deref(), &name), encode(&obj))
+            .await
+            .map_err(|e| store_error(r, &name, e))?;
+        obj["metadata"]["resourceVersion"] = json!(kv.mod_rev.to_string());
+        if r.plural == "namespaces" {
+            self.ensure_default_service_account(&name).await;
+        }
+        Ok(self.respond(r, StatusCode::CREATED, &obj, &warnings))
+    }
+
+    /// The Priority admission plugin: `priorityClassName` resolves to `spec.priority`.
+    async fn admit_priority(&self, pod: &mut Value) -> Result<(), ApiError> {
+        let Some(pc) = pod["spec"]["priorityClassName"].as_str().map(str::to_owned) else {
+            return Ok(());
+        };
+        let pcr = resources::find("scheduling.k8s.io", "v1", "priorityclasses").unwrap();
+        match self.store().get(&pcr.key(None, &pc)).await {
+            Ok(Some(kv)) => {
+                let class = decode_kv(&kv);
+                pod["spec"]["priority"] = class["value"].clone();
+                if let Some(p) = class["preemptionPolicy"].as_str() {
+                    pod["spec"]["preemptionPolicy"] = json!(p);
+                }
+                Ok(())
+            }
+            _ => Err(ApiError::forbidden(format!(
+                "pods \"{}\" is forbidden: no PriorityClass with name {pc} was found",
+                pod["metadata"]["name"].as_str().unwrap_or_default()
+            ))),
+        }
+    }
+
+    async fn ensure_default_service_account(&self, ns: &str) {
+        ensure_default_service_account(self.store(), ns).await;
+    }
+
+    /// Writes `obj` over the current object (at `current.mod_rev`), handling what updates share:
+    /// preserved system metadata, status subresource rules, generation, validation, and
+    /// removal once the last finalizer is gone from an object being deleted.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_update(
+        &self,
+        r: &'static Resource,
+        ns: Option<&str>,
+        name: &str,
+        current: &KeyValue,
+        mut obj: Value,
+        sub: Option<&str>,
+        warnings: &[String],
+    ) -> ApiResult {
+        let old = decode_kv(current);
+        if obj["metadata"]["name"].as_str().is_some_and(|n| n != name) {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({}) does not match the name on the URL ({name})",
+                obj["metadata"]["name"].as_str().unwrap_or_default()
+            )));
+        }
+        if let Some(rv) = obj["metadata"]["resourceVersion"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+        {
+            if rv != current.mod_rev.to_string() {
+                return Err(ApiError::conflict(r, name));
+            }
+        }
+        let manager = self.field_manager();
+        let now = objects::now();
+        if sub == Some("status") {
+            let status = obj["status"].clone();
+            obj = old.clone();
+            obj["status"] = status;
+        } else {
+            if r.status {
+                match old.get("status") {
+                    Some(st) => obj["status"] = st.clone(),
+                    None => {
+                        if let Some(m) = obj.as_object_mut() {
+                            m.remove("status");
+                        }
+                    }
+                }
+            }
+            for k in [
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "namespace",
+                "generation",
+            ] {
+                match old["metadata"].get(k) {
+                    Some(v) => obj["metadata"][k] = v.clone(),
+                    None => {
+                        if let Some(m) = obj["metadata"].as_object_mut() {
+                            m.remove(k);
+                        }
+                    }
+                }
+            }
+            if obj["metadata"]["managedFields"].is_null() {
+                obj["metadata"]["managedFields"] = old["metadata"]["managedFields"].clone();
+            }
+            if r.group == "apps" && obj["spec"] != old["spec"] {
+                obj["metadata"]["generation"] =
+                    json!(old["metadata"]["generation"].as_i64().unwrap_or(0) + 1);
+            }
+            objects::apply_defaults(r, &mut obj);
+            let causes = objects::validate(r, &obj);
+            if !causes.is_empty() {
+                return Err(ApiError::invalid(r, name, causes));
+            }
+        }
+        obj["apiVersion"] = json!(r.api_version());
+        obj["kind"] = json!(r.kind);
+        if obj["metadata"]["managedFields"].is_null() {
+            if let Some(m) = obj["metadata"].as_object_mut() {
+                m.remove("managedFields");
+            }
+        }
+        if !self.is_apply() {
+            patch::record_update(&mut obj, &manager, &r.api_version(), &now, sub);
+        }
+        let key = r.key(ns, name);
+        let deleting = !obj["metadata"]["deletionTimestamp"].is_null();
+        let finalizers_left = obj["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty());
+        let pod_waits = r.plural == "pods"
+            && obj["metadata"]["deletionGracePeriodSeconds"]
+                .as_i64()
+                .unwrap_or(0)
+                > 0;
+        if self.dry_run() {
+            obj["metadata"]["resourceVersion"] = json!(current.mod_rev.to_string());
+            return Ok(self.respond(r, StatusCode::OK, &obj, warnings));
+        }
+        if deleting && !finalizers_left && !pod_waits {
+            let kv = self
+                .store()
+                .delete(&key, Some(current.mod_rev))
+                .await
+                .map_err(|e| store_error(r, name, e))?;
+            obj["metadata"]["resourceVersion"] = json!(kv.mod_rev.to_string());
+            return Ok(self.respond(r, StatusCode::OK, &obj, warnings));
+        }
+        let kv = self
+            .store()
+            .update(&key, encode(&obj), Some(current.mod_rev))
+            .await
+            .map_err(|e| store_error(r, name, e))?;
+        obj["metadata"]["resourceVersion"] = json!(kv.mod_rev.to_string());
+        Ok(self.respond(r, StatusCode::OK, &obj, warnings))
+    }
+
+    async fn update(
+        &self,
+        r: &'static Resource,
+        ns: Option<&str>,
+        name: &str,
+        body: &Bytes,
+        sub: Option<&str>,
+    ) -> ApiResult {
+        let input = self.parse_body(body)?;
+        let validation = self.param("fieldValidation").unwrap_or("Warn");
+        let (obj, warnings) = objects::decode(r, &input, validation)?;
+        let current = self
+            .store()
+            .get(&r.key(ns, name))
+            .await
+            .map_err(|e| store_error(r, name, e))?
+            .ok_or_else(|| ApiError::not_found(r, name))?;
+        self.write_update(r, ns, name, &current, obj, sub, &warnings)
+            .await
+    }
+
+    async fn patch(
+        &self,
+        r: &'static Resource,
+        ns: Option<&str>,
+        name: &str,
+        body: &Bytes,
+        sub: Option<&str>,
+    ) -> ApiResult {
+        let ct = self
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        let is_apply = ct == "application/apply-patch+yaml" || ct == "application/apply-patch+cbor";
+        if is_apply && self.param("fieldManager").is_none() {
+            return Err(ApiError::bad_request(
+                "PATCH requests of type apply must have fieldManager",
+            ));
+        }
+        let patch_doc: Value = if is_apply {
+            serde_yaml::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
+        } else {
+            serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?
+        };
+        let validation = self.param("fieldValidation").unwrap_or("Warn");
+        // Patches are retried on a concurrent write, as the kube-apiserver does.
+        for _ in 0..5 {
+            let current = self
+                .store()
+                .get(&r.key(ns, name))
+                .await
+                .map_err(|e| store_error(r, name, e))?;
+            let Some(current) = current else {
+                if is_apply {
+                    // Apply creates what does not exist.
+                    let applied = patch::apply(
+                        None,
+                        &patch_doc,
+                        &self.field_manager(),
+                        &r.api_version(),
+                        &objects::now(),
+                    );
+                    let mut bytes = serde_json::to_vec(&applied).unwrap();
+                    if let Some(m) =
+                        serde_json::from_slice::<Value>(&bytes)
+                            .ok()
+                            .and_then(|mut v| {
+                                v["metadata"]["namespace"] = json!(ns);
+                                serde_json::to_vec(&v).ok()
+                            })
+                    {
+                        bytes = m;
+                    }
+                    return self.create(r, ns, &Bytes::from(bytes)).await;
+                }
+                return Err(ApiError::not_found(r, name));
+            };
+            let old = decode_kv(&current);
+            let patched = match ct.as_str() {
+                "application/json-patch+json" => {
+                    let ops: json_patch::Patch = serde_json::from_value(patch_doc.clone())
+                        .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+                    let mut v = old.clone();
+                    json_patch::patch(&mut v, &ops).map_err(|e| ApiError::new(422, "Invalid", format!("the server rejected our request due to an error in our request: {e}")))?;
+                    v
+                }
+                "application/merge-patch+json" => {
+                    let mut v = old.clone();
+                    json_patch::merge(&mut v, &patch_doc);
+                    v
+                }
+                "application/strategic-merge-patch+json" => {
+                    let mut v = old.clone();
+                    patch::strategic_merge(&mut v, &patch_doc);
+                    v
+                }
+                _ if is_apply => patch::apply(
+                    Some(&old),
+                    &patch_doc,
+                    &self.field_manager(),
+                    &r.api_version(),
+                    &objects::now(),
+                ),
+                other => {
+                    return Err(ApiError::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {other:?})")));
+                }
+            };
+            let (obj, warnings) = objects::decode(r, &patched, validation)?;
+            match self
+                .write_update(r, ns, name, &current, obj, sub, &warnings)
+                .await
+            {
+                Err(e)
+                    if e.reason == "Conflict"
+                        && patch_doc["metadata"]["resourceVersion"].is_null() =>
+                {
+                    continue
+                }
+                other => return other,
+            }
+        }
+        Err(ApiError::conflict(r, name))
+    }
+
+    async fn delete(
+        &self,
+        r: &'static Resource,
+        ns: Option<&str>,
+        name: &str,
+        body: &Bytes,
+    ) -> ApiResult {
+        let opts: Value = if body.is_empty() {
+            json!({})
+        } else {
+            serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?
+        };
+        let grace_param = self
+            .param("gracePeriodSeconds")
+            .and_then(|g| g.parse::<i64>().ok())
+            .or_else(|| opts["gracePeriodSeconds"].as_i64());
+        let key = r.key(ns, name);
+        let current = self
+            .store()
+            .get(&key)
+            .await
+            .map_err(|e| store_error(r, name, e))?
+            .ok_or_else(|| ApiError::not_found(r, name))?;
+        let mut obj = decode_kv(&current);
+        if let Some(uid) = opts["preconditions"]["uid"].as_str() {
+            if obj["metadata"]["uid"] != uid {
+                return Err(ApiError::new(409, "Conflict", format!("Operation cannot be fulfilled on {} \"{name}\": Precondition failed: UID in precondition: {uid}, UID in object meta: {}", r.qualified(), obj["metadata"]["uid"].as_str().unwrap_or_default())));
+            }
+        }
+        if let Some(rv) = opts["preconditions"]["resourceVersion"].as_str() {
+            if rv != current.mod_rev.to_string() {
+                return Err(ApiError::conflict(r, name));
+            }
+        }
+        let now = jiff::Timestamp::now();
+        let stamp = |secs: i64| {
+            (now + jiff::SignedDuration::from_secs(secs))
+                .round(jiff::Unit::Second)
+                .unwrap()
+                .strftime("%Y-%m-%dT%H:%M:%SZ")
+                .to_string()
+        };
+        if r.plural == "namespaces" {
+            if obj["status"]["phase"] != "Terminating" {
+                obj["status"]["phase"] = json!("Terminating");
+                obj["metadata"]["deletionTimestamp"] = json!(stamp(0));
+                obj["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+                if !self.dry_run() {
+                    let kv = self
+                        .store()
+                        .update(&key, encode(&obj), Some(current.mod_rev))
+                        .await
+                        .map_err(|e| store_error(r, name, e))?;
+                    obj["metadata"]["resourceVersion"] = json!(kv.mod_rev.to_string());
+                    let store = self.server.store.clone();
+                    let ns = name.to_string();
+                    tokio::spawn(async move { finalize_namespace(store, ns).await });
+                }
+            }
+            return Ok(self.respond(r, StatusCode::OK, &obj, &[]));
+        }
+        let finalizers = obj["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty());
+        let mut grace = 0;
+        if r.plural == "pods" {
+            let bound = obj["spec"]["nodeName"]
+                .as_str()
+                .is_some_and(|n| !n.is_empty());
+            let done = matches!(
+                obj["status"]["phase"].as_str(),
+                Some("Succeeded" | "Failed")
+            );
+            grace = grace_param
+                .or_else(|| obj["spec"]["terminationGracePeriodSeconds"].as_i64())
+                .unwrap_or(30)
+                .max(0);
+            if !bound || done {
+                grace = 0;
+            }
+        }
+        if grace > 0 || finalizers {
+            // Graceful deletion: the object stays, marked, until the kubelet (or the last
+            // finalizer's owner) finishes it.
+            let existing = obj["metadata"]["deletionGracePeriodSeconds"].as_i64();
+            if existing.is_some_and(|e| e <= grace)
+                && !obj["metadata"]["deletionTimestamp"].is_null()
+            {
+                return Ok(self.respond(r, StatusCode::OK, &obj, &[]));
+            }
+            if grace > 0 || obj["metadata"]["deletionTimestamp"].is_null() {
+                obj["metadata"]["deletionTimestamp"] = json!(stamp(grace));
+                obj["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+            }
+            if !finalizers && grace == 0 {
+                // fall through to removal
+            } else {
+                if !self.dry_run() {
+                    let kv = self
+                        .store()
+                        .update(&key, encode(&obj), Some(current.mod_rev))
+                        .await
+                        .map_err(|e| store_error(r, name, e))?;
+                    obj["metadata"]["resourceVersion"] = json!(kv.mod_rev.to_string());
+                }
+                return Ok(self.respond(r, StatusCode::OK, &obj, &[]));
+            }
+        }
+        if self.dry_run() {
+            return Ok(self.respond(r, StatusCode::OK, &obj, &[]));
+        }
+        let kv = self
+            .store()
+            .delete(&key, Some(current.mod_rev))
+            .await
+            .map_err(|e| store_error(r, name, e))?;
+        let mut gone = decode_kv(&kv);
+        gone["metadata"]["resourceVersion"] = json!(kv.mod_rev.to_string());
+        Ok(self.respond(r, StatusCode::OK, &gone, &[]))
+    }
+
+    async fn delete_collection(
+        &self,
+        r: &'static Resource,
+        ns: Option<&str>,
+        body: &Bytes,
+    ) -> ApiResult {
+        let (ls, fs) = self.selectors(r)?;
+        let (kvs, _) = self
+            .store()
+            .list(&Self::prefix(r, ns), None)
+            .await
+            .map_err(|e| store_error(r, "", e))?;
+        let mut items = Vec::new();
+        for kv in kvs {
+            let obj = decode_kv(&kv);
+            if !ls.matches(&obj) || !fs.matches(&obj) {
+                continue;
+            }
+            let name = obj["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let ons = obj["metadata"]["namespace"].as_str().map(str::to_owned);
+            match self.delete(r, ons.as_deref(), &name, body).await {
+                Ok(_) | Err(ApiError { code: 404, .. }) => items.push(obj),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(self.list_response(r, items, json!({})))
+    }
+
+    /// `pods/binding`: the scheduler's (or anyone's) assignment of a pod to a node.
+    async fn bind(&self, ns: &str, name: &str, body: &Bytes) -> ApiResult {
+        let r = resources::find("", "v1", "pods").unwrap();
+        let binding: Value = self.parse_body(body)?;
+        let node = binding["target"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if node.is_empty() {
+            return Err(ApiError::invalid(
+                r,
+                name,
+                vec![(
+                    "FieldValueRequired",
+                    "target.name".into(),
+                    "target.name: Required value".into(),
+                )],
+            ));
+        }
+        let key = r.key(Some(ns), name);
+        let current = self
+            .store()
+            .get(&key)
+            .await
+            .map_err(|e| store_error(r, name, e))?
+            .ok_or_else(|| ApiError::not_found(r, name))?;
+        let mut pod = decode_kv(&current);
+        if pod["spec"]["nodeName"]
+            .as_str()
+            .is_some_and(|n| !n.is_empty())
+        {
+            return Err(ApiError::new(409, "Conflict", format!("Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is already assigned to node \"{}\"", pod["spec"]["nodeName"].as_str().unwrap_or_default())));
+        }
+        if !pod["metadata"]["deletionTimestamp"].is_null() {
+            return Err(ApiError::new(409, "Conflict", format!("Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is being deleted, cannot be assigned to a host")));
+        }
+        pod["spec"]["nodeName"] = json!(node);
+        let conds = pod["status"]
+            .as_object_mut()
+            .map(|s| s.entry("conditions").or_insert_with(|| json!([])));
+        if let Some(Value::Array(c)) = conds {
+            c.retain(|c| c["type"] != "PodScheduled");
+            c.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": objects::now()}));
+        }
+        self.store()
+            .update(&key, encode(&pod), Some(current.mod_rev))
+            .await
+            .map_err(|e| store_error(r, name, e))?;
+        Ok(json_response(
+            StatusCode::CREATED,
+            &status::success(json!({})),
+        ))
+    }
+
+    async fn watch(&self, r: &'static Resource, ns: Option<&str>, name: Option<&str>) -> ApiResult {
+        let (ls, mut fs) = self.selectors(r)?;
+        if let Some(n) = name {
+            fs = FieldSelector::parse(&format!("metadata.name={n}"), r.plural).unwrap();
+        }
+        let prefix = Self::prefix(r, ns);
+        let bookmarks = matches!(self.param("allowWatchBookmarks"), Some("true") | Some("1"));
+        let timeout = self
+            .param("timeoutSeconds")
+            .and_then(|t| t.parse::<u64>().ok())
+            .unwrap_or(1800);
+        let rv = self.param("resourceVersion").unwrap_or("0");
+        let store = self.server.store.clone();
+        let mut initial = Vec::new();
+        let from: Rev = if rv == "0" {
+            let (kvs, rev) = store
+                .list(&prefix, None)
+                .await
+                .map_err(|e| store_error(r, "", e))?;
+            initial = kvs
+                .iter()
+                .map(decode_kv)
+                .filter(|o| ls.matches(o) && fs.matches(o))
+                .collect();
+            rev
+        } else {
+            parse_rv(rv)?
+        };
+        let table = self.table;
+        let include = self
+            .param("includeObject")
+            .unwrap_or("Metadata")
+            .to_string();
+        let w = store.watch(&prefix, from).await;
+        let stream = async_stream::stream! {
+            let mut first = true;
+            let render = |ty: &str, obj: &Value, first: &mut bool| -> Bytes {
+                let o = if table {
+                    let t = table::table(r, std::slice::from_ref(obj), json!({"resourceVersion": obj["metadata"]["resourceVersion"]}), &include, *first);
+                    *first = false;
+                    t
+                } else {
+                    obj.clone()
+                };
+                let mut line = serde_json::to_vec(&json!({"type": ty, "object": o})).unwrap();
+                line.push(b'\n');
+                Bytes::from(line)
+            };
+            let mut w = match w {
+                Ok(w) => w,
+                Err(StoreError::Compacted { requested, current, .. }) => {
+                    let e = ApiError::gone(format!("too old resource version: {requested} ({current})"));
+                    let mut line = serde_json::to_vec(&json!({"type": "ERROR", "object": e.body()})).unwrap();
+                    line.push(b'\n');
+                    yield Ok::<_, std::io::Error>(Bytes::from(line));
+                    return;
+                }
+                Err(e) => {
+                    let e = ApiError::internal(e.to_string());
+                    let mut line = serde_json::to_vec(&json!({"type": "ERROR", "object": e.body()})).unwrap();
+                    line.push(b'\n');
+                    yield Ok(Bytes::from(line));
+                    return;
+                }
+            };
+            for o in initial {
+                yield Ok(render("ADDED", &o, &mut first));
+            }
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
+            let mut last_rev = from;
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    ev = w.recv() => {
+                        let Some(ev) = ev else { return };
+                        last_rev = ev.kv.mod_rev;
+                        if let Some((ty, obj)) = watch_event(&ev, &ls, &fs) {
+                            yield Ok(render(ty, &obj, &mut first));
+                        }
+                    }
+                    _ = tick.tick(), if bookmarks => {
+                        let b = json!({"type": "BOOKMARK", "object": {"kind": r.kind, "apiVersion": r.api_version(), "metadata": {"resourceVersion": last_rev.to_string()}}});
+                        let mut line = serde_json::to_vec(&b).unwrap();
+                        line.push(b'\n');
+                        yield Ok(Bytes::from(line));
+                    }
+                    _ = tokio::time::sleep_until(deadline) => return,
+                }
+            }
+        };
+        Ok((
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (header::TRANSFER_ENCODING, "chunked"),
+            ],
+            Body::from_stream(stream),
+        )
+            .into_response())
+    }
+}
+
+/// The watch event a store event is for a client with these selectors: objects moving into
+/// the selection are ADDED, out of it DELETED.
+fn watch_event(
+    ev: &Event,
+    ls: &LabelSelector,
+    fs: &FieldSelector,
+) -> Option<(&'static str, Value)> {
+    let mut obj = decode_kv(&ev.kv);
+    obj["metadata"]["resourceVersion"] = json!(ev.kv.mod_rev.to_string());
+    let now = ls.matches(&obj) && fs.matches(&obj);
+    let before = ev
+        .prev
+        .as_ref()
+        .map(decode_kv)
+        .is_some_and(|p| ls.matches(&p) && fs.matches(&p));
+    match ev.kind {
+        EventKind::Delete => before.then_some(("DELETED", obj)),
+        EventKind::Put => match (before, now) {
+            (false, true) => Some(("ADDED", obj)),
+            (true, true) => Some(("MODIFIED", obj)),
+            (true, false) => Some(("DELETED", obj)),
+            (false, false) => None,
+        },
+    }
+}
+
+fn parse_rv(rv: &str) -> Result<Rev, ApiError> {
+    rv.parse::<Rev>()
+        .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv:?}")))
+}
+
+fn encode_continue(rev: Rev, last_key: &str) -> String {
+    base64::engine::general_purpose::STANDARD
+        .encode(json!({"v": "meta.k8s.io/v1", "rv": rev, "start": last_key}).to_string())
+}
+
+fn decode_continue(tok: &str) -> Option<(Rev, String)> {
+    let raw = base64::engine::general_purpose::STANDARD.decode(tok).ok()?;
+    let v: Value = serde_json::from_slice(&raw).ok()?;
+    Some((v["rv"].as_i64()?, v["start"].as_str()?.to_string()))
+}
+
+async fn ensure_default_service_account(store: &dyn Store, ns: &str) {
+    let sa = resources::find("", "v1", "serviceaccounts").unwrap();
+    let obj = json!({"kind": "ServiceAccount", "apiVersion": "v1", "metadata": {"name": "default", "namespace": ns, "uid": objects::new_uid(), "creationTimestamp": objects::now()}});
+    let _ = store
+        .create(&sa.key(Some(ns), "default"), encode(&obj))
+        .await;
+}
+
+/// The namespace controller's job: deletes what the namespace holds, then the namespace.
+async fn finalize_namespace(store: Arc<dyn Store>, ns: String) {
+    for r in resources::RESOURCES
+        .iter()
+        .filter(|r| r.namespaced && r.stored)
+    {
+        let prefix = format!("{}{ns}/", r.prefix());
+        if let Ok((kvs, _)) = store.list(&prefix, None).await {
+            for kv in kvs {
+                let _ = store.delete(&kv.key, None).await;
+            }
+        }
+    }
+    let nsr = resources::find("", "v1", "namespaces").unwrap();
+    let _ = store.delete(&nsr.key(None, &ns), None).await;
+}
+
+/// Objects every cluster starts with; creating them is idempotent, so apiservers sharing one
+/// store may all do it.
+pub async fn bootstrap(store: &dyn Store) -> anyhow::Result<()> {
+    let nsr = resources::find("", "v1", "namespaces").unwrap();
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        let mut obj = json!({"kind": "Namespace", "apiVersion": "v1", "metadata": {"name": ns, "uid": objects::new_uid(), "creationTimestamp": objects::now()}});
+        objects::apply_defaults(nsr, &mut obj);
+        match store.create(&nsr.key(None, ns), encode(&obj)).await {
+            Ok(_) | Err(StoreError::AlreadyExists(_)) => {}
+            Err(e) => anyhow::bail!("creating namespace {ns}: {e}"),
+        }
+        ensure_default_service_account(store, ns).await;
+    }
+    let pcr = resources::find("scheduling.k8s.io", "v1", "priorityclasses").unwrap();
+    for (name, value, desc) in [
+        ("system-node-critical", 2_000_001_000, "Used for system critical pods that must not be moved from their current node."),
+        ("system-cluster-critical", 2_000_000_000, "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary."),
+    ] {
+        let obj = json!({"kind": "PriorityClass", "apiVersion": "scheduling.k8s.io/v1", "metadata": {"name": name, "uid": objects::new_uid(), "creationTimestamp": objects::now()}, "value": value, "description": desc, "preemptionPolicy": "PreemptLowerPriority"});
+        let _ = store.create(&pcr.key(None, name), encode(&obj)).await;
+    }
+    Ok(())
+}
+
+/// Compacts history older than five minutes, every five minutes, as the kube-apiserver does.
+pub async fn compactor(store: Arc<dyn Store>, every: Duration) {
+    let mut previous: Option<Rev> = None;
+    loop {
+        tokio::time::sleep(every).await;
+        if let Some(rev) = previous {
+            if let Err(e) = store.compact(rev).await {
+                tracing::warn!("compaction to {rev}: {e}");
+            }
+        }
+        previous = store.current_rev().await.ok();
+    }
+}

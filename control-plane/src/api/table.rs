@@ -1,0 +1,401 @@
+//! `as=Table` responses: the columns `kubectl get` prints (priority 1 only with `-o wide`), as the
+//! kube-apiserver's printers define them for each resource.
+
+use serde_json::{json, Value};
+
+use super::resources::Resource;
+
+fn col(name: &str, ty: &str, priority: u8, description: &str) -> Value {
+    json!({"name": name, "type": ty, "format": if name == "Name" { "name" } else { "" }, "description": description, "priority": priority})
+}
+
+/// Kubernetes' short human duration (`5s`, `3m20s`, `2d3h`).
+pub fn age(ts: &str) -> String {
+    let Ok(t) = ts.parse::<jiff::Timestamp>() else {
+        return "<unknown>".into();
+    };
+    let secs = (jiff::Timestamp::now().as_second() - t.as_second()).max(0);
+    human(secs)
+}
+
+fn human(s: i64) -> String {
+    let (m, h, d) = (s / 60, s / 3600, s / 86400);
+    if s < 120 {
+        format!("{s}s")
+    } else if m < 10 {
+        if s % 60 == 0 {
+            format!("{m}m")
+        } else {
+            format!("{m}m{}s", s % 60)
+        }
+    } else if h < 3 {
+        format!("{m}m")
+    } else if h < 8 {
+        if m % 60 == 0 {
+            format!("{h}h")
+        } else {
+            format!("{h}h{}m", m % 60)
+        }
+    } else if h < 48 {
+        format!("{h}h")
+    } else if d < 8 {
+        if h % 24 == 0 {
+            format!("{d}d")
+        } else {
+            format!("{d}d{}h", h % 24)
+        }
+    } else if d < 365 * 2 {
+        format!("{d}d")
+    } else {
+        format!("{}y", d / 365)
+    }
+}
+
+fn s(v: &Value) -> String {
+    v.as_str().unwrap_or("<none>").to_string()
+}
+
+fn columns(r: &Resource) -> Vec<Value> {
+    let name = col(
+        "Name",
+        "string",
+        0,
+        "Name must be unique within a namespace.",
+    );
+    let age = col("Age", "string", 0, "CreationTimestamp is a timestamp representing the server time when this object was created.");
+    match r.plural {
+        "pods" => vec![
+            name,
+            col("Ready", "string", 0, "The aggregate readiness state of this pod for accepting traffic."),
+            col("Status", "string", 0, "The aggregate status of the containers in this pod."),
+            col("Restarts", "string", 0, "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted."),
+            age,
+            col("IP", "string", 1, "IP address allocated to the pod. Routable at least within the cluster. Empty if not yet allocated."),
+            col("Node", "string", 1, "Name of the Node this pod is assigned to."),
+            col("Nominated Node", "string", 1, "nominatedNodeName is set only when this pod preempts other pods on the node."),
+            col("Readiness Gates", "string", 1, "If specified, all readiness gates will be evaluated for pod readiness."),
+        ],
+        "nodes" => vec![
+            name,
+            col("Status", "string", 0, "The status of the node"),
+            col("Roles", "string", 0, "The roles of the node"),
+            age,
+            col("Version", "string", 0, "Kubelet Version reported by the node."),
+            col("Internal-IP", "string", 1, "List of internal IPs."),
+            col("External-IP", "string", 1, "List of external IPs."),
+            col("OS-Image", "string", 1, "OS Image reported by the node from /etc/os-release."),
+            col("Kernel-Version", "string", 1, "Kernel Version reported by the node from 'uname -r'."),
+            col("Container-Runtime", "string", 1, "Container Runtime Version reported by the node through runtime remote API."),
+        ],
+        "namespaces" => vec![
+            name,
+            col("Status", "string", 0, "The status of the namespace"),
+            age,
+        ],
+        "services" => vec![
+            name,
+            col("Type", "string", 0, "The type of the service."),
+            col("Cluster-IP", "string", 0, "The cluster IP of the service."),
+            col("External-IP", "string", 0, "The external IP of the service."),
+            col("Port(s)", "string", 0, "The ports of the service."),
+            age,
+            col("Selector", "string", 1, "The selector of the service."),
+        ],
+        "configmaps" => vec![name, col("Data", "string", 0, "Number of data entries."), age],
+        "secrets" => vec![
+            name,
+            col("Type", "string", 0, "The type of the secret."),
+            col("Data", "string", 0, "Number of data entries."),
+            age,
+        ],
+        "serviceaccounts" => vec![name, col("Secrets", "string", 0, "Number of secrets."), age],
+        "deployments" => vec![
+            name,
+            col("Ready", "string", 0, "Number of the pod with ready state."),
+            col("Up-to-date", "string", 0, "Total number of non-terminated pods targeted by this deployment that have the desired template spec."),
+            col("Available", "string", 0, "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment."),
+            age,
+        ],
+        "componentstatuses" => vec![
+            name,
+            col("Status", "string", 0, "Status of the component conditions"),
+            col("Message", "string", 0, "Message of the component conditions"),
+            col("Error", "string", 0, "Error of the component conditions"),
+        ],
+        _ => vec![name, age],
+    }
+}
+
+fn pod_cells(p: &Value) -> Vec<Value> {
+    let statuses = p["status"]["containerStatuses"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let total = p["spec"]["containers"].as_array().map_or(0, Vec::len);
+    let ready = statuses.iter().filter(|c| c["ready"] == true).count();
+    let restarts: i64 = statuses
+        .iter()
+        .map(|c| c["restartCount"].as_i64().unwrap_or(0))
+        .sum();
+    let mut reason = p["status"]["reason"]
+        .as_str()
+        .or(p["status"]["phase"].as_str())
+        .unwrap_or("Unknown")
+        .to_string();
+    for c in p["status"]["initContainerStatuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if let Some(w) = c["state"]["waiting"]["reason"].as_str() {
+            if w != "PodInitializing" {
+                reason = format!("Init:{w}");
+            }
+        }
+    }
+    for c in statuses.iter().rev() {
+        if let Some(w) = c["state"]["waiting"]["reason"].as_str() {
+            reason = w.to_string();
+        } else if let Some(t) = c["state"]["terminated"].as_object() {
+            reason = t
+                .get("reason")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .unwrap_or_else(|| {
+                    format!(
+                        "ExitCode:{}",
+                        t.get("exitCode").and_then(Value::as_i64).unwrap_or(0)
+                    )
+                });
+        }
+    }
+    if !p["metadata"]["deletionTimestamp"].is_null() {
+        reason = "Terminating".into();
+    }
+    let ip = p["status"]["podIP"].as_str().unwrap_or("<none>");
+    vec![
+        json!(p["metadata"]["name"]),
+        json!(format!("{ready}/{total}")),
+        json!(reason),
+        json!(restarts.to_string()),
+        json!(age(p["metadata"]["creationTimestamp"]
+            .as_str()
+            .unwrap_or_default())),
+        json!(ip),
+        json!(p["spec"]["nodeName"].as_str().unwrap_or("<none>")),
+        json!(p["status"]["nominatedNodeName"]
+            .as_str()
+            .unwrap_or("<none>")),
+        json!("<none>"),
+    ]
+}
+
+fn node_cells(n: &Value) -> Vec<Value> {
+    let ready = n["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Ready")
+        .map(|c| {
+            if c["status"] == "True" {
+                "Ready"
+            } else {
+                "NotReady"
+            }
+        })
+        .unwrap_or("Unknown");
+    let mut status = ready.to_string();
+    if n["spec"]["unschedulable"] == true {
+        status.push_str(",SchedulingDisabled");
+    }
+    let roles: Vec<String> = n["metadata"]["labels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, _)| {
+            k.strip_prefix("node-role.kubernetes.io/")
+                .map(str::to_owned)
+        })
+        .collect();
+    let addr = |t: &str| {
+        n["status"]["addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["type"] == t)
+            .and_then(|a| a["address"].as_str())
+            .unwrap_or("<none>")
+            .to_string()
+    };
+    let info = &n["status"]["nodeInfo"];
+    vec![
+        json!(n["metadata"]["name"]),
+        json!(status),
+        json!(if roles.is_empty() {
+            "<none>".into()
+        } else {
+            roles.join(",")
+        }),
+        json!(age(n["metadata"]["creationTimestamp"]
+            .as_str()
+            .unwrap_or_default())),
+        json!(s(&info["kubeletVersion"])),
+        json!(addr("InternalIP")),
+        json!(addr("ExternalIP")),
+        json!(s(&info["osImage"])),
+        json!(s(&info["kernelVersion"])),
+        json!(s(&info["containerRuntimeVersion"])),
+    ]
+}
+
+fn cells(r: &Resource, o: &Value) -> Vec<Value> {
+    let name = json!(o["metadata"]["name"]);
+    let created = json!(age(o["metadata"]["creationTimestamp"]
+        .as_str()
+        .unwrap_or_default()));
+    let count = |v: &Value| v.as_object().map_or(0, |m| m.len());
+    match r.plural {
+        "pods" => pod_cells(o),
+        "nodes" => node_cells(o),
+        "namespaces" => vec![name, json!(s(&o["status"]["phase"])), created],
+        "services" => {
+            let ports: Vec<String> = o["spec"]["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| format!("{}/{}", p["port"], p["protocol"].as_str().unwrap_or("TCP")))
+                .collect();
+            let sel: Vec<String> = o["spec"]["selector"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect();
+            vec![
+                name,
+                json!(s(&o["spec"]["type"])),
+                json!(o["spec"]["clusterIP"].as_str().unwrap_or("None")),
+                json!("<none>"),
+                json!(if ports.is_empty() {
+                    "<none>".into()
+                } else {
+                    ports.join(",")
+                }),
+                created,
+                json!(if sel.is_empty() {
+                    "<none>".into()
+                } else {
+                    sel.join(",")
+                }),
+            ]
+        }
+        "configmaps" => vec![
+            name,
+            json!(count(&o["data"]) + count(&o["binaryData"])),
+            created,
+        ],
+        "secrets" => vec![
+            name,
+            json!(s(&o["type"])),
+            json!(count(&o["data"])),
+            created,
+        ],
+        "serviceaccounts" => vec![
+            name,
+            json!(o["secrets"].as_array().map_or(0, Vec::len)),
+            created,
+        ],
+        "deployments" => {
+            let st = &o["status"];
+            vec![
+                name,
+                json!(format!(
+                    "{}/{}",
+                    st["readyReplicas"].as_i64().unwrap_or(0),
+                    o["spec"]["replicas"].as_i64().unwrap_or(1)
+                )),
+                json!(st["updatedReplicas"].as_i64().unwrap_or(0)),
+                json!(st["availableReplicas"].as_i64().unwrap_or(0)),
+                created,
+            ]
+        }
+        "componentstatuses" => {
+            let c = &o["conditions"][0];
+            vec![
+                name,
+                json!(if c["status"] == "True" {
+                    "Healthy"
+                } else {
+                    "Unhealthy"
+                }),
+                json!(c["message"].as_str().unwrap_or_default()),
+                json!(c["error"].as_str().unwrap_or_default()),
+            ]
+        }
+        _ => vec![name, created],
+    }
+}
+
+/// The row's object as `includeObject` asks: `None`, `Metadata` (the default) or `Object`.
+fn row_object(r: &Resource, o: &Value, include: &str) -> Value {
+    match include {
+        "None" => Value::Null,
+        "Object" => o.clone(),
+        _ => json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"], "_kind": r.kind})
+            .as_object()
+            .map(|m| {
+                let mut m = m.clone();
+                m.remove("_kind");
+                Value::Object(m)
+            })
+            .unwrap(),
+    }
+}
+
+/// A Table of `objects`, with list metadata (`resourceVersion`, `continue`).
+pub fn table(
+    r: &Resource,
+    objects: &[Value],
+    list_meta: Value,
+    include: &str,
+    headers: bool,
+) -> Value {
+    let rows: Vec<Value> = objects
+        .iter()
+        .map(|o| json!({"cells": cells(r, o), "object": row_object(r, o, include)}))
+        .collect();
+    let mut t = json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": list_meta, "rows": rows});
+    if headers {
+        t["columnDefinitions"] = json!(columns(r));
+    } else {
+        t["columnDefinitions"] = json!([]);
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_like_kubectls() {
+        assert_eq!(human(5), "5s");
+        assert_eq!(human(200), "3m20s");
+        assert_eq!(human(3600 * 5 + 60 * 7), "5h7m");
+        assert_eq!(human(86400 * 3 + 3600), "3d1h");
+    }
+
+    #[test]
+    fn pod_rows_have_kubectls_columns() {
+        let r = super::super::resources::find("", "v1", "pods").unwrap();
+        let p = json!({"metadata": {"name": "a", "creationTimestamp": "2020-01-01T00:00:00Z"}, "spec": {"containers": [{"name": "c"}], "nodeName": "n1"}, "status": {"phase": "Running", "podIP": "10.0.0.5", "containerStatuses": [{"ready": true, "restartCount": 2}]}});
+        let t = table(r, &[p], json!({"resourceVersion": "7"}), "Metadata", true);
+        assert_eq!(t["columnDefinitions"].as_array().unwrap().len(), 9);
+        let cells = &t["rows"][0]["cells"];
+        assert_eq!(cells[1], "1/1");
+        assert_eq!(cells[2], "Running");
+        assert_eq!(cells[3], "2");
+        assert_eq!(cells[5], "10.0.0.5");
+        assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+    }
+}

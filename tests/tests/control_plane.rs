@@ -1,0 +1,544 @@
+//! End-to-end: the apiserver driven by real kubectl 1.27 and 1.33, raw bad requests, restarts of
+//! the embedded store, compaction, and two apiservers sharing one real etcd.
+
+use std::time::{Duration, Instant};
+
+use podlet_e2e::apiserver::ControlPlane;
+use serde_json::Value;
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn ok(out: &podlet_e2e::Output, what: &str) -> String {
+    assert_eq!(out.code, 0, "{what}: {}{}", out.stdout, out.stderr);
+    out.stdout.clone()
+}
+
+const APP: &str = r#"apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: cfg
+  labels: {app: web}
+data:
+  a: "1"
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: c
+        image: busybox:1.36
+"#;
+
+fn drive(cp: &ControlPlane, v: u32) {
+    let ns = format!("k{v}");
+    let k = |args: &[&str]| cp.kubectl(v, args);
+    let kn = |args: &[&str]| {
+        let mut a = vec!["-n", ns.as_str()];
+        a.extend_from_slice(args);
+        cp.kubectl(v, &a)
+    };
+    assert!(ok(&k(&["create", "namespace", &ns]), "create ns").contains("created"));
+
+    // apply twice: the second is a no-op.
+    let apply = |what: &str| {
+        let out = cp.kubectl_env(v, &["-n", &ns, "apply", "-f", "-"], &[], Some(APP));
+        ok(&out, what)
+    };
+    let first = apply("first apply");
+    assert!(
+        first.contains("configmap/cfg created") && first.contains("deployment.apps/web created"),
+        "{first}"
+    );
+    let second = apply("second apply");
+    assert!(
+        second.contains("configmap/cfg unchanged")
+            && second.contains("deployment.apps/web unchanged"),
+        "{second}"
+    );
+    let yaml = ok(&kn(&["get", "deploy", "web", "-o", "yaml"]), "get -o yaml");
+    assert!(
+        yaml.contains("replicas: 2") && yaml.contains("generation: 1") && yaml.contains("uid: "),
+        "{yaml}"
+    );
+    assert!(
+        yaml.contains("kubectl.kubernetes.io/last-applied-configuration"),
+        "{yaml}"
+    );
+
+    // run, get -o wide with kubectl's columns, label and select.
+    assert!(ok(
+        &kn(&[
+            "run",
+            "p",
+            "--image=busybox",
+            "--restart=Never",
+            "--",
+            "sleep",
+            "1"
+        ]),
+        "run"
+    )
+    .contains("pod/p created"));
+    let wide = ok(&kn(&["get", "pods", "-o", "wide"]), "get -o wide");
+    let header: Vec<&str> = wide.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header[..6],
+        ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP"],
+        "{wide}"
+    );
+    assert!(wide.contains("NOMINATED NODE"), "{wide}");
+    let row: Vec<&str> = wide.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row[..3], ["p", "0/1", "Pending"], "{wide}");
+    assert!(ok(&kn(&["label", "pod", "p", "tier=x"]), "label").contains("pod/p labeled"));
+    assert_eq!(
+        ok(
+            &kn(&["get", "pods", "-l", "tier=x", "-o", "name"]),
+            "select"
+        )
+        .trim(),
+        "pod/p"
+    );
+    assert!(ok(
+        &kn(&["get", "pods", "-l", "tier!=x", "-o", "name"]),
+        "select"
+    )
+    .trim()
+    .is_empty());
+    ok(&kn(&["annotate", "cm", "cfg", "note=hi"]), "annotate");
+    assert_eq!(
+        ok(
+            &kn(&[
+                "get",
+                "cm",
+                "cfg",
+                "-o",
+                "jsonpath={.metadata.annotations.note}"
+            ]),
+            "annotation"
+        ),
+        "hi"
+    );
+
+    // edit through an editor script.
+    let editor = cp.dir.path().join("editor.sh");
+    std::fs::write(&editor, "#!/bin/sh\nsed -i 's/a: \"1\"/a: \"5\"/' \"$1\"\n").unwrap();
+    std::process::Command::new("chmod")
+        .arg("755")
+        .arg(&editor)
+        .status()
+        .unwrap();
+    let e = cp.kubectl_env(
+        v,
+        &["-n", &ns, "edit", "cm", "cfg"],
+        &[("KUBE_EDITOR", editor.to_str().unwrap())],
+        None,
+    );
+    assert!(
+        ok(&e, "edit").contains("configmap/cfg edited"),
+        "{}",
+        e.stdout
+    );
+    assert_eq!(
+        ok(
+            &kn(&["get", "cm", "cfg", "-o", "jsonpath={.data.a}"]),
+            "get edited"
+        ),
+        "5"
+    );
+
+    let d = ok(&kn(&["describe", "pod", "p"]), "describe");
+    assert!(
+        d.contains("Name:") && d.contains("Namespace:") && d.contains(&ns) && d.contains("Pending"),
+        "{d}"
+    );
+
+    // get -w sees a create and a delete.
+    let wfile = cp.dir.path().join(format!("watch-{v}"));
+    let mut w = cp.kubectl_spawn(v, &["-n", &ns, "get", "cm", "-w"], &wfile);
+    wait_until("the watch's initial list", || {
+        std::fs::read_to_string(&wfile)
+            .unwrap_or_default()
+            .contains("cfg")
+    });
+    ok(
+        &kn(&["create", "configmap", "w1", "--from-literal=x=1"]),
+        "create cm",
+    );
+    ok(&kn(&["delete", "configmap", "w1"]), "delete cm");
+    wait_until("watch events", || {
+        std::fs::read_to_string(&wfile)
+            .unwrap_or_default()
+            .matches("w1")
+            .count()
+            >= 2
+    });
+    let _ = w.kill();
+    let _ = w.wait();
+
+    let ex = ok(&k(&["explain", "pod.spec.restartPolicy"]), "explain");
+    assert!(
+        ex.contains("restartPolicy") && ex.contains("Always"),
+        "{ex}"
+    );
+    let ar = ok(&k(&["api-resources"]), "api-resources");
+    assert!(
+        ar.lines()
+            .any(|l| l.starts_with("deployments") && l.contains("apps/v1")),
+        "{ar}"
+    );
+    assert!(
+        ar.lines()
+            .any(|l| l.starts_with("pods") && l.contains(" po ")),
+        "{ar}"
+    );
+    let cs = ok(&k(&["get", "componentstatuses"]), "get cs");
+    assert!(cs.contains("etcd-0") && cs.contains("Healthy"), "{cs}");
+
+    // Server-side apply, twice.
+    for _ in 0..2 {
+        let out = cp.kubectl_env(
+            v,
+            &[
+                "-n",
+                &ns,
+                "apply",
+                "--server-side",
+                "--field-manager=ssa",
+                "-f",
+                "-",
+            ],
+            &[],
+            Some(&APP.replace("name: cfg", "name: ssa")),
+        );
+        assert!(ok(&out, "apply --server-side").contains("configmap/ssa serverside-applied"));
+    }
+    let mf = ok(
+        &kn(&[
+            "get",
+            "cm",
+            "ssa",
+            "-o",
+            "jsonpath={.metadata.managedFields[*].operation}",
+            "--show-managed-fields",
+        ]),
+        "managed fields",
+    );
+    assert_eq!(mf.trim(), "Apply");
+
+    // Bad input is refused with Kubernetes' messages, and nothing is stored.
+    let bad = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: Bad_Name\nspec:\n  containers:\n  - name: c\n    image: busybox\n";
+    let out = cp.kubectl_env(v, &["-n", &ns, "create", "-f", "-"], &[], Some(bad));
+    assert!(
+        out.stderr.contains(
+            "The Pod \"Bad_Name\" is invalid: metadata.name: Invalid value: \"Bad_Name\""
+        ),
+        "{}",
+        out.stderr
+    );
+    let unknown = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: strict\nspec:\n  containers:\n  - name: c\n    image: busybox\n    bogus: 1\n";
+    let out = cp.kubectl_env(v, &["-n", &ns, "create", "-f", "-"], &[], Some(unknown));
+    assert!(
+        out.stderr
+            .contains("unknown field \"spec.containers[0].bogus\""),
+        "{}",
+        out.stderr
+    );
+    assert!(kn(&["get", "pod", "strict"]).stderr.contains("NotFound"));
+
+    // delete, then the namespace and everything in it.
+    let out = cp.kubectl_env(v, &["-n", &ns, "delete", "-f", "-"], &[], Some(APP));
+    assert!(ok(&out, "delete -f").contains("deployment.apps \"web\" deleted"));
+    assert!(ok(&kn(&["delete", "pod", "p"]), "delete pod").contains("pod \"p\" deleted"));
+    assert!(kn(&["get", "pods"]).stderr.contains("No resources found"));
+    ok(&k(&["delete", "namespace", &ns]), "delete ns");
+    wait_until("the namespace to go", || {
+        k(&["get", "namespace", &ns]).stderr.contains("NotFound")
+    });
+}
+
+#[test]
+fn kubectl_1_27_and_1_33_drive_the_api() {
+    let cp = ControlPlane::start();
+    drive(&cp, 33);
+    drive(&cp, 27);
+}
+
+fn status(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+#[test]
+fn bad_requests_get_status_errors_and_store_nothing() {
+    let cp = ControlPlane::start();
+    let cms = "/api/v1/namespaces/default/configmaps";
+    let post = |path: &str, body: &[u8]| cp.http("POST", path, "application/json", body);
+
+    let (code, body) = post(cms, b"{not json");
+    assert_eq!(
+        (code, status(&body)["reason"].as_str()),
+        (400, Some("BadRequest"))
+    );
+    let (code, body) = post(
+        cms,
+        br#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"x"}}"#,
+    );
+    assert_eq!(code, 400, "{body}");
+    let big = vec![b'a'; 10 << 20];
+    let (code, body) = post(cms, &big);
+    assert_eq!(
+        (code, status(&body)["reason"].as_str()),
+        (413, Some("RequestEntityTooLarge"))
+    );
+    let (code, body) = post(
+        cms,
+        br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"-Not-DNS-"}}"#,
+    );
+    let s = status(&body);
+    assert_eq!(
+        (code, s["reason"].as_str()),
+        (422, Some("Invalid")),
+        "{body}"
+    );
+    assert_eq!(s["details"]["causes"][0]["field"], "metadata.name");
+    let (code, body) = post(
+        &format!("{cms}?fieldValidation=Strict"),
+        br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"s"},"dataa":{}}"#,
+    );
+    assert_eq!(code, 400);
+    assert!(body.contains("unknown field \\\"dataa\\\""), "{body}");
+    let (code, body) = post(
+        "/api/v1/namespaces/nope/configmaps",
+        br#"{"metadata":{"name":"a"}}"#,
+    );
+    assert_eq!(
+        (code, status(&body)["message"].as_str()),
+        (404, Some("namespaces \"nope\" not found"))
+    );
+
+    // Conflicts: duplicates and stale updates.
+    let (code, body) = post(cms, br#"{"metadata":{"name":"good"},"data":{"a":"1"}}"#);
+    assert_eq!(code, 201, "{body}");
+    let created = status(&body);
+    let rv = created["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, body) = post(cms, br#"{"metadata":{"name":"good"}}"#);
+    assert_eq!(
+        (code, status(&body)["reason"].as_str()),
+        (409, Some("AlreadyExists"))
+    );
+    let update = |rv: &str, a: &str| {
+        cp.http(
+            "PUT",
+            &format!("{cms}/good"),
+            "application/json",
+            format!(
+                r#"{{"metadata":{{"name":"good","resourceVersion":"{rv}"}},"data":{{"a":"{a}"}}}}"#
+            )
+            .as_bytes(),
+        )
+    };
+    assert_eq!(update(&rv, "2").0, 200);
+    let (code, body) = update(&rv, "3");
+    let s = status(&body);
+    assert_eq!((code, s["reason"].as_str()), (409, Some("Conflict")));
+    assert!(s["message"]
+        .as_str()
+        .unwrap()
+        .contains("the object has been modified"));
+    let (code, body) = cp.http("GET", &format!("{cms}/missing"), "", b"");
+    assert_eq!(
+        (code, status(&body)["details"]["name"].as_str()),
+        (404, Some("missing"))
+    );
+
+    // Only the one good object made it.
+    let (_, body) = cp.http("GET", cms, "", b"");
+    let list = status(&body);
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["good"]);
+    assert_eq!(list["items"][0]["data"]["a"], "2");
+
+    // Pagination: limit and continue walk the whole list.
+    for i in 0..5 {
+        post(
+            cms,
+            format!(r#"{{"metadata":{{"name":"page-{i}"}}}}"#).as_bytes(),
+        );
+    }
+    let mut seen = Vec::new();
+    let mut cont = String::new();
+    loop {
+        let (_, body) = cp.http("GET", &format!("{cms}?limit=2&continue={cont}"), "", b"");
+        let l = status(&body);
+        seen.extend(
+            l["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["metadata"]["name"].as_str().unwrap().to_string()),
+        );
+        match l["metadata"]["continue"].as_str() {
+            Some(c) => {
+                cont = c
+                    .replace('=', "%3D")
+                    .replace('+', "%2B")
+                    .replace('/', "%2F")
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 6, "{seen:?}");
+}
+
+#[test]
+fn embedded_store_survives_a_kill_and_watches_resume_or_expire() {
+    let mut cp = ControlPlane::start_with(&["--etcd-compaction-interval", "1s"]);
+    let cms = "/api/v1/namespaces/default/configmaps";
+    let (_, body) = cp.http(
+        "POST",
+        cms,
+        "application/json",
+        br#"{"metadata":{"name":"a"},"data":{"v":"1"}}"#,
+    );
+    let rv1 = status(&body)["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, body) = cp.http(
+        "PUT",
+        &format!("{cms}/a"),
+        "application/json",
+        br#"{"metadata":{"name":"a"},"data":{"v":"2"}}"#,
+    );
+    let rv2 = status(&body)["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    cp.restart();
+    let (_, body) = cp.http("GET", &format!("{cms}/a"), "", b"");
+    let a = status(&body);
+    assert_eq!(
+        (
+            a["data"]["v"].as_str(),
+            a["metadata"]["resourceVersion"].as_str()
+        ),
+        (Some("2"), Some(rv2.as_str()))
+    );
+    // A watch from the first version replays the change after it.
+    let (code, body) = cp.http(
+        "GET",
+        &format!("{cms}?watch=true&resourceVersion={rv1}&timeoutSeconds=1"),
+        "",
+        b"",
+    );
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("\"MODIFIED\"") && body.contains(&format!("\"resourceVersion\":\"{rv2}\"")),
+        "{body}"
+    );
+
+    // Compaction runs every second here: soon rv1 is history, and a watch from it gets 410
+    // inside the stream.
+    for i in 0..3 {
+        cp.http(
+            "PUT",
+            &format!("{cms}/a"),
+            "application/json",
+            format!(r#"{{"metadata":{{"name":"a"}},"data":{{"v":"{i}"}}}}"#).as_bytes(),
+        );
+    }
+    wait_until("compaction", || {
+        let (_, body) = cp.http(
+            "GET",
+            &format!("{cms}?watch=true&resourceVersion={rv1}&timeoutSeconds=1"),
+            "",
+            b"",
+        );
+        body.contains("\"ERROR\"")
+            && body.contains("\"code\":410")
+            && body.contains("too old resource version")
+    });
+}
+
+#[test]
+fn two_apiservers_share_one_etcd() {
+    let Some(etcd) = podlet_control_plane::testing::EtcdServer::start() else {
+        return;
+    };
+    let a = ControlPlane::start_with(&["--etcd-servers", &etcd.url()]);
+    let b = ControlPlane::start_with(&["--etcd-servers", &etcd.url()]);
+    let out = a.kubectl(33, &["create", "configmap", "shared", "--from-literal=k=v"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let rv_a = a
+        .kubectl(
+            33,
+            &[
+                "get",
+                "cm",
+                "shared",
+                "-o",
+                "jsonpath={.metadata.resourceVersion}",
+            ],
+        )
+        .stdout;
+    let rv_b = b
+        .kubectl(
+            27,
+            &[
+                "get",
+                "cm",
+                "shared",
+                "-o",
+                "jsonpath={.metadata.resourceVersion}",
+            ],
+        )
+        .stdout;
+    assert!(!rv_a.is_empty());
+    assert_eq!(rv_a, rv_b, "both read etcd's revision");
+    // A watch on B sees a write made through A.
+    let out = a.kubectl(33, &["label", "cm", "shared", "via=a"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let (_, body) = b.http(
+        "GET",
+        &format!(
+            "/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={rv_a}&timeoutSeconds=1"
+        ),
+        "",
+        b"",
+    );
+    assert!(
+        body.contains("\"MODIFIED\"") && body.contains("\"via\":\"a\""),
+        "{body}"
+    );
+    // Stale writes conflict across apiservers too.
+    let (code, _) = b.http(
+        "PUT",
+        "/api/v1/namespaces/default/configmaps/shared",
+        "application/json",
+        format!(r#"{{"metadata":{{"name":"shared","resourceVersion":"{rv_a}"}}}}"#).as_bytes(),
+    );
+    assert_eq!(code, 409);
+}
