@@ -51,6 +51,9 @@ enum Cmd {
         /// `--etcd-compaction-interval`).
         #[arg(long, default_value = "5m", value_parser = parse_duration)]
         etcd_compaction_interval: std::time::Duration,
+        /// Static bearer tokens, one `token,user,uid,"group1,group2"` per line.
+        #[arg(long)]
+        token_auth_file: Option<PathBuf>,
     },
     /// List pods and their containers.
     Ps,
@@ -208,6 +211,7 @@ fn run(cli: Cli) -> Result<i32> {
             etcd_servers,
             admin_kubeconfig,
             etcd_compaction_interval,
+            token_auth_file,
         } => {
             let cfg = podlet_control_plane::Config {
                 data_dir,
@@ -215,6 +219,7 @@ fn run(cli: Cli) -> Result<i32> {
                 etcd_servers,
                 admin_kubeconfig: Some(admin_kubeconfig),
                 compaction_interval: etcd_compaction_interval,
+                token_auth_file,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -2,6 +2,7 @@
 //! libraries) over a revisioned store (embedded or etcd).
 
 pub mod api;
+pub mod pki;
 pub mod store;
 pub mod testing;
 
@@ -22,12 +23,19 @@ pub struct Config {
     pub admin_kubeconfig: Option<PathBuf>,
     /// How often history older than one interval is compacted (the kube-apiserver's 5 min).
     pub compaction_interval: Duration,
+    /// Static bearer tokens (`token,user,uid,"groups"` lines).
+    pub token_auth_file: Option<PathBuf>,
 }
 
-/// The kubeconfig that reaches the apiserver at `server`.
-pub fn kubeconfig(server: &str) -> String {
+/// The administrator's kubeconfig: the cluster CA and a `system:masters` client certificate.
+pub fn kubeconfig(server: &str, pki: &pki::Pki) -> String {
+    use base64::Engine;
+    let b = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: podlet\n  cluster:\n    server: {server}\ncontexts:\n- name: podlet\n  context:\n    cluster: podlet\n    user: admin\n    namespace: default\ncurrent-context: podlet\nusers:\n- name: admin\n  user: {{}}\n"
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: podlet\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\ncontexts:\n- name: podlet\n  context:\n    cluster: podlet\n    user: admin\n    namespace: default\ncurrent-context: podlet\nusers:\n- name: admin\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n",
+        b(&pki.ca_pem),
+        b(&pki.admin_cert_pem),
+        b(&pki.admin_key_pem)
     )
 }
 
@@ -36,13 +44,6 @@ pub async fn run(
     cfg: Config,
     ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> anyhow::Result<()> {
-    // No authentication exists yet, so the API stays on loopback.
-    if !cfg.listen.ip().is_loopback() {
-        anyhow::bail!(
-            "--listen {}: the apiserver has no authentication yet and serves loopback addresses only",
-            cfg.listen
-        );
-    }
     let store: Arc<dyn store::Store> = if cfg.etcd_servers.is_empty() {
         Arc::new(
             store::embedded::Embedded::open(&cfg.data_dir)
@@ -53,6 +54,12 @@ pub async fn run(
     };
     api::bootstrap(&*store).await?;
     tokio::spawn(api::compactor(store.clone(), cfg.compaction_interval));
+    let tokens = match &cfg.token_auth_file {
+        Some(f) => api::auth::Tokens::load(f)?,
+        None => Default::default(),
+    };
+    let pki = pki::ensure(&cfg.data_dir.join("pki"), &[cfg.listen.ip().to_string()])?;
+    let tls = tokio_rustls::TlsAcceptor::from(Arc::new(pki.server_config()?));
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("listening on {}", cfg.listen))?;
@@ -61,14 +68,68 @@ pub async fn run(
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        std::fs::write(path, kubeconfig(&format!("http://{addr}")))
-            .with_context(|| format!("writing {}", path.display()))?;
+        let host = if addr.ip().is_unspecified() {
+            std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
+        } else {
+            addr
+        };
+        write_private(path, &kubeconfig(&format!("https://{host}"), &pki))?;
     }
     tracing::info!(%addr, store = if cfg.etcd_servers.is_empty() { "embedded" } else { "etcd" }, "apiserver serving");
     if let Some(tx) = ready {
         let _ = tx.send(addr);
     }
-    let app = api::router(Arc::new(api::ApiServer { store }));
-    axum::serve(listener, app).await?;
+    let app = api::router(Arc::new(api::ApiServer { store, tokens }));
+    loop {
+        let (tcp, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (tls, app) = (tls.clone(), app.clone());
+        tokio::spawn(async move {
+            let Ok(stream) = tls.accept(tcp).await else {
+                return;
+            };
+            let identity = api::auth::CertIdentity(
+                stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(pki::identity),
+            );
+            let svc = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(identity.clone());
+                    let app = app.clone();
+                    async move {
+                        use tower::ServiceExt;
+                        app.oneshot(req.map(axum::body::Body::new)).await
+                    }
+                },
+            );
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .with_upgrades()
+                .await;
+        });
+    }
+}
+
+fn write_private(path: &std::path::Path, data: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(data.as_bytes())?;
     Ok(())
 }

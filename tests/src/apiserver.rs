@@ -2,13 +2,18 @@
 //! real kubectl binaries pointed at it (with their own cache dir), and a raw HTTP client for
 //! requests kubectl would never send.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::{podlet_bin, Output};
+
+/// A static token of group `system:masters`.
+pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
+/// A static token of a user with no role bindings.
+pub const VIEWER_TOKEN: &str = "viewer-token-for-tests";
 
 pub struct ControlPlane {
     child: Option<Child>,
@@ -62,7 +67,12 @@ impl ControlPlane {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// The cluster CA the apiserver made at first start.
+    pub fn ca(&self) -> PathBuf {
+        self.data_dir().join("pki/ca.crt")
     }
 
     /// Stops the process (SIGKILL: nothing is flushed on the way out).
@@ -81,8 +91,16 @@ impl ControlPlane {
             .append(true)
             .open(self.dir.path().join("log"))
             .unwrap();
+        let tokens = self.dir.path().join("tokens.csv");
+        std::fs::write(
+            &tokens,
+            format!("{ADMIN_TOKEN},admin,admin-uid,\"system:masters\"\n{VIEWER_TOKEN},viewer,viewer-uid\n"),
+        )
+        .unwrap();
         let child = Command::new(podlet_bin())
             .arg("control-plane")
+            .arg("--token-auth-file")
+            .arg(&tokens)
             .arg("--data-dir")
             .arg(self.data_dir())
             .arg("--listen")
@@ -173,6 +191,52 @@ impl ControlPlane {
             .expect("running kubectl")
     }
 
+    /// One HTTPS request through curl (verifying the cluster CA) as the holder of `token`
+    /// (None: anonymous): (status code, body).
+    pub fn try_http_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> std::io::Result<(u16, String)> {
+        let mut c = Command::new("curl");
+        c.args(["-sS", "--max-time", "20", "-X", method, "--cacert"])
+            .arg(self.ca())
+            .args(["-o", "-", "-w", "\n%{http_code}"]);
+        if let Some(t) = token {
+            c.arg("-H").arg(format!("Authorization: Bearer {t}"));
+        }
+        if !content_type.is_empty() {
+            c.arg("-H").arg(format!("Content-Type: {content_type}"));
+        }
+        if !body.is_empty() {
+            c.args(["--data-binary", "@-"]);
+        }
+        c.arg(format!("{}{path}", self.url()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn()?;
+        let mut stdin = child.stdin.take().unwrap();
+        let data = body.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(&data);
+        });
+        let out = child.wait_with_output()?;
+        let _ = writer.join();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        match code.trim().parse() {
+            Ok(c) if c > 0 => Ok((c, body.to_string())),
+            _ => Err(std::io::Error::other(format!(
+                "curl: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))),
+        }
+    }
+
     fn try_http(
         &self,
         method: &str,
@@ -180,38 +244,18 @@ impl ControlPlane {
         content_type: &str,
         body: &[u8],
     ) -> std::io::Result<(u16, String)> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        let ct = if content_type.is_empty() {
-            String::new()
-        } else {
-            format!("Content-Type: {content_type}\r\n")
-        };
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{ct}Content-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        s.write_all(head.as_bytes())?;
-        // A server may answer (413) before reading all of a large body.
-        let _ = s.write_all(body);
-        let mut raw = Vec::new();
-        let _ = s.read_to_end(&mut raw);
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let code = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| std::io::Error::other(format!("no HTTP status in {text:?}")))?;
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        Ok((code, body))
+        self.try_http_as(Some(ADMIN_TOKEN), method, path, content_type, body)
     }
 
-    /// One HTTP request: (status code, body).
+    /// One HTTPS request as the cluster admin: (status code, body).
     pub fn http(&self, method: &str, path: &str, content_type: &str, body: &[u8]) -> (u16, String) {
         self.try_http(method, path, content_type, body)
+            .expect("HTTP request to the apiserver")
+    }
+
+    /// One HTTPS request as `token`'s holder (None: anonymous).
+    pub fn http_as(&self, token: Option<&str>, method: &str, path: &str) -> (u16, String) {
+        self.try_http_as(token, method, path, "", b"")
             .expect("HTTP request to the apiserver")
     }
 }

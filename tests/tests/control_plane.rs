@@ -542,3 +542,104 @@ fn two_apiservers_share_one_etcd() {
     );
     assert_eq!(code, 409);
 }
+
+#[test]
+fn tls_authentication_and_rbac() {
+    use podlet_e2e::apiserver::VIEWER_TOKEN;
+    let cp = ControlPlane::start();
+    // Anonymous: health is public, the API is not.
+    assert_eq!(cp.http_as(None, "GET", "/healthz").0, 200);
+    let (code, body) = cp.http_as(None, "GET", "/api/v1/namespaces/default/pods");
+    assert_eq!(
+        (code, status(&body)["reason"].as_str()),
+        (401, Some("Unauthorized"))
+    );
+    // A user with no bindings gets Kubernetes' 403.
+    let pods = "/api/v1/namespaces/default/pods";
+    let (code, body) = cp.http_as(Some(VIEWER_TOKEN), "GET", pods);
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(
+        status(&body)["message"],
+        "pods is forbidden: User \"viewer\" cannot list resource \"pods\" in API group \"\" in the namespace \"default\""
+    );
+    // The admin (client certificate from the admin kubeconfig) binds the view role in default.
+    let rb = "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: viewer\n  namespace: default\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: view\nsubjects:\n- apiGroup: rbac.authorization.k8s.io\n  kind: User\n  name: viewer\n";
+    ok(
+        &cp.kubectl_env(33, &["apply", "-f", "-"], &[], Some(rb)),
+        "bind view",
+    );
+    assert_eq!(cp.http_as(Some(VIEWER_TOKEN), "GET", pods).0, 200);
+    assert_eq!(
+        cp.http_as(
+            Some(VIEWER_TOKEN),
+            "GET",
+            "/api/v1/namespaces/kube-system/pods"
+        )
+        .0,
+        403
+    );
+    let (code, body) = cp.http_as(
+        Some(VIEWER_TOKEN),
+        "DELETE",
+        "/api/v1/namespaces/default/configmaps/x",
+    );
+    assert_eq!(code, 403);
+    assert!(status(&body)["message"]
+        .as_str()
+        .unwrap()
+        .contains("configmaps \"x\" is forbidden: User \"viewer\" cannot delete"));
+
+    // kubectl auth can-i answers from the same authorizer, for both users.
+    let viewer_kc = cp.dir.path().join("viewer.kubeconfig");
+    std::fs::write(
+        &viewer_kc,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority: {}\ncontexts:\n- name: c\n  context: {{cluster: c, user: v, namespace: default}}\ncurrent-context: c\nusers:\n- name: v\n  user:\n    token: {VIEWER_TOKEN}\n",
+            cp.url(),
+            cp.ca().display()
+        ),
+    )
+    .unwrap();
+    for v in [27, 33] {
+        assert_eq!(
+            ok(
+                &cp.kubectl(v, &["auth", "can-i", "create", "pods"]),
+                "admin can-i"
+            )
+            .trim(),
+            "yes"
+        );
+        let as_viewer = |args: &[&str]| {
+            let mut a = vec!["--kubeconfig", viewer_kc.to_str().unwrap()];
+            a.extend_from_slice(args);
+            cp.kubectl(v, &a)
+        };
+        let yes = as_viewer(&["auth", "can-i", "list", "pods"]);
+        assert_eq!(yes.stdout.trim(), "yes", "{}", yes.stderr);
+        let no = as_viewer(&["auth", "can-i", "create", "pods"]);
+        assert_eq!((no.code, no.stdout.trim()), (1, "no"), "{}", no.stderr);
+        let denied = as_viewer(&["get", "pods", "-n", "kube-system"]);
+        assert!(
+            denied
+                .stderr
+                .contains("pods is forbidden: User \"viewer\" cannot list resource \"pods\""),
+            "{}",
+            denied.stderr
+        );
+    }
+    let who = cp.kubectl(
+        33,
+        &[
+            "--kubeconfig",
+            viewer_kc.to_str().unwrap(),
+            "auth",
+            "whoami",
+        ],
+    );
+    assert!(
+        who.stdout.contains("viewer"),
+        "{}{}",
+        who.stdout,
+        who.stderr
+    );
+}

@@ -275,6 +275,9 @@ fn v3_document(group: &str, version: &str) -> Value {
         };
         let mut c = json!({"get": operation(r, "list", &schema, id("list"))});
         let mut i = json!({"get": operation(r, "get", &schema, id("read"))});
+        if r.review {
+            c = json!({"post": operation(r, "post", &schema, id("create"))});
+        }
         if r.stored {
             c["post"] = operation(r, "post", &schema, id("create"));
             i["put"] = operation(r, "put", &schema, id("replace"));

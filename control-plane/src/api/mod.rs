@@ -1,6 +1,7 @@
 //! The apiserver: Kubernetes' REST API over a [`Store`]. It keeps no state of its own (every
 //! object, revision and watch comes from the store), so several apiservers can share one etcd.
 
+pub mod auth;
 pub mod discovery;
 pub mod objects;
 pub mod patch;
@@ -32,6 +33,7 @@ const MAX_BODY: usize = 3 * 1024 * 1024;
 
 pub struct ApiServer {
     pub store: Arc<dyn Store>,
+    pub tokens: auth::Tokens,
 }
 
 type ApiResult = Result<Response, ApiError>;
@@ -158,18 +160,63 @@ fn wants_table(headers: &HeaderMap) -> bool {
         .is_some_and(|a| a.split(',').next().is_some_and(|f| f.contains("as=Table")))
 }
 
+/// Paths anyone may read (kube-apiserver's `system:public-info-viewer`).
+const PUBLIC: [&str; 4] = ["/healthz", "/livez", "/readyz", "/version"];
+
+/// Who sent the request: a verified client certificate, or a bearer token.
+fn authenticate(
+    server: &ApiServer,
+    headers: &HeaderMap,
+    cert: Option<&auth::CertIdentity>,
+) -> Option<auth::User> {
+    if let Some(auth::CertIdentity(Some((name, groups)))) = cert {
+        return Some(auth::User::new(name, "", groups.clone()));
+    }
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))?
+        .trim();
+    server.tokens.get(token).cloned()
+}
+
+fn verb_of(method: &Method, t: &Target, watch: bool) -> &'static str {
+    match (method, t.name.is_some()) {
+        (&Method::GET, _) if watch => "watch",
+        (&Method::GET, true) => "get",
+        (&Method::GET, false) => "list",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, true) => "delete",
+        (&Method::DELETE, false) => "deletecollection",
+        _ => "get",
+    }
+}
+
 async fn dispatch(
     State(server): State<Arc<ApiServer>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    cert: Option<axum::Extension<auth::CertIdentity>>,
     body: Body,
 ) -> Response {
+    let path = uri.path().to_string();
+    let user = authenticate(&server, &headers, cert.as_ref().map(|c| &c.0));
+    let Some(user) = user.or_else(|| {
+        PUBLIC.contains(&path.as_str()).then(|| auth::User {
+            name: "system:anonymous".into(),
+            uid: String::new(),
+            groups: vec!["system:unauthenticated".into()],
+        })
+    }) else {
+        return ApiError::new(401, "Unauthorized", "Unauthorized").into_response();
+    };
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
         Err(_) => return ApiError::too_large().into_response(),
     };
-    let path = uri.path().to_string();
     let q = query_map(&uri);
     let accept = headers
         .get(header::ACCEPT)
@@ -181,6 +228,16 @@ async fn dispatch(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("127.0.0.1")
         .to_string();
+    let target = parse_target(&path);
+    if target.is_none() && !PUBLIC.contains(&path.as_str()) {
+        let a = auth::Attributes::NonResource {
+            verb: method.as_str().to_lowercase(),
+            path: path.clone(),
+        };
+        if auth::authorize(&*server.store, &user, &a).await.is_none() {
+            return ApiError::forbidden(auth::forbidden_message(&user, &a, "")).into_response();
+        }
+    }
     let res = match (method.clone(), path.as_str()) {
         (Method::GET, "/version") => Ok(json_response(StatusCode::OK, &discovery::version())),
         (Method::GET, "/healthz" | "/livez" | "/readyz") => {
@@ -244,7 +301,7 @@ async fn dispatch(
                     )
                 })
         }
-        _ => match parse_target(&path) {
+        _ => match target {
             None => Err(ApiError::new(
                 404,
                 "NotFound",
@@ -257,8 +314,37 @@ async fn dispatch(
                     q: &q,
                     headers: &headers,
                     table: wants_table(&headers),
+                    user: &user,
                 };
-                req.resource(method, t, body).await
+                let watch = t.watch_path
+                    || matches!(q.get("watch").map(String::as_str), Some("true") | Some("1"));
+                let a = auth::Attributes::Resource {
+                    verb: verb_of(&method, &t, watch).into(),
+                    group: t.r.group.into(),
+                    resource: t.r.plural.into(),
+                    subresource: t.sub.clone().unwrap_or_default(),
+                    namespace: t.ns.clone().unwrap_or_default(),
+                    name: t.name.clone().unwrap_or_default(),
+                };
+                match auth::authorize(&*server.store, &user, &a).await {
+                    Some(_) => req.resource(method, t, body).await,
+                    None => {
+                        let mut e = ApiError::forbidden(auth::forbidden_message(
+                            &user,
+                            &a,
+                            &t.r.qualified(),
+                        ));
+                        let mut d = json!({"kind": t.r.plural});
+                        if let Some(n) = &t.name {
+                            d["name"] = json!(n);
+                        }
+                        if !t.r.group.is_empty() {
+                            d["group"] = json!(t.r.group);
+                        }
+                        e.details = Some(d);
+                        Err(e)
+                    }
+                }
             }
         },
     };
@@ -303,6 +389,7 @@ struct Req<'a> {
     q: &'a HashMap<String, String>,
     headers: &'a HeaderMap,
     table: bool,
+    user: &'a auth::User,
 }
 
 impl Req<'_> {
@@ -383,6 +470,7 @@ impl Req<'_> {
                 self.watch(r, t.ns.as_deref(), Some(name)).await
             }
             (Method::GET, None, None) => self.list(r, t.ns.as_deref()).await,
+            (Method::POST, None, None) if r.review => self.review(r, &body).await,
             (_, _, _) if !r.stored => Err(ApiError::method_not_allowed(
                 "the server does not allow this method on the requested resource",
             )),
@@ -430,6 +518,60 @@ impl Req<'_> {
                 "the server could not find the requested resource",
             )),
         }
+    }
+
+    /// Access reviews (answered by the same authorizer that guards requests) and
+    /// SelfSubjectReview (`kubectl auth whoami`).
+    async fn review(&self, r: &'static Resource, body: &Bytes) -> ApiResult {
+        let input = self.parse_body(body)?;
+        let (mut obj, _) = objects::decode(r, &input, "Ignore")?;
+        let user_info =
+            |u: &auth::User| json!({"username": u.name, "uid": u.uid, "groups": u.groups});
+        match r.plural {
+            "selfsubjectreviews" => {
+                obj["status"] = json!({"userInfo": user_info(self.user)});
+            }
+            _ => {
+                let subject = if r.plural == "subjectaccessreviews" {
+                    let spec = &obj["spec"];
+                    auth::User {
+                        name: spec["user"].as_str().unwrap_or_default().into(),
+                        uid: spec["uid"].as_str().unwrap_or_default().into(),
+                        groups: spec["groups"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|g| g.as_str().map(str::to_owned))
+                            .collect(),
+                    }
+                } else {
+                    self.user.clone()
+                };
+                let spec = &obj["spec"];
+                let ra = &spec["resourceAttributes"];
+                let a = if ra.is_object() {
+                    auth::Attributes::Resource {
+                        verb: ra["verb"].as_str().unwrap_or_default().into(),
+                        group: ra["group"].as_str().unwrap_or_default().into(),
+                        resource: ra["resource"].as_str().unwrap_or_default().into(),
+                        subresource: ra["subresource"].as_str().unwrap_or_default().into(),
+                        namespace: ra["namespace"].as_str().unwrap_or_default().into(),
+                        name: ra["name"].as_str().unwrap_or_default().into(),
+                    }
+                } else {
+                    let nr = &spec["nonResourceAttributes"];
+                    auth::Attributes::NonResource {
+                        verb: nr["verb"].as_str().unwrap_or_default().into(),
+                        path: nr["path"].as_str().unwrap_or_default().into(),
+                    }
+                };
+                obj["status"] = match auth::authorize(self.store(), &subject, &a).await {
+                    Some(reason) => json!({"allowed": true, "reason": reason}),
+                    None => json!({"allowed": false}),
+                };
+            }
+        }
+        Ok(json_response(StatusCode::CREATED, &obj))
     }
 
     fn selectors(&self, r: &Resource) -> Result<(LabelSelector, FieldSelector), ApiError> {
@@ -1350,6 +1492,23 @@ pub async fn bootstrap(store: &dyn Store) -> anyhow::Result<()> {
             Err(e) => anyhow::bail!("creating namespace {ns}: {e}"),
         }
         ensure_default_service_account(store, ns).await;
+    }
+    let (roles, bindings) = auth::default_rbac();
+    let cr = resources::find("rbac.authorization.k8s.io", "v1", "clusterroles").unwrap();
+    let crb = resources::find("rbac.authorization.k8s.io", "v1", "clusterrolebindings").unwrap();
+    for (r, objs) in [(cr, roles), (crb, bindings)] {
+        for mut o in objs {
+            let name = o["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            o["metadata"]["uid"] = json!(objects::new_uid());
+            o["metadata"]["creationTimestamp"] = json!(objects::now());
+            match store.create(&r.key(None, &name), encode(&o)).await {
+                Ok(_) | Err(StoreError::AlreadyExists(_)) => {}
+                Err(e) => anyhow::bail!("creating {} {name}: {e}", r.kind),
+            }
+        }
     }
     let pcr = resources::find("scheduling.k8s.io", "v1", "priorityclasses").unwrap();
     for (name, value, desc) in [

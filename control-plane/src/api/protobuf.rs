@@ -143,6 +143,41 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
             }
             v
         }
+        ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => {
+            use k8s_pb::api::authorization::v1 as az;
+            let r = az::SelfSubjectAccessReview::decode(&*data).map_err(bad)?;
+            let spec = r.spec.unwrap_or_default();
+            let mut out = Map::new();
+            if let Some(ra) = spec.resource_attributes {
+                let mut m = Map::new();
+                for (k, v) in [
+                    ("namespace", ra.namespace),
+                    ("verb", ra.verb),
+                    ("group", ra.group),
+                    ("version", ra.version),
+                    ("resource", ra.resource),
+                    ("subresource", ra.subresource),
+                    ("name", ra.name),
+                ] {
+                    if let Some(v) = v.filter(|v| !v.is_empty()) {
+                        m.insert(k.into(), json!(v));
+                    }
+                }
+                out.insert("resourceAttributes".into(), Value::Object(m));
+            }
+            if let Some(nr) = spec.non_resource_attributes {
+                out.insert(
+                    "nonResourceAttributes".into(),
+                    json!({"path": nr.path.unwrap_or_default(), "verb": nr.verb.unwrap_or_default()}),
+                );
+            }
+            json!({"metadata": object_meta(&r.metadata), "spec": out})
+        }
+        ("authentication.k8s.io/v1", "SelfSubjectReview") => {
+            let r =
+                k8s_pb::api::authentication::v1::SelfSubjectReview::decode(&*data).map_err(bad)?;
+            json!({"metadata": object_meta(&r.metadata)})
+        }
         _ => return Err(unsupported(&format!("{api_version} {kind}"))),
     };
     v["apiVersion"] = json!(api_version);

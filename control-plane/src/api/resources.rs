@@ -22,6 +22,8 @@ pub struct Resource {
     pub subresources: &'static [&'static str],
     /// Served from the store (false: computed, read-only, like componentstatuses).
     pub stored: bool,
+    /// A review (create-only, answered and never stored): access and token reviews.
+    pub review: bool,
     /// Decodes a body into the typed object and back: the normalized JSON, or why not.
     pub decode: fn(&Value) -> Result<Value, String>,
     /// The schema's name in `components.schemas` (it registers itself and its dependencies).
@@ -51,7 +53,9 @@ impl Resource {
     }
 
     pub fn verbs(&self) -> Vec<&'static str> {
-        if self.stored {
+        if self.review {
+            vec!["create"]
+        } else if self.stored {
             vec![
                 "create",
                 "delete",
@@ -117,6 +121,7 @@ macro_rules! resource {
             status: $status,
             subresources: $sub,
             stored: true,
+            review: false,
             decode: decode::<$ty>,
             schema: schema::<$ty>,
         }
@@ -146,6 +151,9 @@ const fn const_lower(kind: &'static str) -> &'static str {
         b"ClusterRole" => "clusterrole",
         b"ClusterRoleBinding" => "clusterrolebinding",
         b"PriorityClass" => "priorityclass",
+        b"SelfSubjectAccessReview" => "selfsubjectaccessreview",
+        b"SubjectAccessReview" => "subjectaccessreview",
+        b"SelfSubjectReview" => "selfsubjectreview",
         _ => "",
     }
 }
@@ -201,6 +209,22 @@ pub static RESOURCES: std::sync::LazyLock<Vec<Resource>> = std::sync::LazyLock::
         "componentstatuses", false, short: &["cs"], cat: &[], status: false, sub: &[]);
     cs.stored = false;
     v.push(cs);
+    use k8s_openapi::api::{authentication, authorization};
+    for mut r in [
+        resource!(authorization::v1::SelfSubjectAccessReview, "authorization.k8s.io", "v1",
+            "SelfSubjectAccessReview", "selfsubjectaccessreviews", false, short: &[], cat: &[],
+            status: false, sub: &[]),
+        resource!(authorization::v1::SubjectAccessReview, "authorization.k8s.io", "v1",
+            "SubjectAccessReview", "subjectaccessreviews", false, short: &[], cat: &[],
+            status: false, sub: &[]),
+        resource!(authentication::v1::SelfSubjectReview, "authentication.k8s.io", "v1",
+            "SelfSubjectReview", "selfsubjectreviews", false, short: &[], cat: &[],
+            status: false, sub: &[]),
+    ] {
+        r.stored = false;
+        r.review = true;
+        v.push(r);
+    }
     v
 });
 

@@ -1,0 +1,413 @@
+//! Authentication (client certificates, static bearer tokens) and RBAC authorization from the
+//! Roles and bindings in the store, with Kubernetes' default roles bootstrapped at start.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use super::resources::{self, Resource};
+use crate::store::Store;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct User {
+    pub name: String,
+    pub uid: String,
+    pub groups: Vec<String>,
+}
+
+impl User {
+    pub fn new(name: &str, uid: &str, mut groups: Vec<String>) -> Self {
+        if !groups.iter().any(|g| g == "system:authenticated") {
+            groups.push("system:authenticated".into());
+        }
+        User {
+            name: name.into(),
+            uid: uid.into(),
+            groups,
+        }
+    }
+}
+
+/// The verified client certificate's identity, set on each request by the TLS listener.
+#[derive(Debug, Clone)]
+pub struct CertIdentity(pub Option<(String, Vec<String>)>);
+
+/// Static bearer tokens (`--token-auth-file`: `token,user,uid,"group1,group2"` per line, as
+/// kube-apiserver reads it).
+#[derive(Debug, Clone, Default)]
+pub struct Tokens(HashMap<String, User>);
+
+impl Tokens {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let mut out = HashMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (fields, groups) = match line.split_once(",\"") {
+                Some((a, g)) => (a, g.trim_end_matches('"')),
+                None => (line, ""),
+            };
+            let f: Vec<&str> = fields.split(',').collect();
+            if f.len() < 3 || f[0].is_empty() || f[1].is_empty() {
+                anyhow::bail!(
+                    "{} line {}: want token,user,uid[,\"groups\"]",
+                    path.display(),
+                    i + 1
+                );
+            }
+            let mut groups: Vec<String> = groups
+                .split(',')
+                .filter(|g| !g.is_empty())
+                .map(str::to_owned)
+                .collect();
+            if f.len() > 3 && !f[3].is_empty() {
+                groups.push(f[3].to_string());
+            }
+            out.insert(f[0].to_string(), User::new(f[1], f[2], groups));
+        }
+        Ok(Tokens(out))
+    }
+
+    pub fn get(&self, token: &str) -> Option<&User> {
+        self.0.get(token)
+    }
+}
+
+/// What a request asks to do, as RBAC sees it.
+#[derive(Debug, Clone)]
+pub enum Attributes {
+    Resource {
+        verb: String,
+        group: String,
+        resource: String,
+        subresource: String,
+        namespace: String,
+        name: String,
+    },
+    NonResource {
+        verb: String,
+        path: String,
+    },
+}
+
+fn list_has(v: &Value, want: &str) -> bool {
+    v.as_array()
+        .is_some_and(|a| a.iter().any(|x| x == "*" || x == want))
+}
+
+fn rule_allows(rule: &Value, a: &Attributes) -> bool {
+    match a {
+        Attributes::Resource {
+            verb,
+            group,
+            resource,
+            subresource,
+            name,
+            ..
+        } => {
+            let full = if subresource.is_empty() {
+                resource.clone()
+            } else {
+                format!("{resource}/{subresource}")
+            };
+            list_has(&rule["verbs"], verb)
+                && list_has(&rule["apiGroups"], group)
+                && (list_has(&rule["resources"], &full)
+                    || (!subresource.is_empty()
+                        && list_has(&rule["resources"], &format!("*/{subresource}"))))
+                && rule["resourceNames"]
+                    .as_array()
+                    .is_none_or(|n| n.is_empty() || n.iter().any(|x| x == name.as_str()))
+        }
+        Attributes::NonResource { verb, path } => {
+            list_has(&rule["verbs"], verb)
+                && rule["nonResourceURLs"].as_array().is_some_and(|urls| {
+                    urls.iter().filter_map(Value::as_str).any(|u| {
+                        u == "*"
+                            || u == path
+                            || u.strip_suffix('*').is_some_and(|p| path.starts_with(p))
+                    })
+                })
+        }
+    }
+}
+
+fn subject_matches(s: &Value, user: &User, binding_ns: &str) -> bool {
+    let name = s["name"].as_str().unwrap_or_default();
+    match s["kind"].as_str() {
+        Some("User") => name == user.name,
+        Some("Group") => user.groups.iter().any(|g| g == name),
+        Some("ServiceAccount") => {
+            let ns = s["namespace"].as_str().unwrap_or(binding_ns);
+            user.name == format!("system:serviceaccount:{ns}:{name}")
+        }
+        _ => false,
+    }
+}
+
+async fn objects(store: &dyn Store, r: &Resource, ns: Option<&str>) -> Vec<Value> {
+    let prefix = match ns {
+        Some(ns) => format!("{}{ns}/", r.prefix()),
+        None => r.prefix(),
+    };
+    store
+        .list(&prefix, None)
+        .await
+        .map(|(kvs, _)| {
+            kvs.iter()
+                .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn role_rules(store: &dyn Store, role_ref: &Value, ns: &str) -> Vec<Value> {
+    let name = role_ref["name"].as_str().unwrap_or_default();
+    let r = match role_ref["kind"].as_str() {
+        Some("ClusterRole") => {
+            resources::find("rbac.authorization.k8s.io", "v1", "clusterroles").unwrap()
+        }
+        _ => resources::find("rbac.authorization.k8s.io", "v1", "roles").unwrap(),
+    };
+    let key = r.key(Some(ns), name);
+    match store.get(&key).await {
+        Ok(Some(kv)) => serde_json::from_slice::<Value>(&kv.value)
+            .ok()
+            .and_then(|v| v["rules"].as_array().cloned())
+            .unwrap_or_default(),
+        _ => vec![],
+    }
+}
+
+/// RBAC: allowed when a ClusterRoleBinding, or a RoleBinding in the request's namespace, binds
+/// the user to a role with a matching rule. Returns the reason when allowed.
+pub async fn authorize(store: &dyn Store, user: &User, a: &Attributes) -> Option<String> {
+    let crb = resources::find("rbac.authorization.k8s.io", "v1", "clusterrolebindings").unwrap();
+    for b in objects(store, crb, None).await {
+        if !b["subjects"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| subject_matches(s, user, ""))
+        {
+            continue;
+        }
+        for rule in role_rules(store, &b["roleRef"], "").await {
+            if rule_allows(&rule, a) {
+                return Some(format!(
+                    "RBAC: allowed by ClusterRoleBinding \"{}\" of ClusterRole \"{}\"",
+                    b["metadata"]["name"].as_str().unwrap_or_default(),
+                    b["roleRef"]["name"].as_str().unwrap_or_default()
+                ));
+            }
+        }
+    }
+    if let Attributes::Resource { namespace, .. } = a {
+        if !namespace.is_empty() {
+            let rb = resources::find("rbac.authorization.k8s.io", "v1", "rolebindings").unwrap();
+            for b in objects(store, rb, Some(namespace)).await {
+                if !b["subjects"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|s| subject_matches(s, user, namespace))
+                {
+                    continue;
+                }
+                for rule in role_rules(store, &b["roleRef"], namespace).await {
+                    if rule_allows(&rule, a) {
+                        return Some(format!(
+                            "RBAC: allowed by RoleBinding \"{}/{namespace}\"",
+                            b["metadata"]["name"].as_str().unwrap_or_default()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Kubernetes' message for a denied request.
+pub fn forbidden_message(user: &User, a: &Attributes, qualified: &str) -> String {
+    match a {
+        Attributes::Resource {
+            verb,
+            group,
+            resource,
+            subresource,
+            namespace,
+            name,
+        } => {
+            let what = if name.is_empty() {
+                qualified.to_string()
+            } else {
+                format!("{qualified} \"{name}\"")
+            };
+            let res = if subresource.is_empty() {
+                resource.clone()
+            } else {
+                format!("{resource}/{subresource}")
+            };
+            let scope = if namespace.is_empty() {
+                "at the cluster scope".to_string()
+            } else {
+                format!("in the namespace \"{namespace}\"")
+            };
+            format!(
+                "{what} is forbidden: User \"{}\" cannot {verb} resource \"{res}\" in API group \"{group}\" {scope}",
+                user.name
+            )
+        }
+        Attributes::NonResource { verb, path } => format!(
+            "forbidden: User \"{}\" cannot {verb} path \"{path}\"",
+            user.name
+        ),
+    }
+}
+
+const READ: [&str; 3] = ["get", "list", "watch"];
+const WRITE: [&str; 8] = [
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
+
+/// Kubernetes' default ClusterRoles and ClusterRoleBindings (the ones this API can use).
+pub fn default_rbac() -> (Vec<Value>, Vec<Value>) {
+    let workloads = json!([
+        {"apiGroups": [""], "resources": ["pods", "pods/log", "pods/status", "services", "endpoints", "configmaps", "serviceaccounts", "events", "persistentvolumeclaims", "replicationcontrollers"], "verbs": READ},
+        {"apiGroups": ["apps"], "resources": ["deployments", "deployments/scale", "deployments/status", "replicasets", "replicasets/status", "daemonsets", "daemonsets/status", "statefulsets"], "verbs": READ},
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": READ},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": READ},
+        {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": READ},
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": READ},
+    ]);
+    let edit = json!([
+        {"apiGroups": [""], "resources": ["pods", "pods/attach", "pods/exec", "pods/portforward", "pods/eviction", "services", "endpoints", "configmaps", "secrets", "serviceaccounts", "serviceaccounts/token", "events", "persistentvolumeclaims"], "verbs": WRITE},
+        {"apiGroups": ["apps"], "resources": ["deployments", "deployments/scale", "replicasets", "replicasets/scale", "daemonsets", "statefulsets"], "verbs": WRITE},
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": WRITE},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": WRITE},
+    ]);
+    let mut admin = edit.as_array().unwrap().clone();
+    admin.push(json!({"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": WRITE}));
+    admin.push(json!({"apiGroups": ["authorization.k8s.io"], "resources": ["localsubjectaccessreviews"], "verbs": ["create"]}));
+    let mut edit_all = edit.as_array().unwrap().clone();
+    edit_all.extend(workloads.as_array().unwrap().iter().cloned());
+    admin.extend(workloads.as_array().unwrap().iter().cloned());
+    let roles = vec![
+        (
+            "cluster-admin",
+            json!([{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}, {"nonResourceURLs": ["*"], "verbs": ["*"]}]),
+        ),
+        ("admin", json!(admin)),
+        ("edit", json!(edit_all)),
+        ("view", workloads),
+        (
+            "system:discovery",
+            json!([{"nonResourceURLs": ["/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/openapi", "/openapi/*", "/readyz", "/version", "/version/"], "verbs": ["get"]}]),
+        ),
+        (
+            "system:basic-user",
+            json!([{"apiGroups": ["authorization.k8s.io"], "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"], "verbs": ["create"]}, {"apiGroups": ["authentication.k8s.io"], "resources": ["selfsubjectreviews"], "verbs": ["create"]}]),
+        ),
+        (
+            "system:public-info-viewer",
+            json!([{"nonResourceURLs": ["/healthz", "/livez", "/readyz", "/version", "/version/"], "verbs": ["get"]}]),
+        ),
+    ];
+    let bindings = vec![
+        ("cluster-admin", "cluster-admin", vec!["system:masters"]),
+        (
+            "system:discovery",
+            "system:discovery",
+            vec!["system:authenticated"],
+        ),
+        (
+            "system:basic-user",
+            "system:basic-user",
+            vec!["system:authenticated"],
+        ),
+        (
+            "system:public-info-viewer",
+            "system:public-info-viewer",
+            vec!["system:authenticated", "system:unauthenticated"],
+        ),
+    ];
+    let label = json!({"kubernetes.io/bootstrapping": "rbac-defaults"});
+    (
+        roles
+            .into_iter()
+            .map(|(n, rules)| json!({"kind": "ClusterRole", "apiVersion": "rbac.authorization.k8s.io/v1", "metadata": {"name": n, "labels": label}, "rules": rules}))
+            .collect(),
+        bindings
+            .into_iter()
+            .map(|(n, role, groups)| json!({"kind": "ClusterRoleBinding", "apiVersion": "rbac.authorization.k8s.io/v1", "metadata": {"name": n, "labels": label},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+                "subjects": groups.iter().map(|g| json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": g})).collect::<Vec<_>>()}))
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_match_like_rbac() {
+        let view =
+            json!({"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": ["get", "list"]});
+        let a = |verb: &str, res: &str, sub: &str| Attributes::Resource {
+            verb: verb.into(),
+            group: "".into(),
+            resource: res.into(),
+            subresource: sub.into(),
+            namespace: "default".into(),
+            name: "x".into(),
+        };
+        assert!(rule_allows(&view, &a("get", "pods", "")));
+        assert!(rule_allows(&view, &a("get", "pods", "log")));
+        assert!(!rule_allows(&view, &a("create", "pods", "")));
+        assert!(!rule_allows(&view, &a("get", "pods", "exec")));
+        let named = json!({"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["y"], "verbs": ["get"]});
+        assert!(!rule_allows(&named, &a("get", "configmaps", "")));
+        let nr = json!({"nonResourceURLs": ["/apis/*"], "verbs": ["get"]});
+        assert!(rule_allows(
+            &nr,
+            &Attributes::NonResource {
+                verb: "get".into(),
+                path: "/apis/apps/v1".into()
+            }
+        ));
+        let u = User::new("bob", "1", vec![]);
+        assert_eq!(
+            forbidden_message(&u, &a("create", "pods", ""), "pods"),
+            "pods \"x\" is forbidden: User \"bob\" cannot create resource \"pods\" in API group \"\" in the namespace \"default\""
+        );
+    }
+
+    #[test]
+    fn token_files_parse_like_kube_apiservers() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("tokens.csv");
+        std::fs::write(&f, "# comment\nabc,alice,1,\"devs,ops\"\ndef,bob,2\n").unwrap();
+        let t = Tokens::load(&f).unwrap();
+        assert_eq!(
+            t.get("abc").unwrap().groups,
+            ["devs", "ops", "system:authenticated"]
+        );
+        assert_eq!(t.get("def").unwrap().name, "bob");
+        std::fs::write(&f, "onlytoken\n").unwrap();
+        assert!(Tokens::load(&f).unwrap_err().to_string().contains("line 1"));
+    }
+}
