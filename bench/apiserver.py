@@ -6,7 +6,10 @@ watch fan-out (events delivered per second to many watchers). Everything on loop
 dirs this script removes. Prints a table and the etcd/embedded ratios.
 
 Kubernetes' SLO for mutating calls is p99 <= 1 s; podlet aims at <= 10 ms on a small machine."""
-import argparse, http.client, json, os, shutil, socket, statistics, subprocess, tempfile, threading, time
+import argparse, http.client, json, os, shutil, socket, ssl, statistics, subprocess, tempfile, threading, time
+
+TOKEN = "bench-admin-token"
+CTX = {}
 
 
 def free_port():
@@ -17,11 +20,21 @@ def free_port():
     return p
 
 
+def conn(port, timeout=None):
+    """An HTTPS connection to the apiserver on `port` (verifying its CA), or plain HTTP."""
+    if port in CTX:
+        return http.client.HTTPSConnection("127.0.0.1", port, context=CTX[port], timeout=timeout)
+    return http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+
+
+HDRS = {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}
+
+
 def wait_http(port, path="/healthz", timeout=20):
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            c = conn(port, timeout=1)
             c.request("GET", path)
             if c.getresponse().status == 200:
                 return
@@ -46,10 +59,21 @@ def start_etcd(etcd, tmp):
 
 def start_apiserver(podlet, tmp, name, extra):
     port = free_port()
+    tokens = os.path.join(tmp, "tokens.csv")
+    with open(tokens, "w") as f:
+        f.write(f'{TOKEN},bench,bench,"system:masters"\n')
     p = subprocess.Popen([podlet, "control-plane", "--data-dir", os.path.join(tmp, name),
+                          "--token-auth-file", tokens,
                           "--listen", f"127.0.0.1:{port}",
                           "--admin-kubeconfig", os.path.join(tmp, f"{name}.kubeconfig")] + extra,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ca = os.path.join(tmp, name, "pki", "ca.crt")
+    for _ in range(200):
+        if os.path.exists(ca):
+            break
+        time.sleep(0.05)
+    time.sleep(0.2)
+    CTX[port] = ssl.create_default_context(cafile=ca)
     wait_http(port)
     return p, port
 
@@ -66,12 +90,12 @@ def timed_calls(port, n, clients, make):
     lock = threading.Lock()
 
     def worker(idx):
-        c = http.client.HTTPConnection("127.0.0.1", port)
+        c = conn(port)
         mine = []
         for i in range(idx, n, clients):
             method, path, body = make(i)
             t0 = time.perf_counter()
-            c.request(method, path, body=body, headers={"Content-Type": "application/json"})
+            c.request(method, path, body=body, headers=HDRS)
             r = c.getresponse()
             r.read()
             mine.append((time.perf_counter() - t0) * 1000)
@@ -99,13 +123,13 @@ def watchers(port, count, expect):
     `expect` events and returns the time the last one got its last event."""
     done = []
     lock = threading.Lock()
-    rv_c = http.client.HTTPConnection("127.0.0.1", port)
-    rv_c.request("GET", "/api/v1/namespaces/default/pods?limit=1")
+    rv_c = conn(port)
+    rv_c.request("GET", "/api/v1/namespaces/default/pods?limit=1", headers=HDRS)
     rv = json.loads(rv_c.getresponse().read())["metadata"]["resourceVersion"]
 
     def one():
-        c = http.client.HTTPConnection("127.0.0.1", port)
-        c.request("GET", f"/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}&timeoutSeconds=120")
+        c = conn(port)
+        c.request("GET", f"/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}&timeoutSeconds=120", headers=HDRS)
         r = c.getresponse()
         seen = 0
         while seen < expect:
@@ -143,10 +167,10 @@ def bench(name, port, args):
     lists = []
     for _ in range(3):
         t0 = time.perf_counter()
-        c = http.client.HTTPConnection("127.0.0.1", port)
+        c = conn(port)
         cont, items = "", 0
         while True:
-            c.request("GET", f"/api/v1/pods?limit=500&continue={cont}")
+            c.request("GET", f"/api/v1/pods?limit=500&continue={cont}", headers=HDRS)
             body = json.loads(c.getresponse().read())
             items += len(body["items"])
             cont = body["metadata"].get("continue")

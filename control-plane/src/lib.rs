@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod pki;
+pub mod scheduler;
 pub mod store;
 pub mod testing;
 
@@ -54,6 +55,7 @@ pub async fn run(
     };
     api::bootstrap(&*store).await?;
     tokio::spawn(api::compactor(store.clone(), cfg.compaction_interval));
+    tokio::spawn(scheduler::run(store.clone()));
     let tokens = match &cfg.token_auth_file {
         Some(f) => api::auth::Tokens::load(f)?,
         None => Default::default(),

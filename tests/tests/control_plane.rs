@@ -643,3 +643,86 @@ fn tls_authentication_and_rbac() {
         who.stderr
     );
 }
+
+#[test]
+fn kubectl_run_lands_on_a_node_that_fits() {
+    let cp = ControlPlane::start();
+    let node = |name: &str, cpu: &str, extra: &str| {
+        format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{kubernetes.io/hostname: {name}}}\nspec:\n{extra}status:\n  capacity: {{cpu: \"{cpu}\", memory: 4Gi, pods: \"110\"}}\n  allocatable: {{cpu: \"{cpu}\", memory: 4Gi, pods: \"110\"}}\n")
+    };
+    let nodes = [
+        node("small", "1", "  {}\n"),
+        node(
+            "big",
+            "4",
+            "  taints: [{key: dedicated, value: gpu, effect: NoSchedule}]\n",
+        ),
+        node("cordoned", "8", "  unschedulable: true\n"),
+    ]
+    .join("---\n");
+    ok(
+        &cp.kubectl_env(33, &["apply", "-f", "-"], &[], Some(&nodes)),
+        "nodes",
+    );
+    let where_is = |pod: &str| {
+        cp.kubectl(33, &["get", "pod", pod, "-o", "jsonpath={.spec.nodeName}"])
+            .stdout
+    };
+    // Fits only on "small": "big" is tainted and "cordoned" is cordoned.
+    ok(
+        &cp.kubectl(33, &["run", "a", "--image=busybox", "--restart=Never"]),
+        "run a",
+    );
+    wait_until("a to be bound", || where_is("a") == "small");
+    // Too big for "small"; tolerating the taint, it goes to "big".
+    let big = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: b\nspec:\n  tolerations: [{key: dedicated, operator: Equal, value: gpu, effect: NoSchedule}]\n  containers:\n  - name: c\n    image: busybox\n    resources: {requests: {cpu: \"2\"}}\n";
+    ok(
+        &cp.kubectl_env(33, &["apply", "-f", "-"], &[], Some(big)),
+        "pod b",
+    );
+    wait_until("b to be bound", || where_is("b") == "big");
+    // Fits nowhere: Unschedulable with kube-scheduler's message, then placed once a node fits.
+    let huge = big
+        .replace("name: b", "name: huge")
+        .replace("cpu: \"2\"", "cpu: \"6\"");
+    ok(
+        &cp.kubectl_env(33, &["apply", "-f", "-"], &[], Some(&huge)),
+        "pod huge",
+    );
+    wait_until("huge to be unschedulable", || {
+        cp.kubectl(
+            33,
+            &[
+                "get",
+                "pod",
+                "huge",
+                "-o",
+                "jsonpath={.status.conditions[0].reason}",
+            ],
+        )
+        .stdout
+            == "Unschedulable"
+    });
+    let msg = cp
+        .kubectl(
+            33,
+            &[
+                "get",
+                "pod",
+                "huge",
+                "-o",
+                "jsonpath={.status.conditions[0].message}",
+            ],
+        )
+        .stdout;
+    assert!(
+        msg.starts_with("0/3 nodes are available:")
+            && msg.contains("Insufficient cpu")
+            && msg.contains("node(s) were unschedulable"),
+        "{msg}"
+    );
+    ok(&cp.kubectl(33, &["uncordon", "cordoned"]), "uncordon");
+    wait_until("huge to be bound", || where_is("huge") == "cordoned");
+    let cs = ok(&cp.kubectl(33, &["get", "cs"]), "get cs");
+    assert!(cs.contains("scheduler") && cs.contains("Healthy"), "{cs}");
+}

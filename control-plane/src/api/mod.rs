@@ -613,7 +613,15 @@ impl Req<'_> {
                 _ => (None, None),
             },
         };
-        let (kvs, rev) = match self.store().list(&Self::prefix(r, ns), at).await {
+        let selecting =
+            self.param("labelSelector").is_some() || self.param("fieldSelector").is_some();
+        // Without selectors a page is read as a page; with them, every key is filtered.
+        let page_limit = if selecting { 0 } else { limit };
+        let (kvs, rev, more) = match self
+            .store()
+            .list_page(&Self::prefix(r, ns), at, start.as_deref(), page_limit)
+            .await
+        {
             Ok(x) => x,
             Err(StoreError::Compacted { .. }) if start.is_some() => {
                 return Err(ApiError::gone("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list."));
@@ -622,29 +630,24 @@ impl Req<'_> {
         };
         let mut items = Vec::new();
         let mut next = None;
-        let mut remaining = 0i64;
-        for kv in kvs
-            .iter()
-            .filter(|kv| start.as_ref().is_none_or(|s| kv.key > *s))
-        {
-            let obj = decode_kv(kv);
-            if !ls.matches(&obj) || !fs.matches(&obj) {
-                continue;
-            }
+        let mut has_more = more;
+        for kv in &kvs {
             if limit > 0 && items.len() == limit {
-                remaining += 1;
+                has_more = true;
+                break;
+            }
+            let obj = decode_kv(kv);
+            if selecting && !(ls.matches(&obj) && fs.matches(&obj)) {
                 continue;
             }
-            if limit > 0 && items.len() + 1 == limit {
-                next = Some(kv.key.clone());
-            }
+            next = Some(kv.key.clone());
             items.push(obj);
         }
         let mut meta = json!({"resourceVersion": rev.to_string()});
-        if remaining > 0 {
+        if has_more {
             if let Some(last) = next {
+                // remainingItemCount is optional in Kubernetes; counting would cost a full read.
                 meta["continue"] = json!(encode_continue(rev, &last));
-                meta["remainingItemCount"] = json!(remaining);
             }
         }
         Ok(self.list_response(r, items, meta))
@@ -681,11 +684,19 @@ impl Req<'_> {
         match r.plural {
             "componentstatuses" => {
                 let healthy = self.store().current_rev().await.is_ok();
-                vec![json!({
-                    "kind": "ComponentStatus", "apiVersion": "v1",
-                    "metadata": {"name": "etcd-0"},
-                    "conditions": [{"type": "Healthy", "status": if healthy { "True" } else { "False" }, "message": if healthy { "ok" } else { "storage unreachable" }}],
-                })]
+                // The scheduler runs in this process: it is as healthy as the server answering.
+                vec![
+                    json!({
+                        "kind": "ComponentStatus", "apiVersion": "v1",
+                        "metadata": {"name": "etcd-0"},
+                        "conditions": [{"type": "Healthy", "status": if healthy { "True" } else { "False" }, "message": if healthy { "ok" } else { "storage unreachable" }}],
+                    }),
+                    json!({
+                        "kind": "ComponentStatus", "apiVersion": "v1",
+                        "metadata": {"name": "scheduler"},
+                        "conditions": [{"type": "Healthy", "status": "True", "message": "ok"}],
+                    }),
+                ]
             }
             _ => vec![],
         }

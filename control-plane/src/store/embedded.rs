@@ -255,6 +255,45 @@ impl super::Store for Embedded {
         Ok((out, rev))
     }
 
+    async fn list_page(
+        &self,
+        prefix: &str,
+        at: Option<Rev>,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<KeyValue>, Rev, bool)> {
+        let s = self.state.lock().unwrap();
+        let rev = at.unwrap_or(s.rev);
+        if rev < s.compacted || rev > s.rev {
+            return Err(StoreError::Compacted {
+                requested: rev,
+                compacted: s.compacted,
+                current: s.rev,
+            });
+        }
+        use std::ops::Bound;
+        let from = match start_after {
+            Some(k) if k >= prefix => Bound::Excluded(k.to_string()),
+            _ => Bound::Included(prefix.to_string()),
+        };
+        let mut out = Vec::new();
+        let mut more = false;
+        for (k, versions) in s
+            .keys
+            .range((from, Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+        {
+            if let Some(kv) = s.at(k, versions, rev) {
+                if limit > 0 && out.len() == limit {
+                    more = true;
+                    break;
+                }
+                out.push(kv);
+            }
+        }
+        Ok((out, rev, more))
+    }
+
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue> {
         let mut s = self.state.lock().unwrap();
         if s.latest(key).is_some() {

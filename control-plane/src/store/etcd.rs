@@ -174,6 +174,41 @@ impl super::Store for Etcd {
         Ok((items, at.unwrap_or_else(|| num(&v["header"]["revision"]))))
     }
 
+    async fn list_page(
+        &self,
+        prefix: &str,
+        at: Option<Rev>,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<KeyValue>, Rev, bool)> {
+        let start = match start_after {
+            Some(k) => {
+                let mut v = k.as_bytes().to_vec();
+                v.push(0);
+                v
+            }
+            None => prefix.as_bytes().to_vec(),
+        };
+        let mut body = json!({"key": b64(&start), "range_end": b64(&prefix_end(prefix))});
+        if limit > 0 {
+            body["limit"] = json!(limit.to_string());
+        }
+        if let Some(rev) = at {
+            body["revision"] = json!(rev.to_string());
+        }
+        let v = self.post("/v3/kv/range", body).await?;
+        let items: Vec<KeyValue> = v["kvs"]
+            .as_array()
+            .map(|a| a.iter().filter_map(kv).collect())
+            .unwrap_or_default();
+        let more = v["more"].as_bool() == Some(true);
+        Ok((
+            items,
+            at.unwrap_or_else(|| num(&v["header"]["revision"])),
+            more,
+        ))
+    }
+
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue> {
         let k = b64(key.as_bytes());
         let resp = self

@@ -70,6 +70,26 @@ pub trait Store: Send + Sync {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>>;
     /// Keys under `prefix` in key order, as of `at` (None: now), with the revision read.
     async fn list(&self, prefix: &str, at: Option<Rev>) -> Result<(Vec<KeyValue>, Rev)>;
+    /// One page of `list`: keys after `start_after`, at most `limit` of them (0: all), and
+    /// whether more follow.
+    async fn list_page(
+        &self,
+        prefix: &str,
+        at: Option<Rev>,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<KeyValue>, Rev, bool)> {
+        let (all, rev) = self.list(prefix, at).await?;
+        let mut rest: Vec<KeyValue> = all
+            .into_iter()
+            .filter(|kv| start_after.is_none_or(|s| kv.key.as_str() > s))
+            .collect();
+        let more = limit > 0 && rest.len() > limit;
+        if more {
+            rest.truncate(limit);
+        }
+        Ok((rest, rev, more))
+    }
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue>;
     /// Replaces the value; with `expect`, only if the key is still at that revision.
     async fn update(&self, key: &str, value: Vec<u8>, expect: Option<Rev>) -> Result<KeyValue>;

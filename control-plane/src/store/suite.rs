@@ -51,6 +51,10 @@ pub async fn run(s: &dyn Store) {
         items.iter().map(|i| i.key.clone()).collect::<Vec<_>>(),
         [k("a"), k("b")]
     );
+    let (page, _, more) = s.list_page(&p, Some(rev), None, 1).await.unwrap();
+    assert_eq!((page.len(), page[0].key.clone(), more), (1, k("a"), true));
+    let (page, _, more) = s.list_page(&p, Some(rev), Some(&k("a")), 1).await.unwrap();
+    assert_eq!((page.len(), page[0].key.clone(), more), (1, k("b"), false));
     let (old, _) = s.list(&p, Some(a.mod_rev)).await.unwrap();
     assert_eq!(old.len(), 1);
     assert_eq!(&*old[0].value, b"{\"v\":1}");
