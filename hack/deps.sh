@@ -21,11 +21,11 @@ if [ ! -x "$root/target/tools/usr/bin/etcd" ]; then
   dpkg-deb -x "$root"/target/tools/debs/etcd-server_*.deb "$root/target/tools"
 fi
 if ! command -v cargo >/dev/null; then
-  echo "cargo not found: install a Rust toolchain >= 1.88 (rustup), then run this again" >&2
+  echo "cargo not found: install a Rust toolchain >= 1.89 (rustup), then run this again" >&2
   exit 1
 fi
 v=$(rustc --version | awk '{print $2}')
-if [ "$(printf '%s\n1.88.0\n' "$v" | sort -V | head -1)" != 1.88.0 ]; then
-  echo "rustc $v is too old: podlet needs >= 1.88" >&2
+if [ "$(printf '%s\n1.89.0\n' "$v" | sort -V | head -1)" != 1.89.0 ]; then
+  echo "rustc $v is too old: podlet needs >= 1.89" >&2
   exit 1
 fi
