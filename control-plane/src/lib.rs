@@ -81,7 +81,8 @@ pub async fn run(
     if let Some(tx) = ready {
         let _ = tx.send(addr);
     }
-    let app = api::router(Arc::new(api::ApiServer { store, tokens }));
+    let sa = api::satoken::Signer::load(&cfg.data_dir.join("pki"))?;
+    let app = api::router(Arc::new(api::ApiServer { store, tokens, sa }));
     loop {
         let (tcp, _) = match listener.accept().await {
             Ok(c) => c,

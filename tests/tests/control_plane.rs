@@ -726,3 +726,69 @@ fn kubectl_run_lands_on_a_node_that_fits() {
     let cs = ok(&cp.kubectl(33, &["get", "cs"]), "get cs");
     assert!(cs.contains("scheduler") && cs.contains("Healthy"), "{cs}");
 }
+
+#[test]
+fn service_account_tokens_authenticate_until_the_account_goes() {
+    let cp = ControlPlane::start();
+    ok(
+        &cp.kubectl(33, &["create", "serviceaccount", "builder"]),
+        "create sa",
+    );
+    let pods = "/api/v1/namespaces/default/pods";
+    for v in [27, 33] {
+        let token = ok(
+            &cp.kubectl(v, &["create", "token", "builder"]),
+            "create token",
+        );
+        let token = token.trim();
+        assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+        let (code, body) = cp.http_as(Some(token), "GET", pods);
+        assert_eq!(code, 403, "{body}");
+        assert!(status(&body)["message"]
+            .as_str()
+            .unwrap()
+            .contains("User \"system:serviceaccount:default:builder\" cannot list"));
+    }
+    let short = cp.kubectl(33, &["create", "token", "builder", "--duration=1m"]);
+    assert!(
+        short
+            .stderr
+            .contains("may not specify a duration less than 10 minutes"),
+        "{}",
+        short.stderr
+    );
+    let rb = "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: builder-view\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: view\nsubjects:\n- kind: ServiceAccount\n  name: builder\n  namespace: default\n";
+    ok(
+        &cp.kubectl_env(33, &["apply", "-f", "-"], &[], Some(rb)),
+        "bind view",
+    );
+    let token = ok(&cp.kubectl(33, &["create", "token", "builder"]), "token")
+        .trim()
+        .to_string();
+    assert_eq!(cp.http_as(Some(&token), "GET", pods).0, 200);
+    let (_, body) = cp
+        .try_http_as(
+            Some(&token),
+            "POST",
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            "application/json",
+            br#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#,
+        )
+        .unwrap();
+    let who = status(&body);
+    assert_eq!(
+        who["status"]["userInfo"]["username"],
+        "system:serviceaccount:default:builder"
+    );
+    assert!(who["status"]["userInfo"]["groups"]
+        .to_string()
+        .contains("system:serviceaccounts:default"));
+    // Forged or foreign tokens are nobody; a deleted account's tokens stop working.
+    let forged = format!("{}x", &token[..token.len() - 1]);
+    assert_eq!(cp.http_as(Some(&forged), "GET", pods).0, 401);
+    ok(
+        &cp.kubectl(33, &["delete", "serviceaccount", "builder"]),
+        "delete sa",
+    );
+    assert_eq!(cp.http_as(Some(&token), "GET", pods).0, 401);
+}

@@ -7,6 +7,7 @@ pub mod objects;
 pub mod patch;
 pub mod protobuf;
 pub mod resources;
+pub mod satoken;
 pub mod selectors;
 pub mod status;
 pub mod table;
@@ -34,6 +35,7 @@ const MAX_BODY: usize = 3 * 1024 * 1024;
 pub struct ApiServer {
     pub store: Arc<dyn Store>,
     pub tokens: auth::Tokens,
+    pub sa: satoken::Signer,
 }
 
 type ApiResult = Result<Response, ApiError>;
@@ -163,8 +165,9 @@ fn wants_table(headers: &HeaderMap) -> bool {
 /// Paths anyone may read (kube-apiserver's `system:public-info-viewer`).
 const PUBLIC: [&str; 4] = ["/healthz", "/livez", "/readyz", "/version"];
 
-/// Who sent the request: a verified client certificate, or a bearer token.
-fn authenticate(
+/// Who sent the request: a verified client certificate, a static token, or a service-account
+/// token whose account still exists with the UID it was issued for.
+async fn authenticate(
     server: &ApiServer,
     headers: &HeaderMap,
     cert: Option<&auth::CertIdentity>,
@@ -177,7 +180,30 @@ fn authenticate(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))?
         .trim();
-    server.tokens.get(token).cloned()
+    if let Some(u) = server.tokens.get(token) {
+        return Some(u.clone());
+    }
+    let claims = server.sa.verify(token)?;
+    let k = &claims["kubernetes.io"];
+    let (ns, name, uid) = (
+        k["namespace"].as_str()?,
+        k["serviceaccount"]["name"].as_str()?,
+        k["serviceaccount"]["uid"].as_str()?,
+    );
+    let sar = resources::find("", "v1", "serviceaccounts").unwrap();
+    let kv = server.store.get(&sar.key(Some(ns), name)).await.ok()??;
+    let sa: Value = serde_json::from_slice(&kv.value).ok()?;
+    if sa["metadata"]["uid"] != uid {
+        return None;
+    }
+    Some(auth::User::new(
+        &format!("system:serviceaccount:{ns}:{name}"),
+        uid,
+        vec![
+            "system:serviceaccounts".into(),
+            format!("system:serviceaccounts:{ns}"),
+        ],
+    ))
 }
 
 fn verb_of(method: &Method, t: &Target, watch: bool) -> &'static str {
@@ -203,7 +229,7 @@ async fn dispatch(
     body: Body,
 ) -> Response {
     let path = uri.path().to_string();
-    let user = authenticate(&server, &headers, cert.as_ref().map(|c| &c.0));
+    let user = authenticate(&server, &headers, cert.as_ref().map(|c| &c.0)).await;
     let Some(user) = user.or_else(|| {
         PUBLIC.contains(&path.as_str()).then(|| auth::User {
             name: "system:anonymous".into(),
@@ -496,6 +522,10 @@ impl Req<'_> {
             }
             (Method::POST, Some(name), Some("binding")) if r.plural == "pods" => {
                 self.bind(t.ns.as_deref().unwrap_or("default"), name, &body)
+                    .await
+            }
+            (Method::POST, Some(name), Some("token")) if r.plural == "serviceaccounts" => {
+                self.token_request(t.ns.as_deref().unwrap_or("default"), name, &body)
                     .await
             }
             (Method::POST, Some(name), Some("eviction")) if r.plural == "pods" => {
@@ -1265,6 +1295,60 @@ impl Req<'_> {
             }
         }
         Ok(self.list_response(r, items, json!({})))
+    }
+
+    /// `serviceaccounts/<name>/token`: a TokenRequest answered with a signed token.
+    async fn token_request(&self, ns: &str, name: &str, body: &Bytes) -> ApiResult {
+        let sar = resources::find("", "v1", "serviceaccounts").unwrap();
+        let req = if body.is_empty() {
+            json!({})
+        } else {
+            self.parse_body(body)?
+        };
+        let kv = self
+            .store()
+            .get(&sar.key(Some(ns), name))
+            .await
+            .map_err(|e| store_error(sar, name, e))?
+            .ok_or_else(|| ApiError::not_found(sar, name))?;
+        let sa = decode_kv(&kv);
+        let ttl = req["spec"]["expirationSeconds"].as_i64().unwrap_or(3600);
+        if ttl < 600 {
+            return Err(ApiError::new(422, "Invalid", format!("TokenRequest.authentication.k8s.io \"{name}\" is invalid: spec.expirationSeconds: Invalid value: {ttl}: may not specify a duration less than 10 minutes")));
+        }
+        let audiences: Vec<String> = req["spec"]["audiences"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect();
+        let (token, exp) = self
+            .server
+            .sa
+            .issue(
+                ns,
+                name,
+                sa["metadata"]["uid"].as_str().unwrap_or_default(),
+                &audiences,
+                ttl,
+            )
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let exp = jiff::Timestamp::from_second(exp)
+            .unwrap()
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
+        let mut spec = req["spec"].clone();
+        if !spec.is_object() {
+            spec = json!({});
+        }
+        spec["expirationSeconds"] = json!(ttl);
+        if audiences.is_empty() {
+            spec["audiences"] = json!([satoken::ISSUER]);
+        }
+        Ok(json_response(
+            StatusCode::CREATED,
+            &json!({"kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1", "metadata": {"name": name, "namespace": ns, "creationTimestamp": null}, "spec": spec, "status": {"token": token, "expirationTimestamp": exp}}),
+        ))
     }
 
     /// `pods/binding`: the scheduler's (or anyone's) assignment of a pod to a node.

@@ -173,6 +173,18 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
             }
             json!({"metadata": object_meta(&r.metadata), "spec": out})
         }
+        ("authentication.k8s.io/v1", "TokenRequest") => {
+            let r = k8s_pb::api::authentication::v1::TokenRequest::decode(&*data).map_err(bad)?;
+            let spec = r.spec.unwrap_or_default();
+            let mut s = Map::new();
+            if !spec.audiences.is_empty() {
+                s.insert("audiences".into(), json!(spec.audiences));
+            }
+            if let Some(e) = spec.expiration_seconds {
+                s.insert("expirationSeconds".into(), json!(e));
+            }
+            json!({"metadata": object_meta(&r.metadata), "spec": s})
+        }
         ("authentication.k8s.io/v1", "SelfSubjectReview") => {
             let r =
                 k8s_pb::api::authentication::v1::SelfSubjectReview::decode(&*data).map_err(bad)?;
