@@ -792,3 +792,140 @@ fn service_account_tokens_authenticate_until_the_account_goes() {
     );
     assert_eq!(cp.http_as(Some(&token), "GET", pods).0, 401);
 }
+
+fn openssl_csr(dir: &std::path::Path, name: &str, subject: &str) -> String {
+    let st = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            subject,
+        ])
+        .arg("-keyout")
+        .arg(dir.join(format!("{name}.key")))
+        .arg("-out")
+        .arg(dir.join(format!("{name}.csr")))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .encode(std::fs::read(dir.join(format!("{name}.csr"))).unwrap())
+}
+
+#[test]
+fn nodes_join_with_a_bootstrap_token_and_an_auto_approved_csr() {
+    let cp = ControlPlane::start();
+    let secret = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: bootstrap-token-abcdef\n  namespace: kube-system\ntype: bootstrap.kubernetes.io/token\nstringData:\n  token-id: abcdef\n  token-secret: 0123456789abcdef\n  usage-bootstrap-authentication: \"true\"\n";
+    ok(
+        &cp.kubectl_env(33, &["apply", "-f", "-"], &[], Some(secret)),
+        "bootstrap token",
+    );
+    let token = "abcdef.0123456789abcdef";
+    assert_eq!(
+        cp.http_as(Some("abcdef.0000000000000000"), "GET", "/api").0,
+        401
+    );
+    let csrs = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
+    let post = |req: &str, signer: &str| {
+        let body = format!(
+            r#"{{"apiVersion":"certificates.k8s.io/v1","kind":"CertificateSigningRequest","metadata":{{"generateName":"node-csr-"}},"spec":{{"request":"{req}","signerName":"{signer}","usages":["digital signature","client auth"],"username":"forged"}}}}"#
+        );
+        let (code, body) = cp
+            .try_http_as(
+                Some(token),
+                "POST",
+                csrs,
+                "application/json",
+                body.as_bytes(),
+            )
+            .unwrap();
+        assert_eq!(code, 201, "{body}");
+        let v = status(&body);
+        assert_eq!(
+            v["spec"]["username"], "system:bootstrap:abcdef",
+            "the requester is the server's to say"
+        );
+        v["metadata"]["name"].as_str().unwrap().to_string()
+    };
+    let dir = cp.dir.path();
+    let node_csr = post(
+        &openssl_csr(dir, "node", "/O=system:nodes/CN=system:node:n1"),
+        "kubernetes.io/kube-apiserver-client-kubelet",
+    );
+    let mut cert = String::new();
+    wait_until("the node's certificate", || {
+        let (_, body) = cp.http_as(Some(token), "GET", &format!("{csrs}/{node_csr}"));
+        let v = status(&body);
+        match v["status"]["certificate"].as_str() {
+            Some(c) => {
+                assert_eq!(v["status"]["conditions"][0]["reason"], "AutoApproved");
+                cert = c.to_string();
+                true
+            }
+            None => false,
+        }
+    });
+    use base64::Engine;
+    std::fs::write(
+        dir.join("node.crt"),
+        base64::engine::general_purpose::STANDARD
+            .decode(&cert)
+            .unwrap(),
+    )
+    .unwrap();
+    // The signed certificate authenticates the node.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            r#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#,
+        ])
+        .arg("--cacert")
+        .arg(cp.ca())
+        .arg("--cert")
+        .arg(dir.join("node.crt"))
+        .arg("--key")
+        .arg(dir.join("node.key"))
+        .arg(format!(
+            "{}/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            cp.url()
+        ))
+        .output()
+        .unwrap();
+    let who = status(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(who["status"]["userInfo"]["username"], "system:node:n1");
+    assert!(who["status"]["userInfo"]["groups"]
+        .to_string()
+        .contains("system:nodes"));
+
+    // Other client certificates wait for an administrator.
+    let jane = post(
+        &openssl_csr(dir, "jane", "/CN=jane"),
+        "kubernetes.io/kube-apiserver-client",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let get = cp.kubectl(33, &["get", "csr", &jane]);
+    assert!(ok(&get, "get csr").contains("Pending"), "{}", get.stdout);
+    for v in [27, 33] {
+        ok(
+            &cp.kubectl(v, &["certificate", "approve", &jane]),
+            "approve",
+        );
+    }
+    wait_until("jane's certificate", || {
+        cp.kubectl(33, &["get", "csr", &jane])
+            .stdout
+            .contains("Approved,Issued")
+    });
+}

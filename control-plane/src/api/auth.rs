@@ -326,7 +326,32 @@ pub fn default_rbac() -> (Vec<Value>, Vec<Value>) {
             json!([{"nonResourceURLs": ["/healthz", "/livez", "/readyz", "/version", "/version/"], "verbs": ["get"]}]),
         ),
     ];
+    let csr = "certificatesigningrequests";
+    let roles = [
+        roles,
+        vec![
+            ("system:node-bootstrapper", json!([{"apiGroups": ["certificates.k8s.io"], "resources": [csr], "verbs": ["create", "get", "list", "watch"]}])),
+            ("system:certificates.k8s.io:certificatesigningrequests:nodeclient", json!([{"apiGroups": ["certificates.k8s.io"], "resources": [format!("{csr}/nodeclient")], "verbs": ["create"]}])),
+            ("system:certificates.k8s.io:certificatesigningrequests:selfnodeclient", json!([{"apiGroups": ["certificates.k8s.io"], "resources": [format!("{csr}/selfnodeclient")], "verbs": ["create"]}])),
+        ],
+    ]
+    .concat();
     let bindings = vec![
+        (
+            "podlet:node-bootstrapper",
+            "system:node-bootstrapper",
+            vec!["system:bootstrappers"],
+        ),
+        (
+            "podlet:node-autoapprove-bootstrap",
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+            vec!["system:bootstrappers"],
+        ),
+        (
+            "podlet:node-autoapprove-certificate-rotation",
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            vec!["system:nodes"],
+        ),
         ("cluster-admin", "cluster-admin", vec!["system:masters"]),
         (
             "system:discovery",

@@ -30,7 +30,7 @@ pub fn version() -> Value {
 
 fn subresource_kind(r: &Resource, sub: &str) -> (String, &'static str, &'static str) {
     match sub {
-        "status" | "finalize" | "log" => (r.group.into(), r.version, r.kind),
+        "status" | "finalize" | "log" | "approval" => (r.group.into(), r.version, r.kind),
         "binding" => ("".into(), "v1", "Binding"),
         "eviction" => ("policy".into(), "v1", "Eviction"),
         "scale" => ("autoscaling".into(), "v1", "Scale"),
@@ -44,7 +44,7 @@ fn subresource_kind(r: &Resource, sub: &str) -> (String, &'static str, &'static 
 
 fn subresource_verbs(sub: &str) -> Vec<&'static str> {
     match sub {
-        "status" | "scale" => vec!["get", "patch", "update"],
+        "status" | "scale" | "approval" => vec!["get", "patch", "update"],
         "binding" | "eviction" | "token" => vec!["create"],
         "log" => vec!["get"],
         "finalize" => vec!["update"],

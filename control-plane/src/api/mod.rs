@@ -183,6 +183,9 @@ async fn authenticate(
     if let Some(u) = server.tokens.get(token) {
         return Some(u.clone());
     }
+    if let Some(u) = crate::certificates::bootstrap_user(&*server.store, token).await {
+        return Some(u);
+    }
     let claims = server.sa.verify(token)?;
     let k = &claims["kubernetes.io"];
     let (ns, name, uid) = (
@@ -511,6 +514,11 @@ impl Req<'_> {
                     .ok_or_else(|| ApiError::not_found(r, name))?;
                 Ok(self.respond(r, StatusCode::OK, &decode_kv(&kv), &[]))
             }
+            (Method::PUT, Some(name), Some("approval"))
+                if r.plural == "certificatesigningrequests" =>
+            {
+                self.approval(r, name, &body).await
+            }
             (Method::PUT, Some(name), sub @ (None | Some("status"))) => {
                 self.update(r, t.ns.as_deref(), name, &body, sub).await
             }
@@ -834,7 +842,36 @@ impl Req<'_> {
             }
         }
         objects::apply_defaults(r, &mut obj);
-        let causes = objects::validate(r, &obj);
+        let mut causes = objects::validate(r, &obj);
+        if r.plural == "certificatesigningrequests" {
+            // Who asked is the server's to say, never the body's.
+            obj["spec"]["username"] = json!(self.user.name);
+            obj["spec"]["uid"] = json!(self.user.uid);
+            obj["spec"]["groups"] = json!(self.user.groups);
+            if let Some(st) = obj.as_object_mut() {
+                st.remove("status");
+            }
+            if let Err(e) = crate::certificates::parse_request(
+                obj["spec"]["request"].as_str().unwrap_or_default(),
+            ) {
+                causes.push((
+                    "FieldValueInvalid",
+                    "spec.request".into(),
+                    format!("Invalid value: []byte{{...}}: {e}"),
+                ));
+            }
+            if obj["spec"]["signerName"]
+                .as_str()
+                .unwrap_or_default()
+                .is_empty()
+            {
+                causes.push((
+                    "FieldValueRequired",
+                    "spec.signerName".into(),
+                    "Required value".into(),
+                ));
+            }
+        }
         if !causes.is_empty() {
             return Err(ApiError::invalid(r, &name, causes));
         }
@@ -1295,6 +1332,54 @@ impl Req<'_> {
             }
         }
         Ok(self.list_response(r, items, json!({})))
+    }
+
+    /// `certificatesigningrequests/<name>/approval`: only the Approved/Denied conditions change.
+    async fn approval(&self, r: &'static Resource, name: &str, body: &Bytes) -> ApiResult {
+        let input = self.parse_body(body)?;
+        let key = r.key(None, name);
+        let current = self
+            .store()
+            .get(&key)
+            .await
+            .map_err(|e| store_error(r, name, e))?
+            .ok_or_else(|| ApiError::not_found(r, name))?;
+        let mut obj = decode_kv(&current);
+        if let Some(rv) = input["metadata"]["resourceVersion"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+        {
+            if rv != current.mod_rev.to_string() {
+                return Err(ApiError::conflict(r, name));
+            }
+        }
+        let conds: Vec<Value> = input["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| matches!(c["type"].as_str(), Some("Approved" | "Denied")))
+            .map(|c| {
+                let mut c = c.clone();
+                if c["lastUpdateTime"].is_null() {
+                    c["lastUpdateTime"] = json!(objects::now());
+                }
+                c
+            })
+            .collect();
+        let mut all: Vec<Value> = obj["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        all.retain(|c| !matches!(c["type"].as_str(), Some("Approved" | "Denied")));
+        all.extend(conds);
+        obj["status"]["conditions"] = json!(all);
+        let kv = self
+            .store()
+            .update(&key, encode(&obj), Some(current.mod_rev))
+            .await
+            .map_err(|e| store_error(r, name, e))?;
+        obj["metadata"]["resourceVersion"] = json!(kv.mod_rev.to_string());
+        Ok(self.respond(r, StatusCode::OK, &obj, &[]))
     }
 
     /// `serviceaccounts/<name>/token`: a TokenRequest answered with a signed token.

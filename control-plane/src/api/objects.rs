@@ -319,7 +319,18 @@ pub fn apply_defaults(r: &Resource, obj: &mut Value) {
             }
         }
         "secrets" => {
-            set_default(obj.as_object_mut().unwrap(), "type", json!("Opaque"));
+            let o = obj.as_object_mut().unwrap();
+            set_default(o, "type", json!("Opaque"));
+            // stringData is write-only: it lands in data, base64-encoded, as Kubernetes does.
+            if let Some(Value::Object(sd)) = o.remove("stringData") {
+                use base64::Engine;
+                let data = o.entry("data").or_insert_with(|| json!({}));
+                for (k, v) in sd {
+                    let text = v.as_str().unwrap_or_default();
+                    data[k.as_str()] =
+                        json!(base64::engine::general_purpose::STANDARD.encode(text));
+                }
+            }
         }
         _ => {}
     }

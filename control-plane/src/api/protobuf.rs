@@ -173,6 +173,34 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
             }
             json!({"metadata": object_meta(&r.metadata), "spec": out})
         }
+        ("certificates.k8s.io/v1", "CertificateSigningRequest") => {
+            use k8s_pb::api::certificates::v1 as certs;
+            let r = certs::CertificateSigningRequest::decode(&*data).map_err(bad)?;
+            let spec = r.spec.unwrap_or_default();
+            let mut sp = json!({
+                "request": spec.request.as_ref().map(b64).unwrap_or(Value::Null),
+                "signerName": spec.signer_name,
+                "usages": spec.usages,
+            });
+            if let Some(e) = spec.expiration_seconds {
+                sp["expirationSeconds"] = json!(e);
+            }
+            let conds: Vec<Value> = r
+                .status
+                .as_ref()
+                .map(|s| &s.conditions[..])
+                .unwrap_or(&[])
+                .iter()
+                .map(|c| {
+                    let mut v = json!({"type": c.r#type, "status": c.status, "reason": c.reason, "message": c.message});
+                    if let Some(t) = time(&c.last_update_time) {
+                        v["lastUpdateTime"] = t;
+                    }
+                    v
+                })
+                .collect();
+            json!({"metadata": object_meta(&r.metadata), "spec": sp, "status": {"conditions": conds}})
+        }
         ("authentication.k8s.io/v1", "TokenRequest") => {
             let r = k8s_pb::api::authentication::v1::TokenRequest::decode(&*data).map_err(bad)?;
             let spec = r.spec.unwrap_or_default();

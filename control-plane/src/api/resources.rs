@@ -152,6 +152,7 @@ const fn const_lower(kind: &'static str) -> &'static str {
         b"ClusterRoleBinding" => "clusterrolebinding",
         b"PriorityClass" => "priorityclass",
         b"SelfSubjectAccessReview" => "selfsubjectaccessreview",
+        b"CertificateSigningRequest" => "certificatesigningrequest",
         b"SubjectAccessReview" => "subjectaccessreview",
         b"SelfSubjectReview" => "selfsubjectreview",
         _ => "",
@@ -204,6 +205,9 @@ pub static RESOURCES: std::sync::LazyLock<Vec<Resource>> = std::sync::LazyLock::
             "priorityclasses", false, short: &["pc"], cat: &[], status: false, sub: &[]),
         resource!(events::v1::Event, "events.k8s.io", "v1", "Event", "events", true,
             short: &["ev"], cat: &[], status: false, sub: &[]),
+        resource!(k8s_openapi::api::certificates::v1::CertificateSigningRequest,
+            "certificates.k8s.io", "v1", "CertificateSigningRequest", "certificatesigningrequests",
+            false, short: &["csr"], cat: &[], status: true, sub: &["approval"]),
     ];
     let mut cs = resource!(core::v1::ComponentStatus, "", "v1", "ComponentStatus",
         "componentstatuses", false, short: &["cs"], cat: &[], status: false, sub: &[]);

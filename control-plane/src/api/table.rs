@@ -116,6 +116,14 @@ fn columns(r: &Resource) -> Vec<Value> {
             col("Available", "string", 0, "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment."),
             age,
         ],
+        "certificatesigningrequests" => vec![
+            name,
+            age,
+            col("SignerName", "string", 0, "Only requests with the given signer are signed by it."),
+            col("Requestor", "string", 0, "Name of the user which created the request."),
+            col("RequestedDuration", "string", 0, "The requested validity of the certificate."),
+            col("Condition", "string", 0, "The conditions of the request."),
+        ],
         "componentstatuses" => vec![
             name,
             col("Status", "string", 0, "Status of the component conditions"),
@@ -317,6 +325,32 @@ fn cells(r: &Resource, o: &Value) -> Vec<Value> {
                 json!(st["updatedReplicas"].as_i64().unwrap_or(0)),
                 json!(st["availableReplicas"].as_i64().unwrap_or(0)),
                 created,
+            ]
+        }
+        "certificatesigningrequests" => {
+            let mut conds: Vec<String> = o["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["type"].as_str().map(str::to_owned))
+                .collect();
+            if !o["status"]["certificate"].is_null() {
+                conds.push("Issued".into());
+            }
+            vec![
+                name,
+                created,
+                json!(s(&o["spec"]["signerName"])),
+                json!(s(&o["spec"]["username"])),
+                json!(o["spec"]["expirationSeconds"]
+                    .as_i64()
+                    .map(human)
+                    .unwrap_or_else(|| "<none>".into())),
+                json!(if conds.is_empty() {
+                    "Pending".into()
+                } else {
+                    conds.join(",")
+                }),
             ]
         }
         "componentstatuses" => {
