@@ -909,6 +909,125 @@ fn nodes_join_with_a_bootstrap_token_and_an_auto_approved_csr() {
         .to_string()
         .contains("system:nodes"));
 
+    // What the node may do: the Node authorizer and NodeRestriction.
+    let as_node = |method: &str, path: &str, body: &str| {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "-X",
+                method,
+                "-H",
+                "Content-Type: application/json",
+                "-o",
+                "-",
+                "-w",
+                "\n%{http_code}",
+            ])
+            .args(if body.is_empty() {
+                vec![]
+            } else {
+                vec!["--data", body]
+            })
+            .arg("--cacert")
+            .arg(cp.ca())
+            .arg("--cert")
+            .arg(dir.join("node.crt"))
+            .arg("--key")
+            .arg(dir.join("node.key"))
+            .arg(format!("{}{path}", cp.url()))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (b, code) = text.rsplit_once('\n').unwrap();
+        (code.parse::<u16>().unwrap(), b.to_string())
+    };
+    let node_json =
+        |n: &str| format!(r#"{{"apiVersion":"v1","kind":"Node","metadata":{{"name":"{n}"}}}}"#);
+    assert_eq!(as_node("POST", "/api/v1/nodes", &node_json("n1")).0, 201);
+    let (code, body) = as_node("POST", "/api/v1/nodes", &node_json("n2"));
+    assert_eq!(code, 403);
+    assert!(
+        status(&body)["message"]
+            .as_str()
+            .unwrap()
+            .contains("node \"n1\" is not allowed to modify node \"n2\""),
+        "{body}"
+    );
+    assert_eq!(
+        as_node("GET", "/api/v1/pods?fieldSelector=spec.nodeName%3Dn1", "").0,
+        200
+    );
+    let (code, body) = as_node(
+        "POST",
+        "/api/v1/namespaces/default/pods",
+        r#"{"metadata":{"name":"sneaky"},"spec":{"nodeName":"n1","containers":[{"name":"c","image":"busybox"}]}}"#,
+    );
+    assert_eq!(code, 403);
+    assert!(body.contains("can only create mirror pods"), "{body}");
+    // Secrets: only those its pods use.
+    ok(
+        &cp.kubectl(
+            33,
+            &["create", "secret", "generic", "s1", "--from-literal=k=v"],
+        ),
+        "secret",
+    );
+    assert_eq!(
+        as_node("GET", "/api/v1/namespaces/default/secrets/s1", "").0,
+        403
+    );
+    let pod = "apiVersion: v1
+kind: Pod
+metadata:
+  name: uses-s1
+spec:
+  nodeName: n1
+  containers:
+  - name: c
+    image: busybox
+    envFrom: [{secretRef: {name: s1}}]
+  volumes:
+  - name: s
+    secret: {secretName: s1}
+";
+    ok(
+        &cp.kubectl_env(33, &["apply", "-f", "-"], &[], Some(pod)),
+        "pod using s1",
+    );
+    assert_eq!(
+        as_node("GET", "/api/v1/namespaces/default/secrets/s1", "").0,
+        200
+    );
+    assert_eq!(
+        as_node(
+            "PATCH",
+            "/api/v1/namespaces/default/pods/uses-s1/status",
+            r#"{"status":{"phase":"Running"}}"#
+        )
+        .0,
+        415
+    );
+    let other = pod
+        .replace("uses-s1", "elsewhere")
+        .replace("nodeName: n1", "nodeName: n2");
+    ok(
+        &cp.kubectl_env(33, &["apply", "-f", "-"], &[], Some(&other)),
+        "pod on n2",
+    );
+    assert_eq!(
+        as_node(
+            "GET",
+            "/api/v1/namespaces/default/pods/elsewhere/status",
+            ""
+        )
+        .0,
+        403
+    );
+    assert_eq!(
+        as_node("GET", "/api/v1/namespaces/default/pods/uses-s1/status", "").0,
+        200
+    );
+
     // Other client certificates wait for an administrator.
     let jane = post(
         &openssl_csr(dir, "jane", "/CN=jane"),

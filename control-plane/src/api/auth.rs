@@ -184,9 +184,12 @@ async fn role_rules(store: &dyn Store, role_ref: &Value, ns: &str) -> Vec<Value>
     }
 }
 
-/// RBAC: allowed when a ClusterRoleBinding, or a RoleBinding in the request's namespace, binds
+/// Node authorizer, then RBAC: allowed when a ClusterRoleBinding, or a RoleBinding in the request's namespace, binds
 /// the user to a role with a matching rule. Returns the reason when allowed.
 pub async fn authorize(store: &dyn Store, user: &User, a: &Attributes) -> Option<String> {
+    if let Some(reason) = node_authorize(store, user, a).await {
+        return Some(reason);
+    }
     let crb = resources::find("rbac.authorization.k8s.io", "v1", "clusterrolebindings").unwrap();
     for b in objects(store, crb, None).await {
         if !b["subjects"]
@@ -382,6 +385,132 @@ pub fn default_rbac() -> (Vec<Value>, Vec<Value>) {
                 "subjects": groups.iter().map(|g| json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": g})).collect::<Vec<_>>()}))
             .collect(),
     )
+}
+
+/// The node a `system:node:<name>` user in group `system:nodes` is, if it is one.
+pub fn node_name(user: &User) -> Option<&str> {
+    user.groups
+        .iter()
+        .any(|g| g == "system:nodes")
+        .then(|| user.name.strip_prefix("system:node:"))
+        .flatten()
+}
+
+async fn object(store: &dyn Store, r: &Resource, ns: Option<&str>, name: &str) -> Option<Value> {
+    let kv = store.get(&r.key(ns, name)).await.ok()??;
+    serde_json::from_slice(&kv.value).ok()
+}
+
+/// Whether some pod bound to `node` refers to the configmap/secret `name` in `ns`.
+async fn referenced_by_node_pods(
+    store: &dyn Store,
+    node: &str,
+    ns: &str,
+    kind: &str,
+    name: &str,
+) -> bool {
+    let pods = resources::find("", "v1", "pods").unwrap();
+    let (vol_key, env_key) = match kind {
+        "secrets" => ("secret", "secretKeyRef"),
+        _ => ("configMap", "configMapKeyRef"),
+    };
+    for p in objects(store, pods, Some(ns)).await {
+        if p["spec"]["nodeName"] != node {
+            continue;
+        }
+        let text = p["spec"].to_string();
+        let vol_name_field = if kind == "secrets" {
+            "secretName"
+        } else {
+            "name"
+        };
+        let in_volumes = p["spec"]["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|v| {
+                v[vol_key][vol_name_field] == name
+                    || v["projected"]["sources"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|s| s[vol_key]["name"] == name)
+            });
+        let in_env = text.contains(&format!("\"{env_key}\""))
+            && text.contains(&format!("\"name\":\"{name}\""));
+        let pull_secret = kind == "secrets"
+            && p["spec"]["imagePullSecrets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|s| s["name"] == name);
+        if in_volumes || in_env || pull_secret {
+            return true;
+        }
+    }
+    false
+}
+
+/// Kubernetes' Node authorizer, with NodeRestriction's limits on what a node may change: reads
+/// of the cluster objects a kubelet needs and of the secrets and config maps its own pods use;
+/// writes to its own Node, Lease, pods' status and events. None means no opinion (RBAC decides).
+pub async fn node_authorize(store: &dyn Store, user: &User, a: &Attributes) -> Option<String> {
+    let node = node_name(user)?;
+    let Attributes::Resource {
+        verb,
+        group,
+        resource,
+        subresource,
+        namespace,
+        name,
+    } = a
+    else {
+        return None;
+    };
+    let read = matches!(verb.as_str(), "get" | "list" | "watch");
+    let ok = match (group.as_str(), resource.as_str(), subresource.as_str()) {
+        ("", "services" | "endpoints", "") | ("discovery.k8s.io", "endpointslices", "") => read,
+        ("", "nodes", "") => {
+            read || (matches!(verb.as_str(), "create" | "update" | "patch")
+                && (name == node || name.is_empty()))
+        }
+        ("", "nodes", "status") => {
+            matches!(verb.as_str(), "get" | "update" | "patch") && name == node
+        }
+        ("", "pods", "") if read => true,
+        ("", "pods", "") if verb == "create" => true, // mirror pods: checked on the object by admission
+        ("", "pods", "") if verb == "delete" => {
+            let pods = resources::find("", "v1", "pods").unwrap();
+            object(store, pods, Some(namespace), name)
+                .await
+                .is_some_and(|p| p["spec"]["nodeName"] == node)
+        }
+        ("", "pods", "status") if matches!(verb.as_str(), "get" | "update" | "patch") => {
+            let pods = resources::find("", "v1", "pods").unwrap();
+            object(store, pods, Some(namespace), name)
+                .await
+                .is_some_and(|p| p["spec"]["nodeName"] == node)
+        }
+        ("", "pods", "eviction") => verb == "create",
+        ("", "secrets" | "configmaps", "") if verb == "get" => {
+            referenced_by_node_pods(store, node, namespace, resource, name).await
+        }
+        ("", "serviceaccounts", "token") => verb == "create",
+        ("", "events", "") | ("events.k8s.io", "events", "") => {
+            matches!(verb.as_str(), "create" | "update" | "patch")
+        }
+        ("coordination.k8s.io", "leases", "") => {
+            namespace == "kube-node-lease"
+                && (name == node || (name.is_empty() && verb == "create"))
+        }
+        ("certificates.k8s.io", "certificatesigningrequests", "") => {
+            matches!(verb.as_str(), "create" | "get" | "list" | "watch")
+        }
+        ("authentication.k8s.io", "tokenreviews", "")
+        | ("authorization.k8s.io", "subjectaccessreviews", "") => verb == "create",
+        _ => false,
+    };
+    ok.then(|| format!("Node authorizer: allowed for node \"{node}\""))
 }
 
 #[cfg(test)]

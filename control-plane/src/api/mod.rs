@@ -881,6 +881,7 @@ impl Req<'_> {
         if r.plural == "pods" {
             self.admit_priority(&mut obj).await?;
         }
+        self.node_restriction(r, &obj)?;
         if !self.is_apply() {
             patch::record_update(
                 &mut obj,
@@ -903,6 +904,29 @@ impl Req<'_> {
             self.ensure_default_service_account(&name).await;
         }
         Ok(self.respond(r, StatusCode::CREATED, &obj, &warnings))
+    }
+
+    /// NodeRestriction: a node creates only its own Node, Lease and mirror pods.
+    fn node_restriction(&self, r: &Resource, obj: &Value) -> Result<(), ApiError> {
+        let Some(node) = auth::node_name(self.user) else {
+            return Ok(());
+        };
+        let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+        let refuse = |msg: String| Err(ApiError::forbidden(msg));
+        match r.plural {
+            "nodes" if name != node => refuse(format!("nodes \"{name}\" is forbidden: node \"{node}\" is not allowed to modify node \"{name}\"")),
+            "leases" if name != node => refuse(format!("leases.coordination.k8s.io \"{name}\" is forbidden: node \"{node}\" is not allowed to modify lease \"{name}\"")),
+            "pods" => {
+                if obj["metadata"]["annotations"]["kubernetes.io/config.mirror"].is_null() {
+                    return refuse(format!("pods \"{name}\" is forbidden: pod does not have \"kubernetes.io/config.mirror\" annotation, node \"{node}\" can only create mirror pods"));
+                }
+                if obj["spec"]["nodeName"] != node {
+                    return refuse(format!("pods \"{name}\" is forbidden: node \"{node}\" can only create pods with spec.nodeName set to itself"));
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The Priority admission plugin: `priorityClassName` resolves to `spec.priority`.
