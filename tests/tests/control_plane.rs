@@ -1048,3 +1048,19 @@ spec:
             .contains("Approved,Issued")
     });
 }
+
+#[test]
+fn the_official_python_client_works() {
+    let cp = ControlPlane::start();
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg(podlet_e2e::workspace().join("tests/python/client.py"))
+        .arg(cp.kubeconfig())
+        .output()
+        .expect("running /usr/bin/python3 (hack/deps.sh installs python3-kubernetes)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && text.contains("ok"), "{text}");
+}

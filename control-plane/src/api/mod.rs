@@ -345,8 +345,7 @@ async fn dispatch(
                     table: wants_table(&headers),
                     user: &user,
                 };
-                let watch = t.watch_path
-                    || matches!(q.get("watch").map(String::as_str), Some("true") | Some("1"));
+                let watch = t.watch_path || q.get("watch").is_some_and(|v| parse_bool(v));
                 let a = auth::Attributes::Resource {
                     verb: verb_of(&method, &t, watch).into(),
                     group: t.r.group.into(),
@@ -492,7 +491,7 @@ impl Req<'_> {
                 "the server could not find the requested resource",
             ));
         }
-        let watch = t.watch_path || matches!(self.param("watch"), Some("true") | Some("1"));
+        let watch = t.watch_path || self.param("watch").is_some_and(parse_bool);
         match (method, t.name.as_deref(), t.sub.as_deref()) {
             (Method::GET, None, None) if watch => self.watch(r, t.ns.as_deref(), None).await,
             (Method::GET, Some(name), None) if watch => {
@@ -1520,7 +1519,7 @@ impl Req<'_> {
             fs = FieldSelector::parse(&format!("metadata.name={n}"), r.plural).unwrap();
         }
         let prefix = Self::prefix(r, ns);
-        let bookmarks = matches!(self.param("allowWatchBookmarks"), Some("true") | Some("1"));
+        let bookmarks = self.param("allowWatchBookmarks").is_some_and(parse_bool);
         let timeout = self
             .param("timeoutSeconds")
             .and_then(|t| t.parse::<u64>().ok())
@@ -1607,10 +1606,7 @@ impl Req<'_> {
         };
         Ok((
             StatusCode::OK,
-            [
-                (header::CONTENT_TYPE, "application/json"),
-                (header::TRANSFER_ENCODING, "chunked"),
-            ],
+            [(header::CONTENT_TYPE, "application/json")],
             Body::from_stream(stream),
         )
             .into_response())
@@ -1641,6 +1637,11 @@ fn watch_event(
             (false, false) => None,
         },
     }
+}
+
+/// Go's strconv.ParseBool, which Kubernetes uses for boolean query parameters.
+fn parse_bool(v: &str) -> bool {
+    matches!(v, "1" | "t" | "T" | "true" | "TRUE" | "True")
 }
 
 fn parse_rv(rv: &str) -> Result<Rev, ApiError> {
