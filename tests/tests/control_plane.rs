@@ -70,9 +70,26 @@ fn drive(cp: &ControlPlane, v: u32) {
             && second.contains("deployment.apps/web unchanged"),
         "{second}"
     );
+    // kubectl scale goes through the scale subresource.
+    assert!(ok(
+        &kn(&["scale", "deployment", "web", "--replicas=3"]),
+        "scale"
+    )
+    .contains("scaled"));
+    assert_eq!(
+        ok(
+            &kn(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]),
+            "replicas"
+        ),
+        "3"
+    );
+    ok(
+        &kn(&["scale", "deployment", "web", "--replicas=2"]),
+        "scale back",
+    );
     let yaml = ok(&kn(&["get", "deploy", "web", "-o", "yaml"]), "get -o yaml");
     assert!(
-        yaml.contains("replicas: 2") && yaml.contains("generation: 1") && yaml.contains("uid: "),
+        yaml.contains("replicas: 2") && yaml.contains("generation: 3") && yaml.contains("uid: "),
         "{yaml}"
     );
     assert!(

@@ -513,6 +513,11 @@ impl Req<'_> {
                     .ok_or_else(|| ApiError::not_found(r, name))?;
                 Ok(self.respond(r, StatusCode::OK, &decode_kv(&kv), &[]))
             }
+            (m @ (Method::GET | Method::PUT | Method::PATCH), Some(name), Some("scale"))
+                if r.subresources.contains(&"scale") =>
+            {
+                self.scale(r, t.ns.as_deref(), name, m, &body).await
+            }
             (Method::PUT, Some(name), Some("approval"))
                 if r.plural == "certificatesigningrequests" =>
             {
@@ -1355,6 +1360,92 @@ impl Req<'_> {
             }
         }
         Ok(self.list_response(r, items, json!({})))
+    }
+
+    /// The `scale` subresource (autoscaling/v1 Scale) of deployments and replica sets:
+    /// `kubectl scale` reads and patches it; writes land in the owner's `spec.replicas`.
+    async fn scale(
+        &self,
+        r: &'static Resource,
+        ns: Option<&str>,
+        name: &str,
+        method: Method,
+        body: &Bytes,
+    ) -> ApiResult {
+        let key = r.key(ns, name);
+        let current = self
+            .store()
+            .get(&key)
+            .await
+            .map_err(|e| store_error(r, name, e))?
+            .ok_or_else(|| ApiError::not_found(r, name))?;
+        let mut obj = decode_kv(&current);
+        let to_scale = |o: &Value| {
+            let selector: Vec<String> = o["spec"]["selector"]["matchLabels"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect();
+            json!({
+                "kind": "Scale", "apiVersion": "autoscaling/v1",
+                "metadata": {"name": o["metadata"]["name"], "namespace": o["metadata"]["namespace"], "uid": o["metadata"]["uid"],
+                             "resourceVersion": o["metadata"]["resourceVersion"], "creationTimestamp": o["metadata"]["creationTimestamp"]},
+                "spec": {"replicas": o["spec"]["replicas"].as_i64().unwrap_or(1)},
+                "status": {"replicas": o["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector.join(",")},
+            })
+        };
+        let scale = to_scale(&obj);
+        let wanted = match method {
+            Method::GET => return Ok(json_response(StatusCode::OK, &scale)),
+            Method::PUT => self.parse_body(body)?,
+            _ => {
+                let ct = self
+                    .headers
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                let p: Value = serde_json::from_slice(body)
+                    .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+                let mut v = scale.clone();
+                if ct.starts_with("application/json-patch+json") {
+                    let ops: json_patch::Patch = serde_json::from_value(p)
+                        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+                    json_patch::patch(&mut v, &ops)
+                        .map_err(|e| ApiError::new(422, "Invalid", e.to_string()))?;
+                } else if ct.starts_with("application/strategic-merge-patch+json") {
+                    patch::strategic_merge(&mut v, &p);
+                } else {
+                    json_patch::merge(&mut v, &p);
+                }
+                v
+            }
+        };
+        if let Some(rv) = wanted["metadata"]["resourceVersion"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+        {
+            if rv != current.mod_rev.to_string() {
+                return Err(ApiError::conflict(r, name));
+            }
+        }
+        let Some(replicas) = wanted["spec"]["replicas"].as_i64().filter(|n| *n >= 0) else {
+            return Err(ApiError::new(422, "Invalid", format!("Scale.autoscaling \"{name}\" is invalid: spec.replicas: Invalid value: {}: must be greater than or equal to 0", wanted["spec"]["replicas"])));
+        };
+        if obj["spec"]["replicas"].as_i64() != Some(replicas) {
+            obj["spec"]["replicas"] = json!(replicas);
+            obj["metadata"]["generation"] =
+                json!(obj["metadata"]["generation"].as_i64().unwrap_or(0) + 1);
+            if !self.dry_run() {
+                let kv = self
+                    .store()
+                    .update(&key, encode(&obj), Some(current.mod_rev))
+                    .await
+                    .map_err(|e| store_error(r, name, e))?;
+                obj["metadata"]["resourceVersion"] = json!(kv.mod_rev.to_string());
+            }
+        }
+        Ok(json_response(StatusCode::OK, &to_scale(&obj)))
     }
 
     /// `certificatesigningrequests/<name>/approval`: only the Approved/Denied conditions change.
