@@ -1081,3 +1081,65 @@ fn the_official_python_client_works() {
     );
     assert!(out.status.success() && text.contains("ok"), "{text}");
 }
+
+#[test]
+fn limit_ranges_and_resource_quotas_are_enforced() {
+    let cp = ControlPlane::start();
+    let setup = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: q\n---\napiVersion: v1\nkind: LimitRange\nmetadata:\n  name: lr\n  namespace: q\nspec:\n  limits:\n  - type: Container\n    default: {cpu: 500m}\n    defaultRequest: {cpu: 250m}\n    max: {cpu: \"1\"}\n---\napiVersion: v1\nkind: ResourceQuota\nmetadata:\n  name: compute\n  namespace: q\nspec:\n  hard: {pods: \"2\", requests.cpu: 600m}\n";
+    ok(
+        &cp.kubectl_env(33, &["apply", "-f", "-"], &[], Some(setup)),
+        "setup",
+    );
+    let kq = |args: &[&str]| {
+        let mut a = vec!["-n", "q"];
+        a.extend_from_slice(args);
+        cp.kubectl(33, &a)
+    };
+    ok(
+        &kq(&["run", "a", "--image=busybox", "--restart=Never"]),
+        "run a",
+    );
+    assert_eq!(
+        ok(
+            &kq(&[
+                "get",
+                "pod",
+                "a",
+                "-o",
+                "jsonpath={.spec.containers[0].resources}"
+            ]),
+            "defaults"
+        ),
+        r#"{"limits":{"cpu":"500m"},"requests":{"cpu":"250m"}}"#
+    );
+    ok(
+        &kq(&["run", "b", "--image=busybox", "--restart=Never"]),
+        "run b",
+    );
+    let c = kq(&["run", "c", "--image=busybox", "--restart=Never"]);
+    assert!(
+        c.stderr.contains("pods \"c\" is forbidden: exceeded quota: compute, requested: pods=1,requests.cpu=250m, used: pods=2,requests.cpu=500m, limited: pods=2,requests.cpu=600m"),
+        "{}",
+        c.stderr
+    );
+    let used = ok(
+        &kq(&["get", "quota", "compute", "-o", "jsonpath={.status.used}"]),
+        "quota status",
+    );
+    assert_eq!(used, r#"{"pods":"2","requests.cpu":"500m"}"#);
+    ok(&kq(&["delete", "pod", "b"]), "delete b");
+    let big = kq(&[
+        "run",
+        "big",
+        "--image=busybox",
+        "--restart=Never",
+        "--overrides",
+        r#"{"spec":{"containers":[{"name":"big","image":"busybox","resources":{"limits":{"cpu":"2"}}}]}}"#,
+    ]);
+    assert!(
+        big.stderr
+            .contains("maximum cpu usage per Container is 1, but limit is 2"),
+        "{}",
+        big.stderr
+    );
+}

@@ -6,6 +6,7 @@ pub mod discovery;
 pub mod objects;
 pub mod patch;
 pub mod protobuf;
+pub mod quota;
 pub mod resources;
 pub mod satoken;
 pub mod selectors;
@@ -884,6 +885,13 @@ impl Req<'_> {
         }
         if r.plural == "pods" {
             self.admit_priority(&mut obj).await?;
+            if let Some(ns) = &ns {
+                quota::limit_ranger(self.store(), ns, &mut obj).await?;
+                obj["status"]["qosClass"] = json!(objects::qos_class(&obj["spec"]));
+            }
+        }
+        if let (Some(ns), false) = (&ns, self.dry_run()) {
+            quota::resource_quota(self.store(), r, ns, &obj).await?;
         }
         self.node_restriction(r, &obj)?;
         if !self.is_apply() {
