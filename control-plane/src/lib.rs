@@ -77,7 +77,7 @@ pub async fn run(
         } else {
             addr
         };
-        write_private(path, &kubeconfig(&format!("https://{host}"), &pki))?;
+        pki::write_private(path, &kubeconfig(&format!("https://{host}"), &pki))?;
     }
     tracing::info!(%addr, store = if cfg.etcd_servers.is_empty() { "embedded" } else { "etcd" }, "apiserver serving");
     if let Some(tx) = ready {
@@ -123,18 +123,4 @@ pub async fn run(
                 .await;
         });
     }
-}
-
-fn write_private(path: &std::path::Path, data: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(data.as_bytes())?;
-    Ok(())
 }

@@ -21,7 +21,8 @@ pub struct Pki {
     pub admin_key_pem: String,
 }
 
-fn write_private(path: &Path, data: &str) -> anyhow::Result<()> {
+/// Writes a file only its owner can read (keys, kubeconfigs with credentials).
+pub fn write_private(path: &Path, data: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()

@@ -426,6 +426,20 @@ impl Req<'_> {
         &*self.server.store
     }
 
+    /// The stored object `name` of `r`, or Kubernetes' NotFound.
+    async fn current(
+        &self,
+        r: &Resource,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<KeyValue, ApiError> {
+        self.store()
+            .get(&r.key(ns, name))
+            .await
+            .map_err(|e| store_error(r, name, e))?
+            .ok_or_else(|| ApiError::not_found(r, name))
+    }
+
     fn param(&self, k: &str) -> Option<&str> {
         self.q.get(k).map(String::as_str).filter(|s| !s.is_empty())
     }
@@ -506,12 +520,7 @@ impl Req<'_> {
             (Method::POST, None, None) => self.create(r, t.ns.as_deref(), &body).await,
             (Method::DELETE, None, None) => self.delete_collection(r, t.ns.as_deref(), &body).await,
             (Method::GET, Some(name), None | Some("status")) => {
-                let kv = self
-                    .store()
-                    .get(&r.key(t.ns.as_deref(), name))
-                    .await
-                    .map_err(|e| store_error(r, name, e))?
-                    .ok_or_else(|| ApiError::not_found(r, name))?;
+                let kv = self.current(r, t.ns.as_deref(), name).await?;
                 Ok(self.respond(r, StatusCode::OK, &decode_kv(&kv), &[]))
             }
             (m @ (Method::GET | Method::PUT | Method::PATCH), Some(name), Some("scale"))
@@ -1096,12 +1105,7 @@ impl Req<'_> {
         let input = self.parse_body(body)?;
         let validation = self.param("fieldValidation").unwrap_or("Warn");
         let (obj, warnings) = objects::decode(r, &input, validation)?;
-        let current = self
-            .store()
-            .get(&r.key(ns, name))
-            .await
-            .map_err(|e| store_error(r, name, e))?
-            .ok_or_else(|| ApiError::not_found(r, name))?;
+        let current = self.current(r, ns, name).await?;
         self.write_update(r, ns, name, &current, obj, sub, &warnings)
             .await
     }
@@ -1235,12 +1239,7 @@ impl Req<'_> {
             .and_then(|g| g.parse::<i64>().ok())
             .or_else(|| opts["gracePeriodSeconds"].as_i64());
         let key = r.key(ns, name);
-        let current = self
-            .store()
-            .get(&key)
-            .await
-            .map_err(|e| store_error(r, name, e))?
-            .ok_or_else(|| ApiError::not_found(r, name))?;
+        let current = self.current(r, ns, name).await?;
         let mut obj = decode_kv(&current);
         if let Some(uid) = opts["preconditions"]["uid"].as_str() {
             if obj["metadata"]["uid"] != uid {
@@ -1381,12 +1380,7 @@ impl Req<'_> {
         body: &Bytes,
     ) -> ApiResult {
         let key = r.key(ns, name);
-        let current = self
-            .store()
-            .get(&key)
-            .await
-            .map_err(|e| store_error(r, name, e))?
-            .ok_or_else(|| ApiError::not_found(r, name))?;
+        let current = self.current(r, ns, name).await?;
         let mut obj = decode_kv(&current);
         let to_scale = |o: &Value| {
             let selector: Vec<String> = o["spec"]["selector"]["matchLabels"]
@@ -1460,12 +1454,7 @@ impl Req<'_> {
     async fn approval(&self, r: &'static Resource, name: &str, body: &Bytes) -> ApiResult {
         let input = self.parse_body(body)?;
         let key = r.key(None, name);
-        let current = self
-            .store()
-            .get(&key)
-            .await
-            .map_err(|e| store_error(r, name, e))?
-            .ok_or_else(|| ApiError::not_found(r, name))?;
+        let current = self.current(r, None, name).await?;
         let mut obj = decode_kv(&current);
         if let Some(rv) = input["metadata"]["resourceVersion"]
             .as_str()
@@ -1578,12 +1567,7 @@ impl Req<'_> {
             ));
         }
         let key = r.key(Some(ns), name);
-        let current = self
-            .store()
-            .get(&key)
-            .await
-            .map_err(|e| store_error(r, name, e))?
-            .ok_or_else(|| ApiError::not_found(r, name))?;
+        let current = self.current(r, Some(ns), name).await?;
         let mut pod = decode_kv(&current);
         if pod["spec"]["nodeName"]
             .as_str()
