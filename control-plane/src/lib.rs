@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod certificates;
+pub mod gc;
 pub mod pki;
 pub mod scheduler;
 pub mod store;
@@ -57,6 +58,7 @@ pub async fn run(
     api::bootstrap(&*store).await?;
     tokio::spawn(api::compactor(store.clone(), cfg.compaction_interval));
     tokio::spawn(scheduler::run(store.clone()));
+    tokio::spawn(gc::run(store.clone()));
     tokio::spawn(certificates::run(store.clone(), cfg.data_dir.join("pki")));
     let tokens = match &cfg.token_auth_file {
         Some(f) => api::auth::Tokens::load(f)?,

@@ -1143,3 +1143,100 @@ fn limit_ranges_and_resource_quotas_are_enforced() {
         big.stderr
     );
 }
+
+#[test]
+fn deleting_an_owner_cascades_orphans_or_waits_as_asked() {
+    let cp = ControlPlane::start();
+    let cms = "/api/v1/namespaces/default/configmaps";
+    let create = |name: &str, owner: Option<(&str, &str)>, finalizer: bool| -> String {
+        let mut meta = serde_json::json!({"name": name});
+        if let Some((oname, uid)) = owner {
+            meta["ownerReferences"] = serde_json::json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": oname, "uid": uid}]);
+        }
+        if finalizer {
+            meta["finalizers"] = serde_json::json!(["example.com/hold"]);
+        }
+        let (code, body) = cp.http(
+            "POST",
+            cms,
+            "application/json",
+            serde_json::json!({"metadata": meta}).to_string().as_bytes(),
+        );
+        assert_eq!(code, 201, "{body}");
+        status(&body)["metadata"]["uid"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let exists = |name: &str| cp.http("GET", &format!("{cms}/{name}"), "", b"").0 == 200;
+
+    // Background (kubectl's default): the dependents follow the owner.
+    let uid = create("owner", None, false);
+    create("dep1", Some(("owner", &uid)), false);
+    create("dep2", Some(("owner", &uid)), false);
+    ok(&cp.kubectl(33, &["delete", "cm", "owner"]), "delete owner");
+    wait_until("dependents collected", || {
+        !exists("dep1") && !exists("dep2")
+    });
+
+    // Orphan: the dependent stays, without the reference.
+    let uid = create("owner2", None, false);
+    create("dep3", Some(("owner2", &uid)), false);
+    ok(
+        &cp.kubectl(33, &["delete", "cm", "owner2", "--cascade=orphan"]),
+        "orphan",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(exists("dep3"));
+    let (_, body) = cp.http("GET", &format!("{cms}/dep3"), "", b"");
+    assert!(
+        status(&body)["metadata"]["ownerReferences"].is_null(),
+        "{body}"
+    );
+
+    // Foreground: the owner waits for its dependents, one of which waits for its finalizer.
+    let uid = create("owner3", None, false);
+    create("dep4", Some(("owner3", &uid)), true);
+    ok(
+        &cp.kubectl(
+            33,
+            &[
+                "delete",
+                "cm",
+                "owner3",
+                "--cascade=foreground",
+                "--wait=false",
+            ],
+        ),
+        "foreground",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, body) = cp.http("GET", &format!("{cms}/owner3"), "", b"");
+    let o = status(&body);
+    assert!(!o["metadata"]["deletionTimestamp"].is_null(), "{body}");
+    assert!(o["metadata"]["finalizers"]
+        .to_string()
+        .contains("foregroundDeletion"));
+    let (_, body) = cp.http("GET", &format!("{cms}/dep4"), "", b"");
+    assert!(
+        !status(&body)["metadata"]["deletionTimestamp"].is_null(),
+        "{body}"
+    );
+    ok(
+        &cp.kubectl(
+            33,
+            &[
+                "patch",
+                "cm",
+                "dep4",
+                "--type=merge",
+                "-p",
+                r#"{"metadata":{"finalizers":null}}"#,
+            ],
+        ),
+        "release dep4",
+    );
+    wait_until("dep4 and then owner3 to go", || {
+        !exists("dep4") && !exists("owner3")
+    });
+}

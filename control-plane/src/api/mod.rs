@@ -1278,6 +1278,38 @@ impl Req<'_> {
             }
             return Ok(self.respond(r, StatusCode::OK, &obj, &[]));
         }
+        // Cascading: Background (the default) leaves dependents to the garbage collector,
+        // Foreground keeps the owner until they are gone, Orphan cuts them loose first.
+        let policy = self
+            .param("propagationPolicy")
+            .or(opts["propagationPolicy"].as_str())
+            .or((opts["orphanDependents"] == true).then_some("Orphan"))
+            .unwrap_or("Background")
+            .to_string();
+        match policy.as_str() {
+            "Orphan" if !self.dry_run() => {
+                let uid = obj["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+                orphan_dependents(self.store(), &uid).await;
+            }
+            "Foreground" => {
+                let f = obj["metadata"]
+                    .as_object_mut()
+                    .unwrap()
+                    .entry("finalizers")
+                    .or_insert_with(|| json!([]));
+                if let Some(list) = f.as_array_mut() {
+                    if !list.iter().any(|x| x == "foregroundDeletion") {
+                        list.push(json!("foregroundDeletion"));
+                    }
+                }
+            }
+            "Orphan" | "Background" => {}
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "propagationPolicy: Unsupported value: {other:?}: supported values: \"Foreground\", \"Background\", \"Orphan\""
+                )))
+            }
+        }
         let finalizers = obj["metadata"]["finalizers"]
             .as_array()
             .is_some_and(|f| !f.is_empty());
@@ -1741,6 +1773,36 @@ fn decode_continue(tok: &str) -> Option<(Rev, String)> {
     let raw = base64::engine::general_purpose::STANDARD.decode(tok).ok()?;
     let v: Value = serde_json::from_slice(&raw).ok()?;
     Some((v["rv"].as_i64()?, v["start"].as_str()?.to_string()))
+}
+
+/// Removes the owner reference to `uid` from every object that has one.
+async fn orphan_dependents(store: &dyn Store, uid: &str) {
+    for r in resources::RESOURCES.iter().filter(|r| r.stored) {
+        let Ok((kvs, _)) = store.list(&r.prefix(), None).await else {
+            continue;
+        };
+        for kv in kvs {
+            let Ok(mut o) = serde_json::from_slice::<Value>(&kv.value) else {
+                continue;
+            };
+            let Some(refs) = o["metadata"]["ownerReferences"].as_array() else {
+                continue;
+            };
+            if !refs.iter().any(|x| x["uid"] == uid) {
+                continue;
+            }
+            let kept: Vec<Value> = refs.iter().filter(|x| x["uid"] != uid).cloned().collect();
+            if kept.is_empty() {
+                o["metadata"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("ownerReferences");
+            } else {
+                o["metadata"]["ownerReferences"] = json!(kept);
+            }
+            let _ = store.update(&kv.key, encode(&o), Some(kv.mod_rev)).await;
+        }
+    }
 }
 
 async fn ensure_default_service_account(store: &dyn Store, ns: &str) {
