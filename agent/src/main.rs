@@ -54,6 +54,9 @@ enum Cmd {
         /// Static bearer tokens, one `token,user,uid,"group1,group2"` per line.
         #[arg(long)]
         token_auth_file: Option<PathBuf>,
+        /// Range that service cluster IPs are allocated from.
+        #[arg(long, default_value = "10.96.0.0/12")]
+        service_cluster_ip_range: ipnetwork::Ipv4Network,
     },
     /// List pods and their containers.
     Ps,
@@ -212,6 +215,7 @@ fn run(cli: Cli) -> Result<i32> {
             admin_kubeconfig,
             etcd_compaction_interval,
             token_auth_file,
+            service_cluster_ip_range,
         } => {
             let cfg = podlet_control_plane::Config {
                 data_dir,
@@ -220,6 +224,7 @@ fn run(cli: Cli) -> Result<i32> {
                 admin_kubeconfig: Some(admin_kubeconfig),
                 compaction_interval: etcd_compaction_interval,
                 token_auth_file,
+                service_cluster_ip_range,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

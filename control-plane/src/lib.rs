@@ -28,6 +28,8 @@ pub struct Config {
     pub compaction_interval: Duration,
     /// Static bearer tokens (`token,user,uid,"groups"` lines).
     pub token_auth_file: Option<PathBuf>,
+    /// Where service cluster IPs come from.
+    pub service_cluster_ip_range: ipnetwork::Ipv4Network,
 }
 
 /// The administrator's kubeconfig: the cluster CA and a `system:masters` client certificate.
@@ -86,7 +88,13 @@ pub async fn run(
         let _ = tx.send(addr);
     }
     let sa = api::satoken::Signer::load(&cfg.data_dir.join("pki"))?;
-    let app = api::router(Arc::new(api::ApiServer { store, tokens, sa }));
+    api::services::ensure_kubernetes_service(&*store, cfg.service_cluster_ip_range, addr).await?;
+    let app = api::router(Arc::new(api::ApiServer {
+        store,
+        tokens,
+        sa,
+        service_cidr: cfg.service_cluster_ip_range,
+    }));
     loop {
         let (tcp, _) = match listener.accept().await {
             Ok(c) => c,

@@ -1240,3 +1240,87 @@ fn deleting_an_owner_cascades_orphans_or_waits_as_asked() {
         !exists("dep4") && !exists("owner3")
     });
 }
+
+#[test]
+fn services_get_cluster_ips_and_the_kubernetes_service_exists() {
+    let cp = ControlPlane::start();
+    let k = ok(
+        &cp.kubectl(33, &["get", "svc", "kubernetes"]),
+        "get svc kubernetes",
+    );
+    let row: Vec<&str> = k.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(
+        row[..5],
+        ["kubernetes", "ClusterIP", "10.96.0.1", "<none>", "443/TCP"],
+        "{k}"
+    );
+    let ep = ok(
+        &cp.kubectl(
+            33,
+            &[
+                "get",
+                "endpoints",
+                "kubernetes",
+                "-o",
+                "jsonpath={.subsets[0].ports[0].port}",
+            ],
+        ),
+        "endpoints",
+    );
+    assert_eq!(ep, cp.port.to_string());
+    let svc = |name: &str, ip: &str| {
+        let ip_line = if ip.is_empty() {
+            String::new()
+        } else {
+            format!("  clusterIP: {ip}\n")
+        };
+        format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n{ip_line}  selector: {{app: {name}}}\n  ports:\n  - port: 80\n")
+    };
+    ok(
+        &cp.kubectl_env(
+            33,
+            &["apply", "-f", "-"],
+            &[],
+            Some(&format!("{}---\n{}", svc("a", ""), svc("b", ""))),
+        ),
+        "services",
+    );
+    let ip = |name: &str| {
+        cp.kubectl(
+            33,
+            &["get", "svc", name, "-o", "jsonpath={.spec.clusterIP}"],
+        )
+        .stdout
+    };
+    let (a, b) = (ip("a"), ip("b"));
+    assert!(
+        a.starts_with("10.") && b.starts_with("10.") && a != b,
+        "{a} {b}"
+    );
+    let range: Vec<u8> = a.split('.').map(|o| o.parse().unwrap()).collect();
+    assert!(
+        range[0] == 10 && (96..112).contains(&range[1]),
+        "{a} is in 10.96.0.0/12"
+    );
+    // Taken addresses are refused; a deleted service's address is free again.
+    let taken = cp.kubectl_env(33, &["apply", "-f", "-"], &[], Some(&svc("c", &a)));
+    assert!(
+        taken.stderr.contains("provided IP is already allocated"),
+        "{}",
+        taken.stderr
+    );
+    ok(&cp.kubectl(33, &["delete", "svc", "a"]), "delete a");
+    ok(
+        &cp.kubectl_env(33, &["apply", "-f", "-"], &[], Some(&svc("c", &a))),
+        "reuse",
+    );
+    assert_eq!(ip("c"), a);
+    // The cluster IP cannot change.
+    let moved = cp.http(
+        "PATCH",
+        "/api/v1/namespaces/default/services/c",
+        "application/merge-patch+json",
+        br#"{"spec":{"clusterIP":"10.96.0.77","clusterIPs":["10.96.0.77"]}}"#,
+    );
+    assert_eq!(moved.0, 422, "{}", moved.1);
+}

@@ -10,6 +10,7 @@ pub mod quota;
 pub mod resources;
 pub mod satoken;
 pub mod selectors;
+pub mod services;
 pub mod status;
 pub mod table;
 
@@ -37,6 +38,8 @@ pub struct ApiServer {
     pub store: Arc<dyn Store>,
     pub tokens: auth::Tokens,
     pub sa: satoken::Signer,
+    /// `--service-cluster-ip-range`.
+    pub service_cidr: ipnetwork::Ipv4Network,
 }
 
 type ApiResult = Result<Response, ApiError>;
@@ -902,6 +905,32 @@ impl Req<'_> {
         if let (Some(ns), false) = (&ns, self.dry_run()) {
             quota::resource_quota(self.store(), r, ns, &obj).await?;
         }
+        let mut allocated = None;
+        if r.plural == "services"
+            && obj["spec"]["type"] != "ExternalName"
+            && obj["spec"]["clusterIP"] != "None"
+            && !self.dry_run()
+        {
+            let wanted = obj["spec"]["clusterIP"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned);
+            let owner = format!("{}/{name}", ns.as_deref().unwrap_or("default"));
+            let ip = services::allocate(
+                self.store(),
+                self.server.service_cidr,
+                wanted.as_deref(),
+                &owner,
+            )
+            .await?;
+            let spec = &mut obj["spec"];
+            spec["clusterIP"] = json!(ip.to_string());
+            spec["clusterIPs"] = json!([ip.to_string()]);
+            spec["ipFamilies"] = json!(["IPv4"]);
+            spec["ipFamilyPolicy"] = json!("SingleStack");
+            spec["internalTrafficPolicy"] = json!("Cluster");
+            allocated = Some(ip.to_string());
+        }
         self.node_restriction(r, &obj)?;
         if !self.is_apply() {
             patch::record_update(
@@ -915,11 +944,16 @@ impl Req<'_> {
         if self.dry_run() {
             return Ok(self.respond(r, StatusCode::CREATED, &obj, &warnings));
         }
-        let kv = self
+        let created = self
             .store()
             .create(&r.key(ns.as_deref(), &name), encode(&obj))
-            .await
-            .map_err(|e| store_error(r, &name, e))?;
+            .await;
+        if created.is_err() {
+            if let Some(ip) = &allocated {
+                services::release(self.store(), ip).await;
+            }
+        }
+        let kv = created.map_err(|e| store_error(r, &name, e))?;
         obj["metadata"]["resourceVersion"] = json!(kv.mod_rev.to_string());
         if r.plural == "namespaces" {
             self.ensure_default_service_account(&name).await;
@@ -1041,6 +1075,28 @@ impl Req<'_> {
             }
             if obj["metadata"]["managedFields"].is_null() {
                 obj["metadata"]["managedFields"] = old["metadata"]["managedFields"].clone();
+            }
+            if r.plural == "services" {
+                for f in ["clusterIP", "clusterIPs"] {
+                    match (&obj["spec"][f], &old["spec"][f]) {
+                        (Value::Null, o) if !o.is_null() => obj["spec"][f] = o.clone(),
+                        (Value::String(n), Value::String(o)) if n.is_empty() => {
+                            obj["spec"][f] = json!(o)
+                        }
+                        (n, o) if !o.is_null() && n != o => {
+                            return Err(ApiError::invalid(
+                                r,
+                                name,
+                                vec![(
+                                    "FieldValueInvalid",
+                                    format!("spec.{f}"),
+                                    format!("Invalid value: {n}: field is immutable"),
+                                )],
+                            ));
+                        }
+                        _ => {}
+                    }
+                }
             }
             if r.group == "apps" && obj["spec"] != old["spec"] {
                 obj["metadata"]["generation"] =
@@ -1367,6 +1423,14 @@ impl Req<'_> {
             .map_err(|e| store_error(r, name, e))?;
         let mut gone = decode_kv(&kv);
         gone["metadata"]["resourceVersion"] = json!(kv.mod_rev.to_string());
+        if r.plural == "services" {
+            if let Some(ip) = gone["spec"]["clusterIP"]
+                .as_str()
+                .filter(|ip| *ip != "None")
+            {
+                services::release(self.store(), ip).await;
+            }
+        }
         Ok(self.respond(r, StatusCode::OK, &gone, &[]))
     }
 
