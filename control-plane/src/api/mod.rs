@@ -119,13 +119,7 @@ fn parse_target(path: &str) -> Option<Result<Target, ApiError>> {
             watch_path,
         }))
     };
-    let not_found = || {
-        Some(Err(ApiError::new(
-            404,
-            "NotFound",
-            "the server could not find the requested resource",
-        )))
-    };
+    let not_found = || Some(Err(ApiError::no_route()));
     match rest {
         ["namespaces", ns, plural, tail @ ..] if find(plural).is_some_and(|r| r.namespaced) => {
             let r = find(plural).unwrap();
@@ -304,11 +298,7 @@ async fn dispatch(
                     doc.clone(),
                 )
                     .into_response()),
-                None => Err(ApiError::new(
-                    404,
-                    "NotFound",
-                    "the server could not find the requested resource",
-                )),
+                None => Err(ApiError::no_route()),
             }
         }
         (Method::GET, "/api/v1") => Ok(json_response(
@@ -326,20 +316,10 @@ async fn dispatch(
             };
             found
                 .map(|v| json_response(StatusCode::OK, &v))
-                .ok_or_else(|| {
-                    ApiError::new(
-                        404,
-                        "NotFound",
-                        "the server could not find the requested resource",
-                    )
-                })
+                .ok_or_else(ApiError::no_route)
         }
         _ => match target {
-            None => Err(ApiError::new(
-                404,
-                "NotFound",
-                "the server could not find the requested resource",
-            )),
+            None => Err(ApiError::no_route()),
             Some(Err(e)) => Err(e),
             Some(Ok(t)) => {
                 let req = Req {
@@ -447,12 +427,19 @@ impl Req<'_> {
         self.q.get(k).map(String::as_str).filter(|s| !s.is_empty())
     }
 
-    /// A server-side apply request (its managedFields entry is made by `patch::apply`).
-    fn is_apply(&self) -> bool {
+    /// The request's media type, without parameters ("" when absent).
+    fn content_type(&self) -> &str {
         self.headers
             .get(header::CONTENT_TYPE)
-            .and_then(|c| c.to_str().ok())
-            .is_some_and(|c| c.contains("apply-patch"))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .unwrap_or("")
+            .trim()
+    }
+
+    /// A server-side apply request (its managedFields entry is made by `patch::apply`).
+    fn is_apply(&self) -> bool {
+        self.content_type().contains("apply-patch")
     }
 
     fn dry_run(&self) -> bool {
@@ -503,11 +490,7 @@ impl Req<'_> {
     async fn resource(&self, method: Method, t: Target, body: Bytes) -> ApiResult {
         let r = t.r;
         if t.ns.is_none() && r.namespaced && t.name.is_some() {
-            return Err(ApiError::new(
-                404,
-                "NotFound",
-                "the server could not find the requested resource",
-            ));
+            return Err(ApiError::no_route());
         }
         let watch = t.watch_path || self.param("watch").is_some_and(parse_bool);
         match (method, t.name.as_deref(), t.sub.as_deref()) {
@@ -567,11 +550,7 @@ impl Req<'_> {
                     "the server does not allow this method on the requested resource ({sub})"
                 )))
             }
-            _ => Err(ApiError::new(
-                404,
-                "NotFound",
-                "the server could not find the requested resource",
-            )),
+            _ => Err(ApiError::no_route()),
         }
     }
 
@@ -780,11 +759,7 @@ impl Req<'_> {
     }
 
     fn parse_body(&self, body: &Bytes) -> Result<Value, ApiError> {
-        let ct = self
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("application/json");
+        let ct = self.content_type();
         if ct.starts_with(protobuf::MEDIA_TYPE) {
             protobuf::decode(body)
         } else if ct.contains("yaml") {
@@ -1174,16 +1149,7 @@ impl Req<'_> {
         body: &Bytes,
         sub: Option<&str>,
     ) -> ApiResult {
-        let ct = self
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_string();
+        let ct = self.content_type().to_string();
         let is_apply = ct == "application/apply-patch+yaml" || ct == "application/apply-patch+cbor";
         if is_apply && self.param("fieldManager").is_none() {
             return Err(ApiError::bad_request(
@@ -1498,11 +1464,7 @@ impl Req<'_> {
             Method::GET => return Ok(json_response(StatusCode::OK, &scale)),
             Method::PUT => self.parse_body(body)?,
             _ => {
-                let ct = self
-                    .headers
-                    .get(header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("");
+                let ct = self.content_type();
                 let p: Value = serde_json::from_slice(body)
                     .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
                 let mut v = scale.clone();

@@ -253,6 +253,14 @@ fn validate_pod(spec: &Value, causes: &mut Vec<Cause>) {
     }
 }
 
+/// `obj[key]`, made an empty object first where it is missing.
+fn child<'a>(obj: &'a mut Value, key: &str) -> &'a mut Value {
+    obj.as_object_mut()
+        .expect("objects are JSON objects")
+        .entry(key)
+        .or_insert_with(|| json!({}))
+}
+
 fn set_default(obj: &mut Map<String, Value>, key: &str, v: Value) {
     if obj.get(key).is_none_or(Value::is_null) {
         obj.insert(key.into(), v);
@@ -276,19 +284,11 @@ pub fn apply_defaults(r: &Resource, obj: &mut Value) {
     match r.plural {
         "pods" => default_pod(obj),
         "namespaces" => {
-            let status = obj
-                .as_object_mut()
-                .unwrap()
-                .entry("status")
-                .or_insert_with(|| json!({}));
+            let status = child(obj, "status");
             if status["phase"].is_null() {
                 status["phase"] = json!("Active");
             }
-            let spec = obj
-                .as_object_mut()
-                .unwrap()
-                .entry("spec")
-                .or_insert_with(|| json!({}));
+            let spec = child(obj, "spec");
             if spec["finalizers"].is_null() {
                 spec["finalizers"] = json!(["kubernetes"]);
             }
@@ -301,11 +301,7 @@ pub fn apply_defaults(r: &Resource, obj: &mut Value) {
             labels["kubernetes.io/metadata.name"] = name;
         }
         "services" => {
-            let spec = obj
-                .as_object_mut()
-                .unwrap()
-                .entry("spec")
-                .or_insert_with(|| json!({}));
+            let spec = child(obj, "spec");
             let s = spec.as_object_mut().unwrap();
             set_default(s, "type", json!("ClusterIP"));
             set_default(s, "sessionAffinity", json!("None"));
@@ -351,11 +347,7 @@ fn default_container(c: &mut Value) {
 }
 
 fn default_pod(obj: &mut Value) {
-    let spec = obj
-        .as_object_mut()
-        .unwrap()
-        .entry("spec")
-        .or_insert_with(|| json!({}));
+    let spec = child(obj, "spec");
     for list in ["containers", "initContainers"] {
         if let Some(cs) = spec.get_mut(list).and_then(Value::as_array_mut) {
             cs.iter_mut().for_each(default_container);
@@ -388,11 +380,7 @@ fn default_pod(obj: &mut Value) {
         }
     }
     let qos = qos_class(&obj["spec"]);
-    let status = obj
-        .as_object_mut()
-        .unwrap()
-        .entry("status")
-        .or_insert_with(|| json!({}));
+    let status = child(obj, "status");
     if status["phase"].is_null() {
         status["phase"] = json!("Pending");
     }

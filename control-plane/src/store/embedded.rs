@@ -170,6 +170,20 @@ impl State {
         })
     }
 
+    /// The key's current value, if it is still at revision `expect` (when given).
+    fn expect(&self, key: &str, expect: Option<Rev>) -> Result<KeyValue> {
+        let cur = self
+            .latest(key)
+            .ok_or_else(|| StoreError::NotFound(key.into()))?;
+        if expect.is_some_and(|e| e != cur.mod_rev) {
+            return Err(StoreError::Conflict {
+                key: key.into(),
+                current: cur.mod_rev,
+            });
+        }
+        Ok(cur)
+    }
+
     fn at(&self, key: &str, versions: &[Version], rev: Rev) -> Option<KeyValue> {
         let v = versions.iter().rev().find(|v| v.mod_rev <= rev)?;
         Some(KeyValue {
@@ -305,29 +319,13 @@ impl super::Store for Embedded {
 
     async fn update(&self, key: &str, value: Vec<u8>, expect: Option<Rev>) -> Result<KeyValue> {
         let mut s = self.state.lock().unwrap();
-        let cur = s
-            .latest(key)
-            .ok_or_else(|| StoreError::NotFound(key.into()))?;
-        if expect.is_some_and(|e| e != cur.mod_rev) {
-            return Err(StoreError::Conflict {
-                key: key.into(),
-                current: cur.mod_rev,
-            });
-        }
+        let cur = s.expect(key, expect)?;
         Ok(s.commit(key, cur.create_rev, Some(value))?.kv)
     }
 
     async fn delete(&self, key: &str, expect: Option<Rev>) -> Result<KeyValue> {
         let mut s = self.state.lock().unwrap();
-        let cur = s
-            .latest(key)
-            .ok_or_else(|| StoreError::NotFound(key.into()))?;
-        if expect.is_some_and(|e| e != cur.mod_rev) {
-            return Err(StoreError::Conflict {
-                key: key.into(),
-                current: cur.mod_rev,
-            });
-        }
+        let cur = s.expect(key, expect)?;
         Ok(s.commit(key, cur.create_rev, None)?.kv)
     }
 
