@@ -113,7 +113,7 @@ def pod_bench(podlet, pods, work):
     holder = subprocess.Popen(["unshare", "--net", "--mount", "--propagation", "private", "sleep", "infinity"])
     time.sleep(0.2)
     agent = subprocess.Popen(["nsenter", "-t", str(holder.pid), "-n", "-m", "--"] + base +
-                             ["run", "--manifest-dir", d + "/manifests", "--node-name", "bench", "--cgroup-root", CG, "--port", "0",
+                             ["run", "--standalone", "--manifest-dir", d + "/manifests", "--node-name", "bench", "--cgroup-root", CG, "--port", "0",
                               "--cni-conf-dir", d + "/cni/net.d", "--cni-bin-dir", d + "/cni/bin", "--cni-cache-dir", d + "/cni/cache"],
                              stdout=open(d + "/agent.log", "w"), stderr=subprocess.STDOUT, env=dict(os.environ, PODLET_LOG="warn"))
     sock = d + "/run/podlet.sock"

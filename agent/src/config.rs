@@ -84,6 +84,34 @@ pub struct RunFlags {
     /// Unsafe sysctls pods may set (comma-separated, `net.core.*` patterns).
     #[arg(long)]
     pub allowed_unsafe_sysctls: Option<String>,
+    /// Run static pods only, with no apiserver (the kubelet's standalone mode).
+    #[arg(long)]
+    pub standalone: bool,
+    /// Join the control plane at this URL as a worker (without it, and without
+    /// `--standalone`, the control plane runs in-process).
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Bootstrap token (`abcdef.0123456789abcdef`) for the first join.
+    #[arg(long)]
+    pub token: Option<String>,
+    /// The cluster CA certificate (PEM) that the apiserver's certificate must chain to.
+    #[arg(long)]
+    pub certificate_authority: Option<PathBuf>,
+    /// The node's kubeconfig, written at join (default `<root-dir>/kubelet.kubeconfig`).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Labels to register the node with, `key=value,...`.
+    #[arg(long)]
+    pub node_labels: Option<String>,
+    /// Taints to register the node with, `key=value:Effect,...`.
+    #[arg(long)]
+    pub register_with_taints: Option<String>,
+    /// All-in-one: where the in-process apiserver listens.
+    #[arg(long)]
+    pub apiserver_listen: Option<std::net::SocketAddr>,
+    /// All-in-one: where the administrator's kubeconfig is written.
+    #[arg(long)]
+    pub admin_kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,6 +138,33 @@ struct FileConfig {
     qos_reserved: Option<String>,
     seccomp_default: Option<bool>,
     allowed_unsafe_sysctls: Option<String>,
+    standalone: Option<bool>,
+    server: Option<String>,
+    token: Option<String>,
+    certificate_authority: Option<PathBuf>,
+    kubeconfig: Option<PathBuf>,
+    node_labels: Option<String>,
+    register_with_taints: Option<String>,
+    apiserver_listen: Option<std::net::SocketAddr>,
+    admin_kubeconfig: Option<PathBuf>,
+}
+
+/// How the agent relates to a control plane.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClusterMode {
+    /// Static pods only.
+    Standalone,
+    /// The control plane runs in this process on the embedded store.
+    AllInOne {
+        listen: std::net::SocketAddr,
+        admin_kubeconfig: PathBuf,
+    },
+    /// A worker of the control plane at `server`.
+    Worker {
+        server: String,
+        token: Option<String>,
+        ca: Option<PathBuf>,
+    },
 }
 
 /// The resolved configuration.
@@ -139,6 +194,10 @@ pub struct Config {
     pub allowed_unsafe_sysctls: Vec<String>,
     /// Where mounts are read from (a parameter so tests can use a fixture).
     pub mountinfo: PathBuf,
+    pub cluster: ClusterMode,
+    pub kubeconfig: PathBuf,
+    pub node_labels: std::collections::BTreeMap<String, String>,
+    pub taints: Vec<k8s_openapi::api::core::v1::Taint>,
 }
 
 impl Config {
@@ -216,17 +275,17 @@ impl Config {
         if cgroup_root.is_empty() || cgroup_root.split('/').any(|c| c == ".." || c.is_empty()) {
             anyhow::bail!("--cgroup-root {cgroup_root:?} must be a relative cgroup path");
         }
+        let root_dir: PathBuf = paths
+            .root_dir
+            .clone()
+            .or(f.root_dir)
+            .unwrap_or_else(|| "/var/lib/podlet".into());
         Ok(Self {
             manifest_dir: run
                 .manifest_dir
                 .clone()
                 .or(f.manifest_dir)
                 .unwrap_or_else(|| "/etc/podlet/manifests".into()),
-            root_dir: paths
-                .root_dir
-                .clone()
-                .or(f.root_dir)
-                .unwrap_or_else(|| "/var/lib/podlet".into()),
             run_dir: paths
                 .run_dir
                 .clone()
@@ -328,8 +387,99 @@ impl Config {
                 .map(String::from)
                 .collect(),
             mountinfo: PathBuf::from("/proc/self/mountinfo"),
+            kubeconfig: run
+                .kubeconfig
+                .clone()
+                .or(f.kubeconfig)
+                .unwrap_or_else(|| root_dir.join("kubelet.kubeconfig")),
+            cluster: if run.standalone || f.standalone.unwrap_or(false) {
+                ClusterMode::Standalone
+            } else if let Some(server) = run.server.clone().or(f.server) {
+                ClusterMode::Worker {
+                    server,
+                    token: run.token.clone().or(f.token),
+                    ca: run
+                        .certificate_authority
+                        .clone()
+                        .or(f.certificate_authority),
+                }
+            } else {
+                ClusterMode::AllInOne {
+                    listen: run
+                        .apiserver_listen
+                        .or(f.apiserver_listen)
+                        .unwrap_or_else(|| ([127, 0, 0, 1], 6443).into()),
+                    admin_kubeconfig: run
+                        .admin_kubeconfig
+                        .clone()
+                        .or(f.admin_kubeconfig)
+                        .unwrap_or_else(|| "/etc/podlet/admin.kubeconfig".into()),
+                }
+            },
+            node_labels: parse_labels(run.node_labels.clone().or(f.node_labels).as_deref())
+                .map_err(|e| anyhow::anyhow!("--node-labels: {e}"))?,
+            taints: parse_taints(
+                run.register_with_taints
+                    .clone()
+                    .or(f.register_with_taints)
+                    .as_deref(),
+            )
+            .map_err(|e| anyhow::anyhow!("--register-with-taints: {e}"))?,
+            root_dir,
         })
     }
+}
+
+fn parse_labels(s: Option<&str>) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for item in s
+        .unwrap_or_default()
+        .split(',')
+        .filter(|i| !i.trim().is_empty())
+    {
+        let (k, v) = item
+            .split_once('=')
+            .ok_or_else(|| format!("{item:?}: expected key=value"))?;
+        let (k, v) = (k.trim(), v.trim());
+        if k.is_empty() || k.len() > 316 || v.len() > 63 {
+            return Err(format!("{item:?}: invalid label"));
+        }
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+fn parse_taints(s: Option<&str>) -> Result<Vec<k8s_openapi::api::core::v1::Taint>, String> {
+    let mut out = Vec::new();
+    for item in s
+        .unwrap_or_default()
+        .split(',')
+        .filter(|i| !i.trim().is_empty())
+    {
+        let (kv, effect) = item
+            .trim()
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{item:?}: expected key[=value]:Effect"))?;
+        if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
+            return Err(format!(
+                "{item:?}: effect must be NoSchedule, PreferNoSchedule or NoExecute"
+            ));
+        }
+        let (key, value) = match kv.split_once('=') {
+            Some((k, v)) => (k, Some(v.to_string())),
+            None => (kv, None),
+        };
+        if key.is_empty() {
+            return Err(format!("{item:?}: empty key"));
+        }
+        out.push(k8s_openapi::api::core::v1::Taint {
+            key: key.to_string(),
+            value,
+            effect: effect.to_string(),
+            time_added: None,
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

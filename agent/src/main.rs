@@ -1,6 +1,7 @@
 //! `podlet`: a Kubernetes node agent and container runtime in one binary.
 
 mod cli;
+mod cluster;
 mod config;
 mod eviction;
 mod manifest;
@@ -272,14 +273,31 @@ async fn agent(cfg: Config) -> Result<()> {
     for e in &errors {
         tracing::error!(source = "file", "invalid static pod manifest: {e}");
     }
-    let (tx, rx) = tokio::sync::watch::channel(desired);
+    let (tx, statics) = tokio::sync::watch::channel(desired);
     tokio::spawn(manifest::watch_dir(
         cfg.manifest_dir.clone(),
         cfg.node_name.clone(),
         tx,
         errors,
     ));
-    tokio::spawn(pod::run_manager(node.clone(), rx));
+    let mut control_plane = None;
+    let desired = match &cfg.cluster {
+        config::ClusterMode::Standalone => statics,
+        config::ClusterMode::AllInOne {
+            listen,
+            admin_kubeconfig,
+        } => {
+            let (client, task) = cluster::all_in_one(&cfg, *listen, admin_kubeconfig).await?;
+            control_plane = Some(task);
+            cluster::start(node.clone(), client, statics)
+        }
+        config::ClusterMode::Worker { server, .. } => {
+            tracing::info!(%server, "joining the control plane");
+            let client = cluster::worker_client(&cfg).await?;
+            cluster::start(node.clone(), client, statics)
+        }
+    };
+    tokio::spawn(pod::run_manager(node.clone(), desired));
     if !cfg.eviction_hard.is_empty() {
         tokio::spawn(eviction::run(
             node.clone(),
@@ -288,8 +306,18 @@ async fn agent(cfg: Config) -> Result<()> {
         ));
     }
     let server = tokio::spawn(server::serve(node));
+    let control_plane = async move {
+        match control_plane {
+            Some(t) => t.await?,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         r = server => r??,
+        r = control_plane => {
+            r.context("the control plane stopped")?;
+            anyhow::bail!("the control plane stopped");
+        }
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; pods keep running"),
     }
     Ok(())

@@ -13,7 +13,8 @@ use tokio::sync::watch;
 /// A static pod read from a file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StaticPod {
-    pub file: PathBuf,
+    /// The manifest; None for pods from the apiserver.
+    pub file: Option<PathBuf>,
     pub pod: Pod,
 }
 
@@ -177,7 +178,7 @@ pub fn to_static(mut pod: Pod, file: &Path, node: &str) -> StaticPod {
         spec.node_name = Some(node.to_string());
     }
     StaticPod {
-        file: file.to_path_buf(),
+        file: Some(file.to_path_buf()),
         pod,
     }
 }

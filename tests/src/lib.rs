@@ -95,6 +95,10 @@ pub struct TestNode {
     agent: Option<Child>,
     /// Extra `podlet run` flags for this node.
     pub agent_args: Vec<String>,
+    /// Whether the agent talks to a control plane: the all-in-one one (in-process, on
+    /// 127.0.0.1:6443 of the node's namespace) unless `agent_args` name a `--server`.
+    /// Otherwise it runs standalone (static pods only).
+    pub cluster: bool,
 }
 
 impl TestNode {
@@ -164,6 +168,7 @@ impl TestNode {
             holder,
             agent: None,
             agent_args: Vec::new(),
+            cluster: false,
         };
         let out = node.podlet(&["image", "import", busybox_archive().to_str().unwrap()]);
         assert_eq!(out.code, 0, "import failed: {}", out.stderr);
@@ -278,6 +283,13 @@ impl TestNode {
         {
             cmd.arg("--eviction-hard=");
         }
+        if self.cluster {
+            if !self.agent_args.iter().any(|a| a == "--server") {
+                cmd.arg("--admin-kubeconfig").arg(self.admin_kubeconfig());
+            }
+        } else {
+            cmd.arg("--standalone");
+        }
         cmd.args(&self.agent_args);
         let child = cmd
             .stdin(Stdio::null())
@@ -290,6 +302,51 @@ impl TestNode {
         self.wait_for("the node API", Duration::from_secs(10), || {
             self.get("/healthz").ok()
         });
+    }
+
+    /// The all-in-one control plane's admin kubeconfig.
+    pub fn admin_kubeconfig(&self) -> PathBuf {
+        self.path("admin.kubeconfig")
+    }
+
+    /// Runs kubectl 1.`minor` inside the node's network namespace against its all-in-one
+    /// control plane.
+    pub fn kubectl(&self, minor: u32, args: &[&str]) -> Output {
+        self.kubectl_stdin(minor, args, None)
+    }
+
+    pub fn kubectl_stdin(&self, minor: u32, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut c = self.kubectl_command(minor, args);
+        c.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = c.spawn().expect("running kubectl");
+        if let Some(s) = stdin {
+            child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    pub fn kubectl_command(&self, minor: u32, args: &[&str]) -> Command {
+        let mut c = Command::new("nsenter");
+        c.args(["-t", &self.holder.id().to_string(), "-n", "--"])
+            .arg(apiserver::kubectl_bin(minor))
+            .arg("--kubeconfig")
+            .arg(self.admin_kubeconfig())
+            .arg("--cache-dir")
+            .arg(self.path(&format!("kube-cache-{minor}")))
+            .args(args)
+            .env("HOME", self.dir.path());
+        c
     }
 
     /// `kill -9` of the agent (pods keep running).
@@ -519,6 +576,13 @@ impl Drop for TestNode {
     fn drop(&mut self) {
         // Stop pods the way a user would, so the agent cleans up after them.
         if self.agent.is_some() {
+            if self.cluster && self.admin_kubeconfig().exists() {
+                let _ = self
+                    .kubectl_command(33, &["delete", "pods", "--all", "-A", "--wait=false"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
             if let Ok(rd) = std::fs::read_dir(self.path("manifests")) {
                 for e in rd.flatten() {
                     let _ = std::fs::remove_file(e.path());

@@ -53,6 +53,20 @@ pub struct Node {
     pub evictions: std::sync::Mutex<BTreeMap<String, String>>,
     /// Bumped on every eviction request, waking the pod workers.
     pub eviction_tx: watch::Sender<u64>,
+    /// Bumped whenever a pod's published status changes or a pod goes.
+    pub status_tx: watch::Sender<u64>,
+    /// When the agent started (the time conditions that never changed report).
+    pub started: jiff::Timestamp,
+    /// Where pod events go, once an apiserver takes them.
+    pub events: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<PodEvent>>,
+}
+
+/// An event about a pod, as the kubelet records them (`Pulled`, `Started`, `Killing`…).
+pub struct PodEvent {
+    pub pod: Pod,
+    pub type_: String,
+    pub reason: String,
+    pub message: String,
 }
 
 impl Node {
@@ -106,6 +120,9 @@ impl Node {
             conditions: RwLock::new(BTreeMap::new()),
             evictions: std::sync::Mutex::new(BTreeMap::new()),
             eviction_tx: watch::channel(0).0,
+            status_tx: watch::channel(0).0,
+            started: jiff::Timestamp::now(),
+            events: std::sync::OnceLock::new(),
             oom_floor,
             cgroups,
             missing_controllers: missing,
@@ -218,6 +235,82 @@ impl Node {
         Ok(())
     }
 
+    /// The node's labels: the well-known ones and `--node-labels`.
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        let arch = std::env::consts::ARCH
+            .replace("x86_64", "amd64")
+            .replace("aarch64", "arm64");
+        let mut labels = BTreeMap::from([
+            (
+                "kubernetes.io/hostname".to_string(),
+                self.cfg.node_name.clone(),
+            ),
+            ("kubernetes.io/os".to_string(), "linux".to_string()),
+            ("kubernetes.io/arch".to_string(), arch.clone()),
+            ("beta.kubernetes.io/os".to_string(), "linux".to_string()),
+            ("beta.kubernetes.io/arch".to_string(), arch),
+        ]);
+        labels.extend(self.cfg.node_labels.clone());
+        labels
+    }
+
+    /// The kubelet's placement checks at admission (the scheduler may have raced a label or
+    /// taint change): node selector and required node affinity, then NoExecute taints the pod
+    /// does not tolerate (not for static pods).
+    pub fn placement(&self, pod: &Pod) -> Result<(), (String, String)> {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let labels = self.labels();
+        let selector_ok = spec
+            .node_selector
+            .iter()
+            .flatten()
+            .all(|(k, v)| labels.get(k) == Some(v));
+        let terms = spec
+            .affinity
+            .as_ref()
+            .and_then(|a| a.node_affinity.as_ref())
+            .and_then(|n| {
+                n.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
+            .map(|r| r.node_selector_terms.clone());
+        let affinity_ok = match terms {
+            None => true,
+            Some(terms) => terms
+                .iter()
+                .any(|t| node_term_matches(t, &labels, &self.cfg.node_name)),
+        };
+        if !selector_ok || !affinity_ok {
+            return Err((
+                "NodeAffinity".into(),
+                "Predicate NodeAffinity failed: node(s) didn't match Pod's node affinity/selector"
+                    .into(),
+            ));
+        }
+        let is_static = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("kubernetes.io/config.source"))
+            .is_some_and(|s| s == "file");
+        if !is_static {
+            let tolerations = spec.tolerations.unwrap_or_default();
+            for t in self.cfg.taints.iter().filter(|t| t.effect == "NoExecute") {
+                if !tolerations.iter().any(|tol| tolerates(tol, t)) {
+                    return Err((
+                        "TaintToleration".into(),
+                        format!(
+                            "Predicate TaintToleration failed: node(s) had untolerated taint {{{}: {}}}",
+                            t.key,
+                            t.value.clone().unwrap_or_default()
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Records a pod that already runs (adopted after a restart), whether or not it fits now.
     pub fn admit_running(
         &self,
@@ -317,7 +410,14 @@ impl Node {
         let (acpu, amem) = self.allocatable();
         let res = |cpu: i64, mem: i64| {
             BTreeMap::from([
-                ("cpu".to_string(), Quantity(format!("{cpu}m"))),
+                (
+                    "cpu".to_string(),
+                    Quantity(if cpu % 1000 == 0 {
+                        (cpu / 1000).to_string()
+                    } else {
+                        format!("{cpu}m")
+                    }),
+                ),
                 ("memory".to_string(), Quantity(format!("{}Ki", mem / 1024))),
                 ("pods".to_string(), Quantity("110".into())),
             ])
@@ -326,10 +426,7 @@ impl Node {
         let mut conditions: Vec<NodeCondition> = ["MemoryPressure", "DiskPressure", "PIDPressure"]
             .iter()
             .map(|t| {
-                let (on, since) = conds
-                    .get(t)
-                    .copied()
-                    .unwrap_or((false, jiff::Timestamp::now()));
+                let (on, since) = conds.get(t).copied().unwrap_or((false, self.started));
                 let what = match *t {
                     "MemoryPressure" => "memory",
                     "DiskPressure" => "disk",
@@ -365,6 +462,7 @@ impl Node {
             status: "True".into(),
             reason: Some("KubeletReady".into()),
             message: Some("podlet is posting ready status".into()),
+            last_transition_time: Some(Time(self.started)),
             ..Default::default()
         });
         let uname = nix::sys::utsname::uname().ok();
@@ -414,10 +512,81 @@ impl Node {
             .write()
             .expect("pods lock")
             .insert(uid.to_string(), pod);
+        self.status_tx.send_modify(|g| *g += 1);
     }
 
     pub fn forget(&self, uid: &str) {
         self.pods.write().expect("pods lock").remove(uid);
+        self.status_tx.send_modify(|g| *g += 1);
+    }
+
+    /// Records a Kubernetes event about a pod (posted to the apiserver when there is one).
+    pub fn event(&self, pod: &Pod, type_: &str, reason: &str, message: String) {
+        if let Some(tx) = self.events.get() {
+            let _ = tx.send(PodEvent {
+                pod: pod.clone(),
+                type_: type_.to_string(),
+                reason: reason.to_string(),
+                message,
+            });
+        }
+    }
+}
+
+fn node_term_matches(
+    t: &k8s_openapi::api::core::v1::NodeSelectorTerm,
+    labels: &BTreeMap<String, String>,
+    node_name: &str,
+) -> bool {
+    let exprs = t.match_expressions.clone().unwrap_or_default();
+    let fields = t.match_fields.clone().unwrap_or_default();
+    if exprs.is_empty() && fields.is_empty() {
+        return false;
+    }
+    let check = |e: &k8s_openapi::api::core::v1::NodeSelectorRequirement, v: Option<&String>| {
+        let values = e.values.clone().unwrap_or_default();
+        let num = |s: &str| s.parse::<i64>().ok();
+        match e.operator.as_str() {
+            "In" => v.is_some_and(|v| values.contains(v)),
+            "NotIn" => !v.is_some_and(|v| values.contains(v)),
+            "Exists" => v.is_some(),
+            "DoesNotExist" => v.is_none(),
+            "Gt" => {
+                matches!((v.and_then(|v| num(v)), values.first().and_then(|x| num(x))), (Some(a), Some(b)) if a > b)
+            }
+            "Lt" => {
+                matches!((v.and_then(|v| num(v)), values.first().and_then(|x| num(x))), (Some(a), Some(b)) if a < b)
+            }
+            _ => false,
+        }
+    };
+    let name = node_name.to_string();
+    exprs.iter().all(|e| check(e, labels.get(&e.key)))
+        && fields
+            .iter()
+            .all(|f| f.key == "metadata.name" && check(f, Some(&name)))
+}
+
+/// Whether a toleration matches a taint (Kubernetes' `ToleratesTaint`).
+pub fn tolerates(
+    tol: &k8s_openapi::api::core::v1::Toleration,
+    t: &k8s_openapi::api::core::v1::Taint,
+) -> bool {
+    if let Some(e) = tol.effect.as_deref().filter(|e| !e.is_empty()) {
+        if e != t.effect {
+            return false;
+        }
+    }
+    let key = tol.key.clone().unwrap_or_default();
+    if !key.is_empty() && key != t.key {
+        return false;
+    }
+    match tol.operator.as_deref().unwrap_or("Equal") {
+        "Exists" => true,
+        _ => {
+            !key.is_empty()
+                && tol.value.clone().unwrap_or_default() == t.value.clone().unwrap_or_default()
+        }
     }
 }
 
@@ -504,6 +673,17 @@ fn pod_on_disk(node: &Node, uid: &str) -> Pod {
         })
 }
 
+/// The pods the runtime holds on disk, with the spec each was made from.
+pub fn pods_on_disk(node: &Node) -> Vec<(String, Pod)> {
+    uids_on_disk(node)
+        .into_iter()
+        .map(|uid| {
+            let pod = pod_on_disk(node, &uid);
+            (uid, pod)
+        })
+        .collect()
+}
+
 /// Releases network attachments and user namespace ranges of sandboxes that no longer exist
 /// (after a crash or reboot).
 pub fn network_gc(node: &Node) {
@@ -521,6 +701,28 @@ pub async fn run_manager(node: Arc<Node>, mut desired: watch::Receiver<Desired>)
         let want = desired.borrow_and_update().clone();
         workers.retain(|_, h| !h.task.is_finished());
         for (uid, sp) in &want {
+            // A pod being deleted from the apiserver: its worker gets the deletion's grace
+            // period, then stops.
+            if sp.pod.metadata.deletion_timestamp.is_some() {
+                match workers.get(uid) {
+                    Some(h) => {
+                        h.pod.send_if_modified(|p| {
+                            let changed = *p != sp.pod;
+                            if changed {
+                                *p = sp.pod.clone();
+                            }
+                            changed
+                        });
+                        let _ = h.stop.send(true);
+                    }
+                    None if node.cfg.pod_run_dir(uid).exists() => {
+                        tracing::info!(pod = %uid, "tearing down a pod being deleted");
+                        workers.insert(uid.clone(), spawn(node.clone(), sp.pod.clone(), true));
+                    }
+                    None => {}
+                }
+                continue;
+            }
             match workers.get(uid) {
                 Some(h) => {
                     h.pod.send_if_modified(|p| {

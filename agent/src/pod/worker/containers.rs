@@ -56,6 +56,20 @@ impl Worker {
                         )),
                     },
                 };
+                if self.waiting.get(&c.name).map(|o| &o.reason) != Some(&w.reason) {
+                    let msg = if w.reason == "ImagePullBackOff" {
+                        format!(
+                            "Back-off pulling image {:?}",
+                            c.image.clone().unwrap_or_default()
+                        )
+                    } else {
+                        format!(
+                            "Back-off restarting failed container {} in pod {pod_ref}",
+                            c.name
+                        )
+                    };
+                    self.node.event(&self.pod, "Warning", "BackOff", msg);
+                }
                 self.waiting.insert(c.name.clone(), w);
                 return Some(left);
             }
@@ -75,6 +89,12 @@ impl Worker {
             }
             Err(w) => {
                 tracing::warn!(container = %c.name, reason = %w.reason, "{}", w.message.clone().unwrap_or_default());
+                self.node.event(
+                    &self.pod,
+                    "Warning",
+                    "Failed",
+                    format!("Error: {}", w.message.clone().unwrap_or(w.reason.clone())),
+                );
                 let b = self.backoff.entry(c.name.clone()).or_default();
                 b.failures += 1;
                 let delay = backoff_delay(b.failures);
@@ -116,6 +136,12 @@ impl Worker {
                 format!("image {image_name:?} is not present on this node; import it with `podlet image import`"),
             )
         })?;
+        self.node.event(
+            &self.pod,
+            "Normal",
+            "Pulled",
+            format!("Container image {image_name:?} already present on machine"),
+        );
         let inst = self.instance_dir(&c.name, attempt);
         if inst.exists() {
             self.remove_instance(&inst);
@@ -171,6 +197,11 @@ impl Worker {
                 self.shim = Some(state);
                 self.image_ids.insert(c.name.clone(), image.image_ref());
                 tracing::info!(container = %c.name, attempt, "container started");
+                let msg = |verb: &str| format!("{verb} container: {}", c.name);
+                self.node
+                    .event(&self.pod, "Normal", "Created", msg("Created"));
+                self.node
+                    .event(&self.pod, "Normal", "Started", msg("Started"));
                 // Earlier instances are dead; their logs stay in the log directory.
                 for old in 0..attempt {
                     let d = self.instance_dir(&c.name, old);

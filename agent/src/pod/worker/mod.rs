@@ -95,6 +95,12 @@ async fn drive(mut w: Worker, mut stop: watch::Receiver<bool>, mut updates: watc
     let mut evictions = w.node.eviction_tx.subscribe();
     loop {
         if *stop.borrow() {
+            // The deletion's grace period, when the apiserver's pod is being deleted.
+            let latest = updates.borrow().clone();
+            if latest.metadata.deletion_grace_period_seconds.is_some() {
+                w.pod.metadata.deletion_grace_period_seconds =
+                    latest.metadata.deletion_grace_period_seconds;
+            }
             w.teardown().await;
             return;
         }
@@ -236,8 +242,9 @@ impl Worker {
                     crate::pod::security::sysctls(&self.pod, &self.node.cfg.allowed_unsafe_sysctls)
                         .err()
                 });
-            if let Some(r) =
-                refused.or_else(|| self.node.admit(&self.uid, &self.spec, self.qos).err())
+            if let Some(r) = refused
+                .or_else(|| self.node.placement(&self.pod).err())
+                .or_else(|| self.node.admit(&self.uid, &self.spec, self.qos).err())
             {
                 tracing::warn!(reason = %r.0, "{}", r.1);
                 self.rejected = Some(r);

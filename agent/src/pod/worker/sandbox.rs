@@ -264,8 +264,10 @@ impl Worker {
 
     pub(super) async fn teardown(&mut self) {
         let grace = Duration::from_secs(
-            self.spec
-                .termination_grace_period_seconds
+            self.pod
+                .metadata
+                .deletion_grace_period_seconds
+                .or(self.spec.termination_grace_period_seconds)
                 .unwrap_or(30)
                 .max(0) as u64,
         );
@@ -278,6 +280,12 @@ impl Worker {
                 .map(|(n, _)| n.clone())
                 .collect();
             for name in &running {
+                self.node.event(
+                    &self.pod,
+                    "Normal",
+                    "Killing",
+                    format!("Stopping container {name}"),
+                );
                 let _ = call(
                     &self.run_dir,
                     Request::Kill {

@@ -1,0 +1,141 @@
+//! The agent in a cluster: joining (or, all-in-one, starting the control plane in-process),
+//! the Node and its Lease, pods from the apiserver, their statuses, mirror pods and events.
+
+mod events;
+pub mod join;
+mod node;
+pub mod pods;
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use tokio::sync::watch;
+
+use crate::config::{ClusterMode, Config};
+use crate::manifest::Desired;
+use crate::pod::Node;
+
+/// Starts the in-process control plane on the embedded store and returns the node's client,
+/// authenticated by a certificate the cluster CA signs directly (no bootstrap needed), plus the
+/// control plane's task.
+pub async fn all_in_one(
+    cfg: &Config,
+    listen: std::net::SocketAddr,
+    admin_kubeconfig: &std::path::Path,
+) -> Result<(kube::Client, tokio::task::JoinHandle<Result<()>>)> {
+    let data_dir = cfg.root_dir.join("control-plane");
+    let cp = podlet_control_plane::Config {
+        data_dir: data_dir.clone(),
+        listen,
+        etcd_servers: Vec::new(),
+        admin_kubeconfig: Some(admin_kubeconfig.to_path_buf()),
+        compaction_interval: std::time::Duration::from_secs(300),
+        token_auth_file: None,
+        service_cluster_ip_range: "10.96.0.0/12".parse().expect("constant range"),
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(podlet_control_plane::run(cp, Some(tx)));
+    let addr = match rx.await {
+        Ok(a) => a,
+        Err(_) => {
+            return Err(task
+                .await
+                .map_err(anyhow::Error::from)
+                .and_then(|r| {
+                    r.err()
+                        .ok_or_else(|| anyhow::anyhow!("the control plane stopped"))
+                })
+                .unwrap_or_else(|e| e))
+            .context("starting the control plane")
+        }
+    };
+    let host = if addr.ip().is_unspecified() {
+        std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    };
+    let pki = data_dir.join("pki");
+    let ca = std::fs::read_to_string(pki.join("ca.crt"))?;
+    let (cert_pem, key_pem) = podlet_control_plane::pki::client_cert(
+        &pki,
+        &format!("system:node:{}", cfg.node_name),
+        &["system:nodes"],
+    )?;
+    let yaml = join::kubeconfig(
+        &format!("https://{host}"),
+        &ca,
+        join::User::Cert {
+            cert_pem: &cert_pem,
+            key_pem: &key_pem,
+        },
+    );
+    join::write_private(&cfg.kubeconfig, &yaml)?;
+    tracing::info!(%addr, admin_kubeconfig = %admin_kubeconfig.display(), "control plane running in-process");
+    Ok((join::client(&yaml).await?, task))
+}
+
+/// The node's client for a worker: its kubeconfig, or a bootstrap join.
+pub async fn worker_client(cfg: &Config) -> Result<kube::Client> {
+    let ClusterMode::Worker { server, token, ca } = &cfg.cluster else {
+        anyhow::bail!("not a worker");
+    };
+    join::join(
+        &cfg.kubeconfig,
+        &cfg.node_name,
+        server,
+        token.as_deref(),
+        ca.as_deref(),
+    )
+    .await
+}
+
+/// Starts every cluster task; returns what the pod manager should run (static pods and the
+/// apiserver's pods for this node).
+pub fn start(
+    node: Arc<Node>,
+    client: kube::Client,
+    statics: watch::Receiver<Desired>,
+) -> watch::Receiver<Desired> {
+    let (client_tx, client_rx) = watch::channel(client);
+    let (api_tx, api_rx) = watch::channel::<pods::ApiPods>(None);
+    let initial = pods::merge(&node, &statics.borrow(), &None);
+    let (desired_tx, desired_rx) = watch::channel(initial);
+    let (ev_tx, ev_rx) = tokio::sync::mpsc::unbounded_channel();
+    let _ = node.events.set(ev_tx);
+    tokio::spawn(events::run(
+        node.cfg.node_name.clone(),
+        client_rx.clone(),
+        ev_rx,
+    ));
+    tokio::spawn(pods::watch(
+        node.cfg.node_name.clone(),
+        client_rx.clone(),
+        api_tx,
+    ));
+    tokio::spawn(pods::feed(
+        node.clone(),
+        statics.clone(),
+        api_rx.clone(),
+        desired_tx,
+    ));
+    tokio::spawn(join::rotate(
+        node.cfg.kubeconfig.clone(),
+        node.cfg.node_name.clone(),
+        client_tx,
+    ));
+    tokio::spawn(async move {
+        let registered = node::register(&node, &client_rx).await;
+        let owner = OwnerReference {
+            api_version: "v1".into(),
+            kind: "Node".into(),
+            name: node.cfg.node_name.clone(),
+            uid: registered.metadata.uid.clone().unwrap_or_default(),
+            controller: Some(true),
+            ..Default::default()
+        };
+        tokio::spawn(node::run(node.clone(), client_rx.clone(), registered));
+        pods::report(node, client_rx, api_rx, statics, owner).await;
+    });
+    desired_rx
+}
