@@ -261,6 +261,23 @@ async fn agent(cfg: Config) -> Result<()> {
     // Without CAP_SYS_RESOURCE this fails and the node's floor stays where it is (see Node).
     let _ = podlet_runtime::sys::set_oom_score_adj(-999);
     tracing::info!(node = %cfg.node_name, manifests = %cfg.manifest_dir.display(), "podlet starting");
+    // The cluster comes first: a failed join touches nothing on the node.
+    let mut control_plane = None;
+    let client = match &cfg.cluster {
+        config::ClusterMode::Standalone => None,
+        config::ClusterMode::AllInOne {
+            listen,
+            admin_kubeconfig,
+        } => {
+            let (client, task) = cluster::all_in_one(&cfg, *listen, admin_kubeconfig).await?;
+            control_plane = Some(task);
+            Some(client)
+        }
+        config::ClusterMode::Worker { server, .. } => {
+            tracing::info!(%server, "joining the control plane");
+            Some(cluster::worker_client(&cfg).await?)
+        }
+    };
     let node = Arc::new(pod::Node::new(cfg.clone())?);
     node.update_qos_cgroups();
     {
@@ -280,22 +297,9 @@ async fn agent(cfg: Config) -> Result<()> {
         tx,
         errors,
     ));
-    let mut control_plane = None;
-    let desired = match &cfg.cluster {
-        config::ClusterMode::Standalone => statics,
-        config::ClusterMode::AllInOne {
-            listen,
-            admin_kubeconfig,
-        } => {
-            let (client, task) = cluster::all_in_one(&cfg, *listen, admin_kubeconfig).await?;
-            control_plane = Some(task);
-            cluster::start(node.clone(), client, statics)
-        }
-        config::ClusterMode::Worker { server, .. } => {
-            tracing::info!(%server, "joining the control plane");
-            let client = cluster::worker_client(&cfg).await?;
-            cluster::start(node.clone(), client, statics)
-        }
+    let desired = match client {
+        None => statics,
+        Some(client) => cluster::start(node.clone(), client, statics),
     };
     tokio::spawn(pod::run_manager(node.clone(), desired));
     if !cfg.eviction_hard.is_empty() {

@@ -20,6 +20,9 @@ pub struct ControlPlane {
     pub dir: tempfile::TempDir,
     pub port: u16,
     extra: Vec<String>,
+    /// The network namespace it serves in (a holder process's), with its address there;
+    /// None: host loopback.
+    netns: Option<(u32, String)>,
 }
 
 pub fn free_port() -> u16 {
@@ -44,6 +47,16 @@ impl ControlPlane {
 
     /// Starts one with extra `podlet control-plane` flags (e.g. `--etcd-servers`).
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_at(None, extra)
+    }
+
+    /// Starts one serving on `ip:6443` inside the network namespace of process `pid` (kubectl
+    /// and curl run there too).
+    pub fn start_in_netns(pid: u32, ip: &str) -> Self {
+        Self::start_at(Some((pid, ip.to_string())), &[])
+    }
+
+    fn start_at(netns: Option<(u32, String)>, extra: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("podlet-cp-")
             .tempdir_in("/tmp")
@@ -51,11 +64,31 @@ impl ControlPlane {
         let mut cp = ControlPlane {
             child: None,
             dir,
-            port: free_port(),
+            port: if netns.is_some() { 6443 } else { free_port() },
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            netns,
         };
         cp.restart();
         cp
+    }
+
+    /// A command run where the control plane serves.
+    fn command(&self, prog: impl AsRef<std::ffi::OsStr>) -> Command {
+        match &self.netns {
+            None => Command::new(prog),
+            Some((pid, _)) => {
+                let mut c = Command::new("nsenter");
+                c.args(["-t", &pid.to_string(), "-n", "--"]).arg(prog);
+                c
+            }
+        }
+    }
+
+    fn host(&self) -> &str {
+        self.netns
+            .as_ref()
+            .map(|n| n.1.as_str())
+            .unwrap_or("127.0.0.1")
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -67,7 +100,7 @@ impl ControlPlane {
     }
 
     pub fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
+        format!("https://{}:{}", self.host(), self.port)
     }
 
     /// The cluster CA the apiserver made at first start.
@@ -97,14 +130,15 @@ impl ControlPlane {
             format!("{ADMIN_TOKEN},admin,admin-uid,\"system:masters\"\n{VIEWER_TOKEN},viewer,viewer-uid\n"),
         )
         .unwrap();
-        let child = Command::new(podlet_bin())
+        let child = self
+            .command(podlet_bin())
             .arg("control-plane")
             .arg("--token-auth-file")
             .arg(&tokens)
             .arg("--data-dir")
             .arg(self.data_dir())
             .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port))
+            .arg(format!("{}:{}", self.host(), self.port))
             .arg("--admin-kubeconfig")
             .arg(self.kubeconfig())
             .args(&self.extra)
@@ -136,7 +170,7 @@ impl ControlPlane {
     }
 
     fn kubectl_command(&self, minor: u32, args: &[&str]) -> Command {
-        let mut c = Command::new(kubectl_bin(minor));
+        let mut c = self.command(kubectl_bin(minor));
         c.arg("--kubeconfig")
             .arg(self.kubeconfig())
             .arg("--cache-dir")
@@ -201,7 +235,7 @@ impl ControlPlane {
         content_type: &str,
         body: &[u8],
     ) -> std::io::Result<(u16, String)> {
-        let mut c = Command::new("curl");
+        let mut c = self.command("curl");
         c.args(["-sS", "--max-time", "20", "-X", method, "--cacert"])
             .arg(self.ca())
             .args(["-o", "-", "-w", "\n%{http_code}"]);

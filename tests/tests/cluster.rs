@@ -186,3 +186,231 @@ fn all_in_one_node_runs_kubectl_pods_and_reports_status() {
     assert!(!node.path(&format!("run/pods/{uid}")).exists());
     assert!(!node.path(&format!("root/pods/{uid}")).exists());
 }
+
+/// A process holding a network namespace of its own (lo up); killed on drop.
+struct NetNs(std::process::Child);
+
+impl NetNs {
+    fn new() -> Self {
+        let child = std::process::Command::new("unshare")
+            .args(["--net", "sleep", "infinity"])
+            .spawn()
+            .unwrap();
+        let own = std::fs::read_link("/proc/self/ns/net").unwrap();
+        while std::fs::read_link(format!("/proc/{}/ns/net", child.id())).ok() == Some(own.clone()) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let ns = NetNs(child);
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    fn ip(&self, args: &[&str]) {
+        sh_ip(self.pid(), args);
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sh_ip(pid: u32, args: &[&str]) {
+    let st = std::process::Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-n", "--", "ip"])
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(st.success(), "ip {args:?} in {pid}");
+}
+
+const BOOTSTRAP: &str = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: bootstrap-token-abcdef\n  namespace: kube-system\ntype: bootstrap.kubernetes.io/token\nstringData:\n  token-id: abcdef\n  token-secret: 0123456789abcdef\n  usage-bootstrap-authentication: \"true\"\n";
+
+fn ready_since(node: &Value) -> Option<&str> {
+    node["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready" && c["status"] == "True")?["lastHeartbeatTime"]
+        .as_str()
+}
+
+#[test]
+fn worker_joins_with_a_bootstrap_token_and_survives_control_plane_outage() {
+    use podlet_e2e::apiserver::ControlPlane;
+    if !privileged() {
+        return;
+    }
+    // The control plane in one namespace, the worker node in another, a veth between them.
+    let cp_ns = NetNs::new();
+    let mut node = TestNode::with_busybox();
+    cp_ns.ip(&[
+        "link",
+        "add",
+        "cp0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "node0",
+        "netns",
+        &node.holder_pid().to_string(),
+    ]);
+    cp_ns.ip(&["addr", "add", "10.99.0.1/24", "dev", "cp0"]);
+    cp_ns.ip(&["link", "set", "cp0", "up"]);
+    sh_ip(
+        node.holder_pid(),
+        &["addr", "add", "10.99.0.2/24", "dev", "node0"],
+    );
+    sh_ip(node.holder_pid(), &["link", "set", "node0", "up"]);
+    let mut cp = ControlPlane::start_in_netns(cp_ns.pid(), "10.99.0.1");
+    cp.kubectl_env(33, &["apply", "-f", "-"], &[], Some(BOOTSTRAP));
+
+    // A join with a wrong token fails with the apiserver's answer, and leaves no kubeconfig.
+    node.cluster = true;
+    let ca = cp.ca().display().to_string();
+    let bad = node.podlet(&[
+        "run",
+        "--server",
+        &cp.url(),
+        "--token",
+        "abcdef.ffffffffffffffff",
+        "--certificate-authority",
+        &ca,
+        "--node-name",
+        "e2e",
+        "--port",
+        "0",
+        "--manifest-dir",
+        node.path("manifests").to_str().unwrap(),
+        "--cni-conf-dir",
+        node.path("cni/net.d").to_str().unwrap(),
+        "--cni-bin-dir",
+        node.path("cni/bin").to_str().unwrap(),
+        "--cni-cache-dir",
+        node.path("cni/cache").to_str().unwrap(),
+        "--cgroup-root",
+        &node.cgroup_root,
+    ]);
+    assert_ne!(bad.code, 0);
+    assert!(
+        bad.stderr.contains("Unauthorized") || bad.stderr.contains("401"),
+        "{}",
+        bad.stderr
+    );
+    assert!(!node.path("root/kubelet.kubeconfig").exists());
+
+    node.agent_args = vec![
+        "--server".into(),
+        cp.url(),
+        "--token".into(),
+        "abcdef.0123456789abcdef".into(),
+        "--certificate-authority".into(),
+        ca,
+        "--node-labels".into(),
+        "zone=lab".into(),
+    ];
+    node.start_agent();
+    let n = node.wait_for("the worker Ready", Duration::from_secs(30), || {
+        get(&cp, &["node", "e2e"]).filter(|n| ready_since(n).is_some())
+    });
+    assert_eq!(n["metadata"]["labels"]["zone"], "lab");
+    let kc = std::fs::read_to_string(node.path("root/kubelet.kubeconfig")).unwrap();
+    assert!(kc.contains("client-certificate-data"), "{kc}");
+    let csrs = k(&cp, &["get", "csr"]);
+    assert!(
+        csrs.contains("system:bootstrap:abcdef") && csrs.contains("Approved,Issued"),
+        "{csrs}"
+    );
+
+    k(&cp, &["run", "w", "--image=busybox", "--", "sleep", "1000"]);
+    let running = |p: &Value| phase(p) == "Running" && p["status"]["podIP"].is_string();
+    let p = node.wait_for(
+        "the pod Running on the worker",
+        Duration::from_secs(60),
+        || {
+            std::thread::sleep(Duration::from_millis(100));
+            get(&cp, &["pod", "w"]).filter(running)
+        },
+    );
+    assert_eq!(p["spec"]["nodeName"], "e2e");
+    let uid = p["metadata"]["uid"].as_str().unwrap().to_string();
+    let pid = node.shim_state(&uid)["containers"]["w"]["pid"]
+        .as_i64()
+        .unwrap();
+
+    // The control plane goes away for 30 s: the pod keeps running, untouched.
+    cp.kill();
+    std::thread::sleep(Duration::from_secs(30));
+    assert!(
+        podlet_e2e::alive(pid),
+        "the container died while the apiserver was down"
+    );
+    assert_eq!(phase(&local(&node, "w").unwrap()), "Running");
+    cp.restart();
+    // The agent reconnects: it heartbeats again and takes new pods.
+    let restarted = jiff_now();
+    node.wait_for(
+        "a heartbeat after the restart",
+        Duration::from_secs(40),
+        || {
+            std::thread::sleep(Duration::from_millis(500));
+            let l = get(&cp, &["lease", "-n", "kube-node-lease", "e2e"])?;
+            (l["spec"]["renewTime"].as_str()? > restarted.as_str()).then_some(())
+        },
+    );
+    k(&cp, &["run", "x", "--image=busybox", "--", "sleep", "1000"]);
+    node.wait_for(
+        "a new pod after the restart",
+        Duration::from_secs(60),
+        || {
+            std::thread::sleep(Duration::from_millis(100));
+            get(&cp, &["pod", "x"]).filter(running)
+        },
+    );
+
+    // The agent restarted: it adopts its pods without restarting them.
+    node.kill_agent();
+    node.start_agent();
+    std::thread::sleep(Duration::from_secs(2));
+    let p = get(&cp, &["pod", "w"]).unwrap();
+    assert_eq!(phase(&p), "Running");
+    assert_eq!(p["status"]["containerStatuses"][0]["restartCount"], 0);
+    assert_eq!(
+        node.shim_state(&uid)["containers"]["w"]["pid"]
+            .as_i64()
+            .unwrap(),
+        pid
+    );
+
+    k(&cp, &["delete", "pod", "w", "x", "--grace-period=1"]);
+    assert!(node.pods().is_empty(), "pods left on the worker");
+}
+
+fn k(cp: &podlet_e2e::apiserver::ControlPlane, args: &[&str]) -> String {
+    let out = cp.kubectl(33, args);
+    assert_eq!(out.code, 0, "kubectl {args:?}: {}", out.stderr);
+    out.stdout
+}
+
+fn get(cp: &podlet_e2e::apiserver::ControlPlane, args: &[&str]) -> Option<Value> {
+    let mut a = vec!["get"];
+    a.extend_from_slice(args);
+    a.extend_from_slice(&["-o", "json"]);
+    let out = cp.kubectl(33, &a);
+    (out.code == 0).then(|| serde_json::from_str(&out.stdout).ok())?
+}
+
+/// Now in RFC 3339 with microseconds, comparable as text with the apiserver's MicroTime.
+fn jiff_now() -> String {
+    let out = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%S.%6NZ"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
