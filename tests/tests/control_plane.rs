@@ -54,6 +54,120 @@ fn drive(cp: &ControlPlane, v: u32) {
     };
     assert!(ok(&k(&["create", "namespace", &ns]), "create ns").contains("created"));
 
+    // kubectl's generators (protobuf bodies from 1.33's typed clients, JSON from 1.27's).
+    ok(
+        &kn(&[
+            "create",
+            "deployment",
+            "gen",
+            "--image=busybox",
+            "--replicas=2",
+            "--port=8080",
+        ]),
+        "create deployment",
+    );
+    ok(
+        &kn(&["create", "service", "clusterip", "gensvc", "--tcp=80:8080"]),
+        "create service",
+    );
+    ok(
+        &kn(&[
+            "expose",
+            "deployment",
+            "gen",
+            "--port=80",
+            "--target-port=8080",
+            "--name=genexp",
+        ]),
+        "expose",
+    );
+    ok(
+        &kn(&[
+            "create",
+            "role",
+            "reader",
+            "--verb=get,list",
+            "--resource=pods",
+        ]),
+        "create role",
+    );
+    ok(
+        &kn(&[
+            "create",
+            "rolebinding",
+            "reader",
+            "--role=reader",
+            "--user=bob",
+        ]),
+        "create rolebinding",
+    );
+    ok(
+        &kn(&[
+            "create",
+            "priorityclass",
+            &format!("high-{v}"),
+            "--value=1000",
+        ]),
+        "create priorityclass",
+    );
+    let dep = ok(
+        &kn(&["get", "deployment", "gen", "-o", "json"]),
+        "get deployment",
+    );
+    let dep: Value = serde_json::from_str(&dep).unwrap();
+    assert_eq!(dep["spec"]["replicas"], 2);
+    assert_eq!(dep["spec"]["selector"]["matchLabels"]["app"], "gen");
+    assert_eq!(
+        dep["spec"]["template"]["spec"]["containers"][0]["image"],
+        "busybox"
+    );
+    assert_eq!(
+        dep["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"],
+        8080
+    );
+    let svc = ok(
+        &kn(&["get", "service", "genexp", "-o", "json"]),
+        "get exposed service",
+    );
+    let svc: Value = serde_json::from_str(&svc).unwrap();
+    assert_eq!(svc["spec"]["ports"][0]["port"], 80);
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8080);
+    assert_eq!(svc["spec"]["selector"]["app"], "gen");
+    assert!(
+        svc["spec"]["clusterIP"]
+            .as_str()
+            .unwrap()
+            .starts_with("10."),
+        "{svc}"
+    );
+    let svc = ok(
+        &kn(&["get", "service", "gensvc", "-o", "json"]),
+        "get service",
+    );
+    let svc: Value = serde_json::from_str(&svc).unwrap();
+    assert_eq!(svc["spec"]["type"], "ClusterIP");
+    assert_eq!(svc["spec"]["ports"][0]["name"], "80-8080");
+    let rb = ok(
+        &kn(&["get", "rolebinding", "reader", "-o", "json"]),
+        "get rolebinding",
+    );
+    assert!(rb.contains("\"name\": \"bob\""), "{rb}");
+    ok(
+        &kn(&[
+            "delete",
+            "deployment/gen",
+            "service/gensvc",
+            "service/genexp",
+            "role/reader",
+            "rolebinding/reader",
+        ]),
+        "delete generated",
+    );
+    ok(
+        &k(&["delete", "priorityclass", &format!("high-{v}")]),
+        "delete priorityclass",
+    );
+
     // apply twice: the second is a no-op.
     let apply = |what: &str| {
         let out = cp.kubectl_env(v, &["-n", &ns, "apply", "-f", "-"], &[], Some(APP));
