@@ -57,7 +57,7 @@ pub async fn run(
     } else {
         Arc::new(store::etcd::Etcd::new(cfg.etcd_servers.clone()))
     };
-    api::bootstrap(&*store).await?;
+
     tokio::spawn(api::compactor(store.clone(), cfg.compaction_interval));
     tokio::spawn(scheduler::run(store.clone()));
     tokio::spawn(gc::run(store.clone()));
@@ -67,6 +67,7 @@ pub async fn run(
         None => Default::default(),
     };
     let pki = pki::ensure(&cfg.data_dir.join("pki"), &[cfg.listen.ip().to_string()])?;
+    api::bootstrap(&*store, &pki.ca_pem).await?;
     let tls = tokio_rustls::TlsAcceptor::from(Arc::new(pki.server_config()?));
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -94,6 +95,7 @@ pub async fn run(
         tokens,
         sa,
         service_cidr: cfg.service_cluster_ip_range,
+        ca_pem: pki.ca_pem.clone(),
     }));
     loop {
         let (tcp, _) = match listener.accept().await {

@@ -44,6 +44,28 @@ fn phase(p: &Value) -> &str {
 
 const STATIC: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox\n    command: [\"sleep\", \"1000\"]\n";
 
+const USES_API_OBJECTS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: uses}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: busybox
+    command: ["sh", "-c", "echo env: $GREETING $password; echo file: $(cat /cfg/greeting); echo namespace: $(cat /var/run/secrets/kubernetes.io/serviceaccount/namespace); echo ca: $(head -1 /var/run/secrets/kubernetes.io/serviceaccount/ca.crt); echo token: $(wc -c < /var/run/secrets/kubernetes.io/serviceaccount/token); echo done; exec sleep 1000"]
+    env:
+    - name: GREETING
+      valueFrom: {configMapKeyRef: {name: cfg, key: greeting}}
+    envFrom:
+    - secretRef: {name: sec}
+    volumeMounts:
+    - {name: cfg, mountPath: /cfg}
+  volumes:
+  - name: cfg
+    configMap: {name: cfg}
+"#;
+
 #[test]
 fn all_in_one_node_runs_kubectl_pods_and_reports_status() {
     let Some(node) = all_in_one() else { return };
@@ -176,6 +198,84 @@ fn all_in_one_node_runs_kubectl_pods_and_reports_status() {
         let out = node.kubectl(33, &["get", "pod", "web-e2e"]);
         out.stderr.contains("NotFound").then_some(())
     });
+
+    // ConfigMaps, Secrets and the service account token reach the containers.
+    for args in [
+        &["create", "configmap", "cfg", "--from-literal=greeting=hi"][..],
+        &[
+            "create",
+            "secret",
+            "generic",
+            "sec",
+            "--from-literal=password=s3cret",
+        ][..],
+    ] {
+        let out = node.kubectl(33, args);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+    }
+    let out = node.kubectl_stdin(33, &["apply", "-f", "-"], Some(USES_API_OBJECTS));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let p = wait_pod(&node, "uses", "the pod using API objects Running", |p| {
+        phase(p) == "Running"
+    });
+    assert!(
+        p["spec"]["volumes"]
+            .to_string()
+            .contains("kube-api-access-"),
+        "ServiceAccount admission adds the token volume: {}",
+        p["spec"]
+    );
+    let logs = node.wait_for("the pod's output", Duration::from_secs(20), || {
+        let out = node.podlet(&["logs", "uses"]);
+        out.stdout.contains("done").then_some(out.stdout)
+    });
+    assert!(logs.contains("env: hi s3cret"), "{logs}");
+    assert!(logs.contains("file: hi"), "{logs}");
+    assert!(logs.contains("namespace: default"), "{logs}");
+    assert!(logs.contains("ca: -----BEGIN CERTIFICATE-----"), "{logs}");
+    let token_len: usize = logs
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(token_len > 100, "{logs}");
+    // A missing ConfigMap keeps the container from starting, with the kubelet's reason.
+    let out = node.kubectl(33, &["run", "missing", "--image=busybox", "--overrides",
+        r#"{"spec":{"containers":[{"name":"missing","image":"busybox","command":["sleep","1000"],"env":[{"name":"X","valueFrom":{"configMapKeyRef":{"name":"nope","key":"k"}}}]}]}}"#]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let p = wait_pod(&node, "missing", "CreateContainerConfigError", |p| {
+        p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+            == "CreateContainerConfigError"
+    });
+    assert!(
+        p["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("configmap \"nope\" not found"),
+        "{p}"
+    );
+    let out = node.kubectl(
+        33,
+        &[
+            "run",
+            "ghost",
+            "--image=busybox",
+            "--overrides",
+            r#"{"spec":{"serviceAccountName":"ghost"}}"#,
+        ],
+    );
+    assert!(
+        out.stderr.contains(
+            "error looking up service account default/ghost: serviceaccount \"ghost\" not found"
+        ),
+        "{}",
+        out.stderr
+    );
+    let out = node.kubectl(
+        33,
+        &["delete", "pod", "uses", "missing", "--grace-period=1"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
 
     // kubectl delete waits for the node to confirm; nothing of the pod is left.
     let one = get_json(&node, &["pod", "one"]).unwrap();

@@ -499,7 +499,7 @@ fn bad_requests_get_status_errors_and_store_nothing() {
         (404, Some("missing"))
     );
 
-    // Only the one good object made it.
+    // Only the one good object made it (beside the cluster CA every namespace has).
     let (_, body) = cp.http("GET", cms, "", b"");
     let list = status(&body);
     let names: Vec<&str> = list["items"]
@@ -508,7 +508,7 @@ fn bad_requests_get_status_errors_and_store_nothing() {
         .iter()
         .map(|i| i["metadata"]["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["good"]);
+    assert_eq!(names, ["good", "kube-root-ca.crt"]);
     assert_eq!(list["items"][0]["data"]["a"], "2");
 
     // Pagination: limit and continue walk the whole list.
@@ -540,7 +540,7 @@ fn bad_requests_get_status_errors_and_store_nothing() {
             None => break,
         }
     }
-    assert_eq!(seen.len(), 6, "{seen:?}");
+    assert_eq!(seen.len(), 7, "{seen:?}");
 }
 
 #[test]

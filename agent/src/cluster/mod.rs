@@ -98,6 +98,7 @@ pub fn start(
     statics: watch::Receiver<Desired>,
 ) -> watch::Receiver<Desired> {
     let (client_tx, client_rx) = watch::channel(client);
+    let _ = node.api.set(client_rx.clone());
     let (api_tx, api_rx) = watch::channel::<pods::ApiPods>(None);
     let initial = pods::merge(&node, &statics.borrow(), &None);
     let (desired_tx, desired_rx) = watch::channel(initial);

@@ -57,6 +57,8 @@ pub struct Node {
     pub status_tx: watch::Sender<u64>,
     /// When the agent started (the time conditions that never changed report).
     pub started: jiff::Timestamp,
+    /// The apiserver client, when there is one (config maps, secrets, tokens for pods).
+    pub api: std::sync::OnceLock<watch::Receiver<kube::Client>>,
     /// Where pod events go, once an apiserver takes them.
     pub events: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<PodEvent>>,
 }
@@ -123,6 +125,7 @@ impl Node {
             status_tx: watch::channel(0).0,
             started: jiff::Timestamp::now(),
             events: std::sync::OnceLock::new(),
+            api: std::sync::OnceLock::new(),
             oom_floor,
             cgroups,
             missing_controllers: missing,

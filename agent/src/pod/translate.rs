@@ -174,6 +174,21 @@ pub fn expand(s: &str, env: &BTreeMap<String, String>) -> String {
     out
 }
 
+/// ConfigMaps and Secrets a pod refers to, as fetched from the apiserver (absent ones are
+/// missing), and the service account tokens of its projected volumes by (audience, expiry).
+#[derive(Debug, Default)]
+pub struct ApiData {
+    pub config_maps: std::collections::HashMap<String, BTreeMap<String, Vec<u8>>>,
+    pub secrets: std::collections::HashMap<String, BTreeMap<String, Vec<u8>>>,
+    pub tokens: std::collections::HashMap<(String, i64), String>,
+}
+
+/// Whether `k` may be an environment variable name (Kubernetes' relaxed rule: printable ASCII
+/// without '=').
+fn env_name_ok(k: &str) -> bool {
+    !k.is_empty() && k.bytes().all(|b| (b' '..=b'~').contains(&b) && b != b'=')
+}
+
 /// Values a `fieldRef` may name, known to the node.
 pub struct PodFields<'a> {
     pub name: &'a str,
@@ -192,6 +207,7 @@ pub fn environment(
     image: &ImageConfig,
     hostname: &str,
     fields: &PodFields<'_>,
+    data: &ApiData,
     field_prefix: &str,
 ) -> Result<(Vec<String>, BTreeMap<String, String>), String> {
     let mut order: Vec<String> = Vec::new();
@@ -213,6 +229,38 @@ pub fn environment(
         &mut order,
         &mut env,
     );
+    for (i, from) in c.env_from.iter().flatten().enumerate() {
+        let prefix = from.prefix.clone().unwrap_or_default();
+        let (what, name, optional, src) = if let Some(r) = &from.config_map_ref {
+            (
+                "configmap",
+                &r.name,
+                r.optional,
+                data.config_maps.get(&r.name),
+            )
+        } else if let Some(r) = &from.secret_ref {
+            ("secret", &r.name, r.optional, data.secrets.get(&r.name))
+        } else {
+            continue;
+        };
+        match src {
+            Some(m) => {
+                for (k, v) in m {
+                    let key = format!("{prefix}{k}");
+                    if env_name_ok(&key) {
+                        let v = String::from_utf8_lossy(v).into_owned();
+                        set(key, v, &mut order, &mut env);
+                    }
+                }
+            }
+            None if optional == Some(true) => {}
+            None => {
+                return Err(format!(
+                    "{field_prefix}.envFrom[{i}]: {what} {name:?} not found"
+                ))
+            }
+        }
+    }
     for (
         i,
         EnvVar {
@@ -240,9 +288,33 @@ pub fn environment(
                             ))
                         }
                     }
+                } else if let Some(r) = &from.config_map_key_ref {
+                    match data.config_maps.get(&r.name).map(|m| m.get(&r.key)) {
+                        Some(Some(v)) => String::from_utf8_lossy(v).into_owned(),
+                        _ if r.optional == Some(true) => continue,
+                        Some(None) => {
+                            return Err(format!(
+                                "couldn't find key {} in ConfigMap {}/{}",
+                                r.key, fields.namespace, r.name
+                            ))
+                        }
+                        None => return Err(format!("configmap {:?} not found", r.name)),
+                    }
+                } else if let Some(r) = &from.secret_key_ref {
+                    match data.secrets.get(&r.name).map(|m| m.get(&r.key)) {
+                        Some(Some(v)) => String::from_utf8_lossy(v).into_owned(),
+                        _ if r.optional == Some(true) => continue,
+                        Some(None) => {
+                            return Err(format!(
+                                "couldn't find key {} in Secret {}/{}",
+                                r.key, fields.namespace, r.name
+                            ))
+                        }
+                        None => return Err(format!("secret {:?} not found", r.name)),
+                    }
                 } else {
                     return Err(format!(
-                        "{field_prefix}.env[{i}].valueFrom: only fieldRef is available without an apiserver"
+                        "{field_prefix}.env[{i}].valueFrom: Unsupported value: resourceFieldRef"
                     ));
                 }
             }
@@ -570,7 +642,8 @@ pub(crate) mod tests {
             pod_ip: "",
             service_account: "",
         };
-        let (list, _) = environment(&c, &img, "p", &f, "spec.containers[0]").unwrap();
+        let (list, _) =
+            environment(&c, &img, "p", &f, &ApiData::default(), "spec.containers[0]").unwrap();
         assert_eq!(
             list,
             ["PATH=/bin", "A=pod", "HOSTNAME=p", "B=pod-/bin-$(NOPE)"]

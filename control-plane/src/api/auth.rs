@@ -410,9 +410,9 @@ async fn referenced_by_node_pods(
     name: &str,
 ) -> bool {
     let pods = resources::find("", "v1", "pods").unwrap();
-    let (vol_key, env_key) = match kind {
-        "secrets" => ("secret", "secretKeyRef"),
-        _ => ("configMap", "configMapKeyRef"),
+    let (vol_key, env_key, env_from_key) = match kind {
+        "secrets" => ("secret", "secretKeyRef", "secretRef"),
+        _ => ("configMap", "configMapKeyRef", "configMapRef"),
     };
     for p in objects(store, pods, Some(ns)).await {
         if p["spec"]["nodeName"] != node {
@@ -436,7 +436,8 @@ async fn referenced_by_node_pods(
                         .flatten()
                         .any(|s| s[vol_key]["name"] == name)
             });
-        let in_env = text.contains(&format!("\"{env_key}\""))
+        let in_env = (text.contains(&format!("\"{env_key}\""))
+            || text.contains(&format!("\"{env_from_key}\"")))
             && text.contains(&format!("\"name\":\"{name}\""));
         let pull_secret = kind == "secrets"
             && p["spec"]["imagePullSecrets"]

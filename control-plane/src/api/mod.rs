@@ -40,6 +40,8 @@ pub struct ApiServer {
     pub sa: satoken::Signer,
     /// `--service-cluster-ip-range`.
     pub service_cidr: ipnetwork::Ipv4Network,
+    /// The cluster CA (PEM), published to every namespace as `kube-root-ca.crt`.
+    pub ca_pem: String,
 }
 
 type ApiResult = Result<Response, ApiError>;
@@ -873,6 +875,7 @@ impl Req<'_> {
         if r.plural == "pods" {
             self.admit_priority(&mut obj).await?;
             if let Some(ns) = &ns {
+                self.admit_service_account(ns, &mut obj).await?;
                 quota::limit_ranger(self.store(), ns, &mut obj).await?;
                 obj["status"]["qosClass"] = json!(objects::qos_class(&obj["spec"]));
             }
@@ -982,7 +985,82 @@ impl Req<'_> {
     }
 
     async fn ensure_default_service_account(&self, ns: &str) {
-        ensure_default_service_account(self.store(), ns).await;
+        ensure_namespace_defaults(self.store(), ns, &self.server.ca_pem).await;
+    }
+
+    /// The ServiceAccount admission plugin: the pod runs as `default` unless it names a
+    /// service account, which must exist; unless automounting is off (pod, then service
+    /// account), a projected `kube-api-access-*` volume (token, cluster CA, namespace) is
+    /// mounted read-only into every container. Mirror pods are left alone.
+    async fn admit_service_account(&self, ns: &str, pod: &mut Value) -> Result<(), ApiError> {
+        if !pod["metadata"]["annotations"]["kubernetes.io/config.mirror"].is_null() {
+            return Ok(());
+        }
+        let name = pod["spec"]["serviceAccountName"]
+            .as_str()
+            .or(pod["spec"]["serviceAccount"].as_str())
+            .filter(|s| !s.is_empty())
+            .unwrap_or("default")
+            .to_string();
+        pod["spec"]["serviceAccountName"] = json!(name);
+        pod["spec"]["serviceAccount"] = json!(name);
+        let sar = resources::find("", "v1", "serviceaccounts").unwrap();
+        let got = self
+            .store()
+            .get(&sar.key(Some(ns), &name))
+            .await
+            .map_err(|e| store_error(sar, &name, e))?;
+        let sa = match got {
+            Some(kv) => decode_kv(&kv),
+            None => {
+                let pod_name = pod["metadata"]["name"].as_str().unwrap_or_default();
+                return Err(ApiError::forbidden(format!(
+                    "pods \"{pod_name}\" is forbidden: error looking up service account {ns}/{name}: serviceaccount \"{name}\" not found"
+                )));
+            }
+        };
+        let automount = pod["spec"]["automountServiceAccountToken"]
+            .as_bool()
+            .or(sa["automountServiceAccountToken"].as_bool())
+            .unwrap_or(true);
+        if !automount {
+            return Ok(());
+        }
+        let suffix: String = {
+            use rand::Rng;
+            const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+            let mut rng = rand::rng();
+            (0..5)
+                .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+                .collect()
+        };
+        let vol = format!("kube-api-access-{suffix}");
+        let mut mounted = false;
+        for list in ["initContainers", "containers"] {
+            for c in pod["spec"][list].as_array_mut().into_iter().flatten() {
+                let mounts = c["volumeMounts"].as_array().cloned().unwrap_or_default();
+                if mounts.iter().any(|m| m["mountPath"] == SA_MOUNT_PATH) {
+                    continue;
+                }
+                let mut mounts = mounts;
+                mounts.push(json!({"name": vol, "readOnly": true, "mountPath": SA_MOUNT_PATH}));
+                c["volumeMounts"] = json!(mounts);
+                mounted = true;
+            }
+        }
+        if mounted {
+            let mut vols = pod["spec"]["volumes"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            vols.push(json!({"name": vol, "projected": {"defaultMode": 420, "sources": [
+                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                {"configMap": {"name": ROOT_CA_CONFIGMAP, "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+            ]}}));
+            pod["spec"]["volumes"] = json!(vols);
+        }
+        Ok(())
     }
 
     /// Writes `obj` over the current object (at `current.mod_rev`), handling what updates share:
@@ -1831,13 +1909,23 @@ async fn orphan_dependents(store: &dyn Store, uid: &str) {
     }
 }
 
-async fn ensure_default_service_account(store: &dyn Store, ns: &str) {
+/// What every namespace holds: the `default` service account (the service account
+/// controller's) and the `kube-root-ca.crt` ConfigMap (the root CA publisher's).
+async fn ensure_namespace_defaults(store: &dyn Store, ns: &str, ca_pem: &str) {
     let sa = resources::find("", "v1", "serviceaccounts").unwrap();
     let obj = json!({"kind": "ServiceAccount", "apiVersion": "v1", "metadata": {"name": "default", "namespace": ns, "uid": objects::new_uid(), "creationTimestamp": objects::now()}});
     let _ = store
         .create(&sa.key(Some(ns), "default"), encode(&obj))
         .await;
+    let cm = resources::find("", "v1", "configmaps").unwrap();
+    let obj = json!({"kind": "ConfigMap", "apiVersion": "v1", "metadata": {"name": ROOT_CA_CONFIGMAP, "namespace": ns, "uid": objects::new_uid(), "creationTimestamp": objects::now(), "annotations": {"kubernetes.io/description": "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters."}}, "data": {"ca.crt": ca_pem}});
+    let _ = store
+        .create(&cm.key(Some(ns), ROOT_CA_CONFIGMAP), encode(&obj))
+        .await;
 }
+
+const ROOT_CA_CONFIGMAP: &str = "kube-root-ca.crt";
+const SA_MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 /// The namespace controller's job: deletes what the namespace holds, then the namespace.
 async fn finalize_namespace(store: Arc<dyn Store>, ns: String) {
@@ -1858,7 +1946,7 @@ async fn finalize_namespace(store: Arc<dyn Store>, ns: String) {
 
 /// Objects every cluster starts with; creating them is idempotent, so apiservers sharing one
 /// store may all do it.
-pub async fn bootstrap(store: &dyn Store) -> anyhow::Result<()> {
+pub async fn bootstrap(store: &dyn Store, ca_pem: &str) -> anyhow::Result<()> {
     let nsr = resources::find("", "v1", "namespaces").unwrap();
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         let mut obj = json!({"kind": "Namespace", "apiVersion": "v1", "metadata": {"name": ns, "uid": objects::new_uid(), "creationTimestamp": objects::now()}});
@@ -1867,7 +1955,7 @@ pub async fn bootstrap(store: &dyn Store) -> anyhow::Result<()> {
             Ok(_) | Err(StoreError::AlreadyExists(_)) => {}
             Err(e) => anyhow::bail!("creating namespace {ns}: {e}"),
         }
-        ensure_default_service_account(store, ns).await;
+        ensure_namespace_defaults(store, ns, ca_pem).await;
     }
     let (roles, bindings) = auth::default_rbac();
     let cr = resources::find("rbac.authorization.k8s.io", "v1", "clusterroles").unwrap();

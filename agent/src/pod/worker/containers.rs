@@ -168,8 +168,21 @@ impl Worker {
         .map_err(|e| fail("CreateContainerError", e.to_string()))?;
         let id = hex::encode(rand_bytes());
         let result = async {
+            let data = self
+                .fetch_api_objects()
+                .await
+                .map_err(|e| fail("CreateContainerConfigError", e))?;
+            if let Err(e) = self.write_api_volumes(&data) {
+                self.node.event(
+                    &self.pod,
+                    "Warning",
+                    "FailedMount",
+                    format!("MountVolume.SetUp failed: {e}"),
+                );
+                return Err(fail("CreateContainerConfigError", e));
+            }
             let config = self
-                .container_config(c, field, &image, &root, &inst, &id)
+                .container_config(c, field, &image, &root, &inst, &id, &data)
                 .map_err(|e| fail("CreateContainerConfigError", e))?;
             podlet_runtime::spec::write_bundle(&inst, &config)
                 .map_err(|e| fail("CreateContainerError", e.to_string()))?;
@@ -234,6 +247,7 @@ impl Worker {
                 .ok_or_else(|| {
                     format!("{field}.volumeMounts[{j}].name: Not found: {:?}", m.name)
                 })?;
+            let mut forced_ro = false;
             let mut source = if vol.empty_dir.is_some() {
                 let d = self.data_dir.join("volumes/empty-dir").join(&vol.name);
                 std::fs::create_dir_all(&d).map_err(|e| format!("volume {:?}: {e}", vol.name))?;
@@ -277,9 +291,21 @@ impl Worker {
                     _ => {}
                 }
                 p
+            } else if let Some(kind) = [
+                (vol.config_map.is_some(), "configmap"),
+                (vol.secret.is_some(), "secret"),
+                (vol.projected.is_some(), "projected"),
+                (vol.downward_api.is_some(), "downward-api"),
+            ]
+            .iter()
+            .find_map(|(is, k)| is.then_some(*k))
+            {
+                // Written by write_api_volumes; always read-only, as the kubelet mounts them.
+                forced_ro = true;
+                self.data_dir.join("volumes").join(kind).join(&vol.name)
             } else {
                 return Err(format!(
-                    "volume {:?}: only emptyDir and hostPath volumes can be used without an apiserver",
+                    "volume {:?}: only emptyDir, hostPath, configMap, secret, projected and downwardAPI volumes are supported",
                     vol.name
                 ));
             };
@@ -303,12 +329,13 @@ impl Worker {
             out.push(BindMount {
                 source,
                 destination: m.mount_path.clone(),
-                readonly: m.read_only.unwrap_or(false),
+                readonly: forced_ro || m.read_only.unwrap_or(false),
             });
         }
         Ok(out)
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn container_config(
         &self,
         c: &Container,
@@ -317,6 +344,7 @@ impl Worker {
         root: &Path,
         inst: &Path,
         id: &str,
+        data: &translate::ApiData,
     ) -> Result<ContainerConfig, String> {
         let sc = c.security_context.as_ref();
         let pod_sc = self.spec.security_context.as_ref();
@@ -344,7 +372,8 @@ impl Worker {
                 .as_deref()
                 .unwrap_or("default"),
         };
-        let (env, env_map) = translate::environment(c, &image.config, &hostname, &fields, field)?;
+        let (env, env_map) =
+            translate::environment(c, &image.config, &hostname, &fields, data, field)?;
         let args = translate::argv(c, &image.config, &env_map);
         if args.is_empty() {
             return Err(format!(

@@ -2,6 +2,7 @@
 //! Kubernetes' restart back-off), publishes the status, and sleeps until the shim reports a
 //! change, a back-off expires, or the pod is to be stopped.
 
+mod apiobjects;
 mod containers;
 mod sandbox;
 
