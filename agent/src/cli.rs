@@ -1,8 +1,8 @@
 //! Commands for humans: `podlet ps`, `podlet logs`, `podlet exec`, `podlet image`.
 
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -131,48 +131,6 @@ fn pod_log_dir(cfg: &Config, namespace: &str, pod: &str) -> Result<PathBuf> {
     })
 }
 
-fn latest_log(dir: &Path) -> Option<PathBuf> {
-    std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .filter_map(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            n.strip_suffix(".log")
-                .and_then(|s| s.parse::<u32>().ok())
-                .map(|k| (k, e.path()))
-        })
-        .max_by_key(|(k, _)| *k)
-        .map(|(_, p)| p)
-}
-
-/// Turns CRI records back into the container's output (joining partial lines).
-fn print_records<R: BufRead + Seek>(reader: &mut R, out: &mut impl Write) -> Result<()> {
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let start = reader.stream_position()?;
-        if reader.read_line(&mut line)? == 0 {
-            return Ok(());
-        }
-        if !line.ends_with('\n') {
-            // Half-written by the shim: read it again once it is complete.
-            reader.seek(SeekFrom::Start(start))?;
-            return Ok(());
-        }
-        let mut parts = line.trim_end_matches('\n').splitn(4, ' ');
-        let (_ts, _stream, tag, msg) = (
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next().unwrap_or(""),
-        );
-        out.write_all(msg.as_bytes())?;
-        if tag != Some("P") {
-            out.write_all(b"\n")?;
-        }
-    }
-}
-
 pub fn logs(
     cfg: &Config,
     namespace: &str,
@@ -204,33 +162,26 @@ pub fn logs(
             names.remove(0)
         }
     };
-    let mut current =
-        latest_log(&cdir).with_context(|| format!("no logs in {}", cdir.display()))?;
-    let mut reader = BufReader::new(std::fs::File::open(&current)?);
-    print_records(&mut reader, out)?;
-    out.flush()?;
-    if !follow {
-        return Ok(());
-    }
-    loop {
-        std::thread::sleep(Duration::from_millis(100));
-        let pos = reader.stream_position()?;
-        // Only complete lines are consumed; rewind over a half-written one.
-        print_records(&mut reader, out)?;
-        let now = reader.stream_position()?;
-        if now != pos {
-            out.flush()?;
+    let opts = crate::logs::Options {
+        follow,
+        ..Default::default()
+    };
+    let alive = || cdir.exists();
+    let mut failed = None;
+    crate::logs::stream(&cdir, &opts, &alive, &mut |b| match out
+        .write_all(b)
+        .and_then(|_| out.flush())
+    {
+        Ok(()) => true,
+        Err(e) => {
+            failed = Some(e);
+            false
         }
-        if let Some(newer) = latest_log(&cdir) {
-            if newer != current {
-                print_records(&mut reader, out)?;
-                current = newer;
-                reader = BufReader::new(std::fs::File::open(&current)?);
-                reader.seek(SeekFrom::Start(0))?;
-            }
-        } else {
-            return Ok(()); // the pod is gone
-        }
+    })
+    .map_err(anyhow::Error::msg)?;
+    match failed {
+        Some(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
     }
 }
 

@@ -4,6 +4,7 @@ mod cli;
 mod cluster;
 mod config;
 mod eviction;
+mod logs;
 mod manifest;
 mod network;
 mod pod;

@@ -1,13 +1,26 @@
-//! The kubelet's node API: `GET /pods` (a v1 PodList with live statuses) and `/healthz`, on a
-//! unix socket under the run dir and on TCP `--address:--port`.
+//! The kubelet's node API: `GET /pods` (a v1 PodList with live statuses), `/healthz` and
+//! `/containerLogs/{namespace}/{pod}/{container}`, on a unix socket under the run dir (for the
+//! CLI, root only) and on TCP `--address:--port`. With an apiserver, TCP is TLS with a
+//! self-signed serving certificate (as the kubelet makes by default); clients authenticate with a
+//! certificate from the cluster CA or a bearer token (TokenReview) and are authorized by a
+//! SubjectAccessReview on the node's subresources, as the kubelet's webhook mode does.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
+use kube::api::{Api, PostParams};
 
 use crate::pod::Node;
 
@@ -16,6 +29,10 @@ fn router(node: Arc<Node>) -> Router {
         .route("/pods", get(pods))
         .route("/healthz", get(|| async { "ok" }))
         .route("/node", get(node_object))
+        .route(
+            "/containerLogs/{namespace}/{pod}/{container}",
+            get(container_logs),
+        )
         .with_state(node)
 }
 
@@ -44,6 +61,367 @@ async fn node_object(State(node): State<Arc<Node>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], body)
 }
 
+fn text(code: StatusCode, msg: String) -> Response {
+    (code, [(header::CONTENT_TYPE, "text/plain")], msg).into_response()
+}
+
+async fn container_logs(
+    State(node): State<Arc<Node>>,
+    UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let found = node
+        .pods
+        .read()
+        .expect("pods lock")
+        .values()
+        .find(|p| {
+            p.metadata.namespace.as_deref() == Some(&ns) && p.metadata.name.as_deref() == Some(&pod)
+        })
+        .cloned();
+    let Some(p) = found else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("pod {ns}/{pod} not found on this node"),
+        );
+    };
+    let spec = p.spec.clone().unwrap_or_default();
+    let known = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+        .any(|c| c.name == container);
+    if !known {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("container {container} is not valid for pod {pod}"),
+        );
+    }
+    let flag = |k: &str| {
+        q.get(k)
+            .is_some_and(|v| matches!(v.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True"))
+    };
+    let num = |k: &str| {
+        q.get(k)
+            .and_then(|v| v.parse::<i64>().ok())
+            .filter(|n| *n >= 0)
+    };
+    let since = match (q.get("sinceTime"), num("sinceSeconds")) {
+        (Some(t), _) => match t.parse::<jiff::Timestamp>() {
+            Ok(t) => Some(t),
+            Err(e) => return text(StatusCode::BAD_REQUEST, format!("sinceTime: {e}")),
+        },
+        (None, Some(s)) => Some(jiff::Timestamp::now() - jiff::SignedDuration::from_secs(s)),
+        _ => None,
+    };
+    let opts = crate::logs::Options {
+        follow: flag("follow"),
+        tail_lines: num("tailLines").map(|n| n as usize),
+        timestamps: flag("timestamps"),
+        since,
+        previous: flag("previous"),
+        limit_bytes: num("limitBytes").map(|n| n as u64),
+    };
+    let uid = p.metadata.uid.clone().unwrap_or_default();
+    let dir = node
+        .cfg
+        .log_dir
+        .join(format!("{ns}_{pod}_{uid}"))
+        .join(&container);
+    if let Err(e) = crate::logs::log_file(&dir, opts.previous) {
+        let msg = if opts.previous {
+            format!("previous terminated container \"{container}\" in pod \"{pod}\" not found")
+        } else {
+            format!("container \"{container}\" in pod \"{pod}\" has no logs yet ({e})")
+        };
+        return text(StatusCode::BAD_REQUEST, msg);
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    let alive_node = node.clone();
+    tokio::task::spawn_blocking(move || {
+        let alive = || {
+            alive_node
+                .pods
+                .read()
+                .expect("pods lock")
+                .contains_key(&uid)
+        };
+        let _ = crate::logs::stream(&dir, &opts, &alive, &mut |b| {
+            if b.is_empty() {
+                !tx.is_closed()
+            } else {
+                tx.blocking_send(b.to_vec()).is_ok()
+            }
+        });
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Who a TLS client is: its certificate's CN and O (None without one).
+#[derive(Clone)]
+struct Peer(Option<(String, Vec<String>)>);
+
+/// An authenticated user: name, uid, groups.
+type UserInfo = (String, String, Vec<String>);
+
+/// Authentication and authorization against the apiserver, with the kubelet's two-minute
+/// cache of answers.
+#[derive(Default)]
+struct Guard {
+    tokens: Mutex<HashMap<String, (Option<UserInfo>, Instant)>>,
+    decisions: Mutex<HashMap<String, (bool, Instant)>>,
+}
+
+const CACHE_FOR: Duration = Duration::from_secs(120);
+
+fn subresource(path: &str) -> &'static str {
+    match path.trim_start_matches('/').split('/').next().unwrap_or("") {
+        "stats" => "stats",
+        "metrics" => "metrics",
+        "logs" => "log",
+        "spec" => "spec",
+        "checkpoint" => "checkpoint",
+        "configz" => "configz",
+        "healthz" => "healthz",
+        _ => "proxy",
+    }
+}
+
+async fn authenticate(
+    client: &kube::Client,
+    guard: &Guard,
+    peer: Option<Peer>,
+    bearer: Option<String>,
+) -> Option<UserInfo> {
+    if let Some(Peer(Some((cn, groups)))) = peer {
+        return Some((cn, String::new(), groups));
+    }
+    let token = bearer?;
+    if let Some((u, at)) = guard.tokens.lock().expect("guard").get(&token) {
+        if at.elapsed() < CACHE_FOR {
+            return u.clone();
+        }
+    }
+    let review = TokenReview {
+        spec: TokenReviewSpec {
+            token: Some(token.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let got = Api::<TokenReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .ok()?;
+    let st = got.status.unwrap_or_default();
+    let user = st.authenticated.unwrap_or(false).then(|| {
+        let u = st.user.unwrap_or_default();
+        (
+            u.username.unwrap_or_default(),
+            u.uid.unwrap_or_default(),
+            u.groups.unwrap_or_default(),
+        )
+    });
+    guard
+        .tokens
+        .lock()
+        .expect("guard")
+        .insert(token, (user.clone(), Instant::now()));
+    user
+}
+
+async fn guard(
+    State((node, guard)): State<(Arc<Node>, Arc<Guard>)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(client) = node.api.get().map(|c| c.borrow().clone()) else {
+        return next.run(req).await;
+    };
+    let peer = req.extensions().get::<Peer>().cloned();
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string());
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let Some((user, uid, groups)) = authenticate(&client, &guard, peer, bearer).await else {
+        return text(StatusCode::UNAUTHORIZED, "Unauthorized".into());
+    };
+    let verb = match method {
+        axum::http::Method::POST => "create",
+        axum::http::Method::PUT => "update",
+        axum::http::Method::PATCH => "patch",
+        axum::http::Method::DELETE => "delete",
+        _ => "get",
+    };
+    let sub = subresource(&path);
+    let key = format!("{user}\0{groups:?}\0{verb}\0{sub}");
+    let cached = guard
+        .decisions
+        .lock()
+        .expect("guard")
+        .get(&key)
+        .filter(|(_, at)| at.elapsed() < CACHE_FOR)
+        .map(|(ok, _)| *ok);
+    let allowed = match cached {
+        Some(ok) => ok,
+        None => {
+            let sar = SubjectAccessReview {
+                spec: SubjectAccessReviewSpec {
+                    user: Some(user.clone()),
+                    uid: (!uid.is_empty()).then_some(uid),
+                    groups: Some(groups.clone()),
+                    resource_attributes: Some(ResourceAttributes {
+                        verb: Some(verb.into()),
+                        resource: Some("nodes".into()),
+                        subresource: Some(sub.into()),
+                        name: Some(node.cfg.node_name.clone()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let ok = match Api::<SubjectAccessReview>::all(client)
+                .create(&PostParams::default(), &sar)
+                .await
+            {
+                Ok(r) => r.status.is_some_and(|s| s.allowed),
+                Err(e) => {
+                    tracing::warn!("authorizing a node API request: {e}");
+                    return text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("authorization: {e}"),
+                    );
+                }
+            };
+            guard
+                .decisions
+                .lock()
+                .expect("guard")
+                .insert(key, (ok, Instant::now()));
+            ok
+        }
+    };
+    if !allowed {
+        return text(
+            StatusCode::FORBIDDEN,
+            format!("Forbidden (user={user}, verb={verb}, resource=nodes, subresource={sub})"),
+        );
+    }
+    next.run(req).await
+}
+
+/// The node's serving certificate: made once, self-signed, under `<root-dir>/pki`.
+fn serving_cert(node: &Node) -> anyhow::Result<(String, String)> {
+    let dir = node.cfg.root_dir.join("pki");
+    let (crt, key) = (dir.join("kubelet.crt"), dir.join("kubelet.key"));
+    if let (Ok(c), Ok(k)) = (std::fs::read_to_string(&crt), std::fs::read_to_string(&key)) {
+        return Ok((c, k));
+    }
+    let mut names = vec![node.cfg.node_name.clone()];
+    if let Some(ip) = node.host_ip {
+        names.push(ip.to_string());
+    }
+    let key_pair = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(names)?;
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!("{}@podlet", node.cfg.node_name),
+    );
+    let today = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .date();
+    let ymd = |d: jiff::civil::Date| {
+        rcgen::date_time_ymd(d.year().into(), d.month() as u8, d.day() as u8)
+    };
+    params.not_before = ymd(today.yesterday().unwrap_or(today));
+    params.not_after = ymd(today.saturating_add(jiff::Span::new().years(1)));
+    let cert = params.self_signed(&key_pair)?;
+    std::fs::create_dir_all(&dir)?;
+    crate::cluster::join::write_private(&key, &key_pair.serialize_pem())?;
+    std::fs::write(&crt, cert.pem())?;
+    Ok((cert.pem(), key_pair.serialize_pem()))
+}
+
+fn tls_config(node: &Node) -> anyhow::Result<rustls::ServerConfig> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let (cert_pem, key_pem) = serving_cert(node)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<_, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())?;
+    let kubeconfig = std::fs::read_to_string(&node.cfg.kubeconfig)?;
+    let ca = crate::cluster::join::cluster_ca(&kubeconfig)
+        .ok_or_else(|| anyhow::anyhow!("{}: no cluster CA", node.cfg.kubeconfig.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(c?)?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+async fn serve_tls(listener: tokio::net::TcpListener, app: Router, tls: rustls::ServerConfig) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let Ok(stream) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let peer = Peer(
+                stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(podlet_control_plane::pki::identity),
+            );
+            let svc = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(peer.clone());
+                    let app = app.clone();
+                    async move {
+                        use tower::ServiceExt;
+                        app.oneshot(req.map(Body::new)).await
+                    }
+                },
+            );
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .with_upgrades()
+                .await;
+        });
+    }
+}
+
 /// Serves until the process ends.
 pub async fn serve(node: Arc<Node>) -> anyhow::Result<()> {
     let sock = node.cfg.socket_path();
@@ -61,8 +439,18 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<()> {
         let tcp = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?;
-        tracing::info!(%addr, socket = %sock.display(), "node API listening");
-        axum::serve(tcp, app).await?;
+        if node.api.get().is_some() {
+            let tls = tls_config(&node)?;
+            let guarded = app.layer(axum::middleware::from_fn_with_state(
+                (node.clone(), Arc::new(Guard::default())),
+                guard,
+            ));
+            tracing::info!(%addr, socket = %sock.display(), "node API listening (TLS)");
+            serve_tls(tcp, guarded, tls).await;
+        } else {
+            tracing::info!(%addr, socket = %sock.display(), "node API listening");
+            axum::serve(tcp, app).await?;
+        }
     } else {
         tracing::info!(socket = %sock.display(), "node API listening");
     }

@@ -44,6 +44,25 @@ pub fn kubeconfig(server: &str, pki: &pki::Pki) -> String {
     )
 }
 
+/// The client for node APIs: a `kube-apiserver-kubelet-client` certificate (group
+/// `system:masters`, so nodes' SubjectAccessReviews allow it). Nodes serve self-signed
+/// certificates, which the kube-apiserver does not verify unless given
+/// `--kubelet-certificate-authority`; neither does this one.
+fn kubelet_client(pki_dir: &std::path::Path) -> anyhow::Result<reqwest::Client> {
+    let (cert, key) = pki::client_cert(
+        pki_dir,
+        "kube-apiserver-kubelet-client",
+        &["system:masters"],
+    )?;
+    let identity = reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes())?;
+    Ok(reqwest::Client::builder()
+        .use_rustls_tls()
+        .identity(identity)
+        .danger_accept_invalid_certs(true)
+        .connect_timeout(Duration::from_secs(10))
+        .build()?)
+}
+
 /// Serves the API until the process ends. `ready` receives the bound address.
 pub async fn run(
     cfg: Config,
@@ -96,6 +115,7 @@ pub async fn run(
         sa,
         service_cidr: cfg.service_cluster_ip_range,
         ca_pem: pki.ca_pem.clone(),
+        kubelet: kubelet_client(&cfg.data_dir.join("pki"))?,
     }));
     loop {
         let (tcp, _) = match listener.accept().await {

@@ -11,6 +11,26 @@ fn all_in_one() -> Option<TestNode> {
         return None;
     }
     let mut node = TestNode::with_busybox();
+    // The node's own address, as a real machine has one (the apiserver reaches the node API
+    // there).
+    // (A veth pair with both ends in the node: this kernel has no dummy links.)
+    let pid = node.holder_pid();
+    sh_ip(
+        pid,
+        &[
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0-peer",
+        ],
+    );
+    sh_ip(pid, &["addr", "add", "10.98.0.2/24", "dev", "eth0"]);
+    sh_ip(pid, &["link", "set", "eth0-peer", "up"]);
+    sh_ip(pid, &["link", "set", "eth0", "up"]);
     node.cluster = true;
     node.start_agent();
     Some(node)
@@ -165,6 +185,95 @@ fn all_in_one_node_runs_kubectl_pods_and_reports_status() {
         "{}",
         wide.stdout
     );
+
+    // Logs through the apiserver, which streams them from the node API.
+    assert_eq!(n["status"]["addresses"][0]["address"], "10.98.0.2");
+    for minor in [33, 27] {
+        let out = node.kubectl(minor, &["logs", "one"]);
+        assert_eq!(out.stdout, "hello from one\n", "{}", out.stderr);
+    }
+    let out = node.kubectl(33, &["logs", "two", "--timestamps"]);
+    assert!(
+        out.stdout.ends_with("Z hello from two\n") && out.stdout.starts_with("20"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    let out = node.kubectl(33, &["logs", "one", "-c", "nope"]);
+    assert!(
+        out.stderr
+            .contains("container nope is not valid for pod one"),
+        "{}",
+        out.stderr
+    );
+    let out = node.kubectl(
+        33,
+        &[
+            "run",
+            "ticker",
+            "--image=busybox",
+            "--",
+            "sh",
+            "-c",
+            "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done",
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    wait_pod(&node, "ticker", "ticker Running", |p| phase(p) == "Running");
+    let mut follow = node
+        .kubectl_command(33, &["logs", "-f", "ticker", "--tail=1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(l) => seen.push(l),
+            Err(e) => panic!("kubectl logs -f stalled after {seen:?}: {e}"),
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let n: Vec<u32> = seen
+        .iter()
+        .map(|l| l.trim_start_matches("tick ").parse().unwrap())
+        .collect();
+    assert!(
+        n.windows(2).all(|w| w[1] == w[0] + 1),
+        "lines arrive in order as written: {seen:?}"
+    );
+    // The node API itself wants credentials.
+    let anon = std::process::Command::new("nsenter")
+        .args([
+            "-t",
+            &node.holder_pid().to_string(),
+            "-n",
+            "--",
+            "curl",
+            "-sk",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "https://10.98.0.2:10250/pods",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&anon.stdout), "401");
 
     // Events as the kubelet records them.
     let described = node.wait_for("Started event", Duration::from_secs(20), || {

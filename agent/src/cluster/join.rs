@@ -67,6 +67,19 @@ pub fn client_cert(kubeconfig_yaml: &str) -> Option<(String, i64, i64)> {
     ))
 }
 
+/// The cluster CA (PEM) a kubeconfig trusts.
+pub fn cluster_ca(kubeconfig_yaml: &str) -> Option<String> {
+    let kc = kube::config::Kubeconfig::from_yaml(kubeconfig_yaml).ok()?;
+    let data = kc
+        .clusters
+        .first()?
+        .cluster
+        .as_ref()?
+        .certificate_authority_data
+        .clone()?;
+    String::from_utf8(B64.decode(data).ok()?).ok()
+}
+
 /// Whether a certificate valid from `not_before` to `not_after` (Unix seconds) is due for
 /// renewal: the kubelet renews somewhere past 70–90% of the lifetime; podlet at 80%.
 pub fn due_for_renewal(not_before: i64, not_after: i64, now: i64) -> bool {
@@ -229,11 +242,7 @@ pub async fn rotate(
                     .and_then(|c| c.cluster.clone());
                 let (Some(server), Some(ca)) = (
                     cluster.as_ref().and_then(|c| c.server.clone()),
-                    cluster
-                        .as_ref()
-                        .and_then(|c| c.certificate_authority_data.clone())
-                        .and_then(|d| B64.decode(d).ok())
-                        .and_then(|d| String::from_utf8(d).ok()),
+                    cluster_ca(&yaml),
                 ) else {
                     tracing::error!(kubeconfig = %path.display(), "no cluster in the node kubeconfig");
                     return;

@@ -42,6 +42,8 @@ pub struct ApiServer {
     pub service_cidr: ipnetwork::Ipv4Network,
     /// The cluster CA (PEM), published to every namespace as `kube-root-ca.crt`.
     pub ca_pem: String,
+    /// HTTPS client for node APIs (pods/log), with the apiserver's kubelet client certificate.
+    pub kubelet: reqwest::Client,
 }
 
 type ApiResult = Result<Response, ApiError>;
@@ -538,6 +540,10 @@ impl Req<'_> {
                 self.token_request(t.ns.as_deref().unwrap_or("default"), name, &body)
                     .await
             }
+            (Method::GET, Some(name), Some("log")) if r.plural == "pods" => {
+                self.pod_log(t.ns.as_deref().unwrap_or("default"), name)
+                    .await
+            }
             (Method::POST, Some(name), Some("eviction")) if r.plural == "pods" => {
                 self.delete(r, t.ns.as_deref(), name, &Bytes::new()).await?;
                 Ok(json_response(
@@ -986,6 +992,104 @@ impl Req<'_> {
 
     async fn ensure_default_service_account(&self, ns: &str) {
         ensure_namespace_defaults(self.store(), ns, &self.server.ca_pem).await;
+    }
+
+    /// `pods/log`: the node's `/containerLogs`, streamed through (the kube-apiserver's
+    /// LogREST). The container defaults to the only one; the query goes along.
+    async fn pod_log(&self, ns: &str, name: &str) -> ApiResult {
+        let pods = resources::find("", "v1", "pods").unwrap();
+        let pod = decode_kv(&self.current(pods, Some(ns), name).await?);
+        let names: Vec<&str> = ["initContainers", "containers"]
+            .iter()
+            .flat_map(|k| pod["spec"][*k].as_array().into_iter().flatten())
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        let apps: Vec<&str> = pod["spec"]["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        let container = match self.q.get("container").filter(|c| !c.is_empty()) {
+            Some(c) if names.contains(&c.as_str()) => c.clone(),
+            Some(c) => {
+                return Err(ApiError::bad_request(format!(
+                    "container {c} is not valid for pod {name}"
+                )))
+            }
+            None if apps.len() == 1 => apps[0].to_string(),
+            None => {
+                return Err(ApiError::bad_request(format!(
+                    "a container name must be specified for pod {name}, choose one of: [{}]",
+                    apps.join(" ")
+                )))
+            }
+        };
+        let Some(node_name) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) else {
+            return Err(ApiError::bad_request(format!(
+                "pod {name} does not have a host assigned"
+            )));
+        };
+        let nodes = resources::find("", "v1", "nodes").unwrap();
+        let node = decode_kv(&self.current(nodes, None, node_name).await?);
+        let addresses = node["status"]["addresses"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let address = ["InternalIP", "ExternalIP", "Hostname"]
+            .iter()
+            .find_map(|t| addresses.iter().find(|a| a["type"] == *t))
+            .and_then(|a| a["address"].as_str())
+            .ok_or_else(|| ApiError::internal(format!("node {node_name} has no address")))?;
+        let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+            .as_i64()
+            .unwrap_or(10250);
+        let host = match address.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
+            _ => address.to_string(),
+        };
+        let mut url = format!("https://{host}:{port}/containerLogs/{ns}/{name}/{container}");
+        let passed: Vec<(String, String)> = [
+            "follow",
+            "previous",
+            "timestamps",
+            "tailLines",
+            "sinceSeconds",
+            "sinceTime",
+            "limitBytes",
+        ]
+        .iter()
+        .filter_map(|k| self.q.get(*k).map(|v| (k.to_string(), v.clone())))
+        .collect();
+        if !passed.is_empty() {
+            url.push('?');
+            url.push_str(&serde_urlencoded::to_string(&passed).unwrap_or_default());
+        }
+        let resp = self
+            .server
+            .kubelet
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| ApiError::internal(format!("Get \"{url}\": {e}")))?;
+        let code = resp.status();
+        if !code.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            return Err(ApiError::new(
+                code.as_u16(),
+                if code.as_u16() == 404 {
+                    "NotFound"
+                } else {
+                    "BadRequest"
+                },
+                body.trim().to_string(),
+            ));
+        }
+        Ok(Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "text/plain")
+            .body(Body::from_stream(resp.bytes_stream()))
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
     }
 
     /// The ServiceAccount admission plugin: the pod runs as `default` unless it names a
