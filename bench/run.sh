@@ -10,3 +10,4 @@ cargo build --locked --release -p podlet -p podlet-cni >&2
 python3 bench/bench.py --podlet target/release/podlet --runs "${1:-40}" --pods "${2:-50}"
 python3 bench/cni.py --ours target/release --runs "${1:-40}"
 python3 bench/apiserver.py --podlet target/release/podlet
+python3 bench/cluster.py --podlet target/release/podlet
