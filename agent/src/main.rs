@@ -9,6 +9,8 @@ mod manifest;
 mod network;
 mod pod;
 mod server;
+mod stream;
+mod sys;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -113,6 +115,14 @@ enum ImageCmd {
 
 #[derive(Subcommand)]
 enum OciCmd {
+    /// Run a command in a running container with this process's stdio; exits with its code.
+    Exec {
+        #[arg(long)]
+        root: PathBuf,
+        id: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Create, start, wait for and delete a container from a bundle, like `crun run`.
     Run {
         #[arg(long)]
@@ -151,6 +161,9 @@ fn run(cli: Cli) -> Result<i32> {
     // Subcommands that create containers stay single-threaded: no tokio runtime for them.
     match cli.cmd {
         Cmd::Shim { pod_dir } => Ok(podlet_runtime::shim::run(&pod_dir)),
+        Cmd::Oci(OciCmd::Exec { root, id, command }) => {
+            podlet_runtime::oci::exec(&root, &id, command).map_err(anyhow::Error::msg)
+        }
         Cmd::Oci(OciCmd::Run { root, bundle, id }) => {
             podlet_runtime::oci::run_bundle(&root, &id, &bundle).map_err(anyhow::Error::msg)
         }

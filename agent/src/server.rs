@@ -33,6 +33,14 @@ fn router(node: Arc<Node>) -> Router {
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_logs),
         )
+        .route(
+            "/exec/{namespace}/{pod}/{container}",
+            get(crate::stream::exec).post(crate::stream::exec),
+        )
+        .route(
+            "/portForward/{namespace}/{pod}",
+            get(crate::stream::port_forward).post(crate::stream::port_forward),
+        )
         .with_state(node)
 }
 

@@ -48,19 +48,22 @@ pub fn kubeconfig(server: &str, pki: &pki::Pki) -> String {
 /// `system:masters`, so nodes' SubjectAccessReviews allow it). Nodes serve self-signed
 /// certificates, which the kube-apiserver does not verify unless given
 /// `--kubelet-certificate-authority`; neither does this one.
-fn kubelet_client(pki_dir: &std::path::Path) -> anyhow::Result<reqwest::Client> {
+fn kubelet_client(
+    pki_dir: &std::path::Path,
+) -> anyhow::Result<(reqwest::Client, Arc<rustls::ClientConfig>)> {
     let (cert, key) = pki::client_cert(
         pki_dir,
         "kube-apiserver-kubelet-client",
         &["system:masters"],
     )?;
     let identity = reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes())?;
-    Ok(reqwest::Client::builder()
+    let client = reqwest::Client::builder()
         .use_rustls_tls()
         .identity(identity)
         .danger_accept_invalid_certs(true)
         .connect_timeout(Duration::from_secs(10))
-        .build()?)
+        .build()?;
+    Ok((client, Arc::new(api::proxy_client_config(&cert, &key)?)))
 }
 
 /// Serves the API until the process ends. `ready` receives the bound address.
@@ -109,13 +112,15 @@ pub async fn run(
     }
     let sa = api::satoken::Signer::load(&cfg.data_dir.join("pki"))?;
     api::services::ensure_kubernetes_service(&*store, cfg.service_cluster_ip_range, addr).await?;
+    let (kubelet, kubelet_tls) = kubelet_client(&cfg.data_dir.join("pki"))?;
     let app = api::router(Arc::new(api::ApiServer {
         store,
         tokens,
         sa,
         service_cidr: cfg.service_cluster_ip_range,
         ca_pem: pki.ca_pem.clone(),
-        kubelet: kubelet_client(&cfg.data_dir.join("pki"))?,
+        kubelet,
+        kubelet_tls,
     }));
     loop {
         let (tcp, _) = match listener.accept().await {

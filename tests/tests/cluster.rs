@@ -256,6 +256,105 @@ fn all_in_one_node_runs_kubectl_pods_and_reports_status() {
         n.windows(2).all(|w| w[1] == w[0] + 1),
         "lines arrive in order as written: {seen:?}"
     );
+    // exec through the apiserver: SPDY for 1.27; 1.33 tries WebSocket first and falls back.
+    for minor in [33, 27] {
+        let out = node.kubectl(minor, &["exec", "one", "--", "hostname"]);
+        assert_eq!(
+            (out.code, out.stdout.as_str()),
+            (0, "one\n"),
+            "{}",
+            out.stderr
+        );
+        let out = node.kubectl_stdin(
+            minor,
+            &[
+                "exec",
+                "-i",
+                "one",
+                "--",
+                "sh",
+                "-c",
+                "cat; echo; echo err >&2",
+            ],
+            Some("through stdin"),
+        );
+        assert_eq!(out.stdout, "through stdin\n", "{}", out.stderr);
+        assert_eq!(out.stderr, "err\n");
+        let out = node.kubectl(minor, &["exec", "one", "--", "sh", "-c", "exit 3"]);
+        assert_eq!(out.code, 3, "the command's exit code: {}", out.stderr);
+    }
+    // With a terminal (script gives kubectl one): the command sees a TTY.
+    let cmd = format!(
+        "{} --kubeconfig {} --cache-dir {} exec -it one -- sh -c '[ -t 0 ] && echo stdin is a terminal; stty size'",
+        podlet_e2e::apiserver::kubectl_bin(33).display(),
+        node.admin_kubeconfig().display(),
+        node.path("kube-cache-33").display()
+    );
+    let tty = std::process::Command::new("nsenter")
+        .args([
+            "-t",
+            &node.holder_pid().to_string(),
+            "-n",
+            "--",
+            "script",
+            "-qec",
+            &cmd,
+            "/dev/null",
+        ])
+        .env("HOME", node.dir.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let tty_out = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty_out.contains("stdin is a terminal"), "{tty_out}");
+
+    // port-forward: a local port in the node's namespace reaches the pod's port.
+    let out = node.kubectl(
+        33,
+        &[
+            "run",
+            "web",
+            "--image=busybox",
+            "--",
+            "sh",
+            "-c",
+            "mkdir /www && echo pong > /www/index.html && exec httpd -f -p 8080 -h /www",
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    wait_pod(&node, "web", "web Running", |p| phase(p) == "Running");
+    for minor in [33, 27] {
+        let port = if minor == 33 { "18080" } else { "18081" };
+        let mut pf = node
+            .kubectl_command(minor, &["port-forward", "pod/web", &format!("{port}:8080")])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let body = node.wait_for("a forwarded connection", Duration::from_secs(20), || {
+            std::thread::sleep(Duration::from_millis(200));
+            let o = std::process::Command::new("nsenter")
+                .args([
+                    "-t",
+                    &node.holder_pid().to_string(),
+                    "-n",
+                    "--",
+                    "curl",
+                    "-s",
+                    "--max-time",
+                    "5",
+                ])
+                .arg(format!("http://127.0.0.1:{port}/"))
+                .output()
+                .unwrap();
+            let b = String::from_utf8_lossy(&o.stdout).into_owned();
+            (!b.is_empty()).then_some(b)
+        });
+        let _ = pf.kill();
+        let _ = pf.wait();
+        assert_eq!(body, "pong\n", "kubectl 1.{minor}");
+    }
+
     // The node API itself wants credentials.
     let anon = std::process::Command::new("nsenter")
         .args([

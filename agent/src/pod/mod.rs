@@ -676,6 +676,16 @@ fn pod_on_disk(node: &Node, uid: &str) -> Pod {
         })
 }
 
+/// The network namespace of a pod's running sandbox (its pause process's).
+pub fn sandbox_netns(node: &Node, uid: &str) -> Option<PathBuf> {
+    let st = podlet_runtime::shim::read_state(&node.cfg.pod_run_dir(uid))?;
+    if st.pause_exited || st.pause_pid <= 0 {
+        return None;
+    }
+    let p = PathBuf::from(format!("/proc/{}/ns/net", st.pause_pid));
+    p.exists().then_some(p)
+}
+
 /// The pods the runtime holds on disk, with the spec each was made from.
 pub fn pods_on_disk(node: &Node) -> Vec<(String, Pod)> {
     uids_on_disk(node)

@@ -5,6 +5,8 @@ pub mod auth;
 pub mod discovery;
 pub mod objects;
 pub mod patch;
+mod proxy;
+pub use proxy::client_config as proxy_client_config;
 pub mod protobuf;
 pub mod quota;
 pub mod resources;
@@ -44,6 +46,8 @@ pub struct ApiServer {
     pub ca_pem: String,
     /// HTTPS client for node APIs (pods/log), with the apiserver's kubelet client certificate.
     pub kubelet: reqwest::Client,
+    /// The same identity for upgraded connections (exec, attach, port-forward).
+    pub kubelet_tls: Arc<rustls::ClientConfig>,
 }
 
 type ApiResult = Result<Response, ApiError>;
@@ -231,8 +235,12 @@ async fn dispatch(
     uri: Uri,
     headers: HeaderMap,
     cert: Option<axum::Extension<auth::CertIdentity>>,
-    body: Body,
+    mut request: axum::extract::Request,
 ) -> Response {
+    let upgrade = request
+        .extensions_mut()
+        .remove::<hyper::upgrade::OnUpgrade>();
+    let body = request.into_body();
     let path = uri.path().to_string();
     let user = authenticate(&server, &headers, cert.as_ref().map(|c| &c.0)).await;
     let Some(user) = user.or_else(|| {
@@ -332,6 +340,8 @@ async fn dispatch(
                     headers: &headers,
                     table: wants_table(&headers),
                     user: &user,
+                    raw_query: uri.query().unwrap_or_default(),
+                    upgrade: std::sync::Mutex::new(upgrade),
                 };
                 let watch = t.watch_path || q.get("watch").is_some_and(|v| parse_bool(v));
                 let a = auth::Attributes::Resource {
@@ -406,6 +416,10 @@ struct Req<'a> {
     headers: &'a HeaderMap,
     table: bool,
     user: &'a auth::User,
+    /// The query as sent (repeated keys such as exec's `command` kept).
+    raw_query: &'a str,
+    /// The connection's upgrade, for streams proxied to a node.
+    upgrade: std::sync::Mutex<Option<hyper::upgrade::OnUpgrade>>,
 }
 
 impl Req<'_> {
@@ -538,6 +552,14 @@ impl Req<'_> {
             }
             (Method::POST, Some(name), Some("token")) if r.plural == "serviceaccounts" => {
                 self.token_request(t.ns.as_deref().unwrap_or("default"), name, &body)
+                    .await
+            }
+            (
+                Method::GET | Method::POST,
+                Some(name),
+                Some(sub @ ("exec" | "attach" | "portforward")),
+            ) if r.plural == "pods" => {
+                self.pod_stream(t.ns.as_deref().unwrap_or("default"), name, sub)
                     .await
             }
             (Method::GET, Some(name), Some("log")) if r.plural == "pods" => {
@@ -994,11 +1016,8 @@ impl Req<'_> {
         ensure_namespace_defaults(self.store(), ns, &self.server.ca_pem).await;
     }
 
-    /// `pods/log`: the node's `/containerLogs`, streamed through (the kube-apiserver's
-    /// LogREST). The container defaults to the only one; the query goes along.
-    async fn pod_log(&self, ns: &str, name: &str) -> ApiResult {
-        let pods = resources::find("", "v1", "pods").unwrap();
-        let pod = decode_kv(&self.current(pods, Some(ns), name).await?);
+    /// The container a pods/log|exec|attach request means: `container`, or the only one.
+    fn pod_container(&self, pod: &Value, name: &str) -> Result<String, ApiError> {
         let names: Vec<&str> = ["initContainers", "containers"]
             .iter()
             .flat_map(|k| pod["spec"][*k].as_array().into_iter().flatten())
@@ -1010,21 +1029,21 @@ impl Req<'_> {
             .flatten()
             .filter_map(|c| c["name"].as_str())
             .collect();
-        let container = match self.q.get("container").filter(|c| !c.is_empty()) {
-            Some(c) if names.contains(&c.as_str()) => c.clone(),
-            Some(c) => {
-                return Err(ApiError::bad_request(format!(
-                    "container {c} is not valid for pod {name}"
-                )))
-            }
-            None if apps.len() == 1 => apps[0].to_string(),
-            None => {
-                return Err(ApiError::bad_request(format!(
-                    "a container name must be specified for pod {name}, choose one of: [{}]",
-                    apps.join(" ")
-                )))
-            }
-        };
+        match self.q.get("container").filter(|c| !c.is_empty()) {
+            Some(c) if names.contains(&c.as_str()) => Ok(c.clone()),
+            Some(c) => Err(ApiError::bad_request(format!(
+                "container {c} is not valid for pod {name}"
+            ))),
+            None if apps.len() == 1 => Ok(apps[0].to_string()),
+            None => Err(ApiError::bad_request(format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]",
+                apps.join(" ")
+            ))),
+        }
+    }
+
+    /// Where the node API of the pod's node is: (host, port).
+    async fn pod_node(&self, pod: &Value, name: &str) -> Result<(String, i64), ApiError> {
         let Some(node_name) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) else {
             return Err(ApiError::bad_request(format!(
                 "pod {name} does not have a host assigned"
@@ -1048,6 +1067,49 @@ impl Req<'_> {
             Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
             _ => address.to_string(),
         };
+        Ok((host, port))
+    }
+
+    /// `pods/exec`, `pods/attach`, `pods/portforward`: the upgrade request goes to the node API
+    /// as it came; a 101 answer joins the two connections (the kube-apiserver's
+    /// UpgradeAwareHandler), any other answer goes back to the client (which may then fall back
+    /// from WebSocket to SPDY).
+    async fn pod_stream(&self, ns: &str, name: &str, sub: &str) -> ApiResult {
+        let pods = resources::find("", "v1", "pods").unwrap();
+        let pod = decode_kv(&self.current(pods, Some(ns), name).await?);
+        let path = if sub == "portforward" {
+            format!("/portForward/{ns}/{name}")
+        } else {
+            let c = self.pod_container(&pod, name)?;
+            format!("/{sub}/{ns}/{name}/{c}")
+        };
+        let (host, port) = self.pod_node(&pod, name).await?;
+        let Some(upgrade) = self.upgrade.lock().expect("upgrade").take() else {
+            return Err(ApiError::bad_request("Upgrade request required"));
+        };
+        let target = if self.raw_query.is_empty() {
+            path
+        } else {
+            format!("{path}?{}", self.raw_query)
+        };
+        proxy::upgrade(
+            &self.server.kubelet_tls,
+            &host,
+            port as u16,
+            &target,
+            self.headers,
+            upgrade,
+        )
+        .await
+    }
+
+    /// `pods/log`: the node's `/containerLogs`, streamed through (the kube-apiserver's
+    /// LogREST). The container defaults to the only one; the query goes along.
+    async fn pod_log(&self, ns: &str, name: &str) -> ApiResult {
+        let pods = resources::find("", "v1", "pods").unwrap();
+        let pod = decode_kv(&self.current(pods, Some(ns), name).await?);
+        let container = self.pod_container(&pod, name)?;
+        let (host, port) = self.pod_node(&pod, name).await?;
         let mut url = format!("https://{host}:{port}/containerLogs/{ns}/{name}/{container}");
         let passed: Vec<(String, String)> = [
             "follow",

@@ -1,0 +1,513 @@
+//! The node API's streaming endpoints, as the kubelet serves them: `/exec/{ns}/{pod}/{container}`
+//! and `/portForward/{ns}/{pod}` over SPDY/3.1 (`X-Stream-Protocol-Version` `v4`/`v5.channel.k8s.io`
+//! for exec, `portforward.k8s.io` for port forwarding). Commands run through `podlet oci exec`,
+//! a single-threaded child of the agent (containers are never entered from the agent's own
+//! threads); port forwarding connects from inside the pod's network namespace.
+
+mod spdy;
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::pod::Node;
+
+/// Exec protocols, best first (v5 only adds the close signal on WebSocket).
+const EXEC_PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
+const PORT_FORWARD_PROTOCOL: &str = "portforward.k8s.io";
+
+fn text(code: StatusCode, msg: String) -> Response {
+    (code, [(header::CONTENT_TYPE, "text/plain")], msg).into_response()
+}
+
+fn query(req: &Request) -> Vec<(String, String)> {
+    serde_urlencoded::from_str(req.uri().query().unwrap_or_default()).unwrap_or_default()
+}
+
+fn flag(q: &[(String, String)], k: &str) -> bool {
+    q.iter()
+        .any(|(n, v)| n == k && matches!(v.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True"))
+}
+
+/// Picks the protocol: the first of ours the client offers.
+fn negotiate<'a>(req: &Request, ours: &[&'a str]) -> Option<&'a str> {
+    let offered: Vec<String> = req
+        .headers()
+        .get_all("x-stream-protocol-version")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_string()))
+        .collect();
+    ours.iter()
+        .copied()
+        .find(|p| offered.iter().any(|o| o == p))
+}
+
+fn wants_spdy(req: &Request) -> bool {
+    req.headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("SPDY/3.1"))
+}
+
+/// 101 Switching Protocols to SPDY with the chosen stream protocol.
+fn switching(protocol: &str) -> Response {
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
+    if let Ok(v) = HeaderValue::from_str(protocol) {
+        h.insert("x-stream-protocol-version", v);
+    }
+    r
+}
+
+/// The running container's runtime ID and the pod's UID.
+fn running_container(
+    node: &Node,
+    ns: &str,
+    pod: &str,
+    container: &str,
+) -> Result<(String, String), (StatusCode, String)> {
+    let pods = node.pods.read().expect("pods lock");
+    let p = pods
+        .values()
+        .find(|p| {
+            p.metadata.namespace.as_deref() == Some(ns) && p.metadata.name.as_deref() == Some(pod)
+        })
+        .ok_or_else(|| {
+            (
+                StatusCode::NOT_FOUND,
+                format!("pod {ns}/{pod} not found on this node"),
+            )
+        })?;
+    let st = p.status.clone().unwrap_or_default();
+    let cs = st
+        .container_statuses
+        .iter()
+        .flatten()
+        .chain(st.init_container_statuses.iter().flatten())
+        .find(|c| c.name == container)
+        .ok_or_else(|| {
+            (
+                StatusCode::BAD_REQUEST,
+                format!("container {container} is not valid for pod {pod}"),
+            )
+        })?;
+    if cs.state.as_ref().and_then(|s| s.running.as_ref()).is_none() {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            format!("container {container} is not running in pod {pod}"),
+        ));
+    }
+    let id = cs
+        .container_id
+        .as_deref()
+        .unwrap_or_default()
+        .trim_start_matches("podlet://")
+        .to_string();
+    Ok((id, p.metadata.uid.clone().unwrap_or_default()))
+}
+
+/// The exec result on the error stream, as the kubelet writes it for v4 and later.
+fn exit_status(code: i32, cmd: &[String]) -> Vec<u8> {
+    let v = if code == 0 {
+        json!({"metadata": {}, "status": "Success"})
+    } else {
+        json!({
+            "metadata": {},
+            "status": "Failure",
+            "message": format!("command terminated with non-zero exit code: error executing command {cmd:?}, exit code {code}"),
+            "reason": "NonZeroExitCode",
+            "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]},
+        })
+    };
+    v.to_string().into_bytes()
+}
+
+fn failure(message: &str) -> Vec<u8> {
+    json!({"metadata": {}, "status": "Failure", "message": message, "reason": "InternalError", "code": 500})
+        .to_string()
+        .into_bytes()
+}
+
+pub async fn exec(
+    State(node): State<Arc<Node>>,
+    UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
+    mut req: Request,
+) -> Response {
+    let q = query(&req);
+    let cmd: Vec<String> = q
+        .iter()
+        .filter(|(k, _)| k == "command")
+        .map(|(_, v)| v.clone())
+        .collect();
+    if cmd.is_empty() {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "you must specify at least one command for the container".into(),
+        );
+    }
+    let (id, _) = match running_container(&node, &ns, &pod, &container) {
+        Ok(x) => x,
+        Err((code, msg)) => return text(code, msg),
+    };
+    if !wants_spdy(&req) {
+        // WebSocket clients (kubectl >= 1.30) fall back to SPDY on this answer.
+        return text(
+            StatusCode::BAD_REQUEST,
+            "upgrade to SPDY/3.1 is required".into(),
+        );
+    }
+    let Some(protocol) = negotiate(&req, EXEC_PROTOCOLS) else {
+        return text(
+            StatusCode::FORBIDDEN,
+            format!("unable to upgrade: unable to negotiate protocol: client supports {:?}, server supports {EXEC_PROTOCOLS:?}",
+                req.headers().get_all("x-stream-protocol-version").iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>()),
+        );
+    };
+    let opts = ExecOptions {
+        stdin: flag(&q, "stdin"),
+        stdout: flag(&q, "stdout"),
+        stderr: flag(&q, "stderr"),
+        tty: flag(&q, "tty"),
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(up) => {
+                if let Err(e) = spdy_exec(node, TokioIo::new(up), id, cmd, opts).await {
+                    tracing::debug!("exec session: {e}");
+                }
+            }
+            Err(e) => tracing::debug!("exec upgrade: {e}"),
+        }
+    });
+    switching(protocol)
+}
+
+#[derive(Clone, Copy)]
+struct ExecOptions {
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
+    tty: bool,
+}
+
+async fn spdy_exec<IO>(
+    node: Arc<Node>,
+    io: IO,
+    id: String,
+    cmd: Vec<String>,
+    o: ExecOptions,
+) -> std::io::Result<()>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (r, w) = tokio::io::split(io);
+    let mut session = spdy::Session::start(r, w);
+    let tx = session.sender();
+    let (mut error, mut stdin, mut stdout, mut stderr, mut resize) = (None, None, None, None, None);
+    let expect_stderr = o.stderr && !o.tty;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while error.is_none()
+        || (o.stdin && stdin.is_none())
+        || (o.stdout && stdout.is_none())
+        || (expect_stderr && stderr.is_none())
+        || (o.tty && resize.is_none())
+    {
+        let Ok(Some(s)) = tokio::time::timeout_at(deadline, session.accept()).await else {
+            return Err(std::io::Error::other(
+                "the client did not open the expected streams",
+            ));
+        };
+        match s.header("streamtype").unwrap_or_default() {
+            "error" => error = Some(s),
+            "stdin" => stdin = Some(s),
+            "stdout" => stdout = Some(s),
+            "stderr" => stderr = Some(s),
+            "resize" => resize = Some(s),
+            _ => {}
+        }
+    }
+    let error = error.expect("checked above");
+    let mut command = tokio::process::Command::new(&node.exe);
+    command
+        .arg("oci")
+        .arg("exec")
+        .arg("--root")
+        .arg(node.cfg.container_state_root())
+        .arg(&id)
+        .arg("--")
+        .args(&cmd)
+        // Its stderr is the command's: no log lines of podlet's own there.
+        .env("PODLET_LOG", "off")
+        .kill_on_drop(false);
+    // With a TTY the command gets the terminal's slave side as its stdio.
+    let pty = if o.tty {
+        let p = nix::pty::openpty(None, None).map_err(std::io::Error::other)?;
+        let slave = std::fs::File::from(p.slave);
+        command
+            .stdin(Stdio::from(slave.try_clone()?))
+            .stdout(Stdio::from(slave.try_clone()?))
+            .stderr(Stdio::from(slave));
+        Some(std::fs::File::from(p.master))
+    } else {
+        command
+            .stdin(if o.stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(if o.stdout {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stderr(if o.stderr {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            });
+        None
+    };
+    let mut child = match command.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            tx.data(error.id, &failure(&format!("starting the command: {e}")))
+                .await?;
+            tx.close(error.id).await?;
+            return tx.goaway().await;
+        }
+    };
+    drop(command);
+    let mut pumps = Vec::new();
+    // Output: the pipes (or the terminal) to their streams.
+    let mut outputs: Vec<(Box<dyn tokio::io::AsyncRead + Send + Unpin>, u32)> = Vec::new();
+    let mut pty_writer = None;
+    if let Some(master) = pty {
+        let reader = tokio::fs::File::from_std(master.try_clone()?);
+        pty_writer = Some(tokio::fs::File::from_std(master.try_clone()?));
+        if let Some(s) = &stdout {
+            outputs.push((Box::new(reader), s.id));
+        }
+        if let Some(mut rz) = resize.take() {
+            let fd = master;
+            pumps.push(tokio::spawn(async move {
+                while let Some(b) = rz.data.recv().await {
+                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&b) {
+                        let ws = libc::winsize {
+                            ws_row: v["Height"].as_u64().unwrap_or(24) as u16,
+                            ws_col: v["Width"].as_u64().unwrap_or(80) as u16,
+                            ws_xpixel: 0,
+                            ws_ypixel: 0,
+                        };
+                        let _ = crate::sys::set_window_size(&fd, &ws);
+                    }
+                }
+            }));
+        }
+    } else {
+        if let (Some(out), Some(s)) = (child.stdout.take(), &stdout) {
+            outputs.push((Box::new(out), s.id));
+        }
+        if let (Some(err), Some(s)) = (child.stderr.take(), &stderr) {
+            outputs.push((Box::new(err), s.id));
+        }
+    }
+    for (mut reader, sid) in outputs {
+        let tx = tx.clone();
+        pumps.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match reader.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if tx.data(sid, &buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    // Input: the stdin stream to the pipe (or terminal); FIN closes it.
+    if let Some(mut s) = stdin {
+        let mut sink: Option<Box<dyn tokio::io::AsyncWrite + Send + Unpin>> = match pty_writer {
+            Some(w) => Some(Box::new(w)),
+            None => child.stdin.take().map(|w| Box::new(w) as _),
+        };
+        let is_tty = o.tty;
+        tokio::spawn(async move {
+            while let Some(b) = s.data.recv().await {
+                let Some(w) = sink.as_mut() else { break };
+                if w.write_all(&b).await.is_err() || w.flush().await.is_err() {
+                    break;
+                }
+            }
+            // A terminal's input ends with ^D; a pipe by closing it.
+            if let (true, Some(w)) = (is_tty, sink.as_mut()) {
+                let _ = w.write_all(&[4]).await;
+            }
+            drop(sink);
+        });
+    }
+    let status = child.wait().await?;
+    let code = status
+        .code()
+        .unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0));
+    for p in pumps {
+        // With a terminal, the reader ends when the last holder of the slave side exits.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), p).await;
+    }
+    tx.data(error.id, &exit_status(code, &cmd)).await?;
+    for s in [Some(&error), stdout.as_ref(), stderr.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        let _ = tx.close(s.id).await;
+    }
+    tx.goaway().await
+}
+
+/// `/portForward/{ns}/{pod}`: each forwarded connection is a pair of streams (`error`, `data`)
+/// with the same `requestID` and a `port` header.
+pub async fn port_forward(
+    State(node): State<Arc<Node>>,
+    UrlPath((ns, pod)): UrlPath<(String, String)>,
+    mut req: Request,
+) -> Response {
+    let pid = {
+        let pods = node.pods.read().expect("pods lock");
+        let Some(p) = pods.values().find(|p| {
+            p.metadata.namespace.as_deref() == Some(&ns) && p.metadata.name.as_deref() == Some(&pod)
+        }) else {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("pod {ns}/{pod} not found on this node"),
+            );
+        };
+        p.metadata.uid.clone().unwrap_or_default()
+    };
+    let netns = match crate::pod::sandbox_netns(&node, &pid) {
+        Some(n) => n,
+        None => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("pod {ns}/{pod} has no running sandbox"),
+            )
+        }
+    };
+    if !wants_spdy(&req) {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "upgrade to SPDY/3.1 is required".into(),
+        );
+    }
+    if negotiate(&req, &[PORT_FORWARD_PROTOCOL]).is_none() {
+        return text(
+            StatusCode::FORBIDDEN,
+            "unable to upgrade: unable to negotiate protocol portforward.k8s.io".into(),
+        );
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        if let Ok(up) = on_upgrade.await {
+            if let Err(e) = spdy_port_forward(TokioIo::new(up), netns).await {
+                tracing::debug!("port-forward session: {e}");
+            }
+        }
+    });
+    switching(PORT_FORWARD_PROTOCOL)
+}
+
+async fn spdy_port_forward<IO>(io: IO, netns: std::path::PathBuf) -> std::io::Result<()>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (r, w) = tokio::io::split(io);
+    let mut session = spdy::Session::start(r, w);
+    let tx = session.sender();
+    // requestID -> the stream that came first of its pair.
+    let mut pending: HashMap<String, spdy::Incoming> = HashMap::new();
+    while let Some(s) = session.accept().await {
+        let rid = s.header("requestid").unwrap_or_default().to_string();
+        let Some(other) = pending.remove(&rid) else {
+            pending.insert(rid, s);
+            continue;
+        };
+        let (data, error) = if s.header("streamtype") == Some("data") {
+            (s, other)
+        } else {
+            (other, s)
+        };
+        let port: u16 = match data.header("port").and_then(|p| p.parse().ok()) {
+            Some(p) if p > 0 => p,
+            _ => {
+                let _ = tx.data(error.id, b"invalid port").await;
+                continue;
+            }
+        };
+        let tx = tx.clone();
+        let netns = netns.clone();
+        tokio::spawn(async move {
+            let conn = tokio::task::spawn_blocking(move || {
+                podlet_cni::ns::with_netns(&netns, || {
+                    std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())
+                })
+                .map_err(|e| e.to_string())
+                .and_then(|r| r)
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+            let stream = match conn.and_then(|s| {
+                s.set_nonblocking(true).map_err(|e| e.to_string())?;
+                tokio::net::TcpStream::from_std(s).map_err(|e| e.to_string())
+            }) {
+                Ok(s) => s,
+                Err(e) => {
+                    let msg = format!("error forwarding port {port} to pod: {e}");
+                    let _ = tx.data(error.id, msg.as_bytes()).await;
+                    let _ = tx.close(error.id).await;
+                    let _ = tx.close(data.id).await;
+                    return;
+                }
+            };
+            let (mut rd, mut wr) = stream.into_split();
+            let mut incoming = data.data;
+            let up = tokio::spawn(async move {
+                while let Some(b) = incoming.recv().await {
+                    if wr.write_all(&b).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = wr.shutdown().await;
+            });
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match rd.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if tx.data(data.id, &buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = tx.close(data.id).await;
+            let _ = tx.close(error.id).await;
+            up.abort();
+        });
+    }
+    Ok(())
+}
