@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Brings up a podlet node on this machine (run as root): builds and installs podlet, imports a
-# busybox image, and starts the agent (as a systemd service where systemd runs).
+# Brings up a single-node cluster on this machine (run as root): builds and installs podlet,
+# imports a busybox image, and starts `podlet run` (control plane in-process, embedded store,
+# and the node agent; as a systemd service where systemd runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
@@ -24,4 +25,10 @@ else
   nohup podlet run >>/var/log/podlet.log 2>&1 </dev/null &
   echo "podlet is running (pid $!, log /var/log/podlet.log): podlet ps"
 fi
-echo "drop a Pod manifest into /etc/podlet/manifests to run it"
+for _ in $(seq 100); do
+  [ -s /etc/podlet/admin.kubeconfig ] && curl -sfk https://127.0.0.1:6443/readyz >/dev/null && break
+  sleep 0.3
+done
+curl -sfk https://127.0.0.1:6443/readyz >/dev/null || { echo "the apiserver did not come up; see the log" >&2; exit 1; }
+echo "the cluster is up: export KUBECONFIG=/etc/podlet/admin.kubeconfig; kubectl get nodes"
+echo "static pods: drop a Pod manifest into /etc/podlet/manifests"
