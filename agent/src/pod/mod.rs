@@ -781,3 +781,106 @@ fn spawn(node: Arc<Node>, pod: Pod, stopping: bool) -> Handle {
         task,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{
+        NodeSelectorRequirement, NodeSelectorTerm, Taint, Toleration,
+    };
+
+    fn req(key: &str, op: &str, values: &[&str]) -> NodeSelectorRequirement {
+        NodeSelectorRequirement {
+            key: key.into(),
+            operator: op.into(),
+            values: Some(values.iter().map(|v| v.to_string()).collect()),
+        }
+    }
+
+    #[test]
+    fn node_affinity_terms_match_like_the_scheduler() {
+        let labels = BTreeMap::from([
+            ("zone".to_string(), "a".to_string()),
+            ("cores".to_string(), "8".to_string()),
+        ]);
+        let term = |exprs: Vec<NodeSelectorRequirement>| NodeSelectorTerm {
+            match_expressions: Some(exprs),
+            match_fields: None,
+        };
+        assert!(node_term_matches(
+            &term(vec![req("zone", "In", &["a", "b"])]),
+            &labels,
+            "n"
+        ));
+        assert!(!node_term_matches(
+            &term(vec![req("zone", "NotIn", &["a"])]),
+            &labels,
+            "n"
+        ));
+        assert!(node_term_matches(
+            &term(vec![req("gpu", "DoesNotExist", &[])]),
+            &labels,
+            "n"
+        ));
+        assert!(node_term_matches(
+            &term(vec![req("cores", "Gt", &["4"])]),
+            &labels,
+            "n"
+        ));
+        assert!(!node_term_matches(
+            &term(vec![req("cores", "Lt", &["4"])]),
+            &labels,
+            "n"
+        ));
+        assert!(
+            !node_term_matches(&term(vec![]), &labels, "n"),
+            "an empty term matches nothing"
+        );
+        let by_name = NodeSelectorTerm {
+            match_expressions: None,
+            match_fields: Some(vec![req("metadata.name", "In", &["n"])]),
+        };
+        assert!(node_term_matches(&by_name, &labels, "n"));
+        assert!(!node_term_matches(&by_name, &labels, "m"));
+    }
+
+    #[test]
+    fn tolerations_match_taints() {
+        let t = Taint {
+            key: "dedicated".into(),
+            value: Some("db".into()),
+            effect: "NoExecute".into(),
+            time_added: None,
+        };
+        let tol = |key: Option<&str>,
+                   op: Option<&str>,
+                   value: Option<&str>,
+                   effect: Option<&str>| Toleration {
+            key: key.map(Into::into),
+            operator: op.map(Into::into),
+            value: value.map(Into::into),
+            effect: effect.map(Into::into),
+            toleration_seconds: None,
+        };
+        assert!(tolerates(
+            &tol(Some("dedicated"), None, Some("db"), None),
+            &t
+        ));
+        assert!(!tolerates(
+            &tol(Some("dedicated"), None, Some("web"), None),
+            &t
+        ));
+        assert!(tolerates(
+            &tol(Some("dedicated"), Some("Exists"), None, Some("NoExecute")),
+            &t
+        ));
+        assert!(!tolerates(
+            &tol(Some("dedicated"), Some("Exists"), None, Some("NoSchedule")),
+            &t
+        ));
+        assert!(
+            tolerates(&tol(None, Some("Exists"), None, None), &t),
+            "tolerates everything"
+        );
+    }
+}
