@@ -283,6 +283,27 @@ fn all_in_one_node_runs_kubectl_pods_and_reports_status() {
         let out = node.kubectl(minor, &["exec", "one", "--", "sh", "-c", "exit 3"]);
         assert_eq!(out.code, 3, "the command's exit code: {}", out.stderr);
     }
+    // The official Python client's exec (WebSocket only, v4.channel.k8s.io).
+    let py = std::process::Command::new("timeout")
+        .args(["60", "nsenter", "-t", &node.holder_pid().to_string(), "-n", "--", "/usr/bin/python3", "-c"])
+        .arg(
+            "import sys\n\
+             from kubernetes import client, config\n\
+             from kubernetes.stream import stream\n\
+             config.load_kube_config(sys.argv[1])\n\
+             out = stream(client.CoreV1Api().connect_get_namespaced_pod_exec, 'one', 'default',\n\
+                 command=['sh', '-c', 'echo py-exec from $(hostname)'], stderr=True, stdin=False, stdout=True, tty=False)\n\
+             print(out, end='')\n",
+        )
+        .arg(node.admin_kubeconfig())
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&py.stdout),
+        "py-exec from one\n",
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
     // With a terminal (script gives kubectl one): the command sees a TTY.
     let cmd = format!(
         "{} --kubeconfig {} --cache-dir {} exec -it one -- sh -c '[ -t 0 ] && echo stdin is a terminal; stty size'",

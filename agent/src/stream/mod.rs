@@ -1,6 +1,6 @@
 //! The node API's streaming endpoints, as the kubelet serves them: `/exec/{ns}/{pod}/{container}`
-//! and `/portForward/{ns}/{pod}` over SPDY/3.1 (`X-Stream-Protocol-Version` `v4`/`v5.channel.k8s.io`
-//! for exec, `portforward.k8s.io` for port forwarding). Commands run through `podlet oci exec`,
+//! over SPDY/3.1 or WebSocket (`v5`/`v4.channel.k8s.io`), and `/portForward/{ns}/{pod}` over
+//! SPDY/3.1 (`portforward.k8s.io`; WebSocket clients fall back to it). Commands run through `podlet oci exec`,
 //! a single-threaded child of the agent (containers are never entered from the agent's own
 //! threads); port forwarding connects from inside the pod's network namespace.
 
@@ -161,12 +161,14 @@ pub async fn exec(
         Ok(x) => x,
         Err((code, msg)) => return text(code, msg),
     };
+    let opts = ExecOptions {
+        stdin: flag(&q, "stdin"),
+        stdout: flag(&q, "stdout"),
+        stderr: flag(&q, "stderr"),
+        tty: flag(&q, "tty"),
+    };
     if !wants_spdy(&req) {
-        // WebSocket clients (kubectl >= 1.30) fall back to SPDY on this answer.
-        return text(
-            StatusCode::BAD_REQUEST,
-            "upgrade to SPDY/3.1 is required".into(),
-        );
+        return websocket_upgrade(node, req, id, cmd, opts);
     }
     let Some(protocol) = negotiate(&req, EXEC_PROTOCOLS) else {
         return text(
@@ -174,12 +176,6 @@ pub async fn exec(
             format!("unable to upgrade: unable to negotiate protocol: client supports {:?}, server supports {EXEC_PROTOCOLS:?}",
                 req.headers().get_all("x-stream-protocol-version").iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>()),
         );
-    };
-    let opts = ExecOptions {
-        stdin: flag(&q, "stdin"),
-        stdout: flag(&q, "stdout"),
-        stderr: flag(&q, "stderr"),
-        tty: flag(&q, "tty"),
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
@@ -195,12 +191,190 @@ pub async fn exec(
     switching(protocol)
 }
 
+/// Answers a WebSocket upgrade for exec with the best channel protocol the client offers.
+fn websocket_upgrade(
+    node: Arc<Node>,
+    mut req: Request,
+    id: String,
+    cmd: Vec<String>,
+    opts: ExecOptions,
+) -> Response {
+    let is_ws = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let key = req
+        .headers()
+        .get("sec-websocket-key")
+        .map(|k| tokio_tungstenite::tungstenite::handshake::derive_accept_key(k.as_bytes()));
+    let offered: Vec<String> = req
+        .headers()
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_string()))
+        .collect();
+    let protocol = EXEC_PROTOCOLS
+        .iter()
+        .find(|p| offered.iter().any(|o| o == *p));
+    let (true, Some(accept), Some(protocol)) = (is_ws, key, protocol) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("unable to upgrade: a WebSocket with one of {EXEC_PROTOCOLS:?} or SPDY/3.1 is required"),
+        );
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        if let Ok(up) = on_upgrade.await {
+            websocket_exec(node, up, id, cmd, opts).await;
+        }
+    });
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert("sec-websocket-accept", v);
+    }
+    h.insert("sec-websocket-protocol", HeaderValue::from_static(protocol));
+    r
+}
+
 #[derive(Clone, Copy)]
 struct ExecOptions {
     stdin: bool,
     stdout: bool,
     stderr: bool,
     tty: bool,
+}
+
+/// What an exec session exchanges with its client, whatever the transport.
+struct ExecIo {
+    stdin: Option<tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>>,
+    resize: Option<tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>>,
+    /// (1 stdout | 2 stderr, bytes).
+    out: tokio::sync::mpsc::UnboundedSender<(u8, Vec<u8>)>,
+}
+
+/// Runs the command through `podlet oci exec` with pipes (or a terminal) wired to `io`;
+/// returns its exit code once its output is drained.
+async fn run_exec(
+    node: &Node,
+    id: &str,
+    cmd: &[String],
+    o: ExecOptions,
+    io: ExecIo,
+) -> Result<i32, String> {
+    let mut command = tokio::process::Command::new(&node.exe);
+    command
+        .arg("oci")
+        .arg("exec")
+        .arg("--root")
+        .arg(node.cfg.container_state_root())
+        .arg(id)
+        .arg("--")
+        .args(cmd)
+        // Its stderr is the command's: no log lines of podlet's own there.
+        .env("PODLET_LOG", "off")
+        .kill_on_drop(false);
+    let pipe = |on: bool| if on { Stdio::piped() } else { Stdio::null() };
+    // With a TTY the command gets the terminal's slave side as its stdio.
+    let pty = if o.tty {
+        let p = nix::pty::openpty(None, None).map_err(|e| e.to_string())?;
+        let slave = std::fs::File::from(p.slave);
+        let dup = |f: &std::fs::File| f.try_clone().map_err(|e| e.to_string());
+        command
+            .stdin(Stdio::from(dup(&slave)?))
+            .stdout(Stdio::from(dup(&slave)?))
+            .stderr(Stdio::from(slave));
+        Some(std::fs::File::from(p.master))
+    } else {
+        command
+            .stdin(pipe(o.stdin))
+            .stdout(pipe(o.stdout))
+            .stderr(pipe(o.stderr));
+        None
+    };
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("starting the command: {e}"))?;
+    drop(command);
+    let mut pumps = Vec::new();
+    let mut outputs: Vec<(Box<dyn tokio::io::AsyncRead + Send + Unpin>, u8)> = Vec::new();
+    let mut stdin_sink: Option<Box<dyn tokio::io::AsyncWrite + Send + Unpin>> = None;
+    if let Some(master) = pty {
+        let clone = || master.try_clone().map_err(|e| e.to_string());
+        if o.stdout {
+            outputs.push((Box::new(tokio::fs::File::from_std(clone()?)), 1));
+        }
+        stdin_sink = Some(Box::new(tokio::fs::File::from_std(clone()?)));
+        if let Some(mut rz) = io.resize {
+            pumps.push(tokio::spawn(async move {
+                while let Some(b) = rz.recv().await {
+                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&b) {
+                        let ws = libc::winsize {
+                            ws_row: v["Height"].as_u64().unwrap_or(24) as u16,
+                            ws_col: v["Width"].as_u64().unwrap_or(80) as u16,
+                            ws_xpixel: 0,
+                            ws_ypixel: 0,
+                        };
+                        let _ = crate::sys::set_window_size(&master, &ws);
+                    }
+                }
+            }));
+        }
+    } else {
+        if let Some(out) = child.stdout.take() {
+            outputs.push((Box::new(out), 1));
+        }
+        if let Some(err) = child.stderr.take() {
+            outputs.push((Box::new(err), 2));
+        }
+        if let Some(w) = child.stdin.take() {
+            stdin_sink = Some(Box::new(w));
+        }
+    }
+    for (mut reader, ch) in outputs {
+        let out = io.out.clone();
+        pumps.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match reader.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if out.send((ch, buf[..n].to_vec())).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    if let Some(mut rx) = io.stdin {
+        let is_tty = o.tty;
+        tokio::spawn(async move {
+            while let Some(b) = rx.recv().await {
+                let Some(w) = stdin_sink.as_mut() else { break };
+                if w.write_all(&b).await.is_err() || w.flush().await.is_err() {
+                    break;
+                }
+            }
+            // A terminal's input ends with ^D; a pipe's by closing it.
+            if let (true, Some(w)) = (is_tty, stdin_sink.as_mut()) {
+                let _ = w.write_all(&[4]).await;
+            }
+        });
+    }
+    let status = child.wait().await.map_err(|e| e.to_string())?;
+    for p in pumps {
+        // With a terminal, the reader ends when the last holder of the slave side exits.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), p).await;
+    }
+    Ok(status
+        .code()
+        .unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)))
 }
 
 async fn spdy_exec<IO>(
@@ -239,144 +413,123 @@ where
             _ => {}
         }
     }
-    let error = error.expect("checked above");
-    let mut command = tokio::process::Command::new(&node.exe);
-    command
-        .arg("oci")
-        .arg("exec")
-        .arg("--root")
-        .arg(node.cfg.container_state_root())
-        .arg(&id)
-        .arg("--")
-        .args(&cmd)
-        // Its stderr is the command's: no log lines of podlet's own there.
-        .env("PODLET_LOG", "off")
-        .kill_on_drop(false);
-    // With a TTY the command gets the terminal's slave side as its stdio.
-    let pty = if o.tty {
-        let p = nix::pty::openpty(None, None).map_err(std::io::Error::other)?;
-        let slave = std::fs::File::from(p.slave);
-        command
-            .stdin(Stdio::from(slave.try_clone()?))
-            .stdout(Stdio::from(slave.try_clone()?))
-            .stderr(Stdio::from(slave));
-        Some(std::fs::File::from(p.master))
-    } else {
-        command
-            .stdin(if o.stdin {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(if o.stdout {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stderr(if o.stderr {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            });
-        None
-    };
-    let mut child = match command.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            tx.data(error.id, &failure(&format!("starting the command: {e}")))
-                .await?;
-            tx.close(error.id).await?;
-            return tx.goaway().await;
-        }
-    };
-    drop(command);
-    let mut pumps = Vec::new();
-    // Output: the pipes (or the terminal) to their streams.
-    let mut outputs: Vec<(Box<dyn tokio::io::AsyncRead + Send + Unpin>, u32)> = Vec::new();
-    let mut pty_writer = None;
-    if let Some(master) = pty {
-        let reader = tokio::fs::File::from_std(master.try_clone()?);
-        pty_writer = Some(tokio::fs::File::from_std(master.try_clone()?));
-        if let Some(s) = &stdout {
-            outputs.push((Box::new(reader), s.id));
-        }
-        if let Some(mut rz) = resize.take() {
-            let fd = master;
-            pumps.push(tokio::spawn(async move {
-                while let Some(b) = rz.data.recv().await {
-                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&b) {
-                        let ws = libc::winsize {
-                            ws_row: v["Height"].as_u64().unwrap_or(24) as u16,
-                            ws_col: v["Width"].as_u64().unwrap_or(80) as u16,
-                            ws_xpixel: 0,
-                            ws_ypixel: 0,
-                        };
-                        let _ = crate::sys::set_window_size(&fd, &ws);
-                    }
-                }
-            }));
-        }
-    } else {
-        if let (Some(out), Some(s)) = (child.stdout.take(), &stdout) {
-            outputs.push((Box::new(out), s.id));
-        }
-        if let (Some(err), Some(s)) = (child.stderr.take(), &stderr) {
-            outputs.push((Box::new(err), s.id));
-        }
-    }
-    for (mut reader, sid) in outputs {
+    let error: spdy::Incoming = error.expect("checked above");
+    let ids = [
+        (1u8, stdout.as_ref().map(|s| s.id)),
+        (2u8, stderr.as_ref().map(|s| s.id)),
+    ];
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<(u8, Vec<u8>)>();
+    let writer = {
         let tx = tx.clone();
-        pumps.push(tokio::spawn(async move {
-            let mut buf = vec![0u8; 32 * 1024];
-            loop {
-                match reader.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if tx.data(sid, &buf[..n]).await.is_err() {
-                            break;
-                        }
+        tokio::spawn(async move {
+            while let Some((ch, data)) = out_rx.recv().await {
+                let sid = ids.iter().find(|(c, _)| *c == ch).and_then(|(_, id)| *id);
+                if let Some(sid) = sid {
+                    if tx.data(sid, &data).await.is_err() {
+                        break;
                     }
                 }
             }
-        }));
-    }
-    // Input: the stdin stream to the pipe (or terminal); FIN closes it.
-    if let Some(mut s) = stdin {
-        let mut sink: Option<Box<dyn tokio::io::AsyncWrite + Send + Unpin>> = match pty_writer {
-            Some(w) => Some(Box::new(w)),
-            None => child.stdin.take().map(|w| Box::new(w) as _),
-        };
-        let is_tty = o.tty;
-        tokio::spawn(async move {
-            while let Some(b) = s.data.recv().await {
-                let Some(w) = sink.as_mut() else { break };
-                if w.write_all(&b).await.is_err() || w.flush().await.is_err() {
-                    break;
-                }
-            }
-            // A terminal's input ends with ^D; a pipe by closing it.
-            if let (true, Some(w)) = (is_tty, sink.as_mut()) {
-                let _ = w.write_all(&[4]).await;
-            }
-            drop(sink);
-        });
-    }
-    let status = child.wait().await?;
-    let code = status
-        .code()
-        .unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0));
-    for p in pumps {
-        // With a terminal, the reader ends when the last holder of the slave side exits.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), p).await;
-    }
-    tx.data(error.id, &exit_status(code, &cmd)).await?;
-    for s in [Some(&error), stdout.as_ref(), stderr.as_ref()]
-        .into_iter()
-        .flatten()
-    {
-        let _ = tx.close(s.id).await;
+        })
+    };
+    let io = ExecIo {
+        stdin: stdin.map(|s| s.data),
+        resize: resize.map(|s| s.data),
+        out: out_tx,
+    };
+    let result = run_exec(&node, &id, &cmd, o, io).await;
+    let _ = writer.await;
+    let status = match result {
+        Ok(code) => exit_status(code, &cmd),
+        Err(e) => failure(&e),
+    };
+    tx.data(error.id, &status).await?;
+    for sid in [Some(error.id), ids[0].1, ids[1].1].into_iter().flatten() {
+        let _ = tx.close(sid).await;
     }
     tx.goaway().await
+}
+
+/// Exec over WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`): binary messages whose first
+/// byte is the channel — 0 stdin, 1 stdout, 2 stderr, 3 error (the final Status), 4 resize;
+/// v5 adds `[255, channel]` to close a channel (stdin's end).
+async fn websocket_exec(
+    node: Arc<Node>,
+    up: hyper::upgrade::Upgraded,
+    id: String,
+    cmd: Vec<String>,
+    o: ExecOptions,
+) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        TokioIo::new(up),
+        tokio_tungstenite::tungstenite::protocol::Role::Server,
+        None,
+    )
+    .await;
+    let (mut sink, mut stream) = ws.split();
+    let (stdin_tx, stdin_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (resize_tx, resize_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<(u8, Vec<u8>)>();
+    tokio::spawn(async move {
+        let mut stdin_tx = Some(stdin_tx);
+        while let Some(Ok(m)) = stream.next().await {
+            let data = match m {
+                Message::Binary(b) => b.to_vec(),
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            match data.split_first() {
+                Some((0, rest)) => {
+                    if let Some(tx) = &stdin_tx {
+                        let _ = tx.send(rest.to_vec());
+                    }
+                }
+                Some((4, rest)) => {
+                    let _ = resize_tx.send(rest.to_vec());
+                }
+                Some((255, [0])) => stdin_tx = None,
+                _ => {}
+            }
+        }
+    });
+    let writer = tokio::spawn(async move {
+        // Every output channel opens with an empty message, as the kubelet's does.
+        for ch in [1u8, 2, 3] {
+            if sink.send(Message::binary(vec![ch])).await.is_err() {
+                return sink;
+            }
+        }
+        while let Some((ch, mut data)) = out_rx.recv().await {
+            data.insert(0, ch);
+            if sink.send(Message::binary(data)).await.is_err() {
+                break;
+            }
+        }
+        sink
+    });
+    let io = ExecIo {
+        stdin: o.stdin.then_some(stdin_rx),
+        resize: o.tty.then_some(resize_rx),
+        out: out_tx.clone(),
+    };
+    let result = run_exec(&node, &id, &cmd, o, io).await;
+    let status = match result {
+        Ok(code) => exit_status(code, &cmd),
+        Err(e) => failure(&e),
+    };
+    let _ = out_tx.send((3, status));
+    drop(out_tx);
+    if let Ok(mut sink) = writer.await {
+        // A normal closure: clients read the error channel until the connection ends.
+        let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+            reason: "".into(),
+        };
+        let _ = sink.send(Message::Close(Some(frame))).await;
+        let _ = sink.close().await;
+    }
 }
 
 /// `/portForward/{ns}/{pod}`: each forwarded connection is a pair of streams (`error`, `data`)

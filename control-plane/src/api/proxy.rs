@@ -193,13 +193,96 @@ pub async fn upgrade(
         *resp.body_mut() = Body::from(body);
         return Ok(resp);
     }
+    let websocket = resp
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     tokio::spawn(async move {
         let Ok(up) = client.await else { return };
-        let mut up = TokioIo::new(up);
-        if !rest.is_empty() && up.write_all(&rest).await.is_err() {
-            return;
+        let up = TokioIo::new(up);
+        if websocket {
+            join_websocket(up, node, rest).await;
+        } else {
+            let mut up = up;
+            if !rest.is_empty() && up.write_all(&rest).await.is_err() {
+                return;
+            }
+            let _ = tokio::io::copy_bidirectional(&mut up, &mut node).await;
         }
-        let _ = tokio::io::copy_bidirectional(&mut up, &mut node).await;
     });
     Ok(resp)
+}
+
+/// The length of the first complete WebSocket frame in `buf`, if there is one.
+fn frame_len(buf: &[u8]) -> Option<usize> {
+    let b1 = *buf.get(1)?;
+    let (ext, len) = match b1 & 0x7f {
+        126 => (
+            2,
+            u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as usize,
+        ),
+        127 => (
+            8,
+            u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize,
+        ),
+        n => (0, n as usize),
+    };
+    let mask = if b1 & 0x80 != 0 { 4 } else { 0 };
+    let total = 2 + ext + mask + len;
+    (buf.len() >= total).then_some(total)
+}
+
+/// Joins a WebSocket connection, writing the node's frames to the client one TLS record
+/// each, as Go's proxy does: clients that poll the socket (the Python client) would not see
+/// a second frame sitting decrypted in their TLS buffer.
+async fn join_websocket<C, N>(up: C, node: N, mut pending: Vec<u8>)
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    N: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut client_rd, mut client_wr) = tokio::io::split(up);
+    let (mut node_rd, mut node_wr) = tokio::io::split(node);
+    let upstream = async {
+        let _ = tokio::io::copy(&mut client_rd, &mut node_wr).await;
+        let _ = node_wr.shutdown().await;
+    };
+    let downstream = async {
+        let mut chunk = vec![0u8; 32 * 1024];
+        loop {
+            while let Some(n) = frame_len(&pending) {
+                if client_wr.write_all(&pending[..n]).await.is_err()
+                    || client_wr.flush().await.is_err()
+                {
+                    return;
+                }
+                pending.drain(..n);
+            }
+            match node_rd.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => pending.extend_from_slice(&chunk[..n]),
+            }
+        }
+        if !pending.is_empty() {
+            let _ = client_wr.write_all(&pending).await;
+        }
+        let _ = client_wr.shutdown().await;
+    };
+    tokio::join!(upstream, downstream);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn websocket_frames_are_measured() {
+        assert_eq!(frame_len(&[0x82, 0x01, 0x01]), Some(3));
+        assert_eq!(frame_len(&[0x82, 0x02, 0x01]), None);
+        let mut long = vec![0x82, 126, 0x01, 0x00];
+        long.extend(vec![0u8; 256]);
+        assert_eq!(frame_len(&long), Some(260));
+        assert_eq!(frame_len(&[0x82, 0x81, 1, 2, 3, 4, 9]), Some(7), "masked");
+        assert_eq!(frame_len(&[0x82]), None);
+    }
 }
