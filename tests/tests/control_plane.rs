@@ -370,6 +370,48 @@ fn drive(cp: &ControlPlane, v: u32) {
         "managed fields",
     );
     assert_eq!(mf.trim(), "Apply");
+    // Another manager's change conflicts with the next apply, unless it forces.
+    ok(
+        &kn(&[
+            "patch",
+            "cm",
+            "ssa",
+            "--type=merge",
+            "-p",
+            r#"{"data":{"a":"2"}}"#,
+        ]),
+        "patch by another manager",
+    );
+    let ssa = |force: bool| {
+        let mut args = vec![
+            "-n",
+            &ns,
+            "apply",
+            "--server-side",
+            "--field-manager=ssa",
+            "-f",
+            "-",
+        ];
+        if force {
+            args.push("--force-conflicts");
+        }
+        cp.kubectl_env(v, &args, &[], Some(&APP.replace("name: cfg", "name: ssa")))
+    };
+    let out = ssa(false);
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr
+            .contains("Apply failed with 1 conflict: conflict with \"kubectl-patch\"")
+            && out.stderr.contains(".data.a"),
+        "{}",
+        out.stderr
+    );
+    ok(&ssa(true), "apply --force-conflicts");
+    let a = ok(
+        &kn(&["get", "cm", "ssa", "-o", "jsonpath={.data.a}"]),
+        "get cm",
+    );
+    assert_eq!(a, "1");
 
     // Bad input is refused with Kubernetes' messages, and nothing is stored.
     let bad = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: Bad_Name\nspec:\n  containers:\n  - name: c\n    image: busybox\n";

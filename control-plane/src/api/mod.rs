@@ -941,6 +941,7 @@ impl Req<'_> {
         if !self.is_apply() {
             patch::record_update(
                 &mut obj,
+                None,
                 &self.field_manager(),
                 &r.api_version(),
                 &now,
@@ -1335,7 +1336,7 @@ impl Req<'_> {
             }
         }
         if !self.is_apply() {
-            patch::record_update(&mut obj, &manager, &r.api_version(), &now, sub);
+            patch::record_update(&mut obj, Some(&old), &manager, &r.api_version(), &now, sub);
         }
         let key = r.key(ns, name);
         let deleting = !obj["metadata"]["deletionTimestamp"].is_null();
@@ -1424,7 +1425,9 @@ impl Req<'_> {
                         &self.field_manager(),
                         &r.api_version(),
                         &objects::now(),
-                    );
+                        true,
+                    )
+                    .unwrap_or_default();
                     let mut bytes = serde_json::to_vec(&applied).unwrap();
                     if let Some(m) =
                         serde_json::from_slice::<Value>(&bytes)
@@ -1465,7 +1468,18 @@ impl Req<'_> {
                     &self.field_manager(),
                     &r.api_version(),
                     &objects::now(),
-                ),
+                    self.param("force").is_some_and(parse_bool),
+                )
+                .map_err(|c| {
+                    let (msg, causes) = patch::conflict_message(&c);
+                    let mut e = ApiError::new(409, "Conflict", msg);
+                    let mut d = json!({"name": name, "kind": r.plural, "causes": causes});
+                    if !r.group.is_empty() {
+                        d["group"] = json!(r.group);
+                    }
+                    e.details = Some(d);
+                    e
+                })?,
                 other => {
                     return Err(ApiError::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {other:?})")));
                 }
