@@ -6,6 +6,7 @@ mod config;
 mod eviction;
 mod logs;
 mod manifest;
+mod metrics;
 mod network;
 mod pod;
 mod server;

@@ -34,6 +34,24 @@ fn router(node: Arc<Node>) -> Router {
             get(container_logs),
         )
         .route(
+            "/stats/summary",
+            get(|State(node): State<Arc<Node>>| async move {
+                axum::Json(crate::metrics::summary(&node))
+            }),
+        )
+        .route(
+            "/metrics/resource",
+            get(|State(node): State<Arc<Node>>| async move {
+                prometheus(crate::metrics::resource(&node))
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|State(node): State<Arc<Node>>| async move {
+                prometheus(crate::metrics::agent(&node))
+            }),
+        )
+        .route(
             "/exec/{namespace}/{pod}/{container}",
             get(crate::stream::exec).post(crate::stream::exec),
         )
@@ -67,6 +85,17 @@ async fn pods(State(node): State<Arc<Node>>) -> impl IntoResponse {
 async fn node_object(State(node): State<Arc<Node>>) -> impl IntoResponse {
     let body = serde_json::to_string(&node.node_object()).unwrap_or_default();
     ([(header::CONTENT_TYPE, "application/json")], body)
+}
+
+fn prometheus(body: String) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 fn text(code: StatusCode, msg: String) -> Response {

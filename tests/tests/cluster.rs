@@ -256,6 +256,54 @@ fn all_in_one_node_runs_kubectl_pods_and_reports_status() {
         n.windows(2).all(|w| w[1] == w[0] + 1),
         "lines arrive in order as written: {seen:?}"
     );
+    // Resource usage through the apiserver's node proxy, as metrics-server reads it.
+    let out = node.kubectl(
+        33,
+        &["get", "--raw", "/api/v1/nodes/e2e/proxy/stats/summary"],
+    );
+    let summary: Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}{}", out.stdout, out.stderr));
+    assert_eq!(summary["node"]["nodeName"], "e2e");
+    assert!(
+        summary["node"]["memory"]["workingSetBytes"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    let one = summary["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["podRef"]["name"] == "one")
+        .unwrap_or_else(|| panic!("{summary}"));
+    assert_eq!(one["containers"][0]["name"], "one");
+    assert!(
+        one["containers"][0]["memory"]["workingSetBytes"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{one}"
+    );
+    assert!(
+        one["cpu"]["usageCoreNanoSeconds"].as_u64().is_some(),
+        "{one}"
+    );
+    let out = node.kubectl(
+        33,
+        &["get", "--raw", "/api/v1/nodes/e2e/proxy/metrics/resource"],
+    );
+    assert!(
+        out.stdout.contains("container_memory_working_set_bytes{container=\"one\",namespace=\"default\",pod=\"one\"}"),
+        "{}",
+        out.stdout
+    );
+    let out = node.kubectl(33, &["get", "--raw", "/api/v1/nodes/e2e/proxy/metrics"]);
+    assert!(
+        out.stdout.contains("kubelet_running_pods "),
+        "{}",
+        out.stdout
+    );
+
     // exec through the apiserver: SPDY for 1.27; 1.33 tries WebSocket first and falls back.
     for minor in [33, 27] {
         let out = node.kubectl(minor, &["exec", "one", "--", "hostname"]);

@@ -146,6 +146,7 @@ fn parse_target(path: &str) -> Option<Result<Target, ApiError>> {
                 [] => t(r, None, None, None),
                 [name] if !r.namespaced => t(r, None, Some(name), None),
                 [name, sub] if !r.namespaced => t(r, None, Some(name), Some(sub)),
+                [name, "proxy", ..] if r.plural == "nodes" => t(r, None, Some(name), Some("proxy")),
                 _ => not_found(),
             }
         }
@@ -341,6 +342,7 @@ async fn dispatch(
                     table: wants_table(&headers),
                     user: &user,
                     raw_query: uri.query().unwrap_or_default(),
+                    path: &path,
                     upgrade: std::sync::Mutex::new(upgrade),
                 };
                 let watch = t.watch_path || q.get("watch").is_some_and(|v| parse_bool(v));
@@ -418,6 +420,7 @@ struct Req<'a> {
     user: &'a auth::User,
     /// The query as sent (repeated keys such as exec's `command` kept).
     raw_query: &'a str,
+    path: &'a str,
     /// The connection's upgrade, for streams proxied to a node.
     upgrade: std::sync::Mutex<Option<hyper::upgrade::OnUpgrade>>,
 }
@@ -561,6 +564,9 @@ impl Req<'_> {
             ) if r.plural == "pods" => {
                 self.pod_stream(t.ns.as_deref().unwrap_or("default"), name, sub)
                     .await
+            }
+            (Method::GET, Some(name), Some("proxy")) if r.plural == "nodes" => {
+                self.node_proxy(name).await
             }
             (Method::GET, Some(name), Some("log")) if r.plural == "pods" => {
                 self.pod_log(t.ns.as_deref().unwrap_or("default"), name)
@@ -1102,6 +1108,44 @@ impl Req<'_> {
             upgrade,
         )
         .await
+    }
+
+    /// `nodes/proxy` GETs: the node API's answer for the rest of the path (`kubectl get --raw
+    /// /api/v1/nodes/N/proxy/stats/summary`, metrics-server's scrapes through the apiserver).
+    async fn node_proxy(&self, name: &str) -> ApiResult {
+        let rest = self
+            .path
+            .split_once(&format!("/nodes/{name}/proxy"))
+            .map(|(_, r)| r)
+            .unwrap_or_default();
+        let fake_pod = json!({"spec": {"nodeName": name}});
+        let (host, port) = self.pod_node(&fake_pod, name).await?;
+        let mut url = format!(
+            "https://{host}:{port}{}",
+            if rest.is_empty() { "/" } else { rest }
+        );
+        if !self.raw_query.is_empty() {
+            url.push('?');
+            url.push_str(self.raw_query);
+        }
+        let resp = self
+            .server
+            .kubelet
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| ApiError::internal(format!("Get \"{url}\": {e}")))?;
+        let code = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let ct = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .cloned()
+            .unwrap_or(axum::http::HeaderValue::from_static("text/plain"));
+        Ok(Response::builder()
+            .status(code)
+            .header(header::CONTENT_TYPE, ct)
+            .body(Body::from_stream(resp.bytes_stream()))
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
     }
 
     /// `pods/log`: the node's `/containerLogs`, streamed through (the kube-apiserver's
