@@ -112,6 +112,12 @@ pub struct RunFlags {
     /// All-in-one: where the administrator's kubeconfig is written.
     #[arg(long)]
     pub admin_kubeconfig: Option<PathBuf>,
+    /// Steady rate of the agent's writes to the apiserver, per second (the kubelet's 50).
+    #[arg(long)]
+    pub kube_api_qps: Option<f64>,
+    /// Writes allowed in a burst above that rate (the kubelet's 100).
+    #[arg(long)]
+    pub kube_api_burst: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -147,6 +153,8 @@ struct FileConfig {
     register_with_taints: Option<String>,
     apiserver_listen: Option<std::net::SocketAddr>,
     admin_kubeconfig: Option<PathBuf>,
+    kube_api_qps: Option<f64>,
+    kube_api_burst: Option<u32>,
 }
 
 /// How the agent relates to a control plane.
@@ -198,6 +206,8 @@ pub struct Config {
     pub kubeconfig: PathBuf,
     pub node_labels: std::collections::BTreeMap<String, String>,
     pub taints: Vec<k8s_openapi::api::core::v1::Taint>,
+    /// (QPS, burst) of writes to the apiserver.
+    pub kube_api: (f64, u32),
 }
 
 impl Config {
@@ -425,6 +435,14 @@ impl Config {
                     .as_deref(),
             )
             .map_err(|e| anyhow::anyhow!("--register-with-taints: {e}"))?,
+            kube_api: {
+                let qps = run.kube_api_qps.or(f.kube_api_qps).unwrap_or(50.0);
+                let burst = run.kube_api_burst.or(f.kube_api_burst).unwrap_or(100);
+                if qps.is_nan() || qps <= 0.0 || burst == 0 {
+                    anyhow::bail!("--kube-api-qps and --kube-api-burst must be positive");
+                }
+                (qps, burst)
+            },
             root_dir,
         })
     }

@@ -17,12 +17,14 @@ use crate::pod::PodEvent;
 type Recorded = (String, String, i32, Instant);
 
 pub async fn run(
-    node: String,
+    agent: std::sync::Arc<crate::pod::Node>,
     client: watch::Receiver<kube::Client>,
     mut rx: mpsc::UnboundedReceiver<PodEvent>,
 ) {
     let mut seen: HashMap<(String, String, String), Recorded> = HashMap::new();
+    let node = agent.cfg.node_name.clone();
     while let Some(ev) = rx.recv().await {
+        agent.api_limit.acquire().await;
         seen.retain(|_, v| v.3.elapsed() < Duration::from_secs(3600));
         let c = client.borrow().clone();
         let ns = ev

@@ -150,6 +150,7 @@ pub async fn run(node: Arc<Node>, client: watch::Receiver<kube::Client>, mut own
     let mut last: Option<(serde_json::Value, Instant)> = None;
     loop {
         let c = client.borrow().clone();
+        node.api_limit.acquire().await;
         if let Err(e) = renew_lease(&node, &c, &owner).await {
             tracing::warn!("renewing the node lease: {e}");
         }
@@ -160,6 +161,7 @@ pub async fn run(node: Arc<Node>, client: watch::Receiver<kube::Client>, mut own
             Some((prev, at)) => *prev != cmp || at.elapsed() >= REPORT_EVERY,
         };
         if due {
+            node.api_limit.acquire().await;
             let api: Api<K8sNode> = Api::all(c);
             match api
                 .patch_status(

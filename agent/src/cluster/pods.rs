@@ -289,6 +289,7 @@ async fn sync_once(
                 }
                 Some(m) => {
                     // Deleted by someone, or made from an older manifest: replaced.
+                    node.api_limit.acquire().await;
                     if let Err(e) = delete_now(client, m).await {
                         tracing::warn!(pod = ?key(p), "deleting an outdated mirror pod: {e}");
                     }
@@ -319,6 +320,7 @@ async fn sync_once(
         if sent.status.get(&api_uid) == Some(&status) {
             continue;
         }
+        node.api_limit.acquire().await;
         match patch_status(client, p, &api_uid, &status).await {
             Ok(()) => {
                 sent.status.insert(api_uid, status);
@@ -332,6 +334,8 @@ async fn sync_once(
         if is_mirror(p) {
             // A mirror pod whose static pod is gone goes too.
             if !static_keys.contains(&key(p)) && !sent.confirmed.contains(uid) {
+                node.api_limit.acquire().await;
+                node.api_limit.acquire().await;
                 match delete_now(client, p).await {
                     Ok(()) => {
                         sent.confirmed.insert(uid.clone());
@@ -347,6 +351,7 @@ async fn sync_once(
             && !on_disk(node, uid)
             && !sent.confirmed.contains(uid)
         {
+            node.api_limit.acquire().await;
             match delete_now(client, p).await {
                 Ok(()) => {
                     sent.confirmed.insert(uid.clone());

@@ -57,6 +57,8 @@ pub struct Node {
     pub status_tx: watch::Sender<u64>,
     /// When the agent started (the time conditions that never changed report).
     pub started: jiff::Timestamp,
+    /// Paces writes to the apiserver.
+    pub api_limit: crate::cluster::Limiter,
     /// The apiserver client, when there is one (config maps, secrets, tokens for pods).
     pub api: std::sync::OnceLock<watch::Receiver<kube::Client>>,
     /// Where pod events go, once an apiserver takes them.
@@ -126,6 +128,7 @@ impl Node {
             started: jiff::Timestamp::now(),
             events: std::sync::OnceLock::new(),
             api: std::sync::OnceLock::new(),
+            api_limit: crate::cluster::Limiter::new(cfg.kube_api.0, cfg.kube_api.1),
             oom_floor,
             cgroups,
             missing_controllers: missing,
