@@ -24,7 +24,7 @@ pub async fn run(
     let mut seen: HashMap<(String, String, String), Recorded> = HashMap::new();
     let node = agent.cfg.node_name.clone();
     while let Some(ev) = rx.recv().await {
-        agent.api_limit.acquire().await;
+        agent.event_limit.acquire().await;
         seen.retain(|_, v| v.3.elapsed() < Duration::from_secs(3600));
         let c = client.borrow().clone();
         let ns = ev

@@ -59,6 +59,9 @@ pub struct Node {
     pub started: jiff::Timestamp,
     /// Paces writes to the apiserver.
     pub api_limit: crate::cluster::Limiter,
+    /// Paces events on their own (the kubelet's `--event-qps` 50, `--event-burst` 100), so
+    /// they never hold up statuses.
+    pub event_limit: crate::cluster::Limiter,
     /// The apiserver client, when there is one (config maps, secrets, tokens for pods).
     pub api: std::sync::OnceLock<watch::Receiver<kube::Client>>,
     /// Where pod events go, once an apiserver takes them.
@@ -129,6 +132,7 @@ impl Node {
             events: std::sync::OnceLock::new(),
             api: std::sync::OnceLock::new(),
             api_limit: crate::cluster::Limiter::new(cfg.kube_api.0, cfg.kube_api.1),
+            event_limit: crate::cluster::Limiter::new(50.0, 100),
             oom_floor,
             cgroups,
             missing_controllers: missing,
