@@ -554,6 +554,22 @@ fn all_in_one_node_runs_kubectl_pods_and_reports_status() {
     );
     assert_eq!(out.code, 0, "{}", out.stderr);
 
+    // Deletion runs preStop hooks before SIGTERM.
+    let hooks = node.path("hooks");
+    let hooked = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: hooked}}\nspec:\n  terminationGracePeriodSeconds: 5\n  containers:\n  - name: c\n    image: busybox\n    command: [sleep, '1000']\n    lifecycle:\n      preStop:\n        exec: {{command: [sh, -c, 'echo bye > /hooks/prestop']}}\n    volumeMounts: [{{name: hooks, mountPath: /hooks}}]\n  volumes:\n  - name: hooks\n    hostPath: {{path: {}, type: DirectoryOrCreate}}\n",
+        hooks.display()
+    );
+    let out = node.kubectl_stdin(33, &["apply", "-f", "-"], Some(&hooked));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    wait_pod(&node, "hooked", "hooked Running", |p| phase(p) == "Running");
+    let out = node.kubectl(33, &["delete", "pod", "hooked"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(hooks.join("prestop")).unwrap_or_default(),
+        "bye\n"
+    );
+
     // kubectl delete waits for the node to confirm; nothing of the pod is left.
     let one = get_json(&node, &["pod", "one"]).unwrap();
     let uid = one["metadata"]["uid"].as_str().unwrap().to_string();

@@ -248,12 +248,21 @@ impl Worker {
                 .or_else(|| self.node.admit(&self.uid, &self.spec, self.qos).err())
             {
                 tracing::warn!(reason = %r.0, "{}", r.1);
+                self.node.event(&self.pod, "Warning", &r.0, r.1.clone());
                 self.rejected = Some(r);
                 self.publish();
                 return Duration::from_secs(3600);
             }
         }
         if let Err(e) = self.ensure_sandbox().await {
+            if self.sandbox_error.as_ref() != Some(&e) {
+                self.node.event(
+                    &self.pod,
+                    "Warning",
+                    "FailedCreatePodSandBox",
+                    format!("Failed to create pod sandbox: {e}"),
+                );
+            }
             self.sandbox_error = Some(e);
             self.publish();
             return self
