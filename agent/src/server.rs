@@ -393,32 +393,11 @@ fn serving_cert(node: &Node) -> anyhow::Result<(String, String)> {
 }
 
 fn tls_config(node: &Node) -> anyhow::Result<rustls::ServerConfig> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let (cert_pem, key_pem) = serving_cert(node)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let certs: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<_, _>>()?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())?;
     let kubeconfig = std::fs::read_to_string(&node.cfg.kubeconfig)?;
     let ca = crate::cluster::join::cluster_ca(&kubeconfig)
         .ok_or_else(|| anyhow::anyhow!("{}: no cluster CA", node.cfg.kubeconfig.display()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
-        roots.add(c?)?;
-    }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .allow_unauthenticated()
-    .build()?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(cfg)
+    podlet_control_plane::pki::server_tls(&cert_pem, &key_pem, &ca)
 }
 
 async fn serve_tls(listener: tokio::net::TcpListener, app: Router, tls: rustls::ServerConfig) {

@@ -137,28 +137,41 @@ impl Pki {
     /// TLS for the apiserver: its certificate, and client certificates verified against the CA
     /// when presented (requests without one authenticate by token, or are anonymous).
     pub fn server_config(&self) -> anyhow::Result<rustls::ServerConfig> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let certs: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_file_iter(self.dir.join("apiserver.crt"))?
-                .collect::<Result<_, _>>()?;
-        let key = PrivateKeyDer::from_pem_file(self.dir.join("apiserver.key"))?;
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_file_iter(self.dir.join("ca.crt"))? {
-            roots.add(c?)?;
-        }
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            Arc::new(roots),
-            provider.clone(),
+        server_tls(
+            &std::fs::read_to_string(self.dir.join("apiserver.crt"))?,
+            &std::fs::read_to_string(self.dir.join("apiserver.key"))?,
+            &std::fs::read_to_string(self.dir.join("ca.crt"))?,
         )
-        .allow_unauthenticated()
-        .build()?;
-        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(certs, key)?;
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(cfg)
     }
+}
+
+/// TLS serving with `cert_pem`/`key_pem` that verifies client certificates against
+/// `client_ca_pem` when a client offers one (others may still use tokens).
+pub fn server_tls(
+    cert_pem: &str,
+    key_pem: &str,
+    client_ca_pem: &str,
+) -> anyhow::Result<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<_, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(client_ca_pem.as_bytes()) {
+        roots.add(c?)?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
 }
 
 /// User and groups from a verified client certificate: CN and O, as Kubernetes reads them.

@@ -1110,6 +1110,16 @@ impl Req<'_> {
         .await
     }
 
+    /// A GET to a node API with the apiserver's kubelet client certificate.
+    async fn kubelet_get(&self, url: &str) -> Result<reqwest::Response, ApiError> {
+        self.server
+            .kubelet
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| ApiError::internal(format!("Get \"{url}\": {e}")))
+    }
+
     /// `nodes/proxy` GETs: the node API's answer for the rest of the path (`kubectl get --raw
     /// /api/v1/nodes/N/proxy/stats/summary`, metrics-server's scrapes through the apiserver).
     async fn node_proxy(&self, name: &str) -> ApiResult {
@@ -1128,13 +1138,7 @@ impl Req<'_> {
             url.push('?');
             url.push_str(self.raw_query);
         }
-        let resp = self
-            .server
-            .kubelet
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| ApiError::internal(format!("Get \"{url}\": {e}")))?;
+        let resp = self.kubelet_get(&url).await?;
         let code = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
         let ct = resp
             .headers()
@@ -1172,13 +1176,7 @@ impl Req<'_> {
             url.push('?');
             url.push_str(&serde_urlencoded::to_string(&passed).unwrap_or_default());
         }
-        let resp = self
-            .server
-            .kubelet
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| ApiError::internal(format!("Get \"{url}\": {e}")))?;
+        let resp = self.kubelet_get(&url).await?;
         let code = resp.status();
         if !code.is_success() {
             let body = resp.text().await.unwrap_or_default();
