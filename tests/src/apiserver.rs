@@ -194,24 +194,8 @@ impl ControlPlane {
         stdin: Option<&str>,
     ) -> Output {
         let mut c = self.kubectl_command(minor, args);
-        c.envs(env.iter().copied())
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = c.spawn().expect("running kubectl");
-        if let Some(s) = stdin {
-            child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
-        }
-        let out = child.wait_with_output().unwrap();
-        Output {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        c.envs(env.iter().copied());
+        crate::run_with_stdin(c, stdin)
     }
 
     /// Starts a long-running kubectl (like `get -w`) whose stdout goes to `out`.

@@ -87,6 +87,27 @@ pub struct Output {
     pub stderr: String,
 }
 
+/// Runs `c` to the end, feeding it `stdin` (or /dev/null), and collects its output.
+pub fn run_with_stdin(mut c: Command, stdin: Option<&str>) -> Output {
+    c.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("running a command");
+    if let Some(s) = stdin {
+        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 pub struct TestNode {
     pub dir: tempfile::TempDir,
     pub cgroup_root: String,
@@ -316,24 +337,7 @@ impl TestNode {
     }
 
     pub fn kubectl_stdin(&self, minor: u32, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut c = self.kubectl_command(minor, args);
-        c.stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        let mut child = c.spawn().expect("running kubectl");
-        if let Some(s) = stdin {
-            child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
-        }
-        let out = child.wait_with_output().unwrap();
-        Output {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        run_with_stdin(self.kubectl_command(minor, args), stdin)
     }
 
     pub fn kubectl_command(&self, minor: u32, args: &[&str]) -> Command {
