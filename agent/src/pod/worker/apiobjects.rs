@@ -84,6 +84,27 @@ fn config_map_data(c: ConfigMap) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
+/// Removes files below `dir` that `files` (paths relative to `root`) no longer has.
+fn remove_stale(
+    root: &std::path::Path,
+    dir: &std::path::Path,
+    files: &BTreeMap<String, (Vec<u8>, Option<i32>)>,
+) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            remove_stale(root, &p, files);
+            continue;
+        }
+        let rel = p
+            .strip_prefix(root)
+            .map(|r| r.to_string_lossy().into_owned());
+        if rel.is_ok_and(|r| !files.contains_key(&r)) {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+}
+
 impl Worker {
     /// Fetches what the pod refers to (absent objects are left out; whoever needs them says
     /// so). Without an apiserver, only pods that refer to nothing can run.
@@ -165,15 +186,42 @@ impl Worker {
         Ok(data)
     }
 
-    /// Writes the files of every configMap, secret, projected and downwardAPI volume.
-    pub(super) fn write_api_volumes(&self, data: &ApiData) -> Result<(), String> {
+    /// Re-reads what the pod's volumes show from the apiserver every few minutes (the
+    /// kubelet's periodic volume sync: config map and secret changes show up, tokens are
+    /// renewed long before they expire). Returns when to look again.
+    pub(super) async fn refresh_api_volumes(&mut self) -> Option<Duration> {
+        const EVERY: Duration = Duration::from_secs(240);
+        let at = self.api_volumes_at?;
+        let left = EVERY.saturating_sub(at.elapsed());
+        if !left.is_zero() {
+            return Some(left);
+        }
+        match self.fetch_api_objects().await {
+            Ok(data) => {
+                if let Err(e) = self.write_api_volumes(&data) {
+                    tracing::warn!("refreshing volumes: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("refreshing volumes: {e}"),
+        }
+        self.api_volumes_at = Some(Instant::now());
+        Some(EVERY)
+    }
+
+    /// Writes the files of every configMap, secret, projected and downwardAPI volume. Files
+    /// are replaced by rename inside the directory, which containers have bind-mounted, so a
+    /// rewrite shows up in running containers.
+    pub(super) fn write_api_volumes(&mut self, data: &ApiData) -> Result<(), String> {
+        let mut any = false;
         for v in self.spec.volumes.iter().flatten() {
             let Some((kind, files, mode)) = self.volume_files(v, data)? else {
                 continue;
             };
+            any = true;
             let dir = self.data_dir.join("volumes").join(kind).join(&v.name);
-            let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).map_err(|e| format!("volume {:?}: {e}", v.name))?;
+            // Files the objects no longer have go.
+            remove_stale(&dir, &dir, &files);
             let shift = self.node.userns.get(&self.uid).map_or(0, |r| r.host_id);
             let fs_group = self
                 .spec
@@ -187,18 +235,26 @@ impl Worker {
                     std::fs::create_dir_all(parent)
                         .map_err(|e| format!("volume {:?}: {e}", v.name))?;
                 }
-                std::fs::write(&p, content).map_err(|e| format!("volume {:?}: {e}", v.name))?;
+                let tmp = p.with_file_name(format!(
+                    ".{}.tmp",
+                    p.file_name().unwrap_or_default().to_string_lossy()
+                ));
+                std::fs::write(&tmp, content).map_err(|e| format!("volume {:?}: {e}", v.name))?;
                 let m = file_mode.unwrap_or(mode) as u32 & 0o777;
-                let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(m));
+                let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(m));
                 if shift > 0 || fs_group.is_some() {
                     let _ = std::os::unix::fs::chown(
-                        &p,
+                        &tmp,
                         Some(shift),
                         Some(fs_group.unwrap_or(0).saturating_add(shift)),
                     );
                 }
+                std::fs::rename(&tmp, &p).map_err(|e| format!("volume {:?}: {e}", v.name))?;
             }
             let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755));
+        }
+        if any {
+            self.api_volumes_at = Some(Instant::now());
         }
         Ok(())
     }
@@ -324,5 +380,26 @@ impl Worker {
                 ))
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_files_go_and_current_ones_stay() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("sub")).unwrap();
+        for f in ["keep", "old", "sub/keep", "sub/old"] {
+            std::fs::write(d.path().join(f), "x").unwrap();
+        }
+        let files: BTreeMap<String, (Vec<u8>, Option<i32>)> = ["keep", "sub/keep"]
+            .iter()
+            .map(|f| (f.to_string(), (Vec::new(), None)))
+            .collect();
+        remove_stale(d.path(), d.path(), &files);
+        assert!(d.path().join("keep").exists() && d.path().join("sub/keep").exists());
+        assert!(!d.path().join("old").exists() && !d.path().join("sub/old").exists());
     }
 }

@@ -167,20 +167,24 @@ impl Worker {
         }
         .map_err(|e| fail("CreateContainerError", e.to_string()))?;
         let id = hex::encode(rand_bytes());
-        let result = async {
-            let data = self
-                .fetch_api_objects()
-                .await
-                .map_err(|e| fail("CreateContainerConfigError", e))?;
-            if let Err(e) = self.write_api_volumes(&data) {
-                self.node.event(
-                    &self.pod,
-                    "Warning",
-                    "FailedMount",
-                    format!("MountVolume.SetUp failed: {e}"),
-                );
+        let data = match self.fetch_api_objects().await {
+            Ok(d) => d,
+            Err(e) => {
+                self.remove_instance(&inst);
                 return Err(fail("CreateContainerConfigError", e));
             }
+        };
+        if let Err(e) = self.write_api_volumes(&data) {
+            self.node.event(
+                &self.pod,
+                "Warning",
+                "FailedMount",
+                format!("MountVolume.SetUp failed: {e}"),
+            );
+            self.remove_instance(&inst);
+            return Err(fail("CreateContainerConfigError", e));
+        }
+        let result = async {
             let config = self
                 .container_config(c, field, &image, &root, &inst, &id, &data)
                 .map_err(|e| fail("CreateContainerConfigError", e))?;

@@ -77,6 +77,8 @@ struct Worker {
     rejected: Option<(String, String)>,
     /// `Infeasible` when a resize was refused (it would change the QoS class).
     resize: Option<String>,
+    /// When config map, secret, projected and downward API volumes were last written.
+    api_volumes_at: Option<Instant>,
 }
 
 pub async fn run(
@@ -175,6 +177,7 @@ impl Worker {
             pod_ips: Vec::new(),
             rejected: None,
             resize: None,
+            api_volumes_at: None,
         }
     }
 
@@ -309,6 +312,9 @@ impl Worker {
                     break;
                 }
             }
+        }
+        if let Some(d) = self.refresh_api_volumes().await {
+            wake = wake.min(d);
         }
         if init_done {
             for (i, c) in self.spec.containers.clone().iter().enumerate() {
