@@ -162,9 +162,9 @@ def pod_bench(podlet, pods, work):
         holder.wait()
 
 
-def cleanup_cgroups():
+def cleanup_cgroups(cg=CG):
     for h in ("/sys/fs/cgroup/" + c for c in os.listdir("/sys/fs/cgroup")):
-        root = os.path.join(h, CG)
+        root = os.path.join(h, cg)
         if os.path.isdir(root):
             for dirpath, _, _ in sorted(os.walk(root), key=lambda t: -t[0].count("/")):
                 try:

@@ -9,6 +9,8 @@ gives them). The node runs in its own network and mount namespaces.
 """
 import argparse, json, os, subprocess, sys, tempfile, time
 
+import bench  # bench/bench.py: the cgroup clean-up
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CG = "podlet-bench-cluster"
 KUBECTL = "/usr/lib/google-cloud-sdk/bin/kubectl.1.33"
@@ -99,14 +101,7 @@ def main():
         agent.wait()
         holder.kill()
         holder.wait()
-        for h in ("/sys/fs/cgroup/" + c for c in os.listdir("/sys/fs/cgroup")):
-            root = os.path.join(h, CG)
-            if os.path.isdir(root):
-                for dirpath, _, _ in sorted(os.walk(root), key=lambda t: -t[0].count("/")):
-                    try:
-                        os.rmdir(dirpath)
-                    except OSError:
-                        pass
+        bench.cleanup_cgroups(CG)
         subprocess.run(["chmod", "-R", "u+rwx", work])
         subprocess.run(["rm", "-rf", work])
 

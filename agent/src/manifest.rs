@@ -305,14 +305,7 @@ fn publish(dir: &Path, node: &str, tx: &watch::Sender<Desired>, last_errors: &mu
         }
     }
     *last_errors = errors;
-    tx.send_if_modified(|cur| {
-        if *cur != desired {
-            *cur = desired;
-            true
-        } else {
-            false
-        }
-    });
+    crate::pod::send_if_changed(tx, &desired);
 }
 
 #[cfg(test)]

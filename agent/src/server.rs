@@ -107,16 +107,7 @@ async fn container_logs(
     UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let found = node
-        .pods
-        .read()
-        .expect("pods lock")
-        .values()
-        .find(|p| {
-            p.metadata.namespace.as_deref() == Some(&ns) && p.metadata.name.as_deref() == Some(&pod)
-        })
-        .cloned();
-    let Some(p) = found else {
+    let Some(p) = node.pod_named(&ns, &pod) else {
         return text(
             StatusCode::NOT_FOUND,
             format!("pod {ns}/{pod} not found on this node"),

@@ -21,12 +21,14 @@ const LEASE_DURATION: i32 = 40;
 const RENEW_EVERY: Duration = Duration::from_secs(10);
 const REPORT_EVERY: Duration = Duration::from_secs(300);
 
-/// The Node as registered: node_object() plus what only registration sets.
+/// The Node as registered: its status, plus what only registration sets.
 fn registration(node: &Node) -> K8sNode {
-    let mut n = node.node_object();
-    n.status = Some(status(node));
-    let labels = node.labels();
-    n.metadata.labels = Some(labels);
+    let mut n = K8sNode {
+        status: Some(status(node)),
+        ..Default::default()
+    };
+    n.metadata.name = Some(node.cfg.node_name.clone());
+    n.metadata.labels = Some(node.labels());
     n.metadata.annotations = Some(std::collections::BTreeMap::from([(
         "volumes.kubernetes.io/controller-managed-attach-detach".to_string(),
         "true".to_string(),

@@ -166,13 +166,7 @@ pub async fn feed(
             &statics.borrow_and_update(),
             &api.borrow_and_update(),
         );
-        tx.send_if_modified(|cur| {
-            let changed = *cur != want;
-            if changed {
-                *cur = want;
-            }
-            changed
-        });
+        crate::pod::send_if_changed(&tx, &want);
         tokio::select! {
             r = statics.changed() => if r.is_err() { return },
             r = api.changed() => if r.is_err() { return },
@@ -276,7 +270,7 @@ async fn sync_once(
         .filter(|p| is_mirror(p))
         .map(|p| (key(p), p))
         .collect();
-    for (uid, p) in &local {
+    for (local_uid, p) in &local {
         let status = serde_json::to_value(&p.status).unwrap_or_default();
         let target = if is_static(p) {
             match mirrors.get(&key(p)) {
@@ -285,7 +279,7 @@ async fn sync_once(
                         && m.metadata.deletion_timestamp.is_none() =>
                 {
                     sent.confirmed.remove(&format!("{}/{}", key(p).0, key(p).1));
-                    Some(uid_of(m))
+                    Some(uid(m))
                 }
                 Some(m) => {
                     // Deleted by someone, or made from an older manifest: replaced.
@@ -314,7 +308,7 @@ async fn sync_once(
                 }
             }
         } else {
-            view.get(uid).map(uid_of)
+            view.get(local_uid).map(uid)
         };
         let Some(api_uid) = target else { continue };
         if sent.status.get(&api_uid) == Some(&status) {
@@ -364,8 +358,4 @@ async fn sync_once(
     sent.status.retain(|u, _| view.contains_key(u));
     sent.confirmed
         .retain(|u| u.contains('/') || view.contains_key(u));
-}
-
-fn uid_of(p: &Pod) -> String {
-    uid(p)
 }

@@ -517,6 +517,19 @@ impl Node {
         n
     }
 
+    /// The pod named `namespace/name` as the node runs it, with its live status.
+    pub fn pod_named(&self, namespace: &str, name: &str) -> Option<Pod> {
+        self.pods
+            .read()
+            .expect("pods lock")
+            .values()
+            .find(|p| {
+                p.metadata.namespace.as_deref() == Some(namespace)
+                    && p.metadata.name.as_deref() == Some(name)
+            })
+            .cloned()
+    }
+
     pub fn publish(&self, uid: &str, pod: Pod) {
         self.pods
             .write()
@@ -650,6 +663,17 @@ fn first_global_ip() -> Option<IpAddr> {
     v6
 }
 
+/// Publishes `value` on `tx` unless it is what the channel already holds.
+pub fn send_if_changed<T: PartialEq + Clone>(tx: &watch::Sender<T>, value: &T) {
+    tx.send_if_modified(|cur| {
+        let changed = cur != value;
+        if changed {
+            *cur = value.clone();
+        }
+        changed
+    });
+}
+
 struct Handle {
     stop: watch::Sender<bool>,
     /// The latest spec of the pod (only resources can change for the same UID).
@@ -726,13 +750,7 @@ pub async fn run_manager(node: Arc<Node>, mut desired: watch::Receiver<Desired>)
             if sp.pod.metadata.deletion_timestamp.is_some() {
                 match workers.get(uid) {
                     Some(h) => {
-                        h.pod.send_if_modified(|p| {
-                            let changed = *p != sp.pod;
-                            if changed {
-                                *p = sp.pod.clone();
-                            }
-                            changed
-                        });
+                        send_if_changed(&h.pod, &sp.pod);
                         let _ = h.stop.send(true);
                     }
                     None if node.cfg.pod_run_dir(uid).exists() => {
@@ -745,13 +763,7 @@ pub async fn run_manager(node: Arc<Node>, mut desired: watch::Receiver<Desired>)
             }
             match workers.get(uid) {
                 Some(h) => {
-                    h.pod.send_if_modified(|p| {
-                        let changed = *p != sp.pod;
-                        if changed {
-                            *p = sp.pod.clone();
-                        }
-                        changed
-                    });
+                    send_if_changed(&h.pod, &sp.pod);
                 }
                 None => {
                     workers.insert(uid.clone(), spawn(node.clone(), sp.pod.clone(), false));

@@ -78,18 +78,12 @@ fn running_container(
     pod: &str,
     container: &str,
 ) -> Result<(String, String), (StatusCode, String)> {
-    let pods = node.pods.read().expect("pods lock");
-    let p = pods
-        .values()
-        .find(|p| {
-            p.metadata.namespace.as_deref() == Some(ns) && p.metadata.name.as_deref() == Some(pod)
-        })
-        .ok_or_else(|| {
-            (
-                StatusCode::NOT_FOUND,
-                format!("pod {ns}/{pod} not found on this node"),
-            )
-        })?;
+    let p = node.pod_named(ns, pod).ok_or_else(|| {
+        (
+            StatusCode::NOT_FOUND,
+            format!("pod {ns}/{pod} not found on this node"),
+        )
+    })?;
     let st = p.status.clone().unwrap_or_default();
     let cs = st
         .container_statuses
@@ -539,18 +533,13 @@ pub async fn port_forward(
     UrlPath((ns, pod)): UrlPath<(String, String)>,
     mut req: Request,
 ) -> Response {
-    let pid = {
-        let pods = node.pods.read().expect("pods lock");
-        let Some(p) = pods.values().find(|p| {
-            p.metadata.namespace.as_deref() == Some(&ns) && p.metadata.name.as_deref() == Some(&pod)
-        }) else {
-            return text(
-                StatusCode::NOT_FOUND,
-                format!("pod {ns}/{pod} not found on this node"),
-            );
-        };
-        p.metadata.uid.clone().unwrap_or_default()
+    let Some(p) = node.pod_named(&ns, &pod) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("pod {ns}/{pod} not found on this node"),
+        );
     };
+    let pid = p.metadata.uid.clone().unwrap_or_default();
     let netns = match crate::pod::sandbox_netns(&node, &pid) {
         Some(n) => n,
         None => {

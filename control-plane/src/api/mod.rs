@@ -1056,6 +1056,12 @@ impl Req<'_> {
                 "pod {name} does not have a host assigned"
             )));
         };
+        self.node_endpoint(node_name).await
+    }
+
+    /// Where a node's API is: its first InternalIP, ExternalIP or Hostname address and its
+    /// kubelet port, as the node reported them.
+    async fn node_endpoint(&self, node_name: &str) -> Result<(String, i64), ApiError> {
         let nodes = resources::find("", "v1", "nodes").unwrap();
         let node = decode_kv(&self.current(nodes, None, node_name).await?);
         let addresses = node["status"]["addresses"]
@@ -1128,8 +1134,7 @@ impl Req<'_> {
             .split_once(&format!("/nodes/{name}/proxy"))
             .map(|(_, r)| r)
             .unwrap_or_default();
-        let fake_pod = json!({"spec": {"nodeName": name}});
-        let (host, port) = self.pod_node(&fake_pod, name).await?;
+        let (host, port) = self.node_endpoint(name).await?;
         let mut url = format!(
             "https://{host}:{port}{}",
             if rest.is_empty() { "/" } else { rest }
