@@ -220,5 +220,6 @@ pub fn exec(
         .as_deref()
         .unwrap_or("")
         .trim_start_matches("podlet://");
-    podlet_runtime::oci::exec(&cfg.container_state_root(), id, cmd).map_err(anyhow::Error::msg)
+    podlet_runtime::oci::exec(&cfg.container_state_root(), id, cmd, None)
+        .map_err(anyhow::Error::msg)
 }

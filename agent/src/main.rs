@@ -121,6 +121,9 @@ enum OciCmd {
         #[arg(long)]
         root: PathBuf,
         id: String,
+        /// Kill the command after this many seconds (exit code 124).
+        #[arg(long)]
+        timeout: Option<u64>,
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
@@ -162,9 +165,18 @@ fn run(cli: Cli) -> Result<i32> {
     // Subcommands that create containers stay single-threaded: no tokio runtime for them.
     match cli.cmd {
         Cmd::Shim { pod_dir } => Ok(podlet_runtime::shim::run(&pod_dir)),
-        Cmd::Oci(OciCmd::Exec { root, id, command }) => {
-            podlet_runtime::oci::exec(&root, &id, command).map_err(anyhow::Error::msg)
-        }
+        Cmd::Oci(OciCmd::Exec {
+            root,
+            id,
+            timeout,
+            command,
+        }) => podlet_runtime::oci::exec(
+            &root,
+            &id,
+            command,
+            timeout.map(std::time::Duration::from_secs),
+        )
+        .map_err(anyhow::Error::msg),
         Cmd::Oci(OciCmd::Run { root, bundle, id }) => {
             podlet_runtime::oci::run_bundle(&root, &id, &bundle).map_err(anyhow::Error::msg)
         }

@@ -36,8 +36,14 @@ pub fn run_bundle(state_root: &Path, id: &str, bundle: &Path) -> Result<i32, Str
 }
 
 /// Runs `args` inside a running container (its namespaces, cgroup and root), with this
-/// process's stdio. Returns the exit code.
-pub fn exec(state_root: &Path, id: &str, args: Vec<String>) -> Result<i32, String> {
+/// process's stdio. Returns the exit code; past `timeout` the command is killed and the exit code
+/// is [`TIMED_OUT`].
+pub fn exec(
+    state_root: &Path,
+    id: &str,
+    args: Vec<String>,
+    timeout: Option<std::time::Duration>,
+) -> Result<i32, String> {
     // As the container's own process: its user, group and supplementary groups.
     let container = libcontainer::container::Container::load(state_root.join(id))
         .map_err(|e| format!("container {id}: {e}"))?;
@@ -59,6 +65,35 @@ pub fn exec(state_root: &Path, id: &str, args: Vec<String>) -> Result<i32, Strin
         .with_detach(true)
         .build()
         .map_err(|e| format!("exec: {e}"))?;
+    if let Some(t) = timeout {
+        if !exited_within(pid.as_raw(), t)? {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+            return Ok(TIMED_OUT);
+        }
+    }
     let status = waitpid(pid, None).map_err(|e| e.to_string())?;
     Ok(exit_code(status))
+}
+
+/// The exit code of an exec killed at its deadline (timeout(1)'s).
+pub const TIMED_OUT: i32 = 124;
+
+fn exited_within(pid: i32, t: std::time::Duration) -> Result<bool, String> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let fd = crate::sys::pidfd_open(pid).map_err(|e| format!("pidfd_open: {e}"))?;
+    let deadline = std::time::Instant::now() + t;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
+            .unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, ms) {
+            Ok(0) => return Ok(false),
+            Ok(_) => return Ok(true),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(format!("poll: {e}")),
+        }
+    }
 }

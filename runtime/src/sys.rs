@@ -111,6 +111,18 @@ pub fn set_child_subreaper() -> io::Result<()> {
     check(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) })
 }
 
+/// A descriptor that turns readable when process `pid` exits, so a wait can have a deadline
+/// (poll) without signals or a second thread.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags; on success it returns a new descriptor we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor returned by the kernel.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
 /// Names the calling thread (what `ps` shows as comm), e.g. "pause".
 pub fn set_process_name(name: &str) {
     if let Ok(n) = CString::new(name) {

@@ -226,6 +226,53 @@ impl TestNode {
         Some(node)
     }
 
+    /// An all-in-one cluster node (control plane in-process) with an address of its own,
+    /// 10.98.0.2 on eth0, as a real machine has one (the apiserver reaches the node API there).
+    pub fn all_in_one() -> Option<TestNode> {
+        if !privileged() {
+            return None;
+        }
+        let mut node = TestNode::with_busybox();
+        // A veth pair with both ends in the node: this kernel has no dummy links.
+        let pid = node.holder_pid();
+        sh_ip(
+            pid,
+            &[
+                "link",
+                "add",
+                "eth0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0-peer",
+            ],
+        );
+        sh_ip(pid, &["addr", "add", "10.98.0.2/24", "dev", "eth0"]);
+        sh_ip(pid, &["link", "set", "eth0-peer", "up"]);
+        sh_ip(pid, &["link", "set", "eth0", "up"]);
+        node.cluster = true;
+        node.start_agent();
+        Some(node)
+    }
+
+    /// `kubectl get ARGS -o json` (1.33) on a cluster node.
+    pub fn get_json(&self, args: &[&str]) -> Option<Value> {
+        let mut a = vec!["get"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["-o", "json"]);
+        let out = self.kubectl(33, &a);
+        (out.code == 0).then(|| serde_json::from_str(&out.stdout).ok())?
+    }
+
+    /// Waits (60 s at most) until the apiserver's pod `name` satisfies `ok`.
+    pub fn wait_pod(&self, name: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        self.wait_for(what, Duration::from_secs(60), || {
+            std::thread::sleep(Duration::from_millis(100));
+            self.get_json(&["pod", name]).filter(&ok)
+        })
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
@@ -648,3 +695,13 @@ impl Drop for TestNode {
 }
 pub mod apiserver;
 pub mod cni;
+
+/// `ip ARGS` in the network namespace of process `pid`.
+pub fn sh_ip(pid: u32, args: &[&str]) {
+    let st = Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-n", "--", "ip"])
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(st.success(), "ip {args:?} in {pid}");
+}

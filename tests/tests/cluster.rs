@@ -3,53 +3,8 @@
 
 use std::time::Duration;
 
-use podlet_e2e::{privileged, TestNode, POD_CIDR};
+use podlet_e2e::{privileged, sh_ip, TestNode, POD_CIDR};
 use serde_json::Value;
-
-fn all_in_one() -> Option<TestNode> {
-    if !privileged() {
-        return None;
-    }
-    let mut node = TestNode::with_busybox();
-    // The node's own address, as a real machine has one (the apiserver reaches the node API
-    // there).
-    // (A veth pair with both ends in the node: this kernel has no dummy links.)
-    let pid = node.holder_pid();
-    sh_ip(
-        pid,
-        &[
-            "link",
-            "add",
-            "eth0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0-peer",
-        ],
-    );
-    sh_ip(pid, &["addr", "add", "10.98.0.2/24", "dev", "eth0"]);
-    sh_ip(pid, &["link", "set", "eth0-peer", "up"]);
-    sh_ip(pid, &["link", "set", "eth0", "up"]);
-    node.cluster = true;
-    node.start_agent();
-    Some(node)
-}
-
-fn get_json(node: &TestNode, args: &[&str]) -> Option<Value> {
-    let mut a = vec!["get"];
-    a.extend_from_slice(args);
-    a.extend_from_slice(&["-o", "json"]);
-    let out = node.kubectl(33, &a);
-    (out.code == 0).then(|| serde_json::from_str(&out.stdout).ok())?
-}
-
-fn wait_pod(node: &TestNode, name: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
-    node.wait_for(what, Duration::from_secs(60), || {
-        std::thread::sleep(Duration::from_millis(100));
-        get_json(node, &["pod", name]).filter(&ok)
-    })
-}
 
 /// The pod as the node itself reports it (its API on the unix socket).
 fn local(node: &TestNode, name: &str) -> Option<Value> {
@@ -88,11 +43,13 @@ spec:
 
 #[test]
 fn all_in_one_node_runs_kubectl_pods_and_reports_status() {
-    let Some(node) = all_in_one() else { return };
+    let Some(node) = TestNode::all_in_one() else {
+        return;
+    };
 
     // The node registers and is Ready, with its capacity and identity.
     let n = node.wait_for("the node to be Ready", Duration::from_secs(30), || {
-        get_json(&node, &["node", "e2e"]).filter(|n| {
+        node.get_json(&["node", "e2e"]).filter(|n| {
             n["status"]["conditions"]
                 .as_array()
                 .into_iter()
@@ -122,7 +79,9 @@ fn all_in_one_node_runs_kubectl_pods_and_reports_status() {
         out.stdout,
         out.stderr
     );
-    let lease = get_json(&node, &["lease", "-n", "kube-node-lease", "e2e"]).expect("node lease");
+    let lease = node
+        .get_json(&["lease", "-n", "kube-node-lease", "e2e"])
+        .expect("node lease");
     assert_eq!(lease["spec"]["holderIdentity"], "e2e");
 
     // kubectl run (1.33 and 1.27): scheduled here, Running with a pod IP, statuses as the
@@ -143,7 +102,7 @@ fn all_in_one_node_runs_kubectl_pods_and_reports_status() {
         assert_eq!(out.code, 0, "{}", out.stderr);
     }
     for name in ["one", "two"] {
-        let p = wait_pod(&node, name, "pod Running with an IP", |p| {
+        let p = node.wait_pod(name, "pod Running with an IP", |p| {
             phase(p) == "Running" && p["status"]["podIP"].is_string()
         });
         let ip = p["status"]["podIP"].as_str().unwrap();
@@ -219,7 +178,7 @@ fn all_in_one_node_runs_kubectl_pods_and_reports_status() {
         ],
     );
     assert_eq!(out.code, 0, "{}", out.stderr);
-    wait_pod(&node, "ticker", "ticker Running", |p| phase(p) == "Running");
+    node.wait_pod("ticker", "ticker Running", |p| phase(p) == "Running");
     let mut follow = node
         .kubectl_command(33, &["logs", "-f", "ticker", "--tail=1"])
         .stdout(std::process::Stdio::piped())
@@ -391,7 +350,7 @@ fn all_in_one_node_runs_kubectl_pods_and_reports_status() {
         ],
     );
     assert_eq!(out.code, 0, "{}", out.stderr);
-    wait_pod(&node, "web", "web Running", |p| phase(p) == "Running");
+    node.wait_pod("web", "web Running", |p| phase(p) == "Running");
     for minor in [33, 27] {
         let port = if minor == 33 { "18080" } else { "18081" };
         let mut pf = node
@@ -456,7 +415,7 @@ fn all_in_one_node_runs_kubectl_pods_and_reports_status() {
     // A static pod shows up as a mirror pod, owned by the Node; deleting the mirror brings it
     // back, the static pod itself untouched.
     node.write_manifest("web.yaml", STATIC);
-    let m = wait_pod(&node, "web-e2e", "the mirror pod Running", |p| {
+    let m = node.wait_pod("web-e2e", "the mirror pod Running", |p| {
         phase(p) == "Running"
     });
     assert!(m["metadata"]["annotations"]["kubernetes.io/config.mirror"].is_string());
@@ -464,7 +423,7 @@ fn all_in_one_node_runs_kubectl_pods_and_reports_status() {
     let local_uid = node.pod("web").unwrap()["metadata"]["uid"].clone();
     let out = node.kubectl(33, &["delete", "pod", "web-e2e"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let again = wait_pod(&node, "web-e2e", "the mirror pod recreated", |p| {
+    let again = node.wait_pod("web-e2e", "the mirror pod recreated", |p| {
         p["metadata"]["uid"] != m["metadata"]["uid"] && phase(p) == "Running"
     });
     assert!(again["metadata"]["deletionTimestamp"].is_null());
@@ -492,7 +451,7 @@ fn all_in_one_node_runs_kubectl_pods_and_reports_status() {
     }
     let out = node.kubectl_stdin(33, &["apply", "-f", "-"], Some(USES_API_OBJECTS));
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let p = wait_pod(&node, "uses", "the pod using API objects Running", |p| {
+    let p = node.wait_pod("uses", "the pod using API objects Running", |p| {
         phase(p) == "Running"
     });
     assert!(
@@ -520,7 +479,7 @@ fn all_in_one_node_runs_kubectl_pods_and_reports_status() {
     let out = node.kubectl(33, &["run", "missing", "--image=busybox", "--overrides",
         r#"{"spec":{"containers":[{"name":"missing","image":"busybox","command":["sleep","1000"],"env":[{"name":"X","valueFrom":{"configMapKeyRef":{"name":"nope","key":"k"}}}]}]}}"#]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let p = wait_pod(&node, "missing", "CreateContainerConfigError", |p| {
+    let p = node.wait_pod("missing", "CreateContainerConfigError", |p| {
         p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
             == "CreateContainerConfigError"
     });
@@ -562,7 +521,7 @@ fn all_in_one_node_runs_kubectl_pods_and_reports_status() {
     );
     let out = node.kubectl_stdin(33, &["apply", "-f", "-"], Some(&hooked));
     assert_eq!(out.code, 0, "{}", out.stderr);
-    wait_pod(&node, "hooked", "hooked Running", |p| phase(p) == "Running");
+    node.wait_pod("hooked", "hooked Running", |p| phase(p) == "Running");
     let out = node.kubectl(33, &["delete", "pod", "hooked"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(
@@ -571,7 +530,7 @@ fn all_in_one_node_runs_kubectl_pods_and_reports_status() {
     );
 
     // kubectl delete waits for the node to confirm; nothing of the pod is left.
-    let one = get_json(&node, &["pod", "one"]).unwrap();
+    let one = node.get_json(&["pod", "one"]).unwrap();
     let uid = one["metadata"]["uid"].as_str().unwrap().to_string();
     let out = node.kubectl(33, &["delete", "pod", "one", "--grace-period=1"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -612,15 +571,6 @@ impl Drop for NetNs {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn sh_ip(pid: u32, args: &[&str]) {
-    let st = std::process::Command::new("nsenter")
-        .args(["-t", &pid.to_string(), "-n", "--", "ip"])
-        .args(args)
-        .status()
-        .unwrap();
-    assert!(st.success(), "ip {args:?} in {pid}");
 }
 
 const BOOTSTRAP: &str = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: bootstrap-token-abcdef\n  namespace: kube-system\ntype: bootstrap.kubernetes.io/token\nstringData:\n  token-id: abcdef\n  token-secret: 0123456789abcdef\n  usage-bootstrap-authentication: \"true\"\n";

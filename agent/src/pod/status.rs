@@ -48,6 +48,9 @@ pub struct ContainerView<'a> {
     pub image_id: Option<String>,
     pub record: Option<&'a ContainerRecord>,
     pub waiting: Option<&'a Waiting>,
+    /// What startup and readiness probes say, when it runs.
+    pub started: bool,
+    pub ready: bool,
     /// The resources the container's cgroup has now.
     pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
 }
@@ -95,8 +98,8 @@ pub fn container_status(v: ContainerView<'_>) -> ContainerStatus {
             .unwrap_or_else(|_| v.image.to_string()),
         image_id: v.image_id.unwrap_or_default(),
         container_id: rec.map(|r| format!("podlet://{}", r.id)),
-        ready: running,
-        started: Some(running),
+        ready: running && v.ready,
+        started: Some(running && v.started),
         restart_count: rec.map(|r| r.attempt as i32).unwrap_or(0),
         resources: if running { v.resources } else { None },
         state: Some(state),

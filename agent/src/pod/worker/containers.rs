@@ -85,6 +85,7 @@ impl Worker {
                 b.failures = 0;
                 b.not_before = None;
                 self.waiting.remove(&c.name);
+                self.post_start(c).await;
                 None
             }
             Err(w) => {
@@ -101,6 +102,57 @@ impl Worker {
                 b.not_before = Some(now + delay);
                 self.waiting.insert(c.name.clone(), w);
                 Some(delay)
+            }
+        }
+    }
+
+    /// Runs the postStart hook of a container just started, holding the pod's worker as the
+    /// kubelet does; a failure kills the container, which restarts by the pod's policy.
+    async fn post_start(&mut self, c: &Container) {
+        let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) else {
+            return;
+        };
+        let Some(rec) = self.record(&c.name) else {
+            return;
+        };
+        let target = self.target(c, &rec.id);
+        let action = handlers::Action::from(hook);
+        let r = target
+            .run(
+                &action,
+                Duration::from_secs(3600),
+                handlers::LIFECYCLE_AGENT,
+            )
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(container = %c.name, "postStart hook failed: {e}");
+            self.node.event(
+                &self.pod,
+                "Warning",
+                "FailedPostStartHook",
+                format!("PostStartHook failed: {}", e.trim_end()),
+            );
+            self.node.event(
+                &self.pod,
+                "Normal",
+                "Killing",
+                format!("FailedPostStartHook: stopping container {}", c.name),
+            );
+            let grace = self
+                .spec
+                .termination_grace_period_seconds
+                .unwrap_or(30)
+                .max(2);
+            target.kill(Duration::from_secs(grace as u64)).await;
+            self.waiting.insert(
+                c.name.clone(),
+                Waiting {
+                    reason: "PostStartHookError".into(),
+                    message: Some(e.trim_end().to_string()),
+                },
+            );
+            if let Ok(s) = call(&self.run_dir, Request::State).await {
+                self.shim = Some(s);
             }
         }
     }

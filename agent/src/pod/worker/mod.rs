@@ -4,6 +4,8 @@
 
 mod apiobjects;
 mod containers;
+mod handlers;
+mod probes;
 mod sandbox;
 
 use std::collections::HashMap;
@@ -79,6 +81,7 @@ struct Worker {
     resize: Option<String>,
     /// When config map, secret, projected and downward API volumes were last written.
     api_volumes_at: Option<Instant>,
+    probes: probes::Probes,
 }
 
 pub async fn run(
@@ -120,6 +123,7 @@ async fn drive(mut w: Worker, mut stop: watch::Receiver<bool>, mut updates: watc
                 w.resize(pod).await;
             },
             _ = w.wait(seq, next) => {}
+            _ = w.probes.wake.notified() => {}
         }
     }
 }
@@ -178,6 +182,7 @@ impl Worker {
             rejected: None,
             resize: None,
             api_volumes_at: None,
+            probes: probes::Probes::default(),
         }
     }
 
@@ -342,8 +347,52 @@ impl Worker {
                 }
             }
         }
+        self.sync_probes();
         self.publish();
         wake
+    }
+
+    /// The address probes and hooks reach the pod at.
+    fn pod_host(&self) -> String {
+        if self.spec.host_network.unwrap_or(false) {
+            return self.host_ip();
+        }
+        self.pod_ips
+            .first()
+            .map(|i| i.to_string())
+            .unwrap_or_else(|| self.host_ip())
+    }
+
+    fn target(&self, c: &Container, id: &str) -> handlers::Target {
+        handlers::Target {
+            node: self.node.clone(),
+            pod: self.pod.clone(),
+            container: c.clone(),
+            id: id.to_string(),
+            host: self.pod_host(),
+            run_dir: self.run_dir.clone(),
+        }
+    }
+
+    fn sync_probes(&mut self) {
+        let now = jiff::Timestamp::now();
+        let running = self
+            .spec
+            .containers
+            .iter()
+            .filter_map(|c| {
+                let r = self.record(&c.name).filter(|r| r.running())?;
+                let age = status::time(&r.started_at)
+                    .map(|t| {
+                        now.duration_since(t.0)
+                            .max(jiff::SignedDuration::ZERO)
+                            .unsigned_abs()
+                    })
+                    .unwrap_or_default();
+                Some((self.target(c, &r.id), age))
+            })
+            .collect();
+        self.probes.sync(running);
     }
 
     fn record(&self, name: &str) -> Option<ContainerRecord> {
@@ -411,7 +460,12 @@ impl Worker {
             list.iter()
                 .map(|c| {
                     let rec = self.shim.as_ref().and_then(|s| s.containers.get(&c.name));
+                    let (started, ready) = rec
+                        .map(|r| self.probes.health(&c.name, &r.id))
+                        .unwrap_or((false, false));
                     status::container_status(ContainerView {
+                        started,
+                        ready,
                         name: &c.name,
                         image: c.image.as_deref().unwrap_or_default(),
                         image_id: self.image_ids.get(&c.name).cloned(),

@@ -264,80 +264,6 @@ impl Worker {
         self.node.eviction_done(&self.uid);
     }
 
-    /// Runs a container's preStop hook (exec, httpGet or sleep), as the kubelet does before
-    /// SIGTERM; failures are events, not errors.
-    async fn pre_stop(
-        &self,
-        name: String,
-        id: String,
-        hook: k8s_openapi::api::core::v1::LifecycleHandler,
-    ) {
-        let result: Result<(), String> = if let Some(e) = &hook.exec {
-            let out = tokio::process::Command::new(&self.node.exe)
-                .arg("oci")
-                .arg("exec")
-                .arg("--root")
-                .arg(self.node.cfg.container_state_root())
-                .arg(&id)
-                .arg("--")
-                .args(e.command.iter().flatten())
-                .env("PODLET_LOG", "off")
-                .stdin(std::process::Stdio::null())
-                .output()
-                .await;
-            match out {
-                Ok(o) if o.status.success() => Ok(()),
-                Ok(o) => Err(format!(
-                    "command {:?} exited with {}: {}",
-                    e.command.clone().unwrap_or_default(),
-                    o.status.code().unwrap_or(-1),
-                    String::from_utf8_lossy(&o.stdout).trim()
-                )),
-                Err(err) => Err(err.to_string()),
-            }
-        } else if let Some(h) = &hook.http_get {
-            let host = h
-                .host
-                .clone()
-                .filter(|h| !h.is_empty())
-                .or_else(|| self.pod_ips.first().map(|i| i.to_string()))
-                .unwrap_or_else(|| "127.0.0.1".into());
-            let port = match &h.port {
-                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(p) => Some(*p),
-                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(n) => self
-                    .spec
-                    .containers
-                    .iter()
-                    .find(|c| c.name == name)
-                    .and_then(|c| {
-                        c.ports
-                            .iter()
-                            .flatten()
-                            .find(|p| p.name.as_deref() == Some(n))
-                    })
-                    .map(|p| p.container_port),
-            };
-            match port {
-                None => Err("httpGet: unknown named port".into()),
-                Some(port) => http_get(&host, port as u16, h.path.as_deref().unwrap_or("/")).await,
-            }
-        } else if let Some(s) = &hook.sleep {
-            tokio::time::sleep(Duration::from_secs(s.seconds.max(0) as u64)).await;
-            Ok(())
-        } else {
-            Ok(())
-        };
-        if let Err(e) = result {
-            tracing::warn!(container = %name, "preStop hook failed: {e}");
-            self.node.event(
-                &self.pod,
-                "Warning",
-                "FailedPreStopHook",
-                format!("PreStopHook failed: {e}"),
-            );
-        }
-    }
-
     pub(super) async fn teardown(&mut self) {
         let grace = Duration::from_secs(
             self.pod
@@ -361,13 +287,11 @@ impl Worker {
                 .filter_map(|n| {
                     let c = self.spec.containers.iter().find(|c| &c.name == n)?;
                     let hook = c.lifecycle.as_ref()?.pre_stop.clone()?;
-                    Some((n.clone(), state.containers[n].id.clone(), hook))
+                    Some((self.target(c, &state.containers[n].id), hook))
                 })
                 .collect();
             if !hooks.is_empty() {
-                let runs = hooks
-                    .into_iter()
-                    .map(|(name, id, hook)| self.pre_stop(name, id, hook));
+                let runs = hooks.iter().map(|(t, hook)| t.pre_stop(hook));
                 let _ = tokio::time::timeout(grace, futures_util::future::join_all(runs)).await;
             }
             for name in &running {
@@ -515,36 +439,4 @@ pub(super) async fn wait_gone(pid: i32) {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-/// A plain HTTP GET (the kubelet's httpGet hooks): success is a 2xx or 3xx answer.
-async fn http_get(host: &str, port: u16, path: &str) -> Result<(), String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let io = async {
-        let mut s = tokio::net::TcpStream::connect((host, port))
-            .await
-            .map_err(|e| e.to_string())?;
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-lifecycle/1.33\r\nConnection: close\r\n\r\n"
-        );
-        s.write_all(req.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut head = [0u8; 64];
-        let n = s.read(&mut head).await.map_err(|e| e.to_string())?;
-        let line = String::from_utf8_lossy(&head[..n]).into_owned();
-        let code: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| format!("malformed answer {line:?}"))?;
-        if (200..400).contains(&code) {
-            Ok(())
-        } else {
-            Err(format!("HTTP {code}"))
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), io)
-        .await
-        .map_err(|_| "timed out".to_string())?
 }
