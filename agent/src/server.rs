@@ -56,6 +56,10 @@ fn router(node: Arc<Node>) -> Router {
             get(crate::stream::exec).post(crate::stream::exec),
         )
         .route(
+            "/attach/{namespace}/{pod}/{container}",
+            get(crate::stream::attach).post(crate::stream::attach),
+        )
+        .route(
             "/portForward/{namespace}/{pod}",
             get(crate::stream::port_forward).post(crate::stream::port_forward),
         )

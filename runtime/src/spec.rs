@@ -115,6 +115,9 @@ pub struct ContainerConfig {
     /// The pod's user namespace to join (`hostUsers: false`); None shares the host's.
     #[serde(default)]
     pub userns: Option<UserNs>,
+    /// The process runs on a terminal (`tty: true`).
+    #[serde(default)]
+    pub terminal: bool,
 }
 
 /// A pod's user namespace: IDs 0..size inside are host IDs host_id.. (UIDs and GIDs alike).
@@ -308,7 +311,7 @@ pub fn build(c: &ContainerConfig) -> Result<Spec, serde_json::Error> {
             .collect::<std::collections::BTreeMap<_, _>>());
     }
     let mut process = json!({
-        "terminal": false,
+        "terminal": c.terminal,
         "user": {"uid": c.uid, "gid": c.gid, "additionalGids": c.additional_gids},
         "args": c.args,
         "env": c.env,
@@ -428,6 +431,7 @@ mod tests {
             apparmor_profile: None,
             sysctls: vec![],
             unmasked_proc: false,
+            terminal: false,
             devices: vec![],
             userns: None,
         }

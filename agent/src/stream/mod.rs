@@ -137,7 +137,7 @@ fn failure(message: &str) -> Vec<u8> {
 pub async fn exec(
     State(node): State<Arc<Node>>,
     UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
-    mut req: Request,
+    req: Request,
 ) -> Response {
     let q = query(&req);
     let cmd: Vec<String> = q
@@ -155,14 +155,70 @@ pub async fn exec(
         Ok(x) => x,
         Err((code, msg)) => return text(code, msg),
     };
-    let opts = ExecOptions {
-        stdin: flag(&q, "stdin"),
-        stdout: flag(&q, "stdout"),
-        stderr: flag(&q, "stderr"),
-        tty: flag(&q, "tty"),
+    upgrade(node, req, Job::Exec { id, cmd }, options(&q))
+}
+
+/// `/attach/{ns}/{pod}/{container}`: the running container's own stdio, through its shim.
+pub async fn attach(
+    State(node): State<Arc<Node>>,
+    UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
+    req: Request,
+) -> Response {
+    let q = query(&req);
+    let (_, uid) = match running_container(&node, &ns, &pod, &container) {
+        Ok(x) => x,
+        Err((code, msg)) => return text(code, msg),
     };
+    let job = Job::Attach {
+        run_dir: node.cfg.pod_run_dir(&uid),
+        name: container,
+    };
+    upgrade(node, req, job, options(&q))
+}
+
+fn options(q: &[(String, String)]) -> ExecOptions {
+    ExecOptions {
+        stdin: flag(q, "stdin"),
+        stdout: flag(q, "stdout"),
+        stderr: flag(q, "stderr"),
+        tty: flag(q, "tty"),
+    }
+}
+
+/// What a stream session runs: a command in the container, or an attachment to it.
+enum Job {
+    Exec {
+        id: String,
+        cmd: Vec<String>,
+    },
+    Attach {
+        run_dir: std::path::PathBuf,
+        name: String,
+    },
+}
+
+impl Job {
+    async fn run(&self, node: &Node, o: ExecOptions, io: ExecIo) -> Result<i32, String> {
+        match self {
+            Job::Exec { id, cmd } => run_exec(node, id, cmd, o, io).await,
+            Job::Attach { run_dir, name } => run_attach(run_dir, name, o, io).await,
+        }
+    }
+
+    /// The final Status on the error stream.
+    fn status(&self, result: Result<i32, String>) -> Vec<u8> {
+        match (self, result) {
+            (_, Err(e)) => failure(&e),
+            (Job::Exec { cmd, .. }, Ok(code)) => exit_status(code, cmd),
+            (Job::Attach { .. }, Ok(_)) => exit_status(0, &[]),
+        }
+    }
+}
+
+/// Answers the upgrade a client asks for: SPDY/3.1, or a WebSocket.
+fn upgrade(node: Arc<Node>, mut req: Request, job: Job, opts: ExecOptions) -> Response {
     if !wants_spdy(&req) {
-        return websocket_upgrade(node, req, id, cmd, opts);
+        return websocket_upgrade(node, req, job, opts);
     }
     let Some(protocol) = negotiate(&req, EXEC_PROTOCOLS) else {
         return text(
@@ -175,7 +231,7 @@ pub async fn exec(
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(up) => {
-                if let Err(e) = spdy_exec(node, TokioIo::new(up), id, cmd, opts).await {
+                if let Err(e) = spdy_exec(node, TokioIo::new(up), job, opts).await {
                     tracing::debug!("exec session: {e}");
                 }
             }
@@ -186,13 +242,7 @@ pub async fn exec(
 }
 
 /// Answers a WebSocket upgrade for exec with the best channel protocol the client offers.
-fn websocket_upgrade(
-    node: Arc<Node>,
-    mut req: Request,
-    id: String,
-    cmd: Vec<String>,
-    opts: ExecOptions,
-) -> Response {
+fn websocket_upgrade(node: Arc<Node>, mut req: Request, job: Job, opts: ExecOptions) -> Response {
     let is_ws = req
         .headers()
         .get(header::UPGRADE)
@@ -221,7 +271,7 @@ fn websocket_upgrade(
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         if let Ok(up) = on_upgrade.await {
-            websocket_exec(node, up, id, cmd, opts).await;
+            websocket_exec(node, up, job, opts).await;
         }
     });
     let mut r = Response::new(Body::empty());
@@ -371,13 +421,88 @@ async fn run_exec(
         .unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)))
 }
 
-async fn spdy_exec<IO>(
-    node: Arc<Node>,
-    io: IO,
-    id: String,
-    cmd: Vec<String>,
+/// Connects the session to the container's shim: its output as it is written (the log gets it
+/// too), the client's input to the container's stdin, resizes to its terminal.
+async fn run_attach(
+    run_dir: &std::path::Path,
+    name: &str,
     o: ExecOptions,
-) -> std::io::Result<()>
+    io: ExecIo,
+) -> Result<i32, String> {
+    use podlet_runtime::shim::frame;
+    let (dir, n) = (run_dir.to_path_buf(), name.to_string());
+    let stream =
+        tokio::task::spawn_blocking(move || podlet_runtime::shim::attach(&dir, &n, o.stdin))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+    stream.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let stream = tokio::net::UnixStream::from_std(stream).map_err(|e| e.to_string())?;
+    let (mut r, mut w) = stream.into_split();
+    let (frames, mut to_shim) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let mut pumps = vec![tokio::spawn(async move {
+        while let Some(f) = to_shim.recv().await {
+            if w.write_all(&f).await.is_err() {
+                break;
+            }
+        }
+    })];
+    if let Some(mut rx) = io.stdin {
+        let frames = frames.clone();
+        pumps.push(tokio::spawn(async move {
+            while let Some(b) = rx.recv().await {
+                let _ = frames.send(frame::encode(frame::STDIN, &b));
+            }
+            let _ = frames.send(frame::encode(frame::CLOSE_STDIN, &[]));
+        }));
+    }
+    if let Some(mut rx) = io.resize {
+        let frames = frames.clone();
+        pumps.push(tokio::spawn(async move {
+            while let Some(b) = rx.recv().await {
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&b) {
+                    let mut size = Vec::with_capacity(4);
+                    size.extend_from_slice(
+                        &(v["Width"].as_u64().unwrap_or(80) as u16).to_be_bytes(),
+                    );
+                    size.extend_from_slice(
+                        &(v["Height"].as_u64().unwrap_or(24) as u16).to_be_bytes(),
+                    );
+                    let _ = frames.send(frame::encode(frame::RESIZE, &size));
+                }
+            }
+        }));
+    }
+    // Held until the end: the writer's half closes when every sender is gone, and the shim
+    // takes a closed connection for a client that left.
+    let _open = frames;
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 32 * 1024];
+    'read: loop {
+        let n = r.read(&mut chunk).await.unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some((kind, data)) = frame::decode(&mut buf) {
+            let ch = match kind {
+                frame::STDOUT if o.stdout => 1,
+                frame::STDERR if o.stderr => 2,
+                frame::EXIT => break 'read,
+                _ => continue,
+            };
+            if io.out.send((ch, data)).is_err() {
+                break 'read;
+            }
+        }
+    }
+    for p in pumps {
+        p.abort();
+    }
+    Ok(0)
+}
+
+async fn spdy_exec<IO>(node: Arc<Node>, io: IO, job: Job, o: ExecOptions) -> std::io::Result<()>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
@@ -431,12 +556,9 @@ where
         resize: resize.map(|s| s.data),
         out: out_tx,
     };
-    let result = run_exec(&node, &id, &cmd, o, io).await;
+    let result = job.run(&node, o, io).await;
     let _ = writer.await;
-    let status = match result {
-        Ok(code) => exit_status(code, &cmd),
-        Err(e) => failure(&e),
-    };
+    let status = job.status(result);
     tx.data(error.id, &status).await?;
     for sid in [Some(error.id), ids[0].1, ids[1].1].into_iter().flatten() {
         let _ = tx.close(sid).await;
@@ -447,13 +569,7 @@ where
 /// Exec over WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`): binary messages whose first
 /// byte is the channel — 0 stdin, 1 stdout, 2 stderr, 3 error (the final Status), 4 resize;
 /// v5 adds `[255, channel]` to close a channel (stdin's end).
-async fn websocket_exec(
-    node: Arc<Node>,
-    up: hyper::upgrade::Upgraded,
-    id: String,
-    cmd: Vec<String>,
-    o: ExecOptions,
-) {
+async fn websocket_exec(node: Arc<Node>, up: hyper::upgrade::Upgraded, job: Job, o: ExecOptions) {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
@@ -508,11 +624,8 @@ async fn websocket_exec(
         resize: o.tty.then_some(resize_rx),
         out: out_tx.clone(),
     };
-    let result = run_exec(&node, &id, &cmd, o, io).await;
-    let status = match result {
-        Ok(code) => exit_status(code, &cmd),
-        Err(e) => failure(&e),
-    };
+    let result = job.run(&node, o, io).await;
+    let status = job.status(result);
     let _ = out_tx.send((3, status));
     drop(out_tx);
     if let Ok(mut sink) = writer.await {

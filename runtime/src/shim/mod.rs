@@ -1,7 +1,8 @@
 //! The per-pod shim: podlet re-executed as a small single-threaded process that holds the pod's
 //! pause process, creates containers with libcontainer, owns their stdio (writing CRI logs),
 //! reaps them and records exit codes on disk. It outlives the agent, which talks to it over a
-//! unix socket, one JSON request and one JSON reply per connection.
+//! unix socket, one JSON request and one JSON reply per connection — except `Attach`, whose
+//! connection goes on carrying the container's stdio in [`frame`]s.
 
 mod logs;
 mod server;
@@ -62,7 +63,19 @@ pub enum Request {
         bundle: PathBuf,
         log_path: PathBuf,
         attempt: u32,
+        /// The container reads a stdin that attach sessions write to.
+        #[serde(default)]
+        stdin: bool,
+        /// Its stdin closes when the first attach session that wrote to it ends.
+        #[serde(default)]
+        stdin_once: bool,
+        /// Its stdio is a terminal (the bundle has `process.terminal`).
+        #[serde(default)]
+        tty: bool,
     },
+    /// Attaches to a running container: after the reply, the connection carries frames both
+    /// ways until the container exits or the client goes.
+    Attach { name: String, stdin: bool },
     /// Sends a signal to a container's init.
     Kill { name: String, signal: i32 },
     /// Deletes a container (killing it if still running) and forgets it.
@@ -160,8 +173,108 @@ pub fn call(pod_dir: &Path, req: &Request, timeout: Duration) -> Result<ShimStat
     }
 }
 
+/// The attach stream's frames: `[kind u8][length u32 BE][data]`.
+pub mod frame {
+    /// Client → shim: bytes for the container's stdin.
+    pub const STDIN: u8 = 0;
+    /// Shim → client: the container's output.
+    pub const STDOUT: u8 = 1;
+    pub const STDERR: u8 = 2;
+    /// Client → shim: the client's input ended (closes a `stdinOnce` container's stdin).
+    pub const CLOSE_STDIN: u8 = 3;
+    /// Client → shim: terminal size, width and height as u16 BE.
+    pub const RESIZE: u8 = 4;
+    /// Shim → client: the container exited; nothing follows.
+    pub const EXIT: u8 = 5;
+
+    pub fn encode(kind: u8, data: &[u8]) -> Vec<u8> {
+        let mut f = Vec::with_capacity(data.len() + 5);
+        f.push(kind);
+        f.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        f.extend_from_slice(data);
+        f
+    }
+
+    /// Splits the first whole frame off `buf`.
+    pub fn decode(buf: &mut Vec<u8>) -> Option<(u8, Vec<u8>)> {
+        let len = u32::from_be_bytes(buf.get(1..5)?.try_into().ok()?) as usize;
+        if buf.len() < 5 + len {
+            return None;
+        }
+        let data = buf[5..5 + len].to_vec();
+        let kind = buf[0];
+        buf.drain(..5 + len);
+        Some((kind, data))
+    }
+}
+
+/// Opens an attach stream to container `name` of the pod directory's shim: after this returns,
+/// the stream carries [`frame`]s.
+pub fn attach(pod_dir: &Path, name: &str, stdin: bool) -> Result<UnixStream, ShimError> {
+    use std::io::Read;
+    let path = pod_dir.join(SOCKET_FILE);
+    let unreachable = |source| ShimError::Unreachable {
+        path: path.clone(),
+        source,
+    };
+    let mut s = UnixStream::connect(&path).map_err(unreachable)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(unreachable)?;
+    let req = Request::Attach {
+        name: name.to_string(),
+        stdin,
+    };
+    let mut line = serde_json::to_vec(&req).map_err(|e| ShimError::Protocol(e.to_string()))?;
+    line.push(b'\n');
+    s.write_all(&line).map_err(unreachable)?;
+    // Byte by byte: what follows the reply's line are frames, not to be buffered away here.
+    let mut reply = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        match s.read(&mut b).map_err(unreachable)? {
+            0 => {
+                return Err(ShimError::Protocol(
+                    "connection closed without a reply".into(),
+                ))
+            }
+            _ if b[0] == b'\n' => break,
+            _ => reply.push(b[0]),
+        }
+    }
+    s.set_read_timeout(None).map_err(unreachable)?;
+    match serde_json::from_slice::<Reply>(&reply).map_err(|e| ShimError::Protocol(e.to_string()))? {
+        Reply::Ok(_) => Ok(s),
+        Reply::Error(e) => Err(ShimError::Failed(e)),
+    }
+}
+
 /// Reads the state the shim last wrote to disk (used when the shim is gone).
 pub fn read_state(pod_dir: &Path) -> Option<ShimState> {
     let data = std::fs::read(pod_dir.join(STATE_FILE)).ok()?;
     serde_json::from_slice(&data).ok()
+}
+
+#[cfg(test)]
+mod frame_tests {
+    use super::frame;
+
+    #[test]
+    fn frames_split_at_their_lengths() {
+        let mut buf = frame::encode(frame::STDOUT, b"hello");
+        buf.extend_from_slice(&frame::encode(frame::EXIT, &[]));
+        let partial = frame::encode(frame::STDIN, b"later");
+        buf.extend_from_slice(&partial[..4]);
+        assert_eq!(
+            frame::decode(&mut buf),
+            Some((frame::STDOUT, b"hello".to_vec()))
+        );
+        assert_eq!(frame::decode(&mut buf), Some((frame::EXIT, Vec::new())));
+        assert_eq!(frame::decode(&mut buf), None);
+        buf.extend_from_slice(&partial[4..]);
+        assert_eq!(
+            frame::decode(&mut buf),
+            Some((frame::STDIN, b"later".to_vec()))
+        );
+        assert!(buf.is_empty());
+    }
 }

@@ -1,5 +1,5 @@
 //! The shim's single-threaded event loop (mio): the control socket, SIGCHLD through a signalfd,
-//! and the containers' stdout/stderr pipes.
+//! the containers' stdout/stderr pipes (or terminals), and attach streams.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -21,7 +21,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use super::logs::{CriLogWriter, Stream};
-use super::{ContainerRecord, Reply, Request, SandboxConfig, ShimState};
+use super::{frame, ContainerRecord, Reply, Request, SandboxConfig, ShimState};
 use crate::sys;
 
 const LISTENER: Token = Token(0);
@@ -42,7 +42,38 @@ struct LogPipe {
     file: File,
     writer: u64,
     stream: Stream,
+    container: String,
 }
+
+/// The input side of a running container with `stdin`.
+struct Input {
+    /// A pipe's write end, or the terminal's master side.
+    writer: File,
+    once: bool,
+    /// The terminal's master side, for resizes.
+    tty: Option<File>,
+    /// Whether input is taken (the container has `stdin` and it was not closed).
+    open: bool,
+}
+
+/// How a container's stdio is set up.
+struct Stdio {
+    stdin: bool,
+    stdin_once: bool,
+    tty: bool,
+}
+
+/// An attach session: frames in, frames out.
+struct Attached {
+    stream: UnixStream,
+    container: String,
+    writes_stdin: bool,
+    inbuf: Vec<u8>,
+    outbuf: Vec<u8>,
+}
+
+/// Output a slow attach client may have pending before it is dropped.
+const MAX_PENDING: usize = 8 << 20;
 
 struct Shim {
     dir: PathBuf,
@@ -54,6 +85,8 @@ struct Shim {
     state: ShimState,
     conns: HashMap<Token, Conn>,
     pipes: HashMap<Token, LogPipe>,
+    inputs: HashMap<String, Input>,
+    attached: HashMap<Token, Attached>,
     writers: HashMap<u64, (CriLogWriter, u8)>,
     waiters: Vec<Waiter>,
     next_token: usize,
@@ -286,6 +319,8 @@ impl Shim {
             },
             conns: HashMap::new(),
             pipes: HashMap::new(),
+            inputs: HashMap::new(),
+            attached: HashMap::new(),
             writers: HashMap::new(),
             waiters: Vec::new(),
             next_token: 2,
@@ -353,6 +388,7 @@ impl Shim {
                     LISTENER => self.accept(),
                     SIGNALS => self.reap(),
                     t if self.pipes.contains_key(&t) => self.drain_pipe(t),
+                    t if self.attached.contains_key(&t) => self.attach_io(t),
                     t => {
                         if self.read_conn(t) {
                             return;
@@ -459,7 +495,33 @@ impl Shim {
                 bundle,
                 log_path,
                 attempt,
-            } => self.start_container(name, id, bundle, log_path, attempt),
+                stdin,
+                stdin_once,
+                tty,
+            } => self.start_container(
+                name,
+                id,
+                bundle,
+                log_path,
+                attempt,
+                Stdio {
+                    stdin,
+                    stdin_once,
+                    tty,
+                },
+            ),
+            Request::Attach { name, stdin } => {
+                match self.state.containers.get(&name) {
+                    Some(r) if r.running() => {}
+                    _ => {
+                        let e = format!("container {name} is not running");
+                        self.reply(stream, &Reply::Error(e));
+                        return false;
+                    }
+                }
+                self.attach(stream, name, stdin);
+                return false;
+            }
             Request::Kill { name, signal } => self.kill(&name, signal),
             Request::Remove { name } => {
                 self.remove(&name);
@@ -487,6 +549,7 @@ impl Shim {
         bundle: PathBuf,
         log_path: PathBuf,
         attempt: u32,
+        stdio: Stdio,
     ) -> Result<(), String> {
         if self.state.pause_exited {
             return Err("the pod sandbox is gone (pause exited)".into());
@@ -501,23 +564,46 @@ impl Shim {
             old.previous = None;
             previous = Some(Box::new(old));
         }
-        let (out_r, out_w) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
-        let (err_r, err_w) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| e.to_string())?;
+        let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| e.to_string());
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
         let writer =
             CriLogWriter::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
-        let null = File::open("/dev/null").map_err(|e| e.to_string())?;
+        let (stdin_r, stdin_w): (OwnedFd, Option<OwnedFd>) = if stdio.stdin && !stdio.tty {
+            let (r, w) = pipe()?;
+            (r, Some(w))
+        } else {
+            let null = File::open("/dev/null").map_err(|e| e.to_string())?;
+            (OwnedFd::from(null), None)
+        };
+        // A terminal is made inside the container by libcontainer, which hands its master side
+        // over this socket.
+        let console_path = self.dir.join("console.sock");
+        let console = if stdio.tty {
+            let _ = fs::remove_file(&console_path);
+            Some(UnixListener::bind(&console_path).map_err(|e| format!("console socket: {e}"))?)
+        } else {
+            None
+        };
         let built = ContainerBuilder::new(id.clone(), SyscallType::default())
             .with_root_path(&self.cfg.state_root)
             .map_err(|e| format!("container root: {e}"))?
-            .with_stdin(OwnedFd::from(null))
+            .with_console_socket(console.as_ref().map(|_| console_path.clone()))
+            .with_stdin(stdin_r)
             .with_stdout(out_w)
             .with_stderr(err_w)
             .as_init(&bundle)
             .with_systemd(false)
             .with_detach(true)
             .build();
+        let master = console.and_then(|l| {
+            let _ = fs::remove_file(&console_path);
+            let _ = l.set_nonblocking(true);
+            let (conn, _) = l.accept().ok()?;
+            sys::recv_fd(std::os::fd::AsFd::as_fd(&conn))
+                .ok()
+                .map(File::from)
+        });
         let mut container = match built {
             Ok(c) => c,
             Err(e) => {
@@ -537,9 +623,42 @@ impl Shim {
         let pid = container.pid().map(|p| p.as_raw()).unwrap_or(0);
         let wid = self.next_writer;
         self.next_writer += 1;
-        self.writers.insert(wid, (writer, 2));
-        for (fd, stream) in [(out_r, Stream::Stdout), (err_r, Stream::Stderr)] {
-            let file = File::from(fd);
+        // With a terminal everything comes from its master side, as stdout.
+        let outputs: Vec<(File, Stream)> = match &master {
+            Some(m) if stdio.tty => {
+                vec![(m.try_clone().map_err(|e| e.to_string())?, Stream::Stdout)]
+            }
+            _ => vec![
+                (File::from(out_r), Stream::Stdout),
+                (File::from(err_r), Stream::Stderr),
+            ],
+        };
+        self.writers.insert(wid, (writer, outputs.len() as u8));
+        let input = match (stdin_w, master) {
+            (Some(w), _) => Some(Input {
+                writer: File::from(w),
+                once: stdio.stdin_once,
+                tty: None,
+                open: true,
+            }),
+            (None, Some(m)) => Some(Input {
+                writer: m.try_clone().map_err(|e| e.to_string())?,
+                once: stdio.stdin_once,
+                tty: Some(m),
+                open: stdio.stdin,
+            }),
+            (None, None) => None,
+        };
+        match input {
+            Some(i) => {
+                let _ = set_nonblocking(i.writer.as_raw_fd());
+                self.inputs.insert(name.clone(), i);
+            }
+            None => {
+                self.inputs.remove(&name);
+            }
+        }
+        for (file, stream) in outputs {
             let _ = set_nonblocking(file.as_raw_fd());
             let t = self.token();
             let _ = self.poll.registry().register(
@@ -553,6 +672,7 @@ impl Shim {
                     file,
                     writer: wid,
                     stream,
+                    container: name.clone(),
                 },
             );
         }
@@ -590,6 +710,12 @@ impl Shim {
                     if let Some((w, _)) = self.writers.get_mut(&pipe.writer) {
                         let _ = w.write(pipe.stream, &buf[..n]);
                     }
+                    let kind = match pipe.stream {
+                        Stream::Stdout => frame::STDOUT,
+                        Stream::Stderr => frame::STDERR,
+                    };
+                    let container = pipe.container.clone();
+                    self.forward(&container, kind, &buf[..n]);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -657,7 +783,205 @@ impl Shim {
             }
         }
         if any {
+            self.end_attached();
             self.changed();
+        }
+    }
+
+    // ----- attach -----
+
+    fn attach(&mut self, stream: UnixStream, container: String, stdin: bool) {
+        let mut line = serde_json::to_vec(&Reply::Ok(self.state.clone())).unwrap_or_default();
+        line.push(b'\n');
+        let t = self.token();
+        let _ = stream.set_nonblocking(true);
+        let registered = self.poll.registry().register(
+            &mut SourceFd(&stream.as_raw_fd()),
+            t,
+            Interest::READABLE | Interest::WRITABLE,
+        );
+        if registered.is_err() {
+            return;
+        }
+        tracing::info!(container = %container, stdin, "attached");
+        self.attached.insert(
+            t,
+            Attached {
+                stream,
+                container,
+                writes_stdin: stdin,
+                inbuf: Vec::new(),
+                outbuf: line,
+            },
+        );
+        self.flush(t);
+    }
+
+    /// Sends output to the sessions attached to `container`.
+    fn forward(&mut self, container: &str, kind: u8, data: &[u8]) {
+        let tokens: Vec<Token> = self
+            .attached
+            .iter()
+            .filter(|(_, a)| a.container == container)
+            .map(|(t, _)| *t)
+            .collect();
+        for t in tokens {
+            if let Some(a) = self.attached.get_mut(&t) {
+                a.outbuf.extend_from_slice(&frame::encode(kind, data));
+            }
+            self.flush(t);
+        }
+    }
+
+    /// Writes what the session can take now; a client too far behind is dropped.
+    fn flush(&mut self, t: Token) {
+        let Some(a) = self.attached.get_mut(&t) else {
+            return;
+        };
+        while !a.outbuf.is_empty() {
+            match a.stream.write(&a.outbuf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    a.outbuf.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.detach(t);
+                    return;
+                }
+            }
+        }
+        if a.outbuf.len() > MAX_PENDING {
+            tracing::warn!(container = %a.container, "attach client too slow: dropped");
+            self.detach(t);
+        }
+    }
+
+    fn attach_io(&mut self, t: Token) {
+        let mut chunk = [0u8; 32 * 1024];
+        let mut gone = false;
+        if let Some(a) = self.attached.get_mut(&t) {
+            loop {
+                match a.stream.read(&mut chunk) {
+                    Ok(0) => {
+                        gone = true;
+                        break;
+                    }
+                    Ok(n) => a.inbuf.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        gone = true;
+                        break;
+                    }
+                }
+            }
+        }
+        while let Some((kind, data, container, writes)) = self.attached.get_mut(&t).and_then(|a| {
+            frame::decode(&mut a.inbuf).map(|(k, d)| (k, d, a.container.clone(), a.writes_stdin))
+        }) {
+            match kind {
+                frame::STDIN if writes => self.input(&container, &data),
+                frame::CLOSE_STDIN if writes => self.close_stdin(&container),
+                frame::RESIZE if data.len() == 4 => {
+                    let cols = u16::from_be_bytes([data[0], data[1]]);
+                    let rows = u16::from_be_bytes([data[2], data[3]]);
+                    if let Some(tty) = self.inputs.get(&container).and_then(|i| i.tty.as_ref()) {
+                        let _ = sys::set_window_size(std::os::fd::AsFd::as_fd(tty), cols, rows);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if gone {
+            self.detach(t);
+        } else {
+            self.flush(t);
+        }
+    }
+
+    /// Writes to the container's stdin. Interactive input is small: what a full pipe cannot
+    /// take is dropped rather than block the shim.
+    fn input(&mut self, container: &str, mut data: &[u8]) {
+        let Some(i) = self.inputs.get_mut(container).filter(|i| i.open) else {
+            return;
+        };
+        while !data.is_empty() {
+            match i.writer.write(data) {
+                Ok(n) => data = &data[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!(container, "stdin: {} bytes dropped: {e}", data.len());
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The writing session ended: a `stdinOnce` container's stdin closes (EOF for it).
+    fn close_stdin(&mut self, container: &str) {
+        if let Some(i) = self.inputs.get_mut(container) {
+            if i.once && i.open {
+                i.open = false;
+                if i.tty.is_none() {
+                    self.inputs.remove(container);
+                }
+            }
+        }
+    }
+
+    fn detach(&mut self, t: Token) {
+        if let Some(a) = self.attached.remove(&t) {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&a.stream.as_raw_fd()));
+            if a.writes_stdin {
+                self.close_stdin(&a.container);
+            }
+        }
+    }
+
+    /// Ends the sessions of containers that exited, after the rest of their output.
+    fn end_attached(&mut self) {
+        let exited = |s: &ShimState, c: &str| !s.containers.get(c).is_some_and(|r| r.running());
+        let names: Vec<String> = self
+            .inputs
+            .keys()
+            .chain(self.attached.values().map(|a| &a.container))
+            .filter(|c| exited(&self.state, c))
+            .cloned()
+            .collect();
+        for name in &names {
+            let pipes: Vec<Token> = self
+                .pipes
+                .iter()
+                .filter(|(_, p)| &p.container == name)
+                .map(|(t, _)| *t)
+                .collect();
+            for p in pipes {
+                self.drain_pipe(p);
+            }
+            self.inputs.remove(name);
+        }
+        let ended: Vec<Token> = self
+            .attached
+            .iter()
+            .filter(|(_, a)| names.contains(&a.container))
+            .map(|(t, _)| *t)
+            .collect();
+        for t in ended {
+            if let Some(mut a) = self.attached.remove(&t) {
+                let _ = self
+                    .poll
+                    .registry()
+                    .deregister(&mut SourceFd(&a.stream.as_raw_fd()));
+                a.outbuf.extend_from_slice(&frame::encode(frame::EXIT, &[]));
+                let _ = a.stream.set_nonblocking(false);
+                let _ = a.stream.set_write_timeout(Some(Duration::from_secs(2)));
+                let _ = a.stream.write_all(&a.outbuf);
+            }
         }
     }
 

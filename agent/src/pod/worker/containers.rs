@@ -249,6 +249,9 @@ impl Worker {
                 bundle: inst.clone(),
                 log_path,
                 attempt,
+                stdin: c.stdin.unwrap_or(false),
+                stdin_once: c.stdin_once.unwrap_or(false),
+                tty: c.tty.unwrap_or(false),
             };
             call(&self.run_dir, req).await.map_err(|e| {
                 let msg = e.to_string();
@@ -549,6 +552,7 @@ impl Worker {
             apparmor_profile,
             sysctls,
             unmasked_proc,
+            terminal: c.tty.unwrap_or(false),
             devices,
             userns,
         })
