@@ -354,7 +354,10 @@ fn all_in_one_node_runs_kubectl_pods_and_reports_status() {
     for minor in [33, 27] {
         let port = if minor == 33 { "18080" } else { "18081" };
         let mut pf = node
-            .kubectl_command(minor, &["port-forward", "pod/web", &format!("{port}:8080")])
+            .kubectl_command(
+                minor,
+                &["port-forward", "pod/web", &format!("{port}:8080"), "-v=6"],
+            )
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -379,8 +382,19 @@ fn all_in_one_node_runs_kubectl_pods_and_reports_status() {
             (!b.is_empty()).then_some(b)
         });
         let _ = pf.kill();
-        let _ = pf.wait();
+        let out = pf.wait_with_output().unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
         assert_eq!(body, "pong\n", "kubectl 1.{minor}");
+        // 1.33 tunnels SPDY in a WebSocket (GET); 1.27 upgrades to SPDY itself (POST).
+        let (verb, want) = if minor == 33 {
+            ("GET", "negotiated protocol: portforward.k8s.io")
+        } else {
+            ("POST", "portforward 101 Switching Protocols")
+        };
+        assert!(
+            log.contains(want) && log.contains(verb),
+            "kubectl 1.{minor}: {log}"
+        );
     }
 
     // The node API itself wants credentials.

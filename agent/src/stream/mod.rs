@@ -1,6 +1,7 @@
 //! The node API's streaming endpoints, as the kubelet serves them: `/exec/{ns}/{pod}/{container}`
-//! over SPDY/3.1 or WebSocket (`v5`/`v4.channel.k8s.io`), and `/portForward/{ns}/{pod}` over
-//! SPDY/3.1 (`portforward.k8s.io`; WebSocket clients fall back to it). Commands run through `podlet oci exec`,
+//! and `/attach/{ns}/{pod}/{container}` over SPDY/3.1 or WebSocket (`v5`/`v4.channel.k8s.io`),
+//! and `/portForward/{ns}/{pod}` over SPDY/3.1 (`portforward.k8s.io`), bare or tunneled in a
+//! WebSocket (`SPDY/3.1+portforward.k8s.io`, kubectl 1.30+). Commands run through `podlet oci exec`,
 //! a single-threaded child of the agent (containers are never entered from the agent's own
 //! threads); port forwarding connects from inside the pod's network namespace.
 
@@ -23,6 +24,7 @@ use crate::pod::Node;
 /// Exec protocols, best first (v5 only adds the close signal on WebSocket).
 const EXEC_PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
 const PORT_FORWARD_PROTOCOL: &str = "portforward.k8s.io";
+const PORT_FORWARD_TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
 
 fn text(code: StatusCode, msg: String) -> Response {
     (code, [(header::CONTENT_TYPE, "text/plain")], msg).into_response()
@@ -243,26 +245,7 @@ fn upgrade(node: Arc<Node>, mut req: Request, job: Job, opts: ExecOptions) -> Re
 
 /// Answers a WebSocket upgrade for exec with the best channel protocol the client offers.
 fn websocket_upgrade(node: Arc<Node>, mut req: Request, job: Job, opts: ExecOptions) -> Response {
-    let is_ws = req
-        .headers()
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let key = req
-        .headers()
-        .get("sec-websocket-key")
-        .map(|k| tokio_tungstenite::tungstenite::handshake::derive_accept_key(k.as_bytes()));
-    let offered: Vec<String> = req
-        .headers()
-        .get_all("sec-websocket-protocol")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_string()))
-        .collect();
-    let protocol = EXEC_PROTOCOLS
-        .iter()
-        .find(|p| offered.iter().any(|o| o == *p));
-    let (true, Some(accept), Some(protocol)) = (is_ws, key, protocol) else {
+    let Some((accept, protocol)) = websocket_handshake(&req, EXEC_PROTOCOLS) else {
         return text(
             StatusCode::BAD_REQUEST,
             format!("unable to upgrade: a WebSocket with one of {EXEC_PROTOCOLS:?} or SPDY/3.1 is required"),
@@ -274,12 +257,39 @@ fn websocket_upgrade(node: Arc<Node>, mut req: Request, job: Job, opts: ExecOpti
             websocket_exec(node, up, job, opts).await;
         }
     });
+    websocket_switching(&accept, protocol)
+}
+
+/// The accept key and the subprotocol (the first of ours the client offers) of a WebSocket
+/// upgrade request.
+fn websocket_handshake(req: &Request, ours: &[&'static str]) -> Option<(String, &'static str)> {
+    let is_ws = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let key = req
+        .headers()
+        .get("sec-websocket-key")
+        .map(|k| tokio_tungstenite::tungstenite::handshake::derive_accept_key(k.as_bytes()))?;
+    let offered: Vec<String> = req
+        .headers()
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_string()))
+        .collect();
+    let protocol = ours.iter().find(|p| offered.iter().any(|o| o == *p))?;
+    is_ws.then_some((key, *protocol))
+}
+
+fn websocket_switching(accept: &str, protocol: &'static str) -> Response {
     let mut r = Response::new(Body::empty());
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    if let Ok(v) = HeaderValue::from_str(&accept) {
+    if let Ok(v) = HeaderValue::from_str(accept) {
         h.insert("sec-websocket-accept", v);
     }
     h.insert("sec-websocket-protocol", HeaderValue::from_static(protocol));
@@ -663,10 +673,23 @@ pub async fn port_forward(
         }
     };
     if !wants_spdy(&req) {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "upgrade to SPDY/3.1 is required".into(),
-        );
+        // kubectl 1.30+: SPDY tunneled in WebSocket binary messages.
+        let Some((accept, protocol)) = websocket_handshake(&req, &[PORT_FORWARD_TUNNEL]) else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("unable to upgrade: SPDY/3.1 or a WebSocket with {PORT_FORWARD_TUNNEL} is required"),
+            );
+        };
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = on_upgrade.await {
+                let io = websocket_tunnel(up).await;
+                if let Err(e) = spdy_port_forward(io, netns).await {
+                    tracing::debug!("port-forward session: {e}");
+                }
+            }
+        });
+        return websocket_switching(&accept, protocol);
     }
     if negotiate(&req, &[PORT_FORWARD_PROTOCOL]).is_none() {
         return text(
@@ -683,6 +706,46 @@ pub async fn port_forward(
         }
     });
     switching(PORT_FORWARD_PROTOCOL)
+}
+
+/// The byte stream carried in a WebSocket's binary messages, as a local duplex pipe.
+async fn websocket_tunnel(up: hyper::upgrade::Upgraded) -> tokio::io::DuplexStream {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        TokioIo::new(up),
+        tokio_tungstenite::tungstenite::protocol::Role::Server,
+        None,
+    )
+    .await;
+    let (mut sink, mut stream) = ws.split();
+    let (ours, theirs) = tokio::io::duplex(256 * 1024);
+    let (mut r, mut w) = tokio::io::split(theirs);
+    tokio::spawn(async move {
+        while let Some(Ok(m)) = stream.next().await {
+            match m {
+                Message::Binary(b) if w.write_all(&b).await.is_err() => break,
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        let _ = w.shutdown().await;
+    });
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if sink.send(Message::binary(buf[..n].to_vec())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = sink.close().await;
+    });
+    ours
 }
 
 async fn spdy_port_forward<IO>(io: IO, netns: std::path::PathBuf) -> std::io::Result<()>
