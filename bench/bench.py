@@ -125,7 +125,7 @@ def pod_bench(podlet, pods, work):
             name = f"p{i}"
             manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
                         "spec": {"terminationGracePeriodSeconds": 0,
-                                 "containers": [{"name": "c", "image": "busybox", "command": ["sleep", "100000"]}]}}
+                                 "containers": [{"name": "c", "image": "busybox:1.36", "command": ["sleep", "100000"]}]}}
             t0 = time.perf_counter()
             tmp = f"{d}/manifests/.{name}.json"
             json.dump(manifest, open(tmp, "w"))

@@ -68,7 +68,7 @@ def main():
             time.sleep(0.2)
         pods = [{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"p{i}"},
                  "spec": {"terminationGracePeriodSeconds": 0, "automountServiceAccountToken": False,
-                          "containers": [{"name": "c", "image": "busybox", "command": ["sleep", "100000"]}]}}
+                          "containers": [{"name": "c", "image": "busybox:1.36", "command": ["sleep", "100000"]}]}}
                 for i in range(args.pods)]
         body = json.dumps({"apiVersion": "v1", "kind": "List", "items": pods})
         t0 = time.perf_counter()

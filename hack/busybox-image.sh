@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Builds an OCI image archive of Debian's static busybox, with no registry and no Docker.
-#   hack/busybox-image.sh OUT.tar [NAME]     (NAME defaults to docker.io/library/busybox:latest)
+#   hack/busybox-image.sh OUT.tar [NAME]     (NAME defaults to docker.io/library/busybox:1.36)
 #   FORMAT=docker hack/busybox-image.sh OUT.tar   writes a docker-archive instead.
 set -euo pipefail
 out=$1
-name=${2:-docker.io/library/busybox:latest}
+name=${2:-docker.io/library/busybox:1.36}
 format=${FORMAT:-oci}
 bb=${BUSYBOX:-/bin/busybox}
 [ -x "$bb" ] || { echo "busybox not found at $bb (apt-get install busybox-static)" >&2; exit 1; }

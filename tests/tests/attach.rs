@@ -29,7 +29,7 @@ fn kubectl_run_i_and_attach_reach_the_container_stdio() {
                 "-i",
                 "--rm",
                 "--restart=Never",
-                "--image=busybox",
+                "--image=busybox:1.36",
                 "--",
                 "sh",
                 "-c",
@@ -52,7 +52,7 @@ fn kubectl_run_i_and_attach_reach_the_container_stdio() {
     }
 
     // kubectl attach to a running container: output as it is written, and the log has it too.
-    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: talker}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox\n    stdin: true\n    command: [sh, -c, 'while read x; do echo echo: $x; done']\n";
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: talker}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox:1.36\n    stdin: true\n    command: [sh, -c, 'while read x; do echo echo: $x; done']\n";
     let out = node.kubectl_stdin(33, &["apply", "-f", "-"], Some(pod));
     assert_eq!(out.code, 0, "{}", out.stderr);
     node.wait_pod("talker", "talker Running", |p| {
@@ -90,7 +90,7 @@ fn kubectl_run_i_and_attach_reach_the_container_stdio() {
 
     // tty: true: the container's stdio is a terminal, input goes through it (script gives
     // kubectl a terminal of its own).
-    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: term}\nspec:\n  terminationGracePeriodSeconds: 1\n  restartPolicy: Never\n  containers:\n  - name: c\n    image: busybox\n    stdin: true\n    tty: true\n    command: [sh, -c, 'read line; [ -t 0 ] && echo on a terminal: $line; stty size']\n";
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: term}\nspec:\n  terminationGracePeriodSeconds: 1\n  restartPolicy: Never\n  containers:\n  - name: c\n    image: busybox:1.36\n    stdin: true\n    tty: true\n    command: [sh, -c, 'read line; [ -t 0 ] && echo on a terminal: $line; stty size']\n";
     let out = node.kubectl_stdin(33, &["apply", "-f", "-"], Some(pod));
     assert_eq!(out.code, 0, "{}", out.stderr);
     node.wait_pod("term", "term Running", |p| {

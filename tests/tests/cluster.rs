@@ -17,7 +17,7 @@ fn phase(p: &Value) -> &str {
     p["status"]["phase"].as_str().unwrap_or_default()
 }
 
-const STATIC: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox\n    command: [\"sleep\", \"1000\"]\n";
+const STATIC: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox:1.36\n    command: [\"sleep\", \"1000\"]\n";
 
 const USES_API_OBJECTS: &str = r#"
 apiVersion: v1
@@ -27,7 +27,7 @@ spec:
   terminationGracePeriodSeconds: 1
   containers:
   - name: c
-    image: busybox
+    image: busybox:1.36
     command: ["sh", "-c", "echo env: $GREETING $password; echo file: $(cat /cfg/greeting); echo namespace: $(cat /var/run/secrets/kubernetes.io/serviceaccount/namespace); echo ca: $(head -1 /var/run/secrets/kubernetes.io/serviceaccount/ca.crt); echo token: $(wc -c < /var/run/secrets/kubernetes.io/serviceaccount/token); echo done; exec sleep 1000"]
     env:
     - name: GREETING
@@ -92,7 +92,7 @@ fn all_in_one_node_runs_kubectl_pods_and_reports_status() {
             &[
                 "run",
                 name,
-                "--image=busybox",
+                "--image=busybox:1.36",
                 "--",
                 "sh",
                 "-c",
@@ -170,7 +170,7 @@ fn all_in_one_node_runs_kubectl_pods_and_reports_status() {
         &[
             "run",
             "ticker",
-            "--image=busybox",
+            "--image=busybox:1.36",
             "--",
             "sh",
             "-c",
@@ -342,7 +342,7 @@ fn all_in_one_node_runs_kubectl_pods_and_reports_status() {
         &[
             "run",
             "web",
-            "--image=busybox",
+            "--image=busybox:1.36",
             "--",
             "sh",
             "-c",
@@ -490,8 +490,8 @@ fn all_in_one_node_runs_kubectl_pods_and_reports_status() {
         .unwrap_or(0);
     assert!(token_len > 100, "{logs}");
     // A missing ConfigMap keeps the container from starting, with the kubelet's reason.
-    let out = node.kubectl(33, &["run", "missing", "--image=busybox", "--overrides",
-        r#"{"spec":{"containers":[{"name":"missing","image":"busybox","command":["sleep","1000"],"env":[{"name":"X","valueFrom":{"configMapKeyRef":{"name":"nope","key":"k"}}}]}]}}"#]);
+    let out = node.kubectl(33, &["run", "missing", "--image=busybox:1.36", "--overrides",
+        r#"{"spec":{"containers":[{"name":"missing","image":"busybox:1.36","command":["sleep","1000"],"env":[{"name":"X","valueFrom":{"configMapKeyRef":{"name":"nope","key":"k"}}}]}]}}"#]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let p = node.wait_pod("missing", "CreateContainerConfigError", |p| {
         p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
@@ -509,7 +509,7 @@ fn all_in_one_node_runs_kubectl_pods_and_reports_status() {
         &[
             "run",
             "ghost",
-            "--image=busybox",
+            "--image=busybox:1.36",
             "--overrides",
             r#"{"spec":{"serviceAccountName":"ghost"}}"#,
         ],
@@ -530,7 +530,7 @@ fn all_in_one_node_runs_kubectl_pods_and_reports_status() {
     // Deletion runs preStop hooks before SIGTERM.
     let hooks = node.path("hooks");
     let hooked = format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: hooked}}\nspec:\n  terminationGracePeriodSeconds: 5\n  containers:\n  - name: c\n    image: busybox\n    command: [sleep, '1000']\n    lifecycle:\n      preStop:\n        exec: {{command: [sh, -c, 'echo bye > /hooks/prestop']}}\n    volumeMounts: [{{name: hooks, mountPath: /hooks}}]\n  volumes:\n  - name: hooks\n    hostPath: {{path: {}, type: DirectoryOrCreate}}\n",
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: hooked}}\nspec:\n  terminationGracePeriodSeconds: 5\n  containers:\n  - name: c\n    image: busybox:1.36\n    command: [sleep, '1000']\n    lifecycle:\n      preStop:\n        exec: {{command: [sh, -c, 'echo bye > /hooks/prestop']}}\n    volumeMounts: [{{name: hooks, mountPath: /hooks}}]\n  volumes:\n  - name: hooks\n    hostPath: {{path: {}, type: DirectoryOrCreate}}\n",
         hooks.display()
     );
     let out = node.kubectl_stdin(33, &["apply", "-f", "-"], Some(&hooked));
@@ -685,7 +685,10 @@ fn worker_joins_with_a_bootstrap_token_and_survives_control_plane_outage() {
         "{csrs}"
     );
 
-    k(&cp, &["run", "w", "--image=busybox", "--", "sleep", "1000"]);
+    k(
+        &cp,
+        &["run", "w", "--image=busybox:1.36", "--", "sleep", "1000"],
+    );
     let running = |p: &Value| phase(p) == "Running" && p["status"]["podIP"].is_string();
     let p = node.wait_for(
         "the pod Running on the worker",
@@ -721,7 +724,10 @@ fn worker_joins_with_a_bootstrap_token_and_survives_control_plane_outage() {
             (l["spec"]["renewTime"].as_str()? > restarted.as_str()).then_some(())
         },
     );
-    k(&cp, &["run", "x", "--image=busybox", "--", "sleep", "1000"]);
+    k(
+        &cp,
+        &["run", "x", "--image=busybox:1.36", "--", "sleep", "1000"],
+    );
     node.wait_for(
         "a new pod after the restart",
         Duration::from_secs(60),

@@ -60,7 +60,7 @@ fn drive(cp: &ControlPlane, v: u32) {
             "create",
             "deployment",
             "gen",
-            "--image=busybox",
+            "--image=busybox:1.36",
             "--replicas=2",
             "--port=8080",
         ]),
@@ -216,7 +216,7 @@ fn drive(cp: &ControlPlane, v: u32) {
         &kn(&[
             "run",
             "p",
-            "--image=busybox",
+            "--image=busybox:1.36",
             "--restart=Never",
             "--",
             "sleep",
@@ -414,7 +414,7 @@ fn drive(cp: &ControlPlane, v: u32) {
     assert_eq!(a, "1");
 
     // Bad input is refused with Kubernetes' messages, and nothing is stored.
-    let bad = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: Bad_Name\nspec:\n  containers:\n  - name: c\n    image: busybox\n";
+    let bad = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: Bad_Name\nspec:\n  containers:\n  - name: c\n    image: busybox:1.36\n";
     let out = cp.kubectl_env(v, &["-n", &ns, "create", "-f", "-"], &[], Some(bad));
     assert!(
         out.stderr.contains(
@@ -423,7 +423,7 @@ fn drive(cp: &ControlPlane, v: u32) {
         "{}",
         out.stderr
     );
-    let unknown = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: strict\nspec:\n  containers:\n  - name: c\n    image: busybox\n    bogus: 1\n";
+    let unknown = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: strict\nspec:\n  containers:\n  - name: c\n    image: busybox:1.36\n    bogus: 1\n";
     let out = cp.kubectl_env(v, &["-n", &ns, "create", "-f", "-"], &[], Some(unknown));
     assert!(
         out.stderr
@@ -843,12 +843,12 @@ fn kubectl_run_lands_on_a_node_that_fits() {
     };
     // Fits only on "small": "big" is tainted and "cordoned" is cordoned.
     ok(
-        &cp.kubectl(33, &["run", "a", "--image=busybox", "--restart=Never"]),
+        &cp.kubectl(33, &["run", "a", "--image=busybox:1.36", "--restart=Never"]),
         "run a",
     );
     wait_until("a to be bound", || where_is("a") == "small");
     // Too big for "small"; tolerating the taint, it goes to "big".
-    let big = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: b\nspec:\n  tolerations: [{key: dedicated, operator: Equal, value: gpu, effect: NoSchedule}]\n  containers:\n  - name: c\n    image: busybox\n    resources: {requests: {cpu: \"2\"}}\n";
+    let big = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: b\nspec:\n  tolerations: [{key: dedicated, operator: Equal, value: gpu, effect: NoSchedule}]\n  containers:\n  - name: c\n    image: busybox:1.36\n    resources: {requests: {cpu: \"2\"}}\n";
     ok(
         &cp.kubectl_env(33, &["apply", "-f", "-"], &[], Some(big)),
         "pod b",
@@ -1133,7 +1133,7 @@ fn nodes_join_with_a_bootstrap_token_and_an_auto_approved_csr() {
     let (code, body) = as_node(
         "POST",
         "/api/v1/namespaces/default/pods",
-        r#"{"metadata":{"name":"sneaky"},"spec":{"nodeName":"n1","containers":[{"name":"c","image":"busybox"}]}}"#,
+        r#"{"metadata":{"name":"sneaky"},"spec":{"nodeName":"n1","containers":[{"name":"c","image":"busybox:1.36"}]}}"#,
     );
     assert_eq!(code, 403);
     assert!(body.contains("can only create mirror pods"), "{body}");
@@ -1157,7 +1157,7 @@ spec:
   nodeName: n1
   containers:
   - name: c
-    image: busybox
+    image: busybox:1.36
     envFrom: [{secretRef: {name: s1}}]
   volumes:
   - name: s
@@ -1252,7 +1252,7 @@ fn limit_ranges_and_resource_quotas_are_enforced() {
         cp.kubectl(33, &a)
     };
     ok(
-        &kq(&["run", "a", "--image=busybox", "--restart=Never"]),
+        &kq(&["run", "a", "--image=busybox:1.36", "--restart=Never"]),
         "run a",
     );
     assert_eq!(
@@ -1269,10 +1269,10 @@ fn limit_ranges_and_resource_quotas_are_enforced() {
         r#"{"limits":{"cpu":"500m"},"requests":{"cpu":"250m"}}"#
     );
     ok(
-        &kq(&["run", "b", "--image=busybox", "--restart=Never"]),
+        &kq(&["run", "b", "--image=busybox:1.36", "--restart=Never"]),
         "run b",
     );
-    let c = kq(&["run", "c", "--image=busybox", "--restart=Never"]);
+    let c = kq(&["run", "c", "--image=busybox:1.36", "--restart=Never"]);
     assert!(
         c.stderr.contains("pods \"c\" is forbidden: exceeded quota: compute, requested: pods=1,requests.cpu=250m, used: pods=2,requests.cpu=500m, limited: pods=2,requests.cpu=600m"),
         "{}",
@@ -1287,10 +1287,10 @@ fn limit_ranges_and_resource_quotas_are_enforced() {
     let big = kq(&[
         "run",
         "big",
-        "--image=busybox",
+        "--image=busybox:1.36",
         "--restart=Never",
         "--overrides",
-        r#"{"spec":{"containers":[{"name":"big","image":"busybox","resources":{"limits":{"cpu":"2"}}}]}}"#,
+        r#"{"spec":{"containers":[{"name":"big","image":"busybox:1.36","resources":{"limits":{"cpu":"2"}}}]}}"#,
     ]);
     assert!(
         big.stderr

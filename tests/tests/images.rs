@@ -195,7 +195,7 @@ fn docker_archive_import_ls_and_rm() {
     let ls = node.podlet(&["image", "ls"]).stdout;
     assert!(
         ls.contains("registry.local:5000/tools/bb:2")
-            && ls.contains("docker.io/library/busybox:latest"),
+            && ls.contains("docker.io/library/busybox:1.36"),
         "{ls}"
     );
     // Same content as busybox: the layer is shared, so removing one name keeps the other usable.
@@ -214,7 +214,7 @@ fn docker_archive_import_ls_and_rm() {
             .count(),
         1
     );
-    assert_eq!(node.podlet(&["image", "rm", "busybox"]).code, 0);
+    assert_eq!(node.podlet(&["image", "rm", "busybox:1.36"]).code, 0);
     assert_eq!(
         std::fs::read_dir(node.path("root/images/layers"))
             .unwrap()
@@ -227,7 +227,7 @@ fn docker_archive_import_ls_and_rm() {
             .count(),
         0
     );
-    let out = node.podlet(&["image", "rm", "busybox"]);
+    let out = node.podlet(&["image", "rm", "busybox:1.36"]);
     assert_ne!(out.code, 0);
     assert!(out.stderr.contains("not found"));
 }

@@ -27,7 +27,7 @@ async fn wait_for(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>, name: &
 fn pod(name: &str) -> Pod {
     serde_json::from_value(serde_json::json!({
         "metadata": {"name": name, "labels": {"app": "kube-rs"}},
-        "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+        "spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]},
     }))
     .unwrap()
 }

@@ -74,14 +74,14 @@ spec:
   terminationGracePeriodSeconds: 0
   containers:
   - name: web
-    image: busybox
+    image: busybox:1.36
     command: ["sh", "-c", "while true; do nc -l -p 8080 -e echo from-srv; done"]
     ports:
     - containerPort: 8080
       hostPort: 18080
 "#;
 
-const CLIENT: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: cli\nspec:\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: c\n    image: busybox\n    command: [\"sleep\", \"1000\"]\n";
+const CLIENT: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: cli\nspec:\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: c\n    image: busybox:1.36\n    command: [\"sleep\", \"1000\"]\n";
 
 #[test]
 fn pods_get_addresses_and_reach_each_other() {
@@ -152,7 +152,7 @@ fn agent_killed_while_deleting_a_pod_still_releases_its_ip() {
     // sleep as PID 1 ignores SIGTERM, so deletion waits out the grace period.
     node.write_manifest(
         "slow.yaml",
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: slow\nspec:\n  terminationGracePeriodSeconds: 4\n  containers:\n  - name: c\n    image: busybox\n    command: [\"sleep\", \"1000\"]\n",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: slow\nspec:\n  terminationGracePeriodSeconds: 4\n  containers:\n  - name: c\n    image: busybox:1.36\n    command: [\"sleep\", \"1000\"]\n",
     );
     let p = node.wait_running("slow");
     assert!(in_cidr(&pod_ip(&p)));
@@ -182,7 +182,7 @@ fn fifty_pods_created_and_deleted_leak_nothing() {
     for i in 0..50 {
         node.write_manifest(
             &format!("p{i}.yaml"),
-            &format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: p{i}\nspec:\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: c\n    image: busybox\n    command: [\"sleep\", \"1000\"]\n    ports:\n    - containerPort: 80\n      hostPort: {}\n", 20000 + i),
+            &format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: p{i}\nspec:\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: c\n    image: busybox:1.36\n    command: [\"sleep\", \"1000\"]\n    ports:\n    - containerPort: 80\n      hostPort: {}\n", 20000 + i),
         );
     }
     let ips = node.wait_for("50 pods running", Duration::from_secs(180), || {

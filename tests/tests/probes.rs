@@ -17,7 +17,7 @@ spec:
   terminationGracePeriodSeconds: 1
   containers:
   - name: web
-    image: busybox
+    image: busybox:1.36
     command: [sh, -c, "mkdir -p /www && echo ok > /www/index.html && sleep 2 && exec httpd -f -p 8080 -h /www"]
     ports: [{name: http, containerPort: 8080}]
     lifecycle:
@@ -44,14 +44,14 @@ spec:
   terminationGracePeriodSeconds: 1
   containers:
   - name: live
-    image: busybox
+    image: busybox:1.36
     command: [sh, -c, "mkdir -p /srv && exec httpd -f -p 8081 -h /srv"]
     livenessProbe:
       httpGet: {path: /healthz, port: 8081}
       periodSeconds: 1
       failureThreshold: 2
   - name: hook
-    image: busybox
+    image: busybox:1.36
     command: [sleep, "1000"]
     lifecycle:
       postStart:
@@ -280,7 +280,7 @@ spec:
   terminationGracePeriodSeconds: 1
   containers:
   - name: c
-    image: busybox
+    image: busybox:1.36
     command: [sleep, "1000"]
     livenessProbe:
       grpc: {port: 9090}

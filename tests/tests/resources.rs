@@ -20,7 +20,7 @@ fn container_id(p: &Value, i: usize) -> String {
 
 fn pod(name: &str, resources: &str, command: &str) -> String {
     format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  terminationGracePeriodSeconds: 0\n  restartPolicy: Never\n  containers:\n  - name: c\n    image: busybox\n    command: [\"sh\", \"-c\", {command:?}]\n{resources}"
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  terminationGracePeriodSeconds: 0\n  restartPolicy: Never\n  containers:\n  - name: c\n    image: busybox:1.36\n    command: [\"sh\", \"-c\", {command:?}]\n{resources}"
     )
 }
 

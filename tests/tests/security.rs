@@ -12,7 +12,7 @@ const CHECK: &str = "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; unshare
 
 fn container(name: &str, profile: &str) -> String {
     format!(
-        "  - name: {name}\n    image: busybox\n    command: [\"sh\", \"-c\", {CHECK:?}]\n{profile}"
+        "  - name: {name}\n    image: busybox:1.36\n    command: [\"sh\", \"-c\", {CHECK:?}]\n{profile}"
     )
 }
 
@@ -110,11 +110,11 @@ fn apparmor_follows_the_kernel() {
         .unwrap_or(false);
     node.write_manifest(
         "aa.yaml",
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: aa\nspec:\n  containers:\n  - name: c\n    image: busybox\n    command: [\"sleep\", \"1000\"]\n    securityContext:\n      appArmorProfile: {type: Localhost, localhostProfile: some-profile}\n",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: aa\nspec:\n  containers:\n  - name: c\n    image: busybox:1.36\n    command: [\"sleep\", \"1000\"]\n    securityContext:\n      appArmorProfile: {type: Localhost, localhostProfile: some-profile}\n",
     );
     node.write_manifest(
         "rd.yaml",
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: rd\nspec:\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: c\n    image: busybox\n    command: [\"sleep\", \"1000\"]\n    securityContext:\n      appArmorProfile: {type: RuntimeDefault}\n",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: rd\nspec:\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: c\n    image: busybox:1.36\n    command: [\"sleep\", \"1000\"]\n    securityContext:\n      appArmorProfile: {type: RuntimeDefault}\n",
     );
     node.wait_running("rd");
     if !enabled {
@@ -167,11 +167,11 @@ spec:
   - {name: data, emptyDir: {}}
   containers:
   - name: c
-    image: busybox
+    image: busybox:1.36
     command: ["sleep", "1000"]
     volumeMounts: [{name: data, mountPath: /data}]
   - name: unmasked
-    image: busybox
+    image: busybox:1.36
     command: ["sleep", "1000"]
     securityContext:
       runAsUser: 0
@@ -216,7 +216,7 @@ spec:
     // An unsafe sysctl is refused, as the kubelet does.
     node.write_manifest(
         "bad.yaml",
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: bad\nspec:\n  securityContext:\n    sysctls:\n    - {name: net.core.somaxconn, value: \"1024\"}\n  containers:\n  - name: c\n    image: busybox\n    command: [\"sleep\", \"1000\"]\n",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: bad\nspec:\n  securityContext:\n    sysctls:\n    - {name: net.core.somaxconn, value: \"1024\"}\n  containers:\n  - name: c\n    image: busybox:1.36\n    command: [\"sleep\", \"1000\"]\n",
     );
     let bad = node.wait_for("the refusal", Duration::from_secs(10), || {
         node.pod("bad").filter(|p| p["status"]["phase"] == "Failed")
@@ -251,7 +251,7 @@ fn privileged_containers_get_host_devices_caps_and_a_writable_sys() {
     node.write_manifest(
         "priv.yaml",
         &format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: priv\nspec:\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: p\n    image: busybox\n    command: [\"sh\", \"-c\", {check:?}]\n    securityContext: {{privileged: true, seccompProfile: {{type: RuntimeDefault}}}}\n  - name: n\n    image: busybox\n    command: [\"sh\", \"-c\", {check:?}]\n"
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: priv\nspec:\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: p\n    image: busybox:1.36\n    command: [\"sh\", \"-c\", {check:?}]\n    securityContext: {{privileged: true, seccompProfile: {{type: RuntimeDefault}}}}\n  - name: n\n    image: busybox:1.36\n    command: [\"sh\", \"-c\", {check:?}]\n"
         ),
     );
     node.wait_running("priv");
@@ -290,7 +290,7 @@ fn privileged_containers_get_host_devices_caps_and_a_writable_sys() {
 fn userns_pod(name: &str, host_dir: &str) -> String {
     let script = "cat /proc/self/uid_map; echo id=$(id -u); touch /made-by-root && echo rootfs=ok; touch /data/x && echo emptydir=ok; echo more >> /host/owned && echo hostpath=written || echo hostpath=denied; exec sleep 1000";
     format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  hostUsers: false\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: c\n    image: busybox\n    command: [\"sh\", \"-c\", {script:?}]\n    volumeMounts:\n    - {{name: data, mountPath: /data}}\n    - {{name: host, mountPath: /host}}\n  volumes:\n  - {{name: data, emptyDir: {{}}}}\n  - {{name: host, hostPath: {{path: {host_dir}}}}}\n"
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  hostUsers: false\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: c\n    image: busybox:1.36\n    command: [\"sh\", \"-c\", {script:?}]\n    volumeMounts:\n    - {{name: data, mountPath: /data}}\n    - {{name: host, mountPath: /host}}\n  volumes:\n  - {{name: data, emptyDir: {{}}}}\n  - {{name: host, hostPath: {{path: {host_dir}}}}}\n"
     )
 }
 
@@ -382,7 +382,7 @@ fn host_users_false_gets_its_own_id_range_and_no_power_over_host_files() {
     // hostUsers: false cannot share the host's namespaces.
     node.write_manifest(
         "bad.yaml",
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: bad\nspec:\n  hostUsers: false\n  hostNetwork: true\n  containers:\n  - {name: c, image: busybox}\n",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: bad\nspec:\n  hostUsers: false\n  hostNetwork: true\n  containers:\n  - {name: c, image: busybox:1.36}\n",
     );
     node.wait_for("the refusal", Duration::from_secs(10), || {
         node.agent_log()

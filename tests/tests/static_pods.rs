@@ -30,10 +30,10 @@ spec:
   terminationGracePeriodSeconds: 1
   containers:
   - name: a
-    image: busybox
+    image: busybox:1.36
     command: ["sh", "-c", "echo a-started; exec sleep 1000"]
   - name: b
-    image: busybox
+    image: busybox:1.36
     command: ["sleep", "1000"]
 "#;
 
@@ -145,7 +145,7 @@ fn two_container_pod_shares_sandbox_namespaces() {
             .as_str()
             .unwrap()
             .starts_with("docker.io/library/busybox@sha256:"));
-        assert_eq!(c["image"], "docker.io/library/busybox:latest");
+        assert_eq!(c["image"], "docker.io/library/busybox:1.36");
         assert_eq!(c["restartCount"], 0);
         assert_eq!(c["ready"], true);
     }
@@ -177,7 +177,7 @@ fn two_container_pod_shares_sandbox_namespaces() {
     assert_eq!(list["items"][0]["metadata"]["name"], "two-e2e");
 
     // An image whose layers a container uses cannot be removed.
-    let rm = node.podlet(&["image", "rm", "busybox"]);
+    let rm = node.podlet(&["image", "rm", "busybox:1.36"]);
     assert_ne!(rm.code, 0);
     assert!(rm.stderr.contains("in use"), "{}", rm.stderr);
     assert!(node.podlet(&["image", "ls"]).stdout.contains("busybox"));
@@ -191,7 +191,7 @@ fn exit_codes_and_cri_logs_are_recorded() {
     node.write_manifest(
         "job.json",
         r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"job"},
-            "spec":{"restartPolicy":"Never","containers":[{"name":"c","image":"busybox",
+            "spec":{"restartPolicy":"Never","containers":[{"name":"c","image":"busybox:1.36",
             "command":["sh","-c","echo out-line; echo err-line >&2; printf partial; exit 3"]}]}}"#,
     );
     let pod = node.wait_for("job to fail", Duration::from_secs(20), || {
@@ -300,10 +300,10 @@ spec:
   terminationGracePeriodSeconds: 1
   containers:
   - name: long
-    image: busybox
+    image: busybox:1.36
     command: ["sleep", "1000"]
   - name: short
-    image: busybox
+    image: busybox:1.36
     command: ["sh", "-c", "sleep 2; exit 7"]
 "#,
     );
@@ -399,7 +399,7 @@ fn restart_policy_always_backs_off() {
     };
     node.write_manifest(
         "crash.yaml",
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: crash\nspec:\n  containers:\n  - name: c\n    image: busybox\n    command: [\"sh\", \"-c\", \"exit 1\"]\n",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: crash\nspec:\n  containers:\n  - name: c\n    image: busybox:1.36\n    command: [\"sh\", \"-c\", \"exit 1\"]\n",
     );
     let pod = node.wait_for("crash loop", Duration::from_secs(20), || {
         let p = node.pod("crash")?;
@@ -488,12 +488,12 @@ spec:
     emptyDir: {}
   initContainers:
   - name: init
-    image: busybox
+    image: busybox:1.36
     command: ["sh", "-c", "echo from-init > /data/msg"]
     volumeMounts: [{name: shared, mountPath: /data}]
   containers:
   - name: main
-    image: busybox
+    image: busybox:1.36
     command: ["sleep", "1000"]
     env:
     - name: MY_POD
