@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing podlet needs on Debian 12 (run as root). Idempotent.
 set -euo pipefail
-pkgs=(busybox-static libseccomp-dev pkg-config util-linux gcc make tar gzip file libnftnl-dev libmnl-dev nftables containernetworking-plugins iproute2 apparmor python3-kubernetes curl bsdutils)
+pkgs=(busybox-static libseccomp-dev pkg-config util-linux gcc make tar gzip file libnftnl-dev libmnl-dev nftables containernetworking-plugins iproute2 apparmor python3-kubernetes curl bsdutils skopeo)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -19,6 +19,13 @@ if [ ! -x "$root/target/tools/usr/bin/etcd" ]; then
   mkdir -p "$root/target/tools/debs"
   (cd "$root/target/tools/debs" && apt-get download -qq -o APT::Sandbox::User=root etcd-server)
   dpkg-deb -x "$root"/target/tools/debs/etcd-server_*.deb "$root/target/tools"
+fi
+# A registry for the pull tests: Debian's docker-registry binary, unpacked the same way (the
+# package would start a machine-wide registry on :5000).
+if [ ! -x "$root/target/tools/usr/bin/docker-registry" ]; then
+  mkdir -p "$root/target/tools/debs"
+  (cd "$root/target/tools/debs" && apt-get download -qq -o APT::Sandbox::User=root docker-registry)
+  dpkg-deb -x "$root"/target/tools/debs/docker-registry_*.deb "$root/target/tools"
 fi
 if ! command -v cargo >/dev/null; then
   echo "cargo not found: install a Rust toolchain >= 1.89 (rustup), then run this again" >&2

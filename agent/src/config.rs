@@ -118,6 +118,12 @@ pub struct RunFlags {
     /// Writes allowed in a burst above that rate (the kubelet's 100).
     #[arg(long)]
     pub kube_api_burst: Option<u32>,
+    /// Pull one image at a time (the kubelet's default).
+    #[arg(long)]
+    pub serialize_image_pulls: Option<bool>,
+    /// With pulls not serialized: how many at once (0: no limit).
+    #[arg(long)]
+    pub max_parallel_image_pulls: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -155,6 +161,12 @@ struct FileConfig {
     admin_kubeconfig: Option<PathBuf>,
     kube_api_qps: Option<f64>,
     kube_api_burst: Option<u32>,
+    serialize_image_pulls: Option<bool>,
+    max_parallel_image_pulls: Option<u32>,
+    /// Registry mirrors and plain-HTTP registries.
+    registries: Option<podlet_runtime::image::pull::RegistryConfig>,
+    /// Node-level registry credentials (a Docker `config.json`).
+    image_credentials: Option<PathBuf>,
 }
 
 /// How the agent relates to a control plane.
@@ -208,6 +220,11 @@ pub struct Config {
     pub taints: Vec<k8s_openapi::api::core::v1::Taint>,
     /// (QPS, burst) of writes to the apiserver.
     pub kube_api: (f64, u32),
+    /// Image pulls at once (None: no limit).
+    pub image_pulls: Option<usize>,
+    pub registries: podlet_runtime::image::pull::RegistryConfig,
+    /// Docker config files with node-level registry credentials, first match wins.
+    pub image_credentials: Vec<PathBuf>,
 }
 
 impl Config {
@@ -442,6 +459,36 @@ impl Config {
                     anyhow::bail!("--kube-api-qps and --kube-api-burst must be positive");
                 }
                 (qps, burst)
+            },
+            image_pulls: {
+                let serialize = run
+                    .serialize_image_pulls
+                    .or(f.serialize_image_pulls)
+                    .unwrap_or(true);
+                let max = run
+                    .max_parallel_image_pulls
+                    .or(f.max_parallel_image_pulls)
+                    .unwrap_or(0);
+                if serialize && max > 1 {
+                    anyhow::bail!("--max-parallel-image-pulls needs --serialize-image-pulls=false");
+                }
+                match (serialize, max) {
+                    (true, _) => Some(1),
+                    (false, 0) => None,
+                    (false, n) => Some(n as usize),
+                }
+            },
+            registries: f.registries.unwrap_or_default(),
+            // The kubelet's search: its root directory, then the user's Docker config.
+            image_credentials: match f.image_credentials {
+                Some(p) => vec![p],
+                None => {
+                    let mut v = vec![root_dir.join("config.json")];
+                    if let Some(home) = std::env::var_os("HOME") {
+                        v.push(PathBuf::from(home).join(".docker/config.json"));
+                    }
+                    v
+                }
             },
             root_dir,
         })

@@ -108,6 +108,13 @@ enum ImageCmd {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Pull an image from its registry (mirrors and credentials from the configuration).
+    Pull {
+        image: String,
+        /// A Docker config file with credentials for this pull (before the node's).
+        #[arg(long)]
+        creds: Option<PathBuf>,
+    },
     /// List images.
     Ls,
     /// Remove images.
@@ -220,6 +227,31 @@ fn run(cli: Cli) -> Result<i32> {
                     for i in imported {
                         println!("imported {} ({})", i.name, i.id);
                     }
+                }
+                ImageCmd::Pull { image, creds } => {
+                    let mut c = match creds {
+                        Some(p) => podlet_runtime::image::pull::Credentials::load(&p)?,
+                        None => Default::default(),
+                    };
+                    if let Some(node) = cfg.image_credentials.iter().find(|p| p.exists()) {
+                        c = c.and(&podlet_runtime::image::pull::Credentials::load(node)?);
+                    }
+                    let puller = podlet_runtime::image::pull::Puller::new(
+                        store.clone(),
+                        cfg.registries.clone(),
+                    );
+                    let pulled = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .context("starting the async runtime")?
+                        .block_on(puller.pull(&image, &c))?;
+                    println!(
+                        "{} {} ({} downloaded in {:.2}s)",
+                        pulled.image.name,
+                        pulled.image.manifest_digest,
+                        podlet_runtime::image::human_size(pulled.downloaded),
+                        pulled.duration.as_secs_f64()
+                    );
                 }
                 ImageCmd::Ls => {
                     podlet_runtime::image::write_table(

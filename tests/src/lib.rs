@@ -73,7 +73,11 @@ pub fn busybox_archive() -> PathBuf {
                 st.success(),
                 "building the busybox image failed (apt-get install busybox-static)"
             );
-            out
+            // The build is reproducible: every test binary renames the same bytes into place,
+            // and no per-process copy is left behind.
+            let fixed = dir.join("busybox.tar");
+            std::fs::rename(&out, &fixed).unwrap();
+            fixed
         })
         .clone()
 }
@@ -191,6 +195,8 @@ impl TestNode {
             agent_args: Vec::new(),
             cluster: false,
         };
+        // The node's configuration file: empty (defaults) unless a test writes one.
+        std::fs::write(node.path("config.yaml"), "").unwrap();
         let out = node.podlet(&["image", "import", busybox_archive().to_str().unwrap()]);
         assert_eq!(out.code, 0, "import failed: {}", out.stderr);
         node
@@ -284,7 +290,7 @@ impl TestNode {
     fn base_args(&self) -> Vec<String> {
         vec![
             "--config".into(),
-            "/dev/null".into(),
+            self.path("config.yaml").display().to_string(),
             "--root-dir".into(),
             self.path("root").display().to_string(),
             "--run-dir".into(),

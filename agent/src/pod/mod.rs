@@ -26,6 +26,9 @@ use crate::manifest::Desired;
 pub struct Node {
     pub cfg: Config,
     pub images: ImageStore,
+    pub puller: podlet_runtime::image::pull::Puller,
+    /// Image pulls at once (`--serialize-image-pulls`, `--max-parallel-image-pulls`).
+    pub pull_slots: Option<Arc<tokio::sync::Semaphore>>,
     /// Pods with their current status, by UID, for the node API.
     pub pods: RwLock<BTreeMap<String, Pod>>,
     pub host_ip: Option<IpAddr>,
@@ -77,6 +80,21 @@ pub struct PodEvent {
 }
 
 impl Node {
+    /// Registry credentials of the node: the first Docker config file found.
+    pub fn node_credentials(&self) -> podlet_runtime::image::pull::Credentials {
+        for p in &self.cfg.image_credentials {
+            match podlet_runtime::image::pull::Credentials::load(p) {
+                Ok(c) => {
+                    if p.exists() {
+                        return c;
+                    }
+                }
+                Err(e) => tracing::warn!("registry credentials: {e}"),
+            }
+        }
+        Default::default()
+    }
+
     pub fn new(cfg: Config) -> anyhow::Result<Self> {
         let images = ImageStore::open(cfg.images_dir())?;
         let host_ip = cfg.node_ip.or_else(first_global_ip);
@@ -139,6 +157,13 @@ impl Node {
             userns: userns::Allocator::open(&cfg.root_dir.join("userns.json"))?,
             cpu_capacity,
             admitted: std::sync::Mutex::new(BTreeMap::new()),
+            puller: podlet_runtime::image::pull::Puller::new(
+                images.clone(),
+                cfg.registries.clone(),
+            ),
+            pull_slots: cfg
+                .image_pulls
+                .map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1)))),
             images,
             pods: RwLock::new(BTreeMap::new()),
             host_ip,

@@ -3,6 +3,7 @@
 //! OCI archives and docker-archive tarballs; every blob's digest is verified on the way in.
 
 pub mod layer;
+pub mod pull;
 pub mod reference;
 
 use std::collections::BTreeMap;
@@ -42,6 +43,13 @@ pub enum ImageError {
     InUse { name: String, layer: String },
     #[error("{0}")]
     Reference(String),
+    #[error("{reference}: {message}")]
+    Registry {
+        reference: String,
+        message: String,
+        /// The registry refused the credentials (or their absence).
+        auth: bool,
+    },
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ImageError + '_ {
@@ -245,6 +253,10 @@ struct Candidate {
     names: Vec<String>,
     manifest: Vec<u8>,
     manifest_digest: String,
+    /// The digest the image is known by (its index's, when it came from one).
+    record_digest: String,
+    /// Other blobs to keep with it (the index it came from).
+    extra_blobs: Vec<Vec<u8>>,
     config_path: PathBuf,
     config_digest: String,
     /// (blob path, blob digest if known, diff id)
@@ -436,6 +448,15 @@ impl ImageStore {
             }
         }
 
+        self.commit_all(candidates, work)
+    }
+
+    /// Adds verified candidates to the store under its lock; on error, what this added goes.
+    fn commit_all(
+        &self,
+        candidates: Vec<Candidate>,
+        work: &Path,
+    ) -> Result<Vec<ImageRecord>, ImageError> {
         let _lock = self.lock()?;
         let mut created: Vec<PathBuf> = Vec::new();
         let out = self.commit(candidates, work, &mut created);
@@ -470,6 +491,10 @@ impl ImageStore {
                 size += blob_size;
             }
             self.add_blob_bytes(&c.manifest, &c.manifest_digest, created)?;
+            for b in &c.extra_blobs {
+                let d = format!("sha256:{}", hex::encode(Sha256::digest(b)));
+                self.add_blob_bytes(b, &d, created)?;
+            }
             let config_bytes = fs::read(&c.config_path).map_err(io_at(&c.config_path))?;
             size += config_bytes.len() as u64;
             self.add_blob_bytes(&config_bytes, &c.config_digest, created)?;
@@ -477,7 +502,7 @@ impl ImageStore {
                 let rec = ImageRecord {
                     name: n.clone(),
                     id: c.config_digest.clone(),
-                    manifest_digest: c.manifest_digest.clone(),
+                    manifest_digest: c.record_digest.clone(),
                     layer_digests: layer_digests.clone(),
                     diff_ids: c.layers.iter().map(|l| l.2.clone()).collect(),
                     size,
@@ -677,6 +702,8 @@ impl ImageStore {
             out.push(Candidate {
                 names,
                 manifest,
+                record_digest: manifest_desc.digest.clone(),
+                extra_blobs: Vec::new(),
                 manifest_digest: manifest_desc.digest,
                 config_path,
                 config_digest: m.config.digest,
@@ -759,6 +786,8 @@ impl ImageStore {
             out.push(Candidate {
                 names,
                 manifest,
+                record_digest: manifest_digest.clone(),
+                extra_blobs: Vec::new(),
                 manifest_digest,
                 config_path,
                 config_digest,

@@ -181,19 +181,7 @@ impl Worker {
             reason: reason.into(),
             message: Some(message),
         };
-        let image_name = c.image.clone().unwrap_or_default();
-        let image = self.node.images.resolve(&image_name).map_err(|_| {
-            fail(
-                "ErrImagePull",
-                format!("image {image_name:?} is not present on this node; import it with `podlet image import`"),
-            )
-        })?;
-        self.node.event(
-            &self.pod,
-            "Normal",
-            "Pulled",
-            format!("Container image {image_name:?} already present on machine"),
-        );
+        let image = self.ensure_image(c).await?;
         let inst = self.instance_dir(&c.name, attempt);
         if inst.exists() {
             self.remove_instance(&inst);

@@ -5,6 +5,7 @@
 mod apiobjects;
 mod containers;
 mod handlers;
+mod images;
 mod probes;
 mod sandbox;
 

@@ -1,0 +1,145 @@
+//! The container's image by its pull policy, as the kubelet's image manager decides:
+//! `Always` (the default for `:latest` and untagged names) asks the registry every start,
+//! `IfNotPresent` pulls only what is missing, `Never` only uses what is there. Pulls use the
+//! pod's `imagePullSecrets` and the node's credentials, and are paced by the node's pull slots.
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use podlet_runtime::image::pull::Credentials;
+
+use super::*;
+
+/// The pull policy the apiserver would default for `image`.
+pub fn default_policy(normalized: &str) -> &'static str {
+    if !normalized.contains('@') && normalized.ends_with(":latest") {
+        "Always"
+    } else {
+        "IfNotPresent"
+    }
+}
+
+impl Worker {
+    pub(super) async fn ensure_image(&mut self, c: &Container) -> Result<ImageRecord, Waiting> {
+        let image = c.image.clone().unwrap_or_default();
+        let normalized = match podlet_runtime::image::reference::normalize(&image) {
+            Ok(n) => n,
+            Err(e) => {
+                let msg = format!("Failed to apply default image tag {image:?}: {e}");
+                self.node
+                    .event(&self.pod, "Warning", "InspectFailed", msg.clone());
+                return Err(Waiting {
+                    reason: "InvalidImageName".into(),
+                    message: Some(msg),
+                });
+            }
+        };
+        let policy = c
+            .image_pull_policy
+            .clone()
+            .unwrap_or_else(|| default_policy(&normalized).to_string());
+        let present = self.node.images.resolve(&image).ok();
+        match (policy.as_str(), present) {
+            ("Never", None) => {
+                let msg =
+                    format!("Container image {image:?} is not present with pull policy of Never");
+                self.node
+                    .event(&self.pod, "Warning", "ErrImageNeverPull", msg.clone());
+                return Err(Waiting {
+                    reason: "ErrImageNeverPull".into(),
+                    message: Some(msg),
+                });
+            }
+            ("Never" | "IfNotPresent", Some(rec)) => {
+                self.node.event(
+                    &self.pod,
+                    "Normal",
+                    "Pulled",
+                    format!("Container image {image:?} already present on machine"),
+                );
+                return Ok(rec);
+            }
+            _ => {}
+        }
+        self.node.event(
+            &self.pod,
+            "Normal",
+            "Pulling",
+            format!("Pulling image {image:?}"),
+        );
+        let creds = self.pull_credentials().await;
+        let waited = Instant::now();
+        let _slot = match &self.node.pull_slots {
+            Some(s) => s.clone().acquire_owned().await.ok(),
+            None => None,
+        };
+        match self.node.puller.pull(&image, &creds).await {
+            Ok(p) => {
+                self.node.event(
+                    &self.pod,
+                    "Normal",
+                    "Pulled",
+                    format!(
+                        "Successfully pulled image {image:?} in {:.3}s ({:.3}s including waiting). Image size: {} bytes.",
+                        p.duration.as_secs_f64(),
+                        waited.elapsed().as_secs_f64(),
+                        p.image.size
+                    ),
+                );
+                Ok(p.image)
+            }
+            Err(e) => {
+                let msg = format!("Failed to pull image {image:?}: {e}");
+                self.node.event(&self.pod, "Warning", "Failed", msg.clone());
+                Err(Waiting {
+                    reason: "ErrImagePull".into(),
+                    message: Some(msg),
+                })
+            }
+        }
+    }
+
+    /// The pod's `imagePullSecrets` (when an apiserver is there), then the node's credentials.
+    async fn pull_credentials(&self) -> Credentials {
+        let mut creds = Credentials::default();
+        let names: Vec<String> = self
+            .spec
+            .image_pull_secrets
+            .iter()
+            .flatten()
+            .map(|r| r.name.clone())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if let (false, Some(client)) = (
+            names.is_empty(),
+            self.node.api.get().map(|c| c.borrow().clone()),
+        ) {
+            let api: Api<Secret> = Api::namespaced(client, &self.namespace);
+            for name in names {
+                let found = match api.get_opt(&name).await {
+                    Ok(Some(s)) => {
+                        let data = s.data.unwrap_or_default();
+                        let blob = data
+                            .get(".dockerconfigjson")
+                            .or_else(|| data.get(".dockercfg"));
+                        blob.and_then(|b| {
+                            Credentials::parse(&b.0, &format!("secret {}/{name}", self.namespace))
+                                .map_err(|e| tracing::warn!("{e}"))
+                                .ok()
+                        })
+                    }
+                    _ => None,
+                };
+                match found {
+                    Some(c) => creds = creds.and(&c),
+                    None => self.node.event(
+                        &self.pod,
+                        "Warning",
+                        "FailedToRetrieveImagePullSecret",
+                        format!("Unable to retrieve some image pull secrets ({name}); attempting to pull the image may not succeed."),
+                    ),
+                }
+            }
+        }
+        creds.and(&self.node.node_credentials())
+    }
+}

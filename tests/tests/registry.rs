@@ -1,0 +1,502 @@
+//! End-to-end: pulls from a real registry (Debian's docker-registry, started by the test inside
+//! the node's network namespace, on its 127.0.0.1). Images are pushed with oci-client from the
+//! busybox archive: plain, gzip and zstd layers, an image index, basic auth.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use oci_client::secrets::RegistryAuth;
+use oci_client::Reference;
+use podlet_e2e::{busybox_archive, privileged, workspace, TestNode};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+const ADDR: &str = "127.0.0.1:5000";
+
+fn sha256(b: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(b)))
+}
+
+/// A docker-registry in the node's network namespace; killed and removed on drop.
+struct Registry {
+    child: Child,
+    dir: tempfile::TempDir,
+    netns: u32,
+    auth: RegistryAuth,
+}
+
+impl Registry {
+    fn start(node: &TestNode, user: Option<(&str, &str)>) -> Registry {
+        let dir = tempfile::Builder::new()
+            .prefix("podlet-registry-")
+            .tempdir()
+            .unwrap();
+        let mut cfg = format!(
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}/data\n  delete:\n    enabled: true\nhttp:\n  addr: {ADDR}\n",
+            dir.path().display()
+        );
+        let auth = match user {
+            Some((u, p)) => {
+                let hash = bcrypt::hash(p, 5).unwrap();
+                std::fs::write(dir.path().join("htpasswd"), format!("{u}:{hash}\n")).unwrap();
+                cfg.push_str(&format!(
+                    "auth:\n  htpasswd:\n    realm: podlet-e2e\n    path: {}/htpasswd\n",
+                    dir.path().display()
+                ));
+                RegistryAuth::Basic(u.into(), p.into())
+            }
+            None => RegistryAuth::Anonymous,
+        };
+        std::fs::write(dir.path().join("config.yml"), cfg).unwrap();
+        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+        let child = Command::new("nsenter")
+            .args(["-t", &node.holder_pid().to_string(), "-n", "--"])
+            .arg(workspace().join("target/tools/usr/bin/docker-registry"))
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("docker-registry (hack/deps.sh unpacks it into target/tools)");
+        let r = Registry {
+            child,
+            dir,
+            netns: node.holder_pid(),
+            auth,
+        };
+        node.wait_for("the registry", Duration::from_secs(20), || {
+            let o = Command::new("nsenter")
+                .args([
+                    "-t",
+                    &r.netns.to_string(),
+                    "-n",
+                    "--",
+                    "curl",
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                ])
+                .args(["-w", "%{http_code}", &format!("http://{ADDR}/v2/")])
+                .output()
+                .unwrap();
+            let code = String::from_utf8_lossy(&o.stdout).into_owned();
+            (code == "200" || code == "401").then_some(())
+        });
+        r
+    }
+
+    /// Runs `f` on a thread inside the registry's network namespace.
+    fn in_netns<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(oci_client::Client) -> T + Send + 'static,
+    ) -> T {
+        let pid = self.netns;
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).unwrap();
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let client = oci_client::Client::new(oci_client::client::ClientConfig {
+                protocol: oci_client::client::ClientProtocol::Http,
+                ..Default::default()
+            });
+            f(client)
+        })
+        .join()
+        .unwrap()
+    }
+
+    fn push_blob(&self, repo: &str, data: Vec<u8>) -> String {
+        let digest = sha256(&data);
+        let (r, d, auth) = (self.reference(repo, "x"), digest.clone(), self.auth.clone());
+        self.in_netns(move |c| {
+            rt().block_on(async {
+                c.auth(&r, &auth, oci_client::RegistryOperation::Push)
+                    .await
+                    .unwrap();
+                c.push_blob(&r, &data, &d).await.unwrap();
+            })
+        });
+        digest
+    }
+
+    fn push_manifest(&self, repo: &str, tag: &str, body: Vec<u8>, media_type: &str) -> String {
+        let digest = sha256(&body);
+        let (r, auth, mt) = (
+            self.reference(repo, tag),
+            self.auth.clone(),
+            media_type.to_string(),
+        );
+        self.in_netns(move |c| {
+            rt().block_on(async {
+                c.auth(&r, &auth, oci_client::RegistryOperation::Push)
+                    .await
+                    .unwrap();
+                c.push_manifest_raw(&r, body, mt.parse().unwrap())
+                    .await
+                    .unwrap();
+            })
+        });
+        digest
+    }
+
+    fn reference(&self, repo: &str, tag: &str) -> Reference {
+        Reference::with_tag(ADDR.into(), repo.into(), tag.into())
+    }
+
+    /// Pushes the busybox archive's image as `repo:tag`, its layer compressed as asked
+    /// ("" plain, "gzip", "zstd"), plus `extra` bytes appended to a second layer when given.
+    /// Returns the manifest's digest and the layer blobs' digests.
+    fn push_busybox(
+        &self,
+        repo: &str,
+        tag: &str,
+        compression: &str,
+        extra: Option<Vec<u8>>,
+    ) -> (String, Vec<String>) {
+        let img = BusyboxImage::read();
+        let mut layers = vec![img.layer.clone()];
+        let mut diff_ids = vec![sha256(&img.layer)];
+        if let Some(e) = extra {
+            diff_ids.push(sha256(&e));
+            layers.push(e);
+        }
+        let mut descs = Vec::new();
+        let mut digests = Vec::new();
+        for l in layers {
+            let (blob, mt) = match compression {
+                "gzip" => {
+                    let mut enc =
+                        flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                    std::io::Write::write_all(&mut enc, &l).unwrap();
+                    (
+                        enc.finish().unwrap(),
+                        "application/vnd.oci.image.layer.v1.tar+gzip",
+                    )
+                }
+                "zstd" => (
+                    zstd::encode_all(&l[..], 3).unwrap(),
+                    "application/vnd.oci.image.layer.v1.tar+zstd",
+                ),
+                _ => (l, "application/vnd.oci.image.layer.v1.tar"),
+            };
+            let size = blob.len();
+            let d = self.push_blob(repo, blob);
+            descs.push(json!({"mediaType": mt, "digest": d, "size": size}));
+            digests.push(d);
+        }
+        let mut config: Value = serde_json::from_slice(&img.config).unwrap();
+        config["rootfs"]["diff_ids"] = json!(diff_ids);
+        let config = serde_json::to_vec(&config).unwrap();
+        let config_size = config.len();
+        let config_digest = self.push_blob(repo, config);
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
+            "layers": descs,
+        });
+        let digest = self.push_manifest(
+            repo,
+            tag,
+            serde_json::to_vec(&manifest).unwrap(),
+            "application/vnd.oci.image.manifest.v1+json",
+        );
+        (digest, digests)
+    }
+
+    fn blob_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
+    /// Completed GETs of a blob, from the registry's access log.
+    fn blob_gets(&self, digest: &str) -> usize {
+        std::fs::read_to_string(self.dir.path().join("registry.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                l.contains("msg=\"response completed\"")
+                    && l.contains("http.request.method=GET")
+                    && l.contains(&format!("/blobs/{digest}\""))
+            })
+            .count()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The busybox archive's config and (uncompressed) layer.
+struct BusyboxImage {
+    config: Vec<u8>,
+    layer: Vec<u8>,
+}
+
+impl BusyboxImage {
+    fn read() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        tar::Archive::new(std::fs::File::open(busybox_archive()).unwrap())
+            .unpack(dir.path())
+            .unwrap();
+        let blob = |d: &str| {
+            std::fs::read(
+                dir.path()
+                    .join("blobs/sha256")
+                    .join(d.trim_start_matches("sha256:")),
+            )
+            .unwrap()
+        };
+        let index: Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("index.json")).unwrap()).unwrap();
+        let m: Value =
+            serde_json::from_slice(&blob(index["manifests"][0]["digest"].as_str().unwrap()))
+                .unwrap();
+        let layer = blob(m["layers"][0]["digest"].as_str().unwrap());
+        // The archive's layer may be compressed; the pushes decide compression themselves.
+        let layer = if layer.starts_with(&[0x1f, 0x8b]) {
+            let mut out = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&layer[..]), &mut out)
+                .unwrap();
+            out
+        } else {
+            layer
+        };
+        BusyboxImage {
+            config: blob(m["config"]["digest"].as_str().unwrap()),
+            layer,
+        }
+    }
+}
+
+fn node_with_registry_config(extra: &str) -> TestNode {
+    let node = TestNode::with_busybox();
+    std::fs::write(
+        node.path("config.yaml"),
+        format!("registries:\n  insecure: [\"{ADDR}\"]\n{extra}"),
+    )
+    .unwrap();
+    node
+}
+
+fn images_left(node: &TestNode) -> (usize, usize, Vec<String>) {
+    let count = |p: &str| {
+        std::fs::read_dir(node.path(p))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let partials = std::fs::read_dir(node.path("root/images/downloads"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    (
+        count("root/images/blobs/sha256"),
+        count("root/images/layers"),
+        partials,
+    )
+}
+
+#[test]
+fn pulls_by_tag_digest_index_and_zstd_and_rejects_a_corrupt_blob() {
+    if !privileged() {
+        return;
+    }
+    let node = node_with_registry_config("");
+    let reg = Registry::start(&node, None);
+
+    // By tag: a plain layer the image's own digest identifies.
+    let (digest, _) = reg.push_busybox("library/tools", "1", "", None);
+    let out = node.podlet(&["image", "pull", &format!("{ADDR}/library/tools:1")]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains(&digest), "{}", out.stdout);
+    let ls = node.podlet(&["image", "ls"]).stdout;
+    assert!(ls.contains(&format!("{ADDR}/library/tools:1")), "{ls}");
+    // The same layer as the imported busybox: unpacked once, shared.
+    assert_eq!(images_left(&node).1, 1);
+
+    // By digest.
+    let out = node.podlet(&["image", "pull", &format!("{ADDR}/library/tools@{digest}")]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // A digest that does not match what the registry serves is refused.
+    let other = format!("sha256:{}", "0".repeat(64));
+    let out = node.podlet(&["image", "pull", &format!("{ADDR}/library/tools@{other}")]);
+    assert_ne!(out.code, 0);
+
+    // gzip and zstd layers, a second layer on top.
+    for comp in ["gzip", "zstd"] {
+        let extra = tar_with_file(&format!("/{comp}.txt"), comp.as_bytes());
+        let (d, layers) = reg.push_busybox("library/tools", comp, comp, Some(extra));
+        let out = node.podlet(&["image", "pull", &format!("{ADDR}/library/tools:{comp}")]);
+        assert_eq!(out.code, 0, "{comp}: {}", out.stderr);
+        assert!(out.stdout.contains(&d));
+        for l in &layers {
+            assert!(node
+                .path(&format!(
+                    "root/images/blobs/sha256/{}",
+                    l.trim_start_matches("sha256:")
+                ))
+                .exists());
+        }
+    }
+
+    // An index: this platform's manifest is picked; the image is known by the index's digest.
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        a => a,
+    };
+    let (ours, _) = reg.push_busybox("library/multi", "ours", "gzip", None);
+    let (theirs, _) = reg.push_busybox(
+        "library/multi",
+        "theirs",
+        "zstd",
+        Some(tar_with_file("/other", b"x")),
+    );
+    let size = |d: &str| std::fs::metadata(reg.blob_path(d)).unwrap().len();
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": theirs, "size": size(&theirs), "platform": {"os": "linux", "architecture": "s390x"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": ours, "size": size(&ours), "platform": {"os": "linux", "architecture": arch}},
+        ],
+    });
+    let index_digest = reg.push_manifest(
+        "library/multi",
+        "1",
+        serde_json::to_vec(&index).unwrap(),
+        "application/vnd.oci.image.index.v1+json",
+    );
+    let out = node.podlet(&["image", "pull", &format!("{ADDR}/library/multi:1")]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains(&index_digest), "{}", out.stdout);
+    let gone = reg.blob_gets(&ours);
+    assert_eq!(gone, 0, "the platform manifest is a manifest, not a blob");
+
+    // A corrupt blob: a digest error naming it, and nothing of the image left behind.
+    let before = images_left(&node);
+    let (_, layers) = reg.push_busybox(
+        "library/bad",
+        "1",
+        "gzip",
+        Some(tar_with_file("/bad", b"bad")),
+    );
+    let bad = reg.blob_path(&layers[1]);
+    let mut data = std::fs::read(&bad).unwrap();
+    let n = data.len();
+    data[n - 20] ^= 0xff;
+    std::fs::write(&bad, data).unwrap();
+    let out = node.podlet(&["image", "pull", &format!("{ADDR}/library/bad:1")]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("digest"), "{}", out.stderr);
+    assert!(out.stderr.contains(&layers[1]), "{}", out.stderr);
+    let after = images_left(&node);
+    // The good layer blob may stay (it is verified content); no layer, no partial, no name.
+    assert_eq!(after.1, before.1, "no layer unpacked");
+    assert!(after.2.is_empty(), "partial downloads left: {:?}", after.2);
+    assert!(!node.podlet(&["image", "ls"]).stdout.contains("library/bad"));
+}
+
+/// A one-file tar layer.
+fn tar_with_file(path: &str, content: &[u8]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(content.len() as u64);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    h.set_cksum();
+    b.append_data(&mut h, path.trim_start_matches('/'), content)
+        .unwrap();
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn pods_pull_by_policy_with_credentials_and_share_downloads() {
+    if !privileged() {
+        return;
+    }
+    let mut node = node_with_registry_config("serializeImagePulls: false\n");
+    let reg = Registry::start(&node, Some(("e2e", "s3cret")));
+    let (_, layers) = reg.push_busybox(
+        "team/app",
+        "1",
+        "gzip",
+        Some(tar_with_file("/app", b"app\n")),
+    );
+    // Node-level credentials, in the kubelet's place for them.
+    use base64::Engine;
+    let auth = base64::engine::general_purpose::STANDARD.encode("e2e:s3cret");
+    std::fs::write(
+        node.path("root/config.json"),
+        json!({"auths": {ADDR: {"auth": auth}}}).to_string(),
+    )
+    .unwrap();
+    node.start_agent();
+
+    // Two pods asking for the same image at once: each blob is fetched once.
+    for name in ["one", "two"] {
+        node.write_manifest(
+            &format!("{name}.yaml"),
+            &format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: {ADDR}/team/app:1\n    command: [sh, -c, 'cat /app; exec sleep 1000']\n"),
+        );
+    }
+    for name in ["one", "two"] {
+        node.wait_running(name);
+    }
+    for l in &layers {
+        assert_eq!(reg.blob_gets(l), 1, "blob {l} fetched more than once");
+    }
+    let logs = node.podlet(&["logs", "one-e2e"]);
+    assert_eq!(logs.stdout, "app\n");
+
+    // Never with a missing image: ErrImageNeverPull, and no request to the registry.
+    node.write_manifest(
+        "never.yaml",
+        &format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: never\nspec:\n  containers:\n  - name: c\n    image: {ADDR}/team/never:1\n    imagePullPolicy: Never\n"),
+    );
+    // A missing image with IfNotPresent: ErrImagePull, then ImagePullBackOff.
+    node.write_manifest(
+        "missing.yaml",
+        &format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: missing\nspec:\n  containers:\n  - name: c\n    image: {ADDR}/team/missing:1\n"),
+    );
+    let waiting = |pod: &str| {
+        node.pods()
+            .into_iter()
+            .find(|p| p["metadata"]["name"] == pod)
+            .and_then(|p| {
+                p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+    };
+    node.wait_for("ErrImageNeverPull", Duration::from_secs(30), || {
+        (waiting("never-e2e").as_deref() == Some("ErrImageNeverPull")).then_some(())
+    });
+    node.wait_for("ImagePullBackOff", Duration::from_secs(30), || {
+        (waiting("missing-e2e").as_deref() == Some("ImagePullBackOff")).then_some(())
+    });
+    let log = std::fs::read_to_string(reg.dir.path().join("registry.log")).unwrap();
+    assert!(!log.contains("team/never"), "Never asked the registry");
+    node.remove_manifest("never.yaml");
+    node.remove_manifest("missing.yaml");
+    node.remove_manifest("one.yaml");
+    node.remove_manifest("two.yaml");
+}
