@@ -124,6 +124,21 @@ pub struct RunFlags {
     /// With pulls not serialized: how many at once (0: no limit).
     #[arg(long)]
     pub max_parallel_image_pulls: Option<u32>,
+    /// Image filesystem usage (percent) that starts image garbage collection (100: never).
+    #[arg(long)]
+    pub image_gc_high_threshold: Option<u8>,
+    /// Usage (percent) image garbage collection frees down to.
+    #[arg(long)]
+    pub image_gc_low_threshold: Option<u8>,
+    /// Unused images younger than this are kept (Go duration, e.g. `2m`).
+    #[arg(long)]
+    pub image_minimum_gc_age: Option<String>,
+    /// Unused images are removed after this long unused, whatever the disk (`0`: never).
+    #[arg(long)]
+    pub image_maximum_gc_age: Option<String>,
+    /// How often image garbage collection runs (the kubelet's fixed 5m).
+    #[arg(long, hide = true)]
+    pub image_gc_period: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -163,6 +178,11 @@ struct FileConfig {
     kube_api_burst: Option<u32>,
     serialize_image_pulls: Option<bool>,
     max_parallel_image_pulls: Option<u32>,
+    image_gc_high_threshold: Option<u8>,
+    image_gc_low_threshold: Option<u8>,
+    image_minimum_gc_age: Option<String>,
+    image_maximum_gc_age: Option<String>,
+    image_gc_period: Option<String>,
     /// Registry mirrors and plain-HTTP registries.
     registries: Option<podlet_runtime::image::pull::RegistryConfig>,
     /// Node-level registry credentials (a Docker `config.json`).
@@ -225,6 +245,7 @@ pub struct Config {
     pub registries: podlet_runtime::image::pull::RegistryConfig,
     /// Docker config files with node-level registry credentials, first match wins.
     pub image_credentials: Vec<PathBuf>,
+    pub image_gc: crate::imagegc::Policy,
 }
 
 impl Config {
@@ -479,6 +500,48 @@ impl Config {
                 }
             },
             registries: f.registries.unwrap_or_default(),
+            image_gc: {
+                let dur = |flag: &str, v: Option<String>, default: &str| {
+                    crate::imagegc::parse_duration(v.as_deref().unwrap_or(default))
+                        .map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
+                };
+                let high = run
+                    .image_gc_high_threshold
+                    .or(f.image_gc_high_threshold)
+                    .unwrap_or(85);
+                let low = run
+                    .image_gc_low_threshold
+                    .or(f.image_gc_low_threshold)
+                    .unwrap_or(80);
+                if high > 100 || low >= high && high != 100 {
+                    anyhow::bail!(
+                        "--image-gc-low-threshold ({low}) must be below --image-gc-high-threshold ({high}), which is at most 100"
+                    );
+                }
+                let period = dur(
+                    "image-gc-period",
+                    run.image_gc_period.clone().or(f.image_gc_period),
+                    "5m",
+                )?;
+                if period.is_zero() {
+                    anyhow::bail!("--image-gc-period must be positive");
+                }
+                crate::imagegc::Policy {
+                    high,
+                    low,
+                    min_age: dur(
+                        "image-minimum-gc-age",
+                        run.image_minimum_gc_age.clone().or(f.image_minimum_gc_age),
+                        "2m",
+                    )?,
+                    max_age: dur(
+                        "image-maximum-gc-age",
+                        run.image_maximum_gc_age.clone().or(f.image_maximum_gc_age),
+                        "0",
+                    )?,
+                    period,
+                }
+            },
             // The kubelet's search: its root directory, then the user's Docker config.
             image_credentials: match f.image_credentials {
                 Some(p) => vec![p],

@@ -4,6 +4,7 @@ mod cli;
 mod cluster;
 mod config;
 mod eviction;
+mod imagegc;
 mod logs;
 mod manifest;
 mod metrics;
@@ -367,6 +368,9 @@ async fn agent(cfg: Config) -> Result<()> {
             cfg.eviction_hard.clone(),
             cfg.eviction_interval,
         ));
+    }
+    if cfg.image_gc.high < 100 || !cfg.image_gc.max_age.is_zero() {
+        tokio::spawn(imagegc::run(node.clone(), cfg.image_gc.clone()));
     }
     let server = tokio::spawn(server::serve(node));
     let control_plane = async move {

@@ -500,3 +500,59 @@ fn pods_pull_by_policy_with_credentials_and_share_downloads() {
     node.remove_manifest("one.yaml");
     node.remove_manifest("two.yaml");
 }
+
+#[test]
+fn image_gc_removes_unused_images_and_keeps_used_ones() {
+    if !privileged() {
+        return;
+    }
+    let mut node = node_with_registry_config("");
+    let reg = Registry::start(&node, None);
+    let (_, layers) = reg.push_busybox(
+        "team/old",
+        "1",
+        "gzip",
+        Some(tar_with_file("/old", b"old\n")),
+    );
+    let out = node.podlet(&["image", "pull", &format!("{ADDR}/team/old:1")]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let (_, layer_dirs, _) = images_left(&node);
+    assert_eq!(layer_dirs, 2);
+    // Any usage is above a 1% threshold: everything unused goes, down to 0%.
+    node.agent_args.extend(
+        [
+            "--image-gc-high-threshold=1",
+            "--image-gc-low-threshold=0",
+            "--image-minimum-gc-age=0s",
+            "--image-gc-period=1s",
+        ]
+        .map(String::from),
+    );
+    node.start_agent();
+    node.write_manifest(
+        "user.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: user\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox:1.36\n    command: [sleep, '1000']\n",
+    );
+    node.wait_running("user");
+    node.wait_for("the unused image to go", Duration::from_secs(30), || {
+        let ls = node.podlet(&["image", "ls"]).stdout;
+        (!ls.contains("team/old")).then_some(ls)
+    });
+    // Its own layer and blobs went with it; the used image and its layer stay.
+    let ls = node.podlet(&["image", "ls"]).stdout;
+    assert!(ls.contains("docker.io/library/busybox:1.36"), "{ls}");
+    assert_eq!(images_left(&node).1, 1);
+    for l in &layers[1..] {
+        assert!(!node
+            .path(&format!(
+                "root/images/blobs/sha256/{}",
+                l.trim_start_matches("sha256:")
+            ))
+            .exists());
+    }
+    assert!(
+        node.pod("user").unwrap()["status"]["containerStatuses"][0]["state"]["running"].is_object()
+    );
+    node.remove_manifest("user.yaml");
+    drop(reg);
+}

@@ -27,6 +27,8 @@ pub struct Node {
     pub cfg: Config,
     pub images: ImageStore,
     pub puller: podlet_runtime::image::pull::Puller,
+    /// When images were first seen and last used, for garbage collection.
+    pub image_usage: crate::imagegc::Usage,
     /// Image pulls at once (`--serialize-image-pulls`, `--max-parallel-image-pulls`).
     pub pull_slots: Option<Arc<tokio::sync::Semaphore>>,
     /// Pods with their current status, by UID, for the node API.
@@ -164,6 +166,7 @@ impl Node {
             pull_slots: cfg
                 .image_pulls
                 .map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1)))),
+            image_usage: Default::default(),
             images,
             pods: RwLock::new(BTreeMap::new()),
             host_ip,

@@ -20,6 +20,14 @@ pub fn default_policy(normalized: &str) -> &'static str {
 
 impl Worker {
     pub(super) async fn ensure_image(&mut self, c: &Container) -> Result<ImageRecord, Waiting> {
+        let r = self.image_by_policy(c).await;
+        if let Ok(rec) = &r {
+            self.node.image_usage.used(&rec.id);
+        }
+        r
+    }
+
+    async fn image_by_policy(&mut self, c: &Container) -> Result<ImageRecord, Waiting> {
         let image = c.image.clone().unwrap_or_default();
         let normalized = match podlet_runtime::image::reference::normalize(&image) {
             Ok(n) => n,

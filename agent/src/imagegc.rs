@@ -1,0 +1,203 @@
+//! Image garbage collection as the kubelet does it: every period, images no container of a
+//! pod on the node uses are removed least recently used first — when the image filesystem is
+//! above `--image-gc-high-threshold` percent, until it is below `--image-gc-low-threshold`;
+//! and, with `--image-maximum-gc-age`, whenever one has gone unused that long. Images younger
+//! than `--image-minimum-gc-age` stay. Removing an image removes the layers and blobs no other
+//! image needs.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::pod::Node;
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub high: u8,
+    pub low: u8,
+    pub min_age: Duration,
+    /// Zero: no maximum.
+    pub max_age: Duration,
+    pub period: Duration,
+}
+
+/// When each image (by ID) was first seen and last used, as the kubelet keeps it: in memory,
+/// starting over when the agent restarts.
+#[derive(Default)]
+pub struct Usage(Mutex<HashMap<String, (Instant, Instant)>>);
+
+impl Usage {
+    pub fn used(&self, id: &str) {
+        let now = Instant::now();
+        let mut m = self.0.lock().expect("image usage lock");
+        m.entry(id.to_string()).or_insert((now, now)).1 = now;
+    }
+
+    fn times(&self, id: &str) -> (Instant, Instant) {
+        let now = Instant::now();
+        *self
+            .0
+            .lock()
+            .expect("image usage lock")
+            .entry(id.to_string())
+            .or_insert((now, now))
+    }
+}
+
+pub async fn run(node: Arc<Node>, policy: Policy) {
+    loop {
+        tokio::time::sleep(policy.period).await;
+        let n = node.clone();
+        let p = policy.clone();
+        match tokio::task::spawn_blocking(move || collect(&n, &p)).await {
+            Ok(Ok(removed)) if !removed.is_empty() => {
+                tracing::info!(?removed, "image garbage collection");
+            }
+            Ok(Err(e)) => tracing::warn!("image garbage collection: {e}"),
+            _ => {}
+        }
+    }
+}
+
+/// The images (by ID) the node's pods use.
+fn in_use(node: &Node) -> BTreeSet<String> {
+    let pods = node.pods.read().expect("pods lock").clone();
+    pods.values()
+        .filter_map(|p| p.spec.as_ref())
+        .flat_map(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten())
+                .filter_map(|c| c.image.clone())
+                .collect::<Vec<_>>()
+        })
+        .filter_map(|i| node.images.resolve(&i).ok())
+        .map(|r| r.id)
+        .collect()
+}
+
+/// One pass; returns the names removed.
+pub fn collect(node: &Node, policy: &Policy) -> anyhow::Result<Vec<String>> {
+    let images = node.images.list()?;
+    let used = in_use(node);
+    for id in &used {
+        node.image_usage.used(id);
+    }
+    let now = Instant::now();
+    // Unused images old enough, least recently used first; names sharing an ID go together.
+    let mut by_id: HashMap<String, (Instant, u64, Vec<String>)> = HashMap::new();
+    for i in &images {
+        if used.contains(&i.id) {
+            continue;
+        }
+        let (first, last) = node.image_usage.times(&i.id);
+        if now.duration_since(first) < policy.min_age {
+            continue;
+        }
+        let e = by_id
+            .entry(i.id.clone())
+            .or_insert((last, i.size, Vec::new()));
+        e.2.push(i.name.clone());
+    }
+    let mut candidates: Vec<(String, Instant, u64, Vec<String>)> = by_id
+        .into_iter()
+        .map(|(id, (last, size, names))| (id, last, size, names))
+        .collect();
+    candidates.sort_by_key(|c| c.1);
+    let mut removed = Vec::new();
+    let mut remove = |names: &[String]| -> u64 {
+        let mut freed = 0;
+        for n in names {
+            match node.images.remove(n, &node.cfg.mountinfo) {
+                Ok(r) => {
+                    freed = freed.max(r.size);
+                    removed.push(n.clone());
+                }
+                Err(e) => tracing::warn!(image = %n, "not removed: {e}"),
+            }
+        }
+        freed
+    };
+    let mut rest = Vec::new();
+    for c in candidates {
+        if !policy.max_age.is_zero() && now.duration_since(c.1) > policy.max_age {
+            remove(&c.3);
+        } else {
+            rest.push(c);
+        }
+    }
+    let fs = nix::sys::statvfs::statvfs(&node.cfg.images_dir())?;
+    let total = fs.blocks() as u128 * fs.fragment_size() as u128;
+    let avail = fs.blocks_available() as u128 * fs.fragment_size() as u128;
+    if total > 0 {
+        let used_bytes = total - avail;
+        let usage = used_bytes * 100 / total;
+        if usage >= policy.high as u128 {
+            let target = total * policy.low as u128 / 100;
+            let mut to_free = used_bytes.saturating_sub(target);
+            tracing::info!(
+                usage,
+                high = policy.high,
+                "image filesystem above the threshold"
+            );
+            for c in rest {
+                if to_free == 0 {
+                    break;
+                }
+                let f = remove(&c.3) as u128;
+                to_free = to_free.saturating_sub(f.max(1));
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// A Go-style duration: `90s`, `2m`, `1h30m`, `500ms`, `0`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    if rest.is_empty() {
+        return Err("empty duration".into());
+    }
+    while !rest.is_empty() {
+        let n_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("{s:?}: missing unit"))?;
+        let n: f64 = rest[..n_end]
+            .parse()
+            .map_err(|_| format!("{s:?}: bad number"))?;
+        rest = &rest[n_end..];
+        let u_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let unit = match &rest[..u_end] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            u => return Err(format!("{s:?}: unknown unit {u:?}")),
+        };
+        total += Duration::from_secs_f64(n * unit);
+        rest = &rest[u_end..];
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_like_go() {
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+}
