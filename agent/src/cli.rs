@@ -223,3 +223,33 @@ pub fn exec(
     podlet_runtime::oci::exec(&cfg.container_state_root(), id, cmd, None)
         .map_err(anyhow::Error::msg)
 }
+
+/// Images (by ID) that the pods this node runs refer to, from their records on disk.
+pub fn images_in_use(
+    cfg: &Config,
+    store: &podlet_runtime::image::ImageStore,
+) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let Ok(rd) = std::fs::read_dir(cfg.run_dir.join("pods")) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let pod: Option<k8s_openapi::api::core::v1::Pod> =
+            std::fs::read(e.path().join(crate::pod::POD_FILE))
+                .ok()
+                .and_then(|d| serde_json::from_slice(&d).ok());
+        let Some(spec) = pod.and_then(|p| p.spec) else {
+            continue;
+        };
+        for c in spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+        {
+            if let Some(r) = c.image.as_deref().and_then(|i| store.resolve(i).ok()) {
+                out.insert(r.id);
+            }
+        }
+    }
+    out
+}

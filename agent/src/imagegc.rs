@@ -149,6 +149,9 @@ pub fn collect(node: &Node, policy: &Policy) -> anyhow::Result<Vec<String>> {
             }
         }
     }
+    // What no image refers to any more (an interrupted pull's leftovers), once surely stale.
+    node.images
+        .prune_unreferenced(&node.cfg.mountinfo, Duration::from_secs(3600))?;
     Ok(removed)
 }
 

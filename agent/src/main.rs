@@ -118,6 +118,16 @@ enum ImageCmd {
     },
     /// List images.
     Ls,
+    /// Show an image's record and configuration (JSON).
+    Inspect { image: String },
+    /// Remove every image no pod on this node uses, and what no image refers to.
+    Prune,
+    /// Write an image as an OCI archive (`-` for standard output).
+    Export {
+        image: String,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
     /// Remove images.
     Rm { images: Vec<String> },
 }
@@ -253,6 +263,34 @@ fn run(cli: Cli) -> Result<i32> {
                         podlet_runtime::image::human_size(pulled.downloaded),
                         pulled.duration.as_secs_f64()
                     );
+                }
+                ImageCmd::Inspect { image } => {
+                    let rec = store.resolve(&image)?;
+                    println!("{}", serde_json::to_string_pretty(&rec)?);
+                }
+                ImageCmd::Prune => {
+                    let used = cli::images_in_use(&cfg, &store);
+                    for rec in store.list()? {
+                        if used.contains(&rec.id) {
+                            continue;
+                        }
+                        match store.remove(&rec.name, &cfg.mountinfo) {
+                            Ok(r) => println!("removed {}", r.name),
+                            Err(e) => eprintln!("kept {}: {e}", rec.name),
+                        }
+                    }
+                    store.prune_unreferenced(&cfg.mountinfo, std::time::Duration::ZERO)?;
+                }
+                ImageCmd::Export { image, output } => {
+                    if output.as_os_str() == "-" {
+                        store.export(&image, &mut std::io::stdout().lock())?;
+                    } else {
+                        let tmp = output.with_extension("partial");
+                        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+                        store.export(&image, &mut f)?;
+                        f.into_inner()?.sync_all()?;
+                        std::fs::rename(&tmp, &output)?;
+                    }
                 }
                 ImageCmd::Ls => {
                     podlet_runtime::image::write_table(

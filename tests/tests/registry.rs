@@ -413,6 +413,30 @@ fn pulls_by_tag_digest_index_and_zstd_and_rejects_a_corrupt_blob() {
     assert_eq!(after.1, before.1, "no layer unpacked");
     assert!(after.2.is_empty(), "partial downloads left: {:?}", after.2);
     assert!(!node.podlet(&["image", "ls"]).stdout.contains("library/bad"));
+
+    // inspect, export as an OCI archive, remove, import it back.
+    let multi = format!("{ADDR}/library/multi:1");
+    let info: Value =
+        serde_json::from_str(&node.podlet(&["image", "inspect", &multi]).stdout).unwrap();
+    assert_eq!(info["manifestDigest"], index_digest.as_str());
+    assert_eq!(info["platformManifest"], ours.as_str());
+    let archive = node.path("multi.tar");
+    let out = node.podlet(&["image", "export", &multi, "-o", archive.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(node.podlet(&["image", "rm", &multi]).code, 0);
+    let out = node.podlet(&["image", "import", archive.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(node
+        .podlet(&["image", "ls"])
+        .stdout
+        .contains("library/multi:1"));
+
+    // prune: no pod runs here, so every image goes, and every blob and layer with them.
+    let out = node.podlet(&["image", "prune"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(node.podlet(&["image", "ls"]).stdout.lines().count(), 1);
+    let (blobs, layers, partials) = images_left(&node);
+    assert_eq!((blobs, layers, partials.len()), (0, 0, 0));
 }
 
 /// A one-file tar layer.

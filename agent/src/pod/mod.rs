@@ -8,6 +8,7 @@ pub mod status;
 pub mod translate;
 pub mod userns;
 mod worker;
+pub use worker::POD_FILE;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;

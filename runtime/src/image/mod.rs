@@ -100,9 +100,27 @@ pub struct ImageRecord {
     pub config: ImageConfig,
     /// RFC 3339 time of import.
     pub imported: String,
+    /// This platform's manifest, when the image is known by its index's digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform_manifest: Option<String>,
 }
 
 impl ImageRecord {
+    /// Every blob the image keeps: layers, config, manifest (and index).
+    pub fn blobs(&self) -> impl Iterator<Item = &String> {
+        self.layer_digests
+            .iter()
+            .chain([&self.id, &self.manifest_digest])
+            .chain(self.platform_manifest.iter())
+    }
+
+    /// The digest of the manifest that lists the layers (the platform's, for an index).
+    pub fn manifest(&self) -> &str {
+        self.platform_manifest
+            .as_deref()
+            .unwrap_or(&self.manifest_digest)
+    }
+
     /// The image ID as the kubelet reports it in `imageID`.
     pub fn image_ref(&self) -> String {
         format!(
@@ -508,6 +526,8 @@ impl ImageStore {
                     size,
                     config: c.config.clone(),
                     imported: imported.clone(),
+                    platform_manifest: (c.manifest_digest != c.record_digest)
+                        .then(|| c.manifest_digest.clone()),
                 };
                 index.insert(n.clone(), rec.clone());
                 records.push(rec);
@@ -798,6 +818,132 @@ impl ImageStore {
         Ok(out)
     }
 
+    /// Removes blobs, unpacked layers and partial downloads no image refers to, when they are
+    /// older than `min_age` (younger ones may belong to a pull in progress). Layers mounted by
+    /// a container stay. Returns how many entries went.
+    pub fn prune_unreferenced(
+        &self,
+        mountinfo: &Path,
+        min_age: std::time::Duration,
+    ) -> Result<usize, ImageError> {
+        let _lock = self.lock()?;
+        let index = self.read_index()?;
+        let mut blobs = std::collections::BTreeSet::new();
+        let mut layers = std::collections::BTreeSet::new();
+        for r in index.values() {
+            blobs.extend(
+                r.blobs()
+                    .map(|b| b.trim_start_matches("sha256:").to_string()),
+            );
+            layers.extend(
+                r.diff_ids
+                    .iter()
+                    .map(|d| d.trim_start_matches("sha256:").to_string()),
+            );
+        }
+        let mounts = fs::read_to_string(mountinfo).unwrap_or_default();
+        let old = |p: &Path| {
+            fs::symlink_metadata(p)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|a| a >= min_age)
+        };
+        let mut n = 0;
+        let entries = |d: PathBuf| -> Vec<(String, PathBuf)> {
+            fs::read_dir(d)
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        for (name, p) in entries(self.root.join("blobs/sha256")) {
+            if !blobs.contains(&name) && old(&p) && fs::remove_file(&p).is_ok() {
+                n += 1;
+            }
+        }
+        for (name, p) in entries(self.root.join("layers")) {
+            let key = name.trim_start_matches("sha256:").to_string();
+            let mounted = mounts.lines().any(|m| m.contains(&*p.to_string_lossy()));
+            if !layers.contains(&key) && !mounted && old(&p) && make_writable_and_remove(&p).is_ok()
+            {
+                n += 1;
+            }
+        }
+        for (_, p) in entries(self.root.join("downloads")) {
+            if old(&p) && fs::remove_file(&p).is_ok() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Writes `reference` as an OCI archive (an image layout in a tar) that `import` reads back.
+    pub fn export(&self, reference: &str, out: &mut impl Write) -> Result<(), ImageError> {
+        let rec = self.resolve(reference)?;
+        let manifest = rec.manifest();
+        let manifest_bytes =
+            fs::read(self.blob_path(manifest)?).map_err(io_at(&self.blob_path(manifest)?))?;
+        let tag = rec
+            .name
+            .rsplit_once(':')
+            .map(|(_, t)| t)
+            .unwrap_or("latest");
+        let media_type = serde_json::from_slice::<serde_json::Value>(&manifest_bytes)
+            .ok()
+            .and_then(|v| v["mediaType"].as_str().map(str::to_string))
+            .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".into());
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{
+                "mediaType": media_type,
+                "digest": manifest,
+                "size": manifest_bytes.len(),
+                "annotations": {
+                    "io.containerd.image.name": rec.name,
+                    "org.opencontainers.image.ref.name": tag,
+                },
+            }],
+        });
+        let mut tar = tar::Builder::new(out);
+        let mut add = |path: &str, data: &[u8]| -> io::Result<()> {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_mtime(0);
+            h.set_cksum();
+            tar.append_data(&mut h, path, data)
+        };
+        let w = |e: io::Error| format_err("export", e.to_string());
+        add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(w)?;
+        add(
+            "index.json",
+            &serde_json::to_vec(&index).unwrap_or_default(),
+        )
+        .map_err(w)?;
+        drop(add);
+        for d in rec
+            .layer_digests
+            .iter()
+            .chain([&rec.id, &manifest.to_string()])
+        {
+            let p = self.blob_path(d)?;
+            let f = File::open(&p).map_err(io_at(&p))?;
+            let mut h = tar::Header::new_ustar();
+            h.set_size(f.metadata().map_err(io_at(&p))?.len());
+            h.set_mode(0o644);
+            h.set_mtime(0);
+            h.set_cksum();
+            // Streamed: layers can be large.
+            tar.append_data(&mut h, format!("blobs/sha256/{}", digest_hex(d)?), f)
+                .map_err(w)?;
+        }
+        tar.into_inner().map_err(w)?.flush().map_err(w)?;
+        Ok(())
+    }
+
     /// Removes a name, then the blobs and layers that no remaining image uses. A layer mounted
     /// by a container (listed in `mountinfo`) is never deleted: the removal is refused instead.
     pub fn remove(&self, reference: &str, mountinfo: &Path) -> Result<ImageRecord, ImageError> {
@@ -813,14 +959,8 @@ impl ImageStore {
             }
         }
         let mut doomed_blobs = Vec::new();
-        let blobs = rec
-            .layer_digests
-            .iter()
-            .chain([&rec.id, &rec.manifest_digest]);
-        for b in blobs {
-            let used = remaining
-                .iter()
-                .any(|o| o.layer_digests.contains(b) || &o.id == b || &o.manifest_digest == b);
+        for b in rec.blobs() {
+            let used = remaining.iter().any(|o| o.blobs().any(|x| x == b));
             if !used {
                 doomed_blobs.push(self.blob_path(b)?);
             }
