@@ -923,7 +923,6 @@ impl ImageStore {
             &serde_json::to_vec(&index).unwrap_or_default(),
         )
         .map_err(w)?;
-        drop(add);
         for d in rec
             .layer_digests
             .iter()
