@@ -119,7 +119,7 @@ fn drive(cp: &ControlPlane, v: u32) {
     assert_eq!(dep["spec"]["selector"]["matchLabels"]["app"], "gen");
     assert_eq!(
         dep["spec"]["template"]["spec"]["containers"][0]["image"],
-        "busybox"
+        "busybox:1.36"
     );
     assert_eq!(
         dep["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"],

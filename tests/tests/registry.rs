@@ -580,3 +580,78 @@ fn image_gc_removes_unused_images_and_keeps_used_ones() {
     node.remove_manifest("user.yaml");
     drop(reg);
 }
+
+#[test]
+fn a_pull_killed_midway_resumes_from_what_it_had() {
+    if !privileged() {
+        return;
+    }
+    let node = node_with_registry_config("");
+    let reg = Registry::start(&node, None);
+    // 128 MiB that does not compress, so the download takes a while.
+    let mut big = vec![0u8; 128 << 20];
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for chunk in big.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    let size = big.len() as u64;
+    let (_, layers) = reg.push_busybox("team/big", "1", "", Some(tar_with_file("/big", &big)));
+    drop(big);
+    let big_blob = layers[1].clone();
+    let partial = node.path(&format!(
+        "root/images/downloads/{}.partial",
+        big_blob.trim_start_matches("sha256:")
+    ));
+    let image = format!("{ADDR}/team/big:1");
+    let mut pull = node
+        .command(&["image", "pull", &image])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let had = node.wait_for("part of the blob on disk", Duration::from_secs(60), || {
+        let n = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        (n > 1 << 20).then_some(n)
+    });
+    // SIGKILL: no chance to clean up, as when the agent dies.
+    let _ = pull.kill();
+    let _ = pull.wait();
+    assert!(
+        had < size,
+        "the download finished before it could be interrupted"
+    );
+    assert!(partial.exists());
+    assert!(!node.podlet(&["image", "ls"]).stdout.contains("team/big"));
+
+    let out = node.podlet(&["image", "pull", &image]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!partial.exists());
+    // The second request asked for the rest only.
+    let log = std::fs::read_to_string(reg.dir.path().join("registry.log")).unwrap();
+    let written: Vec<u64> = log
+        .lines()
+        .filter(|l| {
+            l.contains("msg=\"response completed\"")
+                && l.contains("http.request.method=GET")
+                && l.contains(&format!("/blobs/{big_blob}\""))
+        })
+        .filter_map(|l| {
+            l.split("http.response.written=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    let last = *written.last().expect("a completed GET of the blob");
+    assert!(
+        last < size,
+        "the resumed download fetched everything again: {written:?}"
+    );
+    let run = node.podlet(&["image", "inspect", &image]);
+    assert_eq!(run.code, 0);
+}

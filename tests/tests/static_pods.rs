@@ -451,7 +451,7 @@ fn missing_image_waits_with_a_reason() {
     let Some(node) = TestNode::with_agent() else {
         return;
     };
-    node.write_manifest("nope.yaml", "apiVersion: v1\nkind: Pod\nmetadata:\n  name: nope\nspec:\n  containers:\n  - name: c\n    image: example.org/none:1\n");
+    node.write_manifest("nope.yaml", "apiVersion: v1\nkind: Pod\nmetadata:\n  name: nope\nspec:\n  containers:\n  - name: c\n    image: 127.0.0.1:5999/none:1\n");
     let p = node.wait_for("waiting reason", Duration::from_secs(10), || {
         node.pod("nope").filter(|p| {
             p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "ErrImagePull"
@@ -462,7 +462,7 @@ fn missing_image_waits_with_a_reason() {
         p["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
             .as_str()
             .unwrap()
-            .contains("podlet image import")
+            .contains("Failed to pull image \"127.0.0.1:5999/none:1\"")
     );
 }
 

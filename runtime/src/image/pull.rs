@@ -416,19 +416,21 @@ impl Puller {
             .await
             .map(|m| m.len())
             .unwrap_or(0);
-        if d.size >= 0 && have > d.size as u64 {
+        if d.size >= 0 && have >= d.size as u64 {
+            // Complete but not yet checked when the last pull stopped: check it now.
+            if let Ok(done) = self.verify(src, d, &partial, dest).await {
+                return Ok((done, 0));
+            }
             have = 0;
         }
-        let resp = if have > 0 && (have as i64) < d.size {
-            self.client
-                .pull_blob_stream_partial(src, d, have, None)
-                .await
-        } else {
-            self.client.pull_blob_stream_partial(src, d, 0, None).await
-        }
-        .map_err(|e| self.registry_err(src, e))?;
+        let resp = self
+            .client
+            .pull_blob_stream_partial(src, d, have, None)
+            .await
+            .map_err(|e| self.registry_err(src, e))?;
         let (mut stream, append) = match resp {
             BlobResponse::Partial(s) if have > 0 => (s.stream, true),
+            // A registry that ignores ranges sends it all again.
             BlobResponse::Partial(s) | BlobResponse::Full(s) => (s.stream, false),
         };
         let mut f = tokio::fs::OpenOptions::new()
@@ -480,12 +482,24 @@ impl Puller {
         }
         f.sync_all().await.map_err(io_at(&partial))?;
         drop(f);
-        let p = partial.clone();
+        Ok((self.verify(src, d, &partial, dest).await?, fetched))
+    }
+
+    /// Checks a downloaded blob against its digest and size; renames it into the store when it
+    /// matches, removes it otherwise.
+    async fn verify(
+        &self,
+        src: &Reference,
+        d: &OciDescriptor,
+        partial: &std::path::Path,
+        dest: &std::path::Path,
+    ) -> Result<PathBuf, ImageError> {
+        let p = partial.to_path_buf();
         let (actual, size) = tokio::task::spawn_blocking(move || super::sha256_file(&p))
             .await
             .map_err(|e| format_err(&d.digest, e.to_string()))??;
         if actual != d.digest || (d.size >= 0 && size != d.size as u64) {
-            let _ = tokio::fs::remove_file(&partial).await;
+            let _ = tokio::fs::remove_file(partial).await;
             return Err(ImageError::Digest {
                 what: format!(
                     "blob of {} ({size} bytes, {} expected)",
@@ -496,10 +510,10 @@ impl Puller {
                 actual,
             });
         }
-        tokio::fs::rename(&partial, dest)
+        tokio::fs::rename(partial, dest)
             .await
             .map_err(io_at(dest))?;
-        Ok((dest.to_path_buf(), fetched))
+        Ok(dest.to_path_buf())
     }
 }
 
