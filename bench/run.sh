@@ -11,3 +11,4 @@ python3 bench/bench.py --podlet target/release/podlet --runs "${1:-40}" --pods "
 python3 bench/cni.py --ours target/release --runs "${1:-40}"
 python3 bench/apiserver.py --podlet target/release/podlet
 python3 bench/cluster.py --podlet target/release/podlet
+python3 bench/pull.py --podlet target/release/podlet

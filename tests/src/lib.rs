@@ -235,10 +235,16 @@ impl TestNode {
     /// An all-in-one cluster node (control plane in-process) with an address of its own,
     /// 10.98.0.2 on eth0, as a real machine has one (the apiserver reaches the node API there).
     pub fn all_in_one() -> Option<TestNode> {
+        Self::all_in_one_with_config("")
+    }
+
+    /// `all_in_one` with this node configuration file (YAML).
+    pub fn all_in_one_with_config(config: &str) -> Option<TestNode> {
         if !privileged() {
             return None;
         }
         let mut node = TestNode::with_busybox();
+        std::fs::write(node.path("config.yaml"), config).unwrap();
         // A veth pair with both ends in the node: this kernel has no dummy links.
         let pid = node.holder_pid();
         sh_ip(

@@ -655,3 +655,97 @@ fn a_pull_killed_midway_resumes_from_what_it_had() {
     let run = node.podlet(&["image", "inspect", &image]);
     assert_eq!(run.code, 0);
 }
+
+#[test]
+fn cluster_pods_pull_with_image_pull_secrets_and_report_events() {
+    let Some(node) =
+        TestNode::all_in_one_with_config(&format!("registries:\n  insecure: [\"{ADDR}\"]\n"))
+    else {
+        return;
+    };
+    let reg = Registry::start(&node, Some(("e2e", "s3cret")));
+    reg.push_busybox(
+        "team/private",
+        "1",
+        "zstd",
+        Some(tar_with_file("/private", b"private\n")),
+    );
+    node.wait_for(
+        "the default service account",
+        Duration::from_secs(30),
+        || (node.kubectl(33, &["get", "sa", "default"]).code == 0).then_some(()),
+    );
+    let out = node.kubectl(
+        33,
+        &[
+            "create",
+            "secret",
+            "docker-registry",
+            "regcred",
+            &format!("--docker-server={ADDR}"),
+            "--docker-username=e2e",
+            "--docker-password=s3cret",
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let pod = |name: &str, secret: bool| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 1\n{}  containers:\n  - name: c\n    image: {ADDR}/team/private:1\n    imagePullPolicy: Always\n    command: [sh, -c, 'cat /private; exec sleep 1000']\n",
+            if secret { "  imagePullSecrets: [{name: regcred}]\n" } else { "" }
+        )
+    };
+    for (name, secret) in [("with", true), ("without", false)] {
+        let out = node.kubectl_stdin(33, &["apply", "-f", "-"], Some(&pod(name, secret)));
+        assert_eq!(out.code, 0, "{}", out.stderr);
+    }
+    let p = node.wait_pod("with", "with Running", |p| {
+        p["status"]["phase"] == "Running"
+    });
+    assert_eq!(
+        p["status"]["containerStatuses"][0]["image"],
+        format!("{ADDR}/team/private:1")
+    );
+    let out = node.kubectl(33, &["logs", "with"]);
+    assert_eq!(out.stdout, "private\n");
+    // Without credentials the registry refuses: ErrImagePull, then ImagePullBackOff.
+    node.wait_pod("without", "ImagePullBackOff", |p| {
+        p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "ImagePullBackOff"
+    });
+    let events = node.get_json(&["events"]).unwrap();
+    let of = |pod: &str| -> Vec<(String, String)> {
+        events["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["involvedObject"]["name"] == pod)
+            .map(|e| {
+                (
+                    e["reason"].as_str().unwrap_or_default().to_string(),
+                    e["message"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    };
+    let with = of("with");
+    assert!(
+        with.iter()
+            .any(|(r, m)| r == "Pulling" && m.contains("Pulling image")),
+        "{with:?}"
+    );
+    assert!(
+        with.iter().any(|(r, m)| r == "Pulled"
+            && m.contains("Successfully pulled image")
+            && m.contains("Image size:")),
+        "{with:?}"
+    );
+    let without = of("without");
+    assert!(
+        without
+            .iter()
+            .any(|(r, m)| r == "Failed" && m.contains("Failed to pull image")),
+        "{without:?}"
+    );
+    assert!(without.iter().any(|(r, _)| r == "BackOff"), "{without:?}");
+    let out = node.kubectl(33, &["delete", "pod", "with", "without"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}

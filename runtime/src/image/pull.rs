@@ -134,7 +134,9 @@ pub struct Pulled {
 
 pub struct Puller {
     store: ImageStore,
-    client: oci_client::Client,
+    /// One client per set of credentials: a client remembers the first credentials it used for
+    /// a registry (and the tokens they got), which must never serve another pod's pull.
+    clients: Mutex<HashMap<String, oci_client::Client>>,
     cfg: RegistryConfig,
     /// One download per blob at a time, whoever asks.
     inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -144,17 +146,9 @@ pub struct Puller {
 
 impl Puller {
     pub fn new(store: ImageStore, cfg: RegistryConfig) -> Self {
-        let client = oci_client::Client::new(ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(cfg.insecure.clone()),
-            connect_timeout: Some(Duration::from_secs(15)),
-            read_timeout: Some(Duration::from_secs(60)),
-            max_concurrent_download: 4,
-            user_agent: concat!("podlet/", env!("CARGO_PKG_VERSION")),
-            ..Default::default()
-        });
         Self {
             store,
-            client,
+            clients: Mutex::new(HashMap::new()),
             cfg,
             inflight: Mutex::new(HashMap::new()),
             slots: Arc::new(tokio::sync::Semaphore::new(6)),
@@ -163,6 +157,29 @@ impl Puller {
 
     pub fn store(&self) -> &ImageStore {
         &self.store
+    }
+
+    fn client(&self, auth: &RegistryAuth) -> oci_client::Client {
+        let key = match auth {
+            RegistryAuth::Anonymous => String::new(),
+            RegistryAuth::Basic(u, p) => format!("basic:{u}:{}", sha256(p.as_bytes())),
+            RegistryAuth::Bearer(t) => format!("bearer:{}", sha256(t.as_bytes())),
+        };
+        self.clients
+            .lock()
+            .expect("clients lock")
+            .entry(key)
+            .or_insert_with(|| {
+                oci_client::Client::new(ClientConfig {
+                    protocol: ClientProtocol::HttpsExcept(self.cfg.insecure.clone()),
+                    connect_timeout: Some(Duration::from_secs(15)),
+                    read_timeout: Some(Duration::from_secs(60)),
+                    max_concurrent_download: 4,
+                    user_agent: concat!("podlet/", env!("CARGO_PKG_VERSION")),
+                    ..Default::default()
+                })
+            })
+            .clone()
     }
 
     /// Where to fetch `image` from: its mirrors in order, then its own registry.
@@ -246,13 +263,13 @@ impl Puller {
         src: &Reference,
         auth: &RegistryAuth,
     ) -> Result<(ImageRecord, u64), ImageError> {
-        self.client
+        let client = &self.client(auth);
+        client
             .auth(src, auth, oci_client::RegistryOperation::Pull)
             .await
             .map_err(|e| self.registry_err(src, e))?;
         let accept = [OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST];
-        let (top, _) = self
-            .client
+        let (top, _) = client
             .pull_manifest_raw(src, auth, &accept)
             .await
             .map_err(|e| self.registry_err(src, e))?;
@@ -278,8 +295,7 @@ impl Puller {
             })?;
             let by_digest =
                 Reference::with_digest(src.registry().into(), src.repository().into(), d.clone());
-            let (m, _) = self
-                .client
+            let (m, _) = client
                 .pull_manifest_raw(&by_digest, auth, &[OCI_MANIFEST, DOCKER_MANIFEST])
                 .await
                 .map_err(|e| self.registry_err(src, e))?;
@@ -307,7 +323,9 @@ impl Puller {
             ));
         }
         // The config first: it names the layers' diff IDs.
-        let config_path = self.fetch_blob(src, &descriptor(&parsed.config)).await?;
+        let config_path = self
+            .fetch_blob(client, src, &descriptor(&parsed.config))
+            .await?;
         let config_bytes = std::fs::read(&config_path.0).map_err(io_at(&config_path.0))?;
         let config: ConfigFile = serde_json::from_slice(&config_bytes)
             .map_err(|e| format_err(&parsed.config.digest, format!("image config: {e}")))?;
@@ -336,7 +354,7 @@ impl Puller {
                         return Ok((self.store.blob_path(&d.digest)?, 0));
                     }
                     let _slot = self.slots.clone().acquire_owned().await;
-                    self.fetch_blob(src, &d).await
+                    self.fetch_blob(client, src, &d).await
                 }
             });
         let layers: Vec<(PathBuf, u64)> = futures_util::future::try_join_all(fetches).await?;
@@ -375,6 +393,7 @@ impl Puller {
     /// the bytes fetched.
     async fn fetch_blob(
         &self,
+        client: &oci_client::Client,
         src: &Reference,
         d: &OciDescriptor,
     ) -> Result<(PathBuf, u64), ImageError> {
@@ -390,7 +409,7 @@ impl Puller {
             .or_default()
             .clone();
         let _held = lock.lock().await;
-        let result = self.download(src, d, &dest).await;
+        let result = self.download(client, src, d, &dest).await;
         self.inflight
             .lock()
             .expect("inflight lock")
@@ -400,6 +419,7 @@ impl Puller {
 
     async fn download(
         &self,
+        client: &oci_client::Client,
         src: &Reference,
         d: &OciDescriptor,
         dest: &std::path::Path,
@@ -423,8 +443,7 @@ impl Puller {
             }
             have = 0;
         }
-        let resp = self
-            .client
+        let resp = client
             .pull_blob_stream_partial(src, d, have, None)
             .await
             .map_err(|e| self.registry_err(src, e))?;
