@@ -319,7 +319,7 @@ fn pulls_by_tag_digest_index_and_zstd_and_rejects_a_corrupt_blob() {
     if !privileged() {
         return;
     }
-    let node = node_with_registry_config("");
+    let node = node_with_registry_config(&format!("  mirrors:\n    docker.io: [\"{ADDR}\"]\n"));
     let reg = Registry::start(&node, None);
 
     // By tag: a plain layer the image's own digest identifies.
@@ -331,6 +331,15 @@ fn pulls_by_tag_digest_index_and_zstd_and_rejects_a_corrupt_blob() {
     assert!(ls.contains(&format!("{ADDR}/library/tools:1")), "{ls}");
     // The same layer as the imported busybox: unpacked once, shared.
     assert_eq!(images_left(&node).1, 1);
+
+    // A short name is docker.io/library/…, fetched from docker.io's mirror.
+    let out = node.podlet(&["image", "pull", "tools:1"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.starts_with("docker.io/library/tools:1 "),
+        "{}",
+        out.stdout
+    );
 
     // By digest.
     let out = node.podlet(&["image", "pull", &format!("{ADDR}/library/tools@{digest}")]);
