@@ -190,6 +190,8 @@ struct Hashing<R> {
     inner: R,
     hasher: Sha256,
     count: u64,
+    /// Off for content already verified: only counted.
+    enabled: bool,
 }
 
 impl<R: Read> Hashing<R> {
@@ -198,6 +200,7 @@ impl<R: Read> Hashing<R> {
             inner,
             hasher: Sha256::new(),
             count: 0,
+            enabled: true,
         }
     }
     fn finish(mut self) -> io::Result<(String, u64)> {
@@ -213,7 +216,9 @@ impl<R: Read> Hashing<R> {
 impl<R: Read> Read for Hashing<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
+        if self.enabled {
+            self.hasher.update(&buf[..n]);
+        }
         self.count += n as u64;
         Ok(n)
     }
@@ -275,6 +280,8 @@ struct Candidate {
     record_digest: String,
     /// Other blobs to keep with it (the index it came from).
     extra_blobs: Vec<Vec<u8>>,
+    /// The layer blobs are the store's own, verified on download: not hashed again.
+    blobs_verified: bool,
     config_path: PathBuf,
     config_digest: String,
     /// (blob path, blob digest if known, diff id)
@@ -500,11 +507,19 @@ impl ImageStore {
         let mut records = Vec::new();
         let imported = jiff::Timestamp::now().to_string();
         for c in candidates {
+            self.unpack_parallel(&c, work, created)?;
             let mut layer_digests = Vec::new();
             let mut size = 0u64;
             for (i, (path, digest, diff_id)) in c.layers.iter().enumerate() {
-                let (blob_digest, blob_size) =
-                    self.add_layer(i, path, digest.as_deref(), diff_id, work, created)?;
+                let (blob_digest, blob_size) = self.add_layer(
+                    i,
+                    path,
+                    digest.as_deref(),
+                    diff_id,
+                    work,
+                    c.blobs_verified,
+                    created,
+                )?;
                 layer_digests.push(blob_digest);
                 size += blob_size;
             }
@@ -554,8 +569,81 @@ impl ImageStore {
         Ok(())
     }
 
+    /// Unpacks the candidate's missing layers side by side (one thread per layer, as many as
+    /// there are CPUs), before `commit` walks them in order.
+    fn unpack_parallel(
+        &self,
+        c: &Candidate,
+        work: &Path,
+        created: &mut Vec<PathBuf>,
+    ) -> Result<(), ImageError> {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut todo = Vec::new();
+        for (i, (path, digest, diff)) in c.layers.iter().enumerate() {
+            if seen.insert(diff.clone()) && !self.layer_path(diff)?.exists() {
+                todo.push((i, path, digest, diff));
+            }
+        }
+        if todo.len() < 2 {
+            return Ok(());
+        }
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(todo.len());
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let results: Vec<(Vec<PathBuf>, Option<ImageError>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut made = Vec::new();
+                        loop {
+                            let k = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            let Some((i, path, digest, diff)) = todo.get(k) else {
+                                return (made, None);
+                            };
+                            let r = self.add_layer(
+                                *i,
+                                path,
+                                digest.as_deref(),
+                                diff,
+                                work,
+                                c.blobs_verified,
+                                &mut made,
+                            );
+                            if let Err(e) = r {
+                                // What this thread made goes back to the caller for rollback.
+                                return (made, Some(e));
+                            }
+                        }
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        (Vec::new(), Some(format_err("unpack", "a thread panicked")))
+                    })
+                })
+                .collect()
+        });
+        let mut first_err = None;
+        for (made, err) in results {
+            created.extend(made);
+            if let Some(e) = err {
+                first_err.get_or_insert(e);
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// Verifies a layer blob, unpacks it unless its diff ID is already present, and stores the
     /// blob. Returns the blob's digest and size.
+    #[allow(clippy::too_many_arguments)]
     fn add_layer(
         &self,
         index: usize,
@@ -563,6 +651,7 @@ impl ImageStore {
         expected: Option<&str>,
         diff_id: &str,
         work: &Path,
+        verified: bool,
         created: &mut Vec<PathBuf>,
     ) -> Result<(String, u64), ImageError> {
         let target = self.layer_path(diff_id)?;
@@ -571,46 +660,58 @@ impl ImageStore {
             digest: diff_id.to_string(),
             source,
         };
-        let (blob_digest, blob_size) = if target.exists() {
-            sha256_file(blob)?
-        } else {
-            let tmp = work.join(format!("layer-{index}"));
-            fs::create_dir(&tmp).map_err(io_at(&tmp))?;
-            let f = File::open(blob).map_err(io_at(blob))?;
-            let mut outer = Hashing::new(BufReader::with_capacity(256 * 1024, f));
-            let mut magic = [0u8; 4];
-            let n = read_up_to(&mut outer, &mut magic).map_err(io_at(blob))?;
-            let chained = io::Cursor::new(magic[..n].to_vec()).chain(&mut outer);
-            let inner: Box<dyn Read + '_> = if n >= 2 && magic[..2] == [0x1f, 0x8b] {
-                Box::new(flate2::read::MultiGzDecoder::new(chained))
-            } else if n == 4 && magic == [0x28, 0xb5, 0x2f, 0xfd] {
-                Box::new(zstd::stream::read::Decoder::new(chained).map_err(io_at(blob))?)
-            } else {
-                Box::new(chained)
-            };
-            let mut diff = Hashing::new(inner);
-            layer::unpack(&mut diff, &tmp, nix::unistd::geteuid().is_root()).map_err(layer_err)?;
-            let (actual_diff, _) = diff.finish().map_err(io_at(blob))?;
-            let (d, s) = outer.finish().map_err(io_at(blob))?;
-            if actual_diff != diff_id {
-                return Err(ImageError::Digest {
-                    what: format!("layer {index} (uncompressed)"),
-                    expected: diff_id.to_string(),
-                    actual: actual_diff,
-                });
-            }
-            if let Some(e) = expected {
-                if e != d {
+        let (blob_digest, blob_size) = match (target.exists(), verified, expected) {
+            (true, true, Some(e)) => (
+                e.to_string(),
+                fs::metadata(blob).map_err(io_at(blob))?.len(),
+            ),
+            (true, _, _) => sha256_file(blob)?,
+            _ => {
+                let tmp = work.join(format!("layer-{index}"));
+                fs::create_dir(&tmp).map_err(io_at(&tmp))?;
+                let f = File::open(blob).map_err(io_at(blob))?;
+                let mut outer = Hashing::new(BufReader::with_capacity(256 * 1024, f));
+                outer.enabled = !verified;
+                let mut magic = [0u8; 4];
+                let n = read_up_to(&mut outer, &mut magic).map_err(io_at(blob))?;
+                let chained = io::Cursor::new(magic[..n].to_vec()).chain(&mut outer);
+                let inner: Box<dyn Read + '_> = if n >= 2 && magic[..2] == [0x1f, 0x8b] {
+                    Box::new(flate2::read::MultiGzDecoder::new(chained))
+                } else if n == 4 && magic == [0x28, 0xb5, 0x2f, 0xfd] {
+                    Box::new(zstd::stream::read::Decoder::new(chained).map_err(io_at(blob))?)
+                } else {
+                    Box::new(chained)
+                };
+                let mut diff = Hashing::new(inner);
+                layer::unpack(&mut diff, &tmp, nix::unistd::geteuid().is_root())
+                    .map_err(layer_err)?;
+                let (actual_diff, _) = diff.finish().map_err(io_at(blob))?;
+                let (d, s) = outer.finish().map_err(io_at(blob))?;
+                // A verified blob was not hashed again: its digest is the expected one.
+                let d = match (verified, expected) {
+                    (true, Some(e)) => e.to_string(),
+                    _ => d,
+                };
+                if actual_diff != diff_id {
                     return Err(ImageError::Digest {
-                        what: format!("layer {index}"),
-                        expected: e.to_string(),
-                        actual: d,
+                        what: format!("layer {index} (uncompressed)"),
+                        expected: diff_id.to_string(),
+                        actual: actual_diff,
                     });
                 }
+                if let Some(e) = expected {
+                    if e != d {
+                        return Err(ImageError::Digest {
+                            what: format!("layer {index}"),
+                            expected: e.to_string(),
+                            actual: d,
+                        });
+                    }
+                }
+                fs::rename(&tmp, &target).map_err(io_at(&target))?;
+                created.push(target);
+                (d, s)
             }
-            fs::rename(&tmp, &target).map_err(io_at(&target))?;
-            created.push(target);
-            (d, s)
         };
         if let Some(e) = expected {
             if e != blob_digest {
@@ -724,6 +825,7 @@ impl ImageStore {
                 manifest,
                 record_digest: manifest_desc.digest.clone(),
                 extra_blobs: Vec::new(),
+                blobs_verified: false,
                 manifest_digest: manifest_desc.digest,
                 config_path,
                 config_digest: m.config.digest,
@@ -808,6 +910,7 @@ impl ImageStore {
                 manifest,
                 record_digest: manifest_digest.clone(),
                 extra_blobs: Vec::new(),
+                blobs_verified: false,
                 manifest_digest,
                 config_path,
                 config_digest,

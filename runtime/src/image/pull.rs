@@ -365,6 +365,7 @@ impl Puller {
             manifest_digest: manifest_digest.clone(),
             record_digest: top_digest,
             extra_blobs: index.into_iter().collect(),
+            blobs_verified: true,
             config_path: config_path.0,
             config_digest: parsed.config.digest.clone(),
             layers: layers
@@ -462,6 +463,23 @@ impl Puller {
             .map_err(io_at(&partial))?;
         let mut fetched = 0u64;
         let mut len = if append { have } else { 0 };
+        // Hashed as it arrives (what a resumed download had, first): no second read.
+        let mut hasher = Sha256::new();
+        if append {
+            use tokio::io::AsyncReadExt;
+            let mut r = tokio::fs::File::open(&partial)
+                .await
+                .map_err(io_at(&partial))?
+                .take(have);
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let n = r.read(&mut buf).await.map_err(io_at(&partial))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+            }
+        }
         while let Some(chunk) = stream.next().await {
             let chunk = match chunk {
                 Ok(c) => c,
@@ -496,12 +514,25 @@ impl Puller {
                     ),
                 ));
             }
+            hasher.update(&chunk);
             f.write_all(&chunk).await.map_err(io_at(&partial))?;
             fetched += chunk.len() as u64;
         }
         f.sync_all().await.map_err(io_at(&partial))?;
         drop(f);
-        Ok((self.verify(src, d, &partial, dest).await?, fetched))
+        let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+        if actual != d.digest || (d.size >= 0 && len != d.size as u64) {
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(ImageError::Digest {
+                what: format!("blob of {} ({len} bytes, {} expected)", src.whole(), d.size),
+                expected: d.digest.clone(),
+                actual,
+            });
+        }
+        tokio::fs::rename(&partial, dest)
+            .await
+            .map_err(io_at(dest))?;
+        Ok((dest.to_path_buf(), fetched))
     }
 
     /// Checks a downloaded blob against its digest and size; renames it into the store when it

@@ -151,3 +151,22 @@ impl Worker {
         creds.and(&self.node.node_credentials())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::default_policy;
+
+    #[test]
+    fn latest_and_untagged_images_default_to_always() {
+        let n = |r: &str| podlet_runtime::image::reference::normalize(r).unwrap();
+        assert_eq!(default_policy(&n("busybox")), "Always");
+        assert_eq!(default_policy(&n("busybox:latest")), "Always");
+        assert_eq!(default_policy(&n("busybox:1.36")), "IfNotPresent");
+        let d = format!("busybox@sha256:{}", "a".repeat(64));
+        assert_eq!(default_policy(&n(&d)), "IfNotPresent");
+        assert_eq!(
+            default_policy(&n(&format!("busybox:latest@{}", &d[8..]))),
+            "IfNotPresent"
+        );
+    }
+}
