@@ -164,14 +164,17 @@ impl Registry {
         let mut digests = Vec::new();
         for l in layers {
             let (blob, mt) = match compression {
-                "gzip" => {
+                // Docker schema 2: gzip layers under Docker's media types.
+                "gzip" | "docker" => {
                     let mut enc =
                         flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
                     std::io::Write::write_all(&mut enc, &l).unwrap();
-                    (
-                        enc.finish().unwrap(),
-                        "application/vnd.oci.image.layer.v1.tar+gzip",
-                    )
+                    let mt = if compression == "docker" {
+                        "application/vnd.docker.image.rootfs.diff.tar.gzip"
+                    } else {
+                        "application/vnd.oci.image.layer.v1.tar+gzip"
+                    };
+                    (enc.finish().unwrap(), mt)
                 }
                 "zstd" => (
                     zstd::encode_all(&l[..], 3).unwrap(),
@@ -189,17 +192,28 @@ impl Registry {
         let config = serde_json::to_vec(&config).unwrap();
         let config_size = config.len();
         let config_digest = self.push_blob(repo, config);
+        let (manifest_type, config_type) = if compression == "docker" {
+            (
+                "application/vnd.docker.distribution.manifest.v2+json",
+                "application/vnd.docker.container.image.v1+json",
+            )
+        } else {
+            (
+                "application/vnd.oci.image.manifest.v1+json",
+                "application/vnd.oci.image.config.v1+json",
+            )
+        };
         let manifest = json!({
             "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
+            "mediaType": manifest_type,
+            "config": {"mediaType": config_type, "digest": config_digest, "size": config_size},
             "layers": descs,
         });
         let digest = self.push_manifest(
             repo,
             tag,
             serde_json::to_vec(&manifest).unwrap(),
-            "application/vnd.oci.image.manifest.v1+json",
+            manifest_type,
         );
         (digest, digests)
     }
@@ -349,8 +363,8 @@ fn pulls_by_tag_digest_index_and_zstd_and_rejects_a_corrupt_blob() {
     let out = node.podlet(&["image", "pull", &format!("{ADDR}/library/tools@{other}")]);
     assert_ne!(out.code, 0);
 
-    // gzip and zstd layers, a second layer on top.
-    for comp in ["gzip", "zstd"] {
+    // gzip and zstd layers, and a Docker schema-2 manifest, each with a second layer on top.
+    for comp in ["gzip", "zstd", "docker"] {
         let extra = tar_with_file(&format!("/{comp}.txt"), comp.as_bytes());
         let (d, layers) = reg.push_busybox("library/tools", comp, comp, Some(extra));
         let out = node.podlet(&["image", "pull", &format!("{ADDR}/library/tools:{comp}")]);
