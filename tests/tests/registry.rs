@@ -21,6 +21,8 @@ fn sha256(b: &[u8]) -> String {
 /// A docker-registry in the node's network namespace; killed and removed on drop.
 struct Registry {
     child: Child,
+    /// The token server, for bearer authentication.
+    tokens: Option<Child>,
     dir: tempfile::TempDir,
     netns: u32,
     auth: RegistryAuth,
@@ -28,6 +30,11 @@ struct Registry {
 
 impl Registry {
     fn start(node: &TestNode, user: Option<(&str, &str)>) -> Registry {
+        Self::start_with(node, user, false)
+    }
+
+    /// With bearer authentication: a token server on 127.0.0.1:5001 gives `user` its tokens.
+    fn start_with(node: &TestNode, user: Option<(&str, &str)>, bearer: bool) -> Registry {
         let dir = tempfile::Builder::new()
             .prefix("podlet-registry-")
             .tempdir()
@@ -36,7 +43,42 @@ impl Registry {
             "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}/data\n  delete:\n    enabled: true\nhttp:\n  addr: {ADDR}\n",
             dir.path().display()
         );
+        let mut tokens = None;
         let auth = match user {
+            Some((u, p)) if bearer => {
+                let cert = dir.path().join("token.pem");
+                let mut child = Command::new("nsenter")
+                    .args([
+                        "-t",
+                        &node.holder_pid().to_string(),
+                        "-n",
+                        "--",
+                        "/usr/bin/python3",
+                    ])
+                    .arg(concat!(
+                        env!("CARGO_MANIFEST_DIR"),
+                        "/python/token_server.py"
+                    ))
+                    .arg("5001")
+                    .arg(&cert)
+                    .args([u, p])
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                let mut line = String::new();
+                std::io::BufRead::read_line(
+                    &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+                    &mut line,
+                )
+                .unwrap();
+                tokens = Some(child);
+                assert_eq!(line, "serving\n", "the token server did not start");
+                cfg.push_str(&format!(
+                    "auth:\n  token:\n    realm: http://127.0.0.1:5001/token\n    service: podlet-e2e-registry\n    issuer: podlet-e2e\n    rootcertbundle: {}\n",
+                    cert.display()
+                ));
+                RegistryAuth::Basic(u.into(), p.into())
+            }
             Some((u, p)) => {
                 let hash = bcrypt::hash(p, 5).unwrap();
                 std::fs::write(dir.path().join("htpasswd"), format!("{u}:{hash}\n")).unwrap();
@@ -61,6 +103,7 @@ impl Registry {
             .expect("docker-registry (hack/deps.sh unpacks it into target/tools)");
         let r = Registry {
             child,
+            tokens,
             dir,
             netns: node.holder_pid(),
             auth,
@@ -244,8 +287,10 @@ impl Registry {
 
 impl Drop for Registry {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for c in std::iter::once(&mut self.child).chain(self.tokens.as_mut()) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
@@ -771,4 +816,37 @@ fn cluster_pods_pull_with_image_pull_secrets_and_report_events() {
     assert!(without.iter().any(|(r, _)| r == "BackOff"), "{without:?}");
     let out = node.kubectl(33, &["delete", "pod", "with", "without"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
+#[test]
+fn bearer_token_auth_gets_a_token_with_the_credentials() {
+    if !privileged() {
+        return;
+    }
+    let node = node_with_registry_config("");
+    let reg = Registry::start_with(&node, Some(("e2e", "t0ken")), true);
+    reg.push_busybox("team/tok", "1", "gzip", None);
+    let image = format!("{ADDR}/team/tok:1");
+    // Anonymous: the token server refuses, and so does the registry.
+    let out = node.podlet(&["image", "pull", &image]);
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    // With credentials (a Docker config given to this pull): a bearer token, then the image.
+    use base64::Engine;
+    let auth = base64::engine::general_purpose::STANDARD.encode("e2e:t0ken");
+    let creds = node.path("creds.json");
+    std::fs::write(&creds, json!({"auths": {ADDR: {"auth": auth}}}).to_string()).unwrap();
+    let out = node.podlet(&["image", "pull", &image, "--creds", creds.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let log = std::fs::read_to_string(reg.dir.path().join("registry.log")).unwrap();
+    assert!(
+        log.lines().any(|l| l.contains("msg=\"authorized request\"")
+            && l.contains("http.request.method=GET")
+            && l.contains("http.request.uri=/v2/team/tok/manifests/1 ")
+            && l.contains("useragent=podlet/")),
+        "no manifest GET of podlet's authorized by a token: {}",
+        log.lines()
+            .filter(|l| l.contains("/manifests/"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }
