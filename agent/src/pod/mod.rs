@@ -30,6 +30,7 @@ pub struct Node {
     pub puller: podlet_runtime::image::pull::Puller,
     /// When images were first seen and last used, for garbage collection.
     pub image_usage: crate::imagegc::Usage,
+    qos_update: std::sync::Mutex<()>,
     /// Image pulls at once (`--serialize-image-pulls`, `--max-parallel-image-pulls`).
     pub pull_slots: Option<Arc<tokio::sync::Semaphore>>,
     /// Pods with their current status, by UID, for the node API.
@@ -168,6 +169,7 @@ impl Node {
                 .image_pulls
                 .map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1)))),
             image_usage: Default::default(),
+            qos_update: Default::default(),
             images,
             pods: RwLock::new(BTreeMap::new()),
             host_ip,
@@ -190,6 +192,9 @@ impl Node {
     /// weight, Burstable weighted by the requests of its pods.
     pub fn update_qos_cgroups(&self) {
         use podlet_runtime::cgroup::{apply, Limits};
+        // One update at a time: two workers racing here could leave the limits of the older
+        // snapshot of admitted pods written last.
+        let _one = self.qos_update.lock().expect("qos update lock");
         let (cpu, mem) = self.allocatable();
         let admitted = self.admitted.lock().expect("admitted lock").clone();
         let sum = |qos: translate::Qos, cpu: bool| -> i64 {
