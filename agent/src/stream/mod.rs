@@ -283,6 +283,18 @@ fn websocket_handshake(req: &Request, ours: &[&'static str]) -> Option<(String, 
     is_ws.then_some((key, *protocol))
 }
 
+/// The server side of an upgraded WebSocket connection.
+async fn server_websocket(
+    up: hyper::upgrade::Upgraded,
+) -> tokio_tungstenite::WebSocketStream<TokioIo<hyper::upgrade::Upgraded>> {
+    tokio_tungstenite::WebSocketStream::from_raw_socket(
+        TokioIo::new(up),
+        tokio_tungstenite::tungstenite::protocol::Role::Server,
+        None,
+    )
+    .await
+}
+
 fn websocket_switching(accept: &str, protocol: &'static str) -> Response {
     let mut r = Response::new(Body::empty());
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -582,12 +594,7 @@ where
 async fn websocket_exec(node: Arc<Node>, up: hyper::upgrade::Upgraded, job: Job, o: ExecOptions) {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
-    let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-        TokioIo::new(up),
-        tokio_tungstenite::tungstenite::protocol::Role::Server,
-        None,
-    )
-    .await;
+    let ws = server_websocket(up).await;
     let (mut sink, mut stream) = ws.split();
     let (stdin_tx, stdin_rx) = tokio::sync::mpsc::unbounded_channel();
     let (resize_tx, resize_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -712,12 +719,7 @@ pub async fn port_forward(
 async fn websocket_tunnel(up: hyper::upgrade::Upgraded) -> tokio::io::DuplexStream {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
-    let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-        TokioIo::new(up),
-        tokio_tungstenite::tungstenite::protocol::Role::Server,
-        None,
-    )
-    .await;
+    let ws = server_websocket(up).await;
     let (mut sink, mut stream) = ws.split();
     let (ours, theirs) = tokio::io::duplex(256 * 1024);
     let (mut r, mut w) = tokio::io::split(theirs);

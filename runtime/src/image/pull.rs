@@ -521,22 +521,11 @@ impl Puller {
         f.sync_all().await.map_err(io_at(&partial))?;
         drop(f);
         let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
-        if actual != d.digest || (d.size >= 0 && len != d.size as u64) {
-            let _ = tokio::fs::remove_file(&partial).await;
-            return Err(ImageError::Digest {
-                what: format!("blob of {} ({len} bytes, {} expected)", src.whole(), d.size),
-                expected: d.digest.clone(),
-                actual,
-            });
-        }
-        tokio::fs::rename(&partial, dest)
-            .await
-            .map_err(io_at(dest))?;
-        Ok((dest.to_path_buf(), fetched))
+        let path = accept(src, d, &partial, dest, actual, len).await?;
+        Ok((path, fetched))
     }
 
-    /// Checks a downloaded blob against its digest and size; renames it into the store when it
-    /// matches, removes it otherwise.
+    /// Hashes a blob already on disk, then [`accept`]s it or removes it.
     async fn verify(
         &self,
         src: &Reference,
@@ -548,23 +537,36 @@ impl Puller {
         let (actual, size) = tokio::task::spawn_blocking(move || super::sha256_file(&p))
             .await
             .map_err(|e| format_err(&d.digest, e.to_string()))??;
-        if actual != d.digest || (d.size >= 0 && size != d.size as u64) {
-            let _ = tokio::fs::remove_file(partial).await;
-            return Err(ImageError::Digest {
-                what: format!(
-                    "blob of {} ({size} bytes, {} expected)",
-                    src.whole(),
-                    d.size
-                ),
-                expected: d.digest.clone(),
-                actual,
-            });
-        }
-        tokio::fs::rename(partial, dest)
-            .await
-            .map_err(io_at(dest))?;
-        Ok(dest.to_path_buf())
+        accept(src, d, partial, dest, actual, size).await
     }
+}
+
+/// Renames a downloaded blob into the store when its digest and size are the descriptor's;
+/// removes it otherwise.
+async fn accept(
+    src: &Reference,
+    d: &OciDescriptor,
+    partial: &std::path::Path,
+    dest: &std::path::Path,
+    actual: String,
+    size: u64,
+) -> Result<PathBuf, ImageError> {
+    if actual != d.digest || (d.size >= 0 && size != d.size as u64) {
+        let _ = tokio::fs::remove_file(partial).await;
+        return Err(ImageError::Digest {
+            what: format!(
+                "blob of {} ({size} bytes, {} expected)",
+                src.whole(),
+                d.size
+            ),
+            expected: d.digest.clone(),
+            actual,
+        });
+    }
+    tokio::fs::rename(partial, dest)
+        .await
+        .map_err(io_at(dest))?;
+    Ok(dest.to_path_buf())
 }
 
 fn sha256(data: &[u8]) -> String {
