@@ -35,6 +35,28 @@ use status::ApiError;
 
 /// Kubernetes' limit on request bodies.
 const MAX_BODY: usize = 3 * 1024 * 1024;
+/// How much of an oversized body is read and dropped before the 413 goes out: closing a
+/// connection with unread data resets it, and the client would lose the answer.
+const MAX_DRAIN: usize = 64 * 1024 * 1024;
+
+/// The request body, or None when it is over MAX_BODY (the rest is drained, within limits).
+async fn read_body(body: axum::body::Body) -> Option<axum::body::Bytes> {
+    use futures_util::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while let Ok(Some(chunk)) = tokio::time::timeout_at(deadline, stream.next()).await {
+        let Ok(chunk) = chunk else { return None };
+        seen += chunk.len();
+        if seen <= MAX_BODY {
+            buf.extend_from_slice(&chunk);
+        } else if seen > MAX_DRAIN {
+            return None;
+        }
+    }
+    (seen <= MAX_BODY).then(|| axum::body::Bytes::from(buf))
+}
 
 pub struct ApiServer {
     pub store: Arc<dyn Store>,
@@ -253,9 +275,9 @@ async fn dispatch(
     }) else {
         return ApiError::new(401, "Unauthorized", "Unauthorized").into_response();
     };
-    let body = match axum::body::to_bytes(body, MAX_BODY).await {
-        Ok(b) => b,
-        Err(_) => return ApiError::too_large().into_response(),
+    let body = match read_body(body).await {
+        Some(b) => b,
+        None => return ApiError::too_large().into_response(),
     };
     let q = query_map(&uri);
     let accept = headers
