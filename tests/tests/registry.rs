@@ -271,8 +271,8 @@ impl Registry {
             .join("data")
     }
 
-    /// Completed GETs of a blob, from the registry's access log.
-    fn blob_gets(&self, digest: &str) -> usize {
+    /// Completed GETs of a blob, from the registry's access log: bytes written by each.
+    fn blob_gets_written(&self, digest: &str) -> Vec<u64> {
         std::fs::read_to_string(self.dir.path().join("registry.log"))
             .unwrap_or_default()
             .lines()
@@ -281,7 +281,18 @@ impl Registry {
                     && l.contains("http.request.method=GET")
                     && l.contains(&format!("/blobs/{digest}\""))
             })
-            .count()
+            .map(|l| {
+                l.split("http.response.written=")
+                    .nth(1)
+                    .and_then(|w| w.split_whitespace().next())
+                    .and_then(|w| w.parse().ok())
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
+
+    fn blob_gets(&self, digest: &str) -> usize {
+        self.blob_gets_written(digest).len()
     }
 }
 
@@ -698,23 +709,7 @@ fn a_pull_killed_midway_resumes_from_what_it_had() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(!partial.exists());
     // The second request asked for the rest only.
-    let log = std::fs::read_to_string(reg.dir.path().join("registry.log")).unwrap();
-    let written: Vec<u64> = log
-        .lines()
-        .filter(|l| {
-            l.contains("msg=\"response completed\"")
-                && l.contains("http.request.method=GET")
-                && l.contains(&format!("/blobs/{big_blob}\""))
-        })
-        .filter_map(|l| {
-            l.split("http.response.written=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect();
+    let written = reg.blob_gets_written(&big_blob);
     let last = *written.last().expect("a completed GET of the blob");
     assert!(
         last < size,

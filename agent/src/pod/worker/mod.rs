@@ -377,23 +377,30 @@ impl Worker {
 
     fn sync_probes(&mut self) {
         let now = jiff::Timestamp::now();
-        let running = self
-            .spec
-            .containers
-            .iter()
-            .filter_map(|c| {
-                let r = self.record(&c.name).filter(|r| r.running())?;
-                let age = status::time(&r.started_at)
-                    .map(|t| {
-                        now.duration_since(t.0)
-                            .max(jiff::SignedDuration::ZERO)
-                            .unsigned_abs()
-                    })
-                    .unwrap_or_default();
-                Some((self.target(c, &r.id), age))
-            })
-            .collect();
-        self.probes.sync(running);
+        let mut running = Vec::new();
+        let mut new = Vec::new();
+        for c in &self.spec.containers {
+            let Some(r) = self.record(&c.name).filter(|r| r.running()) else {
+                continue;
+            };
+            running.push(c.name.clone());
+            let probed = c.startup_probe.is_some()
+                || c.readiness_probe.is_some()
+                || c.liveness_probe.is_some();
+            // A target (with its copy of the pod) only for an instance not probed yet.
+            if !probed || self.probes.watching(&c.name, &r.id) {
+                continue;
+            }
+            let age = status::time(&r.started_at)
+                .map(|t| {
+                    now.duration_since(t.0)
+                        .max(jiff::SignedDuration::ZERO)
+                        .unsigned_abs()
+                })
+                .unwrap_or_default();
+            new.push((self.target(c, &r.id), age));
+        }
+        self.probes.sync(&running, new);
     }
 
     fn record(&self, name: &str) -> Option<ContainerRecord> {

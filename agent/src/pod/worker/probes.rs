@@ -72,19 +72,17 @@ impl Probes {
         }
     }
 
-    /// Probes the running instances in `running` (with how long each has run); stops the probes
-    /// of every other container.
-    pub fn sync(&mut self, running: Vec<(Target, Duration)>) {
-        let names: Vec<String> = running
-            .iter()
-            .map(|(t, _)| t.container.name.clone())
-            .collect();
-        self.instances.retain(|n, _| names.contains(n));
-        for (t, age) in running {
+    /// Whether instance `id` of container `name` is probed already.
+    pub fn watching(&self, name: &str, id: &str) -> bool {
+        self.instances.get(name).is_some_and(|i| i.id == id)
+    }
+
+    /// Stops the probes of containers not in `running`, and starts those of the new instances
+    /// in `new` (with how long each has run).
+    pub fn sync(&mut self, running: &[String], new: Vec<(Target, Duration)>) {
+        self.instances.retain(|n, _| running.contains(n));
+        for (t, age) in new {
             let c = &t.container;
-            if self.instances.get(&c.name).is_some_and(|i| i.id == t.id) {
-                continue;
-            }
             let probes: Vec<(Kind, Probe)> = [
                 (Kind::Startup, c.startup_probe.clone()),
                 (Kind::Readiness, c.readiness_probe.clone()),
