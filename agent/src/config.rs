@@ -502,7 +502,7 @@ impl Config {
             registries: f.registries.unwrap_or_default(),
             image_gc: {
                 let dur = |flag: &str, v: Option<String>, default: &str| {
-                    crate::imagegc::parse_duration(v.as_deref().unwrap_or(default))
+                    k8s_rules::duration::parse(v.as_deref().unwrap_or(default))
                         .map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
                 };
                 let high = run

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::pod::translate::parse_quantity;
 use crate::pod::Node;
+use k8s_rules::quantity::Milli;
 
 pub const DEFAULT_HARD: &str =
     "memory.available<100Mi,nodefs.available<10%,nodefs.inodesFree<5%,imagefs.available<15%";
@@ -53,7 +53,7 @@ pub fn parse(s: &str) -> Result<Vec<Threshold>, String> {
                         / 100.0,
                 ),
                 None => Amount::Quantity(
-                    parse_quantity(v).ok_or_else(|| format!("{p:?}: bad quantity"))?,
+                    Milli::parse(v).map_err(|e| format!("{p:?}: {e}"))?.value() as f64,
                 ),
             };
             Ok(Threshold {

@@ -55,7 +55,7 @@ enum Cmd {
         admin_kubeconfig: PathBuf,
         /// How often to compact store history older than one interval (kube-apiserver's
         /// `--etcd-compaction-interval`).
-        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        #[arg(long, default_value = "5m", value_parser = k8s_rules::duration::parse)]
         etcd_compaction_interval: std::time::Duration,
         /// Static bearer tokens, one `token,user,uid,"group1,group2"` per line.
         #[arg(long)]
@@ -426,21 +426,4 @@ async fn agent(cfg: Config) -> Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; pods keep running"),
     }
     Ok(())
-}
-
-/// A Go-style duration as Kubernetes flags take them: `300ms`, `10s`, `5m`, `1h`.
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .map(|i| s.split_at(i))
-        .ok_or_else(|| format!("{s:?}: missing unit (ms, s, m or h)"))?;
-    let n: f64 = num.parse().map_err(|_| format!("{s:?}: not a duration"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m or h)")),
-    };
-    Ok(std::time::Duration::from_secs_f64(secs))
 }

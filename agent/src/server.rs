@@ -382,7 +382,7 @@ fn serving_cert(node: &Node) -> anyhow::Result<(String, String)> {
     params.not_after = ymd(today.saturating_add(jiff::Span::new().years(1)));
     let cert = params.self_signed(&key_pair)?;
     std::fs::create_dir_all(&dir)?;
-    crate::cluster::join::write_private(&key, &key_pair.serialize_pem())?;
+    k8s_rules::files::write_private(&key, key_pair.serialize_pem().as_bytes())?;
     std::fs::write(&crt, cert.pem())?;
     Ok((cert.pem(), key_pair.serialize_pem()))
 }
@@ -392,7 +392,7 @@ fn tls_config(node: &Node) -> anyhow::Result<rustls::ServerConfig> {
     let kubeconfig = std::fs::read_to_string(&node.cfg.kubeconfig)?;
     let ca = crate::cluster::join::cluster_ca(&kubeconfig)
         .ok_or_else(|| anyhow::anyhow!("{}: no cluster CA", node.cfg.kubeconfig.display()))?;
-    podlet_control_plane::pki::server_tls(&cert_pem, &key_pem, &ca)
+    Ok(k8s_rules::pki::server_tls(&cert_pem, &key_pem, &ca)?)
 }
 
 async fn serve_tls(listener: tokio::net::TcpListener, app: Router, tls: rustls::ServerConfig) {
@@ -413,7 +413,7 @@ async fn serve_tls(listener: tokio::net::TcpListener, app: Router, tls: rustls::
                     .1
                     .peer_certificates()
                     .and_then(|c| c.first())
-                    .and_then(podlet_control_plane::pki::identity),
+                    .and_then(k8s_rules::pki::identity),
             );
             let svc = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {

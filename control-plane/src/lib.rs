@@ -104,7 +104,10 @@ pub async fn run(
         } else {
             addr
         };
-        pki::write_private(path, &kubeconfig(&format!("https://{host}"), &pki))?;
+        k8s_rules::files::write_private(
+            path,
+            kubeconfig(&format!("https://{host}"), &pki).as_bytes(),
+        )?;
     }
     tracing::info!(%addr, store = if cfg.etcd_servers.is_empty() { "embedded" } else { "etcd" }, "apiserver serving");
     if let Some(tx) = ready {

@@ -4,68 +4,21 @@
 //! Later starts reuse what is there.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::Context;
+use k8s_rules::files::write_private;
+use k8s_rules::pki::set_validity;
+pub use k8s_rules::pki::{client_cert, identity, load_ca, server_tls};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
 };
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 pub struct Pki {
     pub dir: PathBuf,
     pub ca_pem: String,
     pub admin_cert_pem: String,
     pub admin_key_pem: String,
-}
-
-/// Writes a file only its owner can read (keys, kubeconfigs with credentials).
-pub fn write_private(path: &Path, data: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(data.as_bytes())?;
-    Ok(())
-}
-
-fn validity(p: &mut CertificateParams, years: i64) {
-    let now = time::OffsetDateTime::now_utc();
-    p.not_before = now - time::Duration::hours(1);
-    p.not_after = now + time::Duration::days(365 * years);
-}
-
-/// The CA as an issuer (re-created from its files; the key and name are what matter).
-pub fn load_ca(dir: &Path) -> anyhow::Result<(rcgen::Certificate, KeyPair)> {
-    let ca_pem = std::fs::read_to_string(dir.join("ca.crt"))?;
-    let key = KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca.key"))?)?;
-    let params = CertificateParams::from_ca_cert_pem(&ca_pem)?;
-    Ok((params.self_signed(&key)?, key))
-}
-
-/// Signs a client certificate for `cn` in groups `orgs`.
-pub fn client_cert(dir: &Path, cn: &str, orgs: &[&str]) -> anyhow::Result<(String, String)> {
-    let (ca, ca_key) = load_ca(dir)?;
-    let key = KeyPair::generate()?;
-    let mut p = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, cn);
-    for o in orgs {
-        dn.push(DnType::OrganizationName, *o);
-    }
-    p.distinguished_name = dn;
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    validity(&mut p, 1);
-    let cert = p.signed_by(&key, &ca, &ca_key)?;
-    Ok((cert.pem(), key.serialize_pem()))
 }
 
 /// Makes (or reads) the PKI in `dir`; `sans` are the serving certificate's extra names.
@@ -83,9 +36,9 @@ pub fn ensure(dir: &Path, sans: &[String]) -> anyhow::Result<Pki> {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        validity(&mut p, 10);
+        set_validity(&mut p, 3650);
         let ca = p.self_signed(&key)?;
-        write_private(&dir.join("ca.key"), &key.serialize_pem())?;
+        write_private(&dir.join("ca.key"), key.serialize_pem().as_bytes())?;
         std::fs::write(dir.join("ca.crt"), ca.pem())?;
     }
     if !dir.join("apiserver.crt").exists() {
@@ -114,15 +67,15 @@ pub fn ensure(dir: &Path, sans: &[String]) -> anyhow::Result<Pki> {
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        validity(&mut p, 1);
+        set_validity(&mut p, 365);
         let key = KeyPair::generate()?;
         let cert = p.signed_by(&key, &ca, &ca_key)?;
-        write_private(&dir.join("apiserver.key"), &key.serialize_pem())?;
+        write_private(&dir.join("apiserver.key"), key.serialize_pem().as_bytes())?;
         std::fs::write(dir.join("apiserver.crt"), cert.pem())?;
     }
     if !dir.join("admin.crt").exists() {
         let (cert, key) = client_cert(dir, "kubernetes-admin", &["system:masters"])?;
-        write_private(&dir.join("admin.key"), &key)?;
+        write_private(&dir.join("admin.key"), key.as_bytes())?;
         std::fs::write(dir.join("admin.crt"), cert)?;
     }
     Ok(Pki {
@@ -137,63 +90,23 @@ impl Pki {
     /// TLS for the apiserver: its certificate, and client certificates verified against the CA
     /// when presented (requests without one authenticate by token, or are anonymous).
     pub fn server_config(&self) -> anyhow::Result<rustls::ServerConfig> {
-        server_tls(
-            &std::fs::read_to_string(self.dir.join("apiserver.crt"))?,
-            &std::fs::read_to_string(self.dir.join("apiserver.key"))?,
-            &std::fs::read_to_string(self.dir.join("ca.crt"))?,
-        )
+        let read = |f: &str| {
+            let p = self.dir.join(f);
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
+        };
+        Ok(server_tls(
+            &read("apiserver.crt")?,
+            &read("apiserver.key")?,
+            &read("ca.crt")?,
+        )?)
     }
-}
-
-/// TLS serving with `cert_pem`/`key_pem` that verifies client certificates against
-/// `client_ca_pem` when a client offers one (others may still use tokens).
-pub fn server_tls(
-    cert_pem: &str,
-    key_pem: &str,
-    client_ca_pem: &str,
-) -> anyhow::Result<rustls::ServerConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let certs: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<_, _>>()?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())?;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(client_ca_pem.as_bytes()) {
-        roots.add(c?)?;
-    }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .allow_unauthenticated()
-    .build()?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(cfg)
-}
-
-/// User and groups from a verified client certificate: CN and O, as Kubernetes reads them.
-pub fn identity(cert: &CertificateDer<'_>) -> Option<(String, Vec<String>)> {
-    let (_, c) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    let subject = c.subject();
-    let cn = subject
-        .iter_common_name()
-        .next()?
-        .as_str()
-        .ok()?
-        .to_string();
-    let groups = subject
-        .iter_organization()
-        .filter_map(|o| o.as_str().ok().map(str::to_owned))
-        .collect();
-    Some((cn, groups))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
 
     #[test]
     fn makes_a_ca_and_reuses_it() {

@@ -1,7 +1,7 @@
 //! A minimal scheduler: pods with no node and `schedulerName: default-scheduler` are bound to the
-//! node that fits them (not unschedulable, nodeSelector, taints tolerated, requests within
-//! allocatable including the pods already there, pod count) with the most room left (least
-//! allocated). Pods that fit nowhere get `PodScheduled=False`, reason `Unschedulable`, with
+//! node that fits them (not unschedulable, nodeSelector and required node affinity, taints
+//! tolerated, requests within allocatable including the pods already there, pod count) with the
+//! most room left (least allocated). Pods that fit nowhere get `PodScheduled=False`, reason `Unschedulable`, with
 //! kube-scheduler's message, and are retried. Binding is a conditional write on the pod, so
 //! several schedulers (one per apiserver sharing an etcd) never bind a pod twice.
 
@@ -10,117 +10,103 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_rules::nodeaffinity::{required_node_affinity_matches, NodeFacts};
+use k8s_rules::quantity::Milli;
+use k8s_rules::resources::pod_request;
+use k8s_rules::taints::{blocks_scheduling, find_untolerated};
+
 use crate::api::{objects, resources};
 use crate::store::{Store, StoreError};
 
-/// A quantity in milli-units (`100m` → 100, `1` → 1000, `64Mi` → 64·2²⁰·1000).
-pub fn milli(q: &str) -> Option<i128> {
-    let q = q.trim();
-    let split = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+'))
-        .unwrap_or(q.len());
-    let (num, suffix) = q.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let mult: f64 = match suffix {
-        "" => 1.0,
-        "m" => 0.001,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "Ki" => 1024.0,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        s if s.starts_with('e') || s.starts_with('E') => 10f64.powi(s[1..].parse().ok()?),
-        _ => return None,
-    };
-    Some((n * mult * 1000.0).round() as i128)
+/// What the scheduler needs of a pod: the stored object, its revision, the typed pod and its
+/// effective requests (computed once a pass).
+struct PodInfo {
+    value: Value,
+    rev: i64,
+    pod: Pod,
+    cpu: Milli,
+    memory: Milli,
 }
 
-/// The pod's effective requests (milli-cpu, milli-bytes): containers summed, init containers by
-/// their maximum.
-fn requests(pod: &Value, res: &str) -> i128 {
-    let sum: i128 = pod["spec"]["containers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c["resources"]["requests"][res].as_str().and_then(milli))
-        .sum();
-    let init = pod["spec"]["initContainers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c["resources"]["requests"][res].as_str().and_then(milli))
-        .max()
-        .unwrap_or(0);
-    sum.max(init)
-}
-
-fn tolerates(pod: &Value, taint: &Value) -> bool {
-    pod["spec"]["tolerations"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|t| {
-            let key_ok =
-                t["key"].is_null() && t["operator"] == "Exists" || t["key"] == taint["key"];
-            let value_ok = t["operator"] == "Exists" || t["value"] == taint["value"];
-            let effect_ok =
-                t["effect"].is_null() || t["effect"] == "" || t["effect"] == taint["effect"];
-            key_ok && value_ok && effect_ok
+impl PodInfo {
+    fn new(value: Value, rev: i64) -> Option<Self> {
+        let pod: Pod = serde_json::from_value(value.clone()).ok()?;
+        let spec = pod.spec.clone().unwrap_or_default();
+        Some(Self {
+            cpu: pod_request(&spec, "cpu"),
+            memory: pod_request(&spec, "memory"),
+            value,
+            rev,
+            pod,
         })
+    }
+
+    fn request(&self, res: &str) -> Milli {
+        if res == "cpu" {
+            self.cpu
+        } else {
+            self.memory
+        }
+    }
+}
+
+fn allocatable(node: &Node, res: &str) -> Option<Milli> {
+    node.status
+        .as_ref()?
+        .allocatable
+        .as_ref()?
+        .get(res)
+        .and_then(|q| Milli::of(q).ok())
 }
 
 /// Why `node` cannot take `pod` (kube-scheduler's reason texts), or None when it fits.
-fn misfit(pod: &Value, node: &Value, on_node: &[&Value]) -> Option<String> {
-    if node["spec"]["unschedulable"] == true {
+fn misfit(pod: &PodInfo, node: &Node, on_node: &[&PodInfo]) -> Option<String> {
+    let spec = pod.pod.spec.clone().unwrap_or_default();
+    let node_spec = node.spec.clone().unwrap_or_default();
+    if node_spec.unschedulable == Some(true) {
         return Some("node(s) were unschedulable".into());
     }
-    if let Some(sel) = pod["spec"]["nodeSelector"].as_object() {
-        let labels = &node["metadata"]["labels"];
-        if sel.iter().any(|(k, v)| labels.get(k) != Some(v)) {
-            return Some("node(s) didn't match Pod's node affinity/selector".into());
-        }
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    let facts = NodeFacts {
+        name: node.metadata.name.as_deref().unwrap_or_default(),
+        labels: &labels,
+    };
+    if !required_node_affinity_matches(&spec, facts) {
+        return Some("node(s) didn't match Pod's node affinity/selector".into());
     }
-    for t in node["spec"]["taints"].as_array().into_iter().flatten() {
-        if matches!(t["effect"].as_str(), Some("NoSchedule" | "NoExecute")) && !tolerates(pod, t) {
-            return Some(format!(
-                "node(s) had untolerated taint {{{}: {}}}",
-                t["key"].as_str().unwrap_or_default(),
-                t["value"].as_str().unwrap_or_default()
-            ));
-        }
+    let taints = node_spec.taints.unwrap_or_default();
+    let tolerations = spec.tolerations.unwrap_or_default();
+    if let Some(t) = find_untolerated(&taints, &tolerations, blocks_scheduling) {
+        return Some(format!(
+            "node(s) had untolerated taint {{{}: {}}}",
+            t.key,
+            t.value.as_deref().unwrap_or_default()
+        ));
     }
-    let alloc = &node["status"]["allocatable"];
-    let max_pods = alloc["pods"].as_str().and_then(milli).map(|m| m / 1000);
+    let max_pods = allocatable(node, "pods").map(Milli::value);
     if max_pods.is_some_and(|m| on_node.len() as i128 + 1 > m) {
         return Some("Too many pods".into());
     }
-    for (res, name) in [("cpu", "cpu"), ("memory", "memory")] {
-        let Some(cap) = alloc[res].as_str().and_then(milli) else {
+    for res in ["cpu", "memory"] {
+        let Some(cap) = allocatable(node, res) else {
             continue;
         };
-        let used: i128 = on_node.iter().map(|p| requests(p, res)).sum();
-        if used + requests(pod, res) > cap {
-            return Some(format!("Insufficient {name}"));
+        let used: Milli = on_node.iter().map(|p| p.request(res)).sum();
+        if used + pod.request(res) > cap {
+            return Some(format!("Insufficient {res}"));
         }
     }
     None
 }
 
-fn free_fraction(node: &Value, on_node: &[&Value], pod: &Value) -> f64 {
-    let alloc = &node["status"]["allocatable"];
+fn free_fraction(node: &Node, on_node: &[&PodInfo], pod: &PodInfo) -> f64 {
     let mut score = 0.0;
     for res in ["cpu", "memory"] {
-        if let Some(cap) = alloc[res].as_str().and_then(milli).filter(|c| *c > 0) {
-            let used: i128 =
-                on_node.iter().map(|p| requests(p, res)).sum::<i128>() + requests(pod, res);
-            score += 1.0 - used as f64 / cap as f64;
+        if let Some(cap) = allocatable(node, res).filter(|c| *c > Milli::ZERO) {
+            let used: Milli =
+                on_node.iter().map(|p| p.request(res)).sum::<Milli>() + pod.request(res);
+            score += 1.0 - used.milli() as f64 / cap.milli() as f64;
         }
     }
     score
@@ -142,60 +128,68 @@ async fn all(store: &dyn Store, r: &resources::Resource) -> Vec<(Value, i64)> {
 pub async fn schedule_pending(store: &dyn Store) {
     let pods_r = resources::find("", "v1", "pods").unwrap();
     let nodes_r = resources::find("", "v1", "nodes").unwrap();
-    let nodes: Vec<Value> = all(store, nodes_r)
+    let nodes: Vec<Node> = all(store, nodes_r)
         .await
         .into_iter()
-        .map(|(n, _)| n)
+        .filter_map(|(n, _)| serde_json::from_value(n).ok())
         .collect();
-    let mut pods = all(store, pods_r).await;
-    let live = |p: &Value| !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"));
+    let mut pods: Vec<PodInfo> = all(store, pods_r)
+        .await
+        .into_iter()
+        .filter_map(|(v, rev)| PodInfo::new(v, rev))
+        .collect();
+    let live = |p: &PodInfo| {
+        !matches!(
+            p.value["status"]["phase"].as_str(),
+            Some("Succeeded" | "Failed")
+        )
+    };
     for i in 0..pods.len() {
-        let (pod, rev) = pods[i].clone();
-        let pending = pod["spec"]["nodeName"]
-            .as_str()
+        let pod = &pods[i];
+        let spec = pod.pod.spec.as_ref();
+        let pending = spec
+            .and_then(|s| s.node_name.as_deref())
             .unwrap_or_default()
             .is_empty()
-            && pod["spec"]["schedulerName"]
-                .as_str()
+            && spec
+                .and_then(|s| s.scheduler_name.as_deref())
                 .unwrap_or("default-scheduler")
                 == "default-scheduler"
-            && pod["metadata"]["deletionTimestamp"].is_null();
+            && pod.pod.metadata.deletion_timestamp.is_none();
         if !pending {
             continue;
         }
-        let mut best: Option<(f64, &Value)> = None;
+        let mut best: Option<(f64, &Node)> = None;
         let mut reasons: std::collections::BTreeMap<String, usize> = Default::default();
         for node in &nodes {
-            let name = node["metadata"]["name"].as_str().unwrap_or_default();
-            let on: Vec<&Value> = pods
+            let name = node.metadata.name.as_deref().unwrap_or_default();
+            let on: Vec<&PodInfo> = pods
                 .iter()
-                .map(|(p, _)| p)
-                .filter(|p| p["spec"]["nodeName"] == name && live(p))
+                .filter(|p| p.value["spec"]["nodeName"] == name && live(p))
                 .collect();
-            match misfit(&pod, node, &on) {
+            match misfit(pod, node, &on) {
                 Some(why) => *reasons.entry(why).or_default() += 1,
                 None => {
-                    let s = free_fraction(node, &on, &pod);
+                    let s = free_fraction(node, &on, pod);
                     if best.is_none_or(|(b, _)| s > b) {
                         best = Some((s, node));
                     }
                 }
             }
         }
-        let ns = pod["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or("default")
-            .to_string();
-        let name = pod["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let ns = pod
+            .pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let name = pod.pod.metadata.name.clone().unwrap_or_default();
         let key = pods_r.key(Some(&ns), &name);
-        let mut updated = pod.clone();
+        let mut updated = pod.value.clone();
         let condition = match best {
             Some((_, node)) => {
-                let node_name = node["metadata"]["name"].clone();
-                updated["spec"]["nodeName"] = node_name.clone();
+                let node_name = node.metadata.name.clone().unwrap_or_default();
+                updated["spec"]["nodeName"] = json!(node_name);
                 tracing::info!(pod = %format!("{ns}/{name}"), node = %node_name, "scheduled");
                 json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": objects::now()})
             }
@@ -208,7 +202,7 @@ pub async fn schedule_pending(store: &dyn Store) {
                 } else {
                     msg.push('.');
                 }
-                let same = pod["status"]["conditions"]
+                let same = pod.value["status"]["conditions"]
                     .as_array()
                     .into_iter()
                     .flatten()
@@ -231,10 +225,14 @@ pub async fn schedule_pending(store: &dyn Store) {
             c.push(condition);
         }
         match store
-            .update(&key, serde_json::to_vec(&updated).unwrap(), Some(rev))
+            .update(&key, serde_json::to_vec(&updated).unwrap(), Some(pod.rev))
             .await
         {
-            Ok(kv) => pods[i] = (updated, kv.mod_rev),
+            Ok(kv) => {
+                if let Some(p) = PodInfo::new(updated, kv.mod_rev) {
+                    pods[i] = p;
+                }
+            }
             Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => {}
             Err(e) => tracing::warn!("scheduling {ns}/{name}: {e}"),
         }
@@ -266,6 +264,7 @@ pub async fn run(store: Arc<dyn Store>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_rules::quantity::milli;
 
     #[test]
     fn quantities_and_fit() {
@@ -274,15 +273,15 @@ mod tests {
         assert_eq!(milli("64Mi"), Some(64 * 1024 * 1024 * 1000));
         assert_eq!(milli("1e3"), Some(1_000_000));
         assert_eq!(milli("bogus"), None);
-        let node = json!({"metadata": {"name": "n", "labels": {"disk": "ssd"}}, "spec": {"taints": [{"key": "gpu", "value": "yes", "effect": "NoSchedule"}]}, "status": {"allocatable": {"cpu": "1", "memory": "1Gi", "pods": "2"}}});
+        let node: Node = serde_json::from_value(json!({"metadata": {"name": "n", "labels": {"disk": "ssd"}}, "spec": {"taints": [{"key": "gpu", "value": "yes", "effect": "NoSchedule"}]}, "status": {"allocatable": {"cpu": "1", "memory": "1Gi", "pods": "2"}}})).unwrap();
         let pod = |cpu: &str, extra: Value| {
-            let mut p = json!({"spec": {"containers": [{"resources": {"requests": {"cpu": cpu}}}], "tolerations": [{"key": "gpu", "operator": "Exists"}]}});
+            let mut p = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": cpu}}}], "tolerations": [{"key": "gpu", "operator": "Exists"}]}});
             if let Some(m) = extra.as_object() {
                 for (k, v) in m {
                     p["spec"][k] = v.clone();
                 }
             }
-            p
+            PodInfo::new(p, 1).unwrap()
         };
         assert_eq!(misfit(&pod("500m", json!({})), &node, &[]), None);
         assert_eq!(
@@ -296,6 +295,10 @@ mod tests {
         )
         .unwrap()
         .contains("node affinity/selector"));
+        let affinity = json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "disk", "operator": "NotIn", "values": ["ssd"]}]}]}}}});
+        assert!(misfit(&pod("1m", affinity), &node, &[])
+            .unwrap()
+            .contains("node affinity/selector"));
         assert!(misfit(&pod("1m", json!({"tolerations": []})), &node, &[])
             .unwrap()
             .contains("untolerated taint {gpu: yes}"));
@@ -308,5 +311,7 @@ mod tests {
             misfit(&pod("1m", json!({})), &node, &[&a, &a]).unwrap(),
             "Too many pods"
         );
+        // Requests and capacity compare exactly: 1000m of a 1-CPU node fits.
+        assert_eq!(misfit(&pod("1000m", json!({})), &node, &[]), None);
     }
 }

@@ -188,30 +188,9 @@ pub async fn join(
             key_pem: &key_pem,
         },
     );
-    write_private(path, &yaml)?;
+    k8s_rules::files::write_private(path, yaml.as_bytes())?;
     tracing::info!(kubeconfig = %path.display(), "joined the cluster");
     client(&yaml).await
-}
-
-/// Writes a file only root can read, atomically.
-pub fn write_private(path: &Path, data: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(data.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
 }
 
 /// Renews the node certificate before it expires; the new kubeconfig replaces the old one and
@@ -255,7 +234,7 @@ pub async fn rotate(
                         key_pem: &key_pem,
                     },
                 );
-                match write_private(&path, &yaml) {
+                match k8s_rules::files::write_private(&path, yaml.as_bytes()) {
                     Ok(()) => match client(&yaml).await {
                         Ok(c) => {
                             tracing::info!("node certificate renewed");

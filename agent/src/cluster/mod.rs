@@ -93,7 +93,7 @@ pub async fn all_in_one(
     };
     let pki = data_dir.join("pki");
     let ca = std::fs::read_to_string(pki.join("ca.crt"))?;
-    let (cert_pem, key_pem) = podlet_control_plane::pki::client_cert(
+    let (cert_pem, key_pem) = k8s_rules::pki::client_cert(
         &pki,
         &format!("system:node:{}", cfg.node_name),
         &["system:nodes"],
@@ -106,7 +106,7 @@ pub async fn all_in_one(
             key_pem: &key_pem,
         },
     );
-    join::write_private(&cfg.kubeconfig, &yaml)?;
+    k8s_rules::files::write_private(&cfg.kubeconfig, yaml.as_bytes())?;
     tracing::info!(%addr, admin_kubeconfig = %admin_kubeconfig.display(), "control plane running in-process");
     Ok((join::client(&yaml).await?, task))
 }

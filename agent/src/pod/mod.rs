@@ -17,6 +17,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
+use k8s_rules::nodeaffinity::{required_node_affinity_matches, NodeFacts};
+use k8s_rules::qos::QosClass;
+use k8s_rules::taints::find_untolerated;
 use podlet_runtime::image::ImageStore;
 use tokio::sync::watch;
 
@@ -48,7 +51,7 @@ pub struct Node {
     /// Node CPU in millicores.
     pub cpu_capacity: i64,
     /// Admitted pods: uid -> (QoS, cpu request in millicores, memory request in bytes).
-    pub admitted: std::sync::Mutex<BTreeMap<String, (translate::Qos, i64, i64)>>,
+    pub admitted: std::sync::Mutex<BTreeMap<String, (QosClass, i64, i64)>>,
     /// The lowest OOM score adjustment this node may give: -1000 with CAP_SYS_RESOURCE,
     /// otherwise the agent's own (a process may only raise its score without it).
     pub oom_floor: i32,
@@ -197,16 +200,16 @@ impl Node {
         let _one = self.qos_update.lock().expect("qos update lock");
         let (cpu, mem) = self.allocatable();
         let admitted = self.admitted.lock().expect("admitted lock").clone();
-        let sum = |qos: translate::Qos, cpu: bool| -> i64 {
+        let sum = |qos: QosClass, cpu: bool| -> i64 {
             admitted
                 .values()
                 .filter(|(q, _, _)| *q == qos)
                 .map(|(_, c, m)| if cpu { *c } else { *m })
                 .sum()
         };
-        let burstable = sum(translate::Qos::Burstable, true);
+        let burstable = sum(QosClass::Burstable, true);
         // --qos-reserved: lower classes may not use what higher classes requested.
-        let reserve = |classes: &[translate::Qos]| {
+        let reserve = |classes: &[QosClass]| {
             self.cfg.qos_reserved_memory.map(|f| {
                 let requested: i64 = classes.iter().map(|q| sum(*q, false)).sum();
                 (mem - (requested as f64 * f) as i64).max(0)
@@ -226,7 +229,7 @@ impl Node {
                 format!("{root}/besteffort"),
                 Limits {
                     cpu_shares: Some(2),
-                    memory: reserve(&[translate::Qos::Guaranteed, translate::Qos::Burstable]),
+                    memory: reserve(&[QosClass::Guaranteed, QosClass::Burstable]),
                     ..Default::default()
                 },
             ),
@@ -234,7 +237,7 @@ impl Node {
                 format!("{root}/burstable"),
                 Limits {
                     cpu_shares: Some(resources::milli_cpu_to_shares(burstable)),
-                    memory: reserve(&[translate::Qos::Guaranteed]),
+                    memory: reserve(&[QosClass::Guaranteed]),
                     ..Default::default()
                 },
             ),
@@ -252,7 +255,7 @@ impl Node {
         &self,
         uid: &str,
         spec: &k8s_openapi::api::core::v1::PodSpec,
-        qos: translate::Qos,
+        qos: QosClass,
     ) -> Result<(), (String, String)> {
         let cpu = resources::pod_request(spec, "cpu");
         let mem = resources::pod_request(spec, "memory");
@@ -304,27 +307,11 @@ impl Node {
     pub fn placement(&self, pod: &Pod) -> Result<(), (String, String)> {
         let spec = pod.spec.clone().unwrap_or_default();
         let labels = self.labels();
-        let selector_ok = spec
-            .node_selector
-            .iter()
-            .flatten()
-            .all(|(k, v)| labels.get(k) == Some(v));
-        let terms = spec
-            .affinity
-            .as_ref()
-            .and_then(|a| a.node_affinity.as_ref())
-            .and_then(|n| {
-                n.required_during_scheduling_ignored_during_execution
-                    .as_ref()
-            })
-            .map(|r| r.node_selector_terms.clone());
-        let affinity_ok = match terms {
-            None => true,
-            Some(terms) => terms
-                .iter()
-                .any(|t| node_term_matches(t, &labels, &self.cfg.node_name)),
+        let node = NodeFacts {
+            name: &self.cfg.node_name,
+            labels: &labels,
         };
-        if !selector_ok || !affinity_ok {
+        if !required_node_affinity_matches(&spec, node) {
             return Err((
                 "NodeAffinity".into(),
                 "Predicate NodeAffinity failed: node(s) didn't match Pod's node affinity/selector"
@@ -339,17 +326,17 @@ impl Node {
             .is_some_and(|s| s == "file");
         if !is_static {
             let tolerations = spec.tolerations.unwrap_or_default();
-            for t in self.cfg.taints.iter().filter(|t| t.effect == "NoExecute") {
-                if !tolerations.iter().any(|tol| tolerates(tol, t)) {
-                    return Err((
-                        "TaintToleration".into(),
-                        format!(
-                            "Predicate TaintToleration failed: node(s) had untolerated taint {{{}: {}}}",
-                            t.key,
-                            t.value.clone().unwrap_or_default()
-                        ),
-                    ));
-                }
+            if let Some(t) =
+                find_untolerated(&self.cfg.taints, &tolerations, |t| t.effect == "NoExecute")
+            {
+                return Err((
+                    "TaintToleration".into(),
+                    format!(
+                        "Predicate TaintToleration failed: node(s) had untolerated taint {{{}: {}}}",
+                        t.key,
+                        t.value.clone().unwrap_or_default()
+                    ),
+                ));
             }
         }
         Ok(())
@@ -360,7 +347,7 @@ impl Node {
         &self,
         uid: &str,
         spec: &k8s_openapi::api::core::v1::PodSpec,
-        qos: translate::Qos,
+        qos: QosClass,
     ) {
         let cpu = resources::pod_request(spec, "cpu");
         let mem = resources::pod_request(spec, "memory");
@@ -590,63 +577,6 @@ impl Node {
     }
 }
 
-fn node_term_matches(
-    t: &k8s_openapi::api::core::v1::NodeSelectorTerm,
-    labels: &BTreeMap<String, String>,
-    node_name: &str,
-) -> bool {
-    let exprs = t.match_expressions.clone().unwrap_or_default();
-    let fields = t.match_fields.clone().unwrap_or_default();
-    if exprs.is_empty() && fields.is_empty() {
-        return false;
-    }
-    let check = |e: &k8s_openapi::api::core::v1::NodeSelectorRequirement, v: Option<&String>| {
-        let values = e.values.clone().unwrap_or_default();
-        let num = |s: &str| s.parse::<i64>().ok();
-        match e.operator.as_str() {
-            "In" => v.is_some_and(|v| values.contains(v)),
-            "NotIn" => !v.is_some_and(|v| values.contains(v)),
-            "Exists" => v.is_some(),
-            "DoesNotExist" => v.is_none(),
-            "Gt" => {
-                matches!((v.and_then(|v| num(v)), values.first().and_then(|x| num(x))), (Some(a), Some(b)) if a > b)
-            }
-            "Lt" => {
-                matches!((v.and_then(|v| num(v)), values.first().and_then(|x| num(x))), (Some(a), Some(b)) if a < b)
-            }
-            _ => false,
-        }
-    };
-    let name = node_name.to_string();
-    exprs.iter().all(|e| check(e, labels.get(&e.key)))
-        && fields
-            .iter()
-            .all(|f| f.key == "metadata.name" && check(f, Some(&name)))
-}
-
-/// Whether a toleration matches a taint (Kubernetes' `ToleratesTaint`).
-pub fn tolerates(
-    tol: &k8s_openapi::api::core::v1::Toleration,
-    t: &k8s_openapi::api::core::v1::Taint,
-) -> bool {
-    if let Some(e) = tol.effect.as_deref().filter(|e| !e.is_empty()) {
-        if e != t.effect {
-            return false;
-        }
-    }
-    let key = tol.key.clone().unwrap_or_default();
-    if !key.is_empty() && key != t.key {
-        return false;
-    }
-    match tol.operator.as_deref().unwrap_or("Equal") {
-        "Exists" => true,
-        _ => {
-            !key.is_empty()
-                && tol.value.clone().unwrap_or_default() == t.value.clone().unwrap_or_default()
-        }
-    }
-}
-
 fn os_image() -> String {
     std::fs::read_to_string("/etc/os-release")
         .unwrap_or_default()
@@ -657,7 +587,7 @@ fn os_image() -> String {
 }
 
 /// A pod's cgroup below the root, by QoS class (the kubelet's layout).
-pub fn pod_cgroup(root: &str, qos: translate::Qos, uid: &str) -> String {
+pub fn pod_cgroup(root: &str, qos: QosClass, uid: &str) -> String {
     match qos.cgroup_dir() {
         Some(d) => format!("/{root}/{d}/pod{uid}"),
         None => format!("/{root}/pod{uid}"),
@@ -832,108 +762,5 @@ fn spawn(node: Arc<Node>, pod: Pod, stopping: bool) -> Handle {
         stop,
         pod: pod_tx,
         task,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use k8s_openapi::api::core::v1::{
-        NodeSelectorRequirement, NodeSelectorTerm, Taint, Toleration,
-    };
-
-    fn req(key: &str, op: &str, values: &[&str]) -> NodeSelectorRequirement {
-        NodeSelectorRequirement {
-            key: key.into(),
-            operator: op.into(),
-            values: Some(values.iter().map(|v| v.to_string()).collect()),
-        }
-    }
-
-    #[test]
-    fn node_affinity_terms_match_like_the_scheduler() {
-        let labels = BTreeMap::from([
-            ("zone".to_string(), "a".to_string()),
-            ("cores".to_string(), "8".to_string()),
-        ]);
-        let term = |exprs: Vec<NodeSelectorRequirement>| NodeSelectorTerm {
-            match_expressions: Some(exprs),
-            match_fields: None,
-        };
-        assert!(node_term_matches(
-            &term(vec![req("zone", "In", &["a", "b"])]),
-            &labels,
-            "n"
-        ));
-        assert!(!node_term_matches(
-            &term(vec![req("zone", "NotIn", &["a"])]),
-            &labels,
-            "n"
-        ));
-        assert!(node_term_matches(
-            &term(vec![req("gpu", "DoesNotExist", &[])]),
-            &labels,
-            "n"
-        ));
-        assert!(node_term_matches(
-            &term(vec![req("cores", "Gt", &["4"])]),
-            &labels,
-            "n"
-        ));
-        assert!(!node_term_matches(
-            &term(vec![req("cores", "Lt", &["4"])]),
-            &labels,
-            "n"
-        ));
-        assert!(
-            !node_term_matches(&term(vec![]), &labels, "n"),
-            "an empty term matches nothing"
-        );
-        let by_name = NodeSelectorTerm {
-            match_expressions: None,
-            match_fields: Some(vec![req("metadata.name", "In", &["n"])]),
-        };
-        assert!(node_term_matches(&by_name, &labels, "n"));
-        assert!(!node_term_matches(&by_name, &labels, "m"));
-    }
-
-    #[test]
-    fn tolerations_match_taints() {
-        let t = Taint {
-            key: "dedicated".into(),
-            value: Some("db".into()),
-            effect: "NoExecute".into(),
-            time_added: None,
-        };
-        let tol = |key: Option<&str>,
-                   op: Option<&str>,
-                   value: Option<&str>,
-                   effect: Option<&str>| Toleration {
-            key: key.map(Into::into),
-            operator: op.map(Into::into),
-            value: value.map(Into::into),
-            effect: effect.map(Into::into),
-            toleration_seconds: None,
-        };
-        assert!(tolerates(
-            &tol(Some("dedicated"), None, Some("db"), None),
-            &t
-        ));
-        assert!(!tolerates(
-            &tol(Some("dedicated"), None, Some("web"), None),
-            &t
-        ));
-        assert!(tolerates(
-            &tol(Some("dedicated"), Some("Exists"), None, Some("NoExecute")),
-            &t
-        ));
-        assert!(!tolerates(
-            &tol(Some("dedicated"), Some("Exists"), None, Some("NoSchedule")),
-            &t
-        ));
-        assert!(
-            tolerates(&tol(None, Some("Exists"), None, None), &t),
-            "tolerates everything"
-        );
     }
 }

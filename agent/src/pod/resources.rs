@@ -1,13 +1,12 @@
-//! Resource arithmetic as the kubelet does it: requests default to limits, pod values are sums
-//! with the init-container max rule, CPU becomes shares and CFS quota with a 100 ms period.
-
-use std::collections::BTreeMap;
+//! The kubelet's cgroup arithmetic: CPU requests become shares and limits CFS quota with a
+//! 100 ms period; the pod values themselves (requests defaulting to limits, init containers,
+//! sidecars, overhead) come from the shared Kubernetes rules.
 
 use k8s_openapi::api::core::v1::{Container, PodSpec};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_rules::qos::QosClass;
+use k8s_rules::quantity::Milli;
+use k8s_rules::resources as rules;
 use podlet_runtime::cgroup::Limits;
-
-use super::translate::{parse_quantity, Qos};
 
 pub const CPU_PERIOD: u64 = 100_000;
 const MIN_SHARES: u64 = 2;
@@ -25,55 +24,26 @@ pub fn milli_cpu_to_quota(milli: i64) -> i64 {
     ((milli * CPU_PERIOD as i64) / 1000).max(MIN_QUOTA)
 }
 
-fn get(map: Option<&BTreeMap<String, Quantity>>, name: &str) -> Option<f64> {
-    map.and_then(|m| m.get(name))
-        .and_then(|q| parse_quantity(&q.0))
-}
-
-/// (request, limit) of a container for `name` ("cpu" in millicores, "memory" in bytes);
-/// an unset request defaults to the limit, as the API server does.
+/// A container's (request, limit) for `name` in the kubelet's units: millicores for "cpu",
+/// bytes for "memory" (rounded up, as `MilliValue()` and `Value()` do).
 pub fn container_resource(c: &Container, name: &str) -> (i64, Option<i64>) {
-    let r = c.resources.as_ref();
-    let scale = if name == "cpu" { 1000.0 } else { 1.0 };
-    let limit = get(r.and_then(|r| r.limits.as_ref()), name).map(|v| (v * scale).ceil() as i64);
-    let request = get(r.and_then(|r| r.requests.as_ref()), name)
-        .map(|v| (v * scale).ceil() as i64)
-        .or(limit)
-        .unwrap_or(0);
-    (request, limit)
+    let (request, limit) = rules::container_resource(c, name);
+    (units(name, request), limit.map(|l| units(name, l)))
 }
 
-/// Pod request for `name`: max(sum of app containers, largest init container).
+fn units(name: &str, m: Milli) -> i64 {
+    let v = if name == "cpu" { m.milli() } else { m.value() };
+    v.clamp(0, i64::MAX as i128) as i64
+}
+
+/// The pod's request for `name`, in the kubelet's units.
 pub fn pod_request(spec: &PodSpec, name: &str) -> i64 {
-    let apps: i64 = spec
-        .containers
-        .iter()
-        .map(|c| container_resource(c, name).0)
-        .sum();
-    let init = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .map(|c| container_resource(c, name).0)
-        .max()
-        .unwrap_or(0);
-    apps.max(init)
+    units(name, rules::pod_request(spec, name))
 }
 
-/// Pod limit for `name`, only when every container declares one.
+/// The pod's limit for `name`, in the kubelet's units, when every container has one.
 pub fn pod_limit(spec: &PodSpec, name: &str) -> Option<i64> {
-    let apps: Option<i64> = spec
-        .containers
-        .iter()
-        .map(|c| container_resource(c, name).1)
-        .sum();
-    let init: Option<i64> = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .map(|c| container_resource(c, name).1)
-        .try_fold(0i64, |m, l| l.map(|l| m.max(l)));
-    Some(apps?.max(init?))
+    rules::pod_limit(spec, name).map(|l| units(name, l))
 }
 
 /// The container's own cgroup values.
@@ -90,8 +60,8 @@ pub fn container_limits(c: &Container) -> Limits {
 }
 
 /// The pod cgroup's values (`kubepods[/<qos>]/pod<uid>`).
-pub fn pod_limits(spec: &PodSpec, qos: Qos, pids: Option<i64>) -> Limits {
-    if qos == Qos::BestEffort {
+pub fn pod_limits(spec: &PodSpec, qos: QosClass, pids: Option<i64>) -> Limits {
+    if qos == QosClass::BestEffort {
         return Limits {
             cpu_shares: Some(MIN_SHARES),
             cpu_period: Some(CPU_PERIOD),
@@ -115,10 +85,10 @@ pub fn parse_reserved(s: &str) -> Result<(i64, i64), String> {
         let (k, v) = pair
             .split_once('=')
             .ok_or_else(|| format!("{pair:?}: expected name=quantity"))?;
-        let q = parse_quantity(v).ok_or_else(|| format!("{pair:?}: bad quantity"))?;
+        let q = Milli::parse(v).map_err(|e| format!("{pair:?}: {e}"))?;
         match k {
-            "cpu" => cpu = (q * 1000.0).ceil() as i64,
-            "memory" => mem = q as i64,
+            "cpu" => cpu = units("cpu", q),
+            "memory" => mem = units("memory", q),
             "ephemeral-storage" | "pid" => {}
             other => return Err(format!("unknown resource {other:?}")),
         }
@@ -157,7 +127,7 @@ mod tests {
             containers: vec![g.clone(), b.clone()],
             ..Default::default()
         };
-        let p = pod_limits(&spec, Qos::Burstable, Some(100));
+        let p = pod_limits(&spec, QosClass::Burstable, Some(100));
         assert_eq!(p.cpu_shares, Some(milli_cpu_to_shares(350)));
         assert_eq!(p.cpu_quota, None, "b has no cpu limit");
         assert_eq!(p.memory, Some((64 << 20) + (128 << 20)));
@@ -175,7 +145,7 @@ mod tests {
                 containers: vec![ctr(&[], &[])],
                 ..Default::default()
             },
-            Qos::BestEffort,
+            QosClass::BestEffort,
             None,
         );
         assert_eq!((be.cpu_shares, be.memory), (Some(2), None));

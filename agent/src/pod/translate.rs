@@ -4,139 +4,19 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, SecurityContext};
+use k8s_openapi::api::core::v1::{Container, EnvVar, SecurityContext};
+use k8s_rules::qos::QosClass;
+use k8s_rules::resources::container_resource;
 use podlet_runtime::image::ImageConfig;
 use podlet_runtime::spec::DEFAULT_CAPABILITIES;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Qos {
-    Guaranteed,
-    Burstable,
-    BestEffort,
-}
-
-impl Qos {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Qos::Guaranteed => "Guaranteed",
-            Qos::Burstable => "Burstable",
-            Qos::BestEffort => "BestEffort",
-        }
-    }
-    /// The cgroup directory below the cgroup root (the kubelet's layout).
-    pub fn cgroup_dir(self) -> Option<&'static str> {
-        match self {
-            Qos::Guaranteed => None,
-            Qos::Burstable => Some("burstable"),
-            Qos::BestEffort => Some("besteffort"),
-        }
-    }
-}
-
-/// Parses a Kubernetes quantity ("100m", "64Mi", "1.5G", "2e3") into base units.
-pub fn parse_quantity(s: &str) -> Option<f64> {
-    let s = s.trim();
-    let suffixes: [(&str, f64); 15] = [
-        ("Ki", 1024.0),
-        ("Mi", 1024f64.powi(2)),
-        ("Gi", 1024f64.powi(3)),
-        ("Ti", 1024f64.powi(4)),
-        ("Pi", 1024f64.powi(5)),
-        ("Ei", 1024f64.powi(6)),
-        ("n", 1e-9),
-        ("u", 1e-6),
-        ("m", 1e-3),
-        ("k", 1e3),
-        ("M", 1e6),
-        ("G", 1e9),
-        ("T", 1e12),
-        ("P", 1e15),
-        ("E", 1e18),
-    ];
-    for (suf, mult) in suffixes {
-        if let Some(num) = s.strip_suffix(suf) {
-            return num
-                .parse::<f64>()
-                .ok()
-                .filter(|v| v.is_finite() && *v >= 0.0)
-                .map(|v| v * mult);
-        }
-    }
-    s.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0)
-}
-
-fn resource(
-    map: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
-    name: &str,
-) -> Option<f64> {
-    map.and_then(|m| m.get(name))
-        .and_then(|q| parse_quantity(&q.0))
-}
-
-/// Kubernetes' QoS class of a pod (pkg/apis/core/helper/qos).
-pub fn qos_class(spec: &PodSpec) -> Qos {
-    let mut requests: BTreeMap<&str, f64> = BTreeMap::new();
-    let mut limits: BTreeMap<&str, f64> = BTreeMap::new();
-    let mut guaranteed = true;
-    let all = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .chain(spec.containers.iter());
-    for c in all {
-        let r = c.resources.as_ref();
-        let reqs = r.and_then(|r| r.requests.as_ref());
-        let lims = r.and_then(|r| r.limits.as_ref());
-        for name in ["cpu", "memory"] {
-            if let Some(v) = resource(reqs, name).filter(|v| *v > 0.0) {
-                *requests.entry(name).or_default() += v;
-            }
-            match resource(lims, name).filter(|v| *v > 0.0) {
-                Some(v) => *limits.entry(name).or_default() += v,
-                None => guaranteed = false,
-            }
-        }
-    }
-    if requests.is_empty() && limits.is_empty() {
-        return Qos::BestEffort;
-    }
-    if guaranteed {
-        // Requests default to limits; a request that differs from its limit breaks the class.
-        let all_equal = spec
-            .init_containers
-            .iter()
-            .flatten()
-            .chain(spec.containers.iter())
-            .all(|c| {
-                let r = c.resources.as_ref();
-                ["cpu", "memory"].iter().all(|n| {
-                    match resource(r.and_then(|r| r.requests.as_ref()), n) {
-                        None => true,
-                        Some(req) => Some(req) == resource(r.and_then(|r| r.limits.as_ref()), n),
-                    }
-                })
-            });
-        if all_equal {
-            return Qos::Guaranteed;
-        }
-    }
-    Qos::Burstable
-}
-
 /// The kubelet's OOM score adjustment for a container.
-pub fn oom_score_adj(qos: Qos, container: &Container, memory_capacity: f64) -> i32 {
+pub fn oom_score_adj(qos: QosClass, container: &Container, memory_capacity: f64) -> i32 {
     match qos {
-        Qos::Guaranteed => -997,
-        Qos::BestEffort => 1000,
-        Qos::Burstable => {
-            let req = resource(
-                container
-                    .resources
-                    .as_ref()
-                    .and_then(|r| r.requests.as_ref()),
-                "memory",
-            )
-            .unwrap_or(0.0);
+        QosClass::Guaranteed => -997,
+        QosClass::BestEffort => 1000,
+        QosClass::Burstable => {
+            let req = container_resource(container, "memory").0.value() as f64;
             let adj = 1000 - (1000.0 * req / memory_capacity.max(1.0)) as i64;
             adj.clamp(2, 999) as i32
         }
@@ -534,65 +414,15 @@ pub(crate) mod tests {
         }
     }
 
-    fn spec(cs: Vec<Container>) -> PodSpec {
-        PodSpec {
-            containers: cs,
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn qos_follows_kubernetes() {
-        assert_eq!(qos_class(&spec(vec![ctr(&[], &[])])), Qos::BestEffort);
-        assert_eq!(
-            qos_class(&spec(vec![ctr(&[], &[("cpu", "1"), ("memory", "1Gi")])])),
-            Qos::Guaranteed
-        );
-        assert_eq!(
-            qos_class(&spec(vec![ctr(
-                &[("cpu", "1000m"), ("memory", "1Gi")],
-                &[("cpu", "1"), ("memory", "1024Mi")]
-            )])),
-            Qos::Guaranteed
-        );
-        assert_eq!(
-            qos_class(&spec(vec![ctr(&[("cpu", "100m")], &[])])),
-            Qos::Burstable
-        );
-        assert_eq!(
-            qos_class(&spec(vec![ctr(
-                &[("cpu", "500m")],
-                &[("cpu", "1"), ("memory", "1Gi")]
-            )])),
-            Qos::Burstable
-        );
-        assert_eq!(
-            qos_class(&spec(vec![
-                ctr(&[], &[("cpu", "1"), ("memory", "1Gi")]),
-                ctr(&[], &[])
-            ])),
-            Qos::Burstable
-        );
-    }
-
-    #[test]
-    fn quantities_parse() {
-        assert_eq!(parse_quantity("100m"), Some(0.1));
-        assert_eq!(parse_quantity("64Mi"), Some(64.0 * 1024.0 * 1024.0));
-        assert_eq!(parse_quantity("1G"), Some(1e9));
-        assert_eq!(parse_quantity("2e3"), Some(2000.0));
-        assert_eq!(parse_quantity("x"), None);
-    }
-
     #[test]
     fn oom_scores() {
         let c = ctr(&[("memory", "1Gi")], &[]);
         let cap = 4.0 * 1024.0 * 1024.0 * 1024.0;
-        assert_eq!(oom_score_adj(Qos::Burstable, &c, cap), 750);
-        assert_eq!(oom_score_adj(Qos::Guaranteed, &c, cap), -997);
-        assert_eq!(oom_score_adj(Qos::BestEffort, &c, cap), 1000);
+        assert_eq!(oom_score_adj(QosClass::Burstable, &c, cap), 750);
+        assert_eq!(oom_score_adj(QosClass::Guaranteed, &c, cap), -997);
+        assert_eq!(oom_score_adj(QosClass::BestEffort, &c, cap), 1000);
         let huge = ctr(&[("memory", "8Gi")], &[]);
-        assert_eq!(oom_score_adj(Qos::Burstable, &huge, cap), 2);
+        assert_eq!(oom_score_adj(QosClass::Burstable, &huge, cap), 2);
     }
 
     #[test]

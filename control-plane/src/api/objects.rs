@@ -387,34 +387,11 @@ fn default_pod(obj: &mut Value) {
     status["qosClass"] = json!(qos);
 }
 
-/// Kubernetes' QoS class from the containers' requests and limits.
+/// Kubernetes' QoS class of a pod spec (the same rule the node applies).
 pub fn qos_class(spec: &Value) -> &'static str {
-    let all: Vec<&Value> = ["containers", "initContainers"]
-        .iter()
-        .flat_map(|l| spec[*l].as_array().into_iter().flatten())
-        .collect();
-    let mut any = false;
-    let mut guaranteed = true;
-    for c in &all {
-        let req = &c["resources"]["requests"];
-        let lim = &c["resources"]["limits"];
-        for res in ["cpu", "memory"] {
-            let (r, l) = (req.get(res).or(lim.get(res)), lim.get(res));
-            if r.is_some() || l.is_some() {
-                any = true;
-            }
-            if l.is_none() || r != l {
-                guaranteed = false;
-            }
-        }
-    }
-    if !any {
-        "BestEffort"
-    } else if guaranteed {
-        "Guaranteed"
-    } else {
-        "Burstable"
-    }
+    let spec: k8s_openapi::api::core::v1::PodSpec =
+        serde_json::from_value(spec.clone()).unwrap_or_default();
+    k8s_rules::qos::qos_class(&spec).as_str()
 }
 
 #[cfg(test)]

@@ -6,8 +6,8 @@ use serde_json::{json, Map, Value};
 
 use super::resources::{self, Resource};
 use super::status::ApiError;
-use crate::scheduler::milli;
 use crate::store::Store;
+use k8s_rules::quantity::{milli, Milli};
 
 async fn in_namespace(store: &dyn Store, plural: &str, ns: &str) -> Vec<Value> {
     let r = resources::find("", "v1", plural).unwrap();
@@ -25,18 +25,9 @@ async fn in_namespace(store: &dyn Store, plural: &str, ns: &str) -> Vec<Value> {
 /// A milli-unit amount written as Kubernetes prints it (`500m`, `2`, `64Mi`).
 fn show(res: &str, m: i128) -> String {
     if res.ends_with("memory") {
-        let bytes = m / 1000;
-        for (unit, size) in [("Gi", 1i128 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
-            if bytes != 0 && bytes % size == 0 {
-                return format!("{}{unit}", bytes / size);
-            }
-        }
-        return bytes.to_string();
-    }
-    if m % 1000 == 0 {
-        (m / 1000).to_string()
+        Milli(m).to_binary_string()
     } else {
-        format!("{m}m")
+        Milli(m).to_decimal_string()
     }
 }
 

@@ -1,95 +1,22 @@
 //! Label selectors (`a=b`, `a!=b`, `a in (x,y)`, `a notin (x)`, `a`, `!a`) and field selectors
 //! (`f=v`, `f==v`, `f!=v` on the fields each resource supports).
 
+use k8s_rules::labels::Selector;
 use serde_json::Value;
 
-#[derive(Debug, Clone, PartialEq)]
-enum Req {
-    Eq(String, String),
-    Ne(String, String),
-    In(String, Vec<String>),
-    NotIn(String, Vec<String>),
-    Exists(String),
-    NotExists(String),
-}
-
+/// A label selector over JSON objects' `metadata.labels`.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct LabelSelector(Vec<Req>);
-
-/// Splits on commas outside parentheses.
-fn split_top(s: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let (mut depth, mut start) = (0, 0);
-    for (i, c) in s.char_indices() {
-        match c {
-            '(' => depth += 1,
-            ')' => depth -= 1,
-            ',' if depth == 0 => {
-                out.push(&s[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    out.push(&s[start..]);
-    out
-}
-
-fn set(s: &str) -> Result<Vec<String>, String> {
-    let inner = s
-        .trim()
-        .strip_prefix('(')
-        .and_then(|s| s.strip_suffix(')'))
-        .ok_or_else(|| format!("expected a parenthesized set, found {s:?}"))?;
-    Ok(inner
-        .split(',')
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
-        .collect())
-}
+pub struct LabelSelector(Selector);
 
 impl LabelSelector {
     pub fn parse(s: &str) -> Result<Self, String> {
-        let mut reqs = Vec::new();
-        for part in split_top(s) {
-            let p = part.trim();
-            if p.is_empty() {
-                continue;
-            }
-            let r = if let Some(k) = p.strip_prefix('!') {
-                Req::NotExists(k.trim().to_string())
-            } else if let Some((k, v)) = p.split_once("!=") {
-                Req::Ne(k.trim().into(), v.trim().into())
-            } else if let Some((k, v)) = p.split_once("==") {
-                Req::Eq(k.trim().into(), v.trim().into())
-            } else if let Some((k, v)) = p.split_once('=') {
-                Req::Eq(k.trim().into(), v.trim().into())
-            } else if let Some((k, v)) = p.split_once(" notin ") {
-                Req::NotIn(k.trim().into(), set(v)?)
-            } else if let Some((k, v)) = p.split_once(" in ") {
-                Req::In(k.trim().into(), set(v)?)
-            } else {
-                if p.contains(' ') || p.contains('(') {
-                    return Err(format!("unable to parse requirement: {p:?}"));
-                }
-                Req::Exists(p.to_string())
-            };
-            reqs.push(r);
-        }
-        Ok(LabelSelector(reqs))
+        Selector::parse(s).map(LabelSelector)
     }
 
     pub fn matches(&self, obj: &Value) -> bool {
         let labels = &obj["metadata"]["labels"];
-        let get = |k: &str| labels.get(k).and_then(Value::as_str);
-        self.0.iter().all(|r| match r {
-            Req::Eq(k, v) => get(k) == Some(v),
-            Req::Ne(k, v) => get(k) != Some(v),
-            Req::In(k, vs) => get(k).is_some_and(|x| vs.iter().any(|v| v == x)),
-            Req::NotIn(k, vs) => !get(k).is_some_and(|x| vs.iter().any(|v| v == x)),
-            Req::Exists(k) => get(k).is_some(),
-            Req::NotExists(k) => get(k).is_none(),
-        })
+        self.0
+            .matches_with(|k| labels.get(k).and_then(Value::as_str))
     }
 }
 

@@ -23,8 +23,9 @@ use podlet_runtime::{cgroup, rootfs};
 use tokio::sync::watch;
 
 use super::status::{self, ContainerView, Waiting};
-use super::translate::{self, PodFields, Qos};
+use super::translate::{self, PodFields};
 use super::{pod_cgroup, Node};
+use k8s_rules::qos::{qos_class, QosClass};
 
 pub const POD_FILE: &str = "pod.json";
 const SHIM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -58,7 +59,7 @@ struct Worker {
     uid: String,
     name: String,
     namespace: String,
-    qos: Qos,
+    qos: QosClass,
     run_dir: PathBuf,
     data_dir: PathBuf,
     log_dir: PathBuf,
@@ -150,7 +151,7 @@ impl Worker {
             .clone()
             .unwrap_or_else(|| "default".into());
         let spec = pod.spec.clone().unwrap_or_default();
-        let qos = translate::qos_class(&spec);
+        let qos = qos_class(&spec);
         let cfg = &node.cfg;
         let start_time = std::fs::metadata(cfg.pod_run_dir(&uid).join(POD_FILE))
             .and_then(|m| m.modified())

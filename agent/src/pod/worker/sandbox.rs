@@ -175,7 +175,7 @@ impl Worker {
         let wanted = self.pod.clone();
         if let Some(old) = recorded.filter(|old| old.spec != wanted.spec) {
             self.spec = old.spec.clone().unwrap_or_default();
-            self.qos = translate::qos_class(&self.spec);
+            self.qos = k8s_rules::qos::qos_class(&self.spec);
             self.pod_cgroup = pod_cgroup(&self.node.cfg.cgroup_root, self.qos, &self.uid);
             self.pod = old;
             self.node.admit_running(&self.uid, &self.spec, self.qos);
@@ -189,7 +189,7 @@ impl Worker {
     /// Kubernetes' in-place resize does. A resize that would change the QoS class is refused.
     pub(super) async fn resize(&mut self, pod: Pod) {
         let spec = pod.spec.clone().unwrap_or_default();
-        let qos = translate::qos_class(&spec);
+        let qos = k8s_rules::qos::qos_class(&spec);
         if qos != self.qos {
             tracing::warn!(
                 from = self.qos.as_str(),
@@ -385,7 +385,11 @@ impl Worker {
                     );
                 }
             }
-            for qos in [Qos::Guaranteed, Qos::Burstable, Qos::BestEffort] {
+            for qos in [
+                QosClass::Guaranteed,
+                QosClass::Burstable,
+                QosClass::BestEffort,
+            ] {
                 let cg = pod_cgroup(&cfg.cgroup_root, qos, &uid);
                 if let Err(e) = cgroup::remove_tree(&cfg.mountinfo, &cg) {
                     tracing::warn!("removing cgroup {cg}: {e}");

@@ -1,0 +1,24 @@
+//! Kubernetes' rules, written once and shared by the agent (kubelet side), the apiserver, the
+//! scheduler and the controllers, as `k8s.io/component-helpers` and `k8s.io/apimachinery` are
+//! shared upstream. Pure functions over k8s-openapi types with table tests; no I/O except the
+//! file and PKI helpers.
+//!
+//! - [`quantity`]: exact resource quantities (integer milli-units, never floating point).
+//! - [`resources`]: a container's and a pod's effective requests and limits.
+//! - [`qos`]: the pod QoS class.
+//! - [`taints`]: tolerations against taints.
+//! - [`nodeaffinity`]: node selectors and required node affinity.
+//! - [`labels`]: label selectors, in their string form and as `metav1.LabelSelector`.
+//! - [`duration`]: Go durations as Kubernetes flags and config files write them.
+//! - [`files`]: the atomic write of a private file.
+//! - [`pki`]: certificates for clients and servers of the cluster CA.
+
+pub mod duration;
+pub mod files;
+pub mod labels;
+pub mod nodeaffinity;
+pub mod pki;
+pub mod qos;
+pub mod quantity;
+pub mod resources;
+pub mod taints;
