@@ -3,6 +3,7 @@
 //! the Kubernetes API; the agent translates pods into these terms.
 
 pub mod cgroup;
+pub mod host;
 pub mod image;
 pub mod oci;
 pub mod rootfs;

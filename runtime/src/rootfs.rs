@@ -1,10 +1,22 @@
 //! Container root filesystems: an overlay of the image's unpacked layers with a private upper
 //! directory per container instance.
 
-use std::io;
 use std::path::{Path, PathBuf};
 
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::mount::{MntFlags, MsFlags};
+
+use crate::host::{Host, HostError, LinuxHost};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error("overlay options for {target} exceed one page ({layers} layers)")]
+    OptionsTooLong { target: PathBuf, layers: usize },
+    #[error(transparent)]
+    Host(#[from] HostError),
+}
+
+/// mount(2) takes at most one page of options.
+const MAX_OPTIONS: usize = 4096;
 
 /// Mounts `lowers` (topmost first) with a fresh upper and work dir at `target`.
 pub fn mount_overlay(
@@ -12,9 +24,20 @@ pub fn mount_overlay(
     upper: &Path,
     work: &Path,
     target: &Path,
-) -> io::Result<()> {
+) -> Result<(), RootfsError> {
+    mount_overlay_on(&LinuxHost, lowers, upper, work, target)
+}
+
+/// [`mount_overlay`] through `host`.
+pub fn mount_overlay_on(
+    host: &dyn Host,
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> Result<(), RootfsError> {
     for d in [upper, work, target] {
-        std::fs::create_dir_all(d)?;
+        host.create_dir_all(d)?;
     }
     let lower = lowers
         .iter()
@@ -26,21 +49,14 @@ pub fn mount_overlay(
         upper.display(),
         work.display()
     );
-    if data.len() >= 4096 {
-        return Err(io::Error::other(format!(
-            "overlay options for {} exceed one page ({} layers)",
-            target.display(),
-            lowers.len()
-        )));
+    if data.len() >= MAX_OPTIONS {
+        return Err(RootfsError::OptionsTooLong {
+            target: target.to_path_buf(),
+            layers: lowers.len(),
+        });
     }
-    mount(
-        Some("overlay"),
-        target,
-        Some("overlay"),
-        MsFlags::empty(),
-        Some(data.as_str()),
-    )
-    .map_err(|e| io::Error::other(format!("mounting overlay at {}: {e}", target.display())))
+    host.mount("overlay", target, "overlay", MsFlags::empty(), Some(&data))?;
+    Ok(())
 }
 
 /// Mounts `lowers` like [`mount_overlay`], with every lower layer seen through an idmapped mount
@@ -56,51 +72,61 @@ pub fn mount_overlay_idmapped(
     userns: &Path,
     owner: (u32, u32),
     scratch: &Path,
-) -> io::Result<()> {
-    use std::os::fd::AsFd;
-    let ns = std::fs::File::open(userns)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", userns.display())))?;
+) -> Result<(), RootfsError> {
+    mount_overlay_idmapped_on(
+        &LinuxHost, lowers, upper, work, target, userns, owner, scratch,
+    )
+}
+
+/// [`mount_overlay_idmapped`] through `host`.
+#[allow(clippy::too_many_arguments)]
+pub fn mount_overlay_idmapped_on(
+    host: &dyn Host,
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+    userns: &Path,
+    owner: (u32, u32),
+    scratch: &Path,
+) -> Result<(), RootfsError> {
     let mut shifted = Vec::with_capacity(lowers.len());
     let result = (|| {
         for (i, lower) in lowers.iter().enumerate() {
             let at = scratch.join(i.to_string());
-            std::fs::create_dir_all(&at)?;
-            let tree = crate::sys::idmapped_clone(lower, ns.as_fd()).map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("idmapped mount of {}: {e}", lower.display()),
-                )
-            })?;
-            crate::sys::attach_mount(tree.as_fd(), &at)?;
+            host.create_dir_all(&at)?;
+            host.mount_idmapped(lower, &at, userns)?;
             shifted.push(at);
         }
-        std::fs::create_dir_all(upper)?;
-        std::os::unix::fs::chown(upper, Some(owner.0), Some(owner.1))?;
-        mount_overlay(&shifted, upper, work, target)
+        host.create_dir_all(upper)?;
+        host.chown(upper, owner.0, owner.1)?;
+        mount_overlay_on(host, &shifted, upper, work, target)
     })();
     // rmdir, never a recursive removal: a mount left by a failed unmount is an image layer.
     for at in &shifted {
-        let _ = unmount(at);
+        let _ = unmount_on(host, at);
     }
     for i in 0..lowers.len() {
-        let _ = std::fs::remove_dir(scratch.join(i.to_string()));
+        let _ = host.remove_dir(&scratch.join(i.to_string()));
     }
-    let _ = std::fs::remove_dir(scratch);
+    let _ = host.remove_dir(scratch);
     result
 }
 
 /// Unmounts `target` if something is mounted there (lazily, as a container may still hold it).
-pub fn unmount(target: &Path) -> io::Result<()> {
+pub fn unmount(target: &Path) -> Result<(), HostError> {
+    unmount_on(&LinuxHost, target)
+}
+
+/// [`unmount`] through `host`.
+pub fn unmount_on(host: &dyn Host, target: &Path) -> Result<(), HostError> {
     loop {
-        match umount2(target, MntFlags::MNT_DETACH) {
+        match host.unmount(target, MntFlags::MNT_DETACH) {
             Ok(()) => continue, // stacked mounts: keep going until nothing is left
-            Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => return Ok(()),
-            Err(e) => {
-                return Err(io::Error::other(format!(
-                    "unmounting {}: {e}",
-                    target.display()
-                )))
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) => {
+                return Ok(())
             }
+            Err(e) => return Err(e),
         }
     }
 }
@@ -144,6 +170,228 @@ fn unescape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::{Op, RecordingHost};
+    use nix::errno::Errno;
+
+    fn p(s: &str) -> PathBuf {
+        PathBuf::from(s)
+    }
+
+    fn overlay(target: &str, data: &str) -> Op {
+        Op::Mount {
+            source: "overlay".into(),
+            target: p(target),
+            fstype: "overlay".into(),
+            flags: MsFlags::empty(),
+            data: Some(data.into()),
+        }
+    }
+
+    fn detach(target: &str) -> Op {
+        Op::Unmount {
+            target: p(target),
+            flags: MntFlags::MNT_DETACH,
+        }
+    }
+
+    #[test]
+    fn overlay_stacks_the_lowers_topmost_first() {
+        let h = RecordingHost::new();
+        mount_overlay_on(
+            &h,
+            &[p("/layers/top"), p("/layers/base")],
+            Path::new("/i/upper"),
+            Path::new("/i/work"),
+            Path::new("/i/rootfs"),
+        )
+        .unwrap();
+        assert_eq!(
+            h.ops(),
+            [
+                Op::CreateDirAll(p("/i/upper")),
+                Op::CreateDirAll(p("/i/work")),
+                Op::CreateDirAll(p("/i/rootfs")),
+                overlay(
+                    "/i/rootfs",
+                    "lowerdir=/layers/top:/layers/base,upperdir=/i/upper,workdir=/i/work"
+                ),
+            ]
+        );
+        assert_eq!(h.mounted(), [p("/i/rootfs")]);
+    }
+
+    #[test]
+    fn overlay_options_must_fit_in_a_page() {
+        // "lowerdir=" + lower + ",upperdir=/u,workdir=/w" is 32 bytes more than the lower.
+        let lower = |len: usize| format!("/{}", "x".repeat(len - 1));
+        let fits = RecordingHost::new();
+        mount_overlay_on(
+            &fits,
+            &[p(&lower(4095 - 32))],
+            Path::new("/u"),
+            Path::new("/w"),
+            Path::new("/r"),
+        )
+        .unwrap();
+        assert_eq!(fits.mounted(), [p("/r")]);
+
+        let too_long = RecordingHost::new();
+        let e = mount_overlay_on(
+            &too_long,
+            &[p(&lower(4096 - 32))],
+            Path::new("/u"),
+            Path::new("/w"),
+            Path::new("/r"),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, RootfsError::OptionsTooLong { target, layers: 1 } if target == Path::new("/r")),
+            "{e}"
+        );
+        assert!(!too_long
+            .ops()
+            .iter()
+            .any(|op| matches!(op, Op::Mount { .. })));
+    }
+
+    #[test]
+    fn idmapped_lowers_are_shifted_for_the_mount_then_released() {
+        let h = RecordingHost::new();
+        mount_overlay_idmapped_on(
+            &h,
+            &[p("/layers/top"), p("/layers/base")],
+            Path::new("/i/upper"),
+            Path::new("/i/work"),
+            Path::new("/i/rootfs"),
+            Path::new("/proc/42/ns/user"),
+            (100_000, 100_000),
+            Path::new("/i/idmapped"),
+        )
+        .unwrap();
+        let shift = |lower: &str, at: &str| Op::MountIdmapped {
+            source: p(lower),
+            target: p(at),
+            userns: p("/proc/42/ns/user"),
+        };
+        assert_eq!(
+            h.ops(),
+            [
+                Op::CreateDirAll(p("/i/idmapped/0")),
+                shift("/layers/top", "/i/idmapped/0"),
+                Op::CreateDirAll(p("/i/idmapped/1")),
+                shift("/layers/base", "/i/idmapped/1"),
+                Op::CreateDirAll(p("/i/upper")),
+                Op::Chown {
+                    path: p("/i/upper"),
+                    uid: 100_000,
+                    gid: 100_000
+                },
+                Op::CreateDirAll(p("/i/upper")),
+                Op::CreateDirAll(p("/i/work")),
+                Op::CreateDirAll(p("/i/rootfs")),
+                overlay(
+                    "/i/rootfs",
+                    "lowerdir=/i/idmapped/0:/i/idmapped/1,upperdir=/i/upper,workdir=/i/work"
+                ),
+                // The overlay holds its own references: the shifted trees go at once.
+                detach("/i/idmapped/0"),
+                detach("/i/idmapped/1"),
+                Op::RemoveDir(p("/i/idmapped/0")),
+                Op::RemoveDir(p("/i/idmapped/1")),
+                Op::RemoveDir(p("/i/idmapped")),
+            ]
+        );
+        assert_eq!(h.mounted(), [p("/i/rootfs")]);
+    }
+
+    #[test]
+    fn a_failed_idmapped_lower_undoes_the_ones_before_it() {
+        let h = RecordingHost::new().failing_when(
+            |op| matches!(op, Op::MountIdmapped { source, .. } if source == Path::new("/layers/base")),
+            Errno::EPERM,
+            1,
+        );
+        let e = mount_overlay_idmapped_on(
+            &h,
+            &[p("/layers/top"), p("/layers/base")],
+            Path::new("/i/upper"),
+            Path::new("/i/work"),
+            Path::new("/i/rootfs"),
+            Path::new("/proc/42/ns/user"),
+            (100_000, 100_000),
+            Path::new("/i/idmapped"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "idmapped mount of /layers/base at /i/idmapped/1 through /proc/42/ns/user: \
+             Operation not permitted (os error 1)"
+        );
+        assert_eq!(
+            h.ops()[3..],
+            [
+                detach("/i/idmapped/0"),
+                Op::RemoveDir(p("/i/idmapped/0")),
+                Op::RemoveDir(p("/i/idmapped/1")),
+                Op::RemoveDir(p("/i/idmapped")),
+            ]
+        );
+        assert!(h.mounted().is_empty());
+    }
+
+    #[test]
+    fn a_failed_overlay_still_releases_the_shifted_lowers() {
+        let h = RecordingHost::new().failing_when(
+            |op| matches!(op, Op::Mount { .. }),
+            Errno::EINVAL,
+            1,
+        );
+        let e = mount_overlay_idmapped_on(
+            &h,
+            &[p("/layers/only")],
+            Path::new("/i/upper"),
+            Path::new("/i/work"),
+            Path::new("/i/rootfs"),
+            Path::new("/proc/42/ns/user"),
+            (100_000, 100_000),
+            Path::new("/i/idmapped"),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().starts_with("mounting overlay at /i/rootfs: "),
+            "{e}"
+        );
+        let ops = h.ops();
+        assert_eq!(
+            ops[ops.len() - 3..],
+            [
+                detach("/i/idmapped/0"),
+                Op::RemoveDir(p("/i/idmapped/0")),
+                Op::RemoveDir(p("/i/idmapped")),
+            ]
+        );
+        assert!(h.mounted().is_empty());
+    }
+
+    #[test]
+    fn unmount_takes_off_stacked_mounts_and_accepts_none() {
+        let h = RecordingHost::new().with_mount("/r").with_mount("/r");
+        unmount_on(&h, Path::new("/r")).unwrap();
+        unmount_on(&h, Path::new("/never-mounted")).unwrap();
+        assert_eq!(h.ops(), [detach("/r"), detach("/r")]);
+        assert!(h.mounted().is_empty());
+    }
+
+    #[test]
+    fn unmount_reports_other_errors_with_the_path() {
+        let h = RecordingHost::new()
+            .with_mount("/r")
+            .failing("/r", Errno::EPERM, 1);
+        let e = unmount_on(&h, Path::new("/r")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+        assert!(e.to_string().starts_with("unmounting /r: "), "{e}");
+        assert_eq!(h.mounted(), [p("/r")]);
+    }
 
     #[test]
     fn finds_mounts_below_deepest_first() {

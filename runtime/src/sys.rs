@@ -168,14 +168,38 @@ pub fn set_process_name(name: &str) {
     }
 }
 
+/// Fails unless this process has one thread. A child forked from a multithreaded process gets
+/// a copy of memory in which locks held by the other threads stay locked forever; with one
+/// thread nothing can start another between this check and the fork.
+fn require_one_thread() -> io::Result<()> {
+    let threads = std::fs::read_dir("/proc/self/task")?.count();
+    if threads == 1 {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "refusing to fork a process with {threads} threads"
+        )))
+    }
+}
+
+/// Forks this (single-threaded) process: how the shim daemonises.
+pub fn fork() -> io::Result<nix::unistd::ForkResult> {
+    require_one_thread()?;
+    // SAFETY: the process has a single thread (checked above), so the child's copy of memory is
+    // consistent and it may go on running ordinary Rust code.
+    unsafe { nix::unistd::fork() }.map_err(io::Error::from)
+}
+
 /// Clones a child into new namespaces (`flags` are `CLONE_NEW*`), running `child` there. Used for
 /// the pause process, which must be PID 1 of a new PID namespace when the pod shares one.
 pub fn clone_into(flags: libc::c_int, child: &mut dyn FnMut() -> i32) -> io::Result<i32> {
+    require_one_thread()?;
     let mut stack = vec![0u8; 256 * 1024];
     let cb: nix::sched::CloneCb = Box::new(|| child() as isize);
     let clone_flags = nix::sched::CloneFlags::from_bits_truncate(flags);
-    // SAFETY: the shim is single-threaded, so the child gets a consistent copy of memory; the
-    // stack buffer outlives the call in the parent and is private to the child afterwards.
+    // SAFETY: the process has a single thread (checked above), so the child gets a consistent
+    // copy of memory; the stack buffer outlives the call in the parent and is private to the
+    // child afterwards.
     let pid = unsafe { nix::sched::clone(cb, &mut stack, clone_flags, Some(libc::SIGCHLD)) }
         .map_err(io::Error::from)?;
     Ok(pid.as_raw())

@@ -14,6 +14,7 @@ use std::path::{Component, Path, PathBuf};
 
 use tar::EntryType;
 
+use crate::host::{Host, HostError, LinuxHost};
 use crate::sys;
 
 const WHITEOUT_PREFIX: &str = ".wh.";
@@ -41,6 +42,11 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LayerError + '_ {
         path: path.display().to_string(),
         source,
     }
+}
+
+/// A host operation's OS error, reported like the layer's own I/O errors.
+fn host_err(path: &Path) -> impl FnOnce(HostError) -> LayerError + '_ {
+    move |e| io_err(path)(e.into_io())
 }
 
 /// Turns an archive path into a relative path of normal components, refusing `..`.
@@ -103,6 +109,16 @@ pub struct Unpacked {
 /// Unpacks the (already decompressed) tar stream `input` into the empty directory `root`.
 /// `preserve_owner` keeps uid/gid from the archive (needs root).
 pub fn unpack(input: impl Read, root: &Path, preserve_owner: bool) -> Result<Unpacked, LayerError> {
+    unpack_on(&LinuxHost, input, root, preserve_owner)
+}
+
+/// [`unpack`] with whiteouts, the opaque marker and ownership applied through `host`.
+pub fn unpack_on(
+    host: &dyn Host,
+    input: impl Read,
+    root: &Path,
+    preserve_owner: bool,
+) -> Result<Unpacked, LayerError> {
     let mut archive = tar::Archive::new(input);
     let mut stats = Unpacked::default();
     let mut dirs: Vec<(PathBuf, u32, i64)> = Vec::new();
@@ -128,7 +144,8 @@ pub fn unpack(input: impl Read, root: &Path, preserve_owner: bool) -> Result<Unp
 
         if name == OPAQUE_MARKER {
             let dir = target.parent().unwrap_or(root);
-            sys::lsetxattr(dir, "trusted.overlay.opaque", b"y").map_err(io_err(&rel))?;
+            host.set_xattr(dir, "trusted.overlay.opaque", b"y")
+                .map_err(host_err(&rel))?;
             continue;
         }
         if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
@@ -143,7 +160,7 @@ pub fn unpack(input: impl Read, root: &Path, preserve_owner: bool) -> Result<Unp
                     fs::remove_file(&wh).map_err(io_err(&rel))?;
                 }
             }
-            sys::mknod_whiteout(&wh).map_err(io_err(&rel))?;
+            host.mknod_whiteout(&wh).map_err(host_err(&rel))?;
             continue;
         }
 
@@ -158,7 +175,7 @@ pub fn unpack(input: impl Read, root: &Path, preserve_owner: bool) -> Result<Unp
                     Err(_) => fs::create_dir(&target).map_err(io_err(&rel))?,
                 }
                 if preserve_owner {
-                    sys::lchown(&target, uid, gid).map_err(io_err(&rel))?;
+                    host.lchown(&target, uid, gid).map_err(host_err(&rel))?;
                 }
                 // Permissions and times of directories are applied last: later entries write
                 // into them, which would otherwise fail (read-only dirs) or reset mtime.
@@ -177,7 +194,7 @@ pub fn unpack(input: impl Read, root: &Path, preserve_owner: bool) -> Result<Unp
                 stats.bytes += io::copy(&mut entry, &mut f).map_err(io_err(&rel))?;
                 drop(f);
                 if preserve_owner {
-                    sys::lchown(&target, uid, gid).map_err(io_err(&rel))?;
+                    host.lchown(&target, uid, gid).map_err(host_err(&rel))?;
                 }
                 fs::set_permissions(&target, fs::Permissions::from_mode(mode))
                     .map_err(io_err(&rel))?;
@@ -193,7 +210,7 @@ pub fn unpack(input: impl Read, root: &Path, preserve_owner: bool) -> Result<Unp
                 clear(&target).map_err(io_err(&rel))?;
                 std::os::unix::fs::symlink(&link, &target).map_err(io_err(&rel))?;
                 if preserve_owner {
-                    sys::lchown(&target, uid, gid).map_err(io_err(&rel))?;
+                    host.lchown(&target, uid, gid).map_err(host_err(&rel))?;
                 }
             }
             EntryType::Link => {
@@ -223,7 +240,7 @@ pub fn unpack(input: impl Read, root: &Path, preserve_owner: bool) -> Result<Unp
                 )
                 .map_err(|e| io_err(&rel)(e.into()))?;
                 if preserve_owner {
-                    sys::lchown(&target, uid, gid).map_err(io_err(&rel))?;
+                    host.lchown(&target, uid, gid).map_err(host_err(&rel))?;
                 }
             }
             EntryType::Char | EntryType::Block => {
@@ -250,6 +267,7 @@ pub fn unpack(input: impl Read, root: &Path, preserve_owner: bool) -> Result<Unp
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::{Op, RecordingHost};
 
     fn raw_tar(entries: &[(&str, EntryType, &str, &[u8])]) -> Vec<u8> {
         // Writes names into the header bytes directly: the tar crate's builder refuses `..`,
@@ -332,5 +350,76 @@ mod tests {
     fn device_nodes_are_refused() {
         let (_d, r) = unpack_into(&raw_tar(&[("dev/sda", EntryType::Block, "", b"")]));
         assert!(matches!(r, Err(LayerError::Refused { reason, .. }) if reason.contains("device")));
+    }
+
+    /// Entries (name, kind, link target, uid, gid); regular files hold one byte.
+    fn owned_tar(entries: &[(&str, EntryType, &str, u64, u64)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, kind, link, uid, gid) in entries {
+            let data: &[u8] = if *kind == EntryType::Regular {
+                b"x"
+            } else {
+                b""
+            };
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*kind);
+            h.set_size(data.len() as u64);
+            h.set_mode(0o755);
+            h.set_uid(*uid);
+            h.set_gid(*gid);
+            if !link.is_empty() {
+                h.set_link_name(link).unwrap();
+            }
+            b.append_data(&mut h, name, data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn whiteouts_opaque_dirs_and_owners_go_through_the_host() {
+        let t = owned_tar(&[
+            ("etc/", EntryType::Directory, "", 0, 0),
+            ("etc/.wh..wh..opq", EntryType::Regular, "", 0, 0),
+            ("etc/passwd", EntryType::Regular, "", 1000, 1001),
+            ("old", EntryType::Regular, "", 0, 0),
+            (".wh.old", EntryType::Regular, "", 0, 0),
+            ("bin/sh", EntryType::Symlink, "busybox", 2, 3),
+        ]);
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let h = RecordingHost::new();
+        let stats = unpack_on(&h, &t[..], d, true).unwrap();
+        assert_eq!(stats.entries, 6);
+        let owner = |p: &str, uid, gid| Op::Lchown {
+            path: d.join(p),
+            uid,
+            gid,
+        };
+        assert_eq!(
+            h.ops(),
+            [
+                owner("etc", 0, 0),
+                Op::SetXattr {
+                    path: d.join("etc"),
+                    name: "trusted.overlay.opaque".into(),
+                    value: b"y".to_vec(),
+                },
+                owner("etc/passwd", 1000, 1001),
+                owner("old", 0, 0),
+                Op::MknodWhiteout(d.join("old")),
+                owner("bin/sh", 2, 3),
+            ]
+        );
+        // The file the whiteout hides is gone from the layer, so the node can take its place.
+        assert!(fs::symlink_metadata(d.join("old")).is_err());
+        assert!(!d.join(".wh.old").exists() && !d.join("etc/.wh..wh..opq").exists());
+
+        let unowned = RecordingHost::new();
+        let again = tempfile::tempdir().unwrap();
+        unpack_on(&unowned, &t[..], again.path(), false).unwrap();
+        assert!(!unowned
+            .ops()
+            .iter()
+            .any(|op| matches!(op, Op::Lchown { .. })));
     }
 }

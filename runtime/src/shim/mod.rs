@@ -4,8 +4,12 @@
 //! unix socket, one JSON request and one JSON reply per connection — except `Attach`, whose
 //! connection goes on carrying the container's stdio in [`frame`]s.
 
+mod attach;
+mod container;
 mod logs;
+mod pause;
 mod server;
+mod stdio;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
