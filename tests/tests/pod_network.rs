@@ -75,10 +75,15 @@ spec:
   containers:
   - name: web
     image: busybox:1.36
-    command: ["sh", "-c", "while true; do nc -l -p 8080 -e echo from-srv; done"]
+    # -ll keeps one listening socket and forks per connection: a `while nc -l` loop refuses
+    # a connection that comes before the next nc listens, as back-to-back ones here do.
+    command: ["nc", "-ll", "-p", "8080", "-e", "echo", "from-srv"]
     ports:
     - containerPort: 8080
       hostPort: 18080
+    readinessProbe:
+      tcpSocket: {port: 8080}
+      periodSeconds: 1
 "#;
 
 const CLIENT: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: cli\nspec:\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: c\n    image: busybox:1.36\n    command: [\"sleep\", \"1000\"]\n";
@@ -90,8 +95,13 @@ fn pods_get_addresses_and_reach_each_other() {
     };
     node.write_manifest("srv.yaml", SERVER);
     node.write_manifest("cli.yaml", CLIENT);
-    let srv = node.wait_running("srv");
+    node.wait_running("srv");
     let cli = node.wait_running("cli");
+    // Running is not listening: the server is used once its readiness probe connects.
+    let srv = node.wait_for("srv ready", Duration::from_secs(20), || {
+        node.pod("srv")
+            .filter(|p| p["status"]["containerStatuses"][0]["ready"] == true)
+    });
     let (a, b) = (pod_ip(&srv), pod_ip(&cli));
     assert!(in_cidr(&a) && in_cidr(&b) && a != b, "{a} {b}");
     assert_eq!(srv["status"]["podIPs"][0]["ip"], a.as_str());
