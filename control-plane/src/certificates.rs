@@ -1,18 +1,12 @@
 //! Node join support: bootstrap tokens (Secrets `kube-system/bootstrap-token-<id>` of type
-//! `bootstrap.kubernetes.io/token`), and the CertificateSigningRequest controllers — the
-//! approver (kubelet client certificates requested by bootstrappers, or renewed by the node
-//! itself, once RBAC allows `certificatesigningrequests/nodeclient` or `/selfnodeclient`) and the
-//! signer (approved requests for the kube-apiserver client signers, signed by the cluster CA).
-
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+//! `bootstrap.kubernetes.io/token`) that authenticate joining nodes, certificate requests'
+//! subjects, and signing by the cluster CA (for `controllers/csr.rs`, the approver and signer).
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::api::{auth, objects, resources};
+use crate::api::{auth, resources};
 use crate::store::Store;
 
 pub const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
@@ -78,14 +72,19 @@ pub async fn bootstrap_user(store: &dyn Store, token: &str) -> Option<auth::User
     ))
 }
 
-/// Checks a CSR's `spec.request` (base64 PEM) and returns its subject (CN, O…).
+/// Checks a CSR's `spec.request` as JSON carries it (base64 PEM) and returns its subject.
 pub fn parse_request(request_b64: &str) -> Result<(String, Vec<String>), String> {
     let pem = B64
         .decode(request_b64)
         .map_err(|e| format!("not base64: {e}"))?;
-    let pem = String::from_utf8(pem)
+    parse_request_pem(&pem)
+}
+
+/// The subject (CN, O…) of a PEM certificate request.
+pub fn parse_request_pem(pem: &[u8]) -> Result<(String, Vec<String>), String> {
+    let pem = std::str::from_utf8(pem)
         .map_err(|_| "PEM block type must be CERTIFICATE REQUEST".to_string())?;
-    let params = rcgen::CertificateSigningRequestParams::from_pem(&pem)
+    let params = rcgen::CertificateSigningRequestParams::from_pem(pem)
         .map_err(|e| format!("PEM block type must be CERTIFICATE REQUEST ({e})"))?;
     let dn = &params.params.distinguished_name;
     let text = |t: &rcgen::DnValue| match t {
@@ -105,20 +104,17 @@ pub fn parse_request(request_b64: &str) -> Result<(String, Vec<String>), String>
     Ok((cn, orgs))
 }
 
-fn has_condition(csr: &Value, ty: &str) -> bool {
-    csr["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|c| c["type"] == ty && c["status"] != "False")
-}
-
-fn sign(pki: &std::path::Path, csr: &Value) -> anyhow::Result<String> {
-    let pem = String::from_utf8(B64.decode(csr["spec"]["request"].as_str().unwrap_or_default())?)?;
-    let mut req = rcgen::CertificateSigningRequestParams::from_pem(&pem)?;
+/// A client certificate for the PEM request `request`, signed by the CA in `pki`, valid for
+/// `expiration_seconds` (a year by default, ten minutes at least).
+pub fn sign(
+    pki: &std::path::Path,
+    request: &[u8],
+    expiration_seconds: Option<i32>,
+) -> anyhow::Result<String> {
+    let mut req = rcgen::CertificateSigningRequestParams::from_pem(std::str::from_utf8(request)?)?;
     let (ca, ca_key) = crate::pki::load_ca(pki)?;
-    let secs = csr["spec"]["expirationSeconds"]
-        .as_i64()
+    let secs = expiration_seconds
+        .map(i64::from)
         .unwrap_or(365 * 86400)
         .max(600);
     let now = time::OffsetDateTime::now_utc();
@@ -130,119 +126,6 @@ fn sign(pki: &std::path::Path, csr: &Value) -> anyhow::Result<String> {
     req.params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     let cert = req.signed_by(&ca, &ca_key)?;
     Ok(cert.pem())
-}
-
-/// One pass over every CSR: approve what the kubelet-client rules allow, sign what is approved.
-pub async fn reconcile(store: &dyn Store, pki: &std::path::Path) {
-    let r = resources::find("certificates.k8s.io", "v1", "certificatesigningrequests").unwrap();
-    let Ok((kvs, _)) = store.list(&r.prefix(), None).await else {
-        return;
-    };
-    for kv in kvs {
-        let Ok(mut csr) = serde_json::from_slice::<Value>(&kv.value) else {
-            continue;
-        };
-        let name = csr["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let signer = csr["spec"]["signerName"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let mut changed = false;
-        if signer == KUBELET_CLIENT_SIGNER
-            && !has_condition(&csr, "Approved")
-            && !has_condition(&csr, "Denied")
-        {
-            let requester = auth::User {
-                name: csr["spec"]["username"].as_str().unwrap_or_default().into(),
-                uid: String::new(),
-                groups: csr["spec"]["groups"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|g| g.as_str().map(str::to_owned))
-                    .collect(),
-            };
-            let subject = parse_request(csr["spec"]["request"].as_str().unwrap_or_default()).ok();
-            let node_subject = subject.as_ref().is_some_and(|(cn, o)| {
-                cn.starts_with("system:node:") && o == &["system:nodes".to_string()]
-            });
-            let sub = if subject
-                .as_ref()
-                .is_some_and(|(cn, _)| *cn == requester.name)
-            {
-                "selfnodeclient"
-            } else {
-                "nodeclient"
-            };
-            let a = auth::Attributes::Resource {
-                verb: "create".into(),
-                group: "certificates.k8s.io".into(),
-                resource: "certificatesigningrequests".into(),
-                subresource: sub.into(),
-                namespace: String::new(),
-                name: String::new(),
-            };
-            if node_subject && auth::authorize(store, &requester, &a).await.is_some() {
-                if !csr["status"].is_object() {
-                    csr["status"] = json!({});
-                }
-                let conds = csr["status"]
-                    .as_object_mut()
-                    .map(|s| s.entry("conditions").or_insert_with(|| json!([])));
-                if let Some(Value::Array(c)) = conds {
-                    c.push(json!({"type": "Approved", "status": "True", "reason": "AutoApproved", "message": "Auto approving kubelet client certificate after SubjectAccessReview.", "lastUpdateTime": objects::now(), "lastTransitionTime": objects::now()}));
-                    changed = true;
-                }
-            }
-        }
-        if has_condition(&csr, "Approved")
-            && !has_condition(&csr, "Denied")
-            && csr["status"]["certificate"].is_null()
-            && (signer == KUBELET_CLIENT_SIGNER || signer == CLIENT_SIGNER)
-        {
-            match sign(pki, &csr) {
-                Ok(pem) => {
-                    csr["status"]["certificate"] = json!(B64.encode(pem));
-                    changed = true;
-                }
-                Err(e) => tracing::warn!(csr = %name, "signing: {e}"),
-            }
-        }
-        if changed {
-            if let Err(e) = store
-                .update(&kv.key, serde_json::to_vec(&csr).unwrap(), Some(kv.mod_rev))
-                .await
-            {
-                tracing::debug!(csr = %name, "CSR changed meanwhile: {e}");
-            }
-        }
-    }
-}
-
-/// Runs the approver and signer after every CSR change (and every few seconds).
-pub async fn run(store: Arc<dyn Store>, pki: PathBuf) {
-    loop {
-        let rev = store.current_rev().await.unwrap_or(0);
-        reconcile(&*store, &pki).await;
-        match store
-            .watch(
-                "/registry/certificates.k8s.io/certificatesigningrequests/",
-                rev,
-            )
-            .await
-        {
-            Ok(mut w) => {
-                tokio::select! {
-                    _ = w.recv() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                }
-            }
-            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
-        }
-    }
 }
 
 #[cfg(test)]
@@ -270,7 +153,7 @@ mod tests {
         dn.push(rcgen::DnType::CommonName, "system:node:n1");
         p.distinguished_name = dn;
         let pem = p.serialize_request(&key).unwrap().pem().unwrap();
-        let req = B64.encode(pem);
+        let req = B64.encode(&pem);
         assert_eq!(
             parse_request(&req).unwrap(),
             (
@@ -279,11 +162,7 @@ mod tests {
             )
         );
         assert!(parse_request(&B64.encode("garbage")).is_err());
-        let cert = sign(
-            dir.path(),
-            &json!({"spec": {"request": req, "expirationSeconds": 3600}}),
-        )
-        .unwrap();
+        let cert = sign(dir.path(), pem.as_bytes(), Some(3600)).unwrap();
         let der = rustls_pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
         use rustls_pki_types::pem::PemObject;
         assert_eq!(

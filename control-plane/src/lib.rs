@@ -3,8 +3,9 @@
 
 pub mod api;
 pub mod certificates;
-pub mod gc;
+pub mod controllers;
 pub mod pki;
+pub mod reconcile;
 pub mod scheduler;
 pub mod store;
 pub mod testing;
@@ -32,16 +33,49 @@ pub struct Config {
     pub service_cluster_ip_range: ipnetwork::Ipv4Network,
 }
 
-/// The administrator's kubeconfig: the cluster CA and a `system:masters` client certificate.
-pub fn kubeconfig(server: &str, pki: &pki::Pki) -> String {
+/// A kubeconfig for the apiserver at `server` (trusting `ca_pem`) as the holder of a client
+/// certificate.
+pub fn kubeconfig_for(server: &str, ca_pem: &str, cert_pem: &str, key_pem: &str) -> String {
     use base64::Engine;
     let b = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: podlet\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\ncontexts:\n- name: podlet\n  context:\n    cluster: podlet\n    user: admin\n    namespace: default\ncurrent-context: podlet\nusers:\n- name: admin\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n",
-        b(&pki.ca_pem),
-        b(&pki.admin_cert_pem),
-        b(&pki.admin_key_pem)
+        b(ca_pem),
+        b(cert_pem),
+        b(key_pem)
     )
+}
+
+/// The administrator's kubeconfig: the cluster CA and a `system:masters` client certificate.
+pub fn kubeconfig(server: &str, pki: &pki::Pki) -> String {
+    kubeconfig_for(server, &pki.ca_pem, &pki.admin_cert_pem, &pki.admin_key_pem)
+}
+
+/// Starts kube-scheduler's and kube-controller-manager's loops beside the apiserver at `listen`,
+/// each with its own identity and Lease, so that of several apiservers sharing one store only
+/// one runs each.
+async fn start_components(listen: SocketAddr, data_dir: PathBuf) -> anyhow::Result<()> {
+    let url = reconcile::loopback_url(listen);
+    let pki = data_dir.join("pki");
+    let scheduler =
+        reconcile::component(&url, &pki, &data_dir, reconcile::rbac::SCHEDULER_USER).await?;
+    let manager = reconcile::component(
+        &url,
+        &pki,
+        &data_dir,
+        reconcile::rbac::CONTROLLER_MANAGER_USER,
+    )
+    .await?;
+    let elect = |c: &reconcile::Component, lease: &str| {
+        reconcile::leader::Elector::new(c.client.clone(), "kube-system", lease, &c.identity)
+    };
+    let sched = elect(&scheduler, "kube-scheduler");
+    let sched_client = scheduler.client.clone();
+    tokio::spawn(sched.run(move || scheduler::run(sched_client.clone())));
+    let cm = elect(&manager, "kube-controller-manager");
+    let cm_client = manager.client.clone();
+    tokio::spawn(cm.run(move || controllers::run(cm_client.clone(), pki.clone())));
+    Ok(())
 }
 
 /// The client for node APIs: a `kube-apiserver-kubelet-client` certificate (group
@@ -81,9 +115,6 @@ pub async fn run(
     };
 
     tokio::spawn(api::compactor(store.clone(), cfg.compaction_interval));
-    tokio::spawn(scheduler::run(store.clone()));
-    tokio::spawn(gc::run(store.clone()));
-    tokio::spawn(certificates::run(store.clone(), cfg.data_dir.join("pki")));
     let tokens = match &cfg.token_auth_file {
         Some(f) => api::auth::Tokens::load(f)?,
         None => Default::default(),
@@ -99,14 +130,9 @@ pub async fn run(
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let host = if addr.ip().is_unspecified() {
-            std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
-        } else {
-            addr
-        };
         k8s_rules::files::write_private(
             path,
-            kubeconfig(&format!("https://{host}"), &pki).as_bytes(),
+            kubeconfig(&reconcile::loopback_url(addr), &pki).as_bytes(),
         )?;
     }
     tracing::info!(%addr, store = if cfg.etcd_servers.is_empty() { "embedded" } else { "etcd" }, "apiserver serving");
@@ -125,6 +151,7 @@ pub async fn run(
         kubelet,
         kubelet_tls,
     }));
+    start_components(addr, cfg.data_dir.clone()).await?;
     loop {
         let (tcp, _) = match listener.accept().await {
             Ok(c) => c,

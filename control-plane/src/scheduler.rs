@@ -1,54 +1,90 @@
-//! A minimal scheduler: pods with no node and `schedulerName: default-scheduler` are bound to the
-//! node that fits them (not unschedulable, nodeSelector and required node affinity, taints
-//! tolerated, requests within allocatable including the pods already there, pod count) with the
-//! most room left (least allocated). Pods that fit nowhere get `PodScheduled=False`, reason `Unschedulable`, with
-//! kube-scheduler's message, and are retried. Binding is a conditional write on the pod, so
-//! several schedulers (one per apiserver sharing an etcd) never bind a pod twice.
+//! A minimal scheduler on the reconcile framework, acting through the API as kube-scheduler
+//! does: pods with no node and `schedulerName: default-scheduler` are bound (`pods/binding`) to
+//! the node that fits them (not unschedulable, nodeSelector and required node affinity, taints
+//! tolerated, requests within allocatable including the pods already there, pod count) with
+//! the most room left (least allocated). Pods that fit nowhere get `PodScheduled=False`, reason
+//! `Unschedulable`, with kube-scheduler's message, and are retried every 5 s and whenever a node
+//! changes. One pod is placed at a time, and a pod just bound counts on its node until the
+//! watch shows it there (kube-scheduler's "assumed" pods), so two pods never take one place.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::{json, Value};
-
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod, PodCondition, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_rules::nodeaffinity::{required_node_affinity_matches, NodeFacts};
 use k8s_rules::quantity::Milli;
 use k8s_rules::resources::pod_request;
 use k8s_rules::taints::{blocks_scheduling, find_untolerated};
+use kube::api::{ObjectMeta, PostParams};
+use kube::runtime::controller::{Action, Config, Controller};
+use kube::runtime::reflector::{self, reflector, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, ResourceExt};
 
-use crate::api::{objects, resources};
-use crate::store::{Store, StoreError};
+use crate::reconcile::{self, Result};
 
-/// What the scheduler needs of a pod: the stored object, its revision, the typed pod and its
-/// effective requests (computed once a pass).
-struct PodInfo {
-    value: Value,
-    rev: i64,
-    pod: Pod,
+/// Unschedulable pods are tried again this often (kube-scheduler flushes them within 5 min;
+/// podlet's clusters are small enough to retry sooner).
+const RETRY_UNSCHEDULABLE: Duration = Duration::from_secs(5);
+
+/// A pod's effective requests.
+#[derive(Debug, Clone, Copy, Default)]
+struct Requests {
     cpu: Milli,
     memory: Milli,
 }
 
-impl PodInfo {
-    fn new(value: Value, rev: i64) -> Option<Self> {
-        let pod: Pod = serde_json::from_value(value.clone()).ok()?;
+impl Requests {
+    fn of(pod: &Pod) -> Self {
         let spec = pod.spec.clone().unwrap_or_default();
-        Some(Self {
+        Self {
             cpu: pod_request(&spec, "cpu"),
             memory: pod_request(&spec, "memory"),
-            value,
-            rev,
-            pod,
-        })
+        }
     }
 
-    fn request(&self, res: &str) -> Milli {
+    fn get(&self, res: &str) -> Milli {
         if res == "cpu" {
             self.cpu
         } else {
             self.memory
         }
     }
+}
+
+struct Scheduler {
+    client: kube::Client,
+    pods: Store<Pod>,
+    nodes: Store<Node>,
+    /// Pods bound by this scheduler that the pod cache does not show bound yet: uid → (node,
+    /// requests).
+    assumed: Mutex<HashMap<String, (String, Requests)>>,
+}
+
+fn node_name(pod: &Pod) -> Option<&str> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .filter(|n| !n.is_empty())
+}
+
+fn is_pending(pod: &Pod) -> bool {
+    let spec = pod.spec.as_ref();
+    node_name(pod).is_none()
+        && spec
+            .and_then(|s| s.scheduler_name.as_deref())
+            .unwrap_or("default-scheduler")
+            == "default-scheduler"
+        && pod.metadata.deletion_timestamp.is_none()
+}
+
+fn is_live(pod: &Pod) -> bool {
+    !matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
 }
 
 fn allocatable(node: &Node, res: &str) -> Option<Milli> {
@@ -61,8 +97,9 @@ fn allocatable(node: &Node, res: &str) -> Option<Milli> {
 }
 
 /// Why `node` cannot take `pod` (kube-scheduler's reason texts), or None when it fits.
-fn misfit(pod: &PodInfo, node: &Node, on_node: &[&PodInfo]) -> Option<String> {
-    let spec = pod.pod.spec.clone().unwrap_or_default();
+/// `on_node` are the requests of the pods already there.
+fn misfit(pod: &Pod, wants: Requests, node: &Node, on_node: &[Requests]) -> Option<String> {
+    let spec = pod.spec.clone().unwrap_or_default();
     let node_spec = node.spec.clone().unwrap_or_default();
     if node_spec.unschedulable == Some(true) {
         return Some("node(s) were unschedulable".into());
@@ -92,179 +129,215 @@ fn misfit(pod: &PodInfo, node: &Node, on_node: &[&PodInfo]) -> Option<String> {
         let Some(cap) = allocatable(node, res) else {
             continue;
         };
-        let used: Milli = on_node.iter().map(|p| p.request(res)).sum();
-        if used + pod.request(res) > cap {
+        let used: Milli = on_node.iter().map(|r| r.get(res)).sum();
+        if used + wants.get(res) > cap {
             return Some(format!("Insufficient {res}"));
         }
     }
     None
 }
 
-fn free_fraction(node: &Node, on_node: &[&PodInfo], pod: &PodInfo) -> f64 {
+/// The share of the node's allocatable CPU and memory left once `wants` is placed.
+fn free_fraction(node: &Node, on_node: &[Requests], wants: Requests) -> f64 {
     let mut score = 0.0;
     for res in ["cpu", "memory"] {
         if let Some(cap) = allocatable(node, res).filter(|c| *c > Milli::ZERO) {
-            let used: Milli =
-                on_node.iter().map(|p| p.request(res)).sum::<Milli>() + pod.request(res);
+            let used: Milli = on_node.iter().map(|r| r.get(res)).sum::<Milli>() + wants.get(res);
             score += 1.0 - used.milli() as f64 / cap.milli() as f64;
         }
     }
     score
 }
 
-async fn all(store: &dyn Store, r: &resources::Resource) -> Vec<(Value, i64)> {
-    store
-        .list(&r.prefix(), None)
-        .await
-        .map(|(kvs, _)| {
-            kvs.iter()
-                .filter_map(|kv| Some((serde_json::from_slice(&kv.value).ok()?, kv.mod_rev)))
-                .collect()
-        })
-        .unwrap_or_default()
+/// kube-scheduler's FailedScheduling message.
+fn unschedulable_message(nodes: usize, reasons: &BTreeMap<String, usize>) -> String {
+    let mut msg = format!("0/{nodes} nodes are available");
+    if reasons.is_empty() {
+        msg.push('.');
+    } else {
+        let parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+        msg = format!("{msg}: {}.", parts.join(", "));
+    }
+    msg
 }
 
-/// One pass: tries every pending pod once.
-pub async fn schedule_pending(store: &dyn Store) {
-    let pods_r = resources::find("", "v1", "pods").unwrap();
-    let nodes_r = resources::find("", "v1", "nodes").unwrap();
-    let nodes: Vec<Node> = all(store, nodes_r)
-        .await
-        .into_iter()
-        .filter_map(|(n, _)| serde_json::from_value(n).ok())
-        .collect();
-    let mut pods: Vec<PodInfo> = all(store, pods_r)
-        .await
-        .into_iter()
-        .filter_map(|(v, rev)| PodInfo::new(v, rev))
-        .collect();
-    let live = |p: &PodInfo| {
-        !matches!(
-            p.value["status"]["phase"].as_str(),
-            Some("Succeeded" | "Failed")
+impl Scheduler {
+    /// Requests of the live pods on each node, the assumed ones included.
+    fn usage(&self) -> HashMap<String, Vec<Requests>> {
+        let pods = self.pods.state();
+        let mut assumed = self.assumed.lock().expect("assumed lock");
+        // An assumed pod is settled once the cache shows it bound, or gone.
+        assumed.retain(|uid, _| {
+            pods.iter()
+                .find(|p| p.metadata.uid.as_deref() == Some(uid.as_str()))
+                .is_some_and(|p| node_name(p).is_none())
+        });
+        let mut usage: HashMap<String, Vec<Requests>> = HashMap::new();
+        for p in pods.iter().filter(|p| is_live(p)) {
+            if let Some(n) = node_name(p) {
+                usage
+                    .entry(n.to_string())
+                    .or_default()
+                    .push(Requests::of(p));
+            }
+        }
+        for (node, r) in assumed.values() {
+            usage.entry(node.clone()).or_default().push(*r);
+        }
+        usage
+    }
+
+    async fn bind(&self, pod: &Pod, node: &str) -> Result<()> {
+        let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
+        let binding = Binding {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(ns.clone()),
+                ..Default::default()
+            },
+            target: ObjectReference {
+                kind: Some("Node".into()),
+                name: Some(node.to_string()),
+                ..Default::default()
+            },
+        };
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        pods.create_subresource::<Binding, serde_json::Value>(
+            "binding",
+            &name,
+            &PostParams::default(),
+            &binding,
         )
-    };
-    for i in 0..pods.len() {
-        let pod = &pods[i];
-        let spec = pod.pod.spec.as_ref();
-        let pending = spec
-            .and_then(|s| s.node_name.as_deref())
-            .unwrap_or_default()
-            .is_empty()
-            && spec
-                .and_then(|s| s.scheduler_name.as_deref())
-                .unwrap_or("default-scheduler")
-                == "default-scheduler"
-            && pod.pod.metadata.deletion_timestamp.is_none();
-        if !pending {
-            continue;
+        .await?;
+        tracing::info!(pod = %format!("{ns}/{name}"), node, "scheduled");
+        Ok(())
+    }
+
+    /// Records why the pod fits nowhere, unless that is what it already says.
+    async fn mark_unschedulable(&self, pod: &Pod, message: String) -> Result<()> {
+        let conditions = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.clone())
+            .unwrap_or_default();
+        if conditions.iter().any(|c| {
+            c.type_ == "PodScheduled"
+                && c.reason.as_deref() == Some("Unschedulable")
+                && c.message.as_deref() == Some(message.as_str())
+        }) {
+            return Ok(());
         }
-        let mut best: Option<(f64, &Node)> = None;
-        let mut reasons: std::collections::BTreeMap<String, usize> = Default::default();
-        for node in &nodes {
-            let name = node.metadata.name.as_deref().unwrap_or_default();
-            let on: Vec<&PodInfo> = pods
-                .iter()
-                .filter(|p| p.value["spec"]["nodeName"] == name && live(p))
-                .collect();
-            match misfit(pod, node, &on) {
-                Some(why) => *reasons.entry(why).or_default() += 1,
-                None => {
-                    let s = free_fraction(node, &on, pod);
-                    if best.is_none_or(|(b, _)| s > b) {
-                        best = Some((s, node));
-                    }
-                }
-            }
-        }
-        let ns = pod
-            .pod
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
-        let name = pod.pod.metadata.name.clone().unwrap_or_default();
-        let key = pods_r.key(Some(&ns), &name);
-        let mut updated = pod.value.clone();
-        let condition = match best {
-            Some((_, node)) => {
-                let node_name = node.metadata.name.clone().unwrap_or_default();
-                updated["spec"]["nodeName"] = json!(node_name);
-                tracing::info!(pod = %format!("{ns}/{name}"), node = %node_name, "scheduled");
-                json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": objects::now()})
-            }
+        let mut updated = pod.clone();
+        let status = updated.status.get_or_insert_with(PodStatus::default);
+        let conds = status.conditions.get_or_insert_with(Vec::new);
+        conds.retain(|c| c.type_ != "PodScheduled");
+        conds.push(PodCondition {
+            type_: "PodScheduled".into(),
+            status: "False".into(),
+            reason: Some("Unschedulable".into()),
+            message: Some(message),
+            last_transition_time: Some(Time(jiff::Timestamp::now())),
+            ..Default::default()
+        });
+        let pods: Api<Pod> =
+            Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+        pods.replace_status(&pod.name_any(), &PostParams::default(), &updated)
+            .await?;
+        Ok(())
+    }
+}
+
+async fn reconcile(pod: Arc<Pod>, s: Arc<Scheduler>) -> Result<Action> {
+    if !is_pending(&pod) {
+        return Ok(Action::await_change());
+    }
+    let wants = Requests::of(&pod);
+    let usage = s.usage();
+    let nodes = s.nodes.state();
+    let mut best: Option<(f64, &str)> = None;
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    for node in &nodes {
+        let name = node.metadata.name.as_deref().unwrap_or_default();
+        let on = usage.get(name).map(Vec::as_slice).unwrap_or_default();
+        match misfit(&pod, wants, node, on) {
+            Some(why) => *reasons.entry(why).or_default() += 1,
             None => {
-                let mut msg = format!("0/{} nodes are available", nodes.len());
-                if !reasons.is_empty() {
-                    let parts: Vec<String> =
-                        reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
-                    msg = format!("{msg}: {}.", parts.join(", "));
-                } else {
-                    msg.push('.');
+                let score = free_fraction(node, on, wants);
+                if best.is_none_or(|(b, _)| score > b) {
+                    best = Some((score, name));
                 }
-                let same = pod.value["status"]["conditions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|c| {
-                        c["type"] == "PodScheduled"
-                            && c["reason"] == "Unschedulable"
-                            && c["message"] == msg.as_str()
-                    });
-                if same {
-                    continue;
-                }
-                json!({"type": "PodScheduled", "status": "False", "lastProbeTime": null, "lastTransitionTime": objects::now(), "reason": "Unschedulable", "message": msg})
             }
-        };
-        let conds = updated["status"]
-            .as_object_mut()
-            .map(|s| s.entry("conditions").or_insert_with(|| json!([])));
-        if let Some(Value::Array(c)) = conds {
-            c.retain(|c| c["type"] != "PodScheduled");
-            c.push(condition);
         }
-        match store
-            .update(&key, serde_json::to_vec(&updated).unwrap(), Some(pod.rev))
-            .await
-        {
-            Ok(kv) => {
-                if let Some(p) = PodInfo::new(updated, kv.mod_rev) {
-                    pods[i] = p;
+    }
+    match best {
+        Some((_, node)) => {
+            match s.bind(&pod, node).await {
+                Ok(()) => {}
+                // Bound or deleted meanwhile: the watch brings the news.
+                Err(reconcile::Error::Api(kube::Error::Api(e)))
+                    if e.code == 409 || e.code == 404 =>
+                {
+                    return Ok(Action::await_change())
                 }
+                Err(e) => return Err(e),
             }
-            Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => {}
-            Err(e) => tracing::warn!("scheduling {ns}/{name}: {e}"),
+            if let Some(uid) = pod.metadata.uid.clone() {
+                s.assumed
+                    .lock()
+                    .expect("assumed lock")
+                    .insert(uid, (node.to_string(), wants));
+            }
+            Ok(Action::await_change())
+        }
+        None => {
+            s.mark_unschedulable(&pod, unschedulable_message(nodes.len(), &reasons))
+                .await?;
+            Ok(Action::requeue(RETRY_UNSCHEDULABLE))
         }
     }
 }
 
-/// Runs until the process ends: a pass after every pod or node change (batched), and every
-/// few seconds for pods that fit nowhere yet.
-pub async fn run(store: Arc<dyn Store>) {
-    loop {
-        let rev = store.current_rev().await.unwrap_or(0);
-        schedule_pending(&*store).await;
-        let pods = store.watch("/registry/core/pods/", rev).await;
-        let nodes = store.watch("/registry/core/nodes/", rev).await;
-        let (Ok(mut pods), Ok(mut nodes)) = (pods, nodes) else {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        };
-        tokio::select! {
-            _ = pods.recv() => {}
-            _ = nodes.recv() => {}
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-        }
-        // Let a burst of changes arrive before the next pass.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Runs the scheduler with `client` until the process ends (or the task is aborted when the
+/// lease is lost).
+pub async fn run(client: kube::Client) {
+    let (nodes, writer) = reflector::store::<Node>();
+    let node_events = reflector(
+        writer,
+        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects();
+    let controller = Controller::new(Api::<Pod>::all(client.clone()), watcher::Config::default())
+        .with_config(Config::default().concurrency(1));
+    let pods = controller.store();
+    let pending = pods.clone();
+    // A node that comes, goes or changes may fit the pods waiting for one.
+    let controller = controller.watches_stream(node_events, move |_node: Node| {
+        pending
+            .state()
+            .into_iter()
+            .filter(|p| is_pending(p))
+            .map(|p| ObjectRef::from_obj(&*p))
+            .collect::<Vec<_>>()
+    });
+    let ctx = Arc::new(Scheduler {
+        client,
+        pods,
+        nodes,
+        assumed: Mutex::new(HashMap::new()),
+    });
+    let ready = ctx.nodes.clone();
+    tokio::spawn(async move {
+        let _ = ready.wait_until_ready().await;
+    });
+    reconcile::run("scheduler", controller, reconcile, ctx).await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use k8s_rules::quantity::milli;
+    use serde_json::{json, Value};
 
     #[test]
     fn quantities_and_fit() {
@@ -281,37 +354,45 @@ mod tests {
                     p["spec"][k] = v.clone();
                 }
             }
-            PodInfo::new(p, 1).unwrap()
+            serde_json::from_value::<Pod>(p).unwrap()
         };
-        assert_eq!(misfit(&pod("500m", json!({})), &node, &[]), None);
-        assert_eq!(
-            misfit(&pod("2", json!({})), &node, &[]).unwrap(),
-            "Insufficient cpu"
+        let fit = |p: &Pod, on: &[Requests]| misfit(p, Requests::of(p), &node, on);
+        assert_eq!(fit(&pod("500m", json!({})), &[]), None);
+        assert_eq!(fit(&pod("2", json!({})), &[]).unwrap(), "Insufficient cpu");
+        assert!(
+            fit(&pod("1m", json!({"nodeSelector": {"disk": "hdd"}})), &[])
+                .unwrap()
+                .contains("node affinity/selector")
         );
-        assert!(misfit(
-            &pod("1m", json!({"nodeSelector": {"disk": "hdd"}})),
-            &node,
-            &[]
-        )
-        .unwrap()
-        .contains("node affinity/selector"));
         let affinity = json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "disk", "operator": "NotIn", "values": ["ssd"]}]}]}}}});
-        assert!(misfit(&pod("1m", affinity), &node, &[])
+        assert!(fit(&pod("1m", affinity), &[])
             .unwrap()
             .contains("node affinity/selector"));
-        assert!(misfit(&pod("1m", json!({"tolerations": []})), &node, &[])
+        assert!(fit(&pod("1m", json!({"tolerations": []})), &[])
             .unwrap()
             .contains("untolerated taint {gpu: yes}"));
-        let a = pod("600m", json!({}));
+        let a = Requests::of(&pod("600m", json!({})));
         assert_eq!(
-            misfit(&pod("500m", json!({})), &node, &[&a]).unwrap(),
+            fit(&pod("500m", json!({})), &[a]).unwrap(),
             "Insufficient cpu"
         );
         assert_eq!(
-            misfit(&pod("1m", json!({})), &node, &[&a, &a]).unwrap(),
+            fit(&pod("1m", json!({})), &[a, a]).unwrap(),
             "Too many pods"
         );
         // Requests and capacity compare exactly: 1000m of a 1-CPU node fits.
-        assert_eq!(misfit(&pod("1000m", json!({})), &node, &[]), None);
+        assert_eq!(fit(&pod("1000m", json!({})), &[]), None);
+        let reasons = BTreeMap::from([
+            ("Insufficient cpu".to_string(), 2),
+            ("node(s) were unschedulable".to_string(), 1),
+        ]);
+        assert_eq!(
+            unschedulable_message(3, &reasons),
+            "0/3 nodes are available: 2 Insufficient cpu, 1 node(s) were unschedulable."
+        );
+        assert_eq!(
+            unschedulable_message(0, &BTreeMap::new()),
+            "0/0 nodes are available."
+        );
     }
 }

@@ -373,7 +373,8 @@ pub fn default_rbac() -> (Vec<Value>, Vec<Value>) {
         ),
     ];
     let label = json!({"kubernetes.io/bootstrapping": "rbac-defaults"});
-    (
+    let (component_roles, component_bindings) = crate::reconcile::rbac::defaults();
+    let (mut roles, mut bindings): (Vec<Value>, Vec<Value>) = (
         roles
             .into_iter()
             .map(|(n, rules)| json!({"kind": "ClusterRole", "apiVersion": "rbac.authorization.k8s.io/v1", "metadata": {"name": n, "labels": label}, "rules": rules}))
@@ -384,7 +385,10 @@ pub fn default_rbac() -> (Vec<Value>, Vec<Value>) {
                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
                 "subjects": groups.iter().map(|g| json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": g})).collect::<Vec<_>>()}))
             .collect(),
-    )
+    );
+    roles.extend(component_roles);
+    bindings.extend(component_bindings);
+    (roles, bindings)
 }
 
 /// The node a `system:node:<name>` user in group `system:nodes` is, if it is one.

@@ -1,0 +1,223 @@
+//! The reconcile framework every control loop of the control plane runs on (the scheduler, the
+//! garbage collector, the CSR approver, and the workload controllers to come).
+//!
+//! A loop is kube-runtime's `Controller`: watch-fed caches (reflectors that relist on 410),
+//! a keyed queue that runs one reconcile at a time per object, and `reconcile(object) ->
+//! Action`. This module adds what every loop here shares:
+//!
+//! - acting **through the API**, never behind it: each component gets its own client with a
+//!   client certificate from the cluster CA (`system:kube-scheduler`,
+//!   `system:kube-controller-manager`) and the RBAC roles Kubernetes gives those identities
+//!   ([`rbac`]), so several apiservers sharing one etcd see the same writes and authorization;
+//! - **once per cluster**: components run while they hold their Lease in `kube-system`
+//!   ([`leader`]), as kube-scheduler and kube-controller-manager do;
+//! - **rate-limited retries**: a reconcile that fails is retried after 5 ms, doubling per
+//!   consecutive failure of that object up to 1000 s (client-go's default rate limiter), and a
+//!   success forgets the failures ([`run`]).
+
+pub mod leader;
+pub mod rbac;
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::future::Future;
+use std::hash::Hash;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use kube::runtime::controller::{Action, Controller};
+use kube::Resource;
+
+/// What a reconcile can fail with: an API error (retried), or a rule the object breaks.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Consecutive failures per object, for exponential retry delays.
+#[derive(Default)]
+struct Failures(Mutex<HashMap<String, u32>>);
+
+const FIRST_RETRY: Duration = Duration::from_millis(5);
+const MAX_RETRY: Duration = Duration::from_secs(1000);
+
+impl Failures {
+    fn next_delay(&self, key: String) -> Duration {
+        let mut m = self.0.lock().expect("failures lock");
+        let n = m.entry(key).or_default();
+        let delay = FIRST_RETRY.saturating_mul(1u32 << (*n).min(20));
+        *n += 1;
+        delay.min(MAX_RETRY)
+    }
+
+    fn forget(&self, key: &str) {
+        self.0.lock().expect("failures lock").remove(key);
+    }
+}
+
+/// What a reconcile gets: the loop's own context and the retry bookkeeping.
+struct Shared<Ctx> {
+    ctx: Arc<Ctx>,
+    failures: Failures,
+}
+
+fn key_of<K: Resource>(obj: &K) -> String {
+    let m = obj.meta();
+    format!(
+        "{}/{}",
+        m.namespace.as_deref().unwrap_or_default(),
+        m.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// Runs `controller` until it ends (it does not, unless its watches end), calling `reconcile`
+/// for each object that changed or asked to be requeued. Errors are logged with the loop's
+/// `name` and retried with per-object exponential back-off.
+pub async fn run<K, Ctx, F, Fut>(
+    name: &'static str,
+    controller: Controller<K>,
+    reconcile: F,
+    ctx: Arc<Ctx>,
+) where
+    K: Resource + Clone + Debug + Send + Sync + serde::de::DeserializeOwned + 'static,
+    K::DynamicType: Debug + Clone + Eq + Hash + Unpin,
+    Ctx: Send + Sync + 'static,
+    F: Fn(Arc<K>, Arc<Ctx>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Action>> + Send + 'static,
+{
+    let reconcile = Arc::new(reconcile);
+    let shared = Arc::new(Shared {
+        ctx,
+        failures: Failures::default(),
+    });
+    controller
+        .run(
+            move |obj: Arc<K>, shared: Arc<Shared<Ctx>>| {
+                let reconcile = reconcile.clone();
+                async move {
+                    let key = key_of(&*obj);
+                    let action = reconcile(obj, shared.ctx.clone()).await?;
+                    shared.failures.forget(&key);
+                    Ok::<_, Error>(action)
+                }
+            },
+            move |obj: Arc<K>, err: &Error, shared: Arc<Shared<Ctx>>| {
+                let key = key_of(&*obj);
+                tracing::warn!(controller = name, object = %key, "reconcile failed: {err}");
+                Action::requeue(shared.failures.next_delay(key))
+            },
+            shared,
+        )
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                // Objects that vanished before their turn, and watch errors the watcher
+                // retries by itself.
+                tracing::debug!(controller = name, "{e}");
+            }
+        })
+        .await;
+}
+
+/// A component's identity and the client it acts with.
+pub struct Component {
+    pub client: kube::Client,
+    /// Who holds the component's Lease: stable across restarts of this apiserver (kept in
+    /// its data dir), so a restarted leader takes its lease back at once instead of waiting
+    /// for it to expire.
+    pub identity: String,
+}
+
+/// Where the components reach the apiserver they run beside.
+pub fn loopback_url(listen: SocketAddr) -> String {
+    let addr = if listen.ip().is_unspecified() {
+        match listen {
+            SocketAddr::V4(_) => SocketAddr::from(([127, 0, 0, 1], listen.port())),
+            SocketAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, listen.port())),
+        }
+    } else {
+        listen
+    };
+    format!("https://{addr}")
+}
+
+/// This apiserver's instance ID, made at its first start.
+fn instance_id(data_dir: &Path) -> anyhow::Result<String> {
+    let path: PathBuf = data_dir.join("instance-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        if !id.trim().is_empty() {
+            return Ok(id.trim().to_string());
+        }
+    }
+    let id = crate::api::objects::new_uid();
+    std::fs::write(&path, &id).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    Ok(id)
+}
+
+/// A client for `user` (a certificate the cluster CA in `pki` signs) of the apiserver at
+/// `server`.
+pub async fn component(
+    server: &str,
+    pki: &Path,
+    data_dir: &Path,
+    user: &str,
+) -> anyhow::Result<Component> {
+    let (cert, key) = k8s_rules::pki::client_cert(pki, user, &[])?;
+    let ca = std::fs::read_to_string(pki.join("ca.crt"))?;
+    let yaml = crate::kubeconfig_for(server, &ca, &cert, &key);
+    let kc = kube::config::Kubeconfig::from_yaml(&yaml)?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    Ok(Component {
+        client: kube::Client::try_from(cfg)?,
+        identity: format!("{host}_{}", instance_id(data_dir)?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_per_object_and_reset_on_success() {
+        let f = Failures::default();
+        let delays: Vec<Duration> = (0..4).map(|_| f.next_delay("a".into())).collect();
+        assert_eq!(
+            delays,
+            [5, 10, 20, 40].map(Duration::from_millis),
+            "doubling from 5 ms"
+        );
+        assert_eq!(f.next_delay("b".into()), FIRST_RETRY, "per object");
+        f.forget("a");
+        assert_eq!(f.next_delay("a".into()), FIRST_RETRY, "a success resets");
+        for _ in 0..40 {
+            f.next_delay("c".into());
+        }
+        assert_eq!(f.next_delay("c".into()), MAX_RETRY, "capped at 1000 s");
+    }
+
+    #[test]
+    fn components_reach_the_apiserver_on_loopback_when_it_listens_everywhere() {
+        assert_eq!(
+            loopback_url("0.0.0.0:6443".parse().unwrap()),
+            "https://127.0.0.1:6443"
+        );
+        assert_eq!(
+            loopback_url("[::]:6443".parse().unwrap()),
+            "https://[::1]:6443"
+        );
+        assert_eq!(
+            loopback_url("10.0.0.1:6443".parse().unwrap()),
+            "https://10.0.0.1:6443"
+        );
+    }
+}
