@@ -32,9 +32,8 @@ fn is_bootstrap_token(t: &str) -> Option<(&str, &str)> {
 /// expired.
 pub async fn bootstrap_user(store: &dyn Store, token: &str) -> Option<auth::User> {
     let (id, secret) = is_bootstrap_token(token)?;
-    let sr = resources::find("", "v1", "secrets").unwrap();
     let kv = store
-        .get(&sr.key(Some("kube-system"), &format!("bootstrap-token-{id}")))
+        .get(&resources::SECRETS.key(Some("kube-system"), &format!("bootstrap-token-{id}")))
         .await
         .ok()??;
     let s: Value = serde_json::from_slice(&kv.value).ok()?;
@@ -134,7 +133,7 @@ fn sign(pki: &std::path::Path, csr: &Value) -> anyhow::Result<String> {
 
 /// One pass over every CSR: approve what the kubelet-client rules allow, sign what is approved.
 pub async fn reconcile(store: &dyn Store, pki: &std::path::Path) {
-    let r = resources::find("certificates.k8s.io", "v1", "certificatesigningrequests").unwrap();
+    let r = &resources::CERTIFICATESIGNINGREQUESTS;
     let Ok((kvs, _)) = store.list(&r.prefix(), None).await else {
         return;
     };

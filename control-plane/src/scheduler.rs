@@ -140,8 +140,8 @@ async fn all(store: &dyn Store, r: &resources::Resource) -> Vec<(Value, i64)> {
 
 /// One pass: tries every pending pod once.
 pub async fn schedule_pending(store: &dyn Store) {
-    let pods_r = resources::find("", "v1", "pods").unwrap();
-    let nodes_r = resources::find("", "v1", "nodes").unwrap();
+    let pods_r = &resources::PODS;
+    let nodes_r = &resources::NODES;
     let nodes: Vec<Value> = all(store, nodes_r)
         .await
         .into_iter()
