@@ -23,6 +23,9 @@ pub mod serviceaccounts;
 pub mod services;
 pub mod strategy;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::HashMap;
 use std::sync::Mutex;
 
