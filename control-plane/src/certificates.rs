@@ -26,7 +26,7 @@ fn is_bootstrap_token(t: &str) -> Option<(&str, &str)> {
 /// expired.
 pub async fn bootstrap_user(store: &dyn Store, token: &str) -> Option<auth::User> {
     let (id, secret) = is_bootstrap_token(token)?;
-    let sr = resources::find("", "v1", "secrets").unwrap();
+    let sr = &resources::SECRETS;
     let kv = store
         .get(&sr.key(Some("kube-system"), &format!("bootstrap-token-{id}")))
         .await

@@ -169,10 +169,8 @@ async fn objects(store: &dyn Store, r: &Resource, ns: Option<&str>) -> Vec<Value
 async fn role_rules(store: &dyn Store, role_ref: &Value, ns: &str) -> Vec<Value> {
     let name = role_ref["name"].as_str().unwrap_or_default();
     let r = match role_ref["kind"].as_str() {
-        Some("ClusterRole") => {
-            resources::find("rbac.authorization.k8s.io", "v1", "clusterroles").unwrap()
-        }
-        _ => resources::find("rbac.authorization.k8s.io", "v1", "roles").unwrap(),
+        Some("ClusterRole") => &resources::CLUSTERROLES,
+        _ => &resources::ROLES,
     };
     let key = r.key(Some(ns), name);
     match store.get(&key).await {
@@ -190,8 +188,7 @@ pub async fn authorize(store: &dyn Store, user: &User, a: &Attributes) -> Option
     if let Some(reason) = node_authorize(store, user, a).await {
         return Some(reason);
     }
-    let crb = resources::find("rbac.authorization.k8s.io", "v1", "clusterrolebindings").unwrap();
-    for b in objects(store, crb, None).await {
+    for b in objects(store, &resources::CLUSTERROLEBINDINGS, None).await {
         if !b["subjects"]
             .as_array()
             .into_iter()
@@ -212,8 +209,7 @@ pub async fn authorize(store: &dyn Store, user: &User, a: &Attributes) -> Option
     }
     if let Attributes::Resource { namespace, .. } = a {
         if !namespace.is_empty() {
-            let rb = resources::find("rbac.authorization.k8s.io", "v1", "rolebindings").unwrap();
-            for b in objects(store, rb, Some(namespace)).await {
+            for b in objects(store, &resources::ROLEBINDINGS, Some(namespace)).await {
                 if !b["subjects"]
                     .as_array()
                     .into_iter()
@@ -413,7 +409,7 @@ async fn referenced_by_node_pods(
     kind: &str,
     name: &str,
 ) -> bool {
-    let pods = resources::find("", "v1", "pods").unwrap();
+    let pods = &resources::PODS;
     let (vol_key, env_key, env_from_key) = match kind {
         "secrets" => ("secret", "secretKeyRef", "secretRef"),
         _ => ("configMap", "configMapKeyRef", "configMapRef"),
@@ -485,14 +481,12 @@ pub async fn node_authorize(store: &dyn Store, user: &User, a: &Attributes) -> O
         ("", "pods", "") if read => true,
         ("", "pods", "") if verb == "create" => true, // mirror pods: checked on the object by admission
         ("", "pods", "") if verb == "delete" => {
-            let pods = resources::find("", "v1", "pods").unwrap();
-            object(store, pods, Some(namespace), name)
+            object(store, &resources::PODS, Some(namespace), name)
                 .await
                 .is_some_and(|p| p["spec"]["nodeName"] == node)
         }
         ("", "pods", "status") if matches!(verb.as_str(), "get" | "update" | "patch") => {
-            let pods = resources::find("", "v1", "pods").unwrap();
-            object(store, pods, Some(namespace), name)
+            object(store, &resources::PODS, Some(namespace), name)
                 .await
                 .is_some_and(|p| p["spec"]["nodeName"] == node)
         }

@@ -10,6 +10,7 @@ use schemars::generate::SchemaSettings;
 use serde_json::{json, Value};
 use sha2::Digest;
 
+use super::registry::strategy::Gvk;
 use super::resources::{self, Resource, RESOURCES};
 
 pub const KUBERNETES_VERSION: &str = "v1.33.0";
@@ -28,36 +29,16 @@ pub fn version() -> Value {
     })
 }
 
-fn subresource_kind(r: &Resource, sub: &str) -> (String, &'static str, &'static str) {
-    match sub {
-        "status" | "finalize" | "log" | "approval" => (r.group.into(), r.version, r.kind),
-        "binding" => ("".into(), "v1", "Binding"),
-        "eviction" => ("policy".into(), "v1", "Eviction"),
-        "scale" => ("autoscaling".into(), "v1", "Scale"),
-        "token" => ("authentication.k8s.io".into(), "v1", "TokenRequest"),
-        "exec" => ("".into(), "v1", "PodExecOptions"),
-        "attach" => ("".into(), "v1", "PodAttachOptions"),
-        "portforward" => ("".into(), "v1", "PodPortForwardOptions"),
-        _ => ("".into(), "v1", "NodeProxyOptions"),
-    }
-}
-
-fn subresource_verbs(sub: &str) -> Vec<&'static str> {
-    match sub {
-        "status" | "scale" | "approval" => vec!["get", "patch", "update"],
-        "binding" | "eviction" | "token" => vec!["create"],
-        "log" => vec!["get"],
-        "finalize" => vec!["update"],
-        _ => vec!["create", "get"],
-    }
-}
-
-fn subresources(r: &Resource) -> Vec<&'static str> {
-    let mut subs: Vec<&'static str> = Vec::new();
+/// A resource's subresources as discovery lists them: name, (group, version, kind), verbs.
+fn subresources(r: &Resource) -> Vec<(&'static str, Gvk, &'static [&'static str])> {
+    let own: Gvk = (r.group, r.version, r.kind);
+    let mut subs = Vec::new();
     if r.status {
-        subs.push("status");
+        subs.push(("status", own, &["get", "patch", "update"][..]));
     }
-    subs.extend(r.subresources);
+    for s in r.subresources() {
+        subs.push((s.name(), s.kind().unwrap_or(own), s.verbs()));
+    }
     subs
 }
 
@@ -101,7 +82,7 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     let mut out = Vec::new();
     for r in &rs {
         let mut e = json!({
-            "name": r.plural, "singularName": r.singular, "namespaced": r.namespaced,
+            "name": r.plural, "singularName": r.singular(), "namespaced": r.namespaced,
             "kind": r.kind, "verbs": r.verbs(),
         });
         if !r.short_names.is_empty() {
@@ -114,9 +95,8 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
             e["storageVersionHash"] = json!(storage_hash(r));
         }
         out.push(e);
-        for sub in subresources(r) {
-            let (g, v, k) = subresource_kind(r, sub);
-            let mut e = json!({"name": format!("{}/{sub}", r.plural), "singularName": "", "namespaced": r.namespaced, "kind": k, "verbs": subresource_verbs(sub)});
+        for (sub, (g, v, k), verbs) in subresources(r) {
+            let mut e = json!({"name": format!("{}/{sub}", r.plural), "singularName": "", "namespaced": r.namespaced, "kind": k, "verbs": verbs});
             if g != r.group || v != r.version {
                 e["group"] = json!(g);
                 e["version"] = json!(v);
@@ -139,7 +119,7 @@ fn discovery_resource(r: &Resource) -> Value {
         "resource": r.plural,
         "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
         "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
-        "singularResource": r.singular,
+        "singularResource": r.singular(),
         "verbs": r.verbs(),
     });
     if !r.short_names.is_empty() {
@@ -150,9 +130,8 @@ fn discovery_resource(r: &Resource) -> Value {
     }
     let subs: Vec<Value> = subresources(r)
         .into_iter()
-        .map(|s| {
-            let (g, v, k) = subresource_kind(r, s);
-            json!({"subresource": s, "responseKind": {"group": g, "version": v, "kind": k}, "verbs": subresource_verbs(s)})
+        .map(|(s, (g, v, k), verbs)| {
+            json!({"subresource": s, "responseKind": {"group": g, "version": v, "kind": k}, "verbs": verbs})
         })
         .collect();
     if !subs.is_empty() {

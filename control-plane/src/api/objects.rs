@@ -1,6 +1,7 @@
 //! What the apiserver does to an object on its way into the store: decoding against the typed
-//! schema (unknown fields found by comparing with the typed round trip), system metadata,
-//! Kubernetes' defaults and validation for the fields podlet uses.
+//! schema (unknown fields found by comparing with the typed round trip), system metadata, the
+//! name and label validation every kind shares, and the helpers kinds' strategies use for their
+//! own defaults and validation.
 
 use serde_json::{json, Map, Value};
 
@@ -127,8 +128,8 @@ pub fn decode(
     ))
 }
 
-const DNS1123_SUBDOMAIN: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
-const DNS1123_LABEL: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
+pub const DNS1123_SUBDOMAIN: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
+pub const DNS1123_LABEL: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
 
 pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
@@ -143,7 +144,7 @@ pub fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
-fn invalid(field: &str, value: &str, why: &str) -> Cause {
+pub fn invalid(field: &str, value: &str, why: &str) -> Cause {
     (
         "FieldValueInvalid",
         field.to_string(),
@@ -151,7 +152,7 @@ fn invalid(field: &str, value: &str, why: &str) -> Cause {
     )
 }
 
-fn required(field: &str) -> Cause {
+pub fn required(field: &str) -> Cause {
     (
         "FieldValueRequired",
         field.to_string(),
@@ -159,23 +160,28 @@ fn required(field: &str) -> Cause {
     )
 }
 
-/// Validation of the name and the fields podlet relies on.
+/// Why `name` is not a DNS label (namespaces', services' names), if it is not.
+pub fn dns_label_name(name: &str) -> Option<Cause> {
+    (!is_dns_label(name)).then(|| invalid("metadata.name", name, DNS1123_LABEL))
+}
+
+/// Why `name` is not a DNS subdomain (most kinds' names), if it is not.
+pub fn dns_subdomain_name(name: &str) -> Option<Cause> {
+    (!is_dns_subdomain(name)).then(|| invalid("metadata.name", name, DNS1123_SUBDOMAIN))
+}
+
+/// Validation of the name and labels (every kind), then of the kind's own fields.
 pub fn validate(r: &Resource, obj: &Value) -> Vec<Cause> {
     let mut causes = Vec::new();
     let name = obj["metadata"]["name"].as_str().unwrap_or_default();
-    let label_names = ["namespaces", "services"];
     if name.is_empty() {
         causes.push((
             "FieldValueRequired",
             "metadata.name".into(),
             "Required value: name or generateName is required".into(),
         ));
-    } else if label_names.contains(&r.plural) {
-        if !is_dns_label(name) {
-            causes.push(invalid("metadata.name", name, DNS1123_LABEL));
-        }
-    } else if r.group != "rbac.authorization.k8s.io" && !is_dns_subdomain(name) {
-        causes.push(invalid("metadata.name", name, DNS1123_SUBDOMAIN));
+    } else if let Some(c) = r.strategy.validate_name(name) {
+        causes.push(c);
     }
     if let Some(labels) = obj["metadata"]["labels"].as_object() {
         for (k, v) in labels {
@@ -199,192 +205,27 @@ pub fn validate(r: &Resource, obj: &Value) -> Vec<Cause> {
             }
         }
     }
-    if r.plural == "pods" {
-        validate_pod(&obj["spec"], &mut causes);
-    }
+    causes.extend(r.strategy.validate(obj));
     causes
 }
 
-fn validate_pod(spec: &Value, causes: &mut Vec<Cause>) {
-    let containers = spec["containers"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or(&[]);
-    if containers.is_empty() {
-        causes.push(required("spec.containers"));
-    }
-    let mut seen = std::collections::HashSet::new();
-    for (field, list) in [
-        (
-            "spec.initContainers",
-            spec["initContainers"]
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or(&[]),
-        ),
-        ("spec.containers", containers),
-    ] {
-        for (i, c) in list.iter().enumerate() {
-            let name = c["name"].as_str().unwrap_or_default();
-            if name.is_empty() {
-                causes.push(required(&format!("{field}[{i}].name")));
-            } else if !is_dns_label(name) {
-                causes.push(invalid(&format!("{field}[{i}].name"), name, DNS1123_LABEL));
-            } else if !seen.insert(name.to_string()) {
-                causes.push((
-                    "FieldValueDuplicate",
-                    format!("{field}[{i}].name"),
-                    format!("Duplicate value: {name:?}"),
-                ));
-            }
-            if c["image"].as_str().unwrap_or_default().trim().is_empty() {
-                causes.push(required(&format!("{field}[{i}].image")));
-            }
-        }
-    }
-    if let Some(p) = spec["restartPolicy"].as_str() {
-        if !["Always", "OnFailure", "Never"].contains(&p) {
-            causes.push((
-                "FieldValueNotSupported",
-                "spec.restartPolicy".into(),
-                format!("Unsupported value: {p:?}: supported values: \"Always\", \"OnFailure\", \"Never\""),
-            ));
-        }
-    }
-}
-
 /// `obj[key]`, made an empty object first where it is missing.
-fn child<'a>(obj: &'a mut Value, key: &str) -> &'a mut Value {
+pub fn child<'a>(obj: &'a mut Value, key: &str) -> &'a mut Value {
     obj.as_object_mut()
         .expect("objects are JSON objects")
         .entry(key)
         .or_insert_with(|| json!({}))
 }
 
-fn set_default(obj: &mut Map<String, Value>, key: &str, v: Value) {
+pub fn set_default(obj: &mut Map<String, Value>, key: &str, v: Value) {
     if obj.get(key).is_none_or(Value::is_null) {
         obj.insert(key.into(), v);
     }
 }
 
-fn image_pull_policy(image: &str) -> &'static str {
-    let last = image.rsplit('/').next().unwrap_or(image);
-    if image.contains('@') {
-        return "IfNotPresent";
-    }
-    match last.split_once(':') {
-        None => "Always",
-        Some((_, "latest")) => "Always",
-        Some(_) => "IfNotPresent",
-    }
-}
-
-/// Kubernetes' defaults for the resources that have them.
+/// Kubernetes' defaults, as the kind's strategy sets them.
 pub fn apply_defaults(r: &Resource, obj: &mut Value) {
-    match r.plural {
-        "pods" => default_pod(obj),
-        "namespaces" => {
-            let status = child(obj, "status");
-            if status["phase"].is_null() {
-                status["phase"] = json!("Active");
-            }
-            let spec = child(obj, "spec");
-            if spec["finalizers"].is_null() {
-                spec["finalizers"] = json!(["kubernetes"]);
-            }
-            let name = obj["metadata"]["name"].clone();
-            let labels = obj["metadata"]
-                .as_object_mut()
-                .unwrap()
-                .entry("labels")
-                .or_insert_with(|| json!({}));
-            labels["kubernetes.io/metadata.name"] = name;
-        }
-        "services" => {
-            let spec = child(obj, "spec");
-            let s = spec.as_object_mut().unwrap();
-            set_default(s, "type", json!("ClusterIP"));
-            set_default(s, "sessionAffinity", json!("None"));
-            if let Some(ports) = s.get_mut("ports").and_then(Value::as_array_mut) {
-                for p in ports {
-                    let p = p.as_object_mut().unwrap();
-                    set_default(p, "protocol", json!("TCP"));
-                    let port = p.get("port").cloned().unwrap_or(Value::Null);
-                    set_default(p, "targetPort", port);
-                }
-            }
-        }
-        "secrets" => {
-            let o = obj.as_object_mut().unwrap();
-            set_default(o, "type", json!("Opaque"));
-            // stringData is write-only: it lands in data, base64-encoded, as Kubernetes does.
-            if let Some(Value::Object(sd)) = o.remove("stringData") {
-                use base64::Engine;
-                let data = o.entry("data").or_insert_with(|| json!({}));
-                for (k, v) in sd {
-                    let text = v.as_str().unwrap_or_default();
-                    data[k.as_str()] =
-                        json!(base64::engine::general_purpose::STANDARD.encode(text));
-                }
-            }
-        }
-        _ => {}
-    }
-}
-
-fn default_container(c: &mut Value) {
-    let image = c["image"].as_str().unwrap_or_default().to_string();
-    let c = c.as_object_mut().unwrap();
-    set_default(c, "terminationMessagePath", json!("/dev/termination-log"));
-    set_default(c, "terminationMessagePolicy", json!("File"));
-    set_default(c, "imagePullPolicy", json!(image_pull_policy(&image)));
-    set_default(c, "resources", json!({}));
-    if let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) {
-        for p in ports {
-            set_default(p.as_object_mut().unwrap(), "protocol", json!("TCP"));
-        }
-    }
-}
-
-fn default_pod(obj: &mut Value) {
-    let spec = child(obj, "spec");
-    for list in ["containers", "initContainers"] {
-        if let Some(cs) = spec.get_mut(list).and_then(Value::as_array_mut) {
-            cs.iter_mut().for_each(default_container);
-        }
-    }
-    let s = spec.as_object_mut().unwrap();
-    set_default(s, "restartPolicy", json!("Always"));
-    set_default(s, "terminationGracePeriodSeconds", json!(30));
-    set_default(s, "dnsPolicy", json!("ClusterFirst"));
-    set_default(s, "securityContext", json!({}));
-    set_default(s, "schedulerName", json!("default-scheduler"));
-    set_default(s, "enableServiceLinks", json!(true));
-    set_default(s, "preemptionPolicy", json!("PreemptLowerPriority"));
-    set_default(s, "priority", json!(0));
-    set_default(s, "serviceAccountName", json!("default"));
-    let sa = s["serviceAccountName"].clone();
-    set_default(s, "serviceAccount", sa);
-    // DefaultTolerationSeconds admission.
-    let tolerations = s
-        .entry("tolerations")
-        .or_insert_with(|| json!([]))
-        .as_array_mut()
-        .unwrap();
-    for key in [
-        "node.kubernetes.io/not-ready",
-        "node.kubernetes.io/unreachable",
-    ] {
-        if !tolerations.iter().any(|t| t["key"] == key) {
-            tolerations.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
-        }
-    }
-    let qos = qos_class(&obj["spec"]);
-    let status = child(obj, "status");
-    if status["phase"].is_null() {
-        status["phase"] = json!("Pending");
-    }
-    status["qosClass"] = json!(qos);
+    r.strategy.defaults(obj);
 }
 
 /// Kubernetes' QoS class of a pod spec (the same rule the node applies).
@@ -400,7 +241,7 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_found_by_the_typed_round_trip() {
-        let r = super::super::resources::find("", "v1", "pods").unwrap();
+        let r = &super::super::resources::PODS;
         let body = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a", "bogus": 1}, "spec": {"containers": [{"name": "c", "image": "busybox", "colour": "red"}]}});
         let err = decode(r, &body, "Strict").unwrap_err();
         assert_eq!(err.code, 400);
@@ -424,7 +265,7 @@ mod tests {
 
     #[test]
     fn pods_get_kubernetes_defaults_and_validation() {
-        let r = super::super::resources::find("", "v1", "pods").unwrap();
+        let r = &super::super::resources::PODS;
         let mut p = json!({"metadata": {"name": "a"}, "spec": {"containers": [{"name": "c", "image": "busybox"}, {"name": "d", "image": "busybox:1.36", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]}});
         apply_defaults(r, &mut p);
         assert_eq!(p["spec"]["restartPolicy"], "Always");

@@ -9,8 +9,7 @@ use super::status::ApiError;
 use crate::store::Store;
 use k8s_rules::quantity::{milli, Milli};
 
-async fn in_namespace(store: &dyn Store, plural: &str, ns: &str) -> Vec<Value> {
-    let r = resources::find("", "v1", plural).unwrap();
+async fn in_namespace(store: &dyn Store, r: &Resource, ns: &str) -> Vec<Value> {
     store
         .list(&format!("{}{ns}/", r.prefix()), None)
         .await
@@ -38,7 +37,7 @@ pub async fn limit_ranger(store: &dyn Store, ns: &str, pod: &mut Value) -> Resul
         .as_str()
         .unwrap_or_default()
         .to_string();
-    for lr in in_namespace(store, "limitranges", ns).await {
+    for lr in in_namespace(store, &resources::LIMITRANGES, ns).await {
         for item in lr["spec"]["limits"].as_array().into_iter().flatten() {
             if item["type"] != "Container" {
                 continue;
@@ -151,17 +150,17 @@ pub async fn resource_quota(
     ns: &str,
     obj: &Value,
 ) -> Result<(), ApiError> {
-    let quotas = in_namespace(store, "resourcequotas", ns).await;
+    let quotas = in_namespace(store, &resources::RESOURCEQUOTAS, ns).await;
     if quotas.is_empty() || r.plural == "resourcequotas" {
         return Ok(());
     }
     let mine = usage(r, obj);
     let existing: Vec<Value> = if r.group.is_empty() && r.stored {
-        in_namespace(store, r.plural, ns).await
+        in_namespace(store, r, ns).await
     } else {
         vec![]
     };
-    let qr = resources::find("", "v1", "resourcequotas").unwrap();
+    let qr = &resources::RESOURCEQUOTAS;
     for q in &quotas {
         let hard = q["spec"]["hard"].as_object().cloned().unwrap_or_default();
         let mut used: Map<String, Value> = Map::new();
@@ -261,7 +260,7 @@ mod tests {
         assert_eq!(show("requests.cpu", 500), "500m");
         assert_eq!(show("cpu", 2000), "2");
         assert_eq!(show("requests.memory", 64 * 1024 * 1024 * 1000), "64Mi");
-        let r = resources::find("", "v1", "pods").unwrap();
+        let r = &resources::PODS;
         let u = usage(
             r,
             &json!({"spec": {"containers": [{"resources": {"requests": {"cpu": "250m"}, "limits": {"memory": "1Gi"}}}]}}),

@@ -1,10 +1,19 @@
-//! The resources this apiserver serves: names, scope, verbs and the k8s-openapi type behind each
-//! (used to validate bodies, find unknown fields and generate the OpenAPI schema).
+//! The resources this apiserver serves. Each is one descriptor line below: group, version, kind,
+//! plural and scope come from the k8s-openapi type's `Resource` constants, so they cannot drift
+//! from Kubernetes'; only short names, categories, the status subresource and the strategy (the
+//! kind's own rules, with its other subresources, in `registry/<kind>.rs`) are written here.
 
+use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope};
 use schemars::{JsonSchema, SchemaGenerator};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
+
+use super::registry::strategy::{self, Strategy, Subresource};
+use super::registry::{
+    apps, certificates, componentstatuses, namespaces, nodes, pods, rbac, reviews, secrets,
+    serviceaccounts, services,
+};
 
 pub struct Resource {
     /// "" for the core group.
@@ -12,25 +21,112 @@ pub struct Resource {
     pub version: &'static str,
     pub kind: &'static str,
     pub plural: &'static str,
-    pub singular: &'static str,
     pub namespaced: bool,
     pub short_names: &'static [&'static str],
     pub categories: &'static [&'static str],
     /// Has a `status` subresource (main-resource writes keep the stored status).
     pub status: bool,
-    /// Extra subresources beyond `status`.
-    pub subresources: &'static [&'static str],
     /// Served from the store (false: computed, read-only, like componentstatuses).
     pub stored: bool,
     /// A review (create-only, answered and never stored): access and token reviews.
     pub review: bool,
+    /// The kind's own rules and its subresources beyond `status`.
+    pub strategy: &'static dyn Strategy,
     /// Decodes a body into the typed object and back: the normalized JSON, or why not.
     pub decode: fn(&Value) -> Result<Value, String>,
     /// The schema's name in `components.schemas` (it registers itself and its dependencies).
     pub schema: fn(&mut SchemaGenerator) -> String,
 }
 
+/// Whether a k8s-openapi scope is a namespace's.
+pub trait Scope {
+    const NAMESPACED: bool;
+}
+
+impl Scope for NamespaceResourceScope {
+    const NAMESPACED: bool = true;
+}
+
+impl Scope for ClusterResourceScope {
+    const NAMESPACED: bool = false;
+}
+
 impl Resource {
+    /// The descriptor of `T`, stored, with no rules of its own.
+    pub const fn of<T>() -> Resource
+    where
+        T: k8s_openapi::Resource + DeserializeOwned + Serialize + JsonSchema,
+        T::Scope: Scope,
+    {
+        Resource {
+            group: T::GROUP,
+            version: T::VERSION,
+            kind: T::KIND,
+            plural: T::URL_PATH_SEGMENT,
+            namespaced: <T::Scope as Scope>::NAMESPACED,
+            short_names: &[],
+            categories: &[],
+            status: false,
+            stored: true,
+            review: false,
+            strategy: &strategy::PLAIN,
+            decode: decode::<T>,
+            schema: schema::<T>,
+        }
+    }
+
+    pub const fn short(mut self, names: &'static [&'static str]) -> Self {
+        self.short_names = names;
+        self
+    }
+
+    pub const fn categories(mut self, categories: &'static [&'static str]) -> Self {
+        self.categories = categories;
+        self
+    }
+
+    pub const fn with_status(mut self) -> Self {
+        self.status = true;
+        self
+    }
+
+    pub const fn strategy(mut self, s: &'static dyn Strategy) -> Self {
+        self.strategy = s;
+        self
+    }
+
+    /// Computed on each read, never stored (the strategy's `computed` lists it).
+    pub const fn computed(mut self, s: &'static dyn Strategy) -> Self {
+        self.strategy = s;
+        self.stored = false;
+        self
+    }
+
+    /// Answered on create (the strategy's `review`), never stored.
+    pub const fn review(mut self, s: &'static dyn Strategy) -> Self {
+        self.strategy = s;
+        self.stored = false;
+        self.review = true;
+        self
+    }
+
+    /// Singular names are the lowercased kind.
+    pub fn singular(&self) -> String {
+        self.kind.to_ascii_lowercase()
+    }
+
+    /// The subresources beyond `status`, as the strategy serves them.
+    pub fn subresources(&self) -> &'static [&'static dyn Subresource] {
+        self.strategy.subresources()
+    }
+
+    pub fn subresource(&self, name: &str) -> Option<&'static dyn Subresource> {
+        self.subresources()
+            .iter()
+            .copied()
+            .find(|s| s.name() == name)
+    }
+
     pub fn api_version(&self) -> String {
         if self.group.is_empty() {
             self.version.to_string()
@@ -106,137 +202,62 @@ fn schema<T: JsonSchema>(g: &mut SchemaGenerator) -> String {
     T::schema_name().into_owned()
 }
 
-macro_rules! resource {
-    ($ty:ty, $group:expr, $version:expr, $kind:expr, $plural:expr, $namespaced:expr,
-     short: $short:expr, cat: $cat:expr, status: $status:expr, sub: $sub:expr) => {
-        Resource {
-            group: $group,
-            version: $version,
-            kind: $kind,
-            plural: $plural,
-            singular: const_lower($kind),
-            namespaced: $namespaced,
-            short_names: $short,
-            categories: $cat,
-            status: $status,
-            subresources: $sub,
-            stored: true,
-            review: false,
-            decode: decode::<$ty>,
-            schema: schema::<$ty>,
-        }
+/// Declares each descriptor as a static of its own and lists them all, in discovery order, in
+/// `RESOURCES`: adding a kind is adding a line.
+macro_rules! served {
+    ($($name:ident = $descriptor:expr;)*) => {
+        $(pub static $name: Resource = $descriptor;)*
+        /// Every served resource, in discovery order.
+        pub static RESOURCES: &[&Resource] = &[$(&$name),*];
     };
 }
 
-/// Singular names are the lowercased kind.
-const fn const_lower(kind: &'static str) -> &'static str {
-    match kind.as_bytes() {
-        b"Pod" => "pod",
-        b"Node" => "node",
-        b"Namespace" => "namespace",
-        b"Service" => "service",
-        b"Endpoints" => "endpoints",
-        b"ConfigMap" => "configmap",
-        b"Secret" => "secret",
-        b"ServiceAccount" => "serviceaccount",
-        b"Event" => "event",
-        b"ComponentStatus" => "componentstatus",
-        b"Deployment" => "deployment",
-        b"ReplicaSet" => "replicaset",
-        b"DaemonSet" => "daemonset",
-        b"Lease" => "lease",
-        b"EndpointSlice" => "endpointslice",
-        b"Role" => "role",
-        b"RoleBinding" => "rolebinding",
-        b"ClusterRole" => "clusterrole",
-        b"ClusterRoleBinding" => "clusterrolebinding",
-        b"PriorityClass" => "priorityclass",
-        b"ResourceQuota" => "resourcequota",
-        b"LimitRange" => "limitrange",
-        b"SelfSubjectAccessReview" => "selfsubjectaccessreview",
-        b"CertificateSigningRequest" => "certificatesigningrequest",
-        b"SubjectAccessReview" => "subjectaccessreview",
-        b"SelfSubjectReview" => "selfsubjectreview",
-        _ => "",
-    }
+use k8s_openapi::api::{
+    apps as apps_v, authentication, authorization, certificates as certificates_v, coordination,
+    core::v1 as core, discovery, events as events_v, rbac as rbac_v, scheduling,
+};
+
+served! {
+    PODS = Resource::of::<core::Pod>().short(&["po"]).categories(&["all"]).with_status()
+        .strategy(&pods::POD);
+    NODES = Resource::of::<core::Node>().short(&["no"]).with_status().strategy(&nodes::NODE);
+    NAMESPACES = Resource::of::<core::Namespace>().short(&["ns"]).with_status()
+        .strategy(&namespaces::NAMESPACE);
+    SERVICES = Resource::of::<core::Service>().short(&["svc"]).categories(&["all"])
+        .with_status().strategy(&services::SERVICE);
+    ENDPOINTS = Resource::of::<core::Endpoints>().short(&["ep"]);
+    CONFIGMAPS = Resource::of::<core::ConfigMap>().short(&["cm"]).strategy(&strategy::CONFIGMAP);
+    SECRETS = Resource::of::<core::Secret>().strategy(&secrets::SECRET);
+    SERVICEACCOUNTS = Resource::of::<core::ServiceAccount>().short(&["sa"])
+        .strategy(&serviceaccounts::SERVICEACCOUNT);
+    EVENTS = Resource::of::<core::Event>().short(&["ev"]).strategy(&strategy::EVENT);
+    RESOURCEQUOTAS = Resource::of::<core::ResourceQuota>().short(&["quota"]).with_status();
+    LIMITRANGES = Resource::of::<core::LimitRange>().short(&["limits"]);
+    DEPLOYMENTS = Resource::of::<apps_v::v1::Deployment>().short(&["deploy"])
+        .categories(&["all"]).with_status().strategy(&apps::DEPLOYMENT);
+    REPLICASETS = Resource::of::<apps_v::v1::ReplicaSet>().short(&["rs"]).categories(&["all"])
+        .with_status().strategy(&apps::REPLICASET);
+    DAEMONSETS = Resource::of::<apps_v::v1::DaemonSet>().short(&["ds"]).categories(&["all"])
+        .with_status().strategy(&apps::DAEMONSET);
+    LEASES = Resource::of::<coordination::v1::Lease>().strategy(&nodes::LEASE);
+    ENDPOINTSLICES = Resource::of::<discovery::v1::EndpointSlice>();
+    ROLES = Resource::of::<rbac_v::v1::Role>().strategy(&rbac::RBAC);
+    ROLEBINDINGS = Resource::of::<rbac_v::v1::RoleBinding>().strategy(&rbac::RBAC);
+    CLUSTERROLES = Resource::of::<rbac_v::v1::ClusterRole>().strategy(&rbac::RBAC);
+    CLUSTERROLEBINDINGS = Resource::of::<rbac_v::v1::ClusterRoleBinding>().strategy(&rbac::RBAC);
+    PRIORITYCLASSES = Resource::of::<scheduling::v1::PriorityClass>().short(&["pc"]);
+    EVENTS_K8S_IO = Resource::of::<events_v::v1::Event>().short(&["ev"]).strategy(&strategy::EVENT);
+    CERTIFICATESIGNINGREQUESTS = Resource::of::<certificates_v::v1::CertificateSigningRequest>()
+        .short(&["csr"]).with_status().strategy(&certificates::CSR);
+    COMPONENTSTATUSES = Resource::of::<core::ComponentStatus>().short(&["cs"])
+        .computed(&componentstatuses::COMPONENTSTATUS);
+    SELFSUBJECTACCESSREVIEWS = Resource::of::<authorization::v1::SelfSubjectAccessReview>()
+        .review(&reviews::SELF_SUBJECT_ACCESS);
+    SUBJECTACCESSREVIEWS = Resource::of::<authorization::v1::SubjectAccessReview>()
+        .review(&reviews::SUBJECT_ACCESS);
+    SELFSUBJECTREVIEWS = Resource::of::<authentication::v1::SelfSubjectReview>()
+        .review(&reviews::SELF_SUBJECT);
 }
-
-use k8s_openapi::api::{apps, coordination, core, discovery, events, rbac, scheduling};
-
-pub static RESOURCES: std::sync::LazyLock<Vec<Resource>> = std::sync::LazyLock::new(|| {
-    let mut v = vec![
-        resource!(core::v1::Pod, "", "v1", "Pod", "pods", true,
-            short: &["po"], cat: &["all"], status: true,
-            sub: &["binding", "eviction", "log", "exec", "attach", "portforward"]),
-        resource!(core::v1::Node, "", "v1", "Node", "nodes", false,
-            short: &["no"], cat: &[], status: true, sub: &["proxy"]),
-        resource!(core::v1::Namespace, "", "v1", "Namespace", "namespaces", false,
-            short: &["ns"], cat: &[], status: true, sub: &["finalize"]),
-        resource!(core::v1::Service, "", "v1", "Service", "services", true,
-            short: &["svc"], cat: &["all"], status: true, sub: &[]),
-        resource!(core::v1::Endpoints, "", "v1", "Endpoints", "endpoints", true,
-            short: &["ep"], cat: &[], status: false, sub: &[]),
-        resource!(core::v1::ConfigMap, "", "v1", "ConfigMap", "configmaps", true,
-            short: &["cm"], cat: &[], status: false, sub: &[]),
-        resource!(core::v1::Secret, "", "v1", "Secret", "secrets", true,
-            short: &[], cat: &[], status: false, sub: &[]),
-        resource!(core::v1::ServiceAccount, "", "v1", "ServiceAccount", "serviceaccounts", true,
-            short: &["sa"], cat: &[], status: false, sub: &["token"]),
-        resource!(core::v1::Event, "", "v1", "Event", "events", true,
-            short: &["ev"], cat: &[], status: false, sub: &[]),
-        resource!(core::v1::ResourceQuota, "", "v1", "ResourceQuota", "resourcequotas", true,
-            short: &["quota"], cat: &[], status: true, sub: &[]),
-        resource!(core::v1::LimitRange, "", "v1", "LimitRange", "limitranges", true,
-            short: &["limits"], cat: &[], status: false, sub: &[]),
-        resource!(apps::v1::Deployment, "apps", "v1", "Deployment", "deployments", true,
-            short: &["deploy"], cat: &["all"], status: true, sub: &["scale"]),
-        resource!(apps::v1::ReplicaSet, "apps", "v1", "ReplicaSet", "replicasets", true,
-            short: &["rs"], cat: &["all"], status: true, sub: &["scale"]),
-        resource!(apps::v1::DaemonSet, "apps", "v1", "DaemonSet", "daemonsets", true,
-            short: &["ds"], cat: &["all"], status: true, sub: &[]),
-        resource!(coordination::v1::Lease, "coordination.k8s.io", "v1", "Lease", "leases", true,
-            short: &[], cat: &[], status: false, sub: &[]),
-        resource!(discovery::v1::EndpointSlice, "discovery.k8s.io", "v1", "EndpointSlice",
-            "endpointslices", true, short: &[], cat: &[], status: false, sub: &[]),
-        resource!(rbac::v1::Role, "rbac.authorization.k8s.io", "v1", "Role", "roles", true,
-            short: &[], cat: &[], status: false, sub: &[]),
-        resource!(rbac::v1::RoleBinding, "rbac.authorization.k8s.io", "v1", "RoleBinding",
-            "rolebindings", true, short: &[], cat: &[], status: false, sub: &[]),
-        resource!(rbac::v1::ClusterRole, "rbac.authorization.k8s.io", "v1", "ClusterRole",
-            "clusterroles", false, short: &[], cat: &[], status: false, sub: &[]),
-        resource!(rbac::v1::ClusterRoleBinding, "rbac.authorization.k8s.io", "v1",
-            "ClusterRoleBinding", "clusterrolebindings", false, short: &[], cat: &[],
-            status: false, sub: &[]),
-        resource!(scheduling::v1::PriorityClass, "scheduling.k8s.io", "v1", "PriorityClass",
-            "priorityclasses", false, short: &["pc"], cat: &[], status: false, sub: &[]),
-        resource!(events::v1::Event, "events.k8s.io", "v1", "Event", "events", true,
-            short: &["ev"], cat: &[], status: false, sub: &[]),
-        resource!(k8s_openapi::api::certificates::v1::CertificateSigningRequest,
-            "certificates.k8s.io", "v1", "CertificateSigningRequest", "certificatesigningrequests",
-            false, short: &["csr"], cat: &[], status: true, sub: &["approval"]),
-    ];
-    let mut cs = resource!(core::v1::ComponentStatus, "", "v1", "ComponentStatus",
-        "componentstatuses", false, short: &["cs"], cat: &[], status: false, sub: &[]);
-    cs.stored = false;
-    v.push(cs);
-    use k8s_openapi::api::{authentication, authorization};
-    for mut r in [
-        resource!(authorization::v1::SelfSubjectAccessReview, "authorization.k8s.io", "v1",
-            "SelfSubjectAccessReview", "selfsubjectaccessreviews", false, short: &[], cat: &[],
-            status: false, sub: &[]),
-        resource!(authorization::v1::SubjectAccessReview, "authorization.k8s.io", "v1",
-            "SubjectAccessReview", "subjectaccessreviews", false, short: &[], cat: &[],
-            status: false, sub: &[]),
-        resource!(authentication::v1::SelfSubjectReview, "authentication.k8s.io", "v1",
-            "SelfSubjectReview", "selfsubjectreviews", false, short: &[], cat: &[],
-            status: false, sub: &[]),
-    ] {
-        r.stored = false;
-        r.review = true;
-        v.push(r);
-    }
-    v
-});
 
 /// API groups in discovery order, each with its versions (preferred first).
 pub fn groups() -> Vec<&'static str> {
@@ -249,15 +270,18 @@ pub fn groups() -> Vec<&'static str> {
     out
 }
 
+/// The resource a URL names (routing only: code that means a kind uses its static).
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
     RESOURCES
         .iter()
+        .copied()
         .find(|r| r.group == group && r.version == version && r.plural == plural)
 }
 
 pub fn in_group_version(group: &str, version: &str) -> Vec<&'static Resource> {
     RESOURCES
         .iter()
+        .copied()
         .filter(|r| r.group == group && r.version == version)
         .collect()
 }

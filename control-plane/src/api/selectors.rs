@@ -23,42 +23,10 @@ impl LabelSelector {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FieldSelector(Vec<(String, bool, String)>);
 
-/// Fields a resource may be selected on, beyond `metadata.name` and `metadata.namespace`.
-fn supported(plural: &str) -> &'static [&'static str] {
-    match plural {
-        "pods" => &[
-            "spec.nodeName",
-            "spec.restartPolicy",
-            "spec.schedulerName",
-            "spec.serviceAccountName",
-            "spec.hostNetwork",
-            "status.phase",
-            "status.podIP",
-            "status.nominatedNodeName",
-        ],
-        "events" => &[
-            "involvedObject.kind",
-            "involvedObject.namespace",
-            "involvedObject.name",
-            "involvedObject.uid",
-            "involvedObject.apiVersion",
-            "involvedObject.resourceVersion",
-            "involvedObject.fieldPath",
-            "reason",
-            "reportingComponent",
-            "source",
-            "type",
-        ],
-        "nodes" => &["spec.unschedulable"],
-        "namespaces" => &["status.phase"],
-        "secrets" => &["type"],
-        "replicasets" => &["status.replicas"],
-        _ => &[],
-    }
-}
-
 impl FieldSelector {
-    pub fn parse(s: &str, plural: &str) -> Result<Self, String> {
+    /// `supported`: the fields the resource may be selected on beyond `metadata.name` and
+    /// `metadata.namespace` (its strategy's).
+    pub fn parse(s: &str, supported: &[&str]) -> Result<Self, String> {
         let mut out = Vec::new();
         for part in s.split(',') {
             let p = part.trim();
@@ -76,7 +44,7 @@ impl FieldSelector {
             };
             let field = field.trim();
             if !["metadata.name", "metadata.namespace"].contains(&field)
-                && !supported(plural).contains(&field)
+                && !supported.contains(&field)
             {
                 return Err(format!("field label not supported: {field}"));
             }
@@ -144,13 +112,14 @@ mod tests {
     #[test]
     fn field_selectors() {
         let p = json!({"metadata": {"name": "a", "namespace": "default"}, "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}});
-        let f = |s: &str| FieldSelector::parse(s, "pods").unwrap().matches(&p);
+        let pods = crate::api::resources::PODS.strategy.selectable_fields();
+        let f = |s: &str| FieldSelector::parse(s, pods).unwrap().matches(&p);
         assert!(f("spec.nodeName=n1"));
         assert!(f("metadata.name==a,status.phase!=Failed"));
         assert!(!f("spec.nodeName="));
         assert!(f("spec.hostNetwork=false"));
         assert_eq!(
-            FieldSelector::parse("spec.bogus=1", "pods").unwrap_err(),
+            FieldSelector::parse("spec.bogus=1", pods).unwrap_err(),
             "field label not supported: spec.bogus"
         );
     }

@@ -104,10 +104,9 @@ pub async fn ensure_kubernetes_service(
                  "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": apiserver.port()}]},
         "status": {"loadBalancer": {}},
     });
-    let sr = resources::find("", "v1", "services").unwrap();
     let _ = store
         .create(
-            &sr.key(Some("default"), "kubernetes"),
+            &resources::SERVICES.key(Some("default"), "kubernetes"),
             serde_json::to_vec(&svc)?,
         )
         .await;
@@ -121,8 +120,7 @@ pub async fn ensure_kubernetes_service(
                      "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
         "subsets": [{"addresses": [{"ip": ip}], "ports": [{"name": "https", "port": apiserver.port(), "protocol": "TCP"}]}],
     });
-    let er = resources::find("", "v1", "endpoints").unwrap();
-    let ekey = er.key(Some("default"), "kubernetes");
+    let ekey = resources::ENDPOINTS.key(Some("default"), "kubernetes");
     // Several apiservers: the endpoints name whichever wrote last, as kube-apiserver's lease
     // reconciler would eventually list them all.
     match store.get(&ekey).await? {

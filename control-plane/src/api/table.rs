@@ -1,5 +1,5 @@
 //! `as=Table` responses: the columns `kubectl get` prints (priority 1 only with `-o wide`), as the
-//! kube-apiserver's printers define them for each resource.
+//! kube-apiserver's printers define them; each kind's strategy names its `Printer`.
 
 use serde_json::{json, Value};
 
@@ -55,84 +55,254 @@ fn s(v: &Value) -> String {
     v.as_str().unwrap_or("<none>").to_string()
 }
 
-fn columns(r: &Resource) -> Vec<Value> {
-    let name = col(
+/// A kind's columns and how a row fills them; a kind names its printer in its strategy.
+pub struct Printer {
+    pub columns: fn() -> Vec<Value>,
+    pub cells: fn(&Value) -> Vec<Value>,
+}
+
+fn name_col() -> Value {
+    col(
         "Name",
         "string",
         0,
         "Name must be unique within a namespace.",
-    );
-    let age = col("Age", "string", 0, "CreationTimestamp is a timestamp representing the server time when this object was created.");
-    match r.plural {
-        "pods" => vec![
-            name,
-            col("Ready", "string", 0, "The aggregate readiness state of this pod for accepting traffic."),
-            col("Status", "string", 0, "The aggregate status of the containers in this pod."),
-            col("Restarts", "string", 0, "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted."),
-            age,
-            col("IP", "string", 1, "IP address allocated to the pod. Routable at least within the cluster. Empty if not yet allocated."),
-            col("Node", "string", 1, "Name of the Node this pod is assigned to."),
-            col("Nominated Node", "string", 1, "nominatedNodeName is set only when this pod preempts other pods on the node."),
-            col("Readiness Gates", "string", 1, "If specified, all readiness gates will be evaluated for pod readiness."),
-        ],
-        "nodes" => vec![
-            name,
+    )
+}
+
+fn age_col() -> Value {
+    col("Age", "string", 0, "CreationTimestamp is a timestamp representing the server time when this object was created.")
+}
+
+fn name_cell(o: &Value) -> Value {
+    json!(o["metadata"]["name"])
+}
+
+fn age_cell(o: &Value) -> Value {
+    json!(age(o["metadata"]["creationTimestamp"]
+        .as_str()
+        .unwrap_or_default()))
+}
+
+fn count(v: &Value) -> usize {
+    v.as_object().map_or(0, |m| m.len())
+}
+
+/// Name and age, for kinds without columns of their own.
+pub static DEFAULT: Printer = Printer {
+    columns: || vec![name_col(), age_col()],
+    cells: |o| vec![name_cell(o), age_cell(o)],
+};
+
+pub static PODS: Printer = Printer {
+    columns: || {
+        vec![
+        name_col(),
+        col("Ready", "string", 0, "The aggregate readiness state of this pod for accepting traffic."),
+        col("Status", "string", 0, "The aggregate status of the containers in this pod."),
+        col("Restarts", "string", 0, "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted."),
+        age_col(),
+        col("IP", "string", 1, "IP address allocated to the pod. Routable at least within the cluster. Empty if not yet allocated."),
+        col("Node", "string", 1, "Name of the Node this pod is assigned to."),
+        col("Nominated Node", "string", 1, "nominatedNodeName is set only when this pod preempts other pods on the node."),
+        col("Readiness Gates", "string", 1, "If specified, all readiness gates will be evaluated for pod readiness."),
+    ]
+    },
+    cells: pod_cells,
+};
+
+pub static NODES: Printer = Printer {
+    columns: || {
+        vec![
+            name_col(),
             col("Status", "string", 0, "The status of the node"),
             col("Roles", "string", 0, "The roles of the node"),
-            age,
-            col("Version", "string", 0, "Kubelet Version reported by the node."),
+            age_col(),
+            col(
+                "Version",
+                "string",
+                0,
+                "Kubelet Version reported by the node.",
+            ),
             col("Internal-IP", "string", 1, "List of internal IPs."),
             col("External-IP", "string", 1, "List of external IPs."),
-            col("OS-Image", "string", 1, "OS Image reported by the node from /etc/os-release."),
-            col("Kernel-Version", "string", 1, "Kernel Version reported by the node from 'uname -r'."),
-            col("Container-Runtime", "string", 1, "Container Runtime Version reported by the node through runtime remote API."),
-        ],
-        "namespaces" => vec![
-            name,
+            col(
+                "OS-Image",
+                "string",
+                1,
+                "OS Image reported by the node from /etc/os-release.",
+            ),
+            col(
+                "Kernel-Version",
+                "string",
+                1,
+                "Kernel Version reported by the node from 'uname -r'.",
+            ),
+            col(
+                "Container-Runtime",
+                "string",
+                1,
+                "Container Runtime Version reported by the node through runtime remote API.",
+            ),
+        ]
+    },
+    cells: node_cells,
+};
+
+pub static NAMESPACES: Printer = Printer {
+    columns: || {
+        vec![
+            name_col(),
             col("Status", "string", 0, "The status of the namespace"),
-            age,
-        ],
-        "services" => vec![
-            name,
+            age_col(),
+        ]
+    },
+    cells: |o| vec![name_cell(o), json!(s(&o["status"]["phase"])), age_cell(o)],
+};
+
+pub static SERVICES: Printer = Printer {
+    columns: || {
+        vec![
+            name_col(),
             col("Type", "string", 0, "The type of the service."),
             col("Cluster-IP", "string", 0, "The cluster IP of the service."),
-            col("External-IP", "string", 0, "The external IP of the service."),
+            col(
+                "External-IP",
+                "string",
+                0,
+                "The external IP of the service.",
+            ),
             col("Port(s)", "string", 0, "The ports of the service."),
-            age,
+            age_col(),
             col("Selector", "string", 1, "The selector of the service."),
-        ],
-        "configmaps" => vec![name, col("Data", "string", 0, "Number of data entries."), age],
-        "secrets" => vec![
-            name,
+        ]
+    },
+    cells: service_cells,
+};
+
+pub static CONFIGMAPS: Printer = Printer {
+    columns: || {
+        vec![
+            name_col(),
+            col("Data", "string", 0, "Number of data entries."),
+            age_col(),
+        ]
+    },
+    cells: |o| {
+        vec![
+            name_cell(o),
+            json!(count(&o["data"]) + count(&o["binaryData"])),
+            age_cell(o),
+        ]
+    },
+};
+
+pub static SECRETS: Printer = Printer {
+    columns: || {
+        vec![
+            name_col(),
             col("Type", "string", 0, "The type of the secret."),
             col("Data", "string", 0, "Number of data entries."),
-            age,
-        ],
-        "serviceaccounts" => vec![name, col("Secrets", "string", 0, "Number of secrets."), age],
-        "deployments" => vec![
-            name,
-            col("Ready", "string", 0, "Number of the pod with ready state."),
-            col("Up-to-date", "string", 0, "Total number of non-terminated pods targeted by this deployment that have the desired template spec."),
-            col("Available", "string", 0, "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment."),
-            age,
-        ],
-        "certificatesigningrequests" => vec![
-            name,
-            age,
-            col("SignerName", "string", 0, "Only requests with the given signer are signed by it."),
-            col("Requestor", "string", 0, "Name of the user which created the request."),
-            col("RequestedDuration", "string", 0, "The requested validity of the certificate."),
+            age_col(),
+        ]
+    },
+    cells: |o| {
+        vec![
+            name_cell(o),
+            json!(s(&o["type"])),
+            json!(count(&o["data"])),
+            age_cell(o),
+        ]
+    },
+};
+
+pub static SERVICEACCOUNTS: Printer = Printer {
+    columns: || {
+        vec![
+            name_col(),
+            col("Secrets", "string", 0, "Number of secrets."),
+            age_col(),
+        ]
+    },
+    cells: |o| {
+        vec![
+            name_cell(o),
+            json!(o["secrets"].as_array().map_or(0, Vec::len)),
+            age_cell(o),
+        ]
+    },
+};
+
+pub static DEPLOYMENTS: Printer = Printer {
+    columns: || {
+        vec![
+        name_col(),
+        col("Ready", "string", 0, "Number of the pod with ready state."),
+        col("Up-to-date", "string", 0, "Total number of non-terminated pods targeted by this deployment that have the desired template spec."),
+        col("Available", "string", 0, "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment."),
+        age_col(),
+    ]
+    },
+    cells: deployment_cells,
+};
+
+pub static CERTIFICATESIGNINGREQUESTS: Printer = Printer {
+    columns: || {
+        vec![
+            name_col(),
+            age_col(),
+            col(
+                "SignerName",
+                "string",
+                0,
+                "Only requests with the given signer are signed by it.",
+            ),
+            col(
+                "Requestor",
+                "string",
+                0,
+                "Name of the user which created the request.",
+            ),
+            col(
+                "RequestedDuration",
+                "string",
+                0,
+                "The requested validity of the certificate.",
+            ),
             col("Condition", "string", 0, "The conditions of the request."),
-        ],
-        "componentstatuses" => vec![
-            name,
+        ]
+    },
+    cells: csr_cells,
+};
+
+pub static COMPONENTSTATUSES: Printer = Printer {
+    columns: || {
+        vec![
+            name_col(),
             col("Status", "string", 0, "Status of the component conditions"),
-            col("Message", "string", 0, "Message of the component conditions"),
+            col(
+                "Message",
+                "string",
+                0,
+                "Message of the component conditions",
+            ),
             col("Error", "string", 0, "Error of the component conditions"),
-        ],
-        _ => vec![name, age],
-    }
-}
+        ]
+    },
+    cells: |o| {
+        let c = &o["conditions"][0];
+        vec![
+            name_cell(o),
+            json!(if c["status"] == "True" {
+                "Healthy"
+            } else {
+                "Unhealthy"
+            }),
+            json!(c["message"].as_str().unwrap_or_default()),
+            json!(c["error"].as_str().unwrap_or_default()),
+        ]
+    },
+};
 
 fn pod_cells(p: &Value) -> Vec<Value> {
     let statuses = p["status"]["containerStatuses"]
@@ -256,118 +426,78 @@ fn node_cells(n: &Value) -> Vec<Value> {
     ]
 }
 
-fn cells(r: &Resource, o: &Value) -> Vec<Value> {
-    let name = json!(o["metadata"]["name"]);
-    let created = json!(age(o["metadata"]["creationTimestamp"]
-        .as_str()
-        .unwrap_or_default()));
-    let count = |v: &Value| v.as_object().map_or(0, |m| m.len());
-    match r.plural {
-        "pods" => pod_cells(o),
-        "nodes" => node_cells(o),
-        "namespaces" => vec![name, json!(s(&o["status"]["phase"])), created],
-        "services" => {
-            let ports: Vec<String> = o["spec"]["ports"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|p| format!("{}/{}", p["port"], p["protocol"].as_str().unwrap_or("TCP")))
-                .collect();
-            let sel: Vec<String> = o["spec"]["selector"]
-                .as_object()
-                .into_iter()
-                .flatten()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                .collect();
-            vec![
-                name,
-                json!(s(&o["spec"]["type"])),
-                json!(o["spec"]["clusterIP"].as_str().unwrap_or("None")),
-                json!("<none>"),
-                json!(if ports.is_empty() {
-                    "<none>".into()
-                } else {
-                    ports.join(",")
-                }),
-                created,
-                json!(if sel.is_empty() {
-                    "<none>".into()
-                } else {
-                    sel.join(",")
-                }),
-            ]
-        }
-        "configmaps" => vec![
-            name,
-            json!(count(&o["data"]) + count(&o["binaryData"])),
-            created,
-        ],
-        "secrets" => vec![
-            name,
-            json!(s(&o["type"])),
-            json!(count(&o["data"])),
-            created,
-        ],
-        "serviceaccounts" => vec![
-            name,
-            json!(o["secrets"].as_array().map_or(0, Vec::len)),
-            created,
-        ],
-        "deployments" => {
-            let st = &o["status"];
-            vec![
-                name,
-                json!(format!(
-                    "{}/{}",
-                    st["readyReplicas"].as_i64().unwrap_or(0),
-                    o["spec"]["replicas"].as_i64().unwrap_or(1)
-                )),
-                json!(st["updatedReplicas"].as_i64().unwrap_or(0)),
-                json!(st["availableReplicas"].as_i64().unwrap_or(0)),
-                created,
-            ]
-        }
-        "certificatesigningrequests" => {
-            let mut conds: Vec<String> = o["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|c| c["type"].as_str().map(str::to_owned))
-                .collect();
-            if !o["status"]["certificate"].is_null() {
-                conds.push("Issued".into());
-            }
-            vec![
-                name,
-                created,
-                json!(s(&o["spec"]["signerName"])),
-                json!(s(&o["spec"]["username"])),
-                json!(o["spec"]["expirationSeconds"]
-                    .as_i64()
-                    .map(human)
-                    .unwrap_or_else(|| "<none>".into())),
-                json!(if conds.is_empty() {
-                    "Pending".into()
-                } else {
-                    conds.join(",")
-                }),
-            ]
-        }
-        "componentstatuses" => {
-            let c = &o["conditions"][0];
-            vec![
-                name,
-                json!(if c["status"] == "True" {
-                    "Healthy"
-                } else {
-                    "Unhealthy"
-                }),
-                json!(c["message"].as_str().unwrap_or_default()),
-                json!(c["error"].as_str().unwrap_or_default()),
-            ]
-        }
-        _ => vec![name, created],
+fn service_cells(o: &Value) -> Vec<Value> {
+    let ports: Vec<String> = o["spec"]["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| format!("{}/{}", p["port"], p["protocol"].as_str().unwrap_or("TCP")))
+        .collect();
+    let sel: Vec<String> = o["spec"]["selector"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
+    vec![
+        name_cell(o),
+        json!(s(&o["spec"]["type"])),
+        json!(o["spec"]["clusterIP"].as_str().unwrap_or("None")),
+        json!("<none>"),
+        json!(if ports.is_empty() {
+            "<none>".into()
+        } else {
+            ports.join(",")
+        }),
+        age_cell(o),
+        json!(if sel.is_empty() {
+            "<none>".into()
+        } else {
+            sel.join(",")
+        }),
+    ]
+}
+
+fn deployment_cells(o: &Value) -> Vec<Value> {
+    let st = &o["status"];
+    vec![
+        name_cell(o),
+        json!(format!(
+            "{}/{}",
+            st["readyReplicas"].as_i64().unwrap_or(0),
+            o["spec"]["replicas"].as_i64().unwrap_or(1)
+        )),
+        json!(st["updatedReplicas"].as_i64().unwrap_or(0)),
+        json!(st["availableReplicas"].as_i64().unwrap_or(0)),
+        age_cell(o),
+    ]
+}
+
+fn csr_cells(o: &Value) -> Vec<Value> {
+    let mut conds: Vec<String> = o["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["type"].as_str().map(str::to_owned))
+        .collect();
+    if !o["status"]["certificate"].is_null() {
+        conds.push("Issued".into());
     }
+    vec![
+        name_cell(o),
+        age_cell(o),
+        json!(s(&o["spec"]["signerName"])),
+        json!(s(&o["spec"]["username"])),
+        json!(o["spec"]["expirationSeconds"]
+            .as_i64()
+            .map(human)
+            .unwrap_or_else(|| "<none>".into())),
+        json!(if conds.is_empty() {
+            "Pending".into()
+        } else {
+            conds.join(",")
+        }),
+    ]
 }
 
 /// The row's object as `includeObject` asks: `None`, `Metadata` (the default) or `Object`.
@@ -394,13 +524,14 @@ pub fn table(
     include: &str,
     headers: bool,
 ) -> Value {
+    let printer = r.strategy.printer();
     let rows: Vec<Value> = objects
         .iter()
-        .map(|o| json!({"cells": cells(r, o), "object": row_object(r, o, include)}))
+        .map(|o| json!({"cells": (printer.cells)(o), "object": row_object(r, o, include)}))
         .collect();
     let mut t = json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": list_meta, "rows": rows});
     if headers {
-        t["columnDefinitions"] = json!(columns(r));
+        t["columnDefinitions"] = json!((printer.columns)());
     } else {
         t["columnDefinitions"] = json!([]);
     }
@@ -421,7 +552,7 @@ mod tests {
 
     #[test]
     fn pod_rows_have_kubectls_columns() {
-        let r = super::super::resources::find("", "v1", "pods").unwrap();
+        let r = &super::super::resources::PODS;
         let p = json!({"metadata": {"name": "a", "creationTimestamp": "2020-01-01T00:00:00Z"}, "spec": {"containers": [{"name": "c"}], "nodeName": "n1"}, "status": {"phase": "Running", "podIP": "10.0.0.5", "containerStatuses": [{"ready": true, "restartCount": 2}]}});
         let t = table(r, &[p], json!({"resourceVersion": "7"}), "Metadata", true);
         assert_eq!(t["columnDefinitions"].as_array().unwrap().len(), 9);

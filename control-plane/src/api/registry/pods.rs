@@ -1,0 +1,637 @@
+//! Pods: defaults and validation, the QoS class, the Priority, ServiceAccount and LimitRanger
+//! admission plugins, NodeRestriction's mirror-pod rule, graceful deletion, and the
+//! subresources binding, eviction, log, exec, attach and portforward.
+
+use async_trait::async_trait;
+use axum::body::{Body, Bytes};
+use axum::http::{header, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+
+use super::strategy::{gvk_of, Gvk, Strategy, Subresource};
+use super::{decode_kv, json_response, nodes, store_error, ApiResult, Request, Store};
+use crate::api::objects::{self, child, set_default};
+use crate::api::resources;
+use crate::api::status::{self, ApiError, Cause};
+use crate::api::{proxy, quota, table};
+
+pub struct Pods;
+pub static POD: Pods = Pods;
+
+pub const ROOT_CA_CONFIGMAP: &str = "kube-root-ca.crt";
+const SA_MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+#[async_trait]
+impl Strategy for Pods {
+    fn example(&self, name: &str) -> Value {
+        json!({"metadata": {"name": name}, "spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]}})
+    }
+
+    fn selectable_fields(&self) -> &'static [&'static str] {
+        &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName",
+        ]
+    }
+
+    fn printer(&self) -> &'static table::Printer {
+        &table::PODS
+    }
+
+    fn subresources(&self) -> &'static [&'static dyn Subresource] {
+        &[
+            &Binding,
+            &Eviction,
+            &Log,
+            &Stream("exec"),
+            &Stream("attach"),
+            &Stream("portforward"),
+        ]
+    }
+
+    fn defaults(&self, obj: &mut Value) {
+        let spec = child(obj, "spec");
+        for list in ["containers", "initContainers"] {
+            if let Some(cs) = spec.get_mut(list).and_then(Value::as_array_mut) {
+                cs.iter_mut().for_each(default_container);
+            }
+        }
+        let s = spec.as_object_mut().unwrap();
+        set_default(s, "restartPolicy", json!("Always"));
+        set_default(s, "terminationGracePeriodSeconds", json!(30));
+        set_default(s, "dnsPolicy", json!("ClusterFirst"));
+        set_default(s, "securityContext", json!({}));
+        set_default(s, "schedulerName", json!("default-scheduler"));
+        set_default(s, "enableServiceLinks", json!(true));
+        set_default(s, "preemptionPolicy", json!("PreemptLowerPriority"));
+        set_default(s, "priority", json!(0));
+        set_default(s, "serviceAccountName", json!("default"));
+        let sa = s["serviceAccountName"].clone();
+        set_default(s, "serviceAccount", sa);
+        // DefaultTolerationSeconds admission.
+        let tolerations = s
+            .entry("tolerations")
+            .or_insert_with(|| json!([]))
+            .as_array_mut()
+            .unwrap();
+        for key in [
+            "node.kubernetes.io/not-ready",
+            "node.kubernetes.io/unreachable",
+        ] {
+            if !tolerations.iter().any(|t| t["key"] == key) {
+                tolerations.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+            }
+        }
+        let status = child(obj, "status");
+        if status["phase"].is_null() {
+            status["phase"] = json!("Pending");
+        }
+        set_qos(obj);
+    }
+
+    fn validate(&self, obj: &Value) -> Vec<Cause> {
+        let mut causes = Vec::new();
+        validate_spec(&obj["spec"], &mut causes);
+        causes
+    }
+
+    async fn admit(
+        &self,
+        req: &Request<'_>,
+        ns: Option<&str>,
+        pod: &mut Value,
+    ) -> Result<(), ApiError> {
+        admit_priority(req, pod).await?;
+        if let Some(ns) = ns {
+            admit_service_account(req, ns, pod).await?;
+            quota::limit_ranger(req.store(), ns, pod).await?;
+            set_qos(pod);
+        }
+        Ok(())
+    }
+
+    fn admit_node(&self, node: &str, obj: &Value) -> Result<(), ApiError> {
+        let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+        if obj["metadata"]["annotations"]["kubernetes.io/config.mirror"].is_null() {
+            return Err(ApiError::forbidden(format!("pods \"{name}\" is forbidden: pod does not have \"kubernetes.io/config.mirror\" annotation, node \"{node}\" can only create mirror pods")));
+        }
+        if obj["spec"]["nodeName"] != node {
+            return Err(ApiError::forbidden(format!("pods \"{name}\" is forbidden: node \"{node}\" can only create pods with spec.nodeName set to itself")));
+        }
+        Ok(())
+    }
+
+    /// The request's grace period, else the pod's; none for a pod that never ran (unbound) or
+    /// has finished.
+    fn grace_period(&self, obj: &Value, requested: Option<i64>) -> i64 {
+        let bound = obj["spec"]["nodeName"]
+            .as_str()
+            .is_some_and(|n| !n.is_empty());
+        let done = matches!(
+            obj["status"]["phase"].as_str(),
+            Some("Succeeded" | "Failed")
+        );
+        if !bound || done {
+            return 0;
+        }
+        requested
+            .or_else(|| obj["spec"]["terminationGracePeriodSeconds"].as_i64())
+            .unwrap_or(30)
+            .max(0)
+    }
+}
+
+/// The QoS class, set wherever requests and limits may have changed.
+fn set_qos(pod: &mut Value) {
+    let qos = objects::qos_class(&pod["spec"]);
+    child(pod, "status")["qosClass"] = json!(qos);
+}
+
+fn image_pull_policy(image: &str) -> &'static str {
+    let last = image.rsplit('/').next().unwrap_or(image);
+    if image.contains('@') {
+        return "IfNotPresent";
+    }
+    match last.split_once(':') {
+        None => "Always",
+        Some((_, "latest")) => "Always",
+        Some(_) => "IfNotPresent",
+    }
+}
+
+fn default_container(c: &mut Value) {
+    let image = c["image"].as_str().unwrap_or_default().to_string();
+    let c = c.as_object_mut().unwrap();
+    set_default(c, "terminationMessagePath", json!("/dev/termination-log"));
+    set_default(c, "terminationMessagePolicy", json!("File"));
+    set_default(c, "imagePullPolicy", json!(image_pull_policy(&image)));
+    set_default(c, "resources", json!({}));
+    if let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) {
+        for p in ports {
+            set_default(p.as_object_mut().unwrap(), "protocol", json!("TCP"));
+        }
+    }
+}
+
+fn validate_spec(spec: &Value, causes: &mut Vec<Cause>) {
+    let containers = spec["containers"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    if containers.is_empty() {
+        causes.push(objects::required("spec.containers"));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (field, list) in [
+        (
+            "spec.initContainers",
+            spec["initContainers"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or(&[]),
+        ),
+        ("spec.containers", containers),
+    ] {
+        for (i, c) in list.iter().enumerate() {
+            let name = c["name"].as_str().unwrap_or_default();
+            if name.is_empty() {
+                causes.push(objects::required(&format!("{field}[{i}].name")));
+            } else if !objects::is_dns_label(name) {
+                causes.push(objects::invalid(
+                    &format!("{field}[{i}].name"),
+                    name,
+                    objects::DNS1123_LABEL,
+                ));
+            } else if !seen.insert(name.to_string()) {
+                causes.push((
+                    "FieldValueDuplicate",
+                    format!("{field}[{i}].name"),
+                    format!("Duplicate value: {name:?}"),
+                ));
+            }
+            if c["image"].as_str().unwrap_or_default().trim().is_empty() {
+                causes.push(objects::required(&format!("{field}[{i}].image")));
+            }
+        }
+    }
+    if let Some(p) = spec["restartPolicy"].as_str() {
+        if !["Always", "OnFailure", "Never"].contains(&p) {
+            causes.push((
+                "FieldValueNotSupported",
+                "spec.restartPolicy".into(),
+                format!("Unsupported value: {p:?}: supported values: \"Always\", \"OnFailure\", \"Never\""),
+            ));
+        }
+    }
+}
+
+/// The Priority admission plugin: `priorityClassName` resolves to `spec.priority`.
+async fn admit_priority(req: &Request<'_>, pod: &mut Value) -> Result<(), ApiError> {
+    let Some(pc) = pod["spec"]["priorityClassName"].as_str().map(str::to_owned) else {
+        return Ok(());
+    };
+    match req
+        .store()
+        .get(&resources::PRIORITYCLASSES.key(None, &pc))
+        .await
+    {
+        Ok(Some(kv)) => {
+            let class = decode_kv(&kv);
+            pod["spec"]["priority"] = class["value"].clone();
+            if let Some(p) = class["preemptionPolicy"].as_str() {
+                pod["spec"]["preemptionPolicy"] = json!(p);
+            }
+            Ok(())
+        }
+        _ => Err(ApiError::forbidden(format!(
+            "pods \"{}\" is forbidden: no PriorityClass with name {pc} was found",
+            pod["metadata"]["name"].as_str().unwrap_or_default()
+        ))),
+    }
+}
+
+/// The ServiceAccount admission plugin: the pod runs as `default` unless it names a
+/// service account, which must exist; unless automounting is off (pod, then service
+/// account), a projected `kube-api-access-*` volume (token, cluster CA, namespace) is
+/// mounted read-only into every container. Mirror pods are left alone.
+async fn admit_service_account(
+    req: &Request<'_>,
+    ns: &str,
+    pod: &mut Value,
+) -> Result<(), ApiError> {
+    if !pod["metadata"]["annotations"]["kubernetes.io/config.mirror"].is_null() {
+        return Ok(());
+    }
+    let name = pod["spec"]["serviceAccountName"]
+        .as_str()
+        .or(pod["spec"]["serviceAccount"].as_str())
+        .filter(|s| !s.is_empty())
+        .unwrap_or("default")
+        .to_string();
+    pod["spec"]["serviceAccountName"] = json!(name);
+    pod["spec"]["serviceAccount"] = json!(name);
+    let sar = &resources::SERVICEACCOUNTS;
+    let got = req
+        .store()
+        .get(&sar.key(Some(ns), &name))
+        .await
+        .map_err(|e| store_error(sar, &name, e))?;
+    let sa = match got {
+        Some(kv) => decode_kv(&kv),
+        None => {
+            let pod_name = pod["metadata"]["name"].as_str().unwrap_or_default();
+            return Err(ApiError::forbidden(format!(
+                "pods \"{pod_name}\" is forbidden: error looking up service account {ns}/{name}: serviceaccount \"{name}\" not found"
+            )));
+        }
+    };
+    let automount = pod["spec"]["automountServiceAccountToken"]
+        .as_bool()
+        .or(sa["automountServiceAccountToken"].as_bool())
+        .unwrap_or(true);
+    if !automount {
+        return Ok(());
+    }
+    let suffix: String = {
+        use rand::Rng;
+        const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+        let mut rng = rand::rng();
+        (0..5)
+            .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+            .collect()
+    };
+    let vol = format!("kube-api-access-{suffix}");
+    let mut mounted = false;
+    for list in ["initContainers", "containers"] {
+        for c in pod["spec"][list].as_array_mut().into_iter().flatten() {
+            let mounts = c["volumeMounts"].as_array().cloned().unwrap_or_default();
+            if mounts.iter().any(|m| m["mountPath"] == SA_MOUNT_PATH) {
+                continue;
+            }
+            let mut mounts = mounts;
+            mounts.push(json!({"name": vol, "readOnly": true, "mountPath": SA_MOUNT_PATH}));
+            c["volumeMounts"] = json!(mounts);
+            mounted = true;
+        }
+    }
+    if mounted {
+        let mut vols = pod["spec"]["volumes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        vols.push(json!({"name": vol, "projected": {"defaultMode": 420, "sources": [
+            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+            {"configMap": {"name": ROOT_CA_CONFIGMAP, "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+        ]}}));
+        pod["spec"]["volumes"] = json!(vols);
+    }
+    Ok(())
+}
+
+/// `pods/binding`: the scheduler's (or anyone's) assignment of a pod to a node.
+struct Binding;
+
+#[async_trait]
+impl Subresource for Binding {
+    fn name(&self) -> &'static str {
+        "binding"
+    }
+    fn kind(&self) -> Option<Gvk> {
+        Some(gvk_of::<k8s_openapi::api::core::v1::Binding>())
+    }
+    fn verbs(&self) -> &'static [&'static str] {
+        &["create"]
+    }
+    async fn serve(
+        &self,
+        req: &Request<'_>,
+        method: &Method,
+        store: &Store,
+        ns: Option<&str>,
+        name: &str,
+        body: &Bytes,
+    ) -> Option<ApiResult> {
+        (method == Method::POST).then_some(())?;
+        Some(bind(req, store, ns.unwrap_or("default"), name, body).await)
+    }
+}
+
+async fn bind(req: &Request<'_>, store: &Store, ns: &str, name: &str, body: &Bytes) -> ApiResult {
+    let r = store.r;
+    let binding: Value = req.parse_body(body)?;
+    let node = binding["target"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if node.is_empty() {
+        return Err(ApiError::invalid(
+            r,
+            name,
+            vec![(
+                "FieldValueRequired",
+                "target.name".into(),
+                "target.name: Required value".into(),
+            )],
+        ));
+    }
+    let current = store.current(req, Some(ns), name).await?;
+    let mut pod = decode_kv(&current);
+    if pod["spec"]["nodeName"]
+        .as_str()
+        .is_some_and(|n| !n.is_empty())
+    {
+        return Err(ApiError::new(409, "Conflict", format!("Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is already assigned to node \"{}\"", pod["spec"]["nodeName"].as_str().unwrap_or_default())));
+    }
+    if !pod["metadata"]["deletionTimestamp"].is_null() {
+        return Err(ApiError::new(409, "Conflict", format!("Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is being deleted, cannot be assigned to a host")));
+    }
+    pod["spec"]["nodeName"] = json!(node);
+    let conds = pod["status"]
+        .as_object_mut()
+        .map(|s| s.entry("conditions").or_insert_with(|| json!([])));
+    if let Some(Value::Array(c)) = conds {
+        c.retain(|c| c["type"] != "PodScheduled");
+        c.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": objects::now()}));
+    }
+    store.put(req, name, &current, &mut pod).await?;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &status::success(json!({})),
+    ))
+}
+
+/// `pods/eviction`: a delete with the pod's own grace period.
+struct Eviction;
+
+#[async_trait]
+impl Subresource for Eviction {
+    fn name(&self) -> &'static str {
+        "eviction"
+    }
+    fn kind(&self) -> Option<Gvk> {
+        Some(gvk_of::<k8s_openapi::api::policy::v1::Eviction>())
+    }
+    fn verbs(&self) -> &'static [&'static str] {
+        &["create"]
+    }
+    async fn serve(
+        &self,
+        req: &Request<'_>,
+        method: &Method,
+        store: &Store,
+        ns: Option<&str>,
+        name: &str,
+        _: &Bytes,
+    ) -> Option<ApiResult> {
+        (method == Method::POST).then_some(())?;
+        Some(match store.delete(req, ns, name, &Bytes::new()).await {
+            Ok(_) => Ok(json_response(
+                StatusCode::CREATED,
+                &status::success(json!({"name": name, "kind": "pods"})),
+            )),
+            Err(e) => Err(e),
+        })
+    }
+}
+
+/// The container a pods/log|exec|attach request means: `container`, or the only one.
+fn pod_container(req: &Request<'_>, pod: &Value, name: &str) -> Result<String, ApiError> {
+    let names: Vec<&str> = ["initContainers", "containers"]
+        .iter()
+        .flat_map(|k| pod["spec"][*k].as_array().into_iter().flatten())
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    let apps: Vec<&str> = pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    match req.q.get("container").filter(|c| !c.is_empty()) {
+        Some(c) if names.contains(&c.as_str()) => Ok(c.clone()),
+        Some(c) => Err(ApiError::bad_request(format!(
+            "container {c} is not valid for pod {name}"
+        ))),
+        None if apps.len() == 1 => Ok(apps[0].to_string()),
+        None => Err(ApiError::bad_request(format!(
+            "a container name must be specified for pod {name}, choose one of: [{}]",
+            apps.join(" ")
+        ))),
+    }
+}
+
+/// Where the node API of the pod's node is: (host, port).
+async fn pod_node(req: &Request<'_>, pod: &Value, name: &str) -> Result<(String, i64), ApiError> {
+    let Some(node_name) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) else {
+        return Err(ApiError::bad_request(format!(
+            "pod {name} does not have a host assigned"
+        )));
+    };
+    nodes::node_endpoint(req, node_name).await
+}
+
+/// `pods/log`: the node's `/containerLogs`, streamed through (the kube-apiserver's LogREST).
+/// The container defaults to the only one; the query goes along.
+struct Log;
+
+#[async_trait]
+impl Subresource for Log {
+    fn name(&self) -> &'static str {
+        "log"
+    }
+    fn verbs(&self) -> &'static [&'static str] {
+        &["get"]
+    }
+    async fn serve(
+        &self,
+        req: &Request<'_>,
+        method: &Method,
+        store: &Store,
+        ns: Option<&str>,
+        name: &str,
+        _: &Bytes,
+    ) -> Option<ApiResult> {
+        (method == Method::GET).then_some(())?;
+        Some(pod_log(req, store, ns.unwrap_or("default"), name).await)
+    }
+}
+
+async fn pod_log(req: &Request<'_>, store: &Store, ns: &str, name: &str) -> ApiResult {
+    let pod = decode_kv(&store.current(req, Some(ns), name).await?);
+    let container = pod_container(req, &pod, name)?;
+    let (host, port) = pod_node(req, &pod, name).await?;
+    let mut url = format!("https://{host}:{port}/containerLogs/{ns}/{name}/{container}");
+    let passed: Vec<(String, String)> = [
+        "follow",
+        "previous",
+        "timestamps",
+        "tailLines",
+        "sinceSeconds",
+        "sinceTime",
+        "limitBytes",
+    ]
+    .iter()
+    .filter_map(|k| req.q.get(*k).map(|v| (k.to_string(), v.clone())))
+    .collect();
+    if !passed.is_empty() {
+        url.push('?');
+        url.push_str(&serde_urlencoded::to_string(&passed).unwrap_or_default());
+    }
+    let resp = nodes::kubelet_get(req, &url).await?;
+    let code = resp.status();
+    if !code.is_success() {
+        let body = resp.text().await.unwrap_or_default();
+        return Err(ApiError::new(
+            code.as_u16(),
+            if code.as_u16() == 404 {
+                "NotFound"
+            } else {
+                "BadRequest"
+            },
+            body.trim().to_string(),
+        ));
+    }
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from_stream(resp.bytes_stream()))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
+}
+
+/// `pods/exec`, `pods/attach`, `pods/portforward`: the upgrade request goes to the node API
+/// as it came; a 101 answer joins the two connections (the kube-apiserver's
+/// UpgradeAwareHandler), any other answer goes back to the client (which may then fall back
+/// from WebSocket to SPDY).
+struct Stream(&'static str);
+
+#[async_trait]
+impl Subresource for Stream {
+    fn name(&self) -> &'static str {
+        self.0
+    }
+    fn kind(&self) -> Option<Gvk> {
+        Some(match self.0 {
+            "exec" => ("", "v1", "PodExecOptions"),
+            "attach" => ("", "v1", "PodAttachOptions"),
+            _ => ("", "v1", "PodPortForwardOptions"),
+        })
+    }
+    fn verbs(&self) -> &'static [&'static str] {
+        &["create", "get"]
+    }
+    async fn serve(
+        &self,
+        req: &Request<'_>,
+        method: &Method,
+        store: &Store,
+        ns: Option<&str>,
+        name: &str,
+        _: &Bytes,
+    ) -> Option<ApiResult> {
+        matches!(*method, Method::GET | Method::POST).then_some(())?;
+        Some(pod_stream(req, store, ns.unwrap_or("default"), name, self.0).await)
+    }
+}
+
+async fn pod_stream(
+    req: &Request<'_>,
+    store: &Store,
+    ns: &str,
+    name: &str,
+    sub: &str,
+) -> ApiResult {
+    let pod = decode_kv(&store.current(req, Some(ns), name).await?);
+    let path = if sub == "portforward" {
+        format!("/portForward/{ns}/{name}")
+    } else {
+        let c = pod_container(req, &pod, name)?;
+        format!("/{sub}/{ns}/{name}/{c}")
+    };
+    let (host, port) = pod_node(req, &pod, name).await?;
+    let Some(upgrade) = req.upgrade.lock().expect("upgrade").take() else {
+        return Err(ApiError::bad_request("Upgrade request required"));
+    };
+    let target = if req.raw_query.is_empty() {
+        path
+    } else {
+        format!("{path}?{}", req.raw_query)
+    };
+    proxy::upgrade(
+        &req.server.kubelet_tls,
+        &host,
+        port as u16,
+        &target,
+        req.headers,
+        upgrade,
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::resources::PODS;
+
+    #[test]
+    fn grace_periods_follow_the_pod() {
+        let bound = json!({"spec": {"nodeName": "n1", "terminationGracePeriodSeconds": 10}, "status": {"phase": "Running"}});
+        assert_eq!(POD.grace_period(&bound, None), 10);
+        assert_eq!(POD.grace_period(&bound, Some(3)), 3);
+        assert_eq!(POD.grace_period(&bound, Some(-5)), 0);
+        let unbound = json!({"spec": {"terminationGracePeriodSeconds": 10}});
+        assert_eq!(POD.grace_period(&unbound, None), 0);
+        let done = json!({"spec": {"nodeName": "n1"}, "status": {"phase": "Succeeded"}});
+        assert_eq!(POD.grace_period(&done, None), 0);
+        assert_eq!(
+            PODS.subresource("log").map(|s| s.verbs()),
+            Some(&["get"][..])
+        );
+    }
+}

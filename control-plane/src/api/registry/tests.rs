@@ -1,0 +1,583 @@
+//! The apiserver in-process, as Kubernetes' `registry/rest/resttest` drives a store: the router
+//! over an embedded store in a temporary directory, requests sent with `oneshot` as the
+//! cluster administrator's client certificate. The generic verbs are checked for every
+//! registered kind by iterating the registry, so a new kind is tested by being registered.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use crate::api::resources::{self, Resource, RESOURCES};
+use crate::api::{auth, router, satoken, ApiServer};
+use crate::store::embedded::Embedded;
+
+struct Cluster {
+    app: axum::Router,
+    _dir: tempfile::TempDir,
+}
+
+struct Answer {
+    code: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+}
+
+impl Cluster {
+    async fn new() -> Cluster {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let pki_dir = dir.path().join("pki");
+        let pki = crate::pki::ensure(&pki_dir, &[]).expect("cluster PKI");
+        let store: Arc<dyn crate::store::Store> =
+            Arc::new(Embedded::open(&dir.path().join("data")).expect("embedded store"));
+        crate::api::bootstrap(&*store, &pki.ca_pem)
+            .await
+            .expect("bootstrap");
+        let (cert, key) = crate::pki::client_cert(&pki_dir, "kubelet-client", &["system:masters"])
+            .expect("a kubelet client certificate");
+        let server = ApiServer {
+            store,
+            tokens: auth::Tokens::default(),
+            sa: satoken::Signer::load(&pki_dir).expect("service-account key"),
+            service_cidr: "10.96.0.0/24".parse().unwrap(),
+            ca_pem: pki.ca_pem.clone(),
+            kubelet: reqwest::Client::new(),
+            kubelet_tls: Arc::new(crate::api::proxy_client_config(&cert, &key).unwrap()),
+        };
+        Cluster {
+            app: router(Arc::new(server)),
+            _dir: dir,
+        }
+    }
+
+    fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        ct: &str,
+    ) -> axum::http::Request<Body> {
+        axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::CONTENT_TYPE, ct)
+            .extension(auth::CertIdentity(Some((
+                "admin".into(),
+                vec!["system:masters".into()],
+            ))))
+            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+            .unwrap()
+    }
+
+    async fn call_as(&self, method: Method, path: &str, body: Option<&Value>, ct: &str) -> Answer {
+        let resp = self
+            .app
+            .clone()
+            .oneshot(self.request(method, path, body, ct))
+            .await
+            .expect("the router answers");
+        let code = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .expect("a whole body");
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Answer {
+            code,
+            headers,
+            body,
+        }
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Answer {
+        self.call_as(method, path, body, "application/json").await
+    }
+
+    /// A watch's stream, read until `want` says an event is the one awaited.
+    async fn watch_until(&self, path: &str, want: impl Fn(&Value) -> bool) -> Value {
+        let resp = self
+            .app
+            .clone()
+            .oneshot(self.request(Method::GET, path, None, "application/json"))
+            .await
+            .expect("the router answers");
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        let mut stream = resp.into_body().into_data_stream();
+        let mut buf = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let chunk = tokio::time::timeout_at(deadline, stream.next())
+                .await
+                .unwrap_or_else(|_| panic!("no awaited event on {path}"))
+                .unwrap_or_else(|| panic!("{path}: the stream ended"))
+                .expect("a chunk");
+            buf.extend_from_slice(&chunk);
+            while let Some(end) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=end).collect();
+                let ev: Value = serde_json::from_slice(&line).expect("one JSON event a line");
+                if want(&ev) {
+                    return ev;
+                }
+            }
+        }
+    }
+}
+
+fn base(r: &Resource) -> String {
+    if r.group.is_empty() {
+        format!("/api/{}", r.version)
+    } else {
+        format!("/apis/{}/{}", r.group, r.version)
+    }
+}
+
+fn collection(r: &Resource) -> String {
+    if r.namespaced {
+        format!("{}/namespaces/default/{}", base(r), r.plural)
+    } else {
+        format!("{}/{}", base(r), r.plural)
+    }
+}
+
+fn item(r: &Resource, name: &str) -> String {
+    format!("{}/{name}", collection(r))
+}
+
+/// Create, get, list, watch, update, a stale update, delete, gone: for every stored kind.
+#[tokio::test]
+async fn generic_verbs_work_for_every_stored_kind() {
+    let c = Cluster::new().await;
+    let stored: Vec<&Resource> = RESOURCES.iter().copied().filter(|r| r.stored).collect();
+    assert!(
+        stored.len() > 20,
+        "the registry lists {} stored kinds",
+        stored.len()
+    );
+    for r in stored {
+        let kind = r.qualified();
+        let name = format!("t-{}", r.singular());
+        let before = c.call(Method::GET, &collection(r), None).await;
+        assert_eq!(
+            before.code,
+            StatusCode::OK,
+            "{kind}: list {:?}",
+            before.body
+        );
+        let from = before.body["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_string();
+
+        let created = c
+            .call(
+                Method::POST,
+                &collection(r),
+                Some(&r.strategy.example(&name)),
+            )
+            .await;
+        assert_eq!(
+            created.code,
+            StatusCode::CREATED,
+            "{kind}: create {}",
+            created.body
+        );
+        assert_eq!(created.body["kind"], r.kind, "{kind}");
+        assert_eq!(created.body["apiVersion"], r.api_version(), "{kind}");
+        let created_rv = created.body["metadata"]["resourceVersion"].clone();
+        assert!(created.body["metadata"]["uid"].is_string(), "{kind}: uid");
+
+        let got = c.call(Method::GET, &item(r, &name), None).await;
+        assert_eq!(got.code, StatusCode::OK, "{kind}: get {}", got.body);
+        assert_eq!(
+            got.body["metadata"]["uid"], created.body["metadata"]["uid"],
+            "{kind}"
+        );
+        assert_eq!(
+            got.body["metadata"]["resourceVersion"], created_rv,
+            "{kind}"
+        );
+
+        let list = c.call(Method::GET, &collection(r), None).await;
+        assert_eq!(list.body["kind"], r.list_kind(), "{kind}");
+        assert!(
+            list.body["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|o| o["metadata"]["name"] == name.as_str()),
+            "{kind}: list {}",
+            list.body
+        );
+
+        let watch = format!("{}?watch=1&resourceVersion={from}", collection(r));
+        let added = c
+            .watch_until(&watch, |ev| {
+                ev["object"]["metadata"]["name"] == name.as_str()
+            })
+            .await;
+        assert_eq!(added["type"], "ADDED", "{kind}: {added}");
+
+        let mut changed = got.body.clone();
+        changed["metadata"]["labels"]["tested"] = json!("yes");
+        let updated = c.call(Method::PUT, &item(r, &name), Some(&changed)).await;
+        assert_eq!(
+            updated.code,
+            StatusCode::OK,
+            "{kind}: update {}",
+            updated.body
+        );
+        assert_eq!(
+            updated.body["metadata"]["labels"]["tested"], "yes",
+            "{kind}"
+        );
+        let modified = c
+            .watch_until(&watch, |ev| {
+                ev["type"] == "MODIFIED" && ev["object"]["metadata"]["name"] == name.as_str()
+            })
+            .await;
+        assert_eq!(
+            modified["object"]["metadata"]["labels"]["tested"], "yes",
+            "{kind}"
+        );
+
+        let stale = c.call(Method::PUT, &item(r, &name), Some(&got.body)).await;
+        assert_eq!(
+            stale.code,
+            StatusCode::CONFLICT,
+            "{kind}: stale update {}",
+            stale.body
+        );
+        assert_eq!(stale.body["reason"], "Conflict", "{kind}");
+        assert_eq!(
+            stale.body["message"],
+            format!("Operation cannot be fulfilled on {kind} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"),
+        );
+
+        let deleted = c.call(Method::DELETE, &item(r, &name), None).await;
+        assert_eq!(
+            deleted.code,
+            StatusCode::OK,
+            "{kind}: delete {}",
+            deleted.body
+        );
+        // A namespace goes once the namespace controller emptied it.
+        let mut gone = c.call(Method::GET, &item(r, &name), None).await;
+        for _ in 0..50 {
+            if gone.code == StatusCode::NOT_FOUND {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            gone = c.call(Method::GET, &item(r, &name), None).await;
+        }
+        assert_eq!(
+            gone.code,
+            StatusCode::NOT_FOUND,
+            "{kind}: after delete {}",
+            gone.body
+        );
+        assert_eq!(gone.body["message"], format!("{kind} \"{name}\" not found"));
+        assert_eq!(gone.body["details"]["kind"], r.plural, "{kind}");
+    }
+}
+
+/// Reviews answer a create and list nothing; computed kinds list and refuse writes.
+#[tokio::test]
+async fn reviews_and_computed_kinds_answer() {
+    let c = Cluster::new().await;
+    for r in RESOURCES.iter().filter(|r| !r.stored) {
+        let kind = r.qualified();
+        let list = c.call(Method::GET, &collection(r), None).await;
+        assert_eq!(list.code, StatusCode::OK, "{kind}: list {}", list.body);
+        assert_eq!(list.body["kind"], r.list_kind(), "{kind}");
+        let posted = c
+            .call(Method::POST, &collection(r), Some(&r.strategy.example("x")))
+            .await;
+        if r.review {
+            assert_eq!(posted.code, StatusCode::CREATED, "{kind}: {}", posted.body);
+            assert!(posted.body["status"].is_object(), "{kind}: {}", posted.body);
+            assert_eq!(list.body["items"], json!([]), "{kind}");
+        } else {
+            assert_eq!(posted.code, StatusCode::METHOD_NOT_ALLOWED, "{kind}");
+            assert!(!list.body["items"].as_array().unwrap().is_empty(), "{kind}");
+        }
+    }
+    let ssar = c
+        .call(
+            Method::POST,
+            &collection(&resources::SELFSUBJECTACCESSREVIEWS),
+            Some(&json!({"spec": {"resourceAttributes": {"verb": "delete", "resource": "nodes"}}})),
+        )
+        .await;
+    assert_eq!(ssar.body["status"]["allowed"], true, "{}", ssar.body);
+    let who = c
+        .call(
+            Method::POST,
+            &collection(&resources::SELFSUBJECTREVIEWS),
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(who.body["status"]["userInfo"]["username"], "admin");
+}
+
+/// The status store writes only the status; the main resource keeps it.
+#[tokio::test]
+async fn status_and_main_writes_keep_each_others_fields() {
+    let c = Cluster::new().await;
+    let r = &resources::DEPLOYMENTS;
+    let created = c
+        .call(
+            Method::POST,
+            &collection(r),
+            Some(&r.strategy.example("web")),
+        )
+        .await;
+    assert_eq!(created.code, StatusCode::CREATED, "{}", created.body);
+    let mut body = created.body.clone();
+    body["spec"]["replicas"] = json!(5);
+    body["status"] = json!({"replicas": 3});
+    let status = c
+        .call(
+            Method::PUT,
+            &format!("{}/status", item(r, "web")),
+            Some(&body),
+        )
+        .await;
+    assert_eq!(status.code, StatusCode::OK, "{}", status.body);
+    assert_eq!(status.body["status"]["replicas"], 3);
+    assert_eq!(
+        status.body["spec"]["replicas"],
+        created.body["spec"]["replicas"]
+    );
+    assert_eq!(status.body["metadata"]["generation"], 1);
+
+    let mut body = status.body.clone();
+    body["spec"]["replicas"] = json!(2);
+    body["status"] = json!({"replicas": 9});
+    let main = c.call(Method::PUT, &item(r, "web"), Some(&body)).await;
+    assert_eq!(main.code, StatusCode::OK, "{}", main.body);
+    assert_eq!(main.body["spec"]["replicas"], 2);
+    assert_eq!(main.body["status"]["replicas"], 3);
+    assert_eq!(main.body["metadata"]["generation"], 2);
+
+    // A kind without a status subresource has no status verbs beyond the generic ones.
+    let cm = &resources::CONFIGMAPS;
+    let gone = c
+        .call(Method::DELETE, &format!("{}/status", item(cm, "x")), None)
+        .await;
+    assert_eq!(gone.code, StatusCode::NOT_FOUND);
+    let refused = c
+        .call(Method::DELETE, &format!("{}/status", item(r, "web")), None)
+        .await;
+    assert_eq!(refused.code, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        refused.body["message"],
+        "the server does not allow this method on the requested resource (status)"
+    );
+}
+
+#[tokio::test]
+async fn dry_runs_store_nothing() {
+    let c = Cluster::new().await;
+    let r = &resources::CONFIGMAPS;
+    let dry = c
+        .call(
+            Method::POST,
+            &format!("{}?dryRun=All", collection(r)),
+            Some(&json!({"metadata": {"name": "dry"}, "data": {"a": "b"}})),
+        )
+        .await;
+    assert_eq!(dry.code, StatusCode::CREATED, "{}", dry.body);
+    assert_eq!(dry.body["data"]["a"], "b");
+    assert_eq!(
+        c.call(Method::GET, &item(r, "dry"), None).await.code,
+        StatusCode::NOT_FOUND
+    );
+
+    let svc = &resources::SERVICES;
+    let dry = c
+        .call(
+            Method::POST,
+            &format!("{}?dryRun=All", collection(svc)),
+            Some(&json!({"metadata": {"name": "dry"}, "spec": {"ports": [{"port": 80}]}})),
+        )
+        .await;
+    assert_eq!(dry.code, StatusCode::CREATED, "{}", dry.body);
+    assert!(
+        dry.body["spec"]["clusterIP"].is_null(),
+        "a dry run allocates no IP"
+    );
+
+    c.call(
+        Method::POST,
+        &collection(r),
+        Some(&json!({"metadata": {"name": "kept"}})),
+    )
+    .await;
+    let dry = c
+        .call(
+            Method::DELETE,
+            &format!("{}?dryRun=All", item(r, "kept")),
+            None,
+        )
+        .await;
+    assert_eq!(dry.code, StatusCode::OK);
+    assert_eq!(
+        c.call(Method::GET, &item(r, "kept"), None).await.code,
+        StatusCode::OK
+    );
+    let mut changed = c.call(Method::GET, &item(r, "kept"), None).await.body;
+    changed["data"] = json!({"x": "y"});
+    let dry = c
+        .call(
+            Method::PUT,
+            &format!("{}?dryRun=All", item(r, "kept")),
+            Some(&changed),
+        )
+        .await;
+    assert_eq!(dry.body["data"]["x"], "y");
+    let stored = c.call(Method::GET, &item(r, "kept"), None).await;
+    assert!(stored.body["data"].is_null(), "{}", stored.body);
+}
+
+#[tokio::test]
+async fn delete_preconditions_are_checked() {
+    let c = Cluster::new().await;
+    let r = &resources::CONFIGMAPS;
+    let created = c
+        .call(
+            Method::POST,
+            &collection(r),
+            Some(&json!({"metadata": {"name": "p"}})),
+        )
+        .await;
+    let uid = created.body["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rv = created.body["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let wrong_uid = c
+        .call(
+            Method::DELETE,
+            &item(r, "p"),
+            Some(&json!({"preconditions": {"uid": "nope"}})),
+        )
+        .await;
+    assert_eq!(wrong_uid.code, StatusCode::CONFLICT);
+    assert_eq!(
+        wrong_uid.body["message"],
+        format!("Operation cannot be fulfilled on configmaps \"p\": Precondition failed: UID in precondition: nope, UID in object meta: {uid}")
+    );
+    let wrong_rv = c
+        .call(
+            Method::DELETE,
+            &item(r, "p"),
+            Some(&json!({"preconditions": {"resourceVersion": "1"}})),
+        )
+        .await;
+    assert_eq!(wrong_rv.code, StatusCode::CONFLICT);
+    assert_eq!(wrong_rv.body["reason"], "Conflict");
+    let right = c
+        .call(
+            Method::DELETE,
+            &item(r, "p"),
+            Some(&json!({"preconditions": {"uid": uid, "resourceVersion": rv}})),
+        )
+        .await;
+    assert_eq!(right.code, StatusCode::OK, "{}", right.body);
+    assert_eq!(
+        c.call(Method::GET, &item(r, "p"), None).await.code,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn a_finalizer_holds_a_delete() {
+    let c = Cluster::new().await;
+    let r = &resources::CONFIGMAPS;
+    c.call(
+        Method::POST,
+        &collection(r),
+        Some(&json!({"metadata": {"name": "held", "finalizers": ["example.com/hold"]}})),
+    )
+    .await;
+    let deleted = c.call(Method::DELETE, &item(r, "held"), None).await;
+    assert_eq!(deleted.code, StatusCode::OK);
+    assert!(deleted.body["metadata"]["deletionTimestamp"].is_string());
+    let held = c.call(Method::GET, &item(r, "held"), None).await;
+    assert_eq!(held.code, StatusCode::OK);
+    assert_eq!(held.body["metadata"]["deletionGracePeriodSeconds"], 0);
+    let released = c
+        .call_as(
+            Method::PATCH,
+            &item(r, "held"),
+            Some(&json!({"metadata": {"finalizers": null}})),
+            "application/merge-patch+json",
+        )
+        .await;
+    assert_eq!(released.code, StatusCode::OK, "{}", released.body);
+    assert_eq!(
+        c.call(Method::GET, &item(r, "held"), None).await.code,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn generate_name_makes_a_name() {
+    let c = Cluster::new().await;
+    let r = &resources::CONFIGMAPS;
+    let created = c
+        .call(
+            Method::POST,
+            &collection(r),
+            Some(&json!({"metadata": {"generateName": "gen-"}})),
+        )
+        .await;
+    assert_eq!(created.code, StatusCode::CREATED, "{}", created.body);
+    let name = created.body["metadata"]["name"].as_str().unwrap();
+    assert!(name.starts_with("gen-") && name.len() == 9, "{name}");
+    assert_eq!(
+        c.call(Method::GET, &item(r, name), None).await.code,
+        StatusCode::OK
+    );
+    let nameless = c
+        .call(Method::POST, &collection(r), Some(&json!({"metadata": {}})))
+        .await;
+    assert_eq!(nameless.code, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        nameless.body["message"],
+        "ConfigMap \"\" is invalid: metadata.name: Required value: name or generateName is required"
+    );
+}
+
+#[tokio::test]
+async fn strict_field_validation_refuses_unknown_fields() {
+    let c = Cluster::new().await;
+    let r = &resources::CONFIGMAPS;
+    let body = json!({"metadata": {"name": "s"}, "bogus": 1});
+    let strict = c
+        .call(
+            Method::POST,
+            &format!("{}?fieldValidation=Strict", collection(r)),
+            Some(&body),
+        )
+        .await;
+    assert_eq!(strict.code, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        strict.body["message"],
+        "strict decoding error: unknown field \"bogus\""
+    );
+    let warned = c.call(Method::POST, &collection(r), Some(&body)).await;
+    assert_eq!(warned.code, StatusCode::CREATED);
+    assert_eq!(
+        warned.headers.get(header::WARNING).unwrap(),
+        "299 - \"unknown field 'bogus'\""
+    );
+    assert!(warned.body.get("bogus").is_none());
+}
