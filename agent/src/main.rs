@@ -356,6 +356,15 @@ async fn agent(cfg: Config) -> Result<()> {
     for d in [&cfg.root_dir, &cfg.run_dir, &cfg.log_dir] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
+    // A hostUsers: false pod's root is host uid 65536 or above: a root-only directory above
+    // the root dir keeps its root filesystems out of its reach.
+    let first = pod::userns::RANGE;
+    if let Some(u) = podlet_runtime::rootfs::untraversable_by(&cfg.root_dir, first, first) {
+        tracing::warn!(
+            dir = %u.dir.display(),
+            "the root dir is not traversable by hostUsers: false pods: {u} by host uid {first} and up; their containers will fail to start (allow search, e.g. chmod o+x, as containerd keeps its root 0711)"
+        );
+    }
     // Without CAP_SYS_RESOURCE this fails and the node's floor stays where it is (see Node).
     let _ = podlet_runtime::sys::set_oom_score_adj(-999);
     tracing::info!(node = %cfg.node_name, manifests = %cfg.manifest_dir.display(), "podlet starting");

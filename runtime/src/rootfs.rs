@@ -167,6 +167,56 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A directory on the way to a path that some host user cannot search.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Untraversable {
+    pub dir: PathBuf,
+    pub mode: u32,
+    pub owner: (u32, u32),
+}
+
+impl std::fmt::Display for Untraversable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (mode {:04o}, owner {}:{}) cannot be searched",
+            self.dir.display(),
+            self.mode & 0o7777,
+            self.owner.0,
+            self.owner.1
+        )
+    }
+}
+
+/// The first directory from `/` down to `path` that host user `uid` (group `gid`) may not
+/// search. A user namespace's root is an ordinary user on the host, so a root-only directory
+/// above the state dir (as `mktemp -d` makes) hides every root filesystem from it; containerd
+/// keeps its root 0711 for this reason.
+pub fn untraversable_by(path: &Path, uid: u32, gid: u32) -> Option<Untraversable> {
+    use std::os::unix::fs::MetadataExt;
+    path.ancestors()
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .filter_map(|dir| Some((dir, std::fs::metadata(dir).ok()?)))
+        .filter(|(_, m)| m.is_dir())
+        .find(|(_, m)| {
+            let bit = if m.uid() == uid {
+                0o100
+            } else if m.gid() == gid {
+                0o010
+            } else {
+                0o001
+            };
+            m.mode() & bit == 0
+        })
+        .map(|(dir, m)| Untraversable {
+            dir: dir.to_path_buf(),
+            mode: m.mode(),
+            owner: (m.uid(), m.gid()),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,5 +462,34 @@ mod tests {
             mounts_below(&mi, Path::new("/var/lib/podlet/pods/u x")),
             vec![PathBuf::from("/var/lib/podlet/pods/u x")]
         );
+    }
+
+    #[test]
+    fn the_first_directory_a_mapped_root_cannot_search_is_named() {
+        use std::os::unix::fs::PermissionsExt;
+        let top = tempfile::tempdir().unwrap();
+        let deep = top.path().join("a/b");
+        std::fs::create_dir_all(&deep).unwrap();
+        let set = |p: &Path, mode: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        set(top.path(), 0o755);
+        set(&top.path().join("a"), 0o700);
+        // Owned by this process's user: searchable by it, not by host uid 65536.
+        let me = nix::unistd::getuid().as_raw();
+        let found = untraversable_by(&deep, 65536, 65536).unwrap();
+        assert_eq!(found.dir, top.path().join("a"));
+        assert_eq!(found.mode & 0o777, 0o700);
+        assert!(found.to_string().contains("(mode 0700, owner"), "{found}");
+        assert_eq!(untraversable_by(&deep, me, me), None, "the owner may");
+        set(&top.path().join("a"), 0o711);
+        assert_eq!(
+            untraversable_by(&deep, 65536, 65536),
+            None,
+            "0711 lets others through"
+        );
+        set(&top.path().join("a"), 0o750);
+        let gid = nix::unistd::getgid().as_raw();
+        assert_eq!(untraversable_by(&deep, 65536, gid), None, "the group may");
     }
 }

@@ -1,5 +1,6 @@
 //! End-to-end: seccomp profiles and AppArmor handling on this node.
 
+use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use podlet_e2e::{workspace, TestNode};
@@ -390,4 +391,36 @@ fn host_users_false_gets_its_own_id_range_and_no_power_over_host_files() {
             .then_some(())
     });
     assert!(node.pod("bad").is_none());
+}
+
+#[test]
+fn host_users_false_under_a_root_only_directory_says_why() {
+    if !podlet_e2e::privileged() {
+        return;
+    }
+    // The state dirs below a directory only root may traverse, as `mktemp -d` makes one: the
+    // pod's mapped root (a host ID from 65536 up) cannot reach its own root filesystem.
+    let mut node = TestNode::with_busybox();
+    let top = node.path("");
+    std::fs::set_permissions(&top, std::fs::Permissions::from_mode(0o700)).unwrap();
+    node.start_agent();
+    node.write_manifest("u.yaml", &userns_pod("u", "/tmp"));
+    let waiting = node.wait_for("the container's failure", Duration::from_secs(30), || {
+        node.pod("u")
+            .map(|p| p["status"]["containerStatuses"][0]["state"]["waiting"].clone())
+            .filter(|w| w["message"].is_string())
+    });
+    let msg = waiting["message"].as_str().unwrap();
+    let top = top.to_str().unwrap().trim_end_matches('/');
+    assert!(
+        msg.contains("Permission denied")
+            && msg.contains(&format!("{top} (mode 0700, owner 0:0) cannot be searched")),
+        "the cause and the path: {waiting}"
+    );
+    // The agent said so when it started, naming the directory.
+    let log = node.agent_log();
+    assert!(
+        log.contains("not traversable") && log.contains(&format!("dir={top}")),
+        "{log}"
+    );
 }

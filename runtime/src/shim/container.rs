@@ -60,7 +60,11 @@ impl Shim {
             Ok(c) => c,
             Err(e) => {
                 delete_container(&self.cfg.state_root, &id);
-                return Err(format!("creating container {name}: {e}"));
+                return Err(format!(
+                    "creating container {name}: {}{}",
+                    error_chain(&e),
+                    self.unreachable_rootfs(&bundle)
+                ));
             }
         };
         // libcontainer writes the container's OOM score into its caller: take ours back, so
@@ -70,7 +74,7 @@ impl Shim {
         }
         if let Err(e) = container.start() {
             let _ = container.delete(true);
-            return Err(format!("starting container {name}: {e}"));
+            return Err(format!("starting container {name}: {}", error_chain(&e)));
         }
         let pid = container.pid().map(|p| p.as_raw()).unwrap_or(0);
         self.connect_stdio(&name, ours, master, &stdio)?;
@@ -207,4 +211,42 @@ pub(super) fn delete_container(state_root: &Path, id: &str) {
             let _ = fs::remove_dir_all(&dir);
         }
     }
+}
+
+impl Shim {
+    /// Why the pod's user namespace may not reach the container's root filesystem, if that is
+    /// so (`: <dir> (mode …) cannot be searched by …`), or "": a failed mount then says which
+    /// directory is in the way, which libcontainer's errors do not.
+    fn unreachable_rootfs(&self, bundle: &Path) -> String {
+        let Some(range) = &self.cfg.userns else {
+            return String::new();
+        };
+        let root = std::fs::read(bundle.join("config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|spec| spec["root"]["path"].as_str().map(PathBuf::from));
+        match root.and_then(|r| crate::rootfs::untraversable_by(&r, range.host_id, range.host_id)) {
+            Some(u) => format!(
+                ": {u} by the pod's user namespace (its root is host uid {})",
+                range.host_id
+            ),
+            None => String::new(),
+        }
+    }
+}
+
+/// An error with its sources (`outer: inner: …`), skipping a source whose text the message
+/// already holds: libcontainer's errors keep the cause (path, errno) out of their own text.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = s.source();
+    }
+    msg
 }

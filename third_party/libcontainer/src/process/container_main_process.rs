@@ -77,7 +77,10 @@ pub fn container_main_process(container_args: &ContainerArgs) -> Result<Pid> {
                 Ok(_) => 0,
                 Err(err) => {
                     tracing::error!("failed to run intermediate process {}", err);
-                    match intermediate_main_sender.send_error(err.to_string()) {
+                    // podlet: with its causes, as the init process's error.
+                    match intermediate_main_sender
+                        .send_error(container_intermediate_process::error_chain(&err))
+                    {
                         Ok(_) => {}
                         Err(e) => {
                             tracing::error!(
