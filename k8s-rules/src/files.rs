@@ -7,7 +7,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
-#[error("writing {path}: {source}")]
+/// The cause is the source, not part of the message, so chains print it once.
+#[error("writing {path}")]
 pub struct WriteError {
     pub path: PathBuf,
     #[source]

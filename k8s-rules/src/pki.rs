@@ -13,13 +13,13 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Certificate {
         what: String,
         #[source]
@@ -168,6 +168,7 @@ mod tests {
             Err(PkiError::Tls(m)) if m.contains("serving key")
         ));
         let missing = client_cert(&dir.path().join("nowhere"), "x", &[]).unwrap_err();
-        assert!(missing.to_string().contains("nowhere/ca.crt"), "{missing}");
+        assert!(missing.to_string().ends_with("nowhere/ca.crt"), "{missing}");
+        assert!(std::error::Error::source(&missing).is_some(), "the errno is the source");
     }
 }
