@@ -334,6 +334,9 @@ pub async fn run(client: kube::Client) {
 }
 
 #[cfg(test)]
+mod loop_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use k8s_rules::quantity::milli;
