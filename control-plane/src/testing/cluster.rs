@@ -5,6 +5,7 @@
 //! authorizer sees what it would see behind the TLS listener.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +21,7 @@ use crate::store::embedded::Embedded;
 
 pub struct Cluster {
     app: axum::Router,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 pub struct Answer {
@@ -71,8 +72,13 @@ impl Cluster {
         };
         Cluster {
             app: router(Arc::new(server)),
-            _dir: dir,
+            dir,
         }
+    }
+
+    /// The cluster CA's directory.
+    pub fn pki_dir(&self) -> PathBuf {
+        self.dir.path().join("pki")
     }
 
     fn request(
