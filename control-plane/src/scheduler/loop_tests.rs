@@ -188,6 +188,23 @@ async fn a_pod_that_fits_nowhere_is_unschedulable_until_a_node_comes_or_changes(
     assert_eq!(status, "True");
 }
 
+#[tokio::test]
+async fn a_pod_in_a_cluster_without_nodes_waits_for_the_first() {
+    let s = Setup::new().await;
+    let _scheduler = s.start_scheduler();
+    s.add_pods(&[pod("early", "100m", json!({}))]).await;
+    assert_eq!(
+        s.scheduled("early").await,
+        (
+            "False".to_string(),
+            Some("Unschedulable".to_string()),
+            Some("no nodes available to schedule pods".to_string())
+        )
+    );
+    s.add_nodes(&[node("first", "1", json!({}))]).await;
+    assert_eq!(s.bound("early", Duration::from_secs(4)).await, "first");
+}
+
 /// Pods pending together are placed one after another, each counting the ones placed before
 /// it even when the pod cache does not show those bound yet.
 #[tokio::test]
