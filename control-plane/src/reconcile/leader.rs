@@ -174,7 +174,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::reconcile::rbac::SCHEDULER_USER;
+    use crate::reconcile::rbac::{CONTROLLER_MANAGER_USER, SCHEDULER_USER};
     use crate::testing::cluster::{eventually, Cluster, Link, Task};
 
     /// Who leads, as the candidates' `lead` tasks report it.
@@ -211,7 +211,13 @@ mod tests {
         }
     }
 
-    /// One apiserver's elector for the scheduler's Lease, acting as `system:kube-scheduler`.
+    /// A component's user, and the Lease it elects on.
+    type Component = (&'static str, &'static str);
+
+    const SCHEDULER: Component = (SCHEDULER_USER, "kube-scheduler");
+    const CONTROLLER_MANAGER: Component = (CONTROLLER_MANAGER_USER, "kube-controller-manager");
+
+    /// One apiserver's elector for a component's Lease, acting as the component's user.
     struct Candidate {
         name: &'static str,
         identity: &'static str,
@@ -232,16 +238,17 @@ mod tests {
 
     fn candidate(
         c: &Cluster,
+        (user, lease): Component,
         name: &'static str,
         identity: &'static str,
-        (lease, renew, retry): Timing,
+        (duration, renew, retry): Timing,
         log: &Log,
     ) -> Candidate {
         let link = Link::default();
-        let client = c.client_on(SCHEDULER_USER, &[], link.clone());
+        let client = c.client_on(user, &[], link.clone());
         let (dead, dead_rx) = tokio::sync::watch::channel(false);
-        let elector = Elector::new(client, "kube-system", "kube-scheduler", identity)
-            .with_timing(lease, renew, retry);
+        let elector = Elector::new(client, "kube-system", lease, identity)
+            .with_timing(duration, renew, retry);
         let log = log.clone();
         let task = Task::spawn(elector.run(move || {
             let (log, mut dead) = (log.clone(), dead_rx.clone());
@@ -267,11 +274,11 @@ mod tests {
         }
     }
 
-    async fn lease(c: &Cluster) -> LeaseSpec {
+    async fn lease(c: &Cluster, (_, name): Component) -> LeaseSpec {
         Api::<Lease>::namespaced(c.admin(), "kube-system")
-            .get("kube-scheduler")
+            .get(name)
             .await
-            .expect("the scheduler's Lease")
+            .expect("the component's Lease")
             .spec
             .unwrap_or_default()
     }
@@ -298,11 +305,11 @@ mod tests {
     async fn one_candidate_leads_and_another_takes_over_when_it_stops_renewing() {
         let c = Cluster::new().await;
         let log = Log::default();
-        let a = candidate(&c, "a", "host-a_1", FAST, &log);
-        let b = candidate(&c, "b", "host-b_1", FAST, &log);
+        let a = candidate(&c, SCHEDULER, "a", "host-a_1", FAST, &log);
+        let b = candidate(&c, SCHEDULER, "b", "host-b_1", FAST, &log);
         let first = nth_leader(&log, 0).await;
         let (holder, other) = if first == a.name { (&a, &b) } else { (&b, &a) };
-        let spec = lease(&c).await;
+        let spec = lease(&c, SCHEDULER).await;
         assert_eq!(spec.holder_identity.as_deref(), Some(holder.identity));
         assert_eq!(spec.lease_transitions, Some(0));
         assert_eq!(spec.lease_duration_seconds, Some(1));
@@ -312,7 +319,7 @@ mod tests {
             "the holder to renew past one lease duration",
             Duration::from_secs(10),
             || async {
-                let s = lease(&c).await;
+                let s = lease(&c, SCHEDULER).await;
                 (secs(&s.renew_time) - secs(&s.acquire_time) > 1.5).then_some(s)
             },
         )
@@ -324,7 +331,7 @@ mod tests {
         // once the record went unrenewed for a lease duration.
         holder.link.cut();
         assert_eq!(nth_leader(&log, 1).await, other.name);
-        let spec = lease(&c).await;
+        let spec = lease(&c, SCHEDULER).await;
         assert_eq!(spec.holder_identity.as_deref(), Some(other.identity));
         assert_eq!(spec.lease_transitions, Some(1));
         assert_eq!(log.lock().unwrap().leading, [other.name]);
@@ -333,7 +340,7 @@ mod tests {
         holder.link.restore();
         other.link.cut();
         assert_eq!(nth_leader(&log, 2).await, holder.name);
-        let spec = lease(&c).await;
+        let spec = lease(&c, SCHEDULER).await;
         assert_eq!(spec.holder_identity.as_deref(), Some(holder.identity));
         assert_eq!(
             spec.lease_transitions,
@@ -354,10 +361,10 @@ mod tests {
             Duration::from_secs(10),
             Duration::from_millis(50),
         );
-        let a = candidate(&c, "a", "host-a_1", slow, &log);
+        let a = candidate(&c, CONTROLLER_MANAGER, "a", "host-a_1", slow, &log);
         assert_eq!(nth_leader(&log, 0).await, "a");
-        let before = lease(&c).await;
-        let b = candidate(&c, "b", "host-b_1", slow, &log);
+        let before = lease(&c, CONTROLLER_MANAGER).await;
+        let b = candidate(&c, CONTROLLER_MANAGER, "b", "host-b_1", slow, &log);
         a.kill();
         eventually(
             "the dead holder to stop leading",
@@ -370,9 +377,9 @@ mod tests {
         .await;
 
         // The same identity (kept in the apiserver's data dir) comes back.
-        let restarted = candidate(&c, "a again", "host-a_1", slow, &log);
+        let restarted = candidate(&c, CONTROLLER_MANAGER, "a again", "host-a_1", slow, &log);
         assert_eq!(nth_leader(&log, 1).await, restarted.name);
-        let after = lease(&c).await;
+        let after = lease(&c, CONTROLLER_MANAGER).await;
         assert_eq!(after.holder_identity.as_deref(), Some("host-a_1"));
         assert_eq!(
             after.lease_transitions,
