@@ -151,6 +151,10 @@ fn free_fraction(node: &Node, on_node: &[Requests], wants: Requests) -> f64 {
 
 /// kube-scheduler's FailedScheduling message.
 fn unschedulable_message(nodes: usize, reasons: &BTreeMap<String, usize>) -> String {
+    if nodes == 0 {
+        // kube-scheduler's ErrNoNodesAvailable, not a fit error over zero nodes.
+        return "no nodes available to schedule pods".into();
+    }
     let mut msg = format!("0/{nodes} nodes are available");
     if reasons.is_empty() {
         msg.push('.');
@@ -334,6 +338,9 @@ pub async fn run(client: kube::Client) {
 }
 
 #[cfg(test)]
+mod loop_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use k8s_rules::quantity::milli;
@@ -392,7 +399,7 @@ mod tests {
         );
         assert_eq!(
             unschedulable_message(0, &BTreeMap::new()),
-            "0/0 nodes are available."
+            "no nodes available to schedule pods"
         );
     }
 }

@@ -1,6 +1,7 @@
 //! Test helpers shared by this crate's tests and the end-to-end tests: a real etcd (Debian's
 //! `etcd-server` binary, unpacked by `hack/deps.sh`) on loopback ports of its own, with its own
-//! data dir, stopped and removed when dropped.
+//! data dir, stopped and removed when dropped; and, for this crate's tests only, the apiserver
+//! in-process (`cluster`, built with the tests).
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -104,3 +105,6 @@ impl Drop for EtcdServer {
         let _ = self.child.wait();
     }
 }
+
+#[cfg(test)]
+pub(crate) mod cluster;

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 use crate::{podlet_bin, Output};
 
 /// A static token of group `system:masters`.
@@ -37,6 +39,26 @@ pub fn kubectl_bin(minor: u32) -> PathBuf {
     let p = PathBuf::from(format!("/usr/lib/google-cloud-sdk/bin/kubectl.1.{minor}"));
     assert!(p.exists(), "{} is missing", p.display());
     p
+}
+
+/// Polls `f` every 100 ms until it holds, failing the test after 15 s.
+pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The stdout of a kubectl run that must have succeeded.
+pub fn ok(out: &Output, what: &str) -> String {
+    assert_eq!(out.code, 0, "{what}: {}{}", out.stdout, out.stderr);
+    out.stdout.clone()
+}
+
+/// A JSON answer of the apiserver (an object, a list or a Status).
+pub fn status(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
 impl ControlPlane {

@@ -154,3 +154,6 @@ pub async fn run(client: kube::Client, pki: PathBuf) {
     let ctx = Arc::new(Csr { client, pki });
     reconcile::run("certificate-controller", controller, reconcile, ctx).await;
 }
+
+#[cfg(test)]
+mod tests;

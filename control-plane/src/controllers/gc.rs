@@ -294,8 +294,10 @@ async fn delete(c: &Collector, uid: &str, v: &Vertex) -> Result<()> {
     }
 }
 
-/// Runs the collector until the process ends (or its task is aborted).
-pub async fn run(client: kube::Client) {
+type Wakes = Vec<mpsc::UnboundedReceiver<ObjectRef<DynamicObject>>>;
+
+/// A collector of every stored kind, with an empty graph, and each kind's wake-up queue.
+fn collector(client: kube::Client) -> (Arc<Collector>, Wakes) {
     let kinds: Vec<Kind> = RESOURCES
         .iter()
         .filter(|r| r.stored)
@@ -307,11 +309,17 @@ pub async fn run(client: kube::Client) {
     let (senders, receivers): (Vec<_>, Vec<_>) =
         kinds.iter().map(|_| mpsc::unbounded_channel()).unzip();
     let collector = Arc::new(Collector {
-        client: client.clone(),
+        client,
         kinds,
         graph: RwLock::new(Graph::default()),
         wake: senders,
     });
+    (collector, receivers)
+}
+
+/// Runs the collector until the process ends (or its task is aborted).
+pub async fn run(client: kube::Client) {
+    let (collector, receivers) = collector(client.clone());
     let mut loops = tokio::task::JoinSet::new();
     for (kind, rx) in receivers.into_iter().enumerate() {
         let c = collector.clone();
@@ -346,3 +354,6 @@ pub async fn run(client: kube::Client) {
     }
     while loops.join_next().await.is_some() {}
 }
+
+#[cfg(test)]
+mod tests;

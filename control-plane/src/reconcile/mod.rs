@@ -185,7 +185,15 @@ pub async fn component(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Instant;
+
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Patch, PatchParams, PostParams};
+    use kube::runtime::watcher;
+
     use super::*;
+    use crate::testing::cluster::{eventually, Cluster, Task};
 
     #[test]
     fn retries_back_off_per_object_and_reset_on_success() {
@@ -203,6 +211,85 @@ mod tests {
             f.next_delay("c".into());
         }
         assert_eq!(f.next_delay("c".into()), MAX_RETRY, "capped at 1000 s");
+    }
+
+    /// Each call's start, and how many calls are still to fail.
+    #[derive(Default)]
+    struct Flaky {
+        calls: Mutex<Vec<Instant>>,
+        failures_left: AtomicU32,
+    }
+
+    #[tokio::test]
+    async fn a_failing_reconcile_is_retried_and_a_success_resets_the_backoff() {
+        let c = Cluster::new().await;
+        let cms: kube::Api<ConfigMap> = kube::Api::namespaced(c.admin(), "default");
+        let cm = serde_json::from_value(serde_json::json!({"metadata": {"name": "flaky"}}));
+        cms.create(&PostParams::default(), &cm.unwrap())
+            .await
+            .unwrap();
+        let flaky = Arc::new(Flaky::default());
+        flaky.failures_left.store(7, Ordering::SeqCst);
+        let controller = Controller::new(cms.clone(), watcher::Config::default());
+        let _loop = Task::spawn(run(
+            "flaky",
+            controller,
+            |cm: Arc<ConfigMap>, f: Arc<Flaky>| async move {
+                if cm.metadata.name.as_deref() != Some("flaky") {
+                    return Ok(Action::await_change());
+                }
+                f.calls.lock().unwrap().push(Instant::now());
+                let failing = f
+                    .failures_left
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+                if failing {
+                    return Err(Error::Invalid("failing on purpose".into()));
+                }
+                Ok(Action::await_change())
+            },
+            flaky.clone(),
+        ));
+        let calls = |n: usize| {
+            let flaky = flaky.clone();
+            async move {
+                eventually(&format!("{n} reconciles"), Duration::from_secs(10), || {
+                    let calls = flaky.calls.lock().unwrap().clone();
+                    async move { (calls.len() >= n).then_some(calls) }
+                })
+                .await
+            }
+        };
+        let gaps = |calls: &[Instant]| -> Vec<Duration> {
+            calls.windows(2).map(|w| w[1] - w[0]).collect()
+        };
+
+        // Seven failures, each retried after twice the delay before, then a success.
+        let first = calls(8).await;
+        let expected = [5, 10, 20, 40, 80, 160, 320].map(Duration::from_millis);
+        for (gap, at_least) in gaps(&first).into_iter().zip(expected) {
+            assert!(
+                gap >= at_least,
+                "retried after {gap:?}, before {at_least:?}"
+            );
+        }
+
+        // A change after the success fails once more: retried after the first delay again,
+        // not the 640 ms that an eighth consecutive failure would wait.
+        flaky.failures_left.store(1, Ordering::SeqCst);
+        cms.patch(
+            "flaky",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"labels": {"changed": "yes"}}})),
+        )
+        .await
+        .unwrap();
+        let all = calls(10).await;
+        let retry = all[9] - all[8];
+        assert!(
+            retry >= FIRST_RETRY && retry < Duration::from_millis(320),
+            "retried after {retry:?}"
+        );
     }
 
     #[test]

@@ -3,129 +3,13 @@
 //! cluster administrator's client certificate. The generic verbs are checked for every
 //! registered kind by iterating the registry, so a new kind is tested by being registered.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{header, HeaderMap, Method, StatusCode};
-use futures_util::StreamExt;
-use serde_json::{json, Value};
-use tower::ServiceExt;
+use axum::http::{header, Method, StatusCode};
+use serde_json::json;
 
 use crate::api::resources::{self, Resource, RESOURCES};
-use crate::api::{auth, router, satoken, ApiServer};
-use crate::store::embedded::Embedded;
-
-struct Cluster {
-    app: axum::Router,
-    _dir: tempfile::TempDir,
-}
-
-struct Answer {
-    code: StatusCode,
-    headers: HeaderMap,
-    body: Value,
-}
-
-impl Cluster {
-    async fn new() -> Cluster {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let pki_dir = dir.path().join("pki");
-        let pki = crate::pki::ensure(&pki_dir, &[]).expect("cluster PKI");
-        let store: Arc<dyn crate::store::Store> =
-            Arc::new(Embedded::open(&dir.path().join("data")).expect("embedded store"));
-        crate::api::bootstrap(&*store, &pki.ca_pem)
-            .await
-            .expect("bootstrap");
-        let (cert, key) = crate::pki::client_cert(&pki_dir, "kubelet-client", &["system:masters"])
-            .expect("a kubelet client certificate");
-        let server = ApiServer {
-            store,
-            tokens: auth::Tokens::default(),
-            sa: satoken::Signer::load(&pki_dir).expect("service-account key"),
-            service_cidr: "10.96.0.0/24".parse().unwrap(),
-            ca_pem: pki.ca_pem.clone(),
-            kubelet: reqwest::Client::new(),
-            kubelet_tls: Arc::new(crate::api::proxy_client_config(&cert, &key).unwrap()),
-        };
-        Cluster {
-            app: router(Arc::new(server)),
-            _dir: dir,
-        }
-    }
-
-    fn request(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-        ct: &str,
-    ) -> axum::http::Request<Body> {
-        axum::http::Request::builder()
-            .method(method)
-            .uri(path)
-            .header(header::CONTENT_TYPE, ct)
-            .extension(auth::CertIdentity(Some((
-                "admin".into(),
-                vec!["system:masters".into()],
-            ))))
-            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
-            .unwrap()
-    }
-
-    async fn call_as(&self, method: Method, path: &str, body: Option<&Value>, ct: &str) -> Answer {
-        let resp = self
-            .app
-            .clone()
-            .oneshot(self.request(method, path, body, ct))
-            .await
-            .expect("the router answers");
-        let code = resp.status();
-        let headers = resp.headers().clone();
-        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-            .await
-            .expect("a whole body");
-        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Answer {
-            code,
-            headers,
-            body,
-        }
-    }
-
-    async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Answer {
-        self.call_as(method, path, body, "application/json").await
-    }
-
-    /// A watch's stream, read until `want` says an event is the one awaited.
-    async fn watch_until(&self, path: &str, want: impl Fn(&Value) -> bool) -> Value {
-        let resp = self
-            .app
-            .clone()
-            .oneshot(self.request(Method::GET, path, None, "application/json"))
-            .await
-            .expect("the router answers");
-        assert_eq!(resp.status(), StatusCode::OK, "{path}");
-        let mut stream = resp.into_body().into_data_stream();
-        let mut buf = Vec::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let chunk = tokio::time::timeout_at(deadline, stream.next())
-                .await
-                .unwrap_or_else(|_| panic!("no awaited event on {path}"))
-                .unwrap_or_else(|| panic!("{path}: the stream ended"))
-                .expect("a chunk");
-            buf.extend_from_slice(&chunk);
-            while let Some(end) = buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=end).collect();
-                let ev: Value = serde_json::from_slice(&line).expect("one JSON event a line");
-                if want(&ev) {
-                    return ev;
-                }
-            }
-        }
-    }
-}
+use crate::testing::cluster::Cluster;
 
 fn base(r: &Resource) -> String {
     if r.group.is_empty() {

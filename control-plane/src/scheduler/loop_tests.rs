@@ -1,0 +1,253 @@
+//! The scheduler's loop against the in-process apiserver, as `system:kube-scheduler`: its
+//! RBAC role is all it has, so pods can only be placed through `pods/binding`.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::Api;
+use serde_json::{json, Value};
+
+use crate::reconcile::rbac::SCHEDULER_USER;
+use crate::testing::cluster::{eventually, Cluster, Task};
+
+/// A node with `cpu` CPUs, 4 GiB and room for 110 pods; `extra` is merged into it.
+fn node(name: &str, cpu: &str, extra: Value) -> Node {
+    let mut n = json!({
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+        "status": {
+            "capacity": {"cpu": cpu, "memory": "4Gi", "pods": "110"},
+            "allocatable": {"cpu": cpu, "memory": "4Gi", "pods": "110"},
+        },
+    });
+    merge(&mut n, extra);
+    serde_json::from_value(n).expect("a Node")
+}
+
+/// A pod asking for `cpu`; `spec` is merged into its spec.
+fn pod(name: &str, cpu: &str, spec: Value) -> Pod {
+    let mut p = json!({
+        "metadata": {"name": name},
+        "spec": {"containers": [{"name": "c", "image": "busybox:1.36", "resources": {"requests": {"cpu": cpu}}}]},
+    });
+    merge(&mut p["spec"], spec);
+    serde_json::from_value(p).expect("a Pod")
+}
+
+fn merge(into: &mut Value, from: Value) {
+    match (into, from) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (a, b) => *a = b,
+    }
+}
+
+struct Setup {
+    c: Cluster,
+    nodes: Api<Node>,
+    pods: Api<Pod>,
+}
+
+impl Setup {
+    async fn new() -> Self {
+        let c = Cluster::new().await;
+        let (nodes, pods) = (Api::all(c.admin()), Api::namespaced(c.admin(), "default"));
+        Setup { c, nodes, pods }
+    }
+
+    fn start_scheduler(&self) -> Task {
+        Task::spawn(super::run(self.c.client(SCHEDULER_USER, &[])))
+    }
+
+    async fn add_nodes(&self, nodes: &[Node]) {
+        for n in nodes {
+            self.nodes.create(&PostParams::default(), n).await.unwrap();
+        }
+    }
+
+    async fn add_pods(&self, pods: &[Pod]) {
+        for p in pods {
+            self.pods.create(&PostParams::default(), p).await.unwrap();
+        }
+    }
+
+    /// Where `name` is bound, once it is, within `within`.
+    async fn bound(&self, name: &str, within: Duration) -> String {
+        eventually(&format!("{name} to be bound"), within, || async {
+            let p = self.pods.get(name).await.unwrap();
+            super::node_name(&p).map(str::to_owned)
+        })
+        .await
+    }
+
+    /// The PodScheduled condition, once the scheduler has written one.
+    async fn scheduled(&self, name: &str) -> (String, Option<String>, Option<String>) {
+        eventually(&format!("{name}'s PodScheduled"), WAIT, || async {
+            let p = self.pods.get(name).await.unwrap();
+            scheduled_condition(&p)
+        })
+        .await
+    }
+}
+
+fn scheduled_condition(p: &Pod) -> Option<(String, Option<String>, Option<String>)> {
+    let c = p
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "PodScheduled")?;
+    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn a_pod_goes_to_the_least_allocated_node_that_fits() {
+    let s = Setup::new().await;
+    let ssd = json!({"metadata": {"labels": {"disk": "ssd"}}});
+    s.add_nodes(&[
+        node("busy", "3", ssd.clone()),
+        node("idle", "2", ssd.clone()),
+        node("hdd", "8", json!({"metadata": {"labels": {"disk": "hdd"}}})),
+        node(
+            "tainted",
+            "8",
+            json!({"metadata": {"labels": {"disk": "ssd"}}, "spec": {"taints": [{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]}}),
+        ),
+        node(
+            "cordoned",
+            "8",
+            json!({"metadata": {"labels": {"disk": "ssd"}}, "spec": {"unschedulable": true}}),
+        ),
+    ])
+    .await;
+    // "busy" has more CPU than "idle" but less of it free once this pod's two are counted.
+    s.add_pods(&[pod("running", "2", json!({"nodeName": "busy"}))])
+        .await;
+    let _scheduler = s.start_scheduler();
+    s.add_pods(&[pod("web", "500m", json!({"nodeSelector": {"disk": "ssd"}}))])
+        .await;
+    assert_eq!(s.bound("web", WAIT).await, "idle");
+    let (status, reason, _) = s.scheduled("web").await;
+    assert_eq!((status.as_str(), reason), ("True", None));
+}
+
+#[tokio::test]
+async fn a_pod_that_fits_nowhere_is_unschedulable_until_a_node_comes_or_changes() {
+    let s = Setup::new().await;
+    s.add_nodes(&[
+        node("small", "1", json!({})),
+        node("cordoned", "8", json!({"spec": {"unschedulable": true}})),
+    ])
+    .await;
+    let _scheduler = s.start_scheduler();
+    s.add_pods(&[pod("huge", "4", json!({}))]).await;
+    let unschedulable = |message: &'static str| {
+        (
+            "False".to_string(),
+            Some("Unschedulable".to_string()),
+            Some(message.to_string()),
+        )
+    };
+    assert_eq!(
+        s.scheduled("huge").await,
+        unschedulable("0/2 nodes are available: 1 Insufficient cpu, 1 node(s) were unschedulable.")
+    );
+    assert!(super::node_name(&s.pods.get("huge").await.unwrap()).is_none());
+
+    // Unschedulable pods are retried every 5 s: placed sooner, they were placed because
+    // the node came.
+    let soon = Duration::from_secs(4);
+    s.add_nodes(&[node("big", "8", json!({}))]).await;
+    assert_eq!(s.bound("huge", soon).await, "big");
+
+    s.add_pods(&[pod("huger", "6", json!({}))]).await;
+    let marked = eventually("huger to be unschedulable", WAIT, || async {
+        scheduled_condition(&s.pods.get("huger").await.unwrap()).filter(|c| c.0 == "False")
+    })
+    .await;
+    assert_eq!(
+        marked,
+        unschedulable("0/3 nodes are available: 2 Insufficient cpu, 1 node(s) were unschedulable.")
+    );
+    s.nodes
+        .patch(
+            "cordoned",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"unschedulable": false}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.bound("huger", soon).await, "cordoned");
+    let (status, _, _) = s.scheduled("huger").await;
+    assert_eq!(status, "True");
+}
+
+#[tokio::test]
+async fn a_pod_in_a_cluster_without_nodes_waits_for_the_first() {
+    let s = Setup::new().await;
+    let _scheduler = s.start_scheduler();
+    s.add_pods(&[pod("early", "100m", json!({}))]).await;
+    assert_eq!(
+        s.scheduled("early").await,
+        (
+            "False".to_string(),
+            Some("Unschedulable".to_string()),
+            Some("no nodes available to schedule pods".to_string())
+        )
+    );
+    s.add_nodes(&[node("first", "1", json!({}))]).await;
+    assert_eq!(s.bound("early", Duration::from_secs(4)).await, "first");
+}
+
+/// Pods pending together are placed one after another, each counting the ones placed before
+/// it even when the pod cache does not show those bound yet.
+#[tokio::test]
+async fn pods_placed_together_never_overcommit_a_node() {
+    let s = Setup::new().await;
+    s.add_nodes(&[node("n1", "1", json!({})), node("n2", "1", json!({}))])
+        .await;
+    let names = ["p1", "p2", "p3", "p4", "p5"];
+    let pods: Vec<Pod> = names.iter().map(|n| pod(n, "600m", json!({}))).collect();
+    s.add_pods(&pods).await;
+    let _scheduler = s.start_scheduler();
+    let settled = eventually("every pod bound or unschedulable", WAIT, || async {
+        let mut out = Vec::new();
+        for n in names {
+            let p = s.pods.get(n).await.unwrap();
+            match (super::node_name(&p), scheduled_condition(&p)) {
+                (Some(node), _) => out.push(Some(node.to_string())),
+                (None, Some((st, Some(reason), _)))
+                    if st == "False" && reason == "Unschedulable" =>
+                {
+                    out.push(None)
+                }
+                _ => return None,
+            }
+        }
+        Some(out)
+    })
+    .await;
+    let on = |node: &str| {
+        settled
+            .iter()
+            .filter(|n| n.as_deref() == Some(node))
+            .count()
+    };
+    assert_eq!((on("n1"), on("n2")), (1, 1), "{settled:?}");
+    for n in names {
+        let p = s.pods.get(n).await.unwrap();
+        if super::node_name(&p).is_none() {
+            let (_, _, message) = scheduled_condition(&p).unwrap();
+            assert_eq!(
+                message.as_deref(),
+                Some("0/2 nodes are available: 2 Insufficient cpu.")
+            );
+        }
+    }
+}
