@@ -13,6 +13,7 @@ mod pod;
 mod server;
 mod stream;
 mod sys;
+mod util;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -6,42 +6,6 @@ pub mod join;
 mod node;
 pub mod pods;
 
-/// A token bucket for the agent's writes to the apiserver (`--kube-api-qps`, `--kube-api-burst`):
-/// statuses, heartbeats, events and mirror pods wait their turn instead of flooding it.
-pub struct Limiter {
-    qps: f64,
-    burst: f64,
-    state: tokio::sync::Mutex<(f64, tokio::time::Instant)>,
-}
-
-impl Limiter {
-    pub fn new(qps: f64, burst: u32) -> Self {
-        Self {
-            qps,
-            burst: f64::from(burst),
-            state: tokio::sync::Mutex::new((f64::from(burst), tokio::time::Instant::now())),
-        }
-    }
-
-    /// Waits for one token.
-    pub async fn acquire(&self) {
-        loop {
-            let wait = {
-                let mut s = self.state.lock().await;
-                let now = tokio::time::Instant::now();
-                s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * self.qps).min(self.burst);
-                s.1 = now;
-                if s.0 >= 1.0 {
-                    s.0 -= 1.0;
-                    return;
-                }
-                (1.0 - s.0) / self.qps
-            };
-            tokio::time::sleep(std::time::Duration::from_secs_f64(wait)).await;
-        }
-    }
-}
-
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -171,31 +135,4 @@ pub fn start(
         pods::report(node, client_rx, api_rx, statics, owner).await;
     });
     desired_rx
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn the_limiter_allows_a_burst_then_paces() {
-        let l = Limiter::new(50.0, 3);
-        let t = std::time::Instant::now();
-        for _ in 0..3 {
-            l.acquire().await;
-        }
-        assert!(
-            t.elapsed() < std::time::Duration::from_millis(15),
-            "the burst waits for nothing"
-        );
-        for _ in 0..2 {
-            l.acquire().await;
-        }
-        // Two more at 50/s: about 40 ms.
-        assert!(
-            t.elapsed() >= std::time::Duration::from_millis(35),
-            "{:?}",
-            t.elapsed()
-        );
-    }
 }

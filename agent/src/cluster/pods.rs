@@ -166,7 +166,7 @@ pub async fn feed(
             &statics.borrow_and_update(),
             &api.borrow_and_update(),
         );
-        crate::pod::send_if_changed(&tx, &want);
+        crate::util::send_if_changed(&tx, &want);
         tokio::select! {
             r = statics.changed() => if r.is_err() { return },
             r = api.changed() => if r.is_err() { return },

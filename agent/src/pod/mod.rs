@@ -25,6 +25,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::manifest::Desired;
+use crate::util::send_if_changed;
 
 /// Everything workers share.
 pub struct Node {
@@ -68,10 +69,10 @@ pub struct Node {
     /// When the agent started (the time conditions that never changed report).
     pub started: jiff::Timestamp,
     /// Paces writes to the apiserver.
-    pub api_limit: crate::cluster::Limiter,
+    pub api_limit: crate::util::Limiter,
     /// Paces events on their own (the kubelet's `--event-qps` 50, `--event-burst` 100), so
     /// they never hold up statuses.
-    pub event_limit: crate::cluster::Limiter,
+    pub event_limit: crate::util::Limiter,
     /// The apiserver client, when there is one (config maps, secrets, tokens for pods).
     pub api: std::sync::OnceLock<watch::Receiver<kube::Client>>,
     /// Where pod events go, once an apiserver takes them.
@@ -156,8 +157,8 @@ impl Node {
             started: jiff::Timestamp::now(),
             events: std::sync::OnceLock::new(),
             api: std::sync::OnceLock::new(),
-            api_limit: crate::cluster::Limiter::new(cfg.kube_api.0, cfg.kube_api.1),
-            event_limit: crate::cluster::Limiter::new(50.0, 100),
+            api_limit: crate::util::Limiter::new(cfg.kube_api.0, cfg.kube_api.1),
+            event_limit: crate::util::Limiter::new(50.0, 100),
             oom_floor,
             cgroups,
             missing_controllers: missing,
@@ -625,17 +626,6 @@ fn first_global_ip() -> Option<IpAddr> {
         }
     }
     v6
-}
-
-/// Publishes `value` on `tx` unless it is what the channel already holds.
-pub fn send_if_changed<T: PartialEq + Clone>(tx: &watch::Sender<T>, value: &T) {
-    tx.send_if_modified(|cur| {
-        let changed = cur != value;
-        if changed {
-            *cur = value.clone();
-        }
-        changed
-    });
 }
 
 struct Handle {
