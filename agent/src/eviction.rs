@@ -7,63 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::{Amount, Threshold};
 use crate::pod::Node;
-use k8s_rules::quantity::Milli;
-
-pub const DEFAULT_HARD: &str =
-    "memory.available<100Mi,nodefs.available<10%,nodefs.inodesFree<5%,imagefs.available<15%";
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Amount {
-    Quantity(f64),
-    Percent(f64),
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Threshold {
-    pub signal: String,
-    pub amount: Amount,
-    pub raw: String,
-}
-
-/// Parses kubelet's `--eviction-hard` (`signal<quantity|percent`, comma separated).
-pub fn parse(s: &str) -> Result<Vec<Threshold>, String> {
-    let known = [
-        "memory.available",
-        "nodefs.available",
-        "nodefs.inodesFree",
-        "imagefs.available",
-        "imagefs.inodesFree",
-        "pid.available",
-    ];
-    s.split(',')
-        .filter(|p| !p.trim().is_empty())
-        .map(|p| {
-            let (signal, v) = p
-                .trim()
-                .split_once('<')
-                .ok_or_else(|| format!("{p:?}: expected signal<value"))?;
-            if !known.contains(&signal) {
-                return Err(format!("{p:?}: unknown signal {signal:?}"));
-            }
-            let amount = match v.strip_suffix('%') {
-                Some(pct) => Amount::Percent(
-                    pct.parse::<f64>()
-                        .map_err(|_| format!("{p:?}: bad percentage"))?
-                        / 100.0,
-                ),
-                None => Amount::Quantity(
-                    Milli::parse(v).map_err(|e| format!("{p:?}: {e}"))?.value() as f64,
-                ),
-            };
-            Ok(Threshold {
-                signal: signal.to_string(),
-                amount,
-                raw: v.to_string(),
-            })
-        })
-        .collect()
-}
 
 /// (available, capacity) of a signal right now.
 fn observe(signal: &str, node: &Node) -> Option<(f64, f64)> {
@@ -203,13 +148,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_kubelets_defaults() {
-        let t = parse(DEFAULT_HARD).unwrap();
-        assert_eq!(t.len(), 4);
-        assert_eq!(t[0].amount, Amount::Quantity(100.0 * 1024.0 * 1024.0));
-        assert_eq!(t[1].amount, Amount::Percent(0.10));
-        assert!(parse("memory.free<1Gi").is_err());
-        assert!(parse("memory.available=1Gi").is_err());
+    fn signals_drive_their_conditions() {
         assert_eq!(condition_of("nodefs.inodesFree"), "DiskPressure");
     }
 }

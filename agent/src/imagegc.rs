@@ -9,17 +9,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::config::ImageGcPolicy;
 use crate::pod::Node;
-
-#[derive(Debug, Clone)]
-pub struct Policy {
-    pub high: u8,
-    pub low: u8,
-    pub min_age: Duration,
-    /// Zero: no maximum.
-    pub max_age: Duration,
-    pub period: Duration,
-}
 
 /// When each image (by ID) was first seen and last used, as the kubelet keeps it: in memory,
 /// starting over when the agent restarts.
@@ -44,7 +35,7 @@ impl Usage {
     }
 }
 
-pub async fn run(node: Arc<Node>, policy: Policy) {
+pub async fn run(node: Arc<Node>, policy: ImageGcPolicy) {
     loop {
         tokio::time::sleep(policy.period).await;
         let n = node.clone();
@@ -77,7 +68,7 @@ fn in_use(node: &Node) -> BTreeSet<String> {
 }
 
 /// One pass; returns the names removed.
-pub fn collect(node: &Node, policy: &Policy) -> anyhow::Result<Vec<String>> {
+pub fn collect(node: &Node, policy: &ImageGcPolicy) -> anyhow::Result<Vec<String>> {
     let images = node.images.list()?;
     let used = in_use(node);
     for id in &used {

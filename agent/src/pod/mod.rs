@@ -187,8 +187,8 @@ impl Node {
     /// Allocatable (millicores, bytes): capacity less what is reserved.
     pub fn allocatable(&self) -> (i64, i64) {
         (
-            self.cpu_capacity - self.cfg.reserved.0,
-            self.memory_capacity as i64 - self.cfg.reserved.1,
+            self.cpu_capacity - self.cfg.reserved.cpu,
+            self.memory_capacity as i64 - self.cfg.reserved.memory,
         )
     }
 

@@ -8,6 +8,13 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde::Deserialize;
 
+mod parse;
+
+pub use parse::{
+    parse_labels, parse_reserved, parse_taints, parse_thresholds, Amount, ImageGcPolicy, Reserved,
+    Threshold, DEFAULT_HARD,
+};
+
 pub const DEFAULT_CONFIG: &str = "/etc/podlet/config.yaml";
 
 /// Paths every subcommand needs (so `podlet ps` finds the agent started with the same file).
@@ -225,8 +232,8 @@ pub struct Config {
     pub pod_cidr: String,
     pub pod_pids_limit: Option<i64>,
     /// Reserved (millicores, bytes), system and kube together.
-    pub reserved: (i64, i64),
-    pub eviction_hard: Vec<crate::eviction::Threshold>,
+    pub reserved: Reserved,
+    pub eviction_hard: Vec<Threshold>,
     pub eviction_interval: std::time::Duration,
     /// Fraction of higher classes' memory requests kept from lower QoS classes.
     pub qos_reserved_memory: Option<f64>,
@@ -245,7 +252,7 @@ pub struct Config {
     pub registries: podlet_runtime::image::pull::RegistryConfig,
     /// Docker config files with node-level registry credentials, first match wins.
     pub image_credentials: Vec<PathBuf>,
-    pub image_gc: crate::imagegc::Policy,
+    pub image_gc: ImageGcPolicy,
 }
 
 impl Config {
@@ -378,13 +385,10 @@ impl Config {
                 .unwrap_or_else(|| "10.88.0.0/16".into()),
             pod_pids_limit: run.pod_pids_limit.or(f.pod_pids_limit).filter(|p| *p > 0),
             reserved: {
-                let parse = |flag: &str, v: Option<String>| -> Result<(i64, i64)> {
-                    v.map(|s| {
-                        crate::pod::resources::parse_reserved(&s)
-                            .map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
-                    })
-                    .transpose()
-                    .map(|r| r.unwrap_or((0, 0)))
+                let parse = |flag: &str, v: Option<String>| -> Result<Reserved> {
+                    v.map(|s| parse_reserved(&s).map_err(|e| anyhow::anyhow!("--{flag}: {e}")))
+                        .transpose()
+                        .map(Option::unwrap_or_default)
                 };
                 let a = parse(
                     "system-reserved",
@@ -394,13 +398,13 @@ impl Config {
                     "kube-reserved",
                     run.kube_reserved.clone().or(f.kube_reserved),
                 )?;
-                (a.0 + b.0, a.1 + b.1)
+                a + b
             },
-            eviction_hard: crate::eviction::parse(
+            eviction_hard: parse_thresholds(
                 &run.eviction_hard
                     .clone()
                     .or(f.eviction_hard)
-                    .unwrap_or_else(|| crate::eviction::DEFAULT_HARD.into()),
+                    .unwrap_or_else(|| DEFAULT_HARD.into()),
             )
             .map_err(|e| anyhow::anyhow!("--eviction-hard: {e}"))?,
             eviction_interval: std::time::Duration::from_secs_f64(
@@ -526,7 +530,7 @@ impl Config {
                 if period.is_zero() {
                     anyhow::bail!("--image-gc-period must be positive");
                 }
-                crate::imagegc::Policy {
+                ImageGcPolicy {
                     high,
                     low,
                     min_age: dur(
@@ -556,58 +560,6 @@ impl Config {
             root_dir,
         })
     }
-}
-
-fn parse_labels(s: Option<&str>) -> Result<std::collections::BTreeMap<String, String>, String> {
-    let mut out = std::collections::BTreeMap::new();
-    for item in s
-        .unwrap_or_default()
-        .split(',')
-        .filter(|i| !i.trim().is_empty())
-    {
-        let (k, v) = item
-            .split_once('=')
-            .ok_or_else(|| format!("{item:?}: expected key=value"))?;
-        let (k, v) = (k.trim(), v.trim());
-        if k.is_empty() || k.len() > 316 || v.len() > 63 {
-            return Err(format!("{item:?}: invalid label"));
-        }
-        out.insert(k.to_string(), v.to_string());
-    }
-    Ok(out)
-}
-
-fn parse_taints(s: Option<&str>) -> Result<Vec<k8s_openapi::api::core::v1::Taint>, String> {
-    let mut out = Vec::new();
-    for item in s
-        .unwrap_or_default()
-        .split(',')
-        .filter(|i| !i.trim().is_empty())
-    {
-        let (kv, effect) = item
-            .trim()
-            .rsplit_once(':')
-            .ok_or_else(|| format!("{item:?}: expected key[=value]:Effect"))?;
-        if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
-            return Err(format!(
-                "{item:?}: effect must be NoSchedule, PreferNoSchedule or NoExecute"
-            ));
-        }
-        let (key, value) = match kv.split_once('=') {
-            Some((k, v)) => (k, Some(v.to_string())),
-            None => (kv, None),
-        };
-        if key.is_empty() {
-            return Err(format!("{item:?}: empty key"));
-        }
-        out.push(k8s_openapi::api::core::v1::Taint {
-            key: key.to_string(),
-            value,
-            effect: effect.to_string(),
-            time_added: None,
-        });
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
