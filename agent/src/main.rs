@@ -21,7 +21,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use config::{Config, PathFlags, RunFlags};
+use config::{Config, PathFlags, Settings};
 
 #[derive(Parser)]
 #[command(
@@ -39,7 +39,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the node agent.
-    Run(Box<RunFlags>),
+    Run(Box<Settings>),
     /// Run the control plane (apiserver) alone.
     ControlPlane {
         /// Where the embedded store keeps its data.
@@ -205,11 +205,11 @@ fn run(cli: Cli) -> Result<i32> {
             namespace,
             command,
         } => {
-            let cfg = Config::load(&cli.paths, &RunFlags::default())?;
+            let cfg = Config::load(&cli.paths, &Settings::default())?;
             cli::exec(&cfg, &namespace, &pod, container.as_deref(), command)
         }
         Cmd::Ps => {
-            let cfg = Config::load(&cli.paths, &RunFlags::default())?;
+            let cfg = Config::load(&cli.paths, &Settings::default())?;
             cli::ps(&cfg, &mut std::io::stdout().lock())?;
             Ok(0)
         }
@@ -219,7 +219,7 @@ fn run(cli: Cli) -> Result<i32> {
             namespace,
             follow,
         } => {
-            let cfg = Config::load(&cli.paths, &RunFlags::default())?;
+            let cfg = Config::load(&cli.paths, &Settings::default())?;
             cli::logs(
                 &cfg,
                 &namespace,
@@ -231,7 +231,7 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Image(cmd) => {
-            let cfg = Config::load(&cli.paths, &RunFlags::default())?;
+            let cfg = Config::load(&cli.paths, &Settings::default())?;
             let store = podlet_runtime::image::ImageStore::open(cfg.images_dir())?;
             match cmd {
                 ImageCmd::Import { file, name } => {
