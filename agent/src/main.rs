@@ -377,11 +377,22 @@ async fn agent(cfg: Config) -> Result<()> {
             Some(cluster::worker_client(&cfg).await?)
         }
     };
-    let node = Arc::new(pod::Node::new(cfg.clone())?);
-    node.update_qos_cgroups();
+    let info = Arc::new(pod::NodeInfo::probe(cfg.clone())?);
+    let svc = Arc::new(pod::Services {
+        admission: Arc::new(pod::Admission::new(info.clone())),
+        evictions: Arc::default(),
+        statuses: Arc::default(),
+        events: Arc::default(),
+        api: Arc::default(),
+        images: Arc::new(pod::Images::open(&cfg)?),
+        network: Arc::new(network::Network::init(&cfg, &info.exe)?),
+        userns: pod::userns::Allocator::open(&cfg.root_dir.join("userns.json"))?,
+        info,
+    });
+    svc.admission.update_qos_cgroups();
     {
-        let node = node.clone();
-        tokio::task::spawn_blocking(move || pod::network_gc(&node)).await?;
+        let svc = svc.clone();
+        tokio::task::spawn_blocking(move || pod::network_gc(&svc)).await?;
     }
     // The manager tears down pods that are not desired, so it must start from a complete view
     // of the manifests, never from an empty one (which would stop every adopted pod).
@@ -398,20 +409,21 @@ async fn agent(cfg: Config) -> Result<()> {
     ));
     let desired = match client {
         None => statics,
-        Some(client) => cluster::start(node.clone(), client, statics),
+        Some(client) => cluster::start(&svc, client, statics),
     };
-    tokio::spawn(pod::run_manager(node.clone(), desired));
+    tokio::spawn(pod::run_manager(svc.clone(), desired));
     if !cfg.eviction_hard.is_empty() {
-        tokio::spawn(eviction::run(
-            node.clone(),
-            cfg.eviction_hard.clone(),
-            cfg.eviction_interval,
-        ));
+        let (admission, statuses) = (svc.admission.clone(), svc.statuses.clone());
+        tokio::spawn(eviction::run(&cfg, svc.evictions.clone(), move || {
+            admission.eviction_candidates(&statuses)
+        }));
     }
     if cfg.image_gc.high < 100 || !cfg.image_gc.max_age.is_zero() {
-        tokio::spawn(imagegc::run(node.clone(), cfg.image_gc.clone()));
+        let gc = imagegc::Collector::new(&cfg, svc.images.store.clone(), svc.images.usage.clone());
+        let statuses = svc.statuses.clone();
+        tokio::spawn(imagegc::run(gc, move || statuses.images()));
     }
-    let server = tokio::spawn(server::serve(node));
+    let server = tokio::spawn(server::serve(server::NodeApi::new(&svc)));
     let control_plane = async move {
         match control_plane {
             Some(t) => t.await?,

@@ -22,9 +22,47 @@ use k8s_openapi::api::authorization::v1::{
 };
 use kube::api::{Api, PostParams};
 
-use crate::pod::Node;
+use axum::extract::FromRef;
 
-fn router(node: Arc<Node>) -> Router {
+use crate::eviction::Evictions;
+use crate::pod::{Admission, ApiObjects, NodeInfo, Services, StatusCache};
+
+/// What the node API reads; each handler takes the pieces it uses.
+#[derive(Clone)]
+pub struct NodeApi {
+    info: Arc<NodeInfo>,
+    statuses: Arc<StatusCache>,
+    admission: Arc<Admission>,
+    evictions: Arc<Evictions>,
+    api: Arc<ApiObjects>,
+}
+
+impl NodeApi {
+    pub fn new(svc: &Services) -> Self {
+        Self {
+            info: svc.info.clone(),
+            statuses: svc.statuses.clone(),
+            admission: svc.admission.clone(),
+            evictions: svc.evictions.clone(),
+            api: svc.api.clone(),
+        }
+    }
+}
+
+macro_rules! part {
+    ($field:ident: $ty:ty) => {
+        impl FromRef<NodeApi> for Arc<$ty> {
+            fn from_ref(n: &NodeApi) -> Self {
+                n.$field.clone()
+            }
+        }
+    };
+}
+part!(info: NodeInfo);
+part!(statuses: StatusCache);
+part!(evictions: Evictions);
+
+fn router(node: NodeApi) -> Router {
     Router::new()
         .route("/pods", get(pods))
         .route("/healthz", get(|| async { "ok" }))
@@ -35,20 +73,24 @@ fn router(node: Arc<Node>) -> Router {
         )
         .route(
             "/stats/summary",
-            get(|State(node): State<Arc<Node>>| async move {
-                axum::Json(crate::metrics::summary(&node))
+            get(|State(n): State<NodeApi>| async move {
+                axum::Json(crate::metrics::summary(&n.info, &n.statuses, &n.admission))
             }),
         )
         .route(
             "/metrics/resource",
-            get(|State(node): State<Arc<Node>>| async move {
-                prometheus(crate::metrics::resource(&node))
+            get(|State(n): State<NodeApi>| async move {
+                prometheus(crate::metrics::resource(&n.info, &n.statuses, &n.admission))
             }),
         )
         .route(
             "/metrics",
-            get(|State(node): State<Arc<Node>>| async move {
-                prometheus(crate::metrics::agent(&node))
+            get(|State(n): State<NodeApi>| async move {
+                prometheus(crate::metrics::agent(
+                    &n.info.cfg.node_name,
+                    &n.statuses,
+                    &n.evictions,
+                ))
             }),
         )
         .route(
@@ -66,14 +108,8 @@ fn router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
-async fn pods(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    let items: Vec<_> = node
-        .pods
-        .read()
-        .expect("pods lock")
-        .values()
-        .cloned()
-        .collect();
+async fn pods(State(statuses): State<Arc<StatusCache>>) -> impl IntoResponse {
+    let items: Vec<_> = statuses.snapshot().into_values().collect();
     let body = serde_json::json!({
         "kind": "PodList",
         "apiVersion": "v1",
@@ -86,8 +122,11 @@ async fn pods(State(node): State<Arc<Node>>) -> impl IntoResponse {
     )
 }
 
-async fn node_object(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    let body = serde_json::to_string(&node.node_object()).unwrap_or_default();
+async fn node_object(
+    State(info): State<Arc<NodeInfo>>,
+    State(evictions): State<Arc<Evictions>>,
+) -> impl IntoResponse {
+    let body = serde_json::to_string(&info.node_object(&evictions)).unwrap_or_default();
     ([(header::CONTENT_TYPE, "application/json")], body)
 }
 
@@ -107,11 +146,12 @@ fn text(code: StatusCode, msg: String) -> Response {
 }
 
 async fn container_logs(
-    State(node): State<Arc<Node>>,
+    State(info): State<Arc<NodeInfo>>,
+    State(statuses): State<Arc<StatusCache>>,
     UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let Some(p) = node.pod_named(&ns, &pod) else {
+    let Some(p) = statuses.pod_named(&ns, &pod) else {
         return text(
             StatusCode::NOT_FOUND,
             format!("pod {ns}/{pod} not found on this node"),
@@ -156,7 +196,7 @@ async fn container_logs(
         limit_bytes: num("limitBytes").map(|n| n as u64),
     };
     let uid = p.metadata.uid.clone().unwrap_or_default();
-    let dir = node
+    let dir = info
         .cfg
         .log_dir
         .join(format!("{ns}_{pod}_{uid}"))
@@ -170,15 +210,8 @@ async fn container_logs(
         return text(StatusCode::BAD_REQUEST, msg);
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
-    let alive_node = node.clone();
     tokio::task::spawn_blocking(move || {
-        let alive = || {
-            alive_node
-                .pods
-                .read()
-                .expect("pods lock")
-                .contains_key(&uid)
-        };
+        let alive = || statuses.contains(&uid);
         let _ = crate::logs::stream(&dir, &opts, &alive, &mut |b| {
             if b.is_empty() {
                 !tx.is_closed()
@@ -272,11 +305,11 @@ async fn authenticate(
 }
 
 async fn guard(
-    State((node, guard)): State<(Arc<Node>, Arc<Guard>)>,
+    State((node, guard)): State<(NodeApi, Arc<Guard>)>,
     req: Request,
     next: Next,
 ) -> Response {
-    let Some(client) = node.api.get().map(|c| c.borrow().clone()) else {
+    let Some(client) = node.api.client() else {
         return next.run(req).await;
     };
     let peer = req.extensions().get::<Peer>().cloned();
@@ -318,7 +351,7 @@ async fn guard(
                         verb: Some(verb.into()),
                         resource: Some("nodes".into()),
                         subresource: Some(sub.into()),
-                        name: Some(node.cfg.node_name.clone()),
+                        name: Some(node.info.cfg.node_name.clone()),
                         ..Default::default()
                     }),
                     ..Default::default()
@@ -356,7 +389,7 @@ async fn guard(
 }
 
 /// The node's serving certificate: made once, self-signed, under `<root-dir>/pki`.
-fn serving_cert(node: &Node) -> anyhow::Result<(String, String)> {
+fn serving_cert(node: &NodeInfo) -> anyhow::Result<(String, String)> {
     let dir = node.cfg.root_dir.join("pki");
     let (crt, key) = (dir.join("kubelet.crt"), dir.join("kubelet.key"));
     if let (Ok(c), Ok(k)) = (std::fs::read_to_string(&crt), std::fs::read_to_string(&key)) {
@@ -387,7 +420,7 @@ fn serving_cert(node: &Node) -> anyhow::Result<(String, String)> {
     Ok((cert.pem(), key_pair.serialize_pem()))
 }
 
-fn tls_config(node: &Node) -> anyhow::Result<rustls::ServerConfig> {
+fn tls_config(node: &NodeInfo) -> anyhow::Result<rustls::ServerConfig> {
     let (cert_pem, key_pem) = serving_cert(node)?;
     let kubeconfig = std::fs::read_to_string(&node.cfg.kubeconfig)?;
     let ca = crate::cluster::join::cluster_ca(&kubeconfig)
@@ -434,8 +467,9 @@ async fn serve_tls(listener: tokio::net::TcpListener, app: Router, tls: rustls::
 }
 
 /// Serves until the process ends.
-pub async fn serve(node: Arc<Node>) -> anyhow::Result<()> {
-    let sock = node.cfg.socket_path();
+pub async fn serve(node: NodeApi) -> anyhow::Result<()> {
+    let cfg = &node.info.cfg;
+    let sock = cfg.socket_path();
     let _ = std::fs::remove_file(&sock);
     if let Some(d) = sock.parent() {
         std::fs::create_dir_all(d)?;
@@ -445,13 +479,13 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<()> {
     let app = router(node.clone());
     let unix_app = app.clone();
     let unix_task = tokio::spawn(async move { axum::serve(unix, unix_app).await });
-    if node.cfg.port != 0 {
-        let addr = std::net::SocketAddr::new(node.cfg.address, node.cfg.port);
+    if cfg.port != 0 {
+        let addr = std::net::SocketAddr::new(cfg.address, cfg.port);
         let tcp = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?;
-        if node.api.get().is_some() {
-            let tls = tls_config(&node)?;
+        if node.api.client().is_some() {
+            let tls = tls_config(&node.info)?;
             let guarded = app.layer(axum::middleware::from_fn_with_state(
                 (node.clone(), Arc::new(Guard::default())),
                 guard,

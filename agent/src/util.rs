@@ -1,5 +1,5 @@
 //! Plumbing the agent's modules share and that knows nothing of pods or nodes: pacing writes
-//! to the apiserver and publishing on watch channels only what changed.
+//! to the apiserver, publishing on watch channels only what changed, and errors on one line.
 
 use std::time::Duration;
 
@@ -52,9 +52,47 @@ pub fn send_if_changed<T: PartialEq + Clone>(tx: &watch::Sender<T>, value: &T) {
     });
 }
 
+/// An error and its causes on one line, `error: cause: cause`, as status messages, events and
+/// logs show them. A cause whose text the line already ends with is left out: some errors print
+/// their source themselves.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("opening the thing")]
+        Chained(#[source] std::io::Error),
+        #[error("shim at /x: {0}")]
+        Repeating(#[source] std::io::Error),
+    }
+
+    #[test]
+    fn causes_are_chained_once() {
+        let io = || std::io::Error::from_raw_os_error(libc::ENOENT);
+        assert_eq!(
+            chain(&Outer::Chained(io())),
+            "opening the thing: No such file or directory (os error 2)"
+        );
+        assert_eq!(
+            chain(&Outer::Repeating(io())),
+            "shim at /x: No such file or directory (os error 2)"
+        );
+    }
 
     #[tokio::test]
     async fn the_limiter_allows_a_burst_then_paces() {

@@ -14,7 +14,8 @@ use tokio::sync::watch;
 
 use crate::config::{ClusterMode, Config};
 use crate::manifest::Desired;
-use crate::pod::Node;
+use crate::pod::Services;
+use crate::util::Limiter;
 
 /// Starts the in-process control plane on the embedded store and returns the node's client,
 /// authenticated by a certificate the cluster CA signs directly (no bootstrap needed), plus the
@@ -91,48 +92,68 @@ pub async fn worker_client(cfg: &Config) -> Result<kube::Client> {
 }
 
 /// Starts every cluster task; returns what the pod manager should run (static pods and the
-/// apiserver's pods for this node).
+/// apiserver's pods for this node). Each task takes the pieces of the node it uses.
 pub fn start(
-    node: Arc<Node>,
+    svc: &Services,
     client: kube::Client,
     statics: watch::Receiver<Desired>,
 ) -> watch::Receiver<Desired> {
+    let info = svc.info.clone();
+    let cfg = &info.cfg;
+    // Paces every write to the apiserver but events, which have their own budget (the
+    // kubelet's `--event-qps` 50, `--event-burst` 100) so that they never hold up statuses.
+    let api_limit = Arc::new(Limiter::new(cfg.kube_api.0, cfg.kube_api.1));
+    let event_limit = Limiter::new(50.0, 100);
     let (client_tx, client_rx) = watch::channel(client);
-    let _ = node.api.set(client_rx.clone());
+    svc.api.connect(client_rx.clone());
     let (api_tx, api_rx) = watch::channel::<pods::ApiPods>(None);
-    let initial = pods::merge(&node, &statics.borrow(), &None);
+    let initial = pods::merge(cfg, &statics.borrow(), &None);
     let (desired_tx, desired_rx) = watch::channel(initial);
-    let (ev_tx, ev_rx) = tokio::sync::mpsc::unbounded_channel();
-    let _ = node.events.set(ev_tx);
-    tokio::spawn(events::run(node.clone(), client_rx.clone(), ev_rx));
+    tokio::spawn(events::run(
+        cfg.node_name.clone(),
+        event_limit,
+        client_rx.clone(),
+        svc.events.connect(),
+    ));
     tokio::spawn(pods::watch(
-        node.cfg.node_name.clone(),
+        cfg.node_name.clone(),
         client_rx.clone(),
         api_tx,
     ));
     tokio::spawn(pods::feed(
-        node.clone(),
+        info.clone(),
         statics.clone(),
         api_rx.clone(),
         desired_tx,
     ));
     tokio::spawn(join::rotate(
-        node.cfg.kubeconfig.clone(),
-        node.cfg.node_name.clone(),
+        cfg.kubeconfig.clone(),
+        cfg.node_name.clone(),
         client_tx,
     ));
+    let reporter = node::Reporter {
+        info: info.clone(),
+        evictions: svc.evictions.clone(),
+        limit: api_limit.clone(),
+    };
+    let statuses = svc.statuses.clone();
     tokio::spawn(async move {
-        let registered = node::register(&node, &client_rx).await;
+        let registered = reporter.register(&client_rx).await;
         let owner = OwnerReference {
             api_version: "v1".into(),
             kind: "Node".into(),
-            name: node.cfg.node_name.clone(),
+            name: reporter.info.cfg.node_name.clone(),
             uid: registered.metadata.uid.clone().unwrap_or_default(),
             controller: Some(true),
             ..Default::default()
         };
-        tokio::spawn(node::run(node.clone(), client_rx.clone(), registered));
-        pods::report(node, client_rx, api_rx, statics, owner).await;
+        let report = pods::Report {
+            info: reporter.info.clone(),
+            statuses,
+            limit: api_limit,
+        };
+        tokio::spawn(reporter.run(client_rx.clone(), registered));
+        report.run(client_rx, api_rx, statics, owner).await;
     });
     desired_rx
 }

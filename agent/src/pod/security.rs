@@ -2,7 +2,7 @@
 //! container's securityContext over the pod's, the legacy AppArmor annotation, and
 //! `--seccomp-default`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 use serde_json::Value;
@@ -114,23 +114,43 @@ pub fn apparmor(
     }
 }
 
+/// Why podlet's AppArmor profile could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("writing {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("running apparmor_parser")]
+    Parser(#[source] std::io::Error),
+    #[error("apparmor_parser: {0}")]
+    Refused(String),
+}
+
 /// Loads podlet's default profile into the kernel where AppArmor is enabled.
-pub fn load_default_profile(run_dir: &Path) -> Result<(), String> {
+pub fn load_default_profile(run_dir: &Path) -> Result<(), ProfileError> {
     let path = run_dir.join(APPARMOR_DEFAULT);
     std::fs::write(
         &path,
         include_str!("../../../apparmor-profiles/podlet-default"),
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|source| ProfileError::Write {
+        path: path.clone(),
+        source,
+    })?;
     let out = std::process::Command::new("apparmor_parser")
         .args(["-r", "-W"])
         .arg(&path)
         .output()
-        .map_err(|e| format!("apparmor_parser: {e}"))?;
+        .map_err(ProfileError::Parser)?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        Err(ProfileError::Refused(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
     }
 }
 

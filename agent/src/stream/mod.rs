@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::pod::Node;
+use crate::pod::{NodeInfo, StatusCache};
 
 /// Exec protocols, best first (v5 only adds the close signal on WebSocket).
 const EXEC_PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
@@ -75,12 +75,12 @@ fn switching(protocol: &str) -> Response {
 
 /// The running container's runtime ID and the pod's UID.
 fn running_container(
-    node: &Node,
+    statuses: &StatusCache,
     ns: &str,
     pod: &str,
     container: &str,
 ) -> Result<(String, String), (StatusCode, String)> {
-    let p = node.pod_named(ns, pod).ok_or_else(|| {
+    let p = statuses.pod_named(ns, pod).ok_or_else(|| {
         (
             StatusCode::NOT_FOUND,
             format!("pod {ns}/{pod} not found on this node"),
@@ -137,7 +137,8 @@ fn failure(message: &str) -> Vec<u8> {
 }
 
 pub async fn exec(
-    State(node): State<Arc<Node>>,
+    State(info): State<Arc<NodeInfo>>,
+    State(statuses): State<Arc<StatusCache>>,
     UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
     req: Request,
 ) -> Response {
@@ -153,29 +154,30 @@ pub async fn exec(
             "you must specify at least one command for the container".into(),
         );
     }
-    let (id, _) = match running_container(&node, &ns, &pod, &container) {
+    let (id, _) = match running_container(&statuses, &ns, &pod, &container) {
         Ok(x) => x,
         Err((code, msg)) => return text(code, msg),
     };
-    upgrade(node, req, Job::Exec { id, cmd }, options(&q))
+    upgrade(info, req, Job::Exec { id, cmd }, options(&q))
 }
 
 /// `/attach/{ns}/{pod}/{container}`: the running container's own stdio, through its shim.
 pub async fn attach(
-    State(node): State<Arc<Node>>,
+    State(info): State<Arc<NodeInfo>>,
+    State(statuses): State<Arc<StatusCache>>,
     UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
     req: Request,
 ) -> Response {
     let q = query(&req);
-    let (_, uid) = match running_container(&node, &ns, &pod, &container) {
+    let (_, uid) = match running_container(&statuses, &ns, &pod, &container) {
         Ok(x) => x,
         Err((code, msg)) => return text(code, msg),
     };
     let job = Job::Attach {
-        run_dir: node.cfg.pod_run_dir(&uid),
+        run_dir: info.cfg.pod_run_dir(&uid),
         name: container,
     };
-    upgrade(node, req, job, options(&q))
+    upgrade(info, req, job, options(&q))
 }
 
 fn options(q: &[(String, String)]) -> ExecOptions {
@@ -200,9 +202,9 @@ enum Job {
 }
 
 impl Job {
-    async fn run(&self, node: &Node, o: ExecOptions, io: ExecIo) -> Result<i32, String> {
+    async fn run(&self, info: &NodeInfo, o: ExecOptions, io: ExecIo) -> Result<i32, String> {
         match self {
-            Job::Exec { id, cmd } => run_exec(node, id, cmd, o, io).await,
+            Job::Exec { id, cmd } => run_exec(info, id, cmd, o, io).await,
             Job::Attach { run_dir, name } => run_attach(run_dir, name, o, io).await,
         }
     }
@@ -218,9 +220,9 @@ impl Job {
 }
 
 /// Answers the upgrade a client asks for: SPDY/3.1, or a WebSocket.
-fn upgrade(node: Arc<Node>, mut req: Request, job: Job, opts: ExecOptions) -> Response {
+fn upgrade(info: Arc<NodeInfo>, mut req: Request, job: Job, opts: ExecOptions) -> Response {
     if !wants_spdy(&req) {
-        return websocket_upgrade(node, req, job, opts);
+        return websocket_upgrade(info, req, job, opts);
     }
     let Some(protocol) = negotiate(&req, EXEC_PROTOCOLS) else {
         return text(
@@ -233,7 +235,7 @@ fn upgrade(node: Arc<Node>, mut req: Request, job: Job, opts: ExecOptions) -> Re
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(up) => {
-                if let Err(e) = spdy_exec(node, TokioIo::new(up), job, opts).await {
+                if let Err(e) = spdy_exec(info, TokioIo::new(up), job, opts).await {
                     tracing::debug!("exec session: {e}");
                 }
             }
@@ -244,7 +246,12 @@ fn upgrade(node: Arc<Node>, mut req: Request, job: Job, opts: ExecOptions) -> Re
 }
 
 /// Answers a WebSocket upgrade for exec with the best channel protocol the client offers.
-fn websocket_upgrade(node: Arc<Node>, mut req: Request, job: Job, opts: ExecOptions) -> Response {
+fn websocket_upgrade(
+    info: Arc<NodeInfo>,
+    mut req: Request,
+    job: Job,
+    opts: ExecOptions,
+) -> Response {
     let Some((accept, protocol)) = websocket_handshake(&req, EXEC_PROTOCOLS) else {
         return text(
             StatusCode::BAD_REQUEST,
@@ -254,7 +261,7 @@ fn websocket_upgrade(node: Arc<Node>, mut req: Request, job: Job, opts: ExecOpti
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         if let Ok(up) = on_upgrade.await {
-            websocket_exec(node, up, job, opts).await;
+            websocket_exec(info, up, job, opts).await;
         }
     });
     websocket_switching(&accept, protocol)
@@ -327,18 +334,18 @@ struct ExecIo {
 /// Runs the command through `podlet oci exec` with pipes (or a terminal) wired to `io`;
 /// returns its exit code once its output is drained.
 async fn run_exec(
-    node: &Node,
+    info: &NodeInfo,
     id: &str,
     cmd: &[String],
     o: ExecOptions,
     io: ExecIo,
 ) -> Result<i32, String> {
-    let mut command = tokio::process::Command::new(&node.exe);
+    let mut command = tokio::process::Command::new(&info.exe);
     command
         .arg("oci")
         .arg("exec")
         .arg("--root")
-        .arg(node.cfg.container_state_root())
+        .arg(info.cfg.container_state_root())
         .arg(id)
         .arg("--")
         .args(cmd)
@@ -524,7 +531,7 @@ async fn run_attach(
     Ok(0)
 }
 
-async fn spdy_exec<IO>(node: Arc<Node>, io: IO, job: Job, o: ExecOptions) -> std::io::Result<()>
+async fn spdy_exec<IO>(info: Arc<NodeInfo>, io: IO, job: Job, o: ExecOptions) -> std::io::Result<()>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
@@ -578,7 +585,7 @@ where
         resize: resize.map(|s| s.data),
         out: out_tx,
     };
-    let result = job.run(&node, o, io).await;
+    let result = job.run(&info, o, io).await;
     let _ = writer.await;
     let status = job.status(result);
     tx.data(error.id, &status).await?;
@@ -591,7 +598,12 @@ where
 /// Exec over WebSocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`): binary messages whose first
 /// byte is the channel — 0 stdin, 1 stdout, 2 stderr, 3 error (the final Status), 4 resize;
 /// v5 adds `[255, channel]` to close a channel (stdin's end).
-async fn websocket_exec(node: Arc<Node>, up: hyper::upgrade::Upgraded, job: Job, o: ExecOptions) {
+async fn websocket_exec(
+    info: Arc<NodeInfo>,
+    up: hyper::upgrade::Upgraded,
+    job: Job,
+    o: ExecOptions,
+) {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let ws = server_websocket(up).await;
@@ -641,7 +653,7 @@ async fn websocket_exec(node: Arc<Node>, up: hyper::upgrade::Upgraded, job: Job,
         resize: o.tty.then_some(resize_rx),
         out: out_tx.clone(),
     };
-    let result = job.run(&node, o, io).await;
+    let result = job.run(&info, o, io).await;
     let status = job.status(result);
     let _ = out_tx.send((3, status));
     drop(out_tx);
@@ -659,18 +671,19 @@ async fn websocket_exec(node: Arc<Node>, up: hyper::upgrade::Upgraded, job: Job,
 /// `/portForward/{ns}/{pod}`: each forwarded connection is a pair of streams (`error`, `data`)
 /// with the same `requestID` and a `port` header.
 pub async fn port_forward(
-    State(node): State<Arc<Node>>,
+    State(info): State<Arc<NodeInfo>>,
+    State(statuses): State<Arc<StatusCache>>,
     UrlPath((ns, pod)): UrlPath<(String, String)>,
     mut req: Request,
 ) -> Response {
-    let Some(p) = node.pod_named(&ns, &pod) else {
+    let Some(p) = statuses.pod_named(&ns, &pod) else {
         return text(
             StatusCode::NOT_FOUND,
             format!("pod {ns}/{pod} not found on this node"),
         );
     };
     let pid = p.metadata.uid.clone().unwrap_or_default();
-    let netns = match crate::pod::sandbox_netns(&node, &pid) {
+    let netns = match crate::pod::sandbox_netns(&info.cfg, &pid) {
         Some(n) => n,
         None => {
             return text(

@@ -22,7 +22,7 @@ impl Worker {
     pub(super) async fn ensure_image(&mut self, c: &Container) -> Result<ImageRecord, Waiting> {
         let r = self.image_by_policy(c).await;
         if let Ok(rec) = &r {
-            self.node.image_usage.used(&rec.id);
+            self.svc.images.usage.used(&rec.id);
         }
         r
     }
@@ -33,8 +33,9 @@ impl Worker {
             Ok(n) => n,
             Err(e) => {
                 let msg = format!("Failed to apply default image tag {image:?}: {e}");
-                self.node
-                    .event(&self.pod, "Warning", "InspectFailed", msg.clone());
+                self.svc
+                    .events
+                    .warning(&self.pod, "InspectFailed", msg.clone());
                 return Err(Waiting {
                     reason: "InvalidImageName".into(),
                     message: Some(msg),
@@ -45,22 +46,22 @@ impl Worker {
             .image_pull_policy
             .clone()
             .unwrap_or_else(|| default_policy(&normalized).to_string());
-        let present = self.node.images.resolve(&image).ok();
+        let present = self.svc.images.store.resolve(&image).ok();
         match (policy.as_str(), present) {
             ("Never", None) => {
                 let msg =
                     format!("Container image {image:?} is not present with pull policy of Never");
-                self.node
-                    .event(&self.pod, "Warning", "ErrImageNeverPull", msg.clone());
+                self.svc
+                    .events
+                    .warning(&self.pod, "ErrImageNeverPull", msg.clone());
                 return Err(Waiting {
                     reason: "ErrImageNeverPull".into(),
                     message: Some(msg),
                 });
             }
             ("Never" | "IfNotPresent", Some(rec)) => {
-                self.node.event(
+                self.svc.events.normal(
                     &self.pod,
-                    "Normal",
                     "Pulled",
                     format!("Container image {image:?} already present on machine"),
                 );
@@ -68,24 +69,18 @@ impl Worker {
             }
             _ => {}
         }
-        self.node.event(
-            &self.pod,
-            "Normal",
-            "Pulling",
-            format!("Pulling image {image:?}"),
-        );
+        self.svc
+            .events
+            .normal(&self.pod, "Pulling", format!("Pulling image {image:?}"));
         let creds = self.pull_credentials().await;
         let waited = Instant::now();
-        let _slot = match &self.node.pull_slots {
+        let _slot = match &self.svc.images.slots {
             Some(s) => s.clone().acquire_owned().await.ok(),
             None => None,
         };
-        match self.node.puller.pull(&image, &creds).await {
+        match self.svc.images.puller.pull(&image, &creds).await {
             Ok(p) => {
-                self.node.event(
-                    &self.pod,
-                    "Normal",
-                    "Pulled",
+                self.svc.events.normal(&self.pod, "Pulled",
                     format!(
                         "Successfully pulled image {image:?} in {:.3}s ({:.3}s including waiting). Image size: {} bytes.",
                         p.duration.as_secs_f64(),
@@ -97,7 +92,7 @@ impl Worker {
             }
             Err(e) => {
                 let msg = format!("Failed to pull image {image:?}: {e}");
-                self.node.event(&self.pod, "Warning", "Failed", msg.clone());
+                self.svc.events.warning(&self.pod, "Failed", msg.clone());
                 Err(Waiting {
                     reason: "ErrImagePull".into(),
                     message: Some(msg),
@@ -117,10 +112,7 @@ impl Worker {
             .map(|r| r.name.clone())
             .filter(|n| !n.is_empty())
             .collect();
-        if let (false, Some(client)) = (
-            names.is_empty(),
-            self.node.api.get().map(|c| c.borrow().clone()),
-        ) {
+        if let (false, Some(client)) = (names.is_empty(), self.svc.api.client()) {
             let api: Api<Secret> = Api::namespaced(client, &self.namespace);
             for name in names {
                 let found = match api.get_opt(&name).await {
@@ -139,16 +131,13 @@ impl Worker {
                 };
                 match found {
                     Some(c) => creds = creds.and(&c),
-                    None => self.node.event(
-                        &self.pod,
-                        "Warning",
-                        "FailedToRetrieveImagePullSecret",
+                    None => self.svc.events.warning(&self.pod, "FailedToRetrieveImagePullSecret",
                         format!("Unable to retrieve some image pull secrets ({name}); attempting to pull the image may not succeed."),
                     ),
                 }
             }
         }
-        creds.and(&self.node.node_credentials())
+        creds.and(&self.svc.images.node_credentials())
     }
 }
 

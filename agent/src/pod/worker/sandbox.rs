@@ -15,7 +15,7 @@ impl Worker {
                     self.adopt().await;
                 }
                 if self.pod_ips.is_empty() && !self.spec.host_network.unwrap_or(false) {
-                    self.pod_ips = self.node.network.cached_ips(&self.uid);
+                    self.pod_ips = self.svc.network.cached_ips(&self.uid);
                 }
                 return Ok(());
             }
@@ -86,7 +86,7 @@ impl Worker {
         let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
         std::fs::write(etc.join("resolv.conf"), resolv)?;
         // In a user namespace the files belong to the pod's root, as the kubelet chowns them.
-        if let Some(r) = self.node.userns.get(&self.uid) {
+        if let Some(r) = self.svc.userns.get(&self.uid) {
             for f in ["hosts", "hostname", "resolv.conf"] {
                 std::os::unix::fs::chown(etc.join(f), Some(r.host_id), Some(r.host_id))?;
             }
@@ -104,7 +104,7 @@ impl Worker {
             self.start_time = Some(status::now());
         }
         let userns = if self.spec.host_users == Some(false) {
-            Some(self.node.userns.allocate(&self.uid)?)
+            Some(self.svc.userns.allocate(&self.uid)?)
         } else {
             None
         };
@@ -118,8 +118,8 @@ impl Worker {
             new_pid: self.spec.share_process_namespace.unwrap_or(false)
                 && !self.spec.host_pid.unwrap_or(false),
             pause_cgroup: format!("{}/pause", self.pod_cgroup),
-            state_root: self.node.cfg.container_state_root(),
-            shim_oom_score_adj: Some((-999).max(self.node.oom_floor)),
+            state_root: self.svc.info.cfg.container_state_root(),
+            shim_oom_score_adj: Some((-999).max(self.svc.info.oom_floor)),
             userns,
         };
         std::fs::write(
@@ -127,12 +127,15 @@ impl Worker {
             serde_json::to_vec(&sandbox).map_err(|e| e.to_string())?,
         )
         .map_err(|e| io("sandbox file", e))?;
-        let limits =
-            crate::pod::resources::pod_limits(&self.spec, self.qos, self.node.cfg.pod_pids_limit);
-        podlet_runtime::cgroup::apply(&self.node.cgroups, &self.pod_cgroup, &limits)
+        let limits = crate::pod::resources::pod_limits(
+            &self.spec,
+            self.qos,
+            self.svc.info.cfg.pod_pids_limit,
+        );
+        podlet_runtime::cgroup::apply(&self.svc.info.cgroups, &self.pod_cgroup, &limits)
             .map_err(|e| format!("pod cgroup {}: {e}", self.pod_cgroup))?;
-        self.node.update_qos_cgroups();
-        let out = tokio::process::Command::new(&self.node.exe)
+        self.svc.admission.update_qos_cgroups();
+        let out = tokio::process::Command::new(&self.svc.info.exe)
             .arg("shim")
             .arg("--pod-dir")
             .arg(&self.run_dir)
@@ -151,10 +154,10 @@ impl Worker {
         let pause = s.pause_pid;
         self.shim = Some(s);
         if !host_network {
-            let node = self.node.clone();
+            let network = self.svc.network.clone();
             let (uid, spec) = (self.uid.clone(), self.spec.clone());
             let netns = format!("/proc/{pause}/ns/net");
-            let ips = tokio::task::spawn_blocking(move || node.network.setup(&uid, &netns, &spec))
+            let ips = tokio::task::spawn_blocking(move || network.setup(&uid, &netns, &spec))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| format!("failed to set up the pod network: {e}"))?;
@@ -176,12 +179,16 @@ impl Worker {
         if let Some(old) = recorded.filter(|old| old.spec != wanted.spec) {
             self.spec = old.spec.clone().unwrap_or_default();
             self.qos = k8s_rules::qos::qos_class(&self.spec);
-            self.pod_cgroup = pod_cgroup(&self.node.cfg.cgroup_root, self.qos, &self.uid);
+            self.pod_cgroup = pod_cgroup(&self.svc.info.cfg.cgroup_root, self.qos, &self.uid);
             self.pod = old;
-            self.node.admit_running(&self.uid, &self.spec, self.qos);
+            self.svc
+                .admission
+                .admit_running(&self.uid, &self.spec, self.qos);
             Box::pin(self.resize(wanted)).await;
         } else {
-            self.node.admit_running(&self.uid, &self.spec, self.qos);
+            self.svc
+                .admission
+                .admit_running(&self.uid, &self.spec, self.qos);
         }
     }
 
@@ -201,8 +208,8 @@ impl Worker {
             return;
         }
         let pod_limits =
-            crate::pod::resources::pod_limits(&spec, qos, self.node.cfg.pod_pids_limit);
-        let layout = &self.node.cgroups;
+            crate::pod::resources::pod_limits(&spec, qos, self.svc.info.cfg.pod_pids_limit);
+        let layout = &self.svc.info.cgroups;
         // Growing needs the pod first, shrinking the containers first: pod, containers, pod.
         let mut result = podlet_runtime::cgroup::apply(layout, &self.pod_cgroup, &pod_limits);
         for c in &spec.containers {
@@ -222,8 +229,10 @@ impl Worker {
                 self.resize = None;
                 self.spec = spec;
                 self.pod = pod;
-                self.node.admit_running(&self.uid, &self.spec, self.qos);
-                self.node.update_qos_cgroups();
+                self.svc
+                    .admission
+                    .admit_running(&self.uid, &self.spec, self.qos);
+                self.svc.admission.update_qos_cgroups();
                 if let Ok(data) = serde_json::to_vec(&self.pod) {
                     let _ = std::fs::write(self.run_dir.join(POD_FILE), data);
                 }
@@ -240,15 +249,15 @@ impl Worker {
     /// pod kept as Failed with reason Evicted until its manifest goes.
     pub(super) async fn evict(&mut self, message: String) {
         tracing::warn!("evicted: {message}");
-        self.node
-            .event(&self.pod, "Warning", "Evicted", message.clone());
+        self.svc
+            .events
+            .warning(&self.pod, "Evicted", message.clone());
         if let Ok(state) = call(&self.run_dir, Request::State).await {
             if !self.spec.host_network.unwrap_or(false) {
-                let node = self.node.clone();
+                let network = self.svc.network.clone();
                 let uid = self.uid.clone();
                 let netns = format!("/proc/{}/ns/net", state.pause_pid);
-                let _ =
-                    tokio::task::spawn_blocking(move || node.network.teardown(&uid, &netns)).await;
+                let _ = tokio::task::spawn_blocking(move || network.teardown(&uid, &netns)).await;
             }
             if let Ok(last) = call(&self.run_dir, Request::Shutdown).await {
                 wait_gone(state.shim_pid).await;
@@ -257,11 +266,11 @@ impl Worker {
             }
         }
         self.rejected = Some(("Evicted".into(), message));
-        self.node.release(&self.uid);
-        self.node.userns.release(&self.uid);
-        self.node.update_qos_cgroups();
+        self.svc.admission.release(&self.uid);
+        self.svc.userns.release(&self.uid);
+        self.svc.admission.update_qos_cgroups();
         self.publish();
-        self.node.eviction_done(&self.uid);
+        self.svc.evictions.done(&self.uid);
     }
 
     pub(super) async fn teardown(&mut self) {
@@ -295,12 +304,9 @@ impl Worker {
                 let _ = tokio::time::timeout(grace, futures_util::future::join_all(runs)).await;
             }
             for name in &running {
-                self.node.event(
-                    &self.pod,
-                    "Normal",
-                    "Killing",
-                    format!("Stopping container {name}"),
-                );
+                self.svc
+                    .events
+                    .normal(&self.pod, "Killing", format!("Stopping container {name}"));
                 let _ = call(
                     &self.run_dir,
                     Request::Kill {
@@ -332,7 +338,7 @@ impl Worker {
                 }
             }
             // The network goes while pause still holds the namespace, as the kubelet does it.
-            let node = self.node.clone();
+            let network = self.svc.network.clone();
             let uid = self.uid.clone();
             let netns = if state.pause_exited {
                 String::new()
@@ -341,7 +347,7 @@ impl Worker {
             };
             if !self.spec.host_network.unwrap_or(false) {
                 if let Ok(Err(e)) =
-                    tokio::task::spawn_blocking(move || node.network.teardown(&uid, &netns)).await
+                    tokio::task::spawn_blocking(move || network.teardown(&uid, &netns)).await
                 {
                     tracing::warn!("tearing down the pod network: {e}");
                 }
@@ -353,26 +359,26 @@ impl Worker {
         let _ = make_writable_and_remove(&self.data_dir);
         let _ = std::fs::remove_dir_all(&self.run_dir);
         let _ = std::fs::remove_dir_all(&self.log_dir);
-        self.node.forget(&self.uid);
-        self.node.release(&self.uid);
-        self.node.userns.release(&self.uid);
-        self.node.update_qos_cgroups();
+        self.svc.statuses.forget(&self.uid);
+        self.svc.admission.release(&self.uid);
+        self.svc.userns.release(&self.uid);
+        self.svc.admission.update_qos_cgroups();
         tracing::info!("pod stopped and cleaned up");
     }
 
     /// Removes whatever the runtime left of this pod: processes (through the pod's cgroups),
     /// container state, root filesystem mounts. Used after a shutdown and when a shim died.
     pub(super) async fn cleanup_runtime(&mut self) {
-        let node = self.node.clone();
+        let (info, network) = (self.svc.info.clone(), self.svc.network.clone());
         let state = shim::read_state(&self.run_dir);
         let data_dir = self.data_dir.clone();
         let run_dir = self.run_dir.clone();
         let uid = self.uid.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            let cfg = &node.cfg;
+            let cfg = &info.cfg;
             // The namespace is gone or going: DEL what the cache says is still attached.
-            if node.network.attached(&uid) {
-                if let Err(e) = node.network.teardown(&uid, "") {
+            if network.attached(&uid) {
+                if let Err(e) = network.teardown(&uid, "") {
                     tracing::warn!("releasing the pod network: {e}");
                 }
             }
