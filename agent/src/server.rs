@@ -6,6 +6,8 @@
 //! SubjectAccessReview on the node's subresources, as the kubelet's webhook mode does.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -388,8 +390,35 @@ async fn guard(
     next.run(req).await
 }
 
+/// Why the node API cannot serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("binding {}", .0.display())]
+    BindUnix(PathBuf, #[source] std::io::Error),
+    #[error("binding {0}")]
+    BindTcp(SocketAddr, #[source] std::io::Error),
+    #[error("creating {}", .0.display())]
+    CreateDir(PathBuf, #[source] std::io::Error),
+    #[error("making the serving certificate")]
+    Certificate(#[source] rcgen::Error),
+    #[error("writing {}", .0.display())]
+    Write(PathBuf, #[source] std::io::Error),
+    #[error(transparent)]
+    WriteKey(#[from] k8s_rules::files::WriteError),
+    #[error("reading {}", .0.display())]
+    Kubeconfig(PathBuf, #[source] std::io::Error),
+    #[error("{}: no cluster CA", .0.display())]
+    NoClusterCa(PathBuf),
+    #[error(transparent)]
+    Tls(#[from] k8s_rules::pki::PkiError),
+    #[error("serving")]
+    Serve(#[source] std::io::Error),
+    #[error(transparent)]
+    Task(#[from] tokio::task::JoinError),
+}
+
 /// The node's serving certificate: made once, self-signed, under `<root-dir>/pki`.
-fn serving_cert(node: &NodeInfo) -> anyhow::Result<(String, String)> {
+fn serving_cert(node: &NodeInfo) -> Result<(String, String), ServeError> {
     let dir = node.cfg.root_dir.join("pki");
     let (crt, key) = (dir.join("kubelet.crt"), dir.join("kubelet.key"));
     if let (Ok(c), Ok(k)) = (std::fs::read_to_string(&crt), std::fs::read_to_string(&key)) {
@@ -399,8 +428,8 @@ fn serving_cert(node: &NodeInfo) -> anyhow::Result<(String, String)> {
     if let Some(ip) = node.host_ip {
         names.push(ip.to_string());
     }
-    let key_pair = rcgen::KeyPair::generate()?;
-    let mut params = rcgen::CertificateParams::new(names)?;
+    let key_pair = rcgen::KeyPair::generate().map_err(ServeError::Certificate)?;
+    let mut params = rcgen::CertificateParams::new(names).map_err(ServeError::Certificate)?;
     params.distinguished_name.push(
         rcgen::DnType::CommonName,
         format!("{}@podlet", node.cfg.node_name),
@@ -413,18 +442,22 @@ fn serving_cert(node: &NodeInfo) -> anyhow::Result<(String, String)> {
     };
     params.not_before = ymd(today.yesterday().unwrap_or(today));
     params.not_after = ymd(today.saturating_add(jiff::Span::new().years(1)));
-    let cert = params.self_signed(&key_pair)?;
-    std::fs::create_dir_all(&dir)?;
+    let cert = params
+        .self_signed(&key_pair)
+        .map_err(ServeError::Certificate)?;
+    std::fs::create_dir_all(&dir).map_err(|e| ServeError::CreateDir(dir.clone(), e))?;
     k8s_rules::files::write_private(&key, key_pair.serialize_pem().as_bytes())?;
-    std::fs::write(&crt, cert.pem())?;
+    std::fs::write(&crt, cert.pem()).map_err(|e| ServeError::Write(crt.clone(), e))?;
     Ok((cert.pem(), key_pair.serialize_pem()))
 }
 
-fn tls_config(node: &NodeInfo) -> anyhow::Result<rustls::ServerConfig> {
+fn tls_config(node: &NodeInfo) -> Result<rustls::ServerConfig, ServeError> {
     let (cert_pem, key_pem) = serving_cert(node)?;
-    let kubeconfig = std::fs::read_to_string(&node.cfg.kubeconfig)?;
+    let path = &node.cfg.kubeconfig;
+    let kubeconfig =
+        std::fs::read_to_string(path).map_err(|e| ServeError::Kubeconfig(path.clone(), e))?;
     let ca = crate::cluster::join::cluster_ca(&kubeconfig)
-        .ok_or_else(|| anyhow::anyhow!("{}: no cluster CA", node.cfg.kubeconfig.display()))?;
+        .ok_or_else(|| ServeError::NoClusterCa(path.clone()))?;
     Ok(k8s_rules::pki::server_tls(&cert_pem, &key_pem, &ca)?)
 }
 
@@ -467,15 +500,15 @@ async fn serve_tls(listener: tokio::net::TcpListener, app: Router, tls: rustls::
 }
 
 /// Serves until the process ends.
-pub async fn serve(node: NodeApi) -> anyhow::Result<()> {
+pub async fn serve(node: NodeApi) -> Result<(), ServeError> {
     let cfg = &node.info.cfg;
     let sock = cfg.socket_path();
     let _ = std::fs::remove_file(&sock);
     if let Some(d) = sock.parent() {
-        std::fs::create_dir_all(d)?;
+        std::fs::create_dir_all(d).map_err(|e| ServeError::CreateDir(d.to_path_buf(), e))?;
     }
-    let unix = tokio::net::UnixListener::bind(&sock)
-        .map_err(|e| anyhow::anyhow!("binding {}: {e}", sock.display()))?;
+    let unix =
+        tokio::net::UnixListener::bind(&sock).map_err(|e| ServeError::BindUnix(sock.clone(), e))?;
     let app = router(node.clone());
     let unix_app = app.clone();
     let unix_task = tokio::spawn(async move { axum::serve(unix, unix_app).await });
@@ -483,7 +516,7 @@ pub async fn serve(node: NodeApi) -> anyhow::Result<()> {
         let addr = std::net::SocketAddr::new(cfg.address, cfg.port);
         let tcp = tokio::net::TcpListener::bind(addr)
             .await
-            .map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?;
+            .map_err(|e| ServeError::BindTcp(addr, e))?;
         if node.api.client().is_some() {
             let tls = tls_config(&node.info)?;
             let guarded = app.layer(axum::middleware::from_fn_with_state(
@@ -494,11 +527,11 @@ pub async fn serve(node: NodeApi) -> anyhow::Result<()> {
             serve_tls(tcp, guarded, tls).await;
         } else {
             tracing::info!(%addr, socket = %sock.display(), "node API listening");
-            axum::serve(tcp, app).await?;
+            axum::serve(tcp, app).await.map_err(ServeError::Serve)?;
         }
     } else {
         tracing::info!(socket = %sock.display(), "node API listening");
     }
-    unix_task.await??;
+    unix_task.await?.map_err(ServeError::Serve)?;
     Ok(())
 }

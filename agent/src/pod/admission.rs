@@ -11,8 +11,75 @@ use k8s_rules::qos::QosClass;
 use k8s_rules::taints::find_untolerated;
 
 use super::cache::StatusCache;
+use super::security::{AppArmorProblem, SysctlProblem};
 use super::{pod_cgroup, resources, NodeInfo};
 use crate::eviction::Candidate;
+
+/// Why the node refused a pod, or took it back: its status reason and message, worded as the
+/// kubelet words them.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Refusal {
+    #[error("Pod was rejected: Node didn't have enough resource: {}, requested: {requested}, used: {used}, capacity: {capacity}", resource.as_str())]
+    OutOfResource {
+        resource: Resource,
+        requested: i64,
+        used: i64,
+        capacity: i64,
+    },
+    #[error("Predicate NodeAffinity failed: node(s) didn't match Pod's node affinity/selector")]
+    NodeAffinity,
+    #[error("Predicate TaintToleration failed: node(s) had untolerated taint {{{key}: {value}}}")]
+    TaintToleration { key: String, value: String },
+    #[error("forbidden sysctl: {0}")]
+    SysctlForbidden(SysctlProblem),
+    #[error("{0}")]
+    AppArmor(AppArmorProblem),
+    /// Node-pressure eviction took the pod back; the message says which resource ran low.
+    #[error("{0}")]
+    Evicted(String),
+}
+
+/// A resource admission counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    Cpu,
+    Memory,
+}
+
+impl Resource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resource::Cpu => "cpu",
+            Resource::Memory => "memory",
+        }
+    }
+}
+
+impl Refusal {
+    /// The pod status's `reason`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::OutOfResource {
+                resource: Resource::Cpu,
+                ..
+            } => "OutOfcpu",
+            Refusal::OutOfResource {
+                resource: Resource::Memory,
+                ..
+            } => "OutOfmemory",
+            Refusal::NodeAffinity => "NodeAffinity",
+            Refusal::TaintToleration { .. } => "TaintToleration",
+            Refusal::SysctlForbidden(_) => "SysctlForbidden",
+            Refusal::AppArmor(_) => "AppArmor",
+            Refusal::Evicted(_) => "Evicted",
+        }
+    }
+
+    /// The pod status's `message`.
+    pub fn message(&self) -> String {
+        self.to_string()
+    }
+}
 
 /// What an admitted pod takes.
 #[derive(Debug, Clone, Copy)]
@@ -48,9 +115,8 @@ impl Admission {
         }
     }
 
-    /// Admits a pod if its requests fit next to the admitted ones; else the kubelet's reason
-    /// (`OutOfcpu`, `OutOfmemory`) and message.
-    pub fn admit(&self, uid: &str, spec: &PodSpec, qos: QosClass) -> Result<(), (String, String)> {
+    /// Admits a pod if its requests fit next to the admitted ones.
+    pub fn admit(&self, uid: &str, spec: &PodSpec, qos: QosClass) -> Result<(), Refusal> {
         let want = Self::requests(spec, qos);
         let mut admitted = self.admitted.lock().expect("admitted lock");
         if admitted.contains_key(uid) {
@@ -59,16 +125,17 @@ impl Admission {
         let (cap_cpu, cap_mem) = self.info.allocatable();
         let used_cpu: i64 = admitted.values().map(|a| a.cpu).sum();
         let used_mem: i64 = admitted.values().map(|a| a.memory).sum();
-        for (name, req, used, cap) in [
-            ("cpu", want.cpu, used_cpu, cap_cpu),
-            ("memory", want.memory, used_mem, cap_mem),
+        for (resource, requested, used, capacity) in [
+            (Resource::Cpu, want.cpu, used_cpu, cap_cpu),
+            (Resource::Memory, want.memory, used_mem, cap_mem),
         ] {
-            if req > 0 && used + req > cap {
-                let reason = format!("OutOf{name}");
-                return Err((
-                    reason,
-                    format!("Pod was rejected: Node didn't have enough resource: {name}, requested: {req}, used: {used}, capacity: {cap}"),
-                ));
+            if requested > 0 && used + requested > capacity {
+                return Err(Refusal::OutOfResource {
+                    resource,
+                    requested,
+                    used,
+                    capacity,
+                });
             }
         }
         admitted.insert(uid.to_string(), want);
@@ -78,7 +145,7 @@ impl Admission {
     /// The kubelet's placement checks at admission (the scheduler may have raced a label or
     /// taint change): node selector and required node affinity, then NoExecute taints the pod
     /// does not tolerate (not for static pods).
-    pub fn placement(&self, pod: &Pod) -> Result<(), (String, String)> {
+    pub fn placement(&self, pod: &Pod) -> Result<(), Refusal> {
         let spec = pod.spec.clone().unwrap_or_default();
         let labels = self.info.labels();
         let node = NodeFacts {
@@ -86,11 +153,7 @@ impl Admission {
             labels: &labels,
         };
         if !required_node_affinity_matches(&spec, node) {
-            return Err((
-                "NodeAffinity".into(),
-                "Predicate NodeAffinity failed: node(s) didn't match Pod's node affinity/selector"
-                    .into(),
-            ));
+            return Err(Refusal::NodeAffinity);
         }
         let is_static = pod
             .metadata
@@ -103,14 +166,10 @@ impl Admission {
             if let Some(t) = find_untolerated(&self.info.cfg.taints, &tolerations, |t| {
                 t.effect == "NoExecute"
             }) {
-                return Err((
-                    "TaintToleration".into(),
-                    format!(
-                        "Predicate TaintToleration failed: node(s) had untolerated taint {{{}: {}}}",
-                        t.key,
-                        t.value.clone().unwrap_or_default()
-                    ),
-                ));
+                return Err(Refusal::TaintToleration {
+                    key: t.key.clone(),
+                    value: t.value.clone().unwrap_or_default(),
+                });
             }
         }
         Ok(())
@@ -222,5 +281,41 @@ impl Admission {
                 })
                 .collect()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_read_as_the_kubelets() {
+        let r = Refusal::OutOfResource {
+            resource: Resource::Memory,
+            requested: 2,
+            used: 3,
+            capacity: 4,
+        };
+        assert_eq!(r.reason(), "OutOfmemory");
+        assert_eq!(
+            r.message(),
+            "Pod was rejected: Node didn't have enough resource: memory, requested: 2, used: 3, capacity: 4"
+        );
+        let t = Refusal::TaintToleration {
+            key: "k".into(),
+            value: "v".into(),
+        };
+        assert_eq!(
+            t.message(),
+            "Predicate TaintToleration failed: node(s) had untolerated taint {k: v}"
+        );
+        let s = Refusal::SysctlForbidden(SysctlProblem::NotNamespaced("kernel.pid_max".into()));
+        assert_eq!(
+            (s.reason(), s.message().as_str()),
+            (
+                "SysctlForbidden",
+                "forbidden sysctl: \"kernel.pid_max\" not namespaced"
+            )
+        );
     }
 }

@@ -20,7 +20,7 @@ pub mod translate;
 pub mod userns;
 mod worker;
 
-pub use admission::Admission;
+pub use admission::{Admission, Refusal};
 pub use apiobjects::ApiObjects;
 pub use cache::StatusCache;
 pub use events::{EventSink, PodEvent};
@@ -125,7 +125,7 @@ pub fn network_gc(svc: &Services) {
     let live = uids_on_disk(&svc.info.cfg);
     svc.userns.retain(&live);
     if let Err(e) = svc.network.gc(&live) {
-        tracing::warn!("CNI GC: {e}");
+        tracing::warn!("CNI GC: {}", crate::util::chain(&e));
     }
 }
 

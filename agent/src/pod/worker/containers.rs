@@ -32,41 +32,31 @@ impl Worker {
         if let Some(nb) = b.not_before {
             if now < nb {
                 let left = nb - now;
+                let image = c.image.clone().unwrap_or_default();
                 let w = match self.waiting.get(&c.name) {
-                    Some(w) if w.reason == "ErrImagePull" || w.reason == "ImagePullBackOff" => {
-                        Waiting {
-                            reason: "ImagePullBackOff".into(),
-                            message: Some(format!(
-                                "Back-off pulling image {:?}",
-                                c.image.clone().unwrap_or_default()
-                            )),
-                        }
-                    }
+                    Some(w) if w.is_pull_failure() => WaitingReason::ImagePullBackOff { image },
                     Some(w)
-                        if prev.is_none() || w.reason != "CrashLoopBackOff" && b.failures > 0 =>
+                        if prev.is_none()
+                            || !matches!(w, WaitingReason::CrashLoopBackOff { .. })
+                                && b.failures > 0 =>
                     {
                         w.clone()
                     }
-                    _ => Waiting {
-                        reason: "CrashLoopBackOff".into(),
-                        message: Some(format!(
-                            "back-off {}s restarting failed container={} pod={pod_ref}",
-                            backoff_delay(b.crashes.saturating_sub(1)).as_secs().max(10),
-                            c.name
-                        )),
+                    _ => WaitingReason::CrashLoopBackOff {
+                        back_off: backoff_delay(b.crashes.saturating_sub(1)).as_secs().max(10),
+                        container: c.name.clone(),
+                        pod: pod_ref.clone(),
                     },
                 };
-                if self.waiting.get(&c.name).map(|o| &o.reason) != Some(&w.reason) {
-                    let msg = if w.reason == "ImagePullBackOff" {
-                        format!(
-                            "Back-off pulling image {:?}",
-                            c.image.clone().unwrap_or_default()
-                        )
-                    } else {
-                        format!(
+                if self.waiting.get(&c.name).map(WaitingReason::reason) != Some(w.reason()) {
+                    let msg = match &w {
+                        WaitingReason::ImagePullBackOff { image } => {
+                            format!("Back-off pulling image {image:?}")
+                        }
+                        _ => format!(
                             "Back-off restarting failed container {} in pod {pod_ref}",
                             c.name
-                        )
+                        ),
                     };
                     self.svc.events.warning(&self.pod, "BackOff", msg);
                 }
@@ -89,11 +79,15 @@ impl Worker {
                 None
             }
             Err(w) => {
-                tracing::warn!(container = %c.name, reason = %w.reason, "{}", w.message.clone().unwrap_or_default());
+                let message = w.message();
+                tracing::warn!(container = %c.name, reason = w.reason(), "{}", message.clone().unwrap_or_default());
                 self.svc.events.warning(
                     &self.pod,
                     "Failed",
-                    format!("Error: {}", w.message.clone().unwrap_or(w.reason.clone())),
+                    format!(
+                        "Error: {}",
+                        message.unwrap_or_else(|| w.reason().to_string())
+                    ),
                 );
                 let b = self.backoff.entry(c.name.clone()).or_default();
                 b.failures += 1;
@@ -143,10 +137,7 @@ impl Worker {
             target.kill(Duration::from_secs(grace as u64)).await;
             self.waiting.insert(
                 c.name.clone(),
-                Waiting {
-                    reason: "PostStartHookError".into(),
-                    message: Some(e.trim_end().to_string()),
-                },
+                WaitingReason::PostStartHookError(e.trim_end().to_string()),
             );
             if let Ok(s) = call(&self.run_dir, Request::State).await {
                 self.shim = Some(s);
@@ -173,11 +164,7 @@ impl Worker {
         c: &Container,
         field: &str,
         attempt: u32,
-    ) -> Result<(), Waiting> {
-        let fail = |reason: &str, message: String| Waiting {
-            reason: reason.into(),
-            message: Some(message),
-        };
+    ) -> Result<(), WaitingReason> {
         let image = self.ensure_image(c).await?;
         let inst = self.instance_dir(&c.name, attempt);
         if inst.exists() {
@@ -189,7 +176,7 @@ impl Worker {
             .images
             .store
             .lowerdirs(&image)
-            .map_err(|e| fail("CreateContainerError", e.to_string()))?;
+            .map_err(|e| WaitingReason::CreateContainerError(e.to_string()))?;
         let pause = self.shim.as_ref().map(|s| s.pause_pid).unwrap_or(0);
         match self.svc.userns.get(&self.uid) {
             Some(r) => rootfs::mount_overlay_idmapped(
@@ -203,13 +190,13 @@ impl Worker {
             ),
             None => rootfs::mount_overlay(&lowers, &inst.join("upper"), &inst.join("work"), &root),
         }
-        .map_err(|e| fail("CreateContainerError", e.to_string()))?;
+        .map_err(|e| WaitingReason::CreateContainerError(e.to_string()))?;
         let id = hex::encode(rand_bytes());
         let data = match self.fetch_api_objects().await {
             Ok(d) => d,
             Err(e) => {
                 self.remove_instance(&inst);
-                return Err(fail("CreateContainerConfigError", e));
+                return Err(WaitingReason::CreateContainerConfigError(e));
             }
         };
         if let Err(e) = self.write_api_volumes(&data) {
@@ -219,14 +206,14 @@ impl Worker {
                 format!("MountVolume.SetUp failed: {e}"),
             );
             self.remove_instance(&inst);
-            return Err(fail("CreateContainerConfigError", e));
+            return Err(WaitingReason::CreateContainerConfigError(e));
         }
         let result = async {
             let config = self
                 .container_config(c, field, &image, &root, &inst, &id, &data)
-                .map_err(|e| fail("CreateContainerConfigError", e))?;
+                .map_err(WaitingReason::CreateContainerConfigError)?;
             podlet_runtime::spec::write_bundle(&inst, &config)
-                .map_err(|e| fail("CreateContainerError", e.to_string()))?;
+                .map_err(|e| WaitingReason::CreateContainerError(e.to_string()))?;
             let log_path = self.log_dir.join(&c.name).join(format!("{attempt}.log"));
             let req = Request::Start {
                 name: c.name.clone(),
@@ -238,14 +225,12 @@ impl Worker {
                 stdin_once: c.stdin_once.unwrap_or(false),
                 tty: c.tty.unwrap_or(false),
             };
-            call(&self.run_dir, req).await.map_err(|e| {
-                let msg = e.to_string();
-                let reason = if msg.contains("starting container") {
-                    "RunContainerError"
-                } else {
-                    "CreateContainerError"
-                };
-                fail(reason, msg)
+            call(&self.run_dir, req).await.map_err(|e| match &e {
+                // The shim's own report of a container that was created but did not start.
+                ShimError::Failed(m) if m.contains("starting container") => {
+                    WaitingReason::RunContainerError(e.to_string())
+                }
+                _ => WaitingReason::CreateContainerError(e.to_string()),
             })
         }
         .await;
@@ -377,10 +362,10 @@ impl Worker {
             self.svc.info.cfg.seccomp_default,
         )?;
         let apparmor_profile = crate::pod::security::apparmor(&self.pod, c, self.svc.info.apparmor)
-            .map_err(|e| e.1)?;
+            .map_err(|e| e.message())?;
         let sysctls =
             crate::pod::security::sysctls(&self.pod, &self.svc.info.cfg.allowed_unsafe_sysctls)
-                .map_err(|e| e.1)?;
+                .map_err(|e| e.message())?;
         let unmasked_proc = sc.and_then(|s| s.proc_mount.as_deref()) == Some("Unmasked");
         let privileged = sc.and_then(|s| s.privileged).unwrap_or(false);
         let devices = if privileged {

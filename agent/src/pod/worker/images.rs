@@ -19,7 +19,10 @@ pub fn default_policy(normalized: &str) -> &'static str {
 }
 
 impl Worker {
-    pub(super) async fn ensure_image(&mut self, c: &Container) -> Result<ImageRecord, Waiting> {
+    pub(super) async fn ensure_image(
+        &mut self,
+        c: &Container,
+    ) -> Result<ImageRecord, WaitingReason> {
         let r = self.image_by_policy(c).await;
         if let Ok(rec) = &r {
             self.svc.images.usage.used(&rec.id);
@@ -27,19 +30,21 @@ impl Worker {
         r
     }
 
-    async fn image_by_policy(&mut self, c: &Container) -> Result<ImageRecord, Waiting> {
+    async fn image_by_policy(&mut self, c: &Container) -> Result<ImageRecord, WaitingReason> {
         let image = c.image.clone().unwrap_or_default();
         let normalized = match podlet_runtime::image::reference::normalize(&image) {
             Ok(n) => n,
             Err(e) => {
-                let msg = format!("Failed to apply default image tag {image:?}: {e}");
-                self.svc
-                    .events
-                    .warning(&self.pod, "InspectFailed", msg.clone());
-                return Err(Waiting {
-                    reason: "InvalidImageName".into(),
-                    message: Some(msg),
-                });
+                let w = WaitingReason::InvalidImageName {
+                    image,
+                    error: e.to_string(),
+                };
+                self.svc.events.warning(
+                    &self.pod,
+                    "InspectFailed",
+                    w.message().unwrap_or_default(),
+                );
+                return Err(w);
             }
         };
         let policy = c
@@ -49,15 +54,11 @@ impl Worker {
         let present = self.svc.images.store.resolve(&image).ok();
         match (policy.as_str(), present) {
             ("Never", None) => {
-                let msg =
-                    format!("Container image {image:?} is not present with pull policy of Never");
+                let w = WaitingReason::ErrImageNeverPull { image };
                 self.svc
                     .events
-                    .warning(&self.pod, "ErrImageNeverPull", msg.clone());
-                return Err(Waiting {
-                    reason: "ErrImageNeverPull".into(),
-                    message: Some(msg),
-                });
+                    .warning(&self.pod, w.reason(), w.message().unwrap_or_default());
+                return Err(w);
             }
             ("Never" | "IfNotPresent", Some(rec)) => {
                 self.svc.events.normal(
@@ -91,12 +92,14 @@ impl Worker {
                 Ok(p.image)
             }
             Err(e) => {
-                let msg = format!("Failed to pull image {image:?}: {e}");
-                self.svc.events.warning(&self.pod, "Failed", msg.clone());
-                Err(Waiting {
-                    reason: "ErrImagePull".into(),
-                    message: Some(msg),
-                })
+                let w = WaitingReason::ErrImagePull {
+                    image,
+                    error: e.to_string(),
+                };
+                self.svc
+                    .events
+                    .warning(&self.pod, "Failed", w.message().unwrap_or_default());
+                Err(w)
             }
         }
     }

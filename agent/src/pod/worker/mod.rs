@@ -22,9 +22,9 @@ use podlet_runtime::spec::{BindMount, ContainerConfig, Ns};
 use podlet_runtime::{cgroup, rootfs};
 use tokio::sync::watch;
 
-use super::status::{self, ContainerView, Waiting};
+use super::status::{self, ContainerView, WaitingReason};
 use super::translate::{self, PodFields};
-use super::{pod_cgroup, Services};
+use super::{pod_cgroup, Refusal, Services};
 use k8s_rules::qos::{qos_class, QosClass};
 
 pub const POD_FILE: &str = "pod.json";
@@ -65,10 +65,10 @@ struct Worker {
     log_dir: PathBuf,
     pod_cgroup: String,
     shim: Option<ShimState>,
-    waiting: HashMap<String, Waiting>,
+    waiting: HashMap<String, WaitingReason>,
     backoff: HashMap<String, Backoff>,
     image_ids: HashMap<String, String>,
-    sandbox_error: Option<String>,
+    sandbox_error: Option<sandbox::SandboxError>,
     sandbox_failures: u32,
     sandbox_not_before: Option<Instant>,
     conditions: Vec<PodCondition>,
@@ -77,8 +77,8 @@ struct Worker {
     lost: HashMap<String, ContainerRecord>,
     /// The pod's addresses from CNI.
     pod_ips: Vec<std::net::IpAddr>,
-    /// Set when the node refused the pod (reason, message): it never starts.
-    rejected: Option<(String, String)>,
+    /// Set when the node refused the pod: it never starts.
+    rejected: Option<Refusal>,
     /// `Infeasible` when a resize was refused (it would change the QoS class).
     resize: Option<String>,
     /// When config map, secret, projected and downward API volumes were last written.
@@ -269,22 +269,28 @@ impl Worker {
                         .err()
                 })
             {
-                tracing::warn!(reason = %r.0, "{}", r.1);
-                self.svc.events.warning(&self.pod, &r.0, r.1.clone());
+                tracing::warn!(reason = r.reason(), "{r}");
+                self.svc.events.warning(&self.pod, r.reason(), r.message());
                 self.rejected = Some(r);
                 self.publish();
                 return Duration::from_secs(3600);
             }
         }
-        if let Err(e) = self.ensure_sandbox().await {
-            if self.sandbox_error.as_ref() != Some(&e) {
-                self.svc.events.warning(
-                    &self.pod,
-                    "FailedCreatePodSandBox",
-                    format!("Failed to create pod sandbox: {e}"),
-                );
+        if let Err(no) = self.ensure_sandbox().await {
+            if let sandbox::NoSandbox::Failed(e) = no {
+                // The same failure again, word for word, is not a new event.
+                let message = crate::util::chain(&e);
+                if self.sandbox_error.as_ref().map(|e| crate::util::chain(e))
+                    != Some(message.clone())
+                {
+                    self.svc.events.warning(
+                        &self.pod,
+                        "FailedCreatePodSandBox",
+                        format!("Failed to create pod sandbox: {message}"),
+                    );
+                }
+                self.sandbox_error = Some(e);
             }
-            self.sandbox_error = Some(e);
             self.publish();
             return self
                 .sandbox_not_before
@@ -535,13 +541,17 @@ impl Worker {
             message: self
                 .rejected
                 .as_ref()
-                .map(|r| r.1.clone())
-                .or_else(|| self.sandbox_error.clone()),
-            reason: self.rejected.as_ref().map(|r| r.0.clone()).or_else(|| {
-                self.sandbox_error
-                    .as_ref()
-                    .map(|_| "FailedCreatePodSandBox".to_string())
-            }),
+                .map(Refusal::message)
+                .or_else(|| self.sandbox_error.as_ref().map(|e| crate::util::chain(e))),
+            reason: self
+                .rejected
+                .as_ref()
+                .map(|r| r.reason().to_string())
+                .or_else(|| {
+                    self.sandbox_error
+                        .as_ref()
+                        .map(|_| "FailedCreatePodSandBox".to_string())
+                }),
             host_ip: host_ip.clone(),
             host_ips: host_ip.clone().map(|ip| vec![HostIP { ip }]),
             pod_ip: pod_ips.first().cloned(),

@@ -2,11 +2,58 @@
 //! again (deletion, eviction, a sandbox that died), plus adoption and in-place resize.
 
 use super::*;
+use crate::network::NetworkError;
+use crate::pod::userns::UsernsError;
+use crate::util::chain;
+
+/// Why a pod sandbox could not be made.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SandboxError {
+    /// Writing one of the sandbox's files or directories (named by what it is).
+    #[error("{what}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Encode(#[from] serde_json::Error),
+    #[error(transparent)]
+    Userns(#[from] UsernsError),
+    #[error("pod cgroup {cgroup}")]
+    Cgroup {
+        cgroup: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting the shim")]
+    SpawnShim(#[source] std::io::Error),
+    /// The shim exited at start; what it wrote on stderr.
+    #[error("{stderr}")]
+    ShimExited { stderr: String },
+    #[error(transparent)]
+    Shim(#[from] ShimError),
+    #[error("failed to set up the pod network")]
+    Network(#[source] NetworkError),
+    #[error(transparent)]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Why the pod has no sandbox now.
+pub(super) enum NoSandbox {
+    /// Waiting out the back-off after the last failure (the worker's `sandbox_error`).
+    BackingOff,
+    Failed(SandboxError),
+}
+
+fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> SandboxError {
+    move |source| SandboxError::Io { what, source }
+}
 
 const HOSTS_HEADER: &str = "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n";
 
 impl Worker {
-    pub(super) async fn ensure_sandbox(&mut self) -> Result<(), String> {
+    pub(super) async fn ensure_sandbox(&mut self) -> Result<(), NoSandbox> {
         match call(&self.run_dir, Request::State).await {
             Ok(s) if !s.pause_exited => {
                 let adopting = self.shim.is_none();
@@ -37,7 +84,7 @@ impl Worker {
         self.shim = None;
         if let Some(nb) = self.sandbox_not_before {
             if Instant::now() < nb {
-                return Err(self.sandbox_error.clone().unwrap_or_default());
+                return Err(NoSandbox::BackingOff);
             }
         }
         match self.create_sandbox().await {
@@ -54,8 +101,8 @@ impl Worker {
                         + backoff_delay(self.sandbox_failures).min(Duration::from_secs(60)),
                 );
                 self.cleanup_runtime().await;
-                tracing::error!("creating the pod sandbox: {e}");
-                Err(e)
+                tracing::error!("creating the pod sandbox: {}", chain(&e));
+                Err(NoSandbox::Failed(e))
             }
         }
     }
@@ -94,12 +141,11 @@ impl Worker {
         Ok(())
     }
 
-    pub(super) async fn create_sandbox(&mut self) -> Result<(), String> {
-        let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
-        std::fs::create_dir_all(&self.run_dir).map_err(|e| io("run dir", e))?;
-        std::fs::create_dir_all(&self.data_dir).map_err(|e| io("data dir", e))?;
-        let pod_json = serde_json::to_vec(&self.pod).map_err(|e| e.to_string())?;
-        std::fs::write(self.run_dir.join(POD_FILE), pod_json).map_err(|e| io("pod file", e))?;
+    pub(super) async fn create_sandbox(&mut self) -> Result<(), SandboxError> {
+        std::fs::create_dir_all(&self.run_dir).map_err(io("run dir"))?;
+        std::fs::create_dir_all(&self.data_dir).map_err(io("data dir"))?;
+        let pod_json = serde_json::to_vec(&self.pod)?;
+        std::fs::write(self.run_dir.join(POD_FILE), pod_json).map_err(io("pod file"))?;
         if self.start_time.is_none() {
             self.start_time = Some(status::now());
         }
@@ -108,7 +154,7 @@ impl Worker {
         } else {
             None
         };
-        self.write_etc_files().map_err(|e| io("etc files", e))?;
+        self.write_etc_files().map_err(io("etc files"))?;
         let host_network = self.spec.host_network.unwrap_or(false);
         let sandbox = SandboxConfig {
             hostname: self.hostname(),
@@ -124,16 +170,20 @@ impl Worker {
         };
         std::fs::write(
             self.run_dir.join(shim::SANDBOX_FILE),
-            serde_json::to_vec(&sandbox).map_err(|e| e.to_string())?,
+            serde_json::to_vec(&sandbox)?,
         )
-        .map_err(|e| io("sandbox file", e))?;
+        .map_err(io("sandbox file"))?;
         let limits = crate::pod::resources::pod_limits(
             &self.spec,
             self.qos,
             self.svc.info.cfg.pod_pids_limit,
         );
-        podlet_runtime::cgroup::apply(&self.svc.info.cgroups, &self.pod_cgroup, &limits)
-            .map_err(|e| format!("pod cgroup {}: {e}", self.pod_cgroup))?;
+        podlet_runtime::cgroup::apply(&self.svc.info.cgroups, &self.pod_cgroup, &limits).map_err(
+            |source| SandboxError::Cgroup {
+                cgroup: self.pod_cgroup.clone(),
+                source,
+            },
+        )?;
         self.svc.admission.update_qos_cgroups();
         let out = tokio::process::Command::new(&self.svc.info.exe)
             .arg("shim")
@@ -144,13 +194,13 @@ impl Worker {
             .stderr(std::process::Stdio::piped())
             .output()
             .await
-            .map_err(|e| format!("starting the shim: {e}"))?;
+            .map_err(SandboxError::SpawnShim)?;
         if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+            return Err(SandboxError::ShimExited {
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
         }
-        let s = call(&self.run_dir, Request::State)
-            .await
-            .map_err(|e| e.to_string())?;
+        let s = call(&self.run_dir, Request::State).await?;
         let pause = s.pause_pid;
         self.shim = Some(s);
         if !host_network {
@@ -158,12 +208,11 @@ impl Worker {
             let (uid, spec) = (self.uid.clone(), self.spec.clone());
             let netns = format!("/proc/{pause}/ns/net");
             let ips = tokio::task::spawn_blocking(move || network.setup(&uid, &netns, &spec))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("failed to set up the pod network: {e}"))?;
+                .await?
+                .map_err(SandboxError::Network)?;
             self.pod_ips = ips;
             // /etc/hosts names the pod's own address now that it has one.
-            self.write_etc_files().map_err(|e| io("etc files", e))?;
+            self.write_etc_files().map_err(io("etc files"))?;
         }
         tracing::info!(pause, ips = ?self.pod_ips, "sandbox created");
         Ok(())
@@ -265,7 +314,7 @@ impl Worker {
                 self.shim = Some(last);
             }
         }
-        self.rejected = Some(("Evicted".into(), message));
+        self.rejected = Some(Refusal::Evicted(message));
         self.svc.admission.release(&self.uid);
         self.svc.userns.release(&self.uid);
         self.svc.admission.update_qos_cgroups();
@@ -349,7 +398,7 @@ impl Worker {
                 if let Ok(Err(e)) =
                     tokio::task::spawn_blocking(move || network.teardown(&uid, &netns)).await
                 {
-                    tracing::warn!("tearing down the pod network: {e}");
+                    tracing::warn!("tearing down the pod network: {}", chain(&e));
                 }
             }
             let _ = call(&self.run_dir, Request::Shutdown).await;
@@ -379,7 +428,7 @@ impl Worker {
             // The namespace is gone or going: DEL what the cache says is still attached.
             if network.attached(&uid) {
                 if let Err(e) = network.teardown(&uid, "") {
-                    tracing::warn!("releasing the pod network: {e}");
+                    tracing::warn!("releasing the pod network: {}", chain(&e));
                 }
             }
             if let Some(s) = &state {
