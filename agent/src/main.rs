@@ -1,4 +1,8 @@
 //! `podlet`: a Kubernetes node agent and container runtime in one binary.
+//!
+//! The modules below depend on lower layers only (util, sys, logs ← config ← eviction, imagegc,
+//! network, manifest ← pod ← cluster, metrics, stream ← server, cli ← main); `agent/README.md`
+//! explains the layers and `agent/tests/layering.rs` keeps them.
 
 mod cli;
 mod cluster;
