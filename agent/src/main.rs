@@ -361,7 +361,7 @@ async fn agent(cfg: Config) -> Result<()> {
     for d in [&cfg.root_dir, &cfg.run_dir, &cfg.log_dir] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
-    // Without CAP_SYS_RESOURCE this fails and the node's floor stays where it is (see Node).
+    // Without CAP_SYS_RESOURCE this fails and the node's floor stays where it is (see NodeInfo::oom_floor).
     let _ = podlet_runtime::sys::set_oom_score_adj(-999);
     tracing::info!(node = %cfg.node_name, manifests = %cfg.manifest_dir.display(), "podlet starting");
     // The cluster comes first: a failed join touches nothing on the node.

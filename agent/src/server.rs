@@ -418,21 +418,21 @@ pub enum ServeError {
 }
 
 /// The node's serving certificate: made once, self-signed, under `<root-dir>/pki`.
-fn serving_cert(node: &NodeInfo) -> Result<(String, String), ServeError> {
-    let dir = node.cfg.root_dir.join("pki");
+fn serving_cert(info: &NodeInfo) -> Result<(String, String), ServeError> {
+    let dir = info.cfg.root_dir.join("pki");
     let (crt, key) = (dir.join("kubelet.crt"), dir.join("kubelet.key"));
     if let (Ok(c), Ok(k)) = (std::fs::read_to_string(&crt), std::fs::read_to_string(&key)) {
         return Ok((c, k));
     }
-    let mut names = vec![node.cfg.node_name.clone()];
-    if let Some(ip) = node.host_ip {
+    let mut names = vec![info.cfg.node_name.clone()];
+    if let Some(ip) = info.host_ip {
         names.push(ip.to_string());
     }
     let key_pair = rcgen::KeyPair::generate().map_err(ServeError::Certificate)?;
     let mut params = rcgen::CertificateParams::new(names).map_err(ServeError::Certificate)?;
     params.distinguished_name.push(
         rcgen::DnType::CommonName,
-        format!("{}@podlet", node.cfg.node_name),
+        format!("{}@podlet", info.cfg.node_name),
     );
     let today = jiff::Timestamp::now()
         .to_zoned(jiff::tz::TimeZone::UTC)
@@ -451,9 +451,9 @@ fn serving_cert(node: &NodeInfo) -> Result<(String, String), ServeError> {
     Ok((cert.pem(), key_pair.serialize_pem()))
 }
 
-fn tls_config(node: &NodeInfo) -> Result<rustls::ServerConfig, ServeError> {
-    let (cert_pem, key_pem) = serving_cert(node)?;
-    let path = &node.cfg.kubeconfig;
+fn tls_config(info: &NodeInfo) -> Result<rustls::ServerConfig, ServeError> {
+    let (cert_pem, key_pem) = serving_cert(info)?;
+    let path = &info.cfg.kubeconfig;
     let kubeconfig =
         std::fs::read_to_string(path).map_err(|e| ServeError::Kubeconfig(path.clone(), e))?;
     let ca = crate::cluster::join::cluster_ca(&kubeconfig)

@@ -47,21 +47,21 @@ fn comparable(st: &NodeStatus) -> serde_json::Value {
 impl Reporter {
     /// The Node as registered: its status, plus what only registration sets.
     fn registration(&self) -> K8sNode {
-        let node = &self.info;
+        let info = &self.info;
         let mut n = K8sNode {
             status: Some(self.status()),
             ..Default::default()
         };
-        n.metadata.name = Some(node.cfg.node_name.clone());
-        n.metadata.labels = Some(node.labels());
+        n.metadata.name = Some(info.cfg.node_name.clone());
+        n.metadata.labels = Some(info.labels());
         n.metadata.annotations = Some(std::collections::BTreeMap::from([(
             "volumes.kubernetes.io/controller-managed-attach-detach".to_string(),
             "true".to_string(),
         )]));
         n.spec = Some(NodeSpec {
-            pod_cidr: Some(node.cfg.pod_cidr.clone()),
-            pod_cidrs: Some(vec![node.cfg.pod_cidr.clone()]),
-            taints: (!node.cfg.taints.is_empty()).then(|| node.cfg.taints.clone()),
+            pod_cidr: Some(info.cfg.pod_cidr.clone()),
+            pod_cidrs: Some(vec![info.cfg.pod_cidr.clone()]),
+            taints: (!info.cfg.taints.is_empty()).then(|| info.cfg.taints.clone()),
             ..Default::default()
         });
         n
@@ -69,15 +69,15 @@ impl Reporter {
 
     /// The status to report now: node_object()'s, with heartbeat times and the kubelet port.
     fn status(&self) -> NodeStatus {
-        let node = &self.info;
-        let mut st = node.node_object(&self.evictions).status.unwrap_or_default();
+        let info = &self.info;
+        let mut st = info.node_object(&self.evictions).status.unwrap_or_default();
         let now = Time(jiff::Timestamp::now());
         for c in st.conditions.iter_mut().flatten() {
             c.last_heartbeat_time = Some(now.clone());
         }
         st.daemon_endpoints = Some(NodeDaemonEndpoints {
             kubelet_endpoint: Some(DaemonEndpoint {
-                port: node.cfg.port as i32,
+                port: info.cfg.port as i32,
             }),
         });
         st
@@ -86,24 +86,24 @@ impl Reporter {
     /// Creates the Node, or brings an existing one's labels and taints up to date. Retries until
     /// the apiserver takes it.
     pub async fn register(&self, client: &watch::Receiver<kube::Client>) -> K8sNode {
-        let node = &self.info;
+        let info = &self.info;
         let mut delay = Duration::from_millis(200);
         loop {
             let api: Api<K8sNode> = Api::all(client.borrow().clone());
             let want = self.registration();
             let result = match api.create(&PostParams::default(), &want).await {
                 Ok(n) => {
-                    tracing::info!(node = %node.cfg.node_name, "node registered");
+                    tracing::info!(node = %info.cfg.node_name, "node registered");
                     Ok(n)
                 }
                 Err(kube::Error::Api(e)) if e.code == 409 => {
                     // Re-registration keeps what others set and re-asserts ours.
                     let patch = json!({
                         "metadata": {"labels": want.metadata.labels},
-                        "spec": {"podCIDR": node.cfg.pod_cidr, "podCIDRs": [node.cfg.pod_cidr]},
+                        "spec": {"podCIDR": info.cfg.pod_cidr, "podCIDRs": [info.cfg.pod_cidr]},
                     });
                     api.patch(
-                        &node.cfg.node_name,
+                        &info.cfg.node_name,
                         &PatchParams::default(),
                         &Patch::Merge(patch),
                     )
@@ -123,9 +123,9 @@ impl Reporter {
     }
 
     async fn renew_lease(&self, client: &kube::Client, owner: &K8sNode) -> kube::Result<()> {
-        let node = &self.info;
+        let info = &self.info;
         let api: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
-        let name = &node.cfg.node_name;
+        let name = &info.cfg.node_name;
         let now = MicroTime(jiff::Timestamp::now());
         match api.get_opt(name).await? {
             Some(mut lease) => {
@@ -164,7 +164,7 @@ impl Reporter {
     /// Registers the node, then heartbeats until the process ends. A Node deleted by someone is
     /// registered again, as the kubelet does.
     pub async fn run(self, client: watch::Receiver<kube::Client>, mut owner: K8sNode) {
-        let node = self.info.clone();
+        let info = self.info.clone();
         let mut last: Option<(serde_json::Value, Instant)> = None;
         loop {
             let c = client.borrow().clone();
@@ -183,7 +183,7 @@ impl Reporter {
                 let api: Api<K8sNode> = Api::all(c);
                 match api
                     .patch_status(
-                        &node.cfg.node_name,
+                        &info.cfg.node_name,
                         &PatchParams::default(),
                         &Patch::Merge(json!({ "status": st })),
                     )
