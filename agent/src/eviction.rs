@@ -3,70 +3,129 @@
 //! matching node condition turns True and one pod per cycle is evicted: pods using more than
 //! they requested first, then lower priority, then the largest usage above requests.
 
-use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
 
-use crate::pod::Node;
-use k8s_rules::quantity::Milli;
+use tokio::sync::watch;
 
-pub const DEFAULT_HARD: &str =
-    "memory.available<100Mi,nodefs.available<10%,nodefs.inodesFree<5%,imagefs.available<15%";
+use crate::config::{Amount, Config, Threshold};
 
-#[derive(Debug, Clone, PartialEq)]
-pub enum Amount {
-    Quantity(f64),
-    Percent(f64),
+/// Evictions asked for, and the node conditions the eviction signals drive.
+pub struct Evictions {
+    /// Evictions asked for and not finished yet: uid -> message.
+    requests: Mutex<BTreeMap<String, String>>,
+    /// Bumped on every eviction request, waking the pod workers.
+    requested: watch::Sender<u64>,
+    /// Condition type -> (status, last transition).
+    conditions: RwLock<BTreeMap<&'static str, (bool, jiff::Timestamp)>>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct Threshold {
-    pub signal: String,
-    pub amount: Amount,
-    pub raw: String,
+impl Default for Evictions {
+    fn default() -> Self {
+        Self {
+            requests: Mutex::new(BTreeMap::new()),
+            requested: watch::channel(0).0,
+            conditions: RwLock::new(BTreeMap::new()),
+        }
+    }
 }
 
-/// Parses kubelet's `--eviction-hard` (`signal<quantity|percent`, comma separated).
-pub fn parse(s: &str) -> Result<Vec<Threshold>, String> {
-    let known = [
-        "memory.available",
-        "nodefs.available",
-        "nodefs.inodesFree",
-        "imagefs.available",
-        "imagefs.inodesFree",
-        "pid.available",
-    ];
-    s.split(',')
-        .filter(|p| !p.trim().is_empty())
-        .map(|p| {
-            let (signal, v) = p
-                .trim()
-                .split_once('<')
-                .ok_or_else(|| format!("{p:?}: expected signal<value"))?;
-            if !known.contains(&signal) {
-                return Err(format!("{p:?}: unknown signal {signal:?}"));
+impl Evictions {
+    /// Wakes on every eviction request.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.requested.subscribe()
+    }
+
+    pub fn set_conditions(&self, now: &BTreeMap<&'static str, bool>) {
+        let mut c = self.conditions.write().expect("conditions lock");
+        for (k, v) in now {
+            match c.get(k) {
+                Some((old, _)) if old == v => {}
+                _ => {
+                    if *v {
+                        tracing::warn!(condition = k, "node condition is now True");
+                    }
+                    c.insert(k, (*v, jiff::Timestamp::now()));
+                }
             }
-            let amount = match v.strip_suffix('%') {
-                Some(pct) => Amount::Percent(
-                    pct.parse::<f64>()
-                        .map_err(|_| format!("{p:?}: bad percentage"))?
-                        / 100.0,
-                ),
-                None => Amount::Quantity(
-                    Milli::parse(v).map_err(|e| format!("{p:?}: {e}"))?.value() as f64,
-                ),
-            };
-            Ok(Threshold {
-                signal: signal.to_string(),
-                amount,
-                raw: v.to_string(),
-            })
-        })
-        .collect()
+        }
+    }
+
+    /// A condition's status and last transition, once a signal has set it.
+    pub fn condition(&self, type_: &str) -> Option<(bool, jiff::Timestamp)> {
+        self.conditions
+            .read()
+            .expect("conditions lock")
+            .get(type_)
+            .copied()
+    }
+
+    /// Evictions asked for and not finished.
+    pub fn in_progress(&self) -> usize {
+        self.requests.lock().expect("evictions lock").len()
+    }
+
+    pub fn evict(&self, uid: &str, message: String) {
+        self.requests
+            .lock()
+            .expect("evictions lock")
+            .insert(uid.to_string(), message);
+        self.requested.send_modify(|g| *g += 1);
+    }
+
+    /// The message of the eviction asked for the pod, if one was.
+    pub fn requested(&self, uid: &str) -> Option<String> {
+        self.requests
+            .lock()
+            .expect("evictions lock")
+            .get(uid)
+            .cloned()
+    }
+
+    pub fn done(&self, uid: &str) {
+        self.requests.lock().expect("evictions lock").remove(uid);
+    }
+}
+
+/// A pod the manager may evict.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub uid: String,
+    /// `namespace/name`, for the log.
+    pub name: String,
+    /// Bytes.
+    pub memory_usage: i64,
+    /// Bytes.
+    pub memory_request: i64,
+    pub priority: i32,
+}
+
+/// The pod to evict next: pods using more memory than they requested first, then lower
+/// priority, then the most memory above the request.
+fn rank(mut candidates: Vec<Candidate>) -> Option<Candidate> {
+    let key = |c: &Candidate| {
+        (
+            c.memory_usage > c.memory_request,
+            c.priority,
+            c.memory_usage - c.memory_request,
+        )
+    };
+    candidates.sort_by(|a, b| {
+        let (a, b) = (key(a), key(b));
+        b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(b.2.cmp(&a.2))
+    });
+    candidates.into_iter().next()
+}
+
+/// The filesystems the nodefs and imagefs signals measure.
+struct Filesystems {
+    nodefs: PathBuf,
+    imagefs: PathBuf,
 }
 
 /// (available, capacity) of a signal right now.
-fn observe(signal: &str, node: &Node) -> Option<(f64, f64)> {
+fn observe(signal: &str, fs: &Filesystems) -> Option<(f64, f64)> {
     let statvfs = |p: &Path| nix::sys::statvfs::statvfs(p).ok();
     match signal {
         "memory.available" => {
@@ -79,23 +138,23 @@ fn observe(signal: &str, node: &Node) -> Option<(f64, f64)> {
             };
             Some((kb("MemAvailable:")? * 1024.0, kb("MemTotal:")? * 1024.0))
         }
-        "nodefs.available" => statvfs(&node.cfg.root_dir).map(|s| {
+        "nodefs.available" => statvfs(&fs.nodefs).map(|s| {
             (
                 (s.blocks_available() * s.fragment_size()) as f64,
                 (s.blocks() * s.fragment_size()) as f64,
             )
         }),
         "nodefs.inodesFree" => {
-            statvfs(&node.cfg.root_dir).map(|s| (s.files_available() as f64, s.files() as f64))
+            statvfs(&fs.nodefs).map(|s| (s.files_available() as f64, s.files() as f64))
         }
-        "imagefs.available" => statvfs(&node.cfg.images_dir()).map(|s| {
+        "imagefs.available" => statvfs(&fs.imagefs).map(|s| {
             (
                 (s.blocks_available() * s.fragment_size()) as f64,
                 (s.blocks() * s.fragment_size()) as f64,
             )
         }),
         "imagefs.inodesFree" => {
-            statvfs(&node.cfg.images_dir()).map(|s| (s.files_available() as f64, s.files() as f64))
+            statvfs(&fs.imagefs).map(|s| (s.files_available() as f64, s.files() as f64))
         }
         "pid.available" => {
             let max: f64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
@@ -138,24 +197,47 @@ fn human(bytes: f64) -> String {
 }
 
 /// Runs the eviction manager until the process ends.
-pub async fn run(node: Arc<Node>, thresholds: Vec<Threshold>, period: Duration) {
-    loop {
-        tokio::time::sleep(period).await;
-        let n = node.clone();
-        let t = thresholds.clone();
-        let _ = tokio::task::spawn_blocking(move || cycle(&n, &t)).await;
+/// `candidates` lists the pods that may be evicted, when one has to be.
+pub fn run(
+    cfg: &Config,
+    evictions: Arc<Evictions>,
+    candidates: impl Fn() -> Vec<Candidate> + Send + Sync + 'static,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let period = cfg.eviction_interval;
+    let thresholds: Arc<[Threshold]> = cfg.eviction_hard.clone().into();
+    let fs = Arc::new(Filesystems {
+        nodefs: cfg.root_dir.clone(),
+        imagefs: cfg.images_dir(),
+    });
+    let candidates = Arc::new(candidates);
+    async move {
+        loop {
+            tokio::time::sleep(period).await;
+            let (e, t, f, c) = (
+                evictions.clone(),
+                thresholds.clone(),
+                fs.clone(),
+                candidates.clone(),
+            );
+            let _ = tokio::task::spawn_blocking(move || cycle(&e, &t, &f, &*c)).await;
+        }
     }
 }
 
-fn cycle(node: &Node, thresholds: &[Threshold]) {
+fn cycle(
+    evictions: &Evictions,
+    thresholds: &[Threshold],
+    fs: &Filesystems,
+    candidates: &dyn Fn() -> Vec<Candidate>,
+) {
     let mut pressure: Option<(&Threshold, f64)> = None;
-    let mut conditions = std::collections::BTreeMap::from([
+    let mut conditions = BTreeMap::from([
         ("MemoryPressure", false),
         ("DiskPressure", false),
         ("PIDPressure", false),
     ]);
     for t in thresholds {
-        let Some((available, capacity)) = observe(&t.signal, node) else {
+        let Some((available, capacity)) = observe(&t.signal, fs) else {
             continue;
         };
         let limit = match t.amount {
@@ -167,15 +249,15 @@ fn cycle(node: &Node, thresholds: &[Threshold]) {
             pressure.get_or_insert((t, available));
         }
     }
-    node.set_conditions(&conditions);
+    evictions.set_conditions(&conditions);
     let Some((t, available)) = pressure else {
         return;
     };
     // One pod per cycle, and only when the previous eviction has finished.
-    if node.eviction_in_progress() {
+    if evictions.in_progress() > 0 {
         return;
     }
-    let Some((uid, name)) = node.eviction_candidate() else {
+    let Some(Candidate { uid, name, .. }) = rank(candidates()) else {
         return;
     };
     let resource = if t.signal.starts_with("memory") {
@@ -195,7 +277,7 @@ fn cycle(node: &Node, thresholds: &[Threshold]) {
         t.raw
     );
     tracing::warn!(pod = %name, signal = %t.signal, "evicting: {message}");
-    node.evict(&uid, message);
+    evictions.evict(&uid, message);
 }
 
 #[cfg(test)]
@@ -203,13 +285,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_kubelets_defaults() {
-        let t = parse(DEFAULT_HARD).unwrap();
-        assert_eq!(t.len(), 4);
-        assert_eq!(t[0].amount, Amount::Quantity(100.0 * 1024.0 * 1024.0));
-        assert_eq!(t[1].amount, Amount::Percent(0.10));
-        assert!(parse("memory.free<1Gi").is_err());
-        assert!(parse("memory.available=1Gi").is_err());
+    fn signals_drive_their_conditions() {
         assert_eq!(condition_of("nodefs.inodesFree"), "DiskPressure");
+    }
+
+    #[test]
+    fn over_request_then_low_priority_then_most_above_request() {
+        let c = |uid: &str, usage: i64, request: i64, priority: i32| Candidate {
+            uid: uid.into(),
+            name: uid.into(),
+            memory_usage: usage,
+            memory_request: request,
+            priority,
+        };
+        let pick = |v: Vec<Candidate>| rank(v).map(|c| c.uid);
+        assert_eq!(pick(vec![]), None);
+        // Over its request beats a lower priority within its request.
+        assert_eq!(
+            pick(vec![c("within", 10, 100, -5), c("over", 200, 100, 10)]),
+            Some("over".into())
+        );
+        // Both over: the lower priority goes first.
+        assert_eq!(
+            pick(vec![c("high", 900, 100, 10), c("low", 200, 100, 0)]),
+            Some("low".into())
+        );
+        // Same priority: the most above its request.
+        assert_eq!(
+            pick(vec![c("a", 200, 100, 0), c("b", 500, 100, 0)]),
+            Some("b".into())
+        );
     }
 }

@@ -1,4 +1,8 @@
 //! `podlet`: a Kubernetes node agent and container runtime in one binary.
+//!
+//! The modules below depend on lower layers only (util, sys, logs ← config ← eviction, imagegc,
+//! network, manifest ← pod ← cluster, metrics, stream ← server, cli ← main); `agent/README.md`
+//! explains the layers and `agent/tests/layering.rs` keeps them.
 
 mod cli;
 mod cluster;
@@ -13,6 +17,7 @@ mod pod;
 mod server;
 mod stream;
 mod sys;
+mod util;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,7 +25,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use config::{Config, PathFlags, RunFlags};
+use config::{Config, PathFlags, Settings};
 
 #[derive(Parser)]
 #[command(
@@ -38,7 +43,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the node agent.
-    Run(Box<RunFlags>),
+    Run(Box<Settings>),
     /// Run the control plane (apiserver) alone.
     ControlPlane {
         /// Where the embedded store keeps its data.
@@ -204,11 +209,11 @@ fn run(cli: Cli) -> Result<i32> {
             namespace,
             command,
         } => {
-            let cfg = Config::load(&cli.paths, &RunFlags::default())?;
+            let cfg = Config::load(&cli.paths, &Settings::default())?;
             cli::exec(&cfg, &namespace, &pod, container.as_deref(), command)
         }
         Cmd::Ps => {
-            let cfg = Config::load(&cli.paths, &RunFlags::default())?;
+            let cfg = Config::load(&cli.paths, &Settings::default())?;
             cli::ps(&cfg, &mut std::io::stdout().lock())?;
             Ok(0)
         }
@@ -218,7 +223,7 @@ fn run(cli: Cli) -> Result<i32> {
             namespace,
             follow,
         } => {
-            let cfg = Config::load(&cli.paths, &RunFlags::default())?;
+            let cfg = Config::load(&cli.paths, &Settings::default())?;
             cli::logs(
                 &cfg,
                 &namespace,
@@ -230,7 +235,7 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Image(cmd) => {
-            let cfg = Config::load(&cli.paths, &RunFlags::default())?;
+            let cfg = Config::load(&cli.paths, &Settings::default())?;
             let store = podlet_runtime::image::ImageStore::open(cfg.images_dir())?;
             match cmd {
                 ImageCmd::Import { file, name } => {
@@ -365,7 +370,7 @@ async fn agent(cfg: Config) -> Result<()> {
             "the root dir is not traversable by hostUsers: false pods: {u} by host uid {first} and up; their containers will fail to start (allow search, e.g. chmod o+x, as containerd keeps its root 0711)"
         );
     }
-    // Without CAP_SYS_RESOURCE this fails and the node's floor stays where it is (see Node).
+    // Without CAP_SYS_RESOURCE this fails and the node's floor stays where it is (see NodeInfo::oom_floor).
     let _ = podlet_runtime::sys::set_oom_score_adj(-999);
     tracing::info!(node = %cfg.node_name, manifests = %cfg.manifest_dir.display(), "podlet starting");
     // The cluster comes first: a failed join touches nothing on the node.
@@ -385,11 +390,22 @@ async fn agent(cfg: Config) -> Result<()> {
             Some(cluster::worker_client(&cfg).await?)
         }
     };
-    let node = Arc::new(pod::Node::new(cfg.clone())?);
-    node.update_qos_cgroups();
+    let info = Arc::new(pod::NodeInfo::probe(cfg.clone())?);
+    let svc = Arc::new(pod::Services {
+        admission: Arc::new(pod::Admission::new(info.clone())),
+        evictions: Arc::default(),
+        statuses: Arc::default(),
+        events: Arc::default(),
+        api: Arc::default(),
+        images: Arc::new(pod::Images::open(&cfg)?),
+        network: Arc::new(network::Network::init(&cfg, &info.exe)?),
+        userns: pod::userns::Allocator::open(&cfg.root_dir.join("userns.json"))?,
+        info,
+    });
+    svc.admission.update_qos_cgroups();
     {
-        let node = node.clone();
-        tokio::task::spawn_blocking(move || pod::network_gc(&node)).await?;
+        let svc = svc.clone();
+        tokio::task::spawn_blocking(move || pod::network_gc(&svc)).await?;
     }
     // The manager tears down pods that are not desired, so it must start from a complete view
     // of the manifests, never from an empty one (which would stop every adopted pod).
@@ -406,20 +422,21 @@ async fn agent(cfg: Config) -> Result<()> {
     ));
     let desired = match client {
         None => statics,
-        Some(client) => cluster::start(node.clone(), client, statics),
+        Some(client) => cluster::start(&svc, client, statics),
     };
-    tokio::spawn(pod::run_manager(node.clone(), desired));
+    tokio::spawn(pod::run_manager(svc.clone(), desired));
     if !cfg.eviction_hard.is_empty() {
-        tokio::spawn(eviction::run(
-            node.clone(),
-            cfg.eviction_hard.clone(),
-            cfg.eviction_interval,
-        ));
+        let (admission, statuses) = (svc.admission.clone(), svc.statuses.clone());
+        tokio::spawn(eviction::run(&cfg, svc.evictions.clone(), move || {
+            admission.eviction_candidates(&statuses)
+        }));
     }
     if cfg.image_gc.high < 100 || !cfg.image_gc.max_age.is_zero() {
-        tokio::spawn(imagegc::run(node.clone(), cfg.image_gc.clone()));
+        let gc = imagegc::Collector::new(&cfg, svc.images.store.clone(), svc.images.usage.clone());
+        let statuses = svc.statuses.clone();
+        tokio::spawn(imagegc::run(gc, move || statuses.images()));
     }
-    let server = tokio::spawn(server::serve(node));
+    let server = tokio::spawn(server::serve(server::NodeApi::new(&svc)));
     let control_plane = async move {
         match control_plane {
             Some(t) => t.await?,

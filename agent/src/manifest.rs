@@ -305,7 +305,7 @@ fn publish(dir: &Path, node: &str, tx: &watch::Sender<Desired>, last_errors: &mu
         }
     }
     *last_errors = errors;
-    crate::pod::send_if_changed(tx, &desired);
+    crate::util::send_if_changed(tx, &desired);
 }
 
 #[cfg(test)]

@@ -9,7 +9,10 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use crate::pod::Node;
+use podlet_runtime::cgroup::Layout;
+
+use crate::eviction::Evictions;
+use crate::pod::{Admission, NodeInfo, StatusCache};
 
 /// The last CPU sample of each cgroup: (when, cumulative ns).
 static SAMPLES: Mutex<Option<HashMap<String, (Instant, u64)>>> = Mutex::new(None);
@@ -22,8 +25,8 @@ struct Usage {
     usage: Option<u64>,
 }
 
-fn usage(node: &Node, cgroup: &str) -> Usage {
-    let cpu_ns = podlet_runtime::cgroup::cpu_usage_ns(&node.cgroups, cgroup);
+fn usage(cgroups: &Layout, cgroup: &str) -> Usage {
+    let cpu_ns = podlet_runtime::cgroup::cpu_usage_ns(cgroups, cgroup);
     let now = Instant::now();
     let nano_cores = cpu_ns.and_then(|ns| {
         let mut samples = SAMPLES.lock().expect("samples lock");
@@ -37,8 +40,8 @@ fn usage(node: &Node, cgroup: &str) -> Usage {
     Usage {
         cpu_ns,
         nano_cores,
-        working_set: podlet_runtime::cgroup::memory_working_set(&node.cgroups, cgroup),
-        usage: podlet_runtime::cgroup::memory_usage(&node.cgroups, cgroup),
+        working_set: podlet_runtime::cgroup::memory_working_set(cgroups, cgroup),
+        usage: podlet_runtime::cgroup::memory_usage(cgroups, cgroup),
     }
 }
 
@@ -74,14 +77,14 @@ type PodCgroups = (
     Vec<(String, String, String)>,
 );
 
-fn pods(node: &Node) -> Vec<PodCgroups> {
-    let pods = node.pods.read().expect("pods lock").clone();
-    let admitted = node.admitted.lock().expect("admitted lock").clone();
-    pods.into_iter()
+fn pods(info: &NodeInfo, statuses: &StatusCache, admission: &Admission) -> Vec<PodCgroups> {
+    statuses
+        .snapshot()
+        .into_iter()
         .filter_map(|(uid, p)| {
-            let qos = admitted.get(&uid)?.0;
+            let qos = admission.qos(&uid)?;
             let st = p.status.clone().unwrap_or_default();
-            let shim = podlet_runtime::shim::read_state(&node.cfg.pod_run_dir(&uid))?;
+            let shim = podlet_runtime::shim::read_state(&info.cfg.pod_run_dir(&uid))?;
             let containers = shim
                 .containers
                 .iter()
@@ -99,7 +102,7 @@ fn pods(node: &Node) -> Vec<PodCgroups> {
                 p.metadata.name.clone().unwrap_or_default(),
                 uid.clone(),
                 st.start_time.map(|t| t.0.to_string()).unwrap_or_default(),
-                crate::pod::pod_cgroup(&node.cfg.cgroup_root, qos, &uid),
+                crate::pod::pod_cgroup(&info.cfg.cgroup_root, qos, &uid),
                 containers,
             ))
         })
@@ -134,7 +137,7 @@ fn node_usage() -> (Option<u64>, Option<u64>, Option<u64>) {
     (cpu_ns, used, avail)
 }
 
-pub fn summary(node: &Node) -> Value {
+pub fn summary(info: &NodeInfo, statuses: &StatusCache, admission: &Admission) -> Value {
     let now = jiff::Timestamp::now().to_string();
     let (cpu_ns, used, avail) = node_usage();
     let node_cpu = {
@@ -166,14 +169,14 @@ pub fn summary(node: &Node) -> Value {
     if let Some(a) = avail {
         node_mem["availableBytes"] = json!(a);
     }
-    let pods: Vec<Value> = pods(node)
+    let pods: Vec<Value> = pods(info, statuses, admission)
         .into_iter()
         .map(|(ns, name, uid, start, cgroup, containers)| {
-            let pu = usage(node, &cgroup);
+            let pu = usage(&info.cgroups, &cgroup);
             let cs: Vec<Value> = containers
                 .iter()
                 .map(|(c, cg, started)| {
-                    let u = usage(node, cg);
+                    let u = usage(&info.cgroups, cg);
                     json!({"name": c, "startTime": started, "cpu": cpu_json(&u, &now), "memory": memory_json(&u, &now)})
                 })
                 .collect();
@@ -188,8 +191,8 @@ pub fn summary(node: &Node) -> Value {
         .collect();
     json!({
         "node": {
-            "nodeName": node.cfg.node_name,
-            "startTime": node.started.to_string(),
+            "nodeName": info.cfg.node_name,
+            "startTime": info.started.to_string(),
             "cpu": node_cpu,
             "memory": node_mem,
         },
@@ -198,7 +201,7 @@ pub fn summary(node: &Node) -> Value {
 }
 
 /// `/metrics/resource` in Prometheus' text format.
-pub fn resource(node: &Node) -> String {
+pub fn resource(info: &NodeInfo, statuses: &StatusCache, admission: &Admission) -> String {
     let ms = jiff::Timestamp::now().as_millisecond();
     let mut out = String::new();
     let (cpu_ns, used, _) = node_usage();
@@ -211,11 +214,11 @@ pub fn resource(node: &Node) -> String {
     if let Some(b) = used {
         out.push_str(&format!("node_memory_working_set_bytes {b} {ms}\n"));
     }
-    let pods = pods(node);
+    let pods = pods(info, statuses, admission);
     let mut pod_lines = (String::new(), String::new());
     let mut ctr_lines = (String::new(), String::new());
     for (ns, name, _, _, cgroup, containers) in &pods {
-        let u = usage(node, cgroup);
+        let u = usage(&info.cgroups, cgroup);
         let labels = format!("namespace=\"{ns}\",pod=\"{name}\"");
         if let Some(n) = u.cpu_ns {
             pod_lines.0.push_str(&format!(
@@ -229,7 +232,7 @@ pub fn resource(node: &Node) -> String {
             ));
         }
         for (c, cg, _) in containers {
-            let u = usage(node, cg);
+            let u = usage(&info.cgroups, cg);
             let labels = format!("container=\"{c}\",namespace=\"{ns}\",pod=\"{name}\"");
             if let Some(n) = u.cpu_ns {
                 ctr_lines.0.push_str(&format!(
@@ -257,8 +260,8 @@ pub fn resource(node: &Node) -> String {
 }
 
 /// `/metrics`: the agent's own gauges, named as the kubelet names them.
-pub fn agent(node: &Node) -> String {
-    let pods = node.pods.read().expect("pods lock").clone();
+pub fn agent(node_name: &str, statuses: &StatusCache, evictions: &Evictions) -> String {
+    let pods = statuses.snapshot();
     let mut running = 0;
     let mut states: HashMap<&str, u64> = HashMap::new();
     for p in pods.values() {
@@ -280,7 +283,7 @@ pub fn agent(node: &Node) -> String {
     }
     let mut out = format!(
         "# HELP kubelet_node_name [ALPHA] The node's name. The count is always 1.\n# TYPE kubelet_node_name gauge\nkubelet_node_name{{node=\"{}\"}} 1\n# HELP kubelet_running_pods [ALPHA] Number of pods that have a running pod sandbox\n# TYPE kubelet_running_pods gauge\nkubelet_running_pods {running}\n# HELP kubelet_running_containers [ALPHA] Number of containers currently running\n# TYPE kubelet_running_containers gauge\n",
-        node.cfg.node_name
+        node_name
     );
     for s in ["created", "exited", "running"] {
         out.push_str(&format!(
@@ -290,7 +293,7 @@ pub fn agent(node: &Node) -> String {
     }
     out.push_str(&format!(
         "# HELP podlet_evictions_in_progress Pod evictions asked for and not finished\n# TYPE podlet_evictions_in_progress gauge\npodlet_evictions_in_progress {}\n",
-        node.evictions.lock().expect("evictions lock").len()
+        evictions.in_progress()
     ));
     out
 }

@@ -5,9 +5,8 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::PodSpec;
-use podlet_cni::client::{self, Attachment, Client, NetworkList};
+use podlet_cni::client::{self, Attachment, Client, ClientError, NetworkList};
 use serde_json::{json, Map, Value};
 
 use crate::config::Config;
@@ -15,6 +14,42 @@ use crate::config::Config;
 const PLUGINS: [&str; 4] = ["bridge", "host-local", "loopback", "portmap"];
 const DEFAULT_FILE: &str = "10-podlet.conflist";
 pub const IFNAME: &str = "eth0";
+
+/// Why the CNI setup cannot be prepared at start.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("--pod-cidr {0:?} is not a CIDR")]
+    PodCidr(String, #[source] ipnetwork::IpNetworkError),
+    #[error("--cni-bin-dir is empty")]
+    NoBinDir,
+    #[error("creating {}", .0.display())]
+    CreateDir(PathBuf, #[source] std::io::Error),
+    #[error("the CNI plugins {missing:?} are not in {dirs:?} and podlet's own are not beside {}", exe.display())]
+    MissingPlugins {
+        missing: Vec<&'static str>,
+        dirs: Vec<PathBuf>,
+        exe: PathBuf,
+    },
+    #[error("installing {0}")]
+    Install(&'static str, #[source] std::io::Error),
+    #[error("writing {}", .0.display())]
+    Write(PathBuf, #[source] std::io::Error),
+    #[error("the built-in loopback network")]
+    Loopback(#[source] ClientError),
+}
+
+/// Why a pod's network could not be set up, torn down or collected.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    /// No network configuration could be loaded; the first invalid file's error.
+    #[error(transparent)]
+    Config(ClientError),
+    #[error("no CNI network configuration in {}", .0.display())]
+    NoConfig(PathBuf),
+    /// A plugin failed (or could not be run): its message.
+    #[error(transparent)]
+    Plugin(#[from] ClientError),
+}
 
 pub struct Network {
     client: Client,
@@ -47,30 +82,35 @@ fn default_network(pod_cidr: &str, cache_dir: &Path) -> Value {
 impl Network {
     /// Prepares the CNI directories: installs podlet's plugins where the bin dir lacks them and
     /// writes the default network where no configuration exists.
-    pub fn init(cfg: &Config, exe: &Path) -> Result<Self> {
+    pub fn init(cfg: &Config, exe: &Path) -> Result<Self, InitError> {
         cfg.pod_cidr
             .parse::<ipnetwork::IpNetwork>()
-            .with_context(|| format!("--pod-cidr {:?} is not a CIDR", cfg.pod_cidr))?;
-        let bin = cfg.cni_bin_dirs.first().context("--cni-bin-dir is empty")?;
-        std::fs::create_dir_all(bin).with_context(|| format!("creating {}", bin.display()))?;
+            .map_err(|e| InitError::PodCidr(cfg.pod_cidr.clone(), e))?;
+        let bin = cfg.cni_bin_dirs.first().ok_or(InitError::NoBinDir)?;
+        std::fs::create_dir_all(bin).map_err(|e| InitError::CreateDir(bin.clone(), e))?;
         let missing: Vec<&str> = PLUGINS
             .iter()
             .copied()
             .filter(|p| !cfg.cni_bin_dirs.iter().any(|d| d.join(p).is_file()))
             .collect();
         if !missing.is_empty() {
-            let src = own_plugins(exe).with_context(|| {
-                format!("the CNI plugins {missing:?} are not in {:?} and podlet's own are not beside {}", cfg.cni_bin_dirs, exe.display())
-            })?;
+            let Some(src) = own_plugins(exe) else {
+                return Err(InitError::MissingPlugins {
+                    missing,
+                    dirs: cfg.cni_bin_dirs.clone(),
+                    exe: exe.to_path_buf(),
+                });
+            };
             for p in missing {
                 let tmp = bin.join(format!(".{p}.podlet-tmp"));
-                std::fs::copy(src.join(p), &tmp).with_context(|| format!("installing {p}"))?;
-                std::fs::rename(&tmp, bin.join(p))?;
+                std::fs::copy(src.join(p), &tmp)
+                    .and_then(|_| std::fs::rename(&tmp, bin.join(p)))
+                    .map_err(|e| InitError::Install(p, e))?;
                 tracing::info!(plugin = p, dir = %bin.display(), "installed CNI plugin");
             }
         }
         std::fs::create_dir_all(&cfg.cni_conf_dir)
-            .with_context(|| format!("creating {}", cfg.cni_conf_dir.display()))?;
+            .map_err(|e| InitError::CreateDir(cfg.cni_conf_dir.clone(), e))?;
         let (found, errors) = client::load_dir(&cfg.cni_conf_dir);
         for e in &errors {
             tracing::error!("invalid CNI configuration: {e}");
@@ -78,14 +118,14 @@ impl Network {
         if found.is_none() {
             let p = cfg.cni_conf_dir.join(DEFAULT_FILE);
             let conf = default_network(&cfg.pod_cidr, &cfg.cni_cache_dir);
-            std::fs::write(&p, serde_json::to_vec_pretty(&conf)?)
-                .with_context(|| format!("writing {}", p.display()))?;
+            std::fs::write(&p, format!("{conf:#}")).map_err(|e| InitError::Write(p.clone(), e))?;
             tracing::info!(file = %p.display(), cidr = %cfg.pod_cidr, "wrote the default pod network");
         }
         let loopback = NetworkList::parse(
             br#"{"cniVersion":"1.1.0","name":"cni-loopback","plugins":[{"type":"loopback"}]}"#,
             Path::new("(built in)"),
-        )?;
+        )
+        .map_err(InitError::Loopback)?;
         Ok(Self {
             client: Client {
                 bin_dirs: cfg.cni_bin_dirs.clone(),
@@ -96,15 +136,13 @@ impl Network {
         })
     }
 
-    fn network(&self) -> Result<NetworkList, String> {
+    fn network(&self) -> Result<NetworkList, NetworkError> {
         match client::load_dir(&self.conf_dir) {
             (Some(n), _) => Ok(n),
-            (None, errors) => Err(errors.first().map(|e| e.to_string()).unwrap_or_else(|| {
-                format!(
-                    "no CNI network configuration in {}",
-                    self.conf_dir.display()
-                )
-            })),
+            (None, errors) => Err(match errors.into_iter().next() {
+                Some(e) => NetworkError::Config(e),
+                None => NetworkError::NoConfig(self.conf_dir.clone()),
+            }),
         }
     }
 
@@ -123,7 +161,12 @@ impl Network {
 
     /// ADD for a pod sandbox: loopback, then the pod network. On failure everything made is
     /// deleted again and the plugin's message is returned.
-    pub fn setup(&self, uid: &str, netns: &str, spec: &PodSpec) -> Result<Vec<IpAddr>, String> {
+    pub fn setup(
+        &self,
+        uid: &str,
+        netns: &str,
+        spec: &PodSpec,
+    ) -> Result<Vec<IpAddr>, NetworkError> {
         let net = self.network()?;
         let mut caps = Map::new();
         let ports = port_mappings(spec);
@@ -141,20 +184,18 @@ impl Network {
             Err(e) => {
                 let _ = self.client.del(&net, &main);
                 let _ = self.client.del(&self.loopback, &lo);
-                Err(e.to_string())
+                Err(e.into())
             }
         }
     }
 
     /// DEL for a pod sandbox (`netns` empty once the namespace is gone). Safe to repeat.
-    pub fn teardown(&self, uid: &str, netns: &str) -> Result<(), String> {
+    pub fn teardown(&self, uid: &str, netns: &str) -> Result<(), NetworkError> {
         let net = self.network()?;
         let main = Self::attachment(uid, netns, IFNAME, Map::new());
         let lo = Self::attachment(uid, netns, "lo", Map::new());
-        self.client.del(&net, &main).map_err(|e| e.to_string())?;
-        self.client
-            .del(&self.loopback, &lo)
-            .map_err(|e| e.to_string())
+        self.client.del(&net, &main)?;
+        Ok(self.client.del(&self.loopback, &lo)?)
     }
 
     /// Whether DEL still has something to do for the pod.
@@ -179,22 +220,16 @@ impl Network {
     }
 
     /// Releases everything held for sandboxes that no longer exist.
-    pub fn gc(&self, live: &[String]) -> Result<(), String> {
+    pub fn gc(&self, live: &[String]) -> Result<(), NetworkError> {
         let net = self.network()?;
         let valid = |ifname: &str| {
             live.iter()
                 .map(|u| (u.clone(), ifname.to_string()))
                 .collect::<Vec<_>>()
         };
-        let r1 = self
-            .client
-            .gc(&net, &valid(IFNAME))
-            .map_err(|e| e.to_string());
-        let r2 = self
-            .client
-            .gc(&self.loopback, &valid("lo"))
-            .map_err(|e| e.to_string());
-        r1.and(r2)
+        let r1 = self.client.gc(&net, &valid(IFNAME));
+        let r2 = self.client.gc(&self.loopback, &valid("lo"));
+        Ok(r1.and(r2)?)
     }
 }
 

@@ -6,6 +6,8 @@
 //! SubjectAccessReview on the node's subresources, as the kubelet's webhook mode does.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,9 +24,47 @@ use k8s_openapi::api::authorization::v1::{
 };
 use kube::api::{Api, PostParams};
 
-use crate::pod::Node;
+use axum::extract::FromRef;
 
-fn router(node: Arc<Node>) -> Router {
+use crate::eviction::Evictions;
+use crate::pod::{Admission, ApiObjects, NodeInfo, Services, StatusCache};
+
+/// What the node API reads; each handler takes the pieces it uses.
+#[derive(Clone)]
+pub struct NodeApi {
+    info: Arc<NodeInfo>,
+    statuses: Arc<StatusCache>,
+    admission: Arc<Admission>,
+    evictions: Arc<Evictions>,
+    api: Arc<ApiObjects>,
+}
+
+impl NodeApi {
+    pub fn new(svc: &Services) -> Self {
+        Self {
+            info: svc.info.clone(),
+            statuses: svc.statuses.clone(),
+            admission: svc.admission.clone(),
+            evictions: svc.evictions.clone(),
+            api: svc.api.clone(),
+        }
+    }
+}
+
+macro_rules! part {
+    ($field:ident: $ty:ty) => {
+        impl FromRef<NodeApi> for Arc<$ty> {
+            fn from_ref(n: &NodeApi) -> Self {
+                n.$field.clone()
+            }
+        }
+    };
+}
+part!(info: NodeInfo);
+part!(statuses: StatusCache);
+part!(evictions: Evictions);
+
+fn router(node: NodeApi) -> Router {
     Router::new()
         .route("/pods", get(pods))
         .route("/healthz", get(|| async { "ok" }))
@@ -35,20 +75,24 @@ fn router(node: Arc<Node>) -> Router {
         )
         .route(
             "/stats/summary",
-            get(|State(node): State<Arc<Node>>| async move {
-                axum::Json(crate::metrics::summary(&node))
+            get(|State(n): State<NodeApi>| async move {
+                axum::Json(crate::metrics::summary(&n.info, &n.statuses, &n.admission))
             }),
         )
         .route(
             "/metrics/resource",
-            get(|State(node): State<Arc<Node>>| async move {
-                prometheus(crate::metrics::resource(&node))
+            get(|State(n): State<NodeApi>| async move {
+                prometheus(crate::metrics::resource(&n.info, &n.statuses, &n.admission))
             }),
         )
         .route(
             "/metrics",
-            get(|State(node): State<Arc<Node>>| async move {
-                prometheus(crate::metrics::agent(&node))
+            get(|State(n): State<NodeApi>| async move {
+                prometheus(crate::metrics::agent(
+                    &n.info.cfg.node_name,
+                    &n.statuses,
+                    &n.evictions,
+                ))
             }),
         )
         .route(
@@ -66,14 +110,8 @@ fn router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
-async fn pods(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    let items: Vec<_> = node
-        .pods
-        .read()
-        .expect("pods lock")
-        .values()
-        .cloned()
-        .collect();
+async fn pods(State(statuses): State<Arc<StatusCache>>) -> impl IntoResponse {
+    let items: Vec<_> = statuses.snapshot().into_values().collect();
     let body = serde_json::json!({
         "kind": "PodList",
         "apiVersion": "v1",
@@ -86,8 +124,11 @@ async fn pods(State(node): State<Arc<Node>>) -> impl IntoResponse {
     )
 }
 
-async fn node_object(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    let body = serde_json::to_string(&node.node_object()).unwrap_or_default();
+async fn node_object(
+    State(info): State<Arc<NodeInfo>>,
+    State(evictions): State<Arc<Evictions>>,
+) -> impl IntoResponse {
+    let body = serde_json::to_string(&info.node_object(&evictions)).unwrap_or_default();
     ([(header::CONTENT_TYPE, "application/json")], body)
 }
 
@@ -107,11 +148,12 @@ fn text(code: StatusCode, msg: String) -> Response {
 }
 
 async fn container_logs(
-    State(node): State<Arc<Node>>,
+    State(info): State<Arc<NodeInfo>>,
+    State(statuses): State<Arc<StatusCache>>,
     UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let Some(p) = node.pod_named(&ns, &pod) else {
+    let Some(p) = statuses.pod_named(&ns, &pod) else {
         return text(
             StatusCode::NOT_FOUND,
             format!("pod {ns}/{pod} not found on this node"),
@@ -156,7 +198,7 @@ async fn container_logs(
         limit_bytes: num("limitBytes").map(|n| n as u64),
     };
     let uid = p.metadata.uid.clone().unwrap_or_default();
-    let dir = node
+    let dir = info
         .cfg
         .log_dir
         .join(format!("{ns}_{pod}_{uid}"))
@@ -170,15 +212,8 @@ async fn container_logs(
         return text(StatusCode::BAD_REQUEST, msg);
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
-    let alive_node = node.clone();
     tokio::task::spawn_blocking(move || {
-        let alive = || {
-            alive_node
-                .pods
-                .read()
-                .expect("pods lock")
-                .contains_key(&uid)
-        };
+        let alive = || statuses.contains(&uid);
         let _ = crate::logs::stream(&dir, &opts, &alive, &mut |b| {
             if b.is_empty() {
                 !tx.is_closed()
@@ -272,11 +307,11 @@ async fn authenticate(
 }
 
 async fn guard(
-    State((node, guard)): State<(Arc<Node>, Arc<Guard>)>,
+    State((node, guard)): State<(NodeApi, Arc<Guard>)>,
     req: Request,
     next: Next,
 ) -> Response {
-    let Some(client) = node.api.get().map(|c| c.borrow().clone()) else {
+    let Some(client) = node.api.client() else {
         return next.run(req).await;
     };
     let peer = req.extensions().get::<Peer>().cloned();
@@ -318,7 +353,7 @@ async fn guard(
                         verb: Some(verb.into()),
                         resource: Some("nodes".into()),
                         subresource: Some(sub.into()),
-                        name: Some(node.cfg.node_name.clone()),
+                        name: Some(node.info.cfg.node_name.clone()),
                         ..Default::default()
                     }),
                     ..Default::default()
@@ -355,22 +390,49 @@ async fn guard(
     next.run(req).await
 }
 
+/// Why the node API cannot serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("binding {}", .0.display())]
+    BindUnix(PathBuf, #[source] std::io::Error),
+    #[error("binding {0}")]
+    BindTcp(SocketAddr, #[source] std::io::Error),
+    #[error("creating {}", .0.display())]
+    CreateDir(PathBuf, #[source] std::io::Error),
+    #[error("making the serving certificate")]
+    Certificate(#[source] rcgen::Error),
+    #[error("writing {}", .0.display())]
+    Write(PathBuf, #[source] std::io::Error),
+    #[error(transparent)]
+    WriteKey(#[from] k8s_rules::files::WriteError),
+    #[error("reading {}", .0.display())]
+    Kubeconfig(PathBuf, #[source] std::io::Error),
+    #[error("{}: no cluster CA", .0.display())]
+    NoClusterCa(PathBuf),
+    #[error(transparent)]
+    Tls(#[from] k8s_rules::pki::PkiError),
+    #[error("serving")]
+    Serve(#[source] std::io::Error),
+    #[error(transparent)]
+    Task(#[from] tokio::task::JoinError),
+}
+
 /// The node's serving certificate: made once, self-signed, under `<root-dir>/pki`.
-fn serving_cert(node: &Node) -> anyhow::Result<(String, String)> {
-    let dir = node.cfg.root_dir.join("pki");
+fn serving_cert(info: &NodeInfo) -> Result<(String, String), ServeError> {
+    let dir = info.cfg.root_dir.join("pki");
     let (crt, key) = (dir.join("kubelet.crt"), dir.join("kubelet.key"));
     if let (Ok(c), Ok(k)) = (std::fs::read_to_string(&crt), std::fs::read_to_string(&key)) {
         return Ok((c, k));
     }
-    let mut names = vec![node.cfg.node_name.clone()];
-    if let Some(ip) = node.host_ip {
+    let mut names = vec![info.cfg.node_name.clone()];
+    if let Some(ip) = info.host_ip {
         names.push(ip.to_string());
     }
-    let key_pair = rcgen::KeyPair::generate()?;
-    let mut params = rcgen::CertificateParams::new(names)?;
+    let key_pair = rcgen::KeyPair::generate().map_err(ServeError::Certificate)?;
+    let mut params = rcgen::CertificateParams::new(names).map_err(ServeError::Certificate)?;
     params.distinguished_name.push(
         rcgen::DnType::CommonName,
-        format!("{}@podlet", node.cfg.node_name),
+        format!("{}@podlet", info.cfg.node_name),
     );
     let today = jiff::Timestamp::now()
         .to_zoned(jiff::tz::TimeZone::UTC)
@@ -380,18 +442,22 @@ fn serving_cert(node: &Node) -> anyhow::Result<(String, String)> {
     };
     params.not_before = ymd(today.yesterday().unwrap_or(today));
     params.not_after = ymd(today.saturating_add(jiff::Span::new().years(1)));
-    let cert = params.self_signed(&key_pair)?;
-    std::fs::create_dir_all(&dir)?;
+    let cert = params
+        .self_signed(&key_pair)
+        .map_err(ServeError::Certificate)?;
+    std::fs::create_dir_all(&dir).map_err(|e| ServeError::CreateDir(dir.clone(), e))?;
     k8s_rules::files::write_private(&key, key_pair.serialize_pem().as_bytes())?;
-    std::fs::write(&crt, cert.pem())?;
+    std::fs::write(&crt, cert.pem()).map_err(|e| ServeError::Write(crt.clone(), e))?;
     Ok((cert.pem(), key_pair.serialize_pem()))
 }
 
-fn tls_config(node: &Node) -> anyhow::Result<rustls::ServerConfig> {
-    let (cert_pem, key_pem) = serving_cert(node)?;
-    let kubeconfig = std::fs::read_to_string(&node.cfg.kubeconfig)?;
+fn tls_config(info: &NodeInfo) -> Result<rustls::ServerConfig, ServeError> {
+    let (cert_pem, key_pem) = serving_cert(info)?;
+    let path = &info.cfg.kubeconfig;
+    let kubeconfig =
+        std::fs::read_to_string(path).map_err(|e| ServeError::Kubeconfig(path.clone(), e))?;
     let ca = crate::cluster::join::cluster_ca(&kubeconfig)
-        .ok_or_else(|| anyhow::anyhow!("{}: no cluster CA", node.cfg.kubeconfig.display()))?;
+        .ok_or_else(|| ServeError::NoClusterCa(path.clone()))?;
     Ok(k8s_rules::pki::server_tls(&cert_pem, &key_pem, &ca)?)
 }
 
@@ -434,24 +500,25 @@ async fn serve_tls(listener: tokio::net::TcpListener, app: Router, tls: rustls::
 }
 
 /// Serves until the process ends.
-pub async fn serve(node: Arc<Node>) -> anyhow::Result<()> {
-    let sock = node.cfg.socket_path();
+pub async fn serve(node: NodeApi) -> Result<(), ServeError> {
+    let cfg = &node.info.cfg;
+    let sock = cfg.socket_path();
     let _ = std::fs::remove_file(&sock);
     if let Some(d) = sock.parent() {
-        std::fs::create_dir_all(d)?;
+        std::fs::create_dir_all(d).map_err(|e| ServeError::CreateDir(d.to_path_buf(), e))?;
     }
-    let unix = tokio::net::UnixListener::bind(&sock)
-        .map_err(|e| anyhow::anyhow!("binding {}: {e}", sock.display()))?;
+    let unix =
+        tokio::net::UnixListener::bind(&sock).map_err(|e| ServeError::BindUnix(sock.clone(), e))?;
     let app = router(node.clone());
     let unix_app = app.clone();
     let unix_task = tokio::spawn(async move { axum::serve(unix, unix_app).await });
-    if node.cfg.port != 0 {
-        let addr = std::net::SocketAddr::new(node.cfg.address, node.cfg.port);
+    if cfg.port != 0 {
+        let addr = std::net::SocketAddr::new(cfg.address, cfg.port);
         let tcp = tokio::net::TcpListener::bind(addr)
             .await
-            .map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?;
-        if node.api.get().is_some() {
-            let tls = tls_config(&node)?;
+            .map_err(|e| ServeError::BindTcp(addr, e))?;
+        if node.api.client().is_some() {
+            let tls = tls_config(&node.info)?;
             let guarded = app.layer(axum::middleware::from_fn_with_state(
                 (node.clone(), Arc::new(Guard::default())),
                 guard,
@@ -460,11 +527,11 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<()> {
             serve_tls(tcp, guarded, tls).await;
         } else {
             tracing::info!(%addr, socket = %sock.display(), "node API listening");
-            axum::serve(tcp, app).await?;
+            axum::serve(tcp, app).await.map_err(ServeError::Serve)?;
         }
     } else {
         tracing::info!(socket = %sock.display(), "node API listening");
     }
-    unix_task.await??;
+    unix_task.await?.map_err(ServeError::Serve)?;
     Ok(())
 }

@@ -169,6 +169,9 @@ mod tests {
         ));
         let missing = client_cert(&dir.path().join("nowhere"), "x", &[]).unwrap_err();
         assert!(missing.to_string().ends_with("nowhere/ca.crt"), "{missing}");
-        assert!(std::error::Error::source(&missing).is_some(), "the errno is the source");
+        assert!(
+            std::error::Error::source(&missing).is_some(),
+            "the errno is the source"
+        );
     }
 }

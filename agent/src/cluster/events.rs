@@ -12,19 +12,21 @@ use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
 use crate::pod::PodEvent;
+use crate::util::Limiter;
 
 /// An event already posted: (namespace, name, count, when) by (pod uid, reason, message).
 type Recorded = (String, String, i32, Instant);
 
+/// Posts the events of `rx` as `node`'s, paced by `limit`, until the sink goes.
 pub async fn run(
-    agent: std::sync::Arc<crate::pod::Node>,
+    node: String,
+    limit: Limiter,
     client: watch::Receiver<kube::Client>,
     mut rx: mpsc::UnboundedReceiver<PodEvent>,
 ) {
     let mut seen: HashMap<(String, String, String), Recorded> = HashMap::new();
-    let node = agent.cfg.node_name.clone();
     while let Some(ev) = rx.recv().await {
-        agent.event_limit.acquire().await;
+        limit.acquire().await;
         seen.retain(|_, v| v.3.elapsed() < Duration::from_secs(3600));
         let c = client.borrow().clone();
         let ns = ev

@@ -6,42 +6,6 @@ pub mod join;
 mod node;
 pub mod pods;
 
-/// A token bucket for the agent's writes to the apiserver (`--kube-api-qps`, `--kube-api-burst`):
-/// statuses, heartbeats, events and mirror pods wait their turn instead of flooding it.
-pub struct Limiter {
-    qps: f64,
-    burst: f64,
-    state: tokio::sync::Mutex<(f64, tokio::time::Instant)>,
-}
-
-impl Limiter {
-    pub fn new(qps: f64, burst: u32) -> Self {
-        Self {
-            qps,
-            burst: f64::from(burst),
-            state: tokio::sync::Mutex::new((f64::from(burst), tokio::time::Instant::now())),
-        }
-    }
-
-    /// Waits for one token.
-    pub async fn acquire(&self) {
-        loop {
-            let wait = {
-                let mut s = self.state.lock().await;
-                let now = tokio::time::Instant::now();
-                s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * self.qps).min(self.burst);
-                s.1 = now;
-                if s.0 >= 1.0 {
-                    s.0 -= 1.0;
-                    return;
-                }
-                (1.0 - s.0) / self.qps
-            };
-            tokio::time::sleep(std::time::Duration::from_secs_f64(wait)).await;
-        }
-    }
-}
-
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -50,7 +14,8 @@ use tokio::sync::watch;
 
 use crate::config::{ClusterMode, Config};
 use crate::manifest::Desired;
-use crate::pod::Node;
+use crate::pod::Services;
+use crate::util::Limiter;
 
 /// Starts the in-process control plane on the embedded store and returns the node's client,
 /// authenticated by a certificate the cluster CA signs directly (no bootstrap needed), plus the
@@ -127,75 +92,68 @@ pub async fn worker_client(cfg: &Config) -> Result<kube::Client> {
 }
 
 /// Starts every cluster task; returns what the pod manager should run (static pods and the
-/// apiserver's pods for this node).
+/// apiserver's pods for this node). Each task takes the pieces of the node it uses.
 pub fn start(
-    node: Arc<Node>,
+    svc: &Services,
     client: kube::Client,
     statics: watch::Receiver<Desired>,
 ) -> watch::Receiver<Desired> {
+    let info = svc.info.clone();
+    let cfg = &info.cfg;
+    // Paces every write to the apiserver but events, which have their own budget (the
+    // kubelet's `--event-qps` 50, `--event-burst` 100) so that they never hold up statuses.
+    let api_limit = Arc::new(Limiter::new(cfg.kube_api.0, cfg.kube_api.1));
+    let event_limit = Limiter::new(50.0, 100);
     let (client_tx, client_rx) = watch::channel(client);
-    let _ = node.api.set(client_rx.clone());
+    svc.api.connect(client_rx.clone());
     let (api_tx, api_rx) = watch::channel::<pods::ApiPods>(None);
-    let initial = pods::merge(&node, &statics.borrow(), &None);
+    let initial = pods::merge(cfg, &statics.borrow(), &None);
     let (desired_tx, desired_rx) = watch::channel(initial);
-    let (ev_tx, ev_rx) = tokio::sync::mpsc::unbounded_channel();
-    let _ = node.events.set(ev_tx);
-    tokio::spawn(events::run(node.clone(), client_rx.clone(), ev_rx));
+    tokio::spawn(events::run(
+        cfg.node_name.clone(),
+        event_limit,
+        client_rx.clone(),
+        svc.events.connect(),
+    ));
     tokio::spawn(pods::watch(
-        node.cfg.node_name.clone(),
+        cfg.node_name.clone(),
         client_rx.clone(),
         api_tx,
     ));
     tokio::spawn(pods::feed(
-        node.clone(),
+        info.clone(),
         statics.clone(),
         api_rx.clone(),
         desired_tx,
     ));
     tokio::spawn(join::rotate(
-        node.cfg.kubeconfig.clone(),
-        node.cfg.node_name.clone(),
+        cfg.kubeconfig.clone(),
+        cfg.node_name.clone(),
         client_tx,
     ));
+    let reporter = node::Reporter {
+        info: info.clone(),
+        evictions: svc.evictions.clone(),
+        limit: api_limit.clone(),
+    };
+    let statuses = svc.statuses.clone();
     tokio::spawn(async move {
-        let registered = node::register(&node, &client_rx).await;
+        let registered = reporter.register(&client_rx).await;
         let owner = OwnerReference {
             api_version: "v1".into(),
             kind: "Node".into(),
-            name: node.cfg.node_name.clone(),
+            name: reporter.info.cfg.node_name.clone(),
             uid: registered.metadata.uid.clone().unwrap_or_default(),
             controller: Some(true),
             ..Default::default()
         };
-        tokio::spawn(node::run(node.clone(), client_rx.clone(), registered));
-        pods::report(node, client_rx, api_rx, statics, owner).await;
+        let report = pods::Report {
+            info: reporter.info.clone(),
+            statuses,
+            limit: api_limit,
+        };
+        tokio::spawn(reporter.run(client_rx.clone(), registered));
+        report.run(client_rx, api_rx, statics, owner).await;
     });
     desired_rx
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn the_limiter_allows_a_burst_then_paces() {
-        let l = Limiter::new(50.0, 3);
-        let t = std::time::Instant::now();
-        for _ in 0..3 {
-            l.acquire().await;
-        }
-        assert!(
-            t.elapsed() < std::time::Duration::from_millis(15),
-            "the burst waits for nothing"
-        );
-        for _ in 0..2 {
-            l.acquire().await;
-        }
-        // Two more at 50/s: about 40 ms.
-        assert!(
-            t.elapsed() >= std::time::Duration::from_millis(35),
-            "{:?}",
-            t.elapsed()
-        );
-    }
 }

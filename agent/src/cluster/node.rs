@@ -15,46 +15,20 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::pod::Node;
+use crate::eviction::Evictions;
+use crate::pod::NodeInfo;
+use crate::util::Limiter;
 
 const LEASE_DURATION: i32 = 40;
 const RENEW_EVERY: Duration = Duration::from_secs(10);
 const REPORT_EVERY: Duration = Duration::from_secs(300);
 
-/// The Node as registered: its status, plus what only registration sets.
-fn registration(node: &Node) -> K8sNode {
-    let mut n = K8sNode {
-        status: Some(status(node)),
-        ..Default::default()
-    };
-    n.metadata.name = Some(node.cfg.node_name.clone());
-    n.metadata.labels = Some(node.labels());
-    n.metadata.annotations = Some(std::collections::BTreeMap::from([(
-        "volumes.kubernetes.io/controller-managed-attach-detach".to_string(),
-        "true".to_string(),
-    )]));
-    n.spec = Some(NodeSpec {
-        pod_cidr: Some(node.cfg.pod_cidr.clone()),
-        pod_cidrs: Some(vec![node.cfg.pod_cidr.clone()]),
-        taints: (!node.cfg.taints.is_empty()).then(|| node.cfg.taints.clone()),
-        ..Default::default()
-    });
-    n
-}
-
-/// The status to report now: node_object()'s, with heartbeat times and the kubelet port.
-fn status(node: &Node) -> NodeStatus {
-    let mut st = node.node_object().status.unwrap_or_default();
-    let now = Time(jiff::Timestamp::now());
-    for c in st.conditions.iter_mut().flatten() {
-        c.last_heartbeat_time = Some(now.clone());
-    }
-    st.daemon_endpoints = Some(NodeDaemonEndpoints {
-        kubelet_endpoint: Some(DaemonEndpoint {
-            port: node.cfg.port as i32,
-        }),
-    });
-    st
+/// Registers the node and reports its status: the node's facts, the conditions eviction
+/// drives, and the budget of writes to the apiserver.
+pub struct Reporter {
+    pub info: Arc<NodeInfo>,
+    pub evictions: Arc<Evictions>,
+    pub limit: Arc<Limiter>,
 }
 
 /// The status without heartbeat times, to tell a change from a heartbeat.
@@ -70,119 +44,162 @@ fn comparable(st: &NodeStatus) -> serde_json::Value {
     v
 }
 
-/// Creates the Node, or brings an existing one's labels and taints up to date. Retries until
-/// the apiserver takes it.
-pub async fn register(node: &Node, client: &watch::Receiver<kube::Client>) -> K8sNode {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        let api: Api<K8sNode> = Api::all(client.borrow().clone());
-        let want = registration(node);
-        let result = match api.create(&PostParams::default(), &want).await {
-            Ok(n) => {
-                tracing::info!(node = %node.cfg.node_name, "node registered");
-                Ok(n)
-            }
-            Err(kube::Error::Api(e)) if e.code == 409 => {
-                // Re-registration keeps what others set and re-asserts ours.
-                let patch = json!({
-                    "metadata": {"labels": want.metadata.labels},
-                    "spec": {"podCIDR": node.cfg.pod_cidr, "podCIDRs": [node.cfg.pod_cidr]},
-                });
-                api.patch(
-                    &node.cfg.node_name,
-                    &PatchParams::default(),
-                    &Patch::Merge(patch),
-                )
-                .await
-            }
-            Err(e) => Err(e),
+impl Reporter {
+    /// The Node as registered: its status, plus what only registration sets.
+    fn registration(&self) -> K8sNode {
+        let info = &self.info;
+        let mut n = K8sNode {
+            status: Some(self.status()),
+            ..Default::default()
         };
-        match result {
-            Ok(n) => return n,
-            Err(e) => {
-                tracing::warn!("registering the node: {e}");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(7));
-            }
-        }
+        n.metadata.name = Some(info.cfg.node_name.clone());
+        n.metadata.labels = Some(info.labels());
+        n.metadata.annotations = Some(std::collections::BTreeMap::from([(
+            "volumes.kubernetes.io/controller-managed-attach-detach".to_string(),
+            "true".to_string(),
+        )]));
+        n.spec = Some(NodeSpec {
+            pod_cidr: Some(info.cfg.pod_cidr.clone()),
+            pod_cidrs: Some(vec![info.cfg.pod_cidr.clone()]),
+            taints: (!info.cfg.taints.is_empty()).then(|| info.cfg.taints.clone()),
+            ..Default::default()
+        });
+        n
     }
-}
 
-async fn renew_lease(node: &Node, client: &kube::Client, owner: &K8sNode) -> kube::Result<()> {
-    let api: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
-    let name = &node.cfg.node_name;
-    let now = MicroTime(jiff::Timestamp::now());
-    match api.get_opt(name).await? {
-        Some(mut lease) => {
-            let spec = lease.spec.get_or_insert_with(Default::default);
-            spec.renew_time = Some(now);
-            spec.holder_identity = Some(name.clone());
-            spec.lease_duration_seconds = Some(LEASE_DURATION);
-            api.replace(name, &PostParams::default(), &lease).await?;
+    /// The status to report now: node_object()'s, with heartbeat times and the kubelet port.
+    fn status(&self) -> NodeStatus {
+        let info = &self.info;
+        let mut st = info.node_object(&self.evictions).status.unwrap_or_default();
+        let now = Time(jiff::Timestamp::now());
+        for c in st.conditions.iter_mut().flatten() {
+            c.last_heartbeat_time = Some(now.clone());
         }
-        None => {
-            let mut lease = Lease {
-                spec: Some(LeaseSpec {
-                    holder_identity: Some(name.clone()),
-                    lease_duration_seconds: Some(LEASE_DURATION),
-                    renew_time: Some(now),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            };
-            lease.metadata.name = Some(name.clone());
-            lease.metadata.owner_references = owner.metadata.uid.clone().map(|uid| {
-                vec![OwnerReference {
-                    api_version: "v1".into(),
-                    kind: "Node".into(),
-                    name: name.clone(),
-                    uid,
-                    ..Default::default()
-                }]
-            });
-            api.create(&PostParams::default(), &lease).await?;
-        }
+        st.daemon_endpoints = Some(NodeDaemonEndpoints {
+            kubelet_endpoint: Some(DaemonEndpoint {
+                port: info.cfg.port as i32,
+            }),
+        });
+        st
     }
-    Ok(())
-}
 
-/// Registers the node, then heartbeats until the process ends. A Node deleted by someone is
-/// registered again, as the kubelet does.
-pub async fn run(node: Arc<Node>, client: watch::Receiver<kube::Client>, mut owner: K8sNode) {
-    let mut last: Option<(serde_json::Value, Instant)> = None;
-    loop {
-        let c = client.borrow().clone();
-        node.api_limit.acquire().await;
-        if let Err(e) = renew_lease(&node, &c, &owner).await {
-            tracing::warn!("renewing the node lease: {e}");
-        }
-        let st = status(&node);
-        let cmp = comparable(&st);
-        let due = match &last {
-            None => true,
-            Some((prev, at)) => *prev != cmp || at.elapsed() >= REPORT_EVERY,
-        };
-        if due {
-            node.api_limit.acquire().await;
-            let api: Api<K8sNode> = Api::all(c);
-            match api
-                .patch_status(
-                    &node.cfg.node_name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({ "status": st })),
-                )
-                .await
-            {
-                Ok(_) => last = Some((cmp, Instant::now())),
-                Err(kube::Error::Api(e)) if e.code == 404 => {
-                    tracing::warn!("the Node object is gone: registering again");
-                    owner = register(&node, &client).await;
-                    last = None;
-                    continue;
+    /// Creates the Node, or brings an existing one's labels and taints up to date. Retries until
+    /// the apiserver takes it.
+    pub async fn register(&self, client: &watch::Receiver<kube::Client>) -> K8sNode {
+        let info = &self.info;
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let api: Api<K8sNode> = Api::all(client.borrow().clone());
+            let want = self.registration();
+            let result = match api.create(&PostParams::default(), &want).await {
+                Ok(n) => {
+                    tracing::info!(node = %info.cfg.node_name, "node registered");
+                    Ok(n)
                 }
-                Err(e) => tracing::warn!("updating the node status: {e}"),
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    // Re-registration keeps what others set and re-asserts ours.
+                    let patch = json!({
+                        "metadata": {"labels": want.metadata.labels},
+                        "spec": {"podCIDR": info.cfg.pod_cidr, "podCIDRs": [info.cfg.pod_cidr]},
+                    });
+                    api.patch(
+                        &info.cfg.node_name,
+                        &PatchParams::default(),
+                        &Patch::Merge(patch),
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(n) => return n,
+                Err(e) => {
+                    tracing::warn!("registering the node: {e}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(7));
+                }
             }
         }
-        tokio::time::sleep(RENEW_EVERY).await;
+    }
+
+    async fn renew_lease(&self, client: &kube::Client, owner: &K8sNode) -> kube::Result<()> {
+        let info = &self.info;
+        let api: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+        let name = &info.cfg.node_name;
+        let now = MicroTime(jiff::Timestamp::now());
+        match api.get_opt(name).await? {
+            Some(mut lease) => {
+                let spec = lease.spec.get_or_insert_with(Default::default);
+                spec.renew_time = Some(now);
+                spec.holder_identity = Some(name.clone());
+                spec.lease_duration_seconds = Some(LEASE_DURATION);
+                api.replace(name, &PostParams::default(), &lease).await?;
+            }
+            None => {
+                let mut lease = Lease {
+                    spec: Some(LeaseSpec {
+                        holder_identity: Some(name.clone()),
+                        lease_duration_seconds: Some(LEASE_DURATION),
+                        renew_time: Some(now),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                };
+                lease.metadata.name = Some(name.clone());
+                lease.metadata.owner_references = owner.metadata.uid.clone().map(|uid| {
+                    vec![OwnerReference {
+                        api_version: "v1".into(),
+                        kind: "Node".into(),
+                        name: name.clone(),
+                        uid,
+                        ..Default::default()
+                    }]
+                });
+                api.create(&PostParams::default(), &lease).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Registers the node, then heartbeats until the process ends. A Node deleted by someone is
+    /// registered again, as the kubelet does.
+    pub async fn run(self, client: watch::Receiver<kube::Client>, mut owner: K8sNode) {
+        let info = self.info.clone();
+        let mut last: Option<(serde_json::Value, Instant)> = None;
+        loop {
+            let c = client.borrow().clone();
+            self.limit.acquire().await;
+            if let Err(e) = self.renew_lease(&c, &owner).await {
+                tracing::warn!("renewing the node lease: {e}");
+            }
+            let st = self.status();
+            let cmp = comparable(&st);
+            let due = match &last {
+                None => true,
+                Some((prev, at)) => *prev != cmp || at.elapsed() >= REPORT_EVERY,
+            };
+            if due {
+                self.limit.acquire().await;
+                let api: Api<K8sNode> = Api::all(c);
+                match api
+                    .patch_status(
+                        &info.cfg.node_name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({ "status": st })),
+                    )
+                    .await
+                {
+                    Ok(_) => last = Some((cmp, Instant::now())),
+                    Err(kube::Error::Api(e)) if e.code == 404 => {
+                        tracing::warn!("the Node object is gone: registering again");
+                        owner = self.register(&client).await;
+                        last = None;
+                        continue;
+                    }
+                    Err(e) => tracing::warn!("updating the node status: {e}"),
+                }
+            }
+            tokio::time::sleep(RENEW_EVERY).await;
+        }
     }
 }

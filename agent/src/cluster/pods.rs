@@ -16,8 +16,10 @@ use kube::runtime::WatchStreamExt;
 use serde_json::json;
 use tokio::sync::watch;
 
+use crate::config::Config;
 use crate::manifest::{Desired, StaticPod};
-use crate::pod::Node;
+use crate::pod::{NodeInfo, StatusCache};
+use crate::util::Limiter;
 
 pub const SOURCE: &str = "kubernetes.io/config.source";
 pub const MIRROR: &str = "kubernetes.io/config.mirror";
@@ -111,17 +113,17 @@ fn desired_form(p: &Pod) -> Pod {
     p
 }
 
-fn on_disk(node: &Node, uid: &str) -> bool {
-    node.cfg.pod_run_dir(uid).exists()
+fn on_disk(cfg: &Config, uid: &str) -> bool {
+    cfg.pod_run_dir(uid).exists()
 }
 
 /// Static pods plus the apiserver's pods for this node. Until the apiserver has been listed,
 /// pods it gave earlier that still run are kept as they are (never torn down for lack of news).
-pub fn merge(node: &Node, statics: &Desired, api: &ApiPods) -> Desired {
+pub fn merge(cfg: &Config, statics: &Desired, api: &ApiPods) -> Desired {
     let mut want = statics.clone();
     match api {
         None => {
-            for (uid, pod) in crate::pod::pods_on_disk(node) {
+            for (uid, pod) in crate::pod::pods_on_disk(cfg) {
                 if annotation(&pod, SOURCE) == Some("api") {
                     want.insert(uid, StaticPod { file: None, pod });
                 }
@@ -137,7 +139,7 @@ pub fn merge(node: &Node, statics: &Desired, api: &ApiPods) -> Desired {
                     Some("Succeeded" | "Failed")
                 );
                 // A finished pod is not started again (after an agent restart, say).
-                if terminal && !on_disk(node, uid) {
+                if terminal && !on_disk(cfg, uid) {
                     continue;
                 }
                 want.insert(
@@ -155,18 +157,18 @@ pub fn merge(node: &Node, statics: &Desired, api: &ApiPods) -> Desired {
 
 /// Keeps `tx` (what the pod manager runs) up to date with both sources.
 pub async fn feed(
-    node: Arc<Node>,
+    info: Arc<NodeInfo>,
     mut statics: watch::Receiver<Desired>,
     mut api: watch::Receiver<ApiPods>,
     tx: watch::Sender<Desired>,
 ) {
     loop {
         let want = merge(
-            &node,
+            &info.cfg,
             &statics.borrow_and_update(),
             &api.borrow_and_update(),
         );
-        crate::pod::send_if_changed(&tx, &want);
+        crate::util::send_if_changed(&tx, &want);
         tokio::select! {
             r = statics.changed() => if r.is_err() { return },
             r = api.changed() => if r.is_err() { return },
@@ -228,134 +230,146 @@ async fn delete_now(client: &kube::Client, p: &Pod) -> kube::Result<()> {
     }
 }
 
-/// Writes statuses, confirms deletions and keeps mirror pods, whenever a pod's status or the
-/// apiserver's view changes (and every 10 s).
-pub async fn report(
-    node: Arc<Node>,
-    client: watch::Receiver<kube::Client>,
-    mut api: watch::Receiver<ApiPods>,
-    statics: watch::Receiver<Desired>,
-    owner: OwnerReference,
-) {
-    let mut changed = node.status_tx.subscribe();
-    let mut sent = Sent::default();
-    loop {
-        let view = api.borrow_and_update().clone();
-        if let Some(view) = view {
-            let c = client.borrow().clone();
-            let statics = statics.borrow().clone();
-            sync_once(&node, &c, &view, &statics, &owner, &mut sent).await;
-        }
-        tokio::select! {
-            _ = changed.changed() => {}
-            r = api.changed() => if r.is_err() { return },
-            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
-        }
-        // Coalesce a burst of changes into one pass.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Reports the node's pods to the apiserver: their published statuses, paced by `limit`.
+pub struct Report {
+    pub info: Arc<NodeInfo>,
+    pub statuses: Arc<StatusCache>,
+    pub limit: Arc<Limiter>,
 }
 
-async fn sync_once(
-    node: &Node,
-    client: &kube::Client,
-    view: &BTreeMap<String, Pod>,
-    statics: &Desired,
-    owner: &OwnerReference,
-    sent: &mut Sent,
-) {
-    let local: BTreeMap<String, Pod> = node.pods.read().expect("pods lock").clone();
-    let mirrors: HashMap<(String, String), &Pod> = view
-        .values()
-        .filter(|p| is_mirror(p))
-        .map(|p| (key(p), p))
-        .collect();
-    for (local_uid, p) in &local {
-        let status = serde_json::to_value(&p.status).unwrap_or_default();
-        let target = if is_static(p) {
-            match mirrors.get(&key(p)) {
-                Some(m)
-                    if annotation(m, MIRROR) == annotation(p, HASH)
-                        && m.metadata.deletion_timestamp.is_none() =>
-                {
-                    sent.confirmed.remove(&format!("{}/{}", key(p).0, key(p).1));
-                    Some(uid(m))
-                }
-                Some(m) => {
-                    // Deleted by someone, or made from an older manifest: replaced.
-                    node.api_limit.acquire().await;
-                    if let Err(e) = delete_now(client, m).await {
-                        tracing::warn!(pod = ?key(p), "deleting an outdated mirror pod: {e}");
-                    }
-                    None
-                }
-                None => {
-                    let k = format!("{}/{}", key(p).0, key(p).1);
-                    if !sent.confirmed.contains(&k) {
-                        let api: Api<Pod> = Api::namespaced(client.clone(), &key(p).0);
-                        match api
-                            .create(&PostParams::default(), &mirror_of(p, owner))
-                            .await
-                        {
-                            Ok(_) => {
-                                sent.confirmed.insert(k);
-                            }
-                            Err(kube::Error::Api(e)) if e.code == 409 => {}
-                            Err(e) => tracing::warn!(pod = %k, "creating the mirror pod: {e}"),
-                        }
-                    }
-                    None
-                }
+impl Report {
+    /// Writes statuses, confirms deletions and keeps mirror pods, whenever a pod's status or the
+    /// apiserver's view changes (and every 10 s).
+    pub async fn run(
+        &self,
+        client: watch::Receiver<kube::Client>,
+        mut api: watch::Receiver<ApiPods>,
+        statics: watch::Receiver<Desired>,
+        owner: OwnerReference,
+    ) {
+        let mut changed = self.statuses.subscribe();
+        let mut sent = Sent::default();
+        loop {
+            let view = api.borrow_and_update().clone();
+            if let Some(view) = view {
+                let c = client.borrow().clone();
+                let statics = statics.borrow().clone();
+                self.sync_once(&c, &view, &statics, &owner, &mut sent).await;
             }
-        } else {
-            view.get(local_uid).map(uid)
-        };
-        let Some(api_uid) = target else { continue };
-        if sent.status.get(&api_uid) == Some(&status) {
-            continue;
-        }
-        node.api_limit.acquire().await;
-        match patch_status(client, p, &api_uid, &status).await {
-            Ok(()) => {
-                sent.status.insert(api_uid, status);
+            tokio::select! {
+                _ = changed.changed() => {}
+                r = api.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep(Duration::from_secs(10)) => {}
             }
-            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-            Err(e) => tracing::warn!(pod = ?key(p), "updating the pod status: {e}"),
+            // Coalesce a burst of changes into one pass.
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    let static_keys: HashSet<(String, String)> = statics.values().map(|s| key(&s.pod)).collect();
-    for (uid, p) in view {
-        if is_mirror(p) {
-            // A mirror pod whose static pod is gone goes too.
-            if !static_keys.contains(&key(p)) && !sent.confirmed.contains(uid) {
-                node.api_limit.acquire().await;
-                node.api_limit.acquire().await;
+
+    async fn sync_once(
+        &self,
+        client: &kube::Client,
+        view: &BTreeMap<String, Pod>,
+        statics: &Desired,
+        owner: &OwnerReference,
+        sent: &mut Sent,
+    ) {
+        let local: BTreeMap<String, Pod> = self.statuses.snapshot();
+        let mirrors: HashMap<(String, String), &Pod> = view
+            .values()
+            .filter(|p| is_mirror(p))
+            .map(|p| (key(p), p))
+            .collect();
+        for (local_uid, p) in &local {
+            let status = serde_json::to_value(&p.status).unwrap_or_default();
+            let target = if is_static(p) {
+                match mirrors.get(&key(p)) {
+                    Some(m)
+                        if annotation(m, MIRROR) == annotation(p, HASH)
+                            && m.metadata.deletion_timestamp.is_none() =>
+                    {
+                        sent.confirmed.remove(&format!("{}/{}", key(p).0, key(p).1));
+                        Some(uid(m))
+                    }
+                    Some(m) => {
+                        // Deleted by someone, or made from an older manifest: replaced.
+                        self.limit.acquire().await;
+                        if let Err(e) = delete_now(client, m).await {
+                            tracing::warn!(pod = ?key(p), "deleting an outdated mirror pod: {e}");
+                        }
+                        None
+                    }
+                    None => {
+                        let k = format!("{}/{}", key(p).0, key(p).1);
+                        if !sent.confirmed.contains(&k) {
+                            let api: Api<Pod> = Api::namespaced(client.clone(), &key(p).0);
+                            match api
+                                .create(&PostParams::default(), &mirror_of(p, owner))
+                                .await
+                            {
+                                Ok(_) => {
+                                    sent.confirmed.insert(k);
+                                }
+                                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                                Err(e) => tracing::warn!(pod = %k, "creating the mirror pod: {e}"),
+                            }
+                        }
+                        None
+                    }
+                }
+            } else {
+                view.get(local_uid).map(uid)
+            };
+            let Some(api_uid) = target else { continue };
+            if sent.status.get(&api_uid) == Some(&status) {
+                continue;
+            }
+            self.limit.acquire().await;
+            match patch_status(client, p, &api_uid, &status).await {
+                Ok(()) => {
+                    sent.status.insert(api_uid, status);
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                Err(e) => tracing::warn!(pod = ?key(p), "updating the pod status: {e}"),
+            }
+        }
+        let static_keys: HashSet<(String, String)> =
+            statics.values().map(|s| key(&s.pod)).collect();
+        for (uid, p) in view {
+            if is_mirror(p) {
+                // A mirror pod whose static pod is gone goes too.
+                if !static_keys.contains(&key(p)) && !sent.confirmed.contains(uid) {
+                    self.limit.acquire().await;
+                    self.limit.acquire().await;
+                    match delete_now(client, p).await {
+                        Ok(()) => {
+                            sent.confirmed.insert(uid.clone());
+                        }
+                        Err(e) => {
+                            tracing::warn!(pod = ?key(p), "deleting an orphaned mirror pod: {e}")
+                        }
+                    }
+                }
+                continue;
+            }
+            // Deletion is confirmed once nothing of the pod is left on the node.
+            if p.metadata.deletion_timestamp.is_some()
+                && !local.contains_key(uid)
+                && !on_disk(&self.info.cfg, uid)
+                && !sent.confirmed.contains(uid)
+            {
+                self.limit.acquire().await;
                 match delete_now(client, p).await {
                     Ok(()) => {
                         sent.confirmed.insert(uid.clone());
                     }
-                    Err(e) => tracing::warn!(pod = ?key(p), "deleting an orphaned mirror pod: {e}"),
+                    Err(e) => tracing::warn!(pod = ?key(p), "confirming the pod's deletion: {e}"),
                 }
             }
-            continue;
         }
-        // Deletion is confirmed once nothing of the pod is left on the node.
-        if p.metadata.deletion_timestamp.is_some()
-            && !local.contains_key(uid)
-            && !on_disk(node, uid)
-            && !sent.confirmed.contains(uid)
-        {
-            node.api_limit.acquire().await;
-            match delete_now(client, p).await {
-                Ok(()) => {
-                    sent.confirmed.insert(uid.clone());
-                }
-                Err(e) => tracing::warn!(pod = ?key(p), "confirming the pod's deletion: {e}"),
-            }
-        }
+        // Forget what no longer exists.
+        sent.status.retain(|u, _| view.contains_key(u));
+        sent.confirmed
+            .retain(|u| u.contains('/') || view.contains_key(u));
     }
-    // Forget what no longer exists.
-    sent.status.retain(|u, _| view.contains_key(u));
-    sent.confirmed
-        .retain(|u| u.contains('/') || view.contains_key(u));
 }

@@ -78,24 +78,6 @@ pub fn pod_limits(spec: &PodSpec, qos: QosClass, pids: Option<i64>) -> Limits {
     }
 }
 
-/// Parses `cpu=500m,memory=1Gi` (the kubelet's `--system-reserved` form).
-pub fn parse_reserved(s: &str) -> Result<(i64, i64), String> {
-    let (mut cpu, mut mem) = (0, 0);
-    for pair in s.split(',').filter(|p| !p.is_empty()) {
-        let (k, v) = pair
-            .split_once('=')
-            .ok_or_else(|| format!("{pair:?}: expected name=quantity"))?;
-        let q = Milli::parse(v).map_err(|e| format!("{pair:?}: {e}"))?;
-        match k {
-            "cpu" => cpu = units("cpu", q),
-            "memory" => mem = units("memory", q),
-            "ephemeral-storage" | "pid" => {}
-            other => return Err(format!("unknown resource {other:?}")),
-        }
-    }
-    Ok((cpu, mem))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,14 +131,5 @@ mod tests {
             None,
         );
         assert_eq!((be.cpu_shares, be.memory), (Some(2), None));
-    }
-
-    #[test]
-    fn reserved_parses() {
-        assert_eq!(
-            parse_reserved("cpu=500m,memory=1Gi").unwrap(),
-            (500, 1 << 30)
-        );
-        assert!(parse_reserved("gpu=1").is_err());
     }
 }

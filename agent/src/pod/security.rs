@@ -2,10 +2,36 @@
 //! container's securityContext over the pod's, the legacy AppArmor annotation, and
 //! `--seccomp-default`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 use serde_json::Value;
+
+use super::admission::Refusal;
+
+/// Why a container's AppArmor profile cannot be had.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AppArmorProblem {
+    #[error("Cannot enforce AppArmor: AppArmor is not enabled on the host")]
+    NotEnabled,
+    #[error("appArmorProfile.localhostProfile: Required value")]
+    NoLocalhostProfile,
+    #[error("appArmorProfile.type: Unsupported value: {0:?}")]
+    UnsupportedType(String),
+}
+
+/// Why a pod's sysctl is forbidden (the sysctl named).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SysctlProblem {
+    #[error("{0:?} not allowlisted")]
+    NotAllowlisted(String),
+    #[error("{0:?} not namespaced")]
+    NotNamespaced(String),
+    #[error("{0:?} not allowed with host net enabled")]
+    HostNetwork(String),
+    #[error("{0:?} not allowed with host ipc enabled")]
+    HostIpc(String),
+}
 
 pub const APPARMOR_DEFAULT: &str = "podlet-default";
 const APPARMOR_ANNOTATION: &str = "container.apparmor.security.beta.kubernetes.io/";
@@ -56,12 +82,8 @@ pub fn seccomp(
 }
 
 /// The AppArmor profile for a container. Without AppArmor in the kernel, RuntimeDefault runs
-/// unconfined and Localhost is refused: Err((reason, message)) as the kubelet reports it.
-pub fn apparmor(
-    pod: &Pod,
-    c: &Container,
-    enabled: bool,
-) -> Result<Option<String>, (String, String)> {
+/// unconfined and Localhost is refused.
+pub fn apparmor(pod: &Pod, c: &Container, enabled: bool) -> Result<Option<String>, Refusal> {
     let sc = c.security_context.as_ref();
     if sc.and_then(|s| s.privileged).unwrap_or(false) {
         return Ok(None);
@@ -97,40 +119,54 @@ pub fn apparmor(
         ("Unconfined", _) => Ok(None),
         ("RuntimeDefault", true) => Ok(Some(APPARMOR_DEFAULT.into())),
         ("RuntimeDefault", false) => Ok(None),
-        ("Localhost", false) => Err((
-            "AppArmor".into(),
-            "Cannot enforce AppArmor: AppArmor is not enabled on the host".into(),
-        )),
-        ("Localhost", true) => local.filter(|l| !l.is_empty()).map(Some).ok_or_else(|| {
-            (
-                "AppArmor".into(),
-                "appArmorProfile.localhostProfile: Required value".into(),
-            )
-        }),
-        (other, _) => Err((
-            "AppArmor".into(),
-            format!("appArmorProfile.type: Unsupported value: {other:?}"),
-        )),
+        ("Localhost", false) => Err(Refusal::AppArmor(AppArmorProblem::NotEnabled)),
+        ("Localhost", true) => local
+            .filter(|l| !l.is_empty())
+            .map(Some)
+            .ok_or(Refusal::AppArmor(AppArmorProblem::NoLocalhostProfile)),
+        (other, _) => Err(Refusal::AppArmor(AppArmorProblem::UnsupportedType(
+            other.to_string(),
+        ))),
     }
 }
 
+/// Why podlet's AppArmor profile could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("writing {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("running apparmor_parser")]
+    Parser(#[source] std::io::Error),
+    #[error("apparmor_parser: {0}")]
+    Refused(String),
+}
+
 /// Loads podlet's default profile into the kernel where AppArmor is enabled.
-pub fn load_default_profile(run_dir: &Path) -> Result<(), String> {
+pub fn load_default_profile(run_dir: &Path) -> Result<(), ProfileError> {
     let path = run_dir.join(APPARMOR_DEFAULT);
     std::fs::write(
         &path,
         include_str!("../../../apparmor-profiles/podlet-default"),
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|source| ProfileError::Write {
+        path: path.clone(),
+        source,
+    })?;
     let out = std::process::Command::new("apparmor_parser")
         .args(["-r", "-W"])
         .arg(&path)
         .output()
-        .map_err(|e| format!("apparmor_parser: {e}"))?;
+        .map_err(ProfileError::Parser)?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        Err(ProfileError::Refused(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
     }
 }
 
@@ -172,7 +208,7 @@ mod tests {
             ..Default::default()
         };
         let err = apparmor(&pod_with(local.clone()), &local, false).unwrap_err();
-        assert_eq!(err.0, "AppArmor");
+        assert_eq!(err.reason(), "AppArmor");
         assert_eq!(
             apparmor(&pod_with(local.clone()), &local, true),
             Ok(Some("mine".into()))
@@ -251,10 +287,7 @@ fn allowed(name: &str, patterns: &[String]) -> bool {
 }
 
 /// The pod's sysctls, or the kubelet's rejection (`SysctlForbidden`).
-pub fn sysctls(
-    pod: &Pod,
-    allowed_unsafe: &[String],
-) -> Result<Vec<(String, String)>, (String, String)> {
+pub fn sysctls(pod: &Pod, allowed_unsafe: &[String]) -> Result<Vec<(String, String)>, Refusal> {
     let spec = pod.spec.as_ref();
     let list = spec
         .and_then(|s| s.security_context.as_ref())
@@ -264,23 +297,20 @@ pub fn sysctls(
     let host_ipc = spec.and_then(|s| s.host_ipc).unwrap_or(false);
     let mut out = Vec::new();
     for s in list {
-        let forbid = |why: String| {
-            Err((
-                "SysctlForbidden".to_string(),
-                format!("forbidden sysctl: {why}"),
-            ))
-        };
-        if !SAFE_SYSCTLS.contains(&s.name.as_str()) && !allowed(&s.name, allowed_unsafe) {
-            return forbid(format!("{:?} not allowlisted", s.name));
-        }
-        if !namespaced(&s.name) {
-            return forbid(format!("{:?} not namespaced", s.name));
-        }
-        if s.name.starts_with("net.") && host_net {
-            return forbid(format!("{:?} not allowed with host net enabled", s.name));
-        }
-        if !s.name.starts_with("net.") && host_ipc {
-            return forbid(format!("{:?} not allowed with host ipc enabled", s.name));
+        let problem =
+            if !SAFE_SYSCTLS.contains(&s.name.as_str()) && !allowed(&s.name, allowed_unsafe) {
+                Some(SysctlProblem::NotAllowlisted(s.name.clone()))
+            } else if !namespaced(&s.name) {
+                Some(SysctlProblem::NotNamespaced(s.name.clone()))
+            } else if s.name.starts_with("net.") && host_net {
+                Some(SysctlProblem::HostNetwork(s.name.clone()))
+            } else if !s.name.starts_with("net.") && host_ipc {
+                Some(SysctlProblem::HostIpc(s.name.clone()))
+            } else {
+                None
+            };
+        if let Some(p) = problem {
+            return Err(Refusal::SysctlForbidden(p));
         }
         out.push((s.name, s.value));
     }
@@ -317,11 +347,11 @@ mod sysctl_tests {
     fn safe_unsafe_and_host_wide() {
         assert!(sysctls(&pod(&["net.ipv4.tcp_syncookies"]), &[]).is_ok());
         let e = sysctls(&pod(&["net.core.somaxconn"]), &[]).unwrap_err();
-        assert_eq!(e.0, "SysctlForbidden");
+        assert_eq!(e.reason(), "SysctlForbidden");
         assert!(sysctls(&pod(&["net.core.somaxconn"]), &["net.core.*".into()]).is_ok());
         assert!(sysctls(&pod(&["kernel.pid_max"]), &["kernel.*".into()])
             .unwrap_err()
-            .1
+            .message()
             .contains("not namespaced"));
     }
 }

@@ -35,11 +35,89 @@ pub fn terminated(rec: &ContainerRecord) -> ContainerStateTerminated {
     }
 }
 
-/// Why a container is not running, when it is not.
+/// Why a container is not running, when it is not: the reason and message of its waiting
+/// state, as the kubelet words them.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Waiting {
-    pub reason: String,
-    pub message: Option<String>,
+pub enum WaitingReason {
+    /// Not started yet, with nothing gone wrong.
+    ContainerCreating,
+    InvalidImageName {
+        image: String,
+        error: String,
+    },
+    ErrImageNeverPull {
+        image: String,
+    },
+    ErrImagePull {
+        image: String,
+        error: String,
+    },
+    ImagePullBackOff {
+        image: String,
+    },
+    CrashLoopBackOff {
+        /// The back-off in seconds.
+        back_off: u64,
+        container: String,
+        /// `name_namespace(uid)`.
+        pod: String,
+    },
+    CreateContainerConfigError(String),
+    CreateContainerError(String),
+    RunContainerError(String),
+    PostStartHookError(String),
+}
+
+impl WaitingReason {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            WaitingReason::ContainerCreating => "ContainerCreating",
+            WaitingReason::InvalidImageName { .. } => "InvalidImageName",
+            WaitingReason::ErrImageNeverPull { .. } => "ErrImageNeverPull",
+            WaitingReason::ErrImagePull { .. } => "ErrImagePull",
+            WaitingReason::ImagePullBackOff { .. } => "ImagePullBackOff",
+            WaitingReason::CrashLoopBackOff { .. } => "CrashLoopBackOff",
+            WaitingReason::CreateContainerConfigError(_) => "CreateContainerConfigError",
+            WaitingReason::CreateContainerError(_) => "CreateContainerError",
+            WaitingReason::RunContainerError(_) => "RunContainerError",
+            WaitingReason::PostStartHookError(_) => "PostStartHookError",
+        }
+    }
+
+    pub fn message(&self) -> Option<String> {
+        Some(match self {
+            WaitingReason::ContainerCreating => return None,
+            WaitingReason::InvalidImageName { image, error } => {
+                format!("Failed to apply default image tag {image:?}: {error}")
+            }
+            WaitingReason::ErrImageNeverPull { image } => {
+                format!("Container image {image:?} is not present with pull policy of Never")
+            }
+            WaitingReason::ErrImagePull { image, error } => {
+                format!("Failed to pull image {image:?}: {error}")
+            }
+            WaitingReason::ImagePullBackOff { image } => {
+                format!("Back-off pulling image {image:?}")
+            }
+            WaitingReason::CrashLoopBackOff {
+                back_off,
+                container,
+                pod,
+            } => format!("back-off {back_off}s restarting failed container={container} pod={pod}"),
+            WaitingReason::CreateContainerConfigError(m)
+            | WaitingReason::CreateContainerError(m)
+            | WaitingReason::RunContainerError(m)
+            | WaitingReason::PostStartHookError(m) => m.clone(),
+        })
+    }
+
+    /// Whether this is a pull that failed or is backing off.
+    pub fn is_pull_failure(&self) -> bool {
+        matches!(
+            self,
+            WaitingReason::ErrImagePull { .. } | WaitingReason::ImagePullBackOff { .. }
+        )
+    }
 }
 
 pub struct ContainerView<'a> {
@@ -47,7 +125,7 @@ pub struct ContainerView<'a> {
     pub image: &'a str,
     pub image_id: Option<String>,
     pub record: Option<&'a ContainerRecord>,
-    pub waiting: Option<&'a Waiting>,
+    pub waiting: Option<&'a WaitingReason>,
     /// What startup and readiness probes say, when it runs.
     pub started: bool,
     pub ready: bool,
@@ -58,14 +136,15 @@ pub struct ContainerView<'a> {
 pub fn container_status(v: ContainerView<'_>) -> ContainerStatus {
     let rec = v.record;
     let running = rec.is_some_and(|r| r.running());
+    let waiting = |w: &WaitingReason| ContainerState {
+        waiting: Some(ContainerStateWaiting {
+            reason: Some(w.reason().to_string()),
+            message: w.message(),
+        }),
+        ..Default::default()
+    };
     let state = if let Some(w) = v.waiting {
-        ContainerState {
-            waiting: Some(ContainerStateWaiting {
-                reason: Some(w.reason.clone()),
-                message: w.message.clone(),
-            }),
-            ..Default::default()
-        }
+        waiting(w)
     } else {
         match rec {
             Some(r) if r.running() => ContainerState {
@@ -78,13 +157,7 @@ pub fn container_status(v: ContainerView<'_>) -> ContainerStatus {
                 terminated: Some(terminated(r)),
                 ..Default::default()
             },
-            None => ContainerState {
-                waiting: Some(ContainerStateWaiting {
-                    reason: Some("ContainerCreating".into()),
-                    message: None,
-                }),
-                ..Default::default()
-            },
+            None => waiting(&WaitingReason::ContainerCreating),
         }
     };
     // While waiting to be restarted, the last run is lastState; otherwise the one before.
@@ -130,5 +203,44 @@ pub fn condition(
         last_transition_time: Some(last),
         reason: if ok { None } else { reason.map(str::to_string) },
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_reasons_read_as_the_kubelets() {
+        let w = WaitingReason::CrashLoopBackOff {
+            back_off: 20,
+            container: "c".into(),
+            pod: "p_default(u)".into(),
+        };
+        assert_eq!(w.reason(), "CrashLoopBackOff");
+        assert_eq!(
+            w.message().unwrap(),
+            "back-off 20s restarting failed container=c pod=p_default(u)"
+        );
+        let never = WaitingReason::ErrImageNeverPull {
+            image: "busybox".into(),
+        };
+        assert_eq!(
+            never.message().unwrap(),
+            "Container image \"busybox\" is not present with pull policy of Never"
+        );
+        assert_eq!(WaitingReason::ContainerCreating.message(), None);
+        let st = container_status(ContainerView {
+            name: "c",
+            image: "busybox:1.36",
+            image_id: None,
+            record: None,
+            waiting: None,
+            started: false,
+            ready: false,
+            resources: None,
+        });
+        let w = st.state.unwrap().waiting.unwrap();
+        assert_eq!(w.reason.as_deref(), Some("ContainerCreating"));
     }
 }

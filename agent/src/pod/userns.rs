@@ -9,6 +9,25 @@ use std::sync::Mutex;
 
 use podlet_runtime::spec::IdRange;
 
+/// Why a range cannot be had, or the table not read or kept.
+#[derive(Debug, thiserror::Error)]
+pub enum UsernsError {
+    #[error("no free user namespace ID range on this node")]
+    Exhausted,
+    #[error("{}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", .path.display())]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
 /// IDs per pod, as the kubelet gives them.
 pub const RANGE: u32 = 65_536;
 
@@ -21,12 +40,19 @@ pub struct Allocator {
 }
 
 impl Allocator {
-    pub fn open(file: &Path) -> anyhow::Result<Self> {
+    pub fn open(file: &Path) -> Result<Self, UsernsError> {
         let pods = match std::fs::read(file) {
-            Ok(data) => serde_json::from_slice(&data)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?,
+            Ok(data) => serde_json::from_slice(&data).map_err(|source| UsernsError::Corrupt {
+                path: file.to_path_buf(),
+                source,
+            })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => anyhow::bail!("{}: {e}", file.display()),
+            Err(source) => {
+                return Err(UsernsError::Io {
+                    path: file.to_path_buf(),
+                    source,
+                })
+            }
         };
         Ok(Allocator {
             file: file.to_path_buf(),
@@ -36,7 +62,7 @@ impl Allocator {
     }
 
     /// The pod's range: the one it has, or the lowest free one.
-    pub fn allocate(&self, pod_uid: &str) -> Result<IdRange, String> {
+    pub fn allocate(&self, pod_uid: &str) -> Result<IdRange, UsernsError> {
         let mut pods = self.pods.lock().unwrap();
         if let Some(&i) = pods.get(pod_uid) {
             return Ok(range(i));
@@ -44,7 +70,7 @@ impl Allocator {
         let used: std::collections::BTreeSet<u32> = pods.values().copied().collect();
         let index = (1..=self.max_index)
             .find(|i| !used.contains(i))
-            .ok_or("no free user namespace ID range on this node")?;
+            .ok_or(UsernsError::Exhausted)?;
         pods.insert(pod_uid.to_string(), index);
         if let Err(e) = self.save(&pods) {
             pods.remove(pod_uid);
@@ -62,7 +88,7 @@ impl Allocator {
         let mut pods = self.pods.lock().unwrap();
         if pods.remove(pod_uid).is_some() {
             if let Err(e) = self.save(&pods) {
-                tracing::warn!("{e}");
+                tracing::warn!("{}", crate::util::chain(&e));
             }
         }
     }
@@ -75,17 +101,23 @@ impl Allocator {
         pods.retain(|uid, _| live.contains(uid));
         if pods.len() != before {
             if let Err(e) = self.save(&pods) {
-                tracing::warn!("{e}");
+                tracing::warn!("{}", crate::util::chain(&e));
             }
         }
     }
 
-    fn save(&self, pods: &BTreeMap<String, u32>) -> Result<(), String> {
+    fn save(&self, pods: &BTreeMap<String, u32>) -> Result<(), UsernsError> {
         let tmp = self.file.with_extension("json.tmp");
-        let data = serde_json::to_vec_pretty(pods).map_err(|e| e.to_string())?;
+        let data = serde_json::to_vec_pretty(pods).map_err(|source| UsernsError::Corrupt {
+            path: self.file.clone(),
+            source,
+        })?;
         std::fs::write(&tmp, data)
             .and_then(|_| std::fs::rename(&tmp, &self.file))
-            .map_err(|e| format!("{}: {e}", self.file.display()))
+            .map_err(|source| UsernsError::Io {
+                path: self.file.clone(),
+                source,
+            })
     }
 }
 

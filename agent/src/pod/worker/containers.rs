@@ -32,43 +32,33 @@ impl Worker {
         if let Some(nb) = b.not_before {
             if now < nb {
                 let left = nb - now;
+                let image = c.image.clone().unwrap_or_default();
                 let w = match self.waiting.get(&c.name) {
-                    Some(w) if w.reason == "ErrImagePull" || w.reason == "ImagePullBackOff" => {
-                        Waiting {
-                            reason: "ImagePullBackOff".into(),
-                            message: Some(format!(
-                                "Back-off pulling image {:?}",
-                                c.image.clone().unwrap_or_default()
-                            )),
-                        }
-                    }
+                    Some(w) if w.is_pull_failure() => WaitingReason::ImagePullBackOff { image },
                     Some(w)
-                        if prev.is_none() || w.reason != "CrashLoopBackOff" && b.failures > 0 =>
+                        if prev.is_none()
+                            || !matches!(w, WaitingReason::CrashLoopBackOff { .. })
+                                && b.failures > 0 =>
                     {
                         w.clone()
                     }
-                    _ => Waiting {
-                        reason: "CrashLoopBackOff".into(),
-                        message: Some(format!(
-                            "back-off {}s restarting failed container={} pod={pod_ref}",
-                            backoff_delay(b.crashes.saturating_sub(1)).as_secs().max(10),
-                            c.name
-                        )),
+                    _ => WaitingReason::CrashLoopBackOff {
+                        back_off: backoff_delay(b.crashes.saturating_sub(1)).as_secs().max(10),
+                        container: c.name.clone(),
+                        pod: pod_ref.clone(),
                     },
                 };
-                if self.waiting.get(&c.name).map(|o| &o.reason) != Some(&w.reason) {
-                    let msg = if w.reason == "ImagePullBackOff" {
-                        format!(
-                            "Back-off pulling image {:?}",
-                            c.image.clone().unwrap_or_default()
-                        )
-                    } else {
-                        format!(
+                if self.waiting.get(&c.name).map(WaitingReason::reason) != Some(w.reason()) {
+                    let msg = match &w {
+                        WaitingReason::ImagePullBackOff { image } => {
+                            format!("Back-off pulling image {image:?}")
+                        }
+                        _ => format!(
                             "Back-off restarting failed container {} in pod {pod_ref}",
                             c.name
-                        )
+                        ),
                     };
-                    self.node.event(&self.pod, "Warning", "BackOff", msg);
+                    self.svc.events.warning(&self.pod, "BackOff", msg);
                 }
                 self.waiting.insert(c.name.clone(), w);
                 return Some(left);
@@ -89,12 +79,15 @@ impl Worker {
                 None
             }
             Err(w) => {
-                tracing::warn!(container = %c.name, reason = %w.reason, "{}", w.message.clone().unwrap_or_default());
-                self.node.event(
+                let message = w.message();
+                tracing::warn!(container = %c.name, reason = w.reason(), "{}", message.clone().unwrap_or_default());
+                self.svc.events.warning(
                     &self.pod,
-                    "Warning",
                     "Failed",
-                    format!("Error: {}", w.message.clone().unwrap_or(w.reason.clone())),
+                    format!(
+                        "Error: {}",
+                        message.unwrap_or_else(|| w.reason().to_string())
+                    ),
                 );
                 let b = self.backoff.entry(c.name.clone()).or_default();
                 b.failures += 1;
@@ -126,15 +119,13 @@ impl Worker {
             .await;
         if let Err(e) = r {
             tracing::warn!(container = %c.name, "postStart hook failed: {e}");
-            self.node.event(
+            self.svc.events.warning(
                 &self.pod,
-                "Warning",
                 "FailedPostStartHook",
                 format!("PostStartHook failed: {}", e.trim_end()),
             );
-            self.node.event(
+            self.svc.events.normal(
                 &self.pod,
-                "Normal",
                 "Killing",
                 format!("FailedPostStartHook: stopping container {}", c.name),
             );
@@ -146,10 +137,7 @@ impl Worker {
             target.kill(Duration::from_secs(grace as u64)).await;
             self.waiting.insert(
                 c.name.clone(),
-                Waiting {
-                    reason: "PostStartHookError".into(),
-                    message: Some(e.trim_end().to_string()),
-                },
+                WaitingReason::PostStartHookError(e.trim_end().to_string()),
             );
             if let Ok(s) = call(&self.run_dir, Request::State).await {
                 self.shim = Some(s);
@@ -165,7 +153,7 @@ impl Worker {
     }
 
     pub(super) fn remove_instance(&self, dir: &Path) {
-        for m in rootfs::mounts_below(&self.node.cfg.mountinfo, dir) {
+        for m in rootfs::mounts_below(&self.svc.info.cfg.mountinfo, dir) {
             let _ = rootfs::unmount(&m);
         }
         let _ = make_writable_and_remove(dir);
@@ -176,11 +164,7 @@ impl Worker {
         c: &Container,
         field: &str,
         attempt: u32,
-    ) -> Result<(), Waiting> {
-        let fail = |reason: &str, message: String| Waiting {
-            reason: reason.into(),
-            message: Some(message),
-        };
+    ) -> Result<(), WaitingReason> {
         let image = self.ensure_image(c).await?;
         let inst = self.instance_dir(&c.name, attempt);
         if inst.exists() {
@@ -188,12 +172,13 @@ impl Worker {
         }
         let root = inst.join("rootfs");
         let lowers = self
-            .node
+            .svc
             .images
+            .store
             .lowerdirs(&image)
-            .map_err(|e| fail("CreateContainerError", e.to_string()))?;
+            .map_err(|e| WaitingReason::CreateContainerError(e.to_string()))?;
         let pause = self.shim.as_ref().map(|s| s.pause_pid).unwrap_or(0);
-        match self.node.userns.get(&self.uid) {
+        match self.svc.userns.get(&self.uid) {
             Some(r) => rootfs::mount_overlay_idmapped(
                 &lowers,
                 &inst.join("upper"),
@@ -205,31 +190,30 @@ impl Worker {
             ),
             None => rootfs::mount_overlay(&lowers, &inst.join("upper"), &inst.join("work"), &root),
         }
-        .map_err(|e| fail("CreateContainerError", e.to_string()))?;
+        .map_err(|e| WaitingReason::CreateContainerError(e.to_string()))?;
         let id = hex::encode(rand_bytes());
         let data = match self.fetch_api_objects().await {
             Ok(d) => d,
             Err(e) => {
                 self.remove_instance(&inst);
-                return Err(fail("CreateContainerConfigError", e));
+                return Err(WaitingReason::CreateContainerConfigError(e));
             }
         };
         if let Err(e) = self.write_api_volumes(&data) {
-            self.node.event(
+            self.svc.events.warning(
                 &self.pod,
-                "Warning",
                 "FailedMount",
                 format!("MountVolume.SetUp failed: {e}"),
             );
             self.remove_instance(&inst);
-            return Err(fail("CreateContainerConfigError", e));
+            return Err(WaitingReason::CreateContainerConfigError(e));
         }
         let result = async {
             let config = self
                 .container_config(c, field, &image, &root, &inst, &id, &data)
-                .map_err(|e| fail("CreateContainerConfigError", e))?;
+                .map_err(WaitingReason::CreateContainerConfigError)?;
             podlet_runtime::spec::write_bundle(&inst, &config)
-                .map_err(|e| fail("CreateContainerError", e.to_string()))?;
+                .map_err(|e| WaitingReason::CreateContainerError(e.to_string()))?;
             let log_path = self.log_dir.join(&c.name).join(format!("{attempt}.log"));
             let req = Request::Start {
                 name: c.name.clone(),
@@ -241,14 +225,12 @@ impl Worker {
                 stdin_once: c.stdin_once.unwrap_or(false),
                 tty: c.tty.unwrap_or(false),
             };
-            call(&self.run_dir, req).await.map_err(|e| {
-                let msg = e.to_string();
-                let reason = if msg.contains("starting container") {
-                    "RunContainerError"
-                } else {
-                    "CreateContainerError"
-                };
-                fail(reason, msg)
+            call(&self.run_dir, req).await.map_err(|e| match &e {
+                // The shim's own report of a container that was created but did not start.
+                ShimError::Failed(m) if m.contains("starting container") => {
+                    WaitingReason::RunContainerError(e.to_string())
+                }
+                _ => WaitingReason::CreateContainerError(e.to_string()),
             })
         }
         .await;
@@ -258,10 +240,8 @@ impl Worker {
                 self.image_ids.insert(c.name.clone(), image.image_ref());
                 tracing::info!(container = %c.name, attempt, "container started");
                 let msg = |verb: &str| format!("{verb} container: {}", c.name);
-                self.node
-                    .event(&self.pod, "Normal", "Created", msg("Created"));
-                self.node
-                    .event(&self.pod, "Normal", "Started", msg("Started"));
+                self.svc.events.normal(&self.pod, "Created", msg("Created"));
+                self.svc.events.normal(&self.pod, "Started", msg("Started"));
                 // Earlier instances are dead; their logs stay in the log directory.
                 for old in 0..attempt {
                     let d = self.instance_dir(&c.name, old);
@@ -276,110 +256,6 @@ impl Worker {
                 Err(w)
             }
         }
-    }
-
-    pub(super) fn volume_mounts(
-        &self,
-        c: &Container,
-        field: &str,
-    ) -> Result<Vec<BindMount>, String> {
-        let mut out = Vec::new();
-        for (j, m) in c.volume_mounts.iter().flatten().enumerate() {
-            let vol = self
-                .spec
-                .volumes
-                .iter()
-                .flatten()
-                .find(|v| v.name == m.name)
-                .ok_or_else(|| {
-                    format!("{field}.volumeMounts[{j}].name: Not found: {:?}", m.name)
-                })?;
-            let mut forced_ro = false;
-            let mut source = if vol.empty_dir.is_some() {
-                let d = self.data_dir.join("volumes/empty-dir").join(&vol.name);
-                std::fs::create_dir_all(&d).map_err(|e| format!("volume {:?}: {e}", vol.name))?;
-                use std::os::unix::fs::PermissionsExt;
-                // fsGroup: the volume belongs to the group, setgid so new files do too.
-                let fs_group = self
-                    .spec
-                    .security_context
-                    .as_ref()
-                    .and_then(|s| s.fs_group)
-                    .and_then(|g| u32::try_from(g).ok());
-                // In a user namespace, IDs are the pod's: the host sees them shifted.
-                let shift = self.node.userns.get(&self.uid).map_or(0, |r| r.host_id);
-                if fs_group.is_some() || shift > 0 {
-                    let g = fs_group.unwrap_or(0).saturating_add(shift);
-                    std::os::unix::fs::chown(&d, Some(shift), Some(g))
-                        .map_err(|e| format!("volume {:?}: {e}", vol.name))?;
-                }
-                let mode = if fs_group.is_some() { 0o2777 } else { 0o777 };
-                let _ = std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode));
-                d
-            } else if let Some(hp) = &vol.host_path {
-                let p = PathBuf::from(&hp.path);
-                match hp.type_.as_deref().unwrap_or("") {
-                    "DirectoryOrCreate" => std::fs::create_dir_all(&p)
-                        .map_err(|e| format!("hostPath {:?}: {e}", hp.path))?,
-                    "Directory" if !p.is_dir() => {
-                        return Err(format!(
-                            "hostPath type check failed: {} is not a directory",
-                            hp.path
-                        ))
-                    }
-                    "File" if !p.is_file() => {
-                        return Err(format!(
-                            "hostPath type check failed: {} is not a file",
-                            hp.path
-                        ))
-                    }
-                    "FileOrCreate" if !p.exists() => std::fs::write(&p, b"")
-                        .map_err(|e| format!("hostPath {:?}: {e}", hp.path))?,
-                    _ => {}
-                }
-                p
-            } else if let Some(kind) = [
-                (vol.config_map.is_some(), "configmap"),
-                (vol.secret.is_some(), "secret"),
-                (vol.projected.is_some(), "projected"),
-                (vol.downward_api.is_some(), "downward-api"),
-            ]
-            .iter()
-            .find_map(|(is, k)| is.then_some(*k))
-            {
-                // Written by write_api_volumes; always read-only, as the kubelet mounts them.
-                forced_ro = true;
-                self.data_dir.join("volumes").join(kind).join(&vol.name)
-            } else {
-                return Err(format!(
-                    "volume {:?}: only emptyDir, hostPath, configMap, secret, projected and downwardAPI volumes are supported",
-                    vol.name
-                ));
-            };
-            if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
-                let sp = Path::new(sub);
-                if sp.is_absolute()
-                    || sp
-                        .components()
-                        .any(|c| matches!(c, std::path::Component::ParentDir))
-                {
-                    return Err(format!(
-                        "{field}.volumeMounts[{j}].subPath: Invalid value: {sub:?}"
-                    ));
-                }
-                source = source.join(sp);
-                if !source.exists() {
-                    std::fs::create_dir_all(&source)
-                        .map_err(|e| format!("subPath {sub:?}: {e}"))?;
-                }
-            }
-            out.push(BindMount {
-                source,
-                destination: m.mount_path.clone(),
-                readonly: forced_ro || m.read_only.unwrap_or(false),
-            });
-        }
-        Ok(out)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -410,7 +286,7 @@ impl Worker {
             name: &self.name,
             namespace: &self.namespace,
             uid: &self.uid,
-            node_name: &self.node.cfg.node_name,
+            node_name: &self.svc.info.cfg.node_name,
             host_ip: &host_ip,
             pod_ip: &pod_ip,
             service_account: self
@@ -431,7 +307,7 @@ impl Worker {
             translate::user(root, image.config.user.as_deref(), pod_sc, sc)?;
         let pause = self.shim.as_ref().map(|s| s.pause_pid).unwrap_or(0);
         let userns = self
-            .node
+            .svc
             .userns
             .get(&self.uid)
             .map(|range| podlet_runtime::spec::UserNs {
@@ -475,21 +351,21 @@ impl Worker {
             .or_else(|| image.config.working_dir.clone().filter(|w| !w.is_empty()))
             .unwrap_or_else(|| "/".into());
         let limits = crate::pod::resources::container_limits(c);
-        let has_cpu = !self.node.missing_controllers.contains(&"cpu");
-        let has_memory = !self.node.missing_controllers.contains(&"memory");
+        let has_cpu = !self.svc.info.missing_controllers.contains(&"cpu");
+        let has_memory = !self.svc.info.missing_controllers.contains(&"memory");
         let capabilities = translate::capabilities(sc);
         let seccomp = crate::pod::security::seccomp(
             &self.pod,
             c,
             &capabilities,
-            &self.node.cfg.root_dir.join("seccomp"),
-            self.node.cfg.seccomp_default,
+            &self.svc.info.cfg.root_dir.join("seccomp"),
+            self.svc.info.cfg.seccomp_default,
         )?;
-        let apparmor_profile =
-            crate::pod::security::apparmor(&self.pod, c, self.node.apparmor).map_err(|e| e.1)?;
+        let apparmor_profile = crate::pod::security::apparmor(&self.pod, c, self.svc.info.apparmor)
+            .map_err(|e| e.message())?;
         let sysctls =
-            crate::pod::security::sysctls(&self.pod, &self.node.cfg.allowed_unsafe_sysctls)
-                .map_err(|e| e.1)?;
+            crate::pod::security::sysctls(&self.pod, &self.svc.info.cfg.allowed_unsafe_sysctls)
+                .map_err(|e| e.message())?;
         let unmasked_proc = sc.and_then(|s| s.proc_mount.as_deref()) == Some("Unmasked");
         let privileged = sc.and_then(|s| s.privileged).unwrap_or(false);
         let devices = if privileged {
@@ -528,8 +404,8 @@ impl Worker {
             no_new_privileges: sc.and_then(|s| s.allow_privilege_escalation) == Some(false),
             privileged: sc.and_then(|s| s.privileged).unwrap_or(false),
             oom_score_adj: Some(
-                translate::oom_score_adj(self.qos, c, self.node.memory_capacity)
-                    .max(self.node.oom_floor),
+                translate::oom_score_adj(self.qos, c, self.svc.info.memory_capacity)
+                    .max(self.svc.info.oom_floor),
             ),
             // libcontainer writes these itself; only where the controllers exist.
             cpu_shares: limits.cpu_shares.filter(|_| has_cpu),

@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use podlet_runtime::shim::Request;
 
 use super::call;
-use crate::pod::Node;
+use crate::pod::{EventSink, NodeInfo};
 
 pub(super) enum Action {
     Exec(Vec<String>),
@@ -59,7 +59,8 @@ impl From<&Probe> for Action {
 /// One running container instance, as probes and hooks see it.
 #[derive(Clone)]
 pub(super) struct Target {
-    pub node: Arc<Node>,
+    pub info: Arc<NodeInfo>,
+    pub events: Arc<EventSink>,
     pub pod: Pod,
     pub container: Container,
     /// The container instance (its runtime id).
@@ -132,11 +133,11 @@ impl Target {
 
     async fn exec(&self, cmd: &[String], timeout: Duration) -> Result<String, String> {
         let secs = timeout.as_secs().max(1);
-        let run = tokio::process::Command::new(&self.node.exe)
+        let run = tokio::process::Command::new(&self.info.exe)
             .arg("oci")
             .arg("exec")
             .arg("--root")
-            .arg(self.node.cfg.container_state_root())
+            .arg(self.info.cfg.container_state_root())
             .arg("--timeout")
             .arg(secs.to_string())
             .arg(&self.id)
@@ -283,9 +284,8 @@ impl Target {
             .await;
         if let Err(e) = r {
             tracing::warn!(container = %self.container.name, "preStop hook failed: {e}");
-            self.node.event(
+            self.events.warning(
                 &self.pod,
-                "Warning",
                 "FailedPreStopHook",
                 format!("PreStopHook failed: {e}"),
             );

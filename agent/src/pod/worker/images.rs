@@ -19,48 +19,50 @@ pub fn default_policy(normalized: &str) -> &'static str {
 }
 
 impl Worker {
-    pub(super) async fn ensure_image(&mut self, c: &Container) -> Result<ImageRecord, Waiting> {
+    pub(super) async fn ensure_image(
+        &mut self,
+        c: &Container,
+    ) -> Result<ImageRecord, WaitingReason> {
         let r = self.image_by_policy(c).await;
         if let Ok(rec) = &r {
-            self.node.image_usage.used(&rec.id);
+            self.svc.images.usage.used(&rec.id);
         }
         r
     }
 
-    async fn image_by_policy(&mut self, c: &Container) -> Result<ImageRecord, Waiting> {
+    async fn image_by_policy(&mut self, c: &Container) -> Result<ImageRecord, WaitingReason> {
         let image = c.image.clone().unwrap_or_default();
         let normalized = match podlet_runtime::image::reference::normalize(&image) {
             Ok(n) => n,
             Err(e) => {
-                let msg = format!("Failed to apply default image tag {image:?}: {e}");
-                self.node
-                    .event(&self.pod, "Warning", "InspectFailed", msg.clone());
-                return Err(Waiting {
-                    reason: "InvalidImageName".into(),
-                    message: Some(msg),
-                });
+                let w = WaitingReason::InvalidImageName {
+                    image,
+                    error: e.to_string(),
+                };
+                self.svc.events.warning(
+                    &self.pod,
+                    "InspectFailed",
+                    w.message().unwrap_or_default(),
+                );
+                return Err(w);
             }
         };
         let policy = c
             .image_pull_policy
             .clone()
             .unwrap_or_else(|| default_policy(&normalized).to_string());
-        let present = self.node.images.resolve(&image).ok();
+        let present = self.svc.images.store.resolve(&image).ok();
         match (policy.as_str(), present) {
             ("Never", None) => {
-                let msg =
-                    format!("Container image {image:?} is not present with pull policy of Never");
-                self.node
-                    .event(&self.pod, "Warning", "ErrImageNeverPull", msg.clone());
-                return Err(Waiting {
-                    reason: "ErrImageNeverPull".into(),
-                    message: Some(msg),
-                });
+                let w = WaitingReason::ErrImageNeverPull { image };
+                self.svc
+                    .events
+                    .warning(&self.pod, w.reason(), w.message().unwrap_or_default());
+                return Err(w);
             }
             ("Never" | "IfNotPresent", Some(rec)) => {
-                self.node.event(
+                self.svc.events.normal(
                     &self.pod,
-                    "Normal",
                     "Pulled",
                     format!("Container image {image:?} already present on machine"),
                 );
@@ -68,24 +70,18 @@ impl Worker {
             }
             _ => {}
         }
-        self.node.event(
-            &self.pod,
-            "Normal",
-            "Pulling",
-            format!("Pulling image {image:?}"),
-        );
+        self.svc
+            .events
+            .normal(&self.pod, "Pulling", format!("Pulling image {image:?}"));
         let creds = self.pull_credentials().await;
         let waited = Instant::now();
-        let _slot = match &self.node.pull_slots {
+        let _slot = match &self.svc.images.slots {
             Some(s) => s.clone().acquire_owned().await.ok(),
             None => None,
         };
-        match self.node.puller.pull(&image, &creds).await {
+        match self.svc.images.puller.pull(&image, &creds).await {
             Ok(p) => {
-                self.node.event(
-                    &self.pod,
-                    "Normal",
-                    "Pulled",
+                self.svc.events.normal(&self.pod, "Pulled",
                     format!(
                         "Successfully pulled image {image:?} in {:.3}s ({:.3}s including waiting). Image size: {} bytes.",
                         p.duration.as_secs_f64(),
@@ -96,12 +92,14 @@ impl Worker {
                 Ok(p.image)
             }
             Err(e) => {
-                let msg = format!("Failed to pull image {image:?}: {e}");
-                self.node.event(&self.pod, "Warning", "Failed", msg.clone());
-                Err(Waiting {
-                    reason: "ErrImagePull".into(),
-                    message: Some(msg),
-                })
+                let w = WaitingReason::ErrImagePull {
+                    image,
+                    error: e.to_string(),
+                };
+                self.svc
+                    .events
+                    .warning(&self.pod, "Failed", w.message().unwrap_or_default());
+                Err(w)
             }
         }
     }
@@ -117,10 +115,7 @@ impl Worker {
             .map(|r| r.name.clone())
             .filter(|n| !n.is_empty())
             .collect();
-        if let (false, Some(client)) = (
-            names.is_empty(),
-            self.node.api.get().map(|c| c.borrow().clone()),
-        ) {
+        if let (false, Some(client)) = (names.is_empty(), self.svc.api.client()) {
             let api: Api<Secret> = Api::namespaced(client, &self.namespace);
             for name in names {
                 let found = match api.get_opt(&name).await {
@@ -139,16 +134,13 @@ impl Worker {
                 };
                 match found {
                     Some(c) => creds = creds.and(&c),
-                    None => self.node.event(
-                        &self.pod,
-                        "Warning",
-                        "FailedToRetrieveImagePullSecret",
+                    None => self.svc.events.warning(&self.pod, "FailedToRetrieveImagePullSecret",
                         format!("Unable to retrieve some image pull secrets ({name}); attempting to pull the image may not succeed."),
                     ),
                 }
             }
         }
-        creds.and(&self.node.node_credentials())
+        creds.and(&self.svc.images.node_credentials())
     }
 }
 

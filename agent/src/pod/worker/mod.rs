@@ -2,12 +2,12 @@
 //! Kubernetes' restart back-off), publishes the status, and sleeps until the shim reports a
 //! change, a back-off expires, or the pod is to be stopped.
 
-mod apiobjects;
 mod containers;
 mod handlers;
 mod images;
 mod probes;
 mod sandbox;
+mod volumes;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,9 +22,9 @@ use podlet_runtime::spec::{BindMount, ContainerConfig, Ns};
 use podlet_runtime::{cgroup, rootfs};
 use tokio::sync::watch;
 
-use super::status::{self, ContainerView, Waiting};
+use super::status::{self, ContainerView, WaitingReason};
 use super::translate::{self, PodFields};
-use super::{pod_cgroup, Node};
+use super::{pod_cgroup, Refusal, Services};
 use k8s_rules::qos::{qos_class, QosClass};
 
 pub const POD_FILE: &str = "pod.json";
@@ -53,7 +53,7 @@ fn backoff_delay(n: u32) -> Duration {
 }
 
 struct Worker {
-    node: Arc<Node>,
+    svc: Arc<Services>,
     pod: Pod,
     spec: PodSpec,
     uid: String,
@@ -65,10 +65,10 @@ struct Worker {
     log_dir: PathBuf,
     pod_cgroup: String,
     shim: Option<ShimState>,
-    waiting: HashMap<String, Waiting>,
+    waiting: HashMap<String, WaitingReason>,
     backoff: HashMap<String, Backoff>,
     image_ids: HashMap<String, String>,
-    sandbox_error: Option<String>,
+    sandbox_error: Option<sandbox::SandboxError>,
     sandbox_failures: u32,
     sandbox_not_before: Option<Instant>,
     conditions: Vec<PodCondition>,
@@ -77,8 +77,8 @@ struct Worker {
     lost: HashMap<String, ContainerRecord>,
     /// The pod's addresses from CNI.
     pod_ips: Vec<std::net::IpAddr>,
-    /// Set when the node refused the pod (reason, message): it never starts.
-    rejected: Option<(String, String)>,
+    /// Set when the node refused the pod: it never starts.
+    rejected: Option<Refusal>,
     /// `Infeasible` when a resize was refused (it would change the QoS class).
     resize: Option<String>,
     /// When config map, secret, projected and downward API volumes were last written.
@@ -87,20 +87,20 @@ struct Worker {
 }
 
 pub async fn run(
-    node: Arc<Node>,
+    svc: Arc<Services>,
     pod: Pod,
     stop: watch::Receiver<bool>,
     updates: watch::Receiver<Pod>,
 ) {
     use tracing::Instrument;
-    let w = Worker::new(node, pod);
+    let w = Worker::new(svc, pod);
     let span =
         tracing::info_span!("pod", pod = %format!("{}/{}", w.namespace, w.name), uid = %w.uid);
     drive(w, stop, updates).instrument(span).await
 }
 
 async fn drive(mut w: Worker, mut stop: watch::Receiver<bool>, mut updates: watch::Receiver<Pod>) {
-    let mut evictions = w.node.eviction_tx.subscribe();
+    let mut evictions = w.svc.evictions.subscribe();
     loop {
         if *stop.borrow() {
             // The deletion's grace period, when the apiserver's pod is being deleted.
@@ -112,7 +112,7 @@ async fn drive(mut w: Worker, mut stop: watch::Receiver<bool>, mut updates: watc
             w.teardown().await;
             return;
         }
-        if let Some(message) = w.node.eviction_for(&w.uid) {
+        if let Some(message) = w.svc.evictions.requested(&w.uid) {
             w.evict(message).await;
         }
         let next = w.sync().await;
@@ -142,7 +142,7 @@ async fn call(dir: &Path, req: Request) -> Result<ShimState, ShimError> {
 }
 
 impl Worker {
-    fn new(node: Arc<Node>, pod: Pod) -> Self {
+    fn new(svc: Arc<Services>, pod: Pod) -> Self {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let namespace = pod
@@ -152,7 +152,7 @@ impl Worker {
             .unwrap_or_else(|| "default".into());
         let spec = pod.spec.clone().unwrap_or_default();
         let qos = qos_class(&spec);
-        let cfg = &node.cfg;
+        let cfg = &svc.info.cfg;
         let start_time = std::fs::metadata(cfg.pod_run_dir(&uid).join(POD_FILE))
             .and_then(|m| m.modified())
             .ok()
@@ -163,7 +163,7 @@ impl Worker {
             data_dir: cfg.pod_data_dir(&uid),
             log_dir: cfg.log_dir.join(format!("{namespace}_{name}_{uid}")),
             pod_cgroup: pod_cgroup(&cfg.cgroup_root, qos, &uid),
-            node,
+            svc,
             pod,
             spec,
             uid,
@@ -206,7 +206,11 @@ impl Worker {
     }
 
     fn host_ip(&self) -> String {
-        self.node.host_ip.map(|i| i.to_string()).unwrap_or_default()
+        self.svc
+            .info
+            .host_ip
+            .map(|i| i.to_string())
+            .unwrap_or_default()
     }
 
     async fn wait(&self, seq: Option<u64>, max: Duration) {
@@ -246,34 +250,47 @@ impl Worker {
                 .chain(self.spec.containers.iter());
             let refused = all
                 .filter_map(|c| {
-                    crate::pod::security::apparmor(&self.pod, c, self.node.apparmor).err()
+                    crate::pod::security::apparmor(&self.pod, c, self.svc.info.apparmor).err()
                 })
                 .next()
                 .or_else(|| {
-                    crate::pod::security::sysctls(&self.pod, &self.node.cfg.allowed_unsafe_sysctls)
-                        .err()
+                    crate::pod::security::sysctls(
+                        &self.pod,
+                        &self.svc.info.cfg.allowed_unsafe_sysctls,
+                    )
+                    .err()
                 });
             if let Some(r) = refused
-                .or_else(|| self.node.placement(&self.pod).err())
-                .or_else(|| self.node.admit(&self.uid, &self.spec, self.qos).err())
+                .or_else(|| self.svc.admission.placement(&self.pod).err())
+                .or_else(|| {
+                    self.svc
+                        .admission
+                        .admit(&self.uid, &self.spec, self.qos)
+                        .err()
+                })
             {
-                tracing::warn!(reason = %r.0, "{}", r.1);
-                self.node.event(&self.pod, "Warning", &r.0, r.1.clone());
+                tracing::warn!(reason = r.reason(), "{r}");
+                self.svc.events.warning(&self.pod, r.reason(), r.message());
                 self.rejected = Some(r);
                 self.publish();
                 return Duration::from_secs(3600);
             }
         }
-        if let Err(e) = self.ensure_sandbox().await {
-            if self.sandbox_error.as_ref() != Some(&e) {
-                self.node.event(
-                    &self.pod,
-                    "Warning",
-                    "FailedCreatePodSandBox",
-                    format!("Failed to create pod sandbox: {e}"),
-                );
+        if let Err(no) = self.ensure_sandbox().await {
+            if let sandbox::NoSandbox::Failed(e) = no {
+                // The same failure again, word for word, is not a new event.
+                let message = crate::util::chain(&e);
+                if self.sandbox_error.as_ref().map(|e| crate::util::chain(e))
+                    != Some(message.clone())
+                {
+                    self.svc.events.warning(
+                        &self.pod,
+                        "FailedCreatePodSandBox",
+                        format!("Failed to create pod sandbox: {message}"),
+                    );
+                }
+                self.sandbox_error = Some(e);
             }
-            self.sandbox_error = Some(e);
             self.publish();
             return self
                 .sandbox_not_before
@@ -367,7 +384,8 @@ impl Worker {
 
     fn target(&self, c: &Container, id: &str) -> handlers::Target {
         handlers::Target {
-            node: self.node.clone(),
+            info: self.svc.info.clone(),
+            events: self.svc.events.clone(),
             pod: self.pod.clone(),
             container: c.clone(),
             id: id.to_string(),
@@ -459,7 +477,7 @@ impl Worker {
                 if let Some(i) = c
                     .image
                     .as_deref()
-                    .and_then(|i| self.node.images.resolve(i).ok())
+                    .and_then(|i| self.svc.images.store.resolve(i).ok())
                 {
                     self.image_ids.insert(c.name.clone(), i.image_ref());
                 }
@@ -509,7 +527,7 @@ impl Worker {
             status::condition(&prev, "PodScheduled", true, None),
         ];
         self.conditions = conditions.clone();
-        let host_ip = self.node.host_ip.map(|i| i.to_string());
+        let host_ip = self.svc.info.host_ip.map(|i| i.to_string());
         let host_network = self.spec.host_network.unwrap_or(false);
         let pod_ips: Vec<String> = if host_network {
             host_ip.iter().cloned().collect()
@@ -523,13 +541,17 @@ impl Worker {
             message: self
                 .rejected
                 .as_ref()
-                .map(|r| r.1.clone())
-                .or_else(|| self.sandbox_error.clone()),
-            reason: self.rejected.as_ref().map(|r| r.0.clone()).or_else(|| {
-                self.sandbox_error
-                    .as_ref()
-                    .map(|_| "FailedCreatePodSandBox".to_string())
-            }),
+                .map(Refusal::message)
+                .or_else(|| self.sandbox_error.as_ref().map(|e| crate::util::chain(e))),
+            reason: self
+                .rejected
+                .as_ref()
+                .map(|r| r.reason().to_string())
+                .or_else(|| {
+                    self.sandbox_error
+                        .as_ref()
+                        .map(|_| "FailedCreatePodSandBox".to_string())
+                }),
             host_ip: host_ip.clone(),
             host_ips: host_ip.clone().map(|ip| vec![HostIP { ip }]),
             pod_ip: pod_ips.first().cloned(),
@@ -542,6 +564,6 @@ impl Worker {
             container_statuses: Some(apps),
             ..Default::default()
         });
-        self.node.publish(&self.uid, pod);
+        self.svc.statuses.publish(&self.uid, pod);
     }
 }

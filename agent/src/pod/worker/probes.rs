@@ -186,9 +186,8 @@ impl Run {
                     failures += 1;
                     successes = 0;
                     tracing::info!(container = %name, "{} probe failed: {msg}", self.kind.as_str());
-                    self.target.node.event(
+                    self.target.events.warning(
                         &self.target.pod,
-                        "Warning",
                         "Unhealthy",
                         format!("{} probe failed: {}", self.kind.as_str(), msg.trim_end()),
                     );
@@ -208,9 +207,8 @@ impl Run {
                 }
                 Kind::Startup | Kind::Liveness if failures >= failure_threshold => {
                     let what = self.kind.as_str().to_ascii_lowercase();
-                    self.target.node.event(
+                    self.target.events.normal(
                         &self.target.pod,
-                        "Normal",
                         "Killing",
                         format!("Container {name} failed {what} probe, will be restarted"),
                     );

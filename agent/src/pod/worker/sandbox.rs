@@ -2,11 +2,58 @@
 //! again (deletion, eviction, a sandbox that died), plus adoption and in-place resize.
 
 use super::*;
+use crate::network::NetworkError;
+use crate::pod::userns::UsernsError;
+use crate::util::chain;
+
+/// Why a pod sandbox could not be made.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SandboxError {
+    /// Writing one of the sandbox's files or directories (named by what it is).
+    #[error("{what}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Encode(#[from] serde_json::Error),
+    #[error(transparent)]
+    Userns(#[from] UsernsError),
+    #[error("pod cgroup {cgroup}")]
+    Cgroup {
+        cgroup: String,
+        #[source]
+        source: podlet_runtime::host::HostError,
+    },
+    #[error("starting the shim")]
+    SpawnShim(#[source] std::io::Error),
+    /// The shim exited at start; what it wrote on stderr.
+    #[error("{stderr}")]
+    ShimExited { stderr: String },
+    #[error(transparent)]
+    Shim(#[from] ShimError),
+    #[error("failed to set up the pod network")]
+    Network(#[source] NetworkError),
+    #[error(transparent)]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Why the pod has no sandbox now.
+pub(super) enum NoSandbox {
+    /// Waiting out the back-off after the last failure (the worker's `sandbox_error`).
+    BackingOff,
+    Failed(SandboxError),
+}
+
+fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> SandboxError {
+    move |source| SandboxError::Io { what, source }
+}
 
 const HOSTS_HEADER: &str = "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n";
 
 impl Worker {
-    pub(super) async fn ensure_sandbox(&mut self) -> Result<(), String> {
+    pub(super) async fn ensure_sandbox(&mut self) -> Result<(), NoSandbox> {
         match call(&self.run_dir, Request::State).await {
             Ok(s) if !s.pause_exited => {
                 let adopting = self.shim.is_none();
@@ -15,7 +62,7 @@ impl Worker {
                     self.adopt().await;
                 }
                 if self.pod_ips.is_empty() && !self.spec.host_network.unwrap_or(false) {
-                    self.pod_ips = self.node.network.cached_ips(&self.uid);
+                    self.pod_ips = self.svc.network.cached_ips(&self.uid);
                 }
                 return Ok(());
             }
@@ -37,7 +84,7 @@ impl Worker {
         self.shim = None;
         if let Some(nb) = self.sandbox_not_before {
             if Instant::now() < nb {
-                return Err(self.sandbox_error.clone().unwrap_or_default());
+                return Err(NoSandbox::BackingOff);
             }
         }
         match self.create_sandbox().await {
@@ -54,8 +101,8 @@ impl Worker {
                         + backoff_delay(self.sandbox_failures).min(Duration::from_secs(60)),
                 );
                 self.cleanup_runtime().await;
-                tracing::error!("creating the pod sandbox: {e}");
-                Err(e)
+                tracing::error!("creating the pod sandbox: {}", chain(&e));
+                Err(NoSandbox::Failed(e))
             }
         }
     }
@@ -86,7 +133,7 @@ impl Worker {
         let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
         std::fs::write(etc.join("resolv.conf"), resolv)?;
         // In a user namespace the files belong to the pod's root, as the kubelet chowns them.
-        if let Some(r) = self.node.userns.get(&self.uid) {
+        if let Some(r) = self.svc.userns.get(&self.uid) {
             for f in ["hosts", "hostname", "resolv.conf"] {
                 std::os::unix::fs::chown(etc.join(f), Some(r.host_id), Some(r.host_id))?;
             }
@@ -94,21 +141,20 @@ impl Worker {
         Ok(())
     }
 
-    pub(super) async fn create_sandbox(&mut self) -> Result<(), String> {
-        let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
-        std::fs::create_dir_all(&self.run_dir).map_err(|e| io("run dir", e))?;
-        std::fs::create_dir_all(&self.data_dir).map_err(|e| io("data dir", e))?;
-        let pod_json = serde_json::to_vec(&self.pod).map_err(|e| e.to_string())?;
-        std::fs::write(self.run_dir.join(POD_FILE), pod_json).map_err(|e| io("pod file", e))?;
+    pub(super) async fn create_sandbox(&mut self) -> Result<(), SandboxError> {
+        std::fs::create_dir_all(&self.run_dir).map_err(io("run dir"))?;
+        std::fs::create_dir_all(&self.data_dir).map_err(io("data dir"))?;
+        let pod_json = serde_json::to_vec(&self.pod)?;
+        std::fs::write(self.run_dir.join(POD_FILE), pod_json).map_err(io("pod file"))?;
         if self.start_time.is_none() {
             self.start_time = Some(status::now());
         }
         let userns = if self.spec.host_users == Some(false) {
-            Some(self.node.userns.allocate(&self.uid)?)
+            Some(self.svc.userns.allocate(&self.uid)?)
         } else {
             None
         };
-        self.write_etc_files().map_err(|e| io("etc files", e))?;
+        self.write_etc_files().map_err(io("etc files"))?;
         let host_network = self.spec.host_network.unwrap_or(false);
         let sandbox = SandboxConfig {
             hostname: self.hostname(),
@@ -118,21 +164,28 @@ impl Worker {
             new_pid: self.spec.share_process_namespace.unwrap_or(false)
                 && !self.spec.host_pid.unwrap_or(false),
             pause_cgroup: format!("{}/pause", self.pod_cgroup),
-            state_root: self.node.cfg.container_state_root(),
-            shim_oom_score_adj: Some((-999).max(self.node.oom_floor)),
+            state_root: self.svc.info.cfg.container_state_root(),
+            shim_oom_score_adj: Some((-999).max(self.svc.info.oom_floor)),
             userns,
         };
         std::fs::write(
             self.run_dir.join(shim::SANDBOX_FILE),
-            serde_json::to_vec(&sandbox).map_err(|e| e.to_string())?,
+            serde_json::to_vec(&sandbox)?,
         )
-        .map_err(|e| io("sandbox file", e))?;
-        let limits =
-            crate::pod::resources::pod_limits(&self.spec, self.qos, self.node.cfg.pod_pids_limit);
-        podlet_runtime::cgroup::apply(&self.node.cgroups, &self.pod_cgroup, &limits)
-            .map_err(|e| format!("pod cgroup {}: {e}", self.pod_cgroup))?;
-        self.node.update_qos_cgroups();
-        let out = tokio::process::Command::new(&self.node.exe)
+        .map_err(io("sandbox file"))?;
+        let limits = crate::pod::resources::pod_limits(
+            &self.spec,
+            self.qos,
+            self.svc.info.cfg.pod_pids_limit,
+        );
+        podlet_runtime::cgroup::apply(&self.svc.info.cgroups, &self.pod_cgroup, &limits).map_err(
+            |source| SandboxError::Cgroup {
+                cgroup: self.pod_cgroup.clone(),
+                source,
+            },
+        )?;
+        self.svc.admission.update_qos_cgroups();
+        let out = tokio::process::Command::new(&self.svc.info.exe)
             .arg("shim")
             .arg("--pod-dir")
             .arg(&self.run_dir)
@@ -141,26 +194,25 @@ impl Worker {
             .stderr(std::process::Stdio::piped())
             .output()
             .await
-            .map_err(|e| format!("starting the shim: {e}"))?;
+            .map_err(SandboxError::SpawnShim)?;
         if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+            return Err(SandboxError::ShimExited {
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
         }
-        let s = call(&self.run_dir, Request::State)
-            .await
-            .map_err(|e| e.to_string())?;
+        let s = call(&self.run_dir, Request::State).await?;
         let pause = s.pause_pid;
         self.shim = Some(s);
         if !host_network {
-            let node = self.node.clone();
+            let network = self.svc.network.clone();
             let (uid, spec) = (self.uid.clone(), self.spec.clone());
             let netns = format!("/proc/{pause}/ns/net");
-            let ips = tokio::task::spawn_blocking(move || node.network.setup(&uid, &netns, &spec))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("failed to set up the pod network: {e}"))?;
+            let ips = tokio::task::spawn_blocking(move || network.setup(&uid, &netns, &spec))
+                .await?
+                .map_err(SandboxError::Network)?;
             self.pod_ips = ips;
             // /etc/hosts names the pod's own address now that it has one.
-            self.write_etc_files().map_err(|e| io("etc files", e))?;
+            self.write_etc_files().map_err(io("etc files"))?;
         }
         tracing::info!(pause, ips = ?self.pod_ips, "sandbox created");
         Ok(())
@@ -176,12 +228,16 @@ impl Worker {
         if let Some(old) = recorded.filter(|old| old.spec != wanted.spec) {
             self.spec = old.spec.clone().unwrap_or_default();
             self.qos = k8s_rules::qos::qos_class(&self.spec);
-            self.pod_cgroup = pod_cgroup(&self.node.cfg.cgroup_root, self.qos, &self.uid);
+            self.pod_cgroup = pod_cgroup(&self.svc.info.cfg.cgroup_root, self.qos, &self.uid);
             self.pod = old;
-            self.node.admit_running(&self.uid, &self.spec, self.qos);
+            self.svc
+                .admission
+                .admit_running(&self.uid, &self.spec, self.qos);
             Box::pin(self.resize(wanted)).await;
         } else {
-            self.node.admit_running(&self.uid, &self.spec, self.qos);
+            self.svc
+                .admission
+                .admit_running(&self.uid, &self.spec, self.qos);
         }
     }
 
@@ -201,8 +257,8 @@ impl Worker {
             return;
         }
         let pod_limits =
-            crate::pod::resources::pod_limits(&spec, qos, self.node.cfg.pod_pids_limit);
-        let layout = &self.node.cgroups;
+            crate::pod::resources::pod_limits(&spec, qos, self.svc.info.cfg.pod_pids_limit);
+        let layout = &self.svc.info.cgroups;
         // Growing needs the pod first, shrinking the containers first: pod, containers, pod.
         let mut result = podlet_runtime::cgroup::apply(layout, &self.pod_cgroup, &pod_limits);
         for c in &spec.containers {
@@ -222,8 +278,10 @@ impl Worker {
                 self.resize = None;
                 self.spec = spec;
                 self.pod = pod;
-                self.node.admit_running(&self.uid, &self.spec, self.qos);
-                self.node.update_qos_cgroups();
+                self.svc
+                    .admission
+                    .admit_running(&self.uid, &self.spec, self.qos);
+                self.svc.admission.update_qos_cgroups();
                 if let Ok(data) = serde_json::to_vec(&self.pod) {
                     let _ = std::fs::write(self.run_dir.join(POD_FILE), data);
                 }
@@ -240,15 +298,15 @@ impl Worker {
     /// pod kept as Failed with reason Evicted until its manifest goes.
     pub(super) async fn evict(&mut self, message: String) {
         tracing::warn!("evicted: {message}");
-        self.node
-            .event(&self.pod, "Warning", "Evicted", message.clone());
+        self.svc
+            .events
+            .warning(&self.pod, "Evicted", message.clone());
         if let Ok(state) = call(&self.run_dir, Request::State).await {
             if !self.spec.host_network.unwrap_or(false) {
-                let node = self.node.clone();
+                let network = self.svc.network.clone();
                 let uid = self.uid.clone();
                 let netns = format!("/proc/{}/ns/net", state.pause_pid);
-                let _ =
-                    tokio::task::spawn_blocking(move || node.network.teardown(&uid, &netns)).await;
+                let _ = tokio::task::spawn_blocking(move || network.teardown(&uid, &netns)).await;
             }
             if let Ok(last) = call(&self.run_dir, Request::Shutdown).await {
                 wait_gone(state.shim_pid).await;
@@ -256,12 +314,12 @@ impl Worker {
                 self.shim = Some(last);
             }
         }
-        self.rejected = Some(("Evicted".into(), message));
-        self.node.release(&self.uid);
-        self.node.userns.release(&self.uid);
-        self.node.update_qos_cgroups();
+        self.rejected = Some(Refusal::Evicted(message));
+        self.svc.admission.release(&self.uid);
+        self.svc.userns.release(&self.uid);
+        self.svc.admission.update_qos_cgroups();
         self.publish();
-        self.node.eviction_done(&self.uid);
+        self.svc.evictions.done(&self.uid);
     }
 
     pub(super) async fn teardown(&mut self) {
@@ -295,12 +353,9 @@ impl Worker {
                 let _ = tokio::time::timeout(grace, futures_util::future::join_all(runs)).await;
             }
             for name in &running {
-                self.node.event(
-                    &self.pod,
-                    "Normal",
-                    "Killing",
-                    format!("Stopping container {name}"),
-                );
+                self.svc
+                    .events
+                    .normal(&self.pod, "Killing", format!("Stopping container {name}"));
                 let _ = call(
                     &self.run_dir,
                     Request::Kill {
@@ -332,7 +387,7 @@ impl Worker {
                 }
             }
             // The network goes while pause still holds the namespace, as the kubelet does it.
-            let node = self.node.clone();
+            let network = self.svc.network.clone();
             let uid = self.uid.clone();
             let netns = if state.pause_exited {
                 String::new()
@@ -341,9 +396,9 @@ impl Worker {
             };
             if !self.spec.host_network.unwrap_or(false) {
                 if let Ok(Err(e)) =
-                    tokio::task::spawn_blocking(move || node.network.teardown(&uid, &netns)).await
+                    tokio::task::spawn_blocking(move || network.teardown(&uid, &netns)).await
                 {
-                    tracing::warn!("tearing down the pod network: {e}");
+                    tracing::warn!("tearing down the pod network: {}", chain(&e));
                 }
             }
             let _ = call(&self.run_dir, Request::Shutdown).await;
@@ -353,27 +408,27 @@ impl Worker {
         let _ = make_writable_and_remove(&self.data_dir);
         let _ = std::fs::remove_dir_all(&self.run_dir);
         let _ = std::fs::remove_dir_all(&self.log_dir);
-        self.node.forget(&self.uid);
-        self.node.release(&self.uid);
-        self.node.userns.release(&self.uid);
-        self.node.update_qos_cgroups();
+        self.svc.statuses.forget(&self.uid);
+        self.svc.admission.release(&self.uid);
+        self.svc.userns.release(&self.uid);
+        self.svc.admission.update_qos_cgroups();
         tracing::info!("pod stopped and cleaned up");
     }
 
     /// Removes whatever the runtime left of this pod: processes (through the pod's cgroups),
     /// container state, root filesystem mounts. Used after a shutdown and when a shim died.
     pub(super) async fn cleanup_runtime(&mut self) {
-        let node = self.node.clone();
+        let (info, network) = (self.svc.info.clone(), self.svc.network.clone());
         let state = shim::read_state(&self.run_dir);
         let data_dir = self.data_dir.clone();
         let run_dir = self.run_dir.clone();
         let uid = self.uid.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            let cfg = &node.cfg;
+            let cfg = &info.cfg;
             // The namespace is gone or going: DEL what the cache says is still attached.
-            if node.network.attached(&uid) {
-                if let Err(e) = node.network.teardown(&uid, "") {
-                    tracing::warn!("releasing the pod network: {e}");
+            if network.attached(&uid) {
+                if let Err(e) = network.teardown(&uid, "") {
+                    tracing::warn!("releasing the pod network: {}", chain(&e));
                 }
             }
             if let Some(s) = &state {

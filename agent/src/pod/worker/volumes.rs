@@ -1,88 +1,14 @@
-//! What a pod takes from the apiserver when a container starts: the ConfigMaps and Secrets its
-//! env, envFrom and volumes name, and service account tokens for projected
-//! `serviceAccountToken` sources (a TokenRequest bound to the pod, as the kubelet makes them).
-//! Volume files are written under the pod's data dir and bind-mounted read-only.
+//! The pod's volumes: bind mounts for emptyDir, hostPath and the volumes podlet writes, and
+//! writing those: the files of configMap, secret, projected and downwardAPI volumes, kept
+//! under the pod's data dir and bind-mounted read-only.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 
-use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, KeyToPath, Secret, ServiceAccount, Volume};
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::core::v1::{KeyToPath, Volume};
 
 use super::*;
 use crate::pod::translate::ApiData;
-
-/// Token requests a pod's projected volumes make: (audience, expirationSeconds).
-type TokenKey = (String, i64);
-
-fn referenced(spec: &PodSpec) -> (BTreeSet<String>, BTreeSet<String>, BTreeSet<TokenKey>) {
-    let (mut cms, mut secrets, mut tokens) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
-    for v in spec.volumes.iter().flatten() {
-        if let Some(c) = &v.config_map {
-            cms.insert(c.name.clone());
-        }
-        if let Some(s) = v.secret.as_ref().and_then(|s| s.secret_name.clone()) {
-            secrets.insert(s);
-        }
-        for s in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
-            if let Some(c) = &s.config_map {
-                cms.insert(c.name.clone());
-            }
-            if let Some(x) = &s.secret {
-                secrets.insert(x.name.clone());
-            }
-            if let Some(t) = &s.service_account_token {
-                tokens.insert((
-                    t.audience.clone().unwrap_or_default(),
-                    t.expiration_seconds.unwrap_or(3600),
-                ));
-            }
-        }
-    }
-    let all = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .chain(spec.containers.iter());
-    for c in all {
-        for e in c.env.iter().flatten() {
-            if let Some(f) = &e.value_from {
-                if let Some(r) = &f.config_map_key_ref {
-                    cms.insert(r.name.clone());
-                }
-                if let Some(r) = &f.secret_key_ref {
-                    secrets.insert(r.name.clone());
-                }
-            }
-        }
-        for e in c.env_from.iter().flatten() {
-            if let Some(r) = &e.config_map_ref {
-                cms.insert(r.name.clone());
-            }
-            if let Some(r) = &e.secret_ref {
-                secrets.insert(r.name.clone());
-            }
-        }
-    }
-    (cms, secrets, tokens)
-}
-
-fn config_map_data(c: ConfigMap) -> BTreeMap<String, Vec<u8>> {
-    let mut out: BTreeMap<String, Vec<u8>> = c
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.into_bytes()))
-        .collect();
-    out.extend(
-        c.binary_data
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.0)),
-    );
-    out
-}
 
 /// Removes files below `dir` that `files` (paths relative to `root`) no longer has.
 fn remove_stale(
@@ -106,84 +32,116 @@ fn remove_stale(
 }
 
 impl Worker {
-    /// Fetches what the pod refers to (absent objects are left out; whoever needs them says
-    /// so). Without an apiserver, only pods that refer to nothing can run.
-    pub(super) async fn fetch_api_objects(&self) -> Result<ApiData, String> {
-        let (cms, secrets, tokens) = referenced(&self.spec);
-        let mut data = ApiData::default();
-        if cms.is_empty() && secrets.is_empty() && tokens.is_empty() {
-            return Ok(data);
-        }
-        let Some(client) = self.node.api.get().map(|c| c.borrow().clone()) else {
-            return Err(
-                "config maps, secrets and service account tokens need an apiserver".to_string(),
-            );
-        };
-        let ns = &self.namespace;
-        let cm_api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-        for name in cms {
-            match cm_api.get_opt(&name).await {
-                Ok(Some(c)) => {
-                    data.config_maps.insert(name, config_map_data(c));
+    pub(super) fn volume_mounts(
+        &self,
+        c: &Container,
+        field: &str,
+    ) -> Result<Vec<BindMount>, String> {
+        let mut out = Vec::new();
+        for (j, m) in c.volume_mounts.iter().flatten().enumerate() {
+            let vol = self
+                .spec
+                .volumes
+                .iter()
+                .flatten()
+                .find(|v| v.name == m.name)
+                .ok_or_else(|| {
+                    format!("{field}.volumeMounts[{j}].name: Not found: {:?}", m.name)
+                })?;
+            let mut forced_ro = false;
+            let mut source = if vol.empty_dir.is_some() {
+                let d = self.data_dir.join("volumes/empty-dir").join(&vol.name);
+                std::fs::create_dir_all(&d).map_err(|e| format!("volume {:?}: {e}", vol.name))?;
+                use std::os::unix::fs::PermissionsExt;
+                // fsGroup: the volume belongs to the group, setgid so new files do too.
+                let fs_group = self
+                    .spec
+                    .security_context
+                    .as_ref()
+                    .and_then(|s| s.fs_group)
+                    .and_then(|g| u32::try_from(g).ok());
+                // In a user namespace, IDs are the pod's: the host sees them shifted.
+                let shift = self.svc.userns.get(&self.uid).map_or(0, |r| r.host_id);
+                if fs_group.is_some() || shift > 0 {
+                    let g = fs_group.unwrap_or(0).saturating_add(shift);
+                    std::os::unix::fs::chown(&d, Some(shift), Some(g))
+                        .map_err(|e| format!("volume {:?}: {e}", vol.name))?;
                 }
-                Ok(None) => {}
-                Err(e) => return Err(format!("getting configmap {name:?}: {e}")),
-            }
-        }
-        let secret_api: Api<Secret> = Api::namespaced(client.clone(), ns);
-        for name in secrets {
-            match secret_api.get_opt(&name).await {
-                Ok(Some(s)) => {
-                    let mut m: BTreeMap<String, Vec<u8>> = s
-                        .data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, v.0))
-                        .collect();
-                    m.extend(
-                        s.string_data
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|(k, v)| (k, v.into_bytes())),
-                    );
-                    data.secrets.insert(name, m);
+                let mode = if fs_group.is_some() { 0o2777 } else { 0o777 };
+                let _ = std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode));
+                d
+            } else if let Some(hp) = &vol.host_path {
+                let p = PathBuf::from(&hp.path);
+                match hp.type_.as_deref().unwrap_or("") {
+                    "DirectoryOrCreate" => std::fs::create_dir_all(&p)
+                        .map_err(|e| format!("hostPath {:?}: {e}", hp.path))?,
+                    "Directory" if !p.is_dir() => {
+                        return Err(format!(
+                            "hostPath type check failed: {} is not a directory",
+                            hp.path
+                        ))
+                    }
+                    "File" if !p.is_file() => {
+                        return Err(format!(
+                            "hostPath type check failed: {} is not a file",
+                            hp.path
+                        ))
+                    }
+                    "FileOrCreate" if !p.exists() => std::fs::write(&p, b"")
+                        .map_err(|e| format!("hostPath {:?}: {e}", hp.path))?,
+                    _ => {}
                 }
-                Ok(None) => {}
-                Err(e) => return Err(format!("getting secret {name:?}: {e}")),
-            }
-        }
-        let sa = self
-            .spec
-            .service_account_name
-            .clone()
-            .unwrap_or_else(|| "default".into());
-        let sa_api: Api<ServiceAccount> = Api::namespaced(client, ns);
-        for (audience, exp) in tokens {
-            let req = TokenRequest {
-                spec: TokenRequestSpec {
-                    audiences: if audience.is_empty() {
-                        Vec::new()
-                    } else {
-                        vec![audience.clone()]
-                    },
-                    expiration_seconds: Some(exp),
-                    bound_object_ref: Some(BoundObjectReference {
-                        api_version: Some("v1".into()),
-                        kind: Some("Pod".into()),
-                        name: Some(self.name.clone()),
-                        uid: Some(self.uid.clone()),
-                    }),
-                },
-                ..Default::default()
+                p
+            } else if let Some(kind) = [
+                (vol.config_map.is_some(), "configmap"),
+                (vol.secret.is_some(), "secret"),
+                (vol.projected.is_some(), "projected"),
+                (vol.downward_api.is_some(), "downward-api"),
+            ]
+            .iter()
+            .find_map(|(is, k)| is.then_some(*k))
+            {
+                // Written by write_api_volumes; always read-only, as the kubelet mounts them.
+                forced_ro = true;
+                self.data_dir.join("volumes").join(kind).join(&vol.name)
+            } else {
+                return Err(format!(
+                    "volume {:?}: only emptyDir, hostPath, configMap, secret, projected and downwardAPI volumes are supported",
+                    vol.name
+                ));
             };
-            let got: TokenRequest = sa_api
-                .create_subresource("token", &sa, &PostParams::default(), &req)
-                .await
-                .map_err(|e| format!("requesting a token for service account {sa:?}: {e}"))?;
-            let token = got.status.map(|s| s.token).unwrap_or_default();
-            data.tokens.insert((audience, exp), token);
+            if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+                let sp = Path::new(sub);
+                if sp.is_absolute()
+                    || sp
+                        .components()
+                        .any(|c| matches!(c, std::path::Component::ParentDir))
+                {
+                    return Err(format!(
+                        "{field}.volumeMounts[{j}].subPath: Invalid value: {sub:?}"
+                    ));
+                }
+                source = source.join(sp);
+                if !source.exists() {
+                    std::fs::create_dir_all(&source)
+                        .map_err(|e| format!("subPath {sub:?}: {e}"))?;
+                }
+            }
+            out.push(BindMount {
+                source,
+                destination: m.mount_path.clone(),
+                readonly: forced_ro || m.read_only.unwrap_or(false),
+            });
         }
-        Ok(data)
+        Ok(out)
+    }
+
+    /// Fetches what the pod refers to from the apiserver.
+    pub(super) async fn fetch_api_objects(&self) -> Result<ApiData, String> {
+        self.svc
+            .api
+            .fetch(&self.spec, &self.namespace, &self.name, &self.uid)
+            .await
     }
 
     /// Re-reads what the pod's volumes show from the apiserver every few minutes (the
@@ -222,7 +180,7 @@ impl Worker {
             std::fs::create_dir_all(&dir).map_err(|e| format!("volume {:?}: {e}", v.name))?;
             // Files the objects no longer have go.
             remove_stale(&dir, &dir, &files);
-            let shift = self.node.userns.get(&self.uid).map_or(0, |r| r.host_id);
+            let shift = self.svc.userns.get(&self.uid).map_or(0, |r| r.host_id);
             let fs_group = self
                 .spec
                 .security_context

@@ -1,0 +1,423 @@
+//! Agent configuration, like the kubelet's `KubeletConfiguration`: every setting is one field of
+//! `Settings`, given as a flag or in `/etc/podlet/config.yaml`. A flag given on the command line
+//! wins over the file; the file wins over the default. `Config` is the resolved, typed result.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+mod parse;
+mod settings;
+
+pub use parse::{
+    parse_labels, parse_reserved, parse_taints, parse_thresholds, Amount, ImageGcPolicy, Reserved,
+    Threshold, DEFAULT_HARD,
+};
+pub use settings::{PathFlags, Settings};
+
+pub const DEFAULT_CONFIG: &str = "/etc/podlet/config.yaml";
+
+/// Why the configuration cannot be used. Messages name the flag (or the file and its field).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {field}")]
+    Field {
+        path: PathBuf,
+        field: String,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("node name {0:?} is not a valid DNS subdomain (set --node-name)")]
+    NodeName(String),
+    #[error("--cgroup-root {0:?} must be a relative cgroup path")]
+    CgroupRoot(String),
+    /// A value its parser refused, with the parser's reason.
+    #[error("--{flag}: {reason}")]
+    Value { flag: &'static str, reason: String },
+    #[error("--qos-reserved {0:?}: expected memory=<0-100>%")]
+    QosReserved(String),
+    #[error("--kube-api-qps and --kube-api-burst must be positive")]
+    KubeApiRate,
+    #[error("--max-parallel-image-pulls needs --serialize-image-pulls=false")]
+    ParallelPulls,
+    #[error("--image-gc-low-threshold ({low}) must be below --image-gc-high-threshold ({high}), which is at most 100")]
+    ImageGcThresholds { low: u8, high: u8 },
+    #[error("--image-gc-period must be positive")]
+    ImageGcPeriod,
+}
+
+/// `parse(value)`, its error naming `flag`.
+fn parsed<T>(flag: &'static str, r: Result<T, String>) -> Result<T, ConfigError> {
+    r.map_err(|reason| ConfigError::Value { flag, reason })
+}
+
+/// How the agent relates to a control plane.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClusterMode {
+    /// Static pods only.
+    Standalone,
+    /// The control plane runs in this process on the embedded store.
+    AllInOne {
+        listen: std::net::SocketAddr,
+        admin_kubeconfig: PathBuf,
+    },
+    /// A worker of the control plane at `server`.
+    Worker {
+        server: String,
+        token: Option<String>,
+        ca: Option<PathBuf>,
+    },
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub manifest_dir: PathBuf,
+    pub root_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub log_dir: PathBuf,
+    pub node_name: String,
+    pub cgroup_root: String,
+    pub port: u16,
+    pub address: IpAddr,
+    pub node_ip: Option<IpAddr>,
+    pub cni_conf_dir: PathBuf,
+    pub cni_bin_dirs: Vec<PathBuf>,
+    pub cni_cache_dir: PathBuf,
+    pub pod_cidr: String,
+    pub pod_pids_limit: Option<i64>,
+    /// Reserved (millicores, bytes), system and kube together.
+    pub reserved: Reserved,
+    pub eviction_hard: Vec<Threshold>,
+    pub eviction_interval: std::time::Duration,
+    /// Fraction of higher classes' memory requests kept from lower QoS classes.
+    pub qos_reserved_memory: Option<f64>,
+    pub seccomp_default: bool,
+    pub allowed_unsafe_sysctls: Vec<String>,
+    /// Where mounts are read from (a parameter so tests can use a fixture).
+    pub mountinfo: PathBuf,
+    pub cluster: ClusterMode,
+    pub kubeconfig: PathBuf,
+    pub node_labels: std::collections::BTreeMap<String, String>,
+    pub taints: Vec<k8s_openapi::api::core::v1::Taint>,
+    /// (QPS, burst) of writes to the apiserver.
+    pub kube_api: (f64, u32),
+    /// Image pulls at once (None: no limit).
+    pub image_pulls: Option<usize>,
+    pub registries: podlet_runtime::image::pull::RegistryConfig,
+    /// Docker config files with node-level registry credentials, first match wins.
+    pub image_credentials: Vec<PathBuf>,
+    pub image_gc: ImageGcPolicy,
+}
+
+impl Config {
+    pub fn images_dir(&self) -> PathBuf {
+        self.root_dir.join("images")
+    }
+    /// Per-pod persistent data (rootfs instances, volumes, etc files).
+    pub fn pod_data_dir(&self, uid: &str) -> PathBuf {
+        self.root_dir.join("pods").join(uid)
+    }
+    /// Per-pod runtime dir (shim socket and state).
+    pub fn pod_run_dir(&self, uid: &str) -> PathBuf {
+        self.run_dir.join("pods").join(uid)
+    }
+    /// libcontainer's state root.
+    pub fn container_state_root(&self) -> PathBuf {
+        self.run_dir.join("containers")
+    }
+    pub fn socket_path(&self) -> PathBuf {
+        self.run_dir.join("podlet.sock")
+    }
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+        .to_lowercase()
+}
+
+impl Config {
+    /// The configuration from the command line (`paths` and `flags`) over the file over the
+    /// defaults.
+    pub fn load(paths: &PathFlags, flags: &Settings) -> Result<Self, ConfigError> {
+        let explicit = paths.config.is_some();
+        let file_path = paths
+            .config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+        let file = Settings::read_file(&file_path, explicit)?;
+        Self::resolve(flags.clone().with_dirs(paths).or(file))
+    }
+
+    /// Fills in the defaults and checks and converts every value.
+    pub fn resolve(s: Settings) -> Result<Self, ConfigError> {
+        let node_name = s.node_name.unwrap_or_else(hostname);
+        if node_name.is_empty()
+            || node_name.len() > 253
+            || !node_name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        {
+            return Err(ConfigError::NodeName(node_name));
+        }
+        let cgroup_root = s
+            .cgroup_root
+            .unwrap_or_else(|| "kubepods".into())
+            .trim_matches('/')
+            .to_string();
+        if cgroup_root.is_empty() || cgroup_root.split('/').any(|c| c == ".." || c.is_empty()) {
+            return Err(ConfigError::CgroupRoot(cgroup_root));
+        }
+        let root_dir: PathBuf = s.root_dir.unwrap_or_else(|| "/var/lib/podlet".into());
+        let reserved = |flag, v: Option<String>| {
+            v.map(|v| parsed(flag, parse_reserved(&v)))
+                .transpose()
+                .map(Option::unwrap_or_default)
+        };
+        let reserved = reserved("system-reserved", s.system_reserved)?
+            + reserved("kube-reserved", s.kube_reserved)?;
+        let eviction_hard = parsed(
+            "eviction-hard",
+            parse_thresholds(s.eviction_hard.as_deref().unwrap_or(DEFAULT_HARD)),
+        )?;
+        let qos_reserved_memory = match s.qos_reserved {
+            None => None,
+            Some(v) => {
+                let pct = v
+                    .strip_prefix("memory=")
+                    .and_then(|p| p.strip_suffix('%'))
+                    .and_then(|p| p.parse::<f64>().ok())
+                    .filter(|p| (0.0..=100.0).contains(p))
+                    .ok_or_else(|| ConfigError::QosReserved(v.clone()))?;
+                Some(pct / 100.0)
+            }
+        };
+        let cluster = if s.standalone.unwrap_or(false) {
+            ClusterMode::Standalone
+        } else if let Some(server) = s.server {
+            ClusterMode::Worker {
+                server,
+                token: s.token,
+                ca: s.certificate_authority,
+            }
+        } else {
+            ClusterMode::AllInOne {
+                listen: s
+                    .apiserver_listen
+                    .unwrap_or_else(|| ([127, 0, 0, 1], 6443).into()),
+                admin_kubeconfig: s
+                    .admin_kubeconfig
+                    .unwrap_or_else(|| "/etc/podlet/admin.kubeconfig".into()),
+            }
+        };
+        let node_labels = parsed("node-labels", parse_labels(s.node_labels.as_deref()))?;
+        let taints = parsed(
+            "register-with-taints",
+            parse_taints(s.register_with_taints.as_deref()),
+        )?;
+        let kube_api = {
+            let qps = s.kube_api_qps.unwrap_or(50.0);
+            let burst = s.kube_api_burst.unwrap_or(100);
+            if qps.is_nan() || qps <= 0.0 || burst == 0 {
+                return Err(ConfigError::KubeApiRate);
+            }
+            (qps, burst)
+        };
+        let image_pulls = {
+            let serialize = s.serialize_image_pulls.unwrap_or(true);
+            let max = s.max_parallel_image_pulls.unwrap_or(0);
+            if serialize && max > 1 {
+                return Err(ConfigError::ParallelPulls);
+            }
+            match (serialize, max) {
+                (true, _) => Some(1),
+                (false, 0) => None,
+                (false, n) => Some(n as usize),
+            }
+        };
+        let image_gc = {
+            let dur = |flag, v: Option<String>, default: &str| {
+                parsed(
+                    flag,
+                    k8s_rules::duration::parse(v.as_deref().unwrap_or(default)),
+                )
+            };
+            let high = s.image_gc_high_threshold.unwrap_or(85);
+            let low = s.image_gc_low_threshold.unwrap_or(80);
+            if high > 100 || low >= high && high != 100 {
+                return Err(ConfigError::ImageGcThresholds { low, high });
+            }
+            let period = dur("image-gc-period", s.image_gc_period, "5m")?;
+            if period.is_zero() {
+                return Err(ConfigError::ImageGcPeriod);
+            }
+            ImageGcPolicy {
+                high,
+                low,
+                min_age: dur("image-minimum-gc-age", s.image_minimum_gc_age, "2m")?,
+                max_age: dur("image-maximum-gc-age", s.image_maximum_gc_age, "0")?,
+                period,
+            }
+        };
+        Ok(Self {
+            manifest_dir: s
+                .manifest_dir
+                .unwrap_or_else(|| "/etc/podlet/manifests".into()),
+            run_dir: s.run_dir.unwrap_or_else(|| "/run/podlet".into()),
+            log_dir: s.log_dir.unwrap_or_else(|| "/var/log/pods".into()),
+            node_name,
+            cgroup_root,
+            port: s.port.unwrap_or(10250),
+            address: s.address.unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            node_ip: s.node_ip,
+            cni_conf_dir: s.cni_conf_dir.unwrap_or_else(|| "/etc/cni/net.d".into()),
+            cni_bin_dirs: s
+                .cni_bin_dir
+                .unwrap_or_else(|| "/opt/cni/bin".into())
+                .split(':')
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from)
+                .collect(),
+            cni_cache_dir: s.cni_cache_dir.unwrap_or_else(|| "/var/lib/cni".into()),
+            pod_cidr: s.pod_cidr.unwrap_or_else(|| "10.88.0.0/16".into()),
+            pod_pids_limit: s.pod_pids_limit.filter(|p| *p > 0),
+            reserved,
+            eviction_hard,
+            eviction_interval: std::time::Duration::from_secs_f64(
+                s.eviction_interval.unwrap_or(10.0).max(0.1),
+            ),
+            qos_reserved_memory,
+            seccomp_default: s.seccomp_default.unwrap_or(false),
+            allowed_unsafe_sysctls: s
+                .allowed_unsafe_sysctls
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+            mountinfo: PathBuf::from("/proc/self/mountinfo"),
+            kubeconfig: s
+                .kubeconfig
+                .unwrap_or_else(|| root_dir.join("kubelet.kubeconfig")),
+            cluster,
+            node_labels,
+            taints,
+            kube_api,
+            image_pulls,
+            registries: s.registries.unwrap_or_default(),
+            // The kubelet's search: its root directory, then the user's Docker config.
+            image_credentials: match s.image_credentials {
+                Some(p) => vec![p],
+                None => {
+                    let mut v = vec![root_dir.join("config.json")];
+                    if let Some(home) = std::env::var_os("HOME") {
+                        v.push(PathBuf::from(home).join(".docker/config.json"));
+                    }
+                    v
+                }
+            },
+            image_gc,
+            root_dir,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn flags_override_file_and_file_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(
+            &file,
+            "rootDir: /srv/podlet\nport: 1234\nnodeName: from-file\n",
+        )
+        .unwrap();
+        let paths = PathFlags {
+            config: Some(file.clone()),
+            ..Default::default()
+        };
+        let run = Settings {
+            node_name: Some("from-flag".into()),
+            ..Default::default()
+        };
+        let c = Config::load(&paths, &run).unwrap();
+        assert_eq!(c.node_name, "from-flag");
+        assert_eq!(c.root_dir, Path::new("/srv/podlet"));
+        assert_eq!(c.port, 1234);
+        assert_eq!(c.run_dir, Path::new("/run/podlet"));
+        assert_eq!(c.cgroup_root, "kubepods");
+    }
+
+    #[test]
+    fn bad_file_names_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(&file, "port: lots\n").unwrap();
+        let paths = PathFlags {
+            config: Some(file),
+            ..Default::default()
+        };
+        let err = Config::load(&paths, &Settings::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("c.yaml") && err.contains("port"), "{err}");
+        std::fs::write(dir.path().join("d.yaml"), "staticPodPath: /x\n").unwrap();
+        let paths = PathFlags {
+            config: Some(dir.path().join("d.yaml")),
+            ..Default::default()
+        };
+        assert!(Config::load(&paths, &Settings::default()).is_err());
+    }
+
+    #[test]
+    fn switches_take_no_value_and_absent_flags_leave_the_file_alone() {
+        #[derive(clap::Parser)]
+        struct Run {
+            #[command(flatten)]
+            s: Settings,
+        }
+        let parse = |args: &[&str]| {
+            <Run as clap::Parser>::try_parse_from(
+                std::iter::once("run").chain(args.iter().copied()),
+            )
+            .map(|r| r.s)
+        };
+        let s = parse(&[
+            "--standalone",
+            "--seccomp-default",
+            "--pod-pids-limit",
+            "-1",
+        ])
+        .unwrap();
+        assert_eq!(
+            (s.standalone, s.seccomp_default, s.pod_pids_limit),
+            (Some(true), Some(true), Some(-1))
+        );
+        assert!(
+            parse(&["--standalone", "false"]).is_err(),
+            "a switch takes no value"
+        );
+        let none = parse(&[]).unwrap();
+        assert!(none.standalone.is_none() && none.port.is_none());
+        let file = Settings {
+            standalone: Some(true),
+            port: Some(1),
+            ..Default::default()
+        };
+        let merged = none.or(file);
+        assert_eq!((merged.standalone, merged.port), (Some(true), Some(1)));
+    }
+}
