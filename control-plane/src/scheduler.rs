@@ -255,6 +255,11 @@ async fn reconcile(pod: Arc<Pod>, s: Arc<Scheduler>) -> Result<Action> {
     if !is_pending(&pod) {
         return Ok(Action::await_change());
     }
+    // No pod is judged against a node list that has not been read yet. The reconcile runs in
+    // its own task while the controller keeps polling the node watch, so this wait ends.
+    if s.nodes.wait_until_ready().await.is_err() {
+        return Ok(Action::requeue(RETRY_UNSCHEDULABLE));
+    }
     let wants = Requests::of(&pod);
     let usage = s.usage();
     let nodes = s.nodes.state();
@@ -329,10 +334,6 @@ pub async fn run(client: kube::Client) {
         pods,
         nodes,
         assumed: Mutex::new(HashMap::new()),
-    });
-    let ready = ctx.nodes.clone();
-    tokio::spawn(async move {
-        let _ = ready.wait_until_ready().await;
     });
     reconcile::run("scheduler", controller, reconcile, ctx).await;
 }

@@ -197,8 +197,9 @@ impl Collector {
     }
 
     /// Whether the owner `o` of an object in `namespace` is gone: not in the graph, and not
-    /// found (with its uid) by the API either. Owners of kinds this server does not serve
-    /// cannot exist.
+    /// found (with its uid) by the API either. An owner of a kind this server does not serve
+    /// (yet: a custom resource whose definition comes later) is never taken for gone, as
+    /// upstream's collector keeps such dependents rather than guess.
     async fn owner_gone(&self, o: &OwnerReference, namespace: Option<&str>) -> Result<bool> {
         if self
             .graph
@@ -210,7 +211,8 @@ impl Collector {
             return Ok(false);
         }
         let Some(kind) = self.kind_of(&o.api_version, &o.kind) else {
-            return Ok(true);
+            tracing::debug!(owner = %format!("{}/{}", o.kind, o.name), api_version = %o.api_version, "owner of a kind not served: kept");
+            return Ok(false);
         };
         let found = self.api(kind, namespace).get_opt(&o.name).await?;
         Ok(found.is_none_or(|f| f.uid().as_deref() != Some(o.uid.as_str())))

@@ -207,3 +207,27 @@ async fn an_owner_the_graph_has_not_seen_is_looked_up() {
     reconcile(dep().await, ctx).await.unwrap();
     assert!(s.exists("dep").await.is_none(), "its owner is gone");
 }
+
+/// An owner of a kind the server does not serve (a custom resource whose definition is not
+/// there yet) cannot be looked up: its dependents stay, as upstream's collector keeps them.
+#[tokio::test]
+async fn dependents_of_an_unknown_kind_are_kept() {
+    let s = Setup::new().await;
+    let (collector, _wakes) = collector(s.manager());
+    let kind = collector.kind_of("v1", "ConfigMap").unwrap();
+    let ctx = Arc::new(KindLoop { collector, kind });
+    let widget = OwnerReference {
+        api_version: "example.com/v1".into(),
+        kind: "Widget".into(),
+        name: "w".into(),
+        uid: "8b1c6f0e-0000-4000-8000-000000000001".into(),
+        ..Default::default()
+    };
+    s.config_map("dep", &[widget], &[]).await;
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(s.manager(), "default", &ctx.collector.kinds[kind].ar);
+    reconcile(Arc::new(api.get("dep").await.unwrap()), ctx)
+        .await
+        .unwrap();
+    assert!(s.exists("dep").await.is_some(), "kept");
+}
