@@ -26,7 +26,7 @@ pub enum ClientError {
         command: String,
         error: CniError,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
 }
 

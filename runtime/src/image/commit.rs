@@ -267,10 +267,10 @@ impl ImageStore {
         created: &mut Vec<PathBuf>,
     ) -> Result<(String, u64), ImageError> {
         let target = self.layer_path(diff_id)?;
-        let layer_err = |source| ImageError::Layer {
+        let layer_err = |error| ImageError::Layer {
             index,
             digest: diff_id.to_string(),
-            source,
+            error,
         };
         let (blob_digest, blob_size) = match (target.exists(), verified, expected) {
             (true, true, Some(e)) => (

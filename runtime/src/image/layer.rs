@@ -24,10 +24,11 @@ const OPAQUE_MARKER: &str = ".wh..wh..opq";
 pub enum LayerError {
     #[error("layer entry {path:?}: {reason}")]
     Refused { path: String, reason: &'static str },
-    #[error("layer entry {path:?}: {source}")]
-    Io { path: String, source: io::Error },
+    // Causes are part of the messages and not also a source(), so chains print them once.
+    #[error("layer entry {path:?}: {error}")]
+    Io { path: String, error: io::Error },
     #[error("reading layer archive: {0}")]
-    Archive(#[source] io::Error),
+    Archive(io::Error),
 }
 
 fn refused(path: &Path, reason: &'static str) -> LayerError {
@@ -38,9 +39,9 @@ fn refused(path: &Path, reason: &'static str) -> LayerError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LayerError + '_ {
-    move |source| LayerError::Io {
+    move |error| LayerError::Io {
         path: path.display().to_string(),
-        source,
+        error,
     }
 }
 

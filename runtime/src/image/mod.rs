@@ -25,12 +25,9 @@ pub use table::{human_size, write_table};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    // The cause is part of the message and not also a source(), so chains print it once.
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: io::Error },
     #[error("{file}: {message}")]
     Format { file: String, message: String },
     #[error("{what}: digest mismatch: expected {expected}, got {actual}")]
@@ -39,12 +36,11 @@ pub enum ImageError {
         expected: String,
         actual: String,
     },
-    #[error("layer {index} ({digest}): {source}")]
+    #[error("layer {index} ({digest}): {error}")]
     Layer {
         index: usize,
         digest: String,
-        #[source]
-        source: layer::LayerError,
+        error: layer::LayerError,
     },
     #[error("image {0:?} not found")]
     NotFound(String),
@@ -62,9 +58,9 @@ pub enum ImageError {
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ImageError + '_ {
-    move |source| ImageError::Io {
+    move |error| ImageError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 

@@ -138,12 +138,9 @@ enum Reply {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShimError {
-    #[error("shim at {path}: {source}")]
-    Unreachable {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    // The cause is part of the message and not also a source(), so chains print it once.
+    #[error("shim at {path}: {error}")]
+    Unreachable { path: PathBuf, error: std::io::Error },
     #[error("shim reply: {0}")]
     Protocol(String),
     #[error("{0}")]
@@ -153,9 +150,9 @@ pub enum ShimError {
 /// Sends one request to the shim of the pod directory `pod_dir` and waits for its reply.
 pub fn call(pod_dir: &Path, req: &Request, timeout: Duration) -> Result<ShimState, ShimError> {
     let path = pod_dir.join(SOCKET_FILE);
-    let unreachable = |source| ShimError::Unreachable {
+    let unreachable = |error| ShimError::Unreachable {
         path: path.clone(),
-        source,
+        error,
     };
     let mut s = UnixStream::connect(&path).map_err(unreachable)?;
     s.set_read_timeout(Some(timeout)).map_err(unreachable)?;
@@ -217,9 +214,9 @@ pub mod frame {
 pub fn attach(pod_dir: &Path, name: &str, stdin: bool) -> Result<UnixStream, ShimError> {
     use std::io::Read;
     let path = pod_dir.join(SOCKET_FILE);
-    let unreachable = |source| ShimError::Unreachable {
+    let unreachable = |error| ShimError::Unreachable {
         path: path.clone(),
-        source,
+        error,
     };
     let mut s = UnixStream::connect(&path).map_err(unreachable)?;
     s.set_read_timeout(Some(Duration::from_secs(30)))
