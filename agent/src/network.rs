@@ -103,7 +103,12 @@ impl Network {
             };
             for p in missing {
                 let tmp = bin.join(format!(".{p}.podlet-tmp"));
-                std::fs::copy(src.join(p), &tmp)
+                let _ = std::fs::remove_file(&tmp);
+                // A hard link when both directories are on one filesystem: instant, where
+                // copying podlet's plugins (tens of MB each in a debug build) is not. A later
+                // reinstall of the source replaces its file, so the link keeps what it had.
+                std::fs::hard_link(src.join(p), &tmp)
+                    .or_else(|_| std::fs::copy(src.join(p), &tmp).map(drop))
                     .and_then(|_| std::fs::rename(&tmp, bin.join(p)))
                     .map_err(|e| InitError::Install(p, e))?;
                 tracing::info!(plugin = p, dir = %bin.display(), "installed CNI plugin");

@@ -379,7 +379,7 @@ impl TestNode {
             .spawn()
             .expect("starting the agent");
         self.agent = Some(child);
-        self.wait_for("the node API", Duration::from_secs(10), || {
+        self.wait_for("the node API", Duration::from_secs(30), || {
             self.get("/healthz").ok()
         });
     }
