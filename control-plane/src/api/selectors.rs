@@ -90,22 +90,12 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn label_selectors() {
+    fn label_selectors_read_the_objects_labels() {
+        // The grammar itself is k8s-rules' (tested there); this is the object wrapper.
         let o = json!({"metadata": {"labels": {"app": "web", "tier": "front"}}});
-        for (s, want) in [
-            ("app=web", true),
-            ("app==web,tier=front", true),
-            ("app!=web", false),
-            ("app in (db, web)", true),
-            ("tier notin (front)", false),
-            ("app", true),
-            ("!app", false),
-            ("missing", false),
-            ("!missing", true),
-            ("", true),
-        ] {
-            assert_eq!(LabelSelector::parse(s).unwrap().matches(&o), want, "{s}");
-        }
+        assert!(LabelSelector::parse("app in (db, web),tier").unwrap().matches(&o));
+        assert!(!LabelSelector::parse("app!=web").unwrap().matches(&o));
+        assert!(LabelSelector::parse("!missing").unwrap().matches(&json!({})));
         assert!(LabelSelector::parse("a in b").is_err());
     }
 
