@@ -12,3 +12,4 @@ python3 bench/cni.py --ours target/release --runs "${1:-40}"
 python3 bench/apiserver.py --podlet target/release/podlet
 python3 bench/cluster.py --podlet target/release/podlet
 python3 bench/pull.py --podlet target/release/podlet
+python3 bench/controllers.py --podlet target/release/podlet

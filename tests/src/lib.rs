@@ -706,6 +706,7 @@ impl Drop for TestNode {
     }
 }
 pub mod apiserver;
+pub mod kube;
 pub mod cni;
 
 /// `ip ARGS` in the network namespace of process `pid`.

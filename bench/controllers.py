@@ -1,0 +1,206 @@
+#!/usr/bin/env python3
+"""The workload controllers, end to end through the API:
+
+(a) a Deployment of N replicas (default 1000) on hollow nodes (Node objects with no agent behind
+    them) -> N pods created by the ReplicaSet controller and bound by the scheduler. With
+    kube-controller-manager's default client limits (20 QPS, burst 30) creating 1000 pods takes
+    ~50 s upstream; the aim here is <= 5 s.
+(b) a rolling update (`kubectl set env`) of a 100-replica Deployment on one real all-in-one node,
+    images present -> all replicas updated and Available (aim <= 15 s).
+(c) leader failover: two control planes on one etcd (Debian's etcd-server); the leading one is
+    killed with SIGKILL; the time until the other holds the kube-controller-manager Lease and
+    until its controllers act (a Deployment created right after the kill gets its ReplicaSet).
+
+No kube-controller-manager is installed on this machine, so there is no peer run side by side;
+the upstream figure in (a) is computed from its documented client limits. Everything on loopback,
+in temp dirs this script removes."""
+import argparse, json, os, shutil, subprocess, sys, tempfile, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import apiserver  # start_etcd, start_apiserver
+import bench  # the cgroup clean-up
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KUBECTL = "/usr/lib/google-cloud-sdk/bin/kubectl.1.33"
+
+
+def kubectl(kubeconfig, home, *args, stdin=None, netns=None):
+    cmd = (netns or []) + [KUBECTL, "--kubeconfig", kubeconfig, "--cache-dir", home + "/kc"] + list(args)
+    return subprocess.run(cmd, input=stdin, capture_output=True, text=True, env=dict(os.environ, HOME=home))
+
+
+def must(out):
+    if out.returncode != 0:
+        sys.exit(out.stderr)
+    return out.stdout
+
+
+def wait(what, check, timeout, step=0.05):
+    t0 = time.perf_counter()
+    while True:
+        v = check()
+        if v:
+            return time.perf_counter() - t0
+        if time.perf_counter() - t0 > timeout:
+            sys.exit(f"{what}: not after {timeout} s")
+        time.sleep(step)
+
+
+def deployment(name, replicas, command):
+    return json.dumps({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}},
+                              "spec": {"terminationGracePeriodSeconds": 0, "automountServiceAccountToken": False,
+                                       "containers": [{"name": "c", "image": "busybox:1.36", "command": command,
+                                                       "resources": {"requests": {"cpu": "1m", "memory": "1Mi"}}}]}}}})
+
+
+def hollow_nodes(count):
+    nodes = [{"apiVersion": "v1", "kind": "Node",
+              "metadata": {"name": f"hollow-{i}", "labels": {"kubernetes.io/hostname": f"hollow-{i}"}},
+              "status": {"capacity": {"cpu": "32", "memory": "128Gi", "pods": "110"},
+                         "allocatable": {"cpu": "32", "memory": "128Gi", "pods": "110"},
+                         "conditions": [{"type": "Ready", "status": "True"}]}} for i in range(count)]
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": nodes})
+
+
+def bound_pods(kc, home):
+    out = kubectl(kc, home, "get", "pods", "-l", "app=big", "--no-headers", "-o", "custom-columns=N:.spec.nodeName")
+    return sum(1 for line in out.stdout.splitlines() if line.strip() not in ("", "<none>"))
+
+
+def hollow(podlet, replicas):
+    tmp = tempfile.mkdtemp(prefix="podlet-bench-ctl-")
+    try:
+        p, port = apiserver.start_apiserver(podlet, tmp, "cp", [])
+        kc = os.path.join(tmp, "cp.kubeconfig")
+        must(kubectl(kc, tmp, "create", "-f", "-", stdin=hollow_nodes((replicas + 99) // 100)))
+        wait("the default service account", lambda: kubectl(kc, tmp, "get", "sa", "default").returncode == 0, 30)
+        t0 = time.perf_counter()
+        must(kubectl(kc, tmp, "create", "-f", "-", stdin=deployment("big", replicas, ["sleep", "3600"])))
+        wait(f"{replicas} pods bound", lambda: bound_pods(kc, tmp) >= replicas, 300, step=0.25)
+        total = time.perf_counter() - t0
+        upstream = (replicas - 30) / 20 + 1
+        print(f"\n== (a) Deployment of {replicas} replicas on {(replicas + 99) // 100} hollow nodes -> all pods created and bound")
+        print(f"  podlet {total:5.2f} s   kube-controller-manager at its default 20 QPS / burst 30: >= {upstream:4.1f} s"
+              f"   ratio {upstream / total:4.1f}x (aim <= 5 s)")
+        p.kill()
+        p.wait()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def rolling(podlet, replicas):
+    cg = "podlet-bench-ctl"
+    work = tempfile.mkdtemp(prefix="podlet-bench-roll-")
+    d = os.path.join(work, "node")
+    for sub in ("root", "run", "logs", "manifests"):
+        os.makedirs(os.path.join(d, sub))
+    base = [podlet, "--config", "/dev/null", "--root-dir", d + "/root", "--run-dir", d + "/run", "--log-dir", d + "/logs"]
+    archive = os.path.join(work, "bb.tar")
+    subprocess.run(["bash", os.path.join(ROOT, "hack/busybox-image.sh"), archive], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(base + ["image", "import", archive], check=True, stdout=subprocess.DEVNULL)
+    holder = subprocess.Popen(["unshare", "--net", "--mount", "--propagation", "private", "sleep", "infinity"])
+    time.sleep(0.2)
+    ns = ["nsenter", "-t", str(holder.pid), "-n", "--"]
+    subprocess.run(ns + ["ip", "link", "set", "lo", "up"], check=True)
+    subprocess.run(ns + ["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0-peer"], check=True)
+    subprocess.run(ns + ["ip", "addr", "add", "10.98.0.2/24", "dev", "eth0"], check=True)
+    for link in ("eth0", "eth0-peer"):
+        subprocess.run(ns + ["ip", "link", "set", link, "up"], check=True)
+    kc = d + "/admin.kubeconfig"
+    agent = subprocess.Popen(["nsenter", "-t", str(holder.pid), "-n", "-m", "--"] + base +
+                             ["run", "--manifest-dir", d + "/manifests", "--node-name", "bench", "--cgroup-root", cg,
+                              "--eviction-hard=", "--admin-kubeconfig", kc,
+                              "--cni-conf-dir", d + "/cni/net.d", "--cni-bin-dir", d + "/cni/bin", "--cni-cache-dir", d + "/cni/cache"],
+                             stdout=open(d + "/agent.log", "w"), stderr=subprocess.STDOUT, env=dict(os.environ, PODLET_LOG="warn"))
+    k = lambda *a, **kw: kubectl(kc, work, *a, netns=ns, **kw)
+
+    def complete():
+        out = k("get", "deploy", "web", "-o", "json")
+        if out.returncode != 0:
+            return False
+        d = json.loads(out.stdout)
+        s = d.get("status", {})
+        return (s.get("observedGeneration") == d["metadata"]["generation"] and s.get("updatedReplicas") == replicas
+                and s.get("availableReplicas") == replicas and s.get("replicas") == replicas)
+
+    try:
+        wait("the node", lambda: k("get", "node", "bench").returncode == 0 and k("get", "sa", "default").returncode == 0, 60)
+        must(k("create", "-f", "-", stdin=deployment("web", replicas, ["sleep", "100000"])))
+        first = wait("the first rollout", complete, 300, step=0.1)
+        t0 = time.perf_counter()
+        must(k("set", "env", "deploy/web", "ROLL=1"))
+        wait("the rolling update", complete, 300, step=0.1)
+        total = time.perf_counter() - t0
+        print(f"\n== (b) rolling update of a {replicas}-replica Deployment on one all-in-one node (maxSurge/maxUnavailable 25%)")
+        print(f"  created -> all Available {first:5.2f} s; set env -> all updated and Available {total:5.2f} s (aim <= 15 s)")
+        k("delete", "deploy", "web", "--wait=false")
+        deadline = time.time() + 120
+        while time.time() < deadline and os.path.isdir(d + "/run/pods") and os.listdir(d + "/run/pods"):
+            time.sleep(0.1)
+    finally:
+        agent.kill()
+        agent.wait()
+        holder.kill()
+        holder.wait()
+        bench.cleanup_cgroups(cg)
+        subprocess.run(["chmod", "-R", "u+rwx", work])
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def holder_of(kc, home):
+    out = kubectl(kc, home, "-n", "kube-system", "get", "lease", "kube-controller-manager", "-o", "jsonpath={.spec.holderIdentity}")
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def failover(podlet, etcd_bin):
+    tmp = tempfile.mkdtemp(prefix="podlet-bench-failover-")
+    procs = []
+    try:
+        e, url = apiserver.start_etcd(etcd_bin, tmp)
+        procs.append(e)
+        a, _ = apiserver.start_apiserver(podlet, tmp, "a", ["--etcd-servers", url])
+        procs.append(a)
+        kca = os.path.join(tmp, "a.kubeconfig")
+        wait("a to lead", lambda: holder_of(kca, tmp) != "", 60)
+        b, _ = apiserver.start_apiserver(podlet, tmp, "b", ["--etcd-servers", url])
+        procs.append(b)
+        kcb = os.path.join(tmp, "b.kubeconfig")
+        leader = holder_of(kcb, tmp)
+        a.kill()
+        t0 = time.perf_counter()
+        must(kubectl(kcb, tmp, "create", "-f", "-", stdin=deployment("after", 1, ["sleep", "3600"])))
+        took = wait("b to lead", lambda: holder_of(kcb, tmp) not in ("", leader), 60)
+        wait("b's controllers to act", lambda: kubectl(kcb, tmp, "get", "rs", "-l", "app=after", "--no-headers").stdout.strip() != "", 60)
+        acted = time.perf_counter() - t0
+        print("\n== (c) leader failover, two control planes on one etcd, the leader killed (SIGKILL)")
+        print(f"  lease taken over after {took:5.2f} s; a Deployment created after the kill got its ReplicaSet after {acted:5.2f} s"
+              " (lease 15 s, renew deadline 10 s, retry 2 s, as kube-controller-manager)")
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--podlet", required=True)
+    ap.add_argument("--etcd", default=os.path.join(ROOT, "target/tools/usr/bin/etcd"))
+    ap.add_argument("--replicas", type=int, default=1000)
+    ap.add_argument("--rolling-replicas", type=int, default=100)
+    ap.add_argument("--only", choices=["hollow", "rolling", "failover"])
+    args = ap.parse_args()
+    podlet = os.path.abspath(args.podlet)
+    if args.only in (None, "hollow"):
+        hollow(podlet, args.replicas)
+    if args.only in (None, "rolling"):
+        rolling(podlet, args.rolling_replicas)
+    if args.only in (None, "failover"):
+        failover(podlet, args.etcd)
+
+
+if __name__ == "__main__":
+    main()
