@@ -2,7 +2,9 @@
 //! together, while this apiserver holds the `kube-controller-manager` Lease.
 
 pub mod csr;
+pub mod events;
 pub mod gc;
+pub mod podcontrol;
 
 use std::path::PathBuf;
 
