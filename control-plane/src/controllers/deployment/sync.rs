@@ -52,7 +52,7 @@ async fn new_replica_set(
                 .await?;
             return Ok(Some(updated));
         }
-        let mut meta_changed = util::set_deployment_revision(d, &util::revision(&copy).to_string());
+        let meta_changed = util::set_deployment_revision(d, &util::revision(&copy).to_string());
         let status = d.status.get_or_insert_with(Default::default);
         let mut status_changed = false;
         if util::get_condition(status, util::PROGRESSING).is_none() {
@@ -63,7 +63,7 @@ async fn new_replica_set(
             );
             status_changed = true;
         }
-        if std::mem::take(&mut meta_changed) {
+        if meta_changed {
             ctx.update_meta(d).await?;
         }
         if status_changed {
