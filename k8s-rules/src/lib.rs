@@ -9,6 +9,7 @@
 //! - [`taints`]: tolerations against taints.
 //! - [`nodeaffinity`]: node selectors and required node affinity.
 //! - [`labels`]: label selectors, in their string form and as `metav1.LabelSelector`.
+//! - [`pods`]: whether a pod is active, ready, available, and which pods a controller removes first.
 //! - [`duration`]: Go durations as Kubernetes flags and config files write them.
 //! - [`files`]: the atomic write of a private file.
 //! - [`pki`]: certificates for clients and servers of the cluster CA.
@@ -18,6 +19,7 @@ pub mod files;
 pub mod labels;
 pub mod nodeaffinity;
 pub mod pki;
+pub mod pods;
 pub mod qos;
 pub mod quantity;
 pub mod resources;

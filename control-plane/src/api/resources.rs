@@ -233,6 +233,8 @@ served! {
     EVENTS = Resource::of::<core::Event>().short(&["ev"]).strategy(&strategy::EVENT);
     RESOURCEQUOTAS = Resource::of::<core::ResourceQuota>().short(&["quota"]).with_status();
     LIMITRANGES = Resource::of::<core::LimitRange>().short(&["limits"]);
+    REPLICATIONCONTROLLERS = Resource::of::<core::ReplicationController>().short(&["rc"])
+        .categories(&["all"]).with_status().strategy(&apps::REPLICATIONCONTROLLER);
     DEPLOYMENTS = Resource::of::<apps_v::v1::Deployment>().short(&["deploy"])
         .categories(&["all"]).with_status().strategy(&apps::DEPLOYMENT);
     REPLICASETS = Resource::of::<apps_v::v1::ReplicaSet>().short(&["rs"]).categories(&["all"])

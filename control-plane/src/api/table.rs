@@ -5,6 +5,9 @@ use serde_json::{json, Value};
 
 use super::resources::Resource;
 
+mod workloads;
+pub use workloads::{DEPLOYMENTS, REPLICASETS, REPLICATIONCONTROLLERS};
+
 fn col(name: &str, ty: &str, priority: u8, description: &str) -> Value {
     json!({"name": name, "type": ty, "format": if name == "Name" { "name" } else { "" }, "description": description, "priority": priority})
 }
@@ -233,19 +236,6 @@ pub static SERVICEACCOUNTS: Printer = Printer {
     },
 };
 
-pub static DEPLOYMENTS: Printer = Printer {
-    columns: || {
-        vec![
-        name_col(),
-        col("Ready", "string", 0, "Number of the pod with ready state."),
-        col("Up-to-date", "string", 0, "Total number of non-terminated pods targeted by this deployment that have the desired template spec."),
-        col("Available", "string", 0, "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment."),
-        age_col(),
-    ]
-    },
-    cells: deployment_cells,
-};
-
 pub static CERTIFICATESIGNINGREQUESTS: Printer = Printer {
     columns: || {
         vec![
@@ -455,21 +445,6 @@ fn service_cells(o: &Value) -> Vec<Value> {
         } else {
             sel.join(",")
         }),
-    ]
-}
-
-fn deployment_cells(o: &Value) -> Vec<Value> {
-    let st = &o["status"];
-    vec![
-        name_cell(o),
-        json!(format!(
-            "{}/{}",
-            st["readyReplicas"].as_i64().unwrap_or(0),
-            o["spec"]["replicas"].as_i64().unwrap_or(1)
-        )),
-        json!(st["updatedReplicas"].as_i64().unwrap_or(0)),
-        json!(st["availableReplicas"].as_i64().unwrap_or(0)),
-        age_cell(o),
     ]
 }
 

@@ -2,12 +2,21 @@
 //! together, while this apiserver holds the `kube-controller-manager` Lease.
 
 pub mod csr;
+pub mod deployment;
+pub mod events;
 pub mod gc;
+pub mod podcontrol;
+pub mod replicaset;
 
 use std::path::PathBuf;
 
 /// Runs every controller until the process ends (or the task is aborted when the lease is
 /// lost).
 pub async fn run(client: kube::Client, pki: PathBuf) {
-    tokio::join!(gc::run(client.clone()), csr::run(client, pki));
+    tokio::join!(
+        gc::run(client.clone()),
+        csr::run(client.clone(), pki),
+        replicaset::run(client.clone()),
+        deployment::run(client),
+    );
 }

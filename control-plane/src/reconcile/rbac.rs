@@ -58,7 +58,48 @@ fn roles() -> Vec<(&'static str, Value, &'static str)> {
             ]),
             CONTROLLER_MANAGER_USER,
         ),
+        (
+            "system:controller:replicaset-controller",
+            replicated("apps", "replicasets"),
+            CONTROLLER_MANAGER_USER,
+        ),
+        (
+            "system:controller:replication-controller",
+            replicated("", "replicationcontrollers"),
+            CONTROLLER_MANAGER_USER,
+        ),
+        (
+            "system:controller:deployment-controller",
+            json!([
+                {"apiGroups": ["apps", "extensions"], "resources": ["deployments"], "verbs": ["get", "list", "update", "watch"]},
+                {"apiGroups": ["apps", "extensions"], "resources": ["deployments/status"], "verbs": ["update"]},
+                {"apiGroups": ["apps", "extensions"], "resources": ["deployments/finalizers"], "verbs": ["update"]},
+                {"apiGroups": ["apps", "extensions"], "resources": ["replicasets"], "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]},
+                // Pods are read to know when Recreate's old pods are gone; upstream's role
+                // also lets it update them.
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "update", "watch"]},
+                {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch", "update"]},
+            ]),
+            CONTROLLER_MANAGER_USER,
+        ),
     ]
+}
+
+/// The role of the ReplicaSet and ReplicationController controllers, over `resource` of
+/// `group` (upstream's `replicaset-controller` and `replication-controller`).
+fn replicated(group: &str, resource: &str) -> Value {
+    let groups = if group.is_empty() {
+        json!([""])
+    } else {
+        json!([group, "extensions"])
+    };
+    json!([
+        {"apiGroups": groups, "resources": [resource], "verbs": ["get", "list", "update", "watch"]},
+        {"apiGroups": groups, "resources": [format!("{resource}/status")], "verbs": ["update"]},
+        {"apiGroups": groups, "resources": [format!("{resource}/finalizers")], "verbs": ["update"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "delete", "list", "patch", "watch"]},
+        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch", "update"]},
+    ])
 }
 
 /// The roles and their bindings, as bootstrap objects.

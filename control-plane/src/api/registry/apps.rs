@@ -1,5 +1,8 @@
-//! Deployments, ReplicaSets and DaemonSets: `metadata.generation` counts spec changes (the
-//! controllers' `observedGeneration` follows it), and the `scale` subresource.
+//! Deployments, ReplicaSets, ReplicationControllers and DaemonSets: `metadata.generation`
+//! counts spec changes (the controllers' `observedGeneration` follows it), and the `scale`
+//! subresource. Deployments, ReplicaSets and ReplicationControllers also get Kubernetes'
+//! defaults and validation (`pkg/apis/apps/v1/defaults.go`, `pkg/apis/core/v1/defaults.go`,
+//! `pkg/apis/apps/validation`, `pkg/apis/core/validation`).
 
 use async_trait::async_trait;
 use axum::body::Bytes;
@@ -12,23 +15,16 @@ use crate::api::patch;
 use crate::api::status::ApiError;
 use crate::api::table;
 
+mod replicated;
+pub use replicated::{
+    label_selector_string, map_selector, DEPLOYMENT, REPLICASET, REPLICATIONCONTROLLER,
+};
+
 pub struct Workload {
     printer: &'static table::Printer,
     fields: &'static [&'static str],
     subresources: &'static [&'static dyn Subresource],
 }
-
-pub static DEPLOYMENT: Workload = Workload {
-    printer: &table::DEPLOYMENTS,
-    fields: &[],
-    subresources: &[&Scale],
-};
-
-pub static REPLICASET: Workload = Workload {
-    printer: &table::DEFAULT,
-    fields: &["status.replicas"],
-    subresources: &[&Scale],
-};
 
 pub static DAEMONSET: Workload = Workload {
     printer: &table::DEFAULT,
@@ -72,7 +68,7 @@ impl Strategy for Workload {
 
 /// The `scale` subresource (autoscaling/v1 Scale): `kubectl scale` reads and patches it;
 /// writes land in the owner's `spec.replicas`.
-struct Scale;
+pub(super) struct Scale;
 
 #[async_trait]
 impl Subresource for Scale {
@@ -100,18 +96,17 @@ impl Subresource for Scale {
 }
 
 fn to_scale(o: &Value) -> Value {
-    let selector: Vec<String> = o["spec"]["selector"]["matchLabels"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-        .collect();
+    let selector = if o["kind"] == "ReplicationController" {
+        map_selector(&o["spec"]["selector"])
+    } else {
+        label_selector_string(&o["spec"]["selector"])
+    };
     json!({
         "kind": "Scale", "apiVersion": "autoscaling/v1",
         "metadata": {"name": o["metadata"]["name"], "namespace": o["metadata"]["namespace"], "uid": o["metadata"]["uid"],
                      "resourceVersion": o["metadata"]["resourceVersion"], "creationTimestamp": o["metadata"]["creationTimestamp"]},
         "spec": {"replicas": o["spec"]["replicas"].as_i64().unwrap_or(1)},
-        "status": {"replicas": o["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector.join(",")},
+        "status": {"replicas": o["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector},
     })
 }
 

@@ -165,7 +165,7 @@ fn image_pull_policy(image: &str) -> &'static str {
     }
 }
 
-fn default_container(c: &mut Value) {
+pub(super) fn default_container(c: &mut Value) {
     let image = c["image"].as_str().unwrap_or_default().to_string();
     let c = c.as_object_mut().unwrap();
     set_default(c, "terminationMessagePath", json!("/dev/termination-log"));
@@ -179,7 +179,7 @@ fn default_container(c: &mut Value) {
     }
 }
 
-fn validate_spec(spec: &Value, causes: &mut Vec<Cause>) {
+pub(super) fn validate_spec(spec: &Value, causes: &mut Vec<Cause>) {
     let containers = spec["containers"]
         .as_array()
         .map(Vec::as_slice)
