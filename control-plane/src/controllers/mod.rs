@@ -2,14 +2,22 @@
 //! together, while this apiserver holds the `kube-controller-manager` Lease.
 
 pub mod csr;
+pub mod daemonset;
 pub mod events;
 pub mod gc;
+pub mod history;
 pub mod podcontrol;
+pub mod statefulset;
 
 use std::path::PathBuf;
 
 /// Runs every controller until the process ends (or the task is aborted when the lease is
 /// lost).
 pub async fn run(client: kube::Client, pki: PathBuf) {
-    tokio::join!(gc::run(client.clone()), csr::run(client, pki));
+    tokio::join!(
+        gc::run(client.clone()),
+        daemonset::run(client.clone()),
+        statefulset::run(client.clone()),
+        csr::run(client, pki)
+    );
 }

@@ -30,12 +30,6 @@ pub static REPLICASET: Workload = Workload {
     subresources: &[&Scale],
 };
 
-pub static DAEMONSET: Workload = Workload {
-    printer: &table::DEFAULT,
-    fields: &[],
-    subresources: &[],
-};
-
 #[async_trait]
 impl Strategy for Workload {
     fn example(&self, name: &str) -> Value {
@@ -72,7 +66,7 @@ impl Strategy for Workload {
 
 /// The `scale` subresource (autoscaling/v1 Scale): `kubectl scale` reads and patches it;
 /// writes land in the owner's `spec.replicas`.
-struct Scale;
+pub struct Scale;
 
 #[async_trait]
 impl Subresource for Scale {
