@@ -542,8 +542,18 @@ pub static STATEFULSETS: Printer = Printer {
             name_col(),
             col("Ready", "string", 0, "Number of the pod with ready state."),
             age_col(),
-            col("Containers", "string", 1, "Names of each container in the template."),
-            col("Images", "string", 1, "Images referenced by each container in the template."),
+            col(
+                "Containers",
+                "string",
+                1,
+                "Names of each container in the template.",
+            ),
+            col(
+                "Images",
+                "string",
+                1,
+                "Images referenced by each container in the template.",
+            ),
         ]
     },
     cells: |o| {
@@ -567,8 +577,18 @@ pub static CONTROLLERREVISIONS: Printer = Printer {
     columns: || {
         vec![
             name_col(),
-            col("Controller", "string", 0, "Controller of the object with link to controller"),
-            col("Revision", "integer", 0, "Revision indicates the revision of the state represented by Data."),
+            col(
+                "Controller",
+                "string",
+                0,
+                "Controller of the object with link to controller",
+            ),
+            col(
+                "Revision",
+                "integer",
+                0,
+                "Revision indicates the revision of the state represented by Data.",
+            ),
             age_col(),
         ]
     },
@@ -622,8 +642,14 @@ fn template_cells(o: &Value) -> Vec<Value> {
         .as_array()
         .cloned()
         .unwrap_or_default();
-    let names: Vec<&str> = containers.iter().filter_map(|c| c["name"].as_str()).collect();
-    let images: Vec<&str> = containers.iter().filter_map(|c| c["image"].as_str()).collect();
+    let names: Vec<&str> = containers
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    let images: Vec<&str> = containers
+        .iter()
+        .filter_map(|c| c["image"].as_str())
+        .collect();
     let sel = &o["spec"]["selector"];
     let mut parts: Vec<String> = sel["matchLabels"]
         .as_object()

@@ -210,7 +210,10 @@ pub async fn renumber(
 pub async fn delete(client: &kube::Client, revision: &ControllerRevision) -> Result<()> {
     let api: Api<ControllerRevision> =
         Api::namespaced(client.clone(), &revision.namespace().unwrap_or_default());
-    match api.delete(&revision.name_any(), &DeleteParams::default()).await {
+    match api
+        .delete(&revision.name_any(), &DeleteParams::default())
+        .await
+    {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(Error::from(e)),

@@ -445,14 +445,15 @@ impl Strategy for StatefulSet {
             Some(_) => causes.push((
                 "FieldValueInvalid",
                 "spec.updateStrategy".into(),
-                format!(
-                    "Invalid value: {strategy}: must be 'RollingUpdate' or 'OnDelete'"
-                ),
+                format!("Invalid value: {strategy}: must be 'RollingUpdate' or 'OnDelete'"),
             )),
         }
         let policy = &spec["persistentVolumeClaimRetentionPolicy"];
         for k in ["whenDeleted", "whenScaled"] {
-            if let Some(v) = policy[k].as_str().filter(|v| !["Retain", "Delete"].contains(v)) {
+            if let Some(v) = policy[k]
+                .as_str()
+                .filter(|v| !["Retain", "Delete"].contains(v))
+            {
                 causes.push(not_supported(
                     &format!("spec.persistentVolumeClaimRetentionPolicy.{k}"),
                     &json!(v),
@@ -554,15 +555,24 @@ mod tests {
         ds["spec"]["selector"] = Value::Null;
         DAEMONSET.defaults(&mut ds);
         let causes = DAEMONSET.validate(&ds);
-        assert!(causes.iter().any(|c| c.1 == "spec.selector" && c.2 == "Required value"));
+        assert!(causes
+            .iter()
+            .any(|c| c.1 == "spec.selector" && c.2 == "Required value"));
         let mut sts = workload_example("s");
         sts["spec"]["selector"] = json!({"matchLabels": {"app": "other"}});
         sts["spec"]["template"]["spec"]["restartPolicy"] = json!("Never");
         STATEFULSET.defaults(&mut sts);
-        let fields: Vec<String> = STATEFULSET.validate(&sts).into_iter().map(|c| c.1).collect();
+        let fields: Vec<String> = STATEFULSET
+            .validate(&sts)
+            .into_iter()
+            .map(|c| c.1)
+            .collect();
         assert_eq!(
             fields,
-            ["spec.template.metadata.labels", "spec.template.spec.restartPolicy"]
+            [
+                "spec.template.metadata.labels",
+                "spec.template.spec.restartPolicy"
+            ]
         );
     }
 
@@ -576,7 +586,13 @@ mod tests {
         STATEFULSET.prepare_for_update("s", &mut new, &old).unwrap();
         assert_eq!(new["metadata"]["generation"], 2);
         new["spec"]["serviceName"] = json!("other");
-        let err = STATEFULSET.prepare_for_update("s", &mut new, &old).unwrap_err();
-        assert!(err.message.contains("updates to statefulset spec"), "{}", err.message);
+        let err = STATEFULSET
+            .prepare_for_update("s", &mut new, &old)
+            .unwrap_err();
+        assert!(
+            err.message.contains("updates to statefulset spec"),
+            "{}",
+            err.message
+        );
     }
 }

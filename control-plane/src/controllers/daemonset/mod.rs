@@ -91,18 +91,21 @@ pub async fn run(client: kube::Client) {
     let (nodes, node_events) = informer(Api::<Node>::all(client.clone()), |_| {});
     let (revisions, revision_events) =
         informer(Api::<ControllerRevision>::all(client.clone()), |_| {});
-    let (s1, s2, s3) = (daemonsets.clone(), daemonsets.clone(), daemonsets.clone());
+    let (s1, s2) = (daemonsets.clone(), daemonsets.clone());
     let controller = controller
         .reconcile_on(pod_events.flat_map(move |p| stream::iter(daemonsets_for(&s1, &p))))
         .reconcile_on(node_events.flat_map(move |_| {
-            let all: Vec<_> = s2.state().iter().map(|d| ObjectRef::from_obj(&**d)).collect();
+            let all: Vec<_> = s2
+                .state()
+                .iter()
+                .map(|d| ObjectRef::from_obj(&**d))
+                .collect();
             stream::iter(all)
         }))
-        .reconcile_on(revision_events.filter_map(move |r| {
+        .reconcile_on(revision_events.filter_map(|r| {
             let ds = controller_of(&r)
                 .filter(|o| o.kind == "DaemonSet")
                 .map(|o| ObjectRef::new(&o.name).within(&r.namespace().unwrap_or_default()));
-            let _ = &s3;
             std::future::ready(ds)
         }));
     let ctx = Arc::new(Ctx {
@@ -135,8 +138,16 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action> {
     let Some(spec) = ds.spec.as_ref() else {
         return Ok(Action::await_change());
     };
-    if spec.selector.match_labels.as_ref().is_none_or(BTreeMap::is_empty)
-        && spec.selector.match_expressions.as_ref().is_none_or(Vec::is_empty)
+    if spec
+        .selector
+        .match_labels
+        .as_ref()
+        .is_none_or(BTreeMap::is_empty)
+        && spec
+            .selector
+            .match_expressions
+            .as_ref()
+            .is_none_or(Vec::is_empty)
     {
         ctx.control
             .recorder
@@ -159,8 +170,7 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action> {
     let mut requeue = None;
     let synced = async {
         requeue = manage(&ctx, &ds, &nodes, &hash).await?;
-        if ctx.control.expectations.satisfied(&key)
-            && update::strategy_type(&ds) == "RollingUpdate"
+        if ctx.control.expectations.satisfied(&key) && update::strategy_type(&ds) == "RollingUpdate"
         {
             update::rolling_update(&ctx, &ds, &nodes, &hash).await?;
         }
@@ -228,21 +238,28 @@ fn sort_oldest_first(pods: &mut [Pod]) {
 }
 
 fn template_generation(ds: &DaemonSet) -> Option<String> {
-    ds.annotations().get(TEMPLATE_GENERATION_ANNOTATION).cloned()
+    ds.annotations()
+        .get(TEMPLATE_GENERATION_ANNOTATION)
+        .cloned()
 }
 
 /// `IsPodUpdated`: made from the current revision (or template generation).
 fn is_updated(pod: &Pod, hash: &str, generation: Option<&str>) -> bool {
     let labels = pod.labels();
     (!hash.is_empty() && labels.get(HASH_LABEL).map(String::as_str) == Some(hash))
-        || generation.is_some_and(|g| labels.get(TEMPLATE_GENERATION_LABEL).map(String::as_str) == Some(g))
+        || generation
+            .is_some_and(|g| labels.get(TEMPLATE_GENERATION_LABEL).map(String::as_str) == Some(g))
 }
 
 fn surge_allowed(ds: &DaemonSet) -> bool {
-    update::strategy_type(ds) == "RollingUpdate" && update::max_surge_spec(ds).is_some_and(|s| {
-        !matches!(s, k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0))
-            && s != &k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("0%".into())
-    })
+    update::strategy_type(ds) == "RollingUpdate"
+        && update::max_surge_spec(ds).is_some_and(|s| {
+            !matches!(
+                s,
+                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0)
+            ) && s
+                != &k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("0%".into())
+        })
 }
 
 /// `manage`: which nodes need a pod and which pods must go, then does it. The earliest time a
@@ -252,7 +269,11 @@ async fn manage(ctx: &Ctx, ds: &DaemonSet, nodes: &[Node], hash: &str) -> Result
     let mut need: Vec<String> = Vec::new();
     let mut delete: Vec<Pod> = Vec::new();
     let mut retry: Option<Duration> = None;
-    let observed = ds.status.as_ref().and_then(|s| s.observed_generation).unwrap_or(0);
+    let observed = ds
+        .status
+        .as_ref()
+        .and_then(|s| s.observed_generation)
+        .unwrap_or(0);
     for node in nodes {
         let name = node.name_any();
         let (run, keep) = should_run(node, ds);
@@ -261,7 +282,10 @@ async fn manage(ctx: &Ctx, ds: &DaemonSet, nodes: &[Node], hash: &str) -> Result
             (true, _, None) => need.push(name),
             (_, true, Some(pods)) => {
                 let mut running = Vec::new();
-                for pod in pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
+                for pod in pods
+                    .iter()
+                    .filter(|p| p.metadata.deletion_timestamp.is_none())
+                {
                     match phase(pod) {
                         "Failed" => {
                             let key = format!("{}/{observed}/{name}", ds.uid().unwrap_or_default());
@@ -275,7 +299,10 @@ async fn manage(ctx: &Ctx, ds: &DaemonSet, nodes: &[Node], hash: &str) -> Result
                                 pod.namespace().unwrap_or_default(),
                                 pod.name_any()
                             );
-                            ctx.control.recorder.warning(ds, "FailedDaemonPod", &msg).await;
+                            ctx.control
+                                .recorder
+                                .warning(ds, "FailedDaemonPod", &msg)
+                                .await;
                             delete.push(pod.clone());
                         }
                         "Succeeded" => delete.push(pod.clone()),
@@ -307,7 +334,11 @@ async fn manage(ctx: &Ctx, ds: &DaemonSet, nodes: &[Node], hash: &str) -> Result
                     }
                 }
                 if let (Some(new), Some(old)) = (newest, oldest) {
-                    let min_ready = ds.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0);
+                    let min_ready = ds
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.min_ready_seconds)
+                        .unwrap_or(0);
                     if !k8s_rules::pods::is_ready(&old)
                         || k8s_rules::pods::is_available(&new, min_ready, jiff::Timestamp::now())
                     {
@@ -325,7 +356,10 @@ async fn manage(ctx: &Ctx, ds: &DaemonSet, nodes: &[Node], hash: &str) -> Result
     }
     // Unbound pods pinned to nodes that no longer exist (bound ones are the pod GC's).
     for (node, pods) in &by_node {
-        if nodes.iter().any(|n| n.metadata.name.as_deref() == Some(node)) {
+        if nodes
+            .iter()
+            .any(|n| n.metadata.name.as_deref() == Some(node))
+        {
             continue;
         }
         delete.extend(
@@ -368,7 +402,11 @@ impl Ctx {
 /// The pod `ds` runs on `node`: its template, the daemon tolerations, pinned to the node,
 /// labelled with the revision hash and template generation, named `<ds>-<5 chars>`.
 fn daemon_pod(ds: &DaemonSet, node: &str, hash: &str) -> Pod {
-    let mut template = ds.spec.as_ref().map(|s| s.template.clone()).unwrap_or_default();
+    let mut template = ds
+        .spec
+        .as_ref()
+        .map(|s| s.template.clone())
+        .unwrap_or_default();
     let spec = template.spec.get_or_insert_with(Default::default);
     spec.affinity = Some(pin_to_node(spec.affinity.take(), node));
     add_daemon_tolerations(spec);
@@ -414,7 +452,11 @@ async fn update_status(
     observed: bool,
 ) -> Result<Option<Duration>> {
     let by_node = pods_by_node(ctx, ds).await?;
-    let min_ready = ds.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0);
+    let min_ready = ds
+        .spec
+        .as_ref()
+        .and_then(|s| s.min_ready_seconds)
+        .unwrap_or(0);
     let generation = template_generation(ds);
     let now = jiff::Timestamp::now();
     let (mut desired, mut current, mut misscheduled, mut ready, mut updated, mut available) =
@@ -454,7 +496,11 @@ async fn update_status(
         updated_number_scheduled: Some(updated),
         number_available: Some(available),
         number_unavailable: Some(desired - available),
-        observed_generation: if observed { generation } else { old.observed_generation },
+        observed_generation: if observed {
+            generation
+        } else {
+            old.observed_generation
+        },
         ..old.clone()
     };
     if status != old {

@@ -59,8 +59,13 @@ pub fn pin_to_node(affinity: Option<Affinity>, node: &str) -> Affinity {
         match_expressions: None,
     };
     let mut affinity = affinity.unwrap_or_default();
-    let na = affinity.node_affinity.get_or_insert_with(NodeAffinity::default);
-    match na.required_during_scheduling_ignored_during_execution.as_mut() {
+    let na = affinity
+        .node_affinity
+        .get_or_insert_with(NodeAffinity::default);
+    match na
+        .required_during_scheduling_ignored_during_execution
+        .as_mut()
+    {
         Some(sel) => sel.node_selector_terms = vec![term],
         None => {
             na.required_during_scheduling_ignored_during_execution = Some(NodeSelector {
@@ -104,12 +109,22 @@ pub fn should_run(node: &Node, ds: &DaemonSet) -> (bool, bool) {
     };
     let mut pod = spec.template.spec.clone().unwrap_or_default();
     let name = node.metadata.name.as_deref().unwrap_or_default();
-    if pod.node_name.as_deref().is_some_and(|n| !n.is_empty() && n != name) {
+    if pod
+        .node_name
+        .as_deref()
+        .is_some_and(|n| !n.is_empty() && n != name)
+    {
         return (false, false);
     }
     add_daemon_tolerations(&mut pod);
     let labels = node.metadata.labels.clone().unwrap_or_default();
-    if !required_node_affinity_matches(&pod, NodeFacts { name, labels: &labels }) {
+    if !required_node_affinity_matches(
+        &pod,
+        NodeFacts {
+            name,
+            labels: &labels,
+        },
+    ) {
         return (false, false);
     }
     let taints = node
@@ -119,7 +134,10 @@ pub fn should_run(node: &Node, ds: &DaemonSet) -> (bool, bool) {
         .unwrap_or_default();
     let tolerations = pod.tolerations.unwrap_or_default();
     let blocking = |effects: &[&str]| {
-        find_untolerated(&taints, &tolerations, |t| effects.contains(&t.effect.as_str())).is_some()
+        find_untolerated(&taints, &tolerations, |t| {
+            effects.contains(&t.effect.as_str())
+        })
+        .is_some()
     };
     if blocking(&["NoSchedule", "NoExecute"]) {
         return (false, !blocking(&["NoExecute"]));
@@ -149,19 +167,25 @@ mod tests {
     }
 
     fn ds(v: serde_json::Value) -> DaemonSet {
-        serde_json::from_value(json!({"metadata": {"name": "d"}, "spec": {"selector": {}, "template": {"spec": v}}})).unwrap()
+        serde_json::from_value(
+            json!({"metadata": {"name": "d"}, "spec": {"selector": {}, "template": {"spec": v}}}),
+        )
+        .unwrap()
     }
 
     #[test]
     fn taints_keep_off_and_evict_as_their_effect_says() {
         let plain = ds(json!({"containers": []}));
         let n = |effect: &str| {
-            node(json!({"metadata": {"name": "n"}, "spec": {"taints": [{"key": "k", "effect": effect}]}}))
+            node(
+                json!({"metadata": {"name": "n"}, "spec": {"taints": [{"key": "k", "effect": effect}]}}),
+            )
         };
         assert_eq!(should_run(&n("NoSchedule"), &plain), (false, true));
         assert_eq!(should_run(&n("NoExecute"), &plain), (false, false));
         assert_eq!(should_run(&n("PreferNoSchedule"), &plain), (true, true));
-        let tolerant = ds(json!({"containers": [], "tolerations": [{"key": "k", "operator": "Exists"}]}));
+        let tolerant =
+            ds(json!({"containers": [], "tolerations": [{"key": "k", "operator": "Exists"}]}));
         assert_eq!(should_run(&n("NoExecute"), &tolerant), (true, true));
         // The daemon tolerations: cordoned and not-ready nodes still run daemons.
         let cordoned = node(json!({"metadata": {"name": "n"}, "spec": {"taints": [
@@ -178,11 +202,13 @@ mod tests {
         let other = node(json!({"metadata": {"name": "m"}}));
         assert_eq!(should_run(&other, &sel), (false, false));
         let a = pin_to_node(None, "n");
-        let mut pod = Pod::default();
-        pod.spec = Some(PodSpec {
-            affinity: Some(a),
+        let pod = Pod {
+            spec: Some(PodSpec {
+                affinity: Some(a),
+                ..Default::default()
+            }),
             ..Default::default()
-        });
+        };
         assert_eq!(target_node(&pod).as_deref(), Some("n"));
         assert_eq!(scaled(Some(&IntOrString::String("25%".into())), 5, 0), 2);
     }

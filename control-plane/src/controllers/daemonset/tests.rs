@@ -68,11 +68,15 @@ impl Setup {
     }
 
     async fn wait_nodes(&self, want: &[&str]) -> Vec<Pod> {
-        eventually(&format!("daemon pods on exactly {want:?}"), WAIT, || async {
-            let placed = self.placed().await;
-            let nodes: Vec<&str> = placed.iter().map(|(n, _)| n.as_str()).collect();
-            (nodes == want).then(|| placed.into_iter().map(|(_, p)| p).collect())
-        })
+        eventually(
+            &format!("daemon pods on exactly {want:?}"),
+            WAIT,
+            || async {
+                let placed = self.placed().await;
+                let nodes: Vec<&str> = placed.iter().map(|(n, _)| n.as_str()).collect();
+                (nodes == want).then(|| placed.into_iter().map(|(_, p)| p).collect())
+            },
+        )
         .await
     }
 
@@ -98,12 +102,17 @@ fn ds_spec(name: &str, extra: serde_json::Value) -> serde_json::Value {
 #[tokio::test]
 async fn one_pod_per_eligible_node_following_nodes_as_they_come_go_and_change() {
     let s = Setup::new().await;
-    s.node(json!({"metadata": {"name": "n1", "labels": {"pool": "a"}}})).await;
-    s.node(json!({"metadata": {"name": "n2", "labels": {"pool": "a"}}})).await;
-    s.node(json!({"metadata": {"name": "n3", "labels": {"pool": "b"}}})).await;
-    s.node(json!({"metadata": {"name": "tainted", "labels": {"pool": "a"}},
-        "spec": {"taints": [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]}}))
+    s.node(json!({"metadata": {"name": "n1", "labels": {"pool": "a"}}}))
         .await;
+    s.node(json!({"metadata": {"name": "n2", "labels": {"pool": "a"}}}))
+        .await;
+    s.node(json!({"metadata": {"name": "n3", "labels": {"pool": "b"}}}))
+        .await;
+    s.node(
+        json!({"metadata": {"name": "tainted", "labels": {"pool": "a"}},
+        "spec": {"taints": [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]}}),
+    )
+    .await;
     s.daemonset(ds_spec(
         "agent",
         json!({"spec": {"template": {"spec": {"nodeSelector": {"pool": "a"}}}}}),
@@ -115,7 +124,10 @@ async fn one_pod_per_eligible_node_following_nodes_as_they_come_go_and_change() 
     let pod = &pods[0];
     assert!(pod.name_any().starts_with("agent-") && pod.name_any().len() == "agent-".len() + 5);
     let spec = pod.spec.as_ref().unwrap();
-    assert!(spec.node_name.is_none(), "placed by the scheduler, not by nodeName");
+    assert!(
+        spec.node_name.is_none(),
+        "placed by the scheduler, not by nodeName"
+    );
     let terms = &spec
         .affinity
         .as_ref()
@@ -129,15 +141,27 @@ async fn one_pod_per_eligible_node_following_nodes_as_they_come_go_and_change() 
         .node_selector_terms;
     assert_eq!(terms.len(), 1);
     let field = &terms[0].match_fields.as_ref().unwrap()[0];
-    assert_eq!((field.key.as_str(), field.operator.as_str()), ("metadata.name", "In"));
+    assert_eq!(
+        (field.key.as_str(), field.operator.as_str()),
+        ("metadata.name", "In")
+    );
     let tolerations = spec.tolerations.as_ref().unwrap();
-    for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unschedulable"] {
-        assert!(tolerations.iter().any(|t| t.key.as_deref() == Some(key)), "{key}");
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unschedulable",
+    ] {
+        assert!(
+            tolerations.iter().any(|t| t.key.as_deref() == Some(key)),
+            "{key}"
+        );
     }
     assert!(pod.labels().contains_key(HASH_LABEL));
     assert_eq!(pod.labels()["pod-template-generation"], "1");
     let owner = controller_of(pod).unwrap();
-    assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("DaemonSet", "agent"));
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("DaemonSet", "agent")
+    );
 
     // Status counts the two eligible nodes; readiness follows the pods.
     s.make_ready(&pods[0].name_any()).await;
@@ -167,9 +191,13 @@ async fn one_pod_per_eligible_node_following_nodes_as_they_come_go_and_change() 
     s.wait_nodes(&["n1", "n2", "tainted"]).await;
 
     // A new node gets a pod; a deleted one loses it; one relabelled out of the selector too.
-    s.node(json!({"metadata": {"name": "n4", "labels": {"pool": "a"}}})).await;
+    s.node(json!({"metadata": {"name": "n4", "labels": {"pool": "a"}}}))
+        .await;
     s.wait_nodes(&["n1", "n2", "n4", "tainted"]).await;
-    s.nodes.delete("n2", &DeleteParams::default()).await.unwrap();
+    s.nodes
+        .delete("n2", &DeleteParams::default())
+        .await
+        .unwrap();
     s.wait_nodes(&["n1", "n4", "tainted"]).await;
     s.nodes
         .patch(
@@ -203,8 +231,14 @@ async fn one_pod_per_eligible_node_following_nodes_as_they_come_go_and_change() 
         .filter(|e| e.involved_object.name.as_deref() == Some("agent"))
         .filter_map(|e| e.reason)
         .collect();
-    assert!(reasons.iter().any(|r| r == "SuccessfulCreate"), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r == "SuccessfulDelete"), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r == "SuccessfulCreate"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r == "SuccessfulDelete"),
+        "{reasons:?}"
+    );
 }
 
 #[tokio::test]
@@ -213,7 +247,11 @@ async fn a_rolling_update_replaces_pods_within_max_unavailable_and_keeps_history
     for n in ["n1", "n2", "n3"] {
         s.node(json!({"metadata": {"name": n}})).await;
     }
-    s.daemonset(ds_spec("roll", json!({"spec": {"revisionHistoryLimit": 1}}))).await;
+    s.daemonset(ds_spec(
+        "roll",
+        json!({"spec": {"revisionHistoryLimit": 1}}),
+    ))
+    .await;
     for p in s.wait_nodes(&["n1", "n2", "n3"]).await {
         s.make_ready(&p.name_any()).await;
     }
@@ -245,7 +283,11 @@ async fn a_rolling_update_replaces_pods_within_max_unavailable_and_keeps_history
             (fresh.len() == done && fresh.len() + old.len() == 3).then_some((fresh, old))
         })
         .await;
-        let not_ready: Vec<&Pod> = fresh.iter().chain(&old).filter(|p| !k8s_rules::pods::is_ready(p)).collect();
+        let not_ready: Vec<&Pod> = fresh
+            .iter()
+            .chain(&old)
+            .filter(|p| !k8s_rules::pods::is_ready(p))
+            .collect();
         assert_eq!(not_ready.len(), 1, "only the replacement is unavailable");
         new_hash = not_ready[0].labels()[HASH_LABEL].clone();
         s.make_ready(&not_ready[0].name_any()).await;
@@ -261,11 +303,17 @@ async fn a_rolling_update_replaces_pods_within_max_unavailable_and_keeps_history
     let mut list = revisions.list(&ListParams::default()).await.unwrap().items;
     list.sort_by_key(|r| r.revision);
     let names: Vec<String> = list.iter().map(|r| r.name_any()).collect();
-    assert_eq!(names, [format!("roll-{first_hash}"), format!("roll-{new_hash}")]);
+    assert_eq!(
+        names,
+        [format!("roll-{first_hash}"), format!("roll-{new_hash}")]
+    );
     assert_eq!(list[1].revision, 2);
     let data = crate::controllers::history::data(&list[1]);
     assert_eq!(data["spec"]["template"]["$patch"], "replace");
-    assert_eq!(data["spec"]["template"]["spec"]["containers"][0]["image"], "busybox:1.37");
+    assert_eq!(
+        data["spec"]["template"]["spec"]["containers"][0]["image"],
+        "busybox:1.37"
+    );
 
     // A third template: the first revision is beyond the limit once no pod is of it.
     set_image("busybox:1.38").await;
@@ -278,7 +326,11 @@ async fn a_rolling_update_replaces_pods_within_max_unavailable_and_keeps_history
 
     // `kubectl rollout undo --to-revision=2`: the revision's data patched onto the DaemonSet.
     s.dss
-        .patch("roll", &PatchParams::default(), &Patch::Strategic(data.clone()))
+        .patch(
+            "roll",
+            &PatchParams::default(),
+            &Patch::Strategic(data.clone()),
+        )
         .await
         .unwrap();
     eventually("revision 2 renumbered as the newest", WAIT, || async {

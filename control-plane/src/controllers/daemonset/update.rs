@@ -99,12 +99,19 @@ async fn dedup(
     for dup in current {
         let dup_hash = dup.labels().get(HASH_LABEL).cloned().unwrap_or_default();
         for pods in pods_by_node(ctx, ds).await?.into_values() {
-            for pod in pods.iter().filter(|p| p.labels().get(HASH_LABEL) == Some(&dup_hash)) {
+            for pod in pods
+                .iter()
+                .filter(|p| p.labels().get(HASH_LABEL) == Some(&dup_hash))
+            {
                 let api: Api<Pod> =
                     Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
                 let patch = json!({"metadata": {"labels": {HASH_LABEL: keep_hash}}});
-                api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(patch))
-                    .await?;
+                api.patch(
+                    &pod.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(patch),
+                )
+                .await?;
             }
         }
         history::delete(&ctx.client, &dup).await?;
@@ -121,9 +128,13 @@ async fn snapshot(ctx: &Ctx, ds: &DaemonSet, revision: i64) -> Result<Controller
     let template = ds.spec.as_ref().map(|s| &s.template);
     let hash = template_hash(&template, collisions);
     let name = format!("{}-{hash}", ds.name_any());
-    let labels: Option<BTreeMap<String, String>> = template.and_then(|t| t.metadata.as_ref()).and_then(|m| m.labels.clone());
+    let labels: Option<BTreeMap<String, String>> = template
+        .and_then(|t| t.metadata.as_ref())
+        .and_then(|m| m.labels.clone());
     let mut r = ControllerRevision {
-        data: Some(k8s_openapi::apimachinery::pkg::runtime::RawExtension(template_patch(ds))),
+        data: Some(k8s_openapi::apimachinery::pkg::runtime::RawExtension(
+            template_patch(ds),
+        )),
         revision,
         ..Default::default()
     };
@@ -152,8 +163,10 @@ async fn snapshot(ctx: &Ctx, ds: &DaemonSet, revision: i64) -> Result<Controller
                 )));
             }
             let mut fresh = fresh;
-            fresh.status.get_or_insert_with(Default::default).collision_count =
-                Some(fresh_count.unwrap_or(0) + 1);
+            fresh
+                .status
+                .get_or_insert_with(Default::default)
+                .collision_count = Some(fresh_count.unwrap_or(0) + 1);
             dss.replace_status(&ds.name_any(), &PostParams::default(), &fresh)
                 .await?;
             Err(Error::Invalid(format!(
@@ -209,7 +222,10 @@ fn updated_and_old<'a>(
     generation: Option<&str>,
 ) -> Option<(Option<&'a Pod>, Option<&'a Pod>)> {
     let (mut new, mut old) = (None, None);
-    for pod in pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
+    for pod in pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+    {
         let slot = if is_updated(pod, hash, generation) {
             &mut new
         } else {
@@ -242,7 +258,11 @@ pub async fn rolling_update(ctx: &Ctx, ds: &DaemonSet, nodes: &[Node], hash: &st
     if desired > 0 && max_unavailable == 0 && max_surge == 0 {
         max_unavailable = 1;
     }
-    let min_ready = ds.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0);
+    let min_ready = ds
+        .spec
+        .as_ref()
+        .and_then(|s| s.min_ready_seconds)
+        .unwrap_or(0);
     let now = jiff::Timestamp::now();
     let available = |p: &Pod| k8s_rules::pods::is_available(p, min_ready, now);
     let generation = template_generation(ds);
@@ -294,7 +314,10 @@ pub async fn rolling_update(ctx: &Ctx, ds: &DaemonSet, nodes: &[Node], hash: &st
                 n_available += 1;
             }
         }
-        let Some(n) = nodes.iter().find(|n| n.metadata.name.as_ref() == Some(node)) else {
+        let Some(n) = nodes
+            .iter()
+            .find(|n| n.metadata.name.as_ref() == Some(node))
+        else {
             continue;
         };
         let (run, keep) = should_run(n, ds);

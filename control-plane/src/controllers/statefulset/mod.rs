@@ -8,11 +8,11 @@
 //! to the user.
 
 mod pods;
+mod revisions;
 
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,10 +27,11 @@ use kube::runtime::watcher;
 use kube::ResourceExt;
 
 use super::events::Recorder;
-use super::history::{self, informer, template_patch};
+use super::history::{self, informer};
 use super::podcontrol::{self, claim, controller_of};
 use crate::reconcile::{self, Error, Result};
 use pods::{in_ordinal_range, new_pod, ordinal, parent_and_ordinal, revision_of};
+use revisions::{apply_revision, revisions_of, truncate_history};
 
 pub use pods::{POD_INDEX_LABEL, POD_NAME_LABEL};
 
@@ -122,66 +123,22 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action> {
     write_status(&ctx, &set, status.clone()).await?;
     synced?;
     truncate_history(&ctx, &set, &pods, &revisions, &current, &update).await?;
-    let min_ready = set.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0);
+    let min_ready = set
+        .spec
+        .as_ref()
+        .and_then(|s| s.min_ready_seconds)
+        .unwrap_or(0);
     if min_ready > 0 && status.available_replicas.unwrap_or(0) != pods::replicas(&set) {
         return Ok(Action::requeue(Duration::from_secs(min_ready as u64)));
     }
     Ok(Action::await_change())
 }
 
-/// `newRevision`: the set's template as a revision, with the set's annotations.
-fn new_revision(set: &StatefulSet, number: i64, collisions: i32) -> ControllerRevision {
-    let labels = set
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.metadata.as_ref())
-        .and_then(|m| m.labels.as_ref());
-    let mut r = history::new_revision(set, labels, template_patch(set), number, collisions);
-    if let Some(a) = set.metadata.annotations.clone() {
-        r.metadata.annotations.get_or_insert_with(Default::default).extend(a);
-    }
-    r
-}
-
-/// `getStatefulSetRevisions`: the update revision is the newest if it holds the template, an
-/// older one holding it renumbered to be the newest (a rollback), or a new one; the current
-/// revision is the one the status names (the update revision at first).
-async fn revisions_of(
-    ctx: &Ctx,
-    set: &StatefulSet,
-    revisions: &[ControllerRevision],
-) -> Result<(ControllerRevision, ControllerRevision, i32)> {
-    let mut collisions = set.status.as_ref().and_then(|s| s.collision_count).unwrap_or(0);
-    let wanted = new_revision(set, history::next_revision(revisions), collisions);
-    let equal: Vec<&ControllerRevision> = revisions
-        .iter()
-        .filter(|r| history::equal_revision(r, &wanted))
-        .collect();
-    let update = match (equal.last(), revisions.last()) {
-        (Some(e), Some(last)) if history::equal_revision(e, last) => last.clone(),
-        (Some(e), _) => history::renumber(&ctx.client, e, wanted.revision).await?,
-        (None, _) => history::create(&ctx.client, set, &wanted, &mut collisions).await?,
-    };
-    let named = set.status.as_ref().and_then(|s| s.current_revision.clone());
-    let current = revisions
-        .iter()
-        .find(|r| Some(r.name_any()) == named)
-        .cloned()
-        .unwrap_or_else(|| update.clone());
-    Ok((current, update, collisions))
-}
-
-/// `ApplyRevision`: the set with the revision's template patched in.
-fn apply_revision(set: &StatefulSet, revision: &ControllerRevision) -> Result<StatefulSet> {
-    let mut v = serde_json::to_value(set).map_err(|e| Error::Invalid(e.to_string()))?;
-    crate::api::patch::strategic_merge(&mut v, history::data(revision));
-    serde_json::from_value(v).map_err(|e| {
-        Error::Invalid(format!("revision {} does not apply: {e}", revision.name_any()))
-    })
-}
-
 fn phase(pod: &Pod) -> &str {
-    pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or_default()
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or_default()
 }
 fn is_created(pod: &Pod) -> bool {
     !phase(pod).is_empty()
@@ -200,7 +157,13 @@ fn healthy(pod: &Pod) -> bool {
 }
 
 /// `updateStatus`: counts over the given pods.
-fn count(status: &mut StatefulSetStatus, min_ready: i32, current: &str, update: &str, pods: &[&Pod]) {
+fn count(
+    status: &mut StatefulSetStatus,
+    min_ready: i32,
+    current: &str,
+    update: &str,
+    pods: &[&Pod],
+) {
     let (mut replicas, mut ready, mut available, mut cur, mut upd) = (0, 0, 0, 0, 0);
     for pod in pods {
         if is_created(pod) {
@@ -260,7 +223,11 @@ async fn update_set(
     pods: &[Pod],
 ) -> (StatefulSetStatus, Result<()>) {
     let (cur_name, upd_name) = (current.name_any(), update.name_any());
-    let min_ready = set.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0);
+    let min_ready = set
+        .spec
+        .as_ref()
+        .and_then(|s| s.min_ready_seconds)
+        .unwrap_or(0);
     let mut status = StatefulSetStatus {
         observed_generation: set.metadata.generation,
         current_revision: Some(cur_name.clone()),
@@ -268,11 +235,18 @@ async fn update_set(
         collision_count: Some(collisions),
         ..Default::default()
     };
-    count(&mut status, min_ready, &cur_name, &upd_name, &pods.iter().collect::<Vec<_>>());
-    let (current_set, update_set) = match (apply_revision(set, current), apply_revision(set, update)) {
-        (Ok(c), Ok(u)) => (c, u),
-        (Err(e), _) | (_, Err(e)) => return (status, Err(e)),
-    };
+    count(
+        &mut status,
+        min_ready,
+        &cur_name,
+        &upd_name,
+        &pods.iter().collect::<Vec<_>>(),
+    );
+    let (current_set, update_set) =
+        match (apply_revision(set, current), apply_revision(set, update)) {
+            (Ok(c), Ok(u)) => (c, u),
+            (Err(e), _) | (_, Err(e)) => return (status, Err(e)),
+        };
     let start = pods::start_ordinal(set);
     let n = pods::replicas(set).max(0) as usize;
     let mut replicas: Vec<Option<Pod>> = vec![None; n];
@@ -329,13 +303,18 @@ async fn update_set(
     if set.metadata.deletion_timestamp.is_some() {
         return (status, Ok(()));
     }
-    let monotonic = set.spec.as_ref().and_then(|s| s.pod_management_policy.as_deref())
+    let monotonic = set
+        .spec
+        .as_ref()
+        .and_then(|s| s.pod_management_policy.as_deref())
         != Some("Parallel");
 
     // Living replicas: replace finished pods, create missing ones, and in OrderedReady stop
     // at the first that is not yet Running and Ready.
-    let fresh: Vec<std::sync::Mutex<Option<Pod>>> =
-        replicas.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let fresh: Vec<std::sync::Mutex<Option<Pod>>> = replicas
+        .iter()
+        .map(|_| std::sync::Mutex::new(None))
+        .collect();
     let r = run_for_all(replicas.len(), monotonic, |i| {
         let mut pod = replicas[i].clone();
         let fresh = &fresh[i];
@@ -516,10 +495,14 @@ async fn write_status(ctx: &Ctx, set: &StatefulSet, mut status: StatefulSetStatu
     if status == old {
         return Ok(());
     }
-    let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &set.namespace().unwrap_or_default());
+    let api: Api<StatefulSet> =
+        Api::namespaced(ctx.client.clone(), &set.namespace().unwrap_or_default());
     let mut obj = set.clone();
     obj.status = Some(status.clone());
-    match api.replace_status(&set.name_any(), &PostParams::default(), &obj).await {
+    match api
+        .replace_status(&set.name_any(), &PostParams::default(), &obj)
+        .await
+    {
         Err(kube::Error::Api(s)) if s.code == 409 => {
             let mut fresh = api.get(&set.name_any()).await?;
             fresh.status = Some(status);
@@ -529,31 +512,4 @@ async fn write_status(ctx: &Ctx, set: &StatefulSet, mut status: StatefulSetStatu
         }
         r => r.map(|_| ()).map_err(Error::from),
     }
-}
-
-/// `truncateHistory`: revisions no pod is of (nor the current and update ones) beyond
-/// `revisionHistoryLimit` go, oldest first.
-async fn truncate_history(
-    ctx: &Ctx,
-    set: &StatefulSet,
-    pods: &[Pod],
-    revisions: &[ControllerRevision],
-    current: &ControllerRevision,
-    update: &ControllerRevision,
-) -> Result<()> {
-    let mut live: HashSet<String> = pods.iter().map(|p| revision_of(p).to_string()).collect();
-    live.insert(current.name_any());
-    live.insert(update.name_any());
-    let old: Vec<&ControllerRevision> =
-        revisions.iter().filter(|r| !live.contains(&r.name_any())).collect();
-    let limit = set
-        .spec
-        .as_ref()
-        .and_then(|s| s.revision_history_limit)
-        .unwrap_or(10)
-        .max(0) as usize;
-    for r in old.iter().take(old.len().saturating_sub(limit)) {
-        history::delete(&ctx.client, r).await?;
-    }
-    Ok(())
 }

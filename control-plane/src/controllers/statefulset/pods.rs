@@ -152,7 +152,11 @@ pub fn storage_matches(set: &StatefulSet, pod: &Pod) -> bool {
 /// `newStatefulSetPod`: the template under the set's controller reference, with the
 /// ordinal's identity (hostname and subdomain too) and storage.
 pub fn new_pod(set: &StatefulSet, ordinal: i32, revision: &str) -> Pod {
-    let template = set.spec.as_ref().map(|s| s.template.clone()).unwrap_or_default();
+    let template = set
+        .spec
+        .as_ref()
+        .map(|s| s.template.clone())
+        .unwrap_or_default();
     let mut pod = PodControl::pod_from_template(set, &template, pod_name(set, ordinal));
     update_identity(set, &mut pod, ordinal);
     let name = pod.name_any();
@@ -241,11 +245,15 @@ impl Ctx {
         match err {
             None => {
                 let msg = format!("{verb} Pod {name} in StatefulSet {set_name} successful");
-                self.recorder.normal(set, &format!("Successful{title}"), &msg).await
+                self.recorder
+                    .normal(set, &format!("Successful{title}"), &msg)
+                    .await
             }
             Some(e) => {
                 let msg = format!("{verb} Pod {name} in StatefulSet {set_name} failed error: {e}");
-                self.recorder.warning(set, &format!("Failed{title}"), &msg).await
+                self.recorder
+                    .warning(set, &format!("Failed{title}"), &msg)
+                    .await
             }
         }
     }
@@ -283,7 +291,10 @@ impl Ctx {
                     errors.push(format!("pvc {name} is being deleted"))
                 }
                 Ok(Some(_)) => {}
-                Err(e) => errors.push(format!("failed to retrieve PVC {name}: {}", api_message(&e))),
+                Err(e) => errors.push(format!(
+                    "failed to retrieve PVC {name}: {}",
+                    api_message(&e)
+                )),
             }
         }
         if errors.is_empty() {
@@ -296,15 +307,20 @@ impl Ctx {
     /// `CreateStatefulPod`: claims first, then the pod, then the claims' owners.
     pub async fn create_pod(&self, set: &StatefulSet, pod: &Pod) -> Result<()> {
         if let Err(e) = self.create_missing_claims(set, pod).await {
-            self.pod_event("create", set, pod, Some(&e.to_string())).await;
+            self.pod_event("create", set, pod, Some(&e.to_string()))
+                .await;
             return Err(e);
         }
         match self.pods_api(set).create(&PostParams::default(), pod).await {
             Err(kube::Error::Api(s)) if s.code == 409 => {
-                return Err(Error::Invalid(format!("pod {} already exists", pod.name_any())))
+                return Err(Error::Invalid(format!(
+                    "pod {} already exists",
+                    pod.name_any()
+                )))
             }
             Err(e) => {
-                self.pod_event("create", set, pod, Some(&api_message(&e))).await;
+                self.pod_event("create", set, pod, Some(&api_message(&e)))
+                    .await;
                 return Err(e.into());
             }
             Ok(made) => {
@@ -331,7 +347,8 @@ impl Ctx {
             }
             Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
             Err(e) => {
-                self.pod_event("delete", set, pod, Some(&api_message(&e))).await;
+                self.pod_event("delete", set, pod, Some(&api_message(&e)))
+                    .await;
                 Err(e.into())
             }
         }
@@ -375,7 +392,9 @@ impl Ctx {
         for (_, c) in claims(set, ordinal(pod)) {
             if let Some(claim) = api.get_opt(&c.name_any()).await? {
                 let stale = claim.owner_references().iter().any(|r| {
-                    r.kind == "Pod" && r.name == pod.name_any() && Some(&r.uid) != pod.uid().as_ref()
+                    r.kind == "Pod"
+                        && r.name == pod.name_any()
+                        && Some(&r.uid) != pod.uid().as_ref()
                 });
                 if stale {
                     return Ok(true);
@@ -438,9 +457,17 @@ mod tests {
         assert_eq!(spec.hostname.as_deref(), Some("web-2"));
         assert_eq!(spec.subdomain.as_deref(), Some("nginx"));
         let volumes = spec.volumes.as_ref().unwrap();
-        assert_eq!(volumes.len(), 2, "the claim replaces the template's volume of its name");
         assert_eq!(
-            volumes[0].persistent_volume_claim.as_ref().unwrap().claim_name,
+            volumes.len(),
+            2,
+            "the claim replaces the template's volume of its name"
+        );
+        assert_eq!(
+            volumes[0]
+                .persistent_volume_claim
+                .as_ref()
+                .unwrap()
+                .claim_name,
             "www-web-2"
         );
         assert!(identity_matches(&set, &pod) && storage_matches(&set, &pod));

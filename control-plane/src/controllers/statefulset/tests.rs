@@ -49,7 +49,10 @@ impl Setup {
                 "spec": {"containers": [{"name": "c", "image": "nginx:1.25"}]}}}});
         crate::api::patch::strategic_merge(&mut v, &extra);
         let set: StatefulSet = serde_json::from_value(v).unwrap();
-        self.sets.create(&PostParams::default(), &set).await.unwrap();
+        self.sets
+            .create(&PostParams::default(), &set)
+            .await
+            .unwrap();
     }
 
     async fn live(&self) -> Vec<Pod> {
@@ -150,7 +153,10 @@ async fn ordered_ready_creates_in_order_with_claims_and_scales_down_in_reverse()
     assert_eq!(spec.subdomain.as_deref(), Some("web"));
     let vol = &spec.volumes.as_ref().unwrap()[0];
     assert_eq!(vol.name, "www");
-    assert_eq!(vol.persistent_volume_claim.as_ref().unwrap().claim_name, "www-web-0");
+    assert_eq!(
+        vol.persistent_volume_claim.as_ref().unwrap().claim_name,
+        "www-web-0"
+    );
     assert_eq!(pod.labels()[POD_NAME_LABEL], "web-0");
     assert_eq!(pod.labels()[POD_INDEX_LABEL], "0");
     assert!(pod.labels()[HASH_LABEL].starts_with("web-"));
@@ -234,7 +240,9 @@ async fn parallel_creates_at_once_and_claims_follow_the_retention_policy() {
     let set = s.sets.get("par").await.unwrap();
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(s.admin.clone(), "default");
     let owned_by_set = |c: &PersistentVolumeClaim| {
-        c.owner_references().iter().any(|r| Some(&r.uid) == set.metadata.uid.as_ref())
+        c.owner_references()
+            .iter()
+            .any(|r| Some(&r.uid) == set.metadata.uid.as_ref())
     };
     eventually("claims owned by the set", WAIT, || async {
         let c = claims.get("data-par-2").await.ok()?;
@@ -267,10 +275,23 @@ async fn a_partitioned_rolling_update_updates_only_ordinals_at_or_above_the_part
         st.is_some_and(|st| st.ready_replicas == Some(3))
     })
     .await;
-    let first = s.sets.get("db").await.unwrap().status.unwrap().update_revision.unwrap();
+    let first = s
+        .sets
+        .get("db")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .update_revision
+        .unwrap();
 
     s.set_image("db", "nginx:1.26").await;
-    let image = |p: &Pod| p.spec.as_ref().unwrap().containers[0].image.clone().unwrap();
+    let image = |p: &Pod| {
+        p.spec.as_ref().unwrap().containers[0]
+            .image
+            .clone()
+            .unwrap()
+    };
     s.ready_until("ordinals 1 and 2 updated", |pods| async move {
         pods.len() == 3
             && image(&pods[1]) == "nginx:1.26"
@@ -285,7 +306,10 @@ async fn a_partitioned_rolling_update_updates_only_ordinals_at_or_above_the_part
     let second = st.update_revision.clone().unwrap();
     assert_ne!(first, second);
     assert_eq!(st.current_revision.as_deref(), Some(first.as_str()));
-    assert_eq!((st.updated_replicas, st.current_replicas), (Some(2), Some(1)));
+    assert_eq!(
+        (st.updated_replicas, st.current_replicas),
+        (Some(2), Some(1))
+    );
     assert_eq!(pods[2].labels()[HASH_LABEL], second);
 
     // The revisions: numbered, owned by the set, holding the template's patch.
@@ -295,7 +319,10 @@ async fn a_partitioned_rolling_update_updates_only_ordinals_at_or_above_the_part
     let r1 = revisions.get(&first).await.unwrap();
     assert_eq!(r1.revision, 1);
     let data = crate::controllers::history::data(&r1).clone();
-    assert_eq!(data["spec"]["template"]["spec"]["containers"][0]["image"], "nginx:1.25");
+    assert_eq!(
+        data["spec"]["template"]["spec"]["containers"][0]["image"],
+        "nginx:1.25"
+    );
 
     // `kubectl rollout undo`: revision 1's data patched onto the set brings revision 1 back
     // as the newest (no new revision), and the updated ordinals roll back.
@@ -304,11 +331,22 @@ async fn a_partitioned_rolling_update_updates_only_ordinals_at_or_above_the_part
         .await
         .unwrap();
     s.ready_until("rolled back", |pods| async move {
-        pods.len() == 3 && pods.iter().all(|p| image(p) == "nginx:1.25" && k8s_rules::pods::is_ready(p))
+        pods.len() == 3
+            && pods
+                .iter()
+                .all(|p| image(p) == "nginx:1.25" && k8s_rules::pods::is_ready(p))
     })
     .await;
     assert_eq!(revisions.get(&first).await.unwrap().revision, 3);
-    assert_eq!(revisions.list(&ListParams::default()).await.unwrap().items.len(), 2);
+    assert_eq!(
+        revisions
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        2
+    );
     let st = s.sets.get("db").await.unwrap().status.unwrap();
     assert_eq!(st.update_revision.as_deref(), Some(first.as_str()));
 }
@@ -316,7 +354,11 @@ async fn a_partitioned_rolling_update_updates_only_ordinals_at_or_above_the_part
 #[tokio::test]
 async fn history_is_truncated_to_the_limit_keeping_live_revisions() {
     let s = Setup::new().await;
-    s.create("hist", json!({"spec": {"replicas": 0, "revisionHistoryLimit": 1}})).await;
+    s.create(
+        "hist",
+        json!({"spec": {"replicas": 0, "revisionHistoryLimit": 1}}),
+    )
+    .await;
     let revisions: Api<ControllerRevision> = Api::namespaced(s.admin.clone(), "default");
     let count = |n: usize| {
         let revisions = revisions.clone();
@@ -329,7 +371,10 @@ async fn history_is_truncated_to_the_limit_keeping_live_revisions() {
         }
     };
     count(1).await;
-    for (i, image) in ["nginx:1.26", "nginx:1.27", "nginx:1.28"].into_iter().enumerate() {
+    for (i, image) in ["nginx:1.26", "nginx:1.27", "nginx:1.28"]
+        .into_iter()
+        .enumerate()
+    {
         s.set_image("hist", image).await;
         eventually("the new revision", WAIT, || async {
             let st = s.sets.get("hist").await.unwrap().status?;
