@@ -734,6 +734,26 @@ mod tests {
     }
 
     #[test]
+    fn workload_rows_have_kubectls_columns() {
+        let ds = json!({"metadata": {"name": "d"}, "spec": {"selector": {"matchLabels": {"app": "d"}},
+            "template": {"spec": {"nodeSelector": {"pool": "a"}, "containers": [{"name": "c", "image": "busybox"}]}}},
+            "status": {"desiredNumberScheduled": 3, "currentNumberScheduled": 2, "numberReady": 1}});
+        let cells = (DAEMONSETS.cells)(&ds);
+        assert_eq!(cells.len(), (DAEMONSETS.columns)().len());
+        assert_eq!(cells[1..4], [json!(3), json!(2), json!(1)]);
+        assert_eq!(cells[6], "pool=a");
+        assert_eq!(cells[10], "app=d");
+        let sts = json!({"metadata": {"name": "s"}, "spec": {"replicas": 3, "template": {"spec": {"containers": []}}}, "status": {"readyReplicas": 2}});
+        let cells = (STATEFULSETS.cells)(&sts);
+        assert_eq!(cells.len(), (STATEFULSETS.columns)().len());
+        assert_eq!(cells[1], "2/3");
+        let cr = json!({"metadata": {"name": "d-abc", "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "d", "uid": "u", "controller": true}]}, "revision": 2});
+        let cells = (CONTROLLERREVISIONS.cells)(&cr);
+        assert_eq!(cells[1], "daemonset.apps/d");
+        assert_eq!(cells[2], 2);
+    }
+
+    #[test]
     fn pod_rows_have_kubectls_columns() {
         let r = &super::super::resources::PODS;
         let p = json!({"metadata": {"name": "a", "creationTimestamp": "2020-01-01T00:00:00Z"}, "spec": {"containers": [{"name": "c"}], "nodeName": "n1"}, "status": {"phase": "Running", "podIP": "10.0.0.5", "containerStatuses": [{"ready": true, "restartCount": 2}]}});

@@ -178,6 +178,26 @@ async fn one_pod_per_eligible_node_following_nodes_as_they_come_go_and_change() 
     })
     .await;
 
+    // A failed pod is replaced (after the per-node back-off, which starts at a second).
+    s.pods
+        .patch_status(
+            &pods[1].name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Failed"}})),
+        )
+        .await
+        .unwrap();
+    eventually("the failed pod replaced", WAIT, || async {
+        let placed = s.placed().await;
+        let on_n2: Vec<&Pod> = placed
+            .iter()
+            .filter(|(n, _)| n == "n2")
+            .map(|(_, p)| p)
+            .collect();
+        (on_n2.len() == 1 && on_n2[0].name_any() != pods[1].name_any()).then_some(())
+    })
+    .await;
+
     // Tolerating the taint brings the tainted node in (a template change: a rollout).
     s.dss
         .patch(

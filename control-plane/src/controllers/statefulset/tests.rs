@@ -91,15 +91,18 @@ impl Setup {
             .unwrap();
     }
 
+    /// `kubectl scale`: through the scale subresource.
     async fn scale(&self, name: &str, replicas: i32) {
-        self.sets
-            .patch(
+        let scale = self
+            .sets
+            .patch_scale(
                 name,
                 &PatchParams::default(),
                 &Patch::Merge(json!({"spec": {"replicas": replicas}})),
             )
             .await
             .unwrap();
+        assert_eq!(scale.spec.unwrap().replicas, Some(replicas));
     }
 
     async fn set_image(&self, name: &str, image: &str) {
@@ -236,7 +239,34 @@ async fn parallel_creates_at_once_and_claims_follow_the_retention_policy() {
     )
     .await;
     // No pod is ready, yet all three exist.
-    s.wait_names(&["par-0", "par-1", "par-2"]).await;
+    let pods = s.wait_names(&["par-0", "par-1", "par-2"]).await;
+    // A failed pod is deleted and made again.
+    s.pods
+        .patch_status(
+            "par-0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Failed"}})),
+        )
+        .await
+        .unwrap();
+    eventually("par-0 recreated", WAIT, || async {
+        let p = s.pods.get_opt("par-0").await.unwrap()?;
+        (p.uid() != pods[0].uid() && p.metadata.deletion_timestamp.is_none()).then_some(())
+    })
+    .await;
+    let events: Api<Event> = Api::namespaced(s.admin.clone(), "default");
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r == "RecreatingFailedPod"),
+        "{reasons:?}"
+    );
     let set = s.sets.get("par").await.unwrap();
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(s.admin.clone(), "default");
     let owned_by_set = |c: &PersistentVolumeClaim| {
