@@ -359,3 +359,61 @@ async fn a_rolling_update_replaces_pods_within_max_unavailable_and_keeps_history
     })
     .await;
 }
+
+#[tokio::test]
+async fn with_max_surge_the_new_pod_comes_up_beside_the_old_one() {
+    let s = Setup::new().await;
+    for n in ["n1", "n2"] {
+        s.node(json!({"metadata": {"name": n}})).await;
+    }
+    s.daemonset(ds_spec(
+        "surge",
+        json!({"spec": {"updateStrategy": {"type": "RollingUpdate",
+            "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}}}),
+    ))
+    .await;
+    let first = s.wait_nodes(&["n1", "n2"]).await;
+    for p in &first {
+        s.make_ready(&p.name_any()).await;
+    }
+    let old_hash = first[0].labels()[HASH_LABEL].clone();
+    s.dss
+        .patch(
+            "surge",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "busybox:1.37"}]}}}})),
+        )
+        .await
+        .unwrap();
+    // Node by node: a new pod beside the still-ready old one (never both nodes at once); the
+    // old one goes once the new one is ready.
+    for done in 1..=2 {
+        let fresh = eventually(&format!("surge {done}"), WAIT, || async {
+            let placed = s.placed().await;
+            let fresh: Vec<Pod> = placed
+                .iter()
+                .filter(|(_, p)| {
+                    p.labels()[HASH_LABEL] != old_hash && !k8s_rules::pods::is_ready(p)
+                })
+                .map(|(_, p)| p.clone())
+                .collect();
+            let old = placed
+                .iter()
+                .filter(|(_, p)| p.labels()[HASH_LABEL] == old_hash)
+                .count();
+            (fresh.len() == 1 && old == 3 - done).then_some(fresh)
+        })
+        .await;
+        assert_eq!(s.placed().await.len(), 3, "one surge pod at a time");
+        s.make_ready(&fresh[0].name_any()).await;
+    }
+    eventually("old pods gone", WAIT, || async {
+        let placed = s.placed().await;
+        (placed.len() == 2
+            && placed
+                .iter()
+                .all(|(_, p)| p.labels()[HASH_LABEL] != old_hash))
+        .then_some(())
+    })
+    .await;
+}
