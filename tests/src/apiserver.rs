@@ -170,7 +170,7 @@ impl ControlPlane {
             .spawn()
             .expect("starting podlet control-plane");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok((200, _)) = self.try_http("GET", "/healthz", "", b"") {
                 return;

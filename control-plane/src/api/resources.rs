@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::registry::strategy::{self, Strategy, Subresource};
 use super::registry::{
     apps, certificates, componentstatuses, namespaces, nodes, pods, rbac, reviews, secrets,
-    serviceaccounts, services,
+    serviceaccounts, services, sets,
 };
 
 pub struct Resource {
@@ -235,12 +235,18 @@ served! {
     LIMITRANGES = Resource::of::<core::LimitRange>().short(&["limits"]);
     REPLICATIONCONTROLLERS = Resource::of::<core::ReplicationController>().short(&["rc"])
         .categories(&["all"]).with_status().strategy(&apps::REPLICATIONCONTROLLER);
+    PERSISTENTVOLUMECLAIMS = Resource::of::<core::PersistentVolumeClaim>().short(&["pvc"])
+        .with_status();
     DEPLOYMENTS = Resource::of::<apps_v::v1::Deployment>().short(&["deploy"])
         .categories(&["all"]).with_status().strategy(&apps::DEPLOYMENT);
     REPLICASETS = Resource::of::<apps_v::v1::ReplicaSet>().short(&["rs"]).categories(&["all"])
         .with_status().strategy(&apps::REPLICASET);
     DAEMONSETS = Resource::of::<apps_v::v1::DaemonSet>().short(&["ds"]).categories(&["all"])
-        .with_status().strategy(&apps::DAEMONSET);
+        .with_status().strategy(&sets::DAEMONSET);
+    STATEFULSETS = Resource::of::<apps_v::v1::StatefulSet>().short(&["sts"]).categories(&["all"])
+        .with_status().strategy(&sets::STATEFULSET);
+    CONTROLLERREVISIONS = Resource::of::<apps_v::v1::ControllerRevision>()
+        .strategy(&sets::CONTROLLERREVISION);
     LEASES = Resource::of::<coordination::v1::Lease>().strategy(&nodes::LEASE);
     ENDPOINTSLICES = Resource::of::<discovery::v1::EndpointSlice>();
     ROLES = Resource::of::<rbac_v::v1::Role>().strategy(&rbac::RBAC);

@@ -3,10 +3,13 @@
 
 pub mod csr;
 pub mod deployment;
+pub mod daemonset;
 pub mod events;
 pub mod gc;
+pub mod history;
 pub mod podcontrol;
 pub mod replicaset;
+pub mod statefulset;
 
 use std::path::PathBuf;
 
@@ -17,6 +20,8 @@ pub async fn run(client: kube::Client, pki: PathBuf) {
         gc::run(client.clone()),
         csr::run(client.clone(), pki),
         replicaset::run(client.clone()),
-        deployment::run(client),
+        deployment::run(client.clone()),
+        daemonset::run(client.clone()),
+        statefulset::run(client),
     );
 }

@@ -82,6 +82,35 @@ fn roles() -> Vec<(&'static str, Value, &'static str)> {
             ]),
             CONTROLLER_MANAGER_USER,
         ),
+        (
+            "system:controller:daemon-set-controller",
+            json!([
+                {"apiGroups": ["extensions", "apps"], "resources": ["daemonsets"], "verbs": READ},
+                {"apiGroups": ["extensions", "apps"], "resources": ["daemonsets/status"], "verbs": ["update"]},
+                {"apiGroups": ["extensions", "apps"], "resources": ["daemonsets/finalizers"], "verbs": ["update"]},
+                {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]},
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch", "create", "delete", "patch"]},
+                {"apiGroups": [""], "resources": ["pods/binding"], "verbs": ["create"]},
+                {"apiGroups": ["apps"], "resources": ["controllerrevisions"], "verbs": ["get", "list", "watch", "create", "delete", "update", "patch"]},
+                {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "update", "patch"]},
+            ]),
+            CONTROLLER_MANAGER_USER,
+        ),
+        (
+            "system:controller:statefulset-controller",
+            json!([
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
+                {"apiGroups": ["apps"], "resources": ["statefulsets"], "verbs": READ},
+                {"apiGroups": ["apps"], "resources": ["statefulsets/status"], "verbs": ["update"]},
+                {"apiGroups": ["apps"], "resources": ["statefulsets/finalizers"], "verbs": ["update"]},
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "create", "delete", "update", "patch"]},
+                {"apiGroups": ["apps"], "resources": ["controllerrevisions"], "verbs": ["get", "create", "delete", "update", "patch", "list", "watch"]},
+                {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get", "create"]},
+                {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["update", "delete"]},
+                {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "update", "patch"]},
+            ]),
+            CONTROLLER_MANAGER_USER,
+        ),
     ]
 }
 

@@ -1,74 +1,25 @@
-//! Deployments, ReplicaSets, ReplicationControllers and DaemonSets: `metadata.generation`
-//! counts spec changes (the controllers' `observedGeneration` follows it), and the `scale`
-//! subresource. Deployments, ReplicaSets and ReplicationControllers also get Kubernetes'
-//! defaults and validation (`pkg/apis/apps/v1/defaults.go`, `pkg/apis/core/v1/defaults.go`,
-//! `pkg/apis/apps/validation`, `pkg/apis/core/validation`).
+//! Deployments, ReplicaSets and ReplicationControllers (their strategies in `replicated.rs`,
+//! with Kubernetes' defaults and validation) and the `scale` subresource every replicated
+//! kind (these, StatefulSets) serves: `kubectl scale` reads and patches it.
 
 use async_trait::async_trait;
 use axum::body::Bytes;
 use axum::http::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use super::strategy::{gvk_of, Gvk, Strategy, Subresource};
+use super::strategy::{gvk_of, Gvk, Subresource};
 use super::{decode_kv, json_response, ApiResult, Request, Store};
 use crate::api::patch;
 use crate::api::status::ApiError;
-use crate::api::table;
 
 mod replicated;
 pub use replicated::{
     label_selector_string, map_selector, DEPLOYMENT, REPLICASET, REPLICATIONCONTROLLER,
 };
 
-pub struct Workload {
-    printer: &'static table::Printer,
-    fields: &'static [&'static str],
-    subresources: &'static [&'static dyn Subresource],
-}
-
-pub static DAEMONSET: Workload = Workload {
-    printer: &table::DEFAULT,
-    fields: &[],
-    subresources: &[],
-};
-
-#[async_trait]
-impl Strategy for Workload {
-    fn example(&self, name: &str) -> Value {
-        json!({"metadata": {"name": name}, "spec": {
-            "selector": {"matchLabels": {"app": name}},
-            "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]}},
-        }})
-    }
-
-    fn printer(&self) -> &'static table::Printer {
-        self.printer
-    }
-
-    fn selectable_fields(&self) -> &'static [&'static str] {
-        self.fields
-    }
-
-    fn subresources(&self) -> &'static [&'static dyn Subresource] {
-        self.subresources
-    }
-
-    fn prepare_for_create(&self, _: &Request<'_>, obj: &mut Value) {
-        obj["metadata"]["generation"] = json!(1);
-    }
-
-    fn prepare_for_update(&self, _: &str, obj: &mut Value, old: &Value) -> Result<(), ApiError> {
-        if obj["spec"] != old["spec"] {
-            obj["metadata"]["generation"] =
-                json!(old["metadata"]["generation"].as_i64().unwrap_or(0) + 1);
-        }
-        Ok(())
-    }
-}
-
 /// The `scale` subresource (autoscaling/v1 Scale): `kubectl scale` reads and patches it;
 /// writes land in the owner's `spec.replicas`.
-pub(super) struct Scale;
+pub struct Scale;
 
 #[async_trait]
 impl Subresource for Scale {

@@ -21,6 +21,7 @@ pub mod reviews;
 pub mod secrets;
 pub mod serviceaccounts;
 pub mod services;
+pub mod sets;
 pub mod strategy;
 
 #[cfg(test)]
