@@ -4,6 +4,7 @@
 pub mod csr;
 pub mod events;
 pub mod gc;
+pub mod job;
 pub mod podcontrol;
 
 use std::path::PathBuf;
@@ -11,5 +12,9 @@ use std::path::PathBuf;
 /// Runs every controller until the process ends (or the task is aborted when the lease is
 /// lost).
 pub async fn run(client: kube::Client, pki: PathBuf) {
-    tokio::join!(gc::run(client.clone()), csr::run(client, pki));
+    tokio::join!(
+        gc::run(client.clone()),
+        csr::run(client.clone(), pki),
+        job::run(client),
+    );
 }
