@@ -1,11 +1,13 @@
 //! kube-controller-manager's loops, on the reconcile framework (`crate::reconcile`). They run
 //! together, while this apiserver holds the `kube-controller-manager` Lease.
 
+pub mod cronjob;
 pub mod csr;
 pub mod events;
 pub mod gc;
 pub mod job;
 pub mod podcontrol;
+pub mod ttl;
 
 use std::path::PathBuf;
 
@@ -15,6 +17,8 @@ pub async fn run(client: kube::Client, pki: PathBuf) {
     tokio::join!(
         gc::run(client.clone()),
         csr::run(client.clone(), pki),
-        job::run(client),
+        job::run(client.clone()),
+        cronjob::run(client.clone()),
+        ttl::run(client),
     );
 }

@@ -12,7 +12,7 @@
 //! left terminating.
 
 mod pods;
-mod sync;
+pub mod sync;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

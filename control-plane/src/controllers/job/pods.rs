@@ -126,16 +126,19 @@ pub fn match_policy(
         };
         let message = if let Some(req) = &rule.on_exit_codes {
             let matching = |cs: &Vec<ContainerStatus>| {
-                cs.iter()
-                    .find_map(|c| {
-                        let t = c.state.as_ref()?.terminated.as_ref()?;
-                        let named = req.container_name.as_ref().is_none_or(|n| *n == c.name);
-                        let listed = req.values.contains(&t.exit_code);
-                        let hit = t.exit_code != 0
-                            && named
-                            && if req.operator == "In" { listed } else { !listed };
-                        hit.then(|| (c.name.clone(), t.exit_code))
-                    })
+                cs.iter().find_map(|c| {
+                    let t = c.state.as_ref()?.terminated.as_ref()?;
+                    let named = req.container_name.as_ref().is_none_or(|n| *n == c.name);
+                    let listed = req.values.contains(&t.exit_code);
+                    let hit = t.exit_code != 0
+                        && named
+                        && if req.operator == "In" {
+                            listed
+                        } else {
+                            !listed
+                        };
+                    hit.then(|| (c.name.clone(), t.exit_code))
+                })
             };
             let found = st
                 .container_statuses
@@ -151,7 +154,10 @@ pub fn match_policy(
                     .iter()
                     .any(|pat| pat.type_ == c.type_ && pat.status == c.status)
                     .then(|| {
-                        format!("Pod {ns}/{name} has condition {} matching {action} rule at index {i}", c.type_)
+                        format!(
+                            "Pod {ns}/{name} has condition {} matching {action} rule at index {i}",
+                            c.type_
+                        )
                     })
             })
         } else {
@@ -170,7 +176,10 @@ pub fn match_policy(
 
 /// Whether a failed pod counts against the back-off limits.
 pub fn counts(job: &Job, p: &Pod) -> bool {
-    let policy = job.spec.as_ref().and_then(|s| s.pod_failure_policy.as_ref());
+    let policy = job
+        .spec
+        .as_ref()
+        .and_then(|s| s.pod_failure_policy.as_ref());
     match_policy(policy, p).1
 }
 
@@ -185,7 +194,9 @@ pub fn fails_index(job: &Job, p: &Pod) -> bool {
     if action == Some("FailIndex") {
         return true;
     }
-    let limit = spec.and_then(|s| s.backoff_limit_per_index).unwrap_or(i32::MAX);
+    let limit = spec
+        .and_then(|s| s.backoff_limit_per_index)
+        .unwrap_or(i32::MAX);
     counted && index_failure_count(p) >= limit
 }
 
@@ -348,16 +359,29 @@ mod tests {
         let now: Timestamp = "2024-01-01T00:01:00Z".parse().unwrap();
         let at = |s: &str| Some(s.parse::<Timestamp>().unwrap());
         let (b, m) = (Duration::from_secs(10), Duration::from_secs(360));
-        assert_eq!(remaining(b, m, 0, at("2024-01-01T00:01:00Z"), now), Duration::ZERO);
-        assert_eq!(remaining(b, m, 1, at("2024-01-01T00:00:55Z"), now), Duration::from_secs(5));
-        assert_eq!(remaining(b, m, 3, at("2024-01-01T00:01:00Z"), now), Duration::from_secs(40));
+        assert_eq!(
+            remaining(b, m, 0, at("2024-01-01T00:01:00Z"), now),
+            Duration::ZERO
+        );
+        assert_eq!(
+            remaining(b, m, 1, at("2024-01-01T00:00:55Z"), now),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            remaining(b, m, 3, at("2024-01-01T00:01:00Z"), now),
+            Duration::from_secs(40)
+        );
         assert_eq!(remaining(b, m, 20, at("2024-01-01T00:01:00Z"), now), m);
         let rec = BackoffRecord::default().with(&[], &[now, now]);
         assert_eq!(rec.failures, 2);
         let later: Timestamp = "2024-01-01T00:02:00Z".parse().unwrap();
         assert_eq!(rec.with(&[later], &[]).failures, 0, "a success resets");
         let last: Timestamp = "2024-01-01T00:03:00Z".parse().unwrap();
-        assert_eq!(rec.with(&[later], &[now, last]).failures, 1, "failures after it count");
+        assert_eq!(
+            rec.with(&[later], &[now, last]).failures,
+            1,
+            "failures after it count"
+        );
     }
 
     #[test]

@@ -71,7 +71,11 @@ fn ensure_condition(
 
 /// The terminal condition an interim one leads to.
 fn terminal_of(c: &JobCondition, now: Timestamp) -> JobCondition {
-    let ty = if c.type_ == "SuccessCriteriaMet" { "Complete" } else { "Failed" };
+    let ty = if c.type_ == "SuccessCriteriaMet" {
+        "Complete"
+    } else {
+        "Failed"
+    };
     condition(
         ty,
         "True",
@@ -131,16 +135,24 @@ pub async fn sync(ctx: &Ctx, mut job: Job) -> Result<Action> {
     let uncounted = st.uncounted_terminated_pods.clone().unwrap_or_default();
     let mut unc_s = uncounted.succeeded.unwrap_or_default();
     let mut unc_f = uncounted.failed.unwrap_or_default();
-    let valid_index = |p: &Pod| {
-        !indexed || pods::index_of(p).is_some_and(|i| i < completions.unwrap_or(0))
-    };
-    let fresh = |p: &&Pod| pods::has_finalizer(p) && !ctx.removal_expected(&uid(p)) && valid_index(p);
-    let active: Vec<&Pod> = all.iter().filter(|p| k8s_rules::pods::is_active(p)).collect();
-    let terminating = all.iter().filter(|p| k8s_rules::pods::is_terminating(p)).count() as i32;
+    let valid_index =
+        |p: &Pod| !indexed || pods::index_of(p).is_some_and(|i| i < completions.unwrap_or(0));
+    let fresh =
+        |p: &&Pod| pods::has_finalizer(p) && !ctx.removal_expected(&uid(p)) && valid_index(p);
+    let active: Vec<&Pod> = all
+        .iter()
+        .filter(|p| k8s_rules::pods::is_active(p))
+        .collect();
+    let terminating = all
+        .iter()
+        .filter(|p| k8s_rules::pods::is_terminating(p))
+        .count() as i32;
     let new_succeeded: Vec<&Pod> = all
         .iter()
         .filter(fresh)
-        .filter(|p| pods::phase(p) == "Succeeded" && !unc_s.contains(&uid(p)) && !unc_f.contains(&uid(p)))
+        .filter(|p| {
+            pods::phase(p) == "Succeeded" && !unc_s.contains(&uid(p)) && !unc_f.contains(&uid(p))
+        })
         .collect();
     let new_failed: Vec<&Pod> = all
         .iter()
@@ -161,15 +173,22 @@ pub async fn sync(ctx: &Ctx, mut job: Job) -> Result<Action> {
         .cloned()
         .unwrap_or_default()
         .with(
-            &new_succeeded.iter().map(|p| pods::finished_at(p, now)).collect::<Vec<_>>(),
-            &new_failed.iter().map(|p| pods::finished_at(p, now)).collect::<Vec<_>>(),
+            &new_succeeded
+                .iter()
+                .map(|p| pods::finished_at(p, now))
+                .collect::<Vec<_>>(),
+            &new_failed
+                .iter()
+                .map(|p| pods::finished_at(p, now))
+                .collect::<Vec<_>>(),
         );
 
     let c = completions.unwrap_or(0);
     let mut succeeded_ix = BTreeSet::new();
     let mut failed_ix = BTreeSet::new();
     if indexed {
-        succeeded_ix = Intervals::lenient(st.completed_indexes.as_deref().unwrap_or_default(), c).to_set();
+        succeeded_ix =
+            Intervals::lenient(st.completed_indexes.as_deref().unwrap_or_default(), c).to_set();
         succeeded_ix.extend(
             all.iter()
                 .filter(|p| pods::phase(p) == "Succeeded" && pods::has_finalizer(p))
@@ -177,7 +196,8 @@ pub async fn sync(ctx: &Ctx, mut job: Job) -> Result<Action> {
                 .filter(|i| *i < c),
         );
         if spec.backoff_limit_per_index.is_some() {
-            failed_ix = Intervals::lenient(st.failed_indexes.as_deref().unwrap_or_default(), c).to_set();
+            failed_ix =
+                Intervals::lenient(st.failed_indexes.as_deref().unwrap_or_default(), c).to_set();
             failed_ix.extend(
                 all.iter()
                     .filter(fresh)
@@ -197,7 +217,9 @@ pub async fn sync(ctx: &Ctx, mut job: Job) -> Result<Action> {
     let mut interim: Option<JobCondition> = None;
     let mut terminal: Option<JobCondition> = None;
     let mut requeue: Option<Duration> = None;
-    if let Some(t) = condition_true(&job, "FailureTarget").or_else(|| condition_true(&job, "SuccessCriteriaMet")) {
+    if let Some(t) =
+        condition_true(&job, "FailureTarget").or_else(|| condition_true(&job, "SuccessCriteriaMet"))
+    {
         terminal = Some(terminal_of(&t, now));
     } else {
         let policy = spec.pod_failure_policy.as_ref();
@@ -206,37 +228,73 @@ pub async fn sync(ctx: &Ctx, mut job: Job) -> Result<Action> {
                 .filter(|p| pods::phase(p) == "Failed")
                 .find_map(|p| pods::match_policy(policy, p).0)
         });
-        let failure = |reason: &str, msg: &str| Some(condition("FailureTarget", "True", reason, msg, now));
+        let failure =
+            |reason: &str, msg: &str| Some(condition("FailureTarget", "True", reason, msg, now));
         let restarts: i64 = active
             .iter()
-            .flat_map(|p| p.status.iter().flat_map(|s| s.container_statuses.iter().flatten()))
+            .flat_map(|p| {
+                p.status
+                    .iter()
+                    .flat_map(|s| s.container_statuses.iter().flatten())
+            })
             .map(|c| i64::from(c.restart_count))
             .sum();
         let backoff_limit = i64::from(spec.backoff_limit.unwrap_or(6));
-        let on_failure = spec.template.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) == Some("OnFailure");
+        let on_failure = spec
+            .template
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.as_deref())
+            == Some("OnFailure");
         let deadline = spec.active_deadline_seconds.filter(|_| !suspended);
-        let elapsed = st.start_time.as_ref().map(|t| now.duration_since(t.0).as_secs());
+        let elapsed = st
+            .start_time
+            .as_ref()
+            .map(|t| now.duration_since(t.0).as_secs());
         if let Some(msg) = fail_job {
             interim = failure("PodFailurePolicy", &msg);
-        } else if failed > backoff_limit || (on_failure && backoff_limit > 0 && restarts >= backoff_limit) || (on_failure && backoff_limit == 0 && restarts > 0) {
-            interim = failure("BackoffLimitExceeded", "Job has reached the specified backoff limit");
+        } else if failed > backoff_limit
+            || (on_failure && backoff_limit > 0 && restarts >= backoff_limit)
+            || (on_failure && backoff_limit == 0 && restarts > 0)
+        {
+            interim = failure(
+                "BackoffLimitExceeded",
+                "Job has reached the specified backoff limit",
+            );
         } else if let (Some(d), Some(e)) = (deadline, elapsed) {
             if e >= d {
-                interim = failure("DeadlineExceeded", "Job was active longer than specified deadline");
+                interim = failure(
+                    "DeadlineExceeded",
+                    "Job was active longer than specified deadline",
+                );
             } else {
                 requeue = Some(Duration::from_secs((d - e) as u64));
             }
         }
         if indexed && interim.is_none() && spec.backoff_limit_per_index.is_some() {
-            if spec.max_failed_indexes.is_some_and(|m| failed_ix.len() as i64 > i64::from(m)) {
-                interim = failure("MaxFailedIndexesExceeded", "Job has exceeded the specified maximal number of failed indexes");
+            if spec
+                .max_failed_indexes
+                .is_some_and(|m| failed_ix.len() as i64 > i64::from(m))
+            {
+                interim = failure(
+                    "MaxFailedIndexesExceeded",
+                    "Job has exceeded the specified maximal number of failed indexes",
+                );
             } else if !failed_ix.is_empty() && (failed_ix.len() + succeeded_ix.len()) as i64 >= c {
                 interim = failure("FailedIndexes", "Job has failed indexes");
             }
         }
         if indexed && interim.is_none() {
-            if let Some(msg) = pods::match_success_policy(spec.success_policy.as_ref(), c, &succeeded_ix) {
-                interim = Some(condition("SuccessCriteriaMet", "True", "SuccessPolicy", &msg, now));
+            if let Some(msg) =
+                pods::match_success_policy(spec.success_policy.as_ref(), c, &succeeded_ix)
+            {
+                interim = Some(condition(
+                    "SuccessCriteriaMet",
+                    "True",
+                    "SuccessPolicy",
+                    &msg,
+                    now,
+                ));
             }
         }
     }
@@ -244,8 +302,14 @@ pub async fn sync(ctx: &Ctx, mut job: Job) -> Result<Action> {
     let mut delayed: HashMap<i64, &Pod> = HashMap::new();
     if indexed && spec.backoff_limit_per_index.is_some() {
         let active_ix: HashSet<i64> = active.iter().filter_map(|p| pods::index_of(p)).collect();
-        for p in all.iter().filter(fresh).filter(|p| pods::is_failed(p, &job)) {
-            let Some(ix) = pods::index_of(p) else { continue };
+        for p in all
+            .iter()
+            .filter(fresh)
+            .filter(|p| pods::is_failed(p, &job))
+        {
+            let Some(ix) = pods::index_of(p) else {
+                continue;
+            };
             if succeeded_ix.contains(&ix) || failed_ix.contains(&ix) || active_ix.contains(&ix) {
                 continue;
             }
@@ -296,20 +360,51 @@ pub async fn sync(ctx: &Ctx, mut job: Job) -> Result<Action> {
             Some(c) => succeeded >= c && active_count == 0,
         };
         if complete {
-            interim = Some(condition("SuccessCriteriaMet", "True", "CompletionsReached", "Reached expected number of succeeded pods", now));
+            interim = Some(condition(
+                "SuccessCriteriaMet",
+                "True",
+                "CompletionsReached",
+                "Reached expected number of succeeded pods",
+                now,
+            ));
         } else if managed && suspended {
-            if ensure_condition(&mut conds, "Suspended", "True", "JobSuspended", "Job suspended", now) {
+            if ensure_condition(
+                &mut conds,
+                "Suspended",
+                "True",
+                "JobSuspended",
+                "Job suspended",
+                now,
+            ) {
                 cond_changed = true;
-                ctx.control.recorder.normal(&job, "Suspended", "Job suspended").await;
+                ctx.control
+                    .recorder
+                    .normal(&job, "Suspended", "Job suspended")
+                    .await;
             }
-        } else if managed && ensure_condition(&mut conds, "Suspended", "False", "JobResumed", "Job resumed", now) {
+        } else if managed
+            && ensure_condition(
+                &mut conds,
+                "Suspended",
+                "False",
+                "JobResumed",
+                "Job resumed",
+                now,
+            )
+        {
             cond_changed = true;
-            ctx.control.recorder.normal(&job, "Resumed", "Job resumed").await;
+            ctx.control
+                .recorder
+                .normal(&job, "Resumed", "Job resumed")
+                .await;
             // activeDeadlineSeconds counts the time a Job is continuously active.
             st.start_time = Some(Time(now));
         }
     }
-    let ready = active.iter().filter(|p| k8s_rules::pods::is_ready(p)).count() as i32;
+    let ready = active
+        .iter()
+        .filter(|p| k8s_rules::pods::is_ready(p))
+        .count() as i32;
     st.active = Some(active_count).filter(|n| *n > 0);
     st.ready = Some(ready);
     st.terminating = Some(terminating);
@@ -317,17 +412,30 @@ pub async fn sync(ctx: &Ctx, mut job: Job) -> Result<Action> {
     // Count finished pods: into uncountedTerminatedPods, then their finalizers go.
     let finishing = interim.is_some() || terminal.is_some();
     let failing = finishing
-        && interim.as_ref().or(terminal.as_ref()).is_some_and(|c| c.type_ == "FailureTarget" || c.type_ == "Failed");
+        && interim
+            .as_ref()
+            .or(terminal.as_ref())
+            .is_some_and(|c| c.type_ == "FailureTarget" || c.type_ == "Failed");
     let mut to_release: Vec<&Pod> = Vec::new();
-    for p in all.iter().filter(|p| pods::has_finalizer(p) && !ctx.removal_expected(&uid(p))) {
+    for p in all
+        .iter()
+        .filter(|p| pods::has_finalizer(p) && !ctx.removal_expected(&uid(p)))
+    {
         let considered_failed = pods::is_failed(p, &job);
         let keep_for_index = !finishing
             && considered_failed
-            && pods::index_of(p).is_some_and(|ix| !view.failed_ix.contains(&ix) && view.delayed.get(&ix).is_some_and(|q| uid(q) == uid(p)));
+            && pods::index_of(p).is_some_and(|ix| {
+                !view.failed_ix.contains(&ix)
+                    && view.delayed.get(&ix).is_some_and(|q| uid(q) == uid(p))
+            });
         if keep_for_index {
             continue;
         }
-        if k8s_rules::pods::is_finished(p) || considered_failed || finishing || job.metadata.deletion_timestamp.is_some() {
+        if k8s_rules::pods::is_finished(p)
+            || considered_failed
+            || finishing
+            || job.metadata.deletion_timestamp.is_some()
+        {
             to_release.push(p);
         }
         let u = uid(p);
@@ -335,7 +443,11 @@ pub async fn sync(ctx: &Ctx, mut job: Job) -> Result<Action> {
             if !indexed && !unc_s.contains(&u) {
                 unc_s.push(u);
             }
-        } else if (considered_failed || failing) && !unc_f.contains(&u) && valid_index(p) && pods::counts(&job, p) {
+        } else if (considered_failed || failing)
+            && !unc_f.contains(&u)
+            && valid_index(p)
+            && pods::counts(&job, p)
+        {
             unc_f.push(u);
         }
     }
@@ -359,33 +471,49 @@ pub async fn sync(ctx: &Ctx, mut job: Job) -> Result<Action> {
     let api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     if started || cond_changed || !same_status(&st, &old_status) {
         job.status = Some(st.clone());
-        job = api.replace_status(&job.name_any(), &PostParams::default(), &job).await?;
+        job = api
+            .replace_status(&job.name_any(), &PostParams::default(), &job)
+            .await?;
         st = job.status.clone().unwrap_or_default();
     }
-    ctx.backoff.lock().expect("backoff lock").insert(key.clone(), record);
+    ctx.backoff
+        .lock()
+        .expect("backoff lock")
+        .insert(key.clone(), record);
 
     let (released, rm_err) = ctx.remove_finalizers(&to_release).await;
     let released: HashSet<String> = released.into_iter().collect();
     // A UID in uncountedTerminatedPods whose pod no longer holds the finalizer is counted.
     let holding: HashSet<String> = all
         .iter()
-        .filter(|p| pods::has_finalizer(p) && !released.contains(&uid(p)) && !ctx.removal_expected(&uid(p)))
+        .filter(|p| {
+            pods::has_finalizer(p) && !released.contains(&uid(p)) && !ctx.removal_expected(&uid(p))
+        })
         .map(uid)
         .collect();
-    let (s_keep, s_done): (Vec<String>, Vec<String>) = unc_s.into_iter().partition(|u| holding.contains(u));
-    let (f_keep, f_done): (Vec<String>, Vec<String>) = unc_f.into_iter().partition(|u| holding.contains(u));
+    let (s_keep, s_done): (Vec<String>, Vec<String>) =
+        unc_s.into_iter().partition(|u| holding.contains(u));
+    let (f_keep, f_done): (Vec<String>, Vec<String>) =
+        unc_f.into_iter().partition(|u| holding.contains(u));
     let mut changed = !s_done.is_empty() || !f_done.is_empty();
     if !indexed {
-        st.succeeded = Some(st.succeeded.unwrap_or(0) + s_done.len() as i32).filter(|n| *n > 0 || st.succeeded.is_some());
+        st.succeeded = Some(st.succeeded.unwrap_or(0) + s_done.len() as i32)
+            .filter(|n| *n > 0 || st.succeeded.is_some());
     }
-    st.failed = Some(st.failed.unwrap_or(0) + f_done.len() as i32).filter(|n| *n > 0 || st.failed.is_some());
+    st.failed = Some(st.failed.unwrap_or(0) + f_done.len() as i32)
+        .filter(|n| *n > 0 || st.failed.is_some());
     st.uncounted_terminated_pods = Some(UncountedTerminatedPods {
         succeeded: Some(s_keep.clone()),
         failed: Some(f_keep.clone()),
     });
     let mut finished_now = None;
     if let Some(t) = terminal.filter(|_| {
-        s_keep.is_empty() && f_keep.is_empty() && terminating == 0 && !deleted_any && satisfied && rm_err.is_none()
+        s_keep.is_empty()
+            && f_keep.is_empty()
+            && terminating == 0
+            && !deleted_any
+            && satisfied
+            && rm_err.is_none()
     }) {
         if t.type_ == "Complete" {
             st.completion_time = Some(Time(now));
@@ -396,14 +524,22 @@ pub async fn sync(ctx: &Ctx, mut job: Job) -> Result<Action> {
     }
     if changed {
         job.status = Some(st);
-        job = api.replace_status(&job.name_any(), &PostParams::default(), &job).await?;
+        job = api
+            .replace_status(&job.name_any(), &PostParams::default(), &job)
+            .await?;
     }
     if let Some(t) = finished_now {
         if t.type_ == "Complete" {
-            ctx.control.recorder.normal(&job, "Completed", "Job completed").await;
+            ctx.control
+                .recorder
+                .normal(&job, "Completed", "Job completed")
+                .await;
         } else {
             let reason = t.reason.unwrap_or_default();
-            ctx.control.recorder.warning(&job, &reason, t.message.as_deref().unwrap_or_default()).await;
+            ctx.control
+                .recorder
+                .warning(&job, &reason, t.message.as_deref().unwrap_or_default())
+                .await;
         }
         ctx.backoff.lock().expect("backoff lock").remove(&key);
         return Ok(Action::await_change());
@@ -418,12 +554,16 @@ pub async fn sync(ctx: &Ctx, mut job: Job) -> Result<Action> {
 fn same_status(a: &JobStatus, b: &JobStatus) -> bool {
     let unc = |s: &JobStatus| {
         let u = s.uncounted_terminated_pods.clone().unwrap_or_default();
-        (u.succeeded.unwrap_or_default(), u.failed.unwrap_or_default())
+        (
+            u.succeeded.unwrap_or_default(),
+            u.failed.unwrap_or_default(),
+        )
     };
     a.active.unwrap_or(0) == b.active.unwrap_or(0)
         && a.ready == b.ready
         && a.terminating == b.terminating
-        && a.completed_indexes.as_deref().unwrap_or_default() == b.completed_indexes.as_deref().unwrap_or_default()
+        && a.completed_indexes.as_deref().unwrap_or_default()
+            == b.completed_indexes.as_deref().unwrap_or_default()
         && a.failed_indexes == b.failed_indexes
         && a.succeeded.unwrap_or(0) == b.succeeded.unwrap_or(0)
         && unc(a) == unc(b)
@@ -461,8 +601,11 @@ async fn manage(
         None => parallelism,
         Some(c) => (c - v.succeeded).min(parallelism).max(0),
     };
-    let mut sorted: Vec<k8s_rules::pods::Ranked<'_>> =
-        v.active.iter().map(|p| k8s_rules::pods::Ranked { pod: p, rank: 0 }).collect();
+    let mut sorted: Vec<k8s_rules::pods::Ranked<'_>> = v
+        .active
+        .iter()
+        .map(|p| k8s_rules::pods::Ranked { pod: p, rank: 0 })
+        .collect();
     k8s_rules::pods::sort_for_deletion(&mut sorted, now);
     let mut to_delete: Vec<&Pod> = Vec::new();
     let mut kept: Vec<&Pod> = Vec::new();
@@ -472,7 +615,13 @@ async fn manage(
         let mut seen = HashSet::new();
         for r in sorted.iter().rev() {
             match pods::index_of(r.pod) {
-                Some(ix) if ix < v.completions.unwrap_or(0) && !v.succeeded_ix.contains(&ix) && seen.insert(ix) => kept.push(r.pod),
+                Some(ix)
+                    if ix < v.completions.unwrap_or(0)
+                        && !v.succeeded_ix.contains(&ix)
+                        && seen.insert(ix) =>
+                {
+                    kept.push(r.pod)
+                }
                 _ => to_delete.push(r.pod),
             }
         }
@@ -486,7 +635,11 @@ async fn manage(
         let (n, err) = delete_pods(&ctx.control, job, &to_delete).await;
         return ((active - n as i64) as i32, None, err);
     }
-    let replacing = if pods::only_replace_failed(job) { i64::from(terminating) } else { 0 };
+    let replacing = if pods::only_replace_failed(job) {
+        i64::from(terminating)
+    } else {
+        0
+    };
     let diff = (want - replacing - active).min(MAX_PODS_PER_SYNC as i64);
     if diff <= 0 {
         return (active as i32, None, None);
@@ -523,9 +676,17 @@ async fn manage(
             let mut failures = None;
             if spec.backoff_limit_per_index.is_some() {
                 let last = v.delayed.get(&ix);
-                let before = last.map_or(0, |p| pods::index_failure_count(p) + i32::from(pods::counts(job, p)));
+                let before = last.map_or(0, |p| {
+                    pods::index_failure_count(p) + i32::from(pods::counts(job, p))
+                });
                 if let Some(p) = last {
-                    let left = pods::remaining(base, max, (pods::index_failure_count(p) + 1) as u32, Some(pods::finished_at(p, now)), now);
+                    let left = pods::remaining(
+                        base,
+                        max,
+                        (pods::index_failure_count(p) + 1) as u32,
+                        Some(pods::finished_at(p, now)),
+                        now,
+                    );
                     if !left.is_zero() {
                         wait = Some(wait.map_or(left, |w| w.min(left)));
                         continue;
@@ -544,7 +705,8 @@ async fn manage(
             Some(ix) => pods::for_index(&template, &name, ix, failures),
             None => template.clone(),
         };
-        let pod = PodControl::pod_from_template(job, &t, generated_name(&pods::name_prefix(&name, ix)));
+        let pod =
+            PodControl::pod_from_template(job, &t, generated_name(&pods::name_prefix(&name, ix)));
         async move { ctx.control.create(job, pod).await.map(|_| ()) }
     })
     .await;

@@ -47,8 +47,12 @@ impl Setup {
     async fn job(&self, name: &str, spec: Value) -> Job {
         let mut spec = spec;
         spec["template"] = json!({"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox:1.36"}]}});
-        let job = serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap();
-        self.jobs.create(&PostParams::default(), &job).await.unwrap()
+        let job =
+            serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap();
+        self.jobs
+            .create(&PostParams::default(), &job)
+            .await
+            .unwrap()
     }
 
     async fn pods_of(&self, job: &str) -> Vec<Pod> {
@@ -78,7 +82,11 @@ impl Setup {
             "name": "c", "image": "busybox:1.36", "imageID": "", "ready": false, "restartCount": 0,
             "state": {"terminated": {"exitCode": exit_code, "finishedAt": jiff::Timestamp::now().to_string()}}}]}});
         self.pods
-            .patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(status))
+            .patch_status(
+                &pod.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(status),
+            )
             .await
             .unwrap();
     }
@@ -109,8 +117,17 @@ use k8s_openapi::api::batch::v1::JobCondition;
 #[tokio::test]
 async fn a_job_runs_its_completions_never_more_than_parallelism_at_once() {
     let s = Setup::new().await;
-    let job = s.job("work", json!({"completions": 3, "parallelism": 2})).await;
-    let sel = &job.spec.as_ref().unwrap().selector.as_ref().unwrap().match_labels;
+    let job = s
+        .job("work", json!({"completions": 3, "parallelism": 2}))
+        .await;
+    let sel = &job
+        .spec
+        .as_ref()
+        .unwrap()
+        .selector
+        .as_ref()
+        .unwrap()
+        .match_labels;
     assert_eq!(
         sel.as_ref().unwrap()["batch.kubernetes.io/controller-uid"],
         job.metadata.uid.clone().unwrap()
@@ -121,7 +138,11 @@ async fn a_job_runs_its_completions_never_more_than_parallelism_at_once() {
         let active = s.wait_active("work", want).await;
         for p in &active {
             assert!(p.name_any().starts_with("work-") && p.name_any().len() == "work-".len() + 5);
-            assert!(pods::has_finalizer(p), "{} carries the tracking finalizer", p.name_any());
+            assert!(
+                pods::has_finalizer(p),
+                "{} carries the tracking finalizer",
+                p.name_any()
+            );
         }
         s.finish(&active[0], "Succeeded", 0).await;
         done += 1;
@@ -139,12 +160,18 @@ async fn a_job_runs_its_completions_never_more_than_parallelism_at_once() {
     let st = j.status.unwrap();
     assert_eq!(st.succeeded, Some(3));
     assert!(st.completion_time.is_some() && st.start_time.is_some());
-    assert!(sync::condition_true(&s.jobs.get("work").await.unwrap(), "SuccessCriteriaMet").is_some());
+    assert!(
+        sync::condition_true(&s.jobs.get("work").await.unwrap(), "SuccessCriteriaMet").is_some()
+    );
     let unc = st.uncounted_terminated_pods.unwrap_or_default();
     assert!(unc.succeeded.unwrap_or_default().is_empty());
     // Every pod was counted, so none keeps the finalizer.
     eventually("finalizers removed", WAIT, || async {
-        s.pods_of("work").await.iter().all(|p| !pods::has_finalizer(p)).then_some(())
+        s.pods_of("work")
+            .await
+            .iter()
+            .all(|p| !pods::has_finalizer(p))
+            .then_some(())
     })
     .await;
     assert_eq!(s.pods_of("work").await.len(), 3);
@@ -154,7 +181,11 @@ async fn a_job_runs_its_completions_never_more_than_parallelism_at_once() {
 #[tokio::test]
 async fn an_indexed_job_runs_each_index_once() {
     let s = Setup::new().await;
-    s.job("ix", json!({"completions": 3, "parallelism": 3, "completionMode": "Indexed"})).await;
+    s.job(
+        "ix",
+        json!({"completions": 3, "parallelism": 3, "completionMode": "Indexed"}),
+    )
+    .await;
     let active = s.wait_active("ix", 3).await;
     let mut indexes: Vec<String> = active
         .iter()
@@ -165,9 +196,22 @@ async fn an_indexed_job_runs_each_index_once() {
             let spec = p.spec.as_ref().unwrap();
             assert_eq!(spec.hostname.as_deref(), Some(format!("ix-{ix}").as_str()));
             let env = spec.containers[0].env.as_ref().unwrap();
-            let var = env.iter().find(|e| e.name == "JOB_COMPLETION_INDEX").unwrap();
-            let field = &var.value_from.as_ref().unwrap().field_ref.as_ref().unwrap().field_path;
-            assert_eq!(field, "metadata.labels['batch.kubernetes.io/job-completion-index']");
+            let var = env
+                .iter()
+                .find(|e| e.name == "JOB_COMPLETION_INDEX")
+                .unwrap();
+            let field = &var
+                .value_from
+                .as_ref()
+                .unwrap()
+                .field_ref
+                .as_ref()
+                .unwrap()
+                .field_path;
+            assert_eq!(
+                field,
+                "metadata.labels['batch.kubernetes.io/job-completion-index']"
+            );
             ix
         })
         .collect();
@@ -189,15 +233,24 @@ async fn failures_back_off_then_fail_the_job_past_its_backoff_limit() {
     let first = s.wait_active("flaky", 1).await.remove(0);
     s.finish(&first, "Failed", 1).await;
     let second = eventually("a replacement", WAIT, || async {
-        s.active("flaky").await.into_iter().find(|p| p.name_any() != first.name_any())
+        s.active("flaky")
+            .await
+            .into_iter()
+            .find(|p| p.name_any() != first.name_any())
     })
     .await;
     s.finish(&second, "Failed", 1).await;
     let failed = s.condition("flaky", "Failed").await;
     assert_eq!(failed.reason.as_deref(), Some("BackoffLimitExceeded"));
-    assert_eq!(failed.message.as_deref(), Some("Job has reached the specified backoff limit"));
+    assert_eq!(
+        failed.message.as_deref(),
+        Some("Job has reached the specified backoff limit")
+    );
     let j = s.jobs.get("flaky").await.unwrap();
-    assert!(sync::condition_true(&j, "FailureTarget").is_some(), "the interim condition came first");
+    assert!(
+        sync::condition_true(&j, "FailureTarget").is_some(),
+        "the interim condition came first"
+    );
     assert_eq!(j.status.unwrap().failed, Some(2));
     let ev = s.event("BackoffLimitExceeded").await;
     assert_eq!(ev.type_.as_deref(), Some("Warning"));
@@ -214,27 +267,43 @@ async fn the_back_off_holds_the_replacement() {
     let failed_at = std::time::Instant::now();
     s.finish(&first, "Failed", 1).await;
     let second = eventually("a replacement", WAIT, || async {
-        s.active("slow").await.into_iter().find(|p| p.name_any() != first.name_any())
+        s.active("slow")
+            .await
+            .into_iter()
+            .find(|p| p.name_any() != first.name_any())
     })
     .await;
-    assert!(failed_at.elapsed() >= Duration::from_millis(500), "replaced after the back-off");
+    assert!(
+        failed_at.elapsed() >= Duration::from_millis(500),
+        "replaced after the back-off"
+    );
     s.finish(&second, "Failed", 1).await;
     let third_at = std::time::Instant::now();
     eventually("a second replacement", WAIT, || async {
         (s.active("slow").await.len() == 1).then_some(())
     })
     .await;
-    assert!(third_at.elapsed() >= Duration::from_millis(2000), "the back-off doubled");
+    assert!(
+        third_at.elapsed() >= Duration::from_millis(2000),
+        "the back-off doubled"
+    );
 }
 
 #[tokio::test]
 async fn a_job_past_its_active_deadline_fails() {
     let s = Setup::new().await;
-    s.job("late", json!({"activeDeadlineSeconds": 1, "parallelism": 2, "completions": 4})).await;
+    s.job(
+        "late",
+        json!({"activeDeadlineSeconds": 1, "parallelism": 2, "completions": 4}),
+    )
+    .await;
     s.wait_active("late", 2).await;
     let failed = s.condition("late", "Failed").await;
     assert_eq!(failed.reason.as_deref(), Some("DeadlineExceeded"));
-    assert_eq!(failed.message.as_deref(), Some("Job was active longer than specified deadline"));
+    assert_eq!(
+        failed.message.as_deref(),
+        Some("Job was active longer than specified deadline")
+    );
     assert!(s.active("late").await.is_empty());
     s.event("DeadlineExceeded").await;
 }
@@ -242,20 +311,40 @@ async fn a_job_past_its_active_deadline_fails() {
 #[tokio::test]
 async fn suspending_deletes_active_pods_and_resuming_recreates_them() {
     let s = Setup::new().await;
-    s.job("nap", json!({"parallelism": 2, "completions": 2})).await;
+    s.job("nap", json!({"parallelism": 2, "completions": 2}))
+        .await;
     s.wait_active("nap", 2).await;
     let suspend = |on: bool| Patch::Merge(json!({"spec": {"suspend": on}}));
-    s.jobs.patch("nap", &PatchParams::default(), &suspend(true)).await.unwrap();
+    s.jobs
+        .patch("nap", &PatchParams::default(), &suspend(true))
+        .await
+        .unwrap();
     let c = s.condition("nap", "Suspended").await;
     assert_eq!(c.reason.as_deref(), Some("JobSuspended"));
-    eventually("pods gone", WAIT, || async { s.pods_of("nap").await.is_empty().then_some(()) }).await;
+    eventually("pods gone", WAIT, || async {
+        s.pods_of("nap").await.is_empty().then_some(())
+    })
+    .await;
     s.event("Suspended").await;
-    s.jobs.patch("nap", &PatchParams::default(), &suspend(false)).await.unwrap();
+    s.jobs
+        .patch("nap", &PatchParams::default(), &suspend(false))
+        .await
+        .unwrap();
     s.wait_active("nap", 2).await;
     s.event("Resumed").await;
     let j = s.jobs.get("nap").await.unwrap();
-    let c = j.status.unwrap().conditions.unwrap().into_iter().find(|c| c.type_ == "Suspended").unwrap();
-    assert_eq!((c.status.as_str(), c.reason.as_deref()), ("False", Some("JobResumed")));
+    let c = j
+        .status
+        .unwrap()
+        .conditions
+        .unwrap()
+        .into_iter()
+        .find(|c| c.type_ == "Suspended")
+        .unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_deref()),
+        ("False", Some("JobResumed"))
+    );
 }
 
 #[tokio::test]
@@ -269,10 +358,23 @@ async fn a_pod_failure_policy_fails_the_job_on_an_exit_code() {
     // Ignored: replaced, not counted.
     s.finish(&first, "Failed", 7).await;
     let second = eventually("a replacement", WAIT, || async {
-        s.active("strict").await.into_iter().find(|p| p.name_any() != first.name_any())
+        s.active("strict")
+            .await
+            .into_iter()
+            .find(|p| p.name_any() != first.name_any())
     })
     .await;
-    assert_eq!(s.jobs.get("strict").await.unwrap().status.unwrap().failed.unwrap_or(0), 0);
+    assert_eq!(
+        s.jobs
+            .get("strict")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .failed
+            .unwrap_or(0),
+        0
+    );
     s.finish(&second, "Failed", 42).await;
     let failed = s.condition("strict", "Failed").await;
     assert_eq!(failed.reason.as_deref(), Some("PodFailurePolicy"));
@@ -281,14 +383,16 @@ async fn a_pod_failure_policy_fails_the_job_on_an_exit_code() {
         second.name_any()
     );
     assert_eq!(failed.message.as_deref(), Some(msg.as_str()));
-    let target = sync::condition_true(&s.jobs.get("strict").await.unwrap(), "FailureTarget").unwrap();
+    let target =
+        sync::condition_true(&s.jobs.get("strict").await.unwrap(), "FailureTarget").unwrap();
     assert_eq!(target.message.as_deref(), Some(msg.as_str()));
 }
 
 #[tokio::test]
 async fn a_counted_pod_loses_its_finalizer_and_stays_counted_when_deleted() {
     let s = Setup::new().await;
-    s.job("once", json!({"completions": 2, "parallelism": 1})).await;
+    s.job("once", json!({"completions": 2, "parallelism": 1}))
+        .await;
     let first = s.wait_active("once", 1).await.remove(0);
     s.finish(&first, "Succeeded", 0).await;
     eventually("the finalizer removed", WAIT, || async {
@@ -296,10 +400,19 @@ async fn a_counted_pod_loses_its_finalizer_and_stays_counted_when_deleted() {
         (!pods::has_finalizer(&p)).then_some(())
     })
     .await;
-    s.pods.delete(&first.name_any(), &Default::default()).await.unwrap();
+    s.pods
+        .delete(&first.name_any(), &Default::default())
+        .await
+        .unwrap();
     let second = s.wait_active("once", 1).await.remove(0);
-    assert_eq!(s.jobs.get("once").await.unwrap().status.unwrap().succeeded, Some(1));
+    assert_eq!(
+        s.jobs.get("once").await.unwrap().status.unwrap().succeeded,
+        Some(1)
+    );
     s.finish(&second, "Succeeded", 0).await;
     s.condition("once", "Complete").await;
-    assert_eq!(s.jobs.get("once").await.unwrap().status.unwrap().succeeded, Some(2));
+    assert_eq!(
+        s.jobs.get("once").await.unwrap().status.unwrap().succeeded,
+        Some(2)
+    );
 }
