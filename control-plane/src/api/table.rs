@@ -538,33 +538,6 @@ pub fn table(
     t
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ages_read_like_kubectls() {
-        assert_eq!(human(5), "5s");
-        assert_eq!(human(200), "3m20s");
-        assert_eq!(human(3600 * 5 + 60 * 7), "5h7m");
-        assert_eq!(human(86400 * 3 + 3600), "3d1h");
-    }
-
-    #[test]
-    fn pod_rows_have_kubectls_columns() {
-        let r = &super::super::resources::PODS;
-        let p = json!({"metadata": {"name": "a", "creationTimestamp": "2020-01-01T00:00:00Z"}, "spec": {"containers": [{"name": "c"}], "nodeName": "n1"}, "status": {"phase": "Running", "podIP": "10.0.0.5", "containerStatuses": [{"ready": true, "restartCount": 2}]}});
-        let t = table(r, &[p], json!({"resourceVersion": "7"}), "Metadata", true);
-        assert_eq!(t["columnDefinitions"].as_array().unwrap().len(), 9);
-        let cells = &t["rows"][0]["cells"];
-        assert_eq!(cells[1], "1/1");
-        assert_eq!(cells[2], "Running");
-        assert_eq!(cells[3], "2");
-        assert_eq!(cells[5], "10.0.0.5");
-        assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
-    }
-}
-
 pub static JOBS: Printer = Printer {
     columns: || {
         vec![
@@ -751,4 +724,31 @@ fn cronjob_cells(o: &Value) -> Vec<Value> {
         images,
         label_selector(&job["selector"]),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_like_kubectls() {
+        assert_eq!(human(5), "5s");
+        assert_eq!(human(200), "3m20s");
+        assert_eq!(human(3600 * 5 + 60 * 7), "5h7m");
+        assert_eq!(human(86400 * 3 + 3600), "3d1h");
+    }
+
+    #[test]
+    fn pod_rows_have_kubectls_columns() {
+        let r = &super::super::resources::PODS;
+        let p = json!({"metadata": {"name": "a", "creationTimestamp": "2020-01-01T00:00:00Z"}, "spec": {"containers": [{"name": "c"}], "nodeName": "n1"}, "status": {"phase": "Running", "podIP": "10.0.0.5", "containerStatuses": [{"ready": true, "restartCount": 2}]}});
+        let t = table(r, &[p], json!({"resourceVersion": "7"}), "Metadata", true);
+        assert_eq!(t["columnDefinitions"].as_array().unwrap().len(), 9);
+        let cells = &t["rows"][0]["cells"];
+        assert_eq!(cells[1], "1/1");
+        assert_eq!(cells[2], "Running");
+        assert_eq!(cells[3], "2");
+        assert_eq!(cells[5], "10.0.0.5");
+        assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+    }
 }

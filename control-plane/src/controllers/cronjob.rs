@@ -393,7 +393,6 @@ async fn sync(ctx: &Ctx, cj: &CronJob, jobs: &[Arc<Job>]) -> Result<(CronJobStat
             };
             ctx.delete_job(cj, j).await?;
             active.retain(|a| a.uid != r.uid);
-            changed = true;
         }
     }
     let tmpl = spec.job_template;

@@ -11,6 +11,7 @@
 //! `SuccessCriteriaMet` condition comes first and `Failed` / `Complete` only once no pod is
 //! left terminating.
 
+mod manage;
 mod pods;
 pub mod sync;
 
