@@ -45,9 +45,17 @@ impl EtcdServer {
             }
             panic!("etcd not found: run hack/deps.sh (it unpacks Debian's etcd-server)");
         };
-        let dir = tempfile::Builder::new()
-            .prefix("podlet-etcd-")
-            .tempdir()
+        // On tmpfs where there is one: every etcd write is an fsync, and on a disk busy with
+        // other work (a build beside the tests) the control plane's ~150 bootstrap writes
+        // alone took longer than its start-up deadline. Durability is not what tests measure.
+        let builder = {
+            let mut b = tempfile::Builder::new();
+            b.prefix("podlet-etcd-");
+            b
+        };
+        let dir = builder
+            .tempdir_in("/dev/shm")
+            .or_else(|_| builder.tempdir())
             .unwrap();
         let (port, peer) = (free_port(), free_port());
         let child = Command::new(bin)

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::registry::strategy::{self, Strategy, Subresource};
 use super::registry::{
-    apps, certificates, componentstatuses, namespaces, nodes, pods, rbac, reviews, secrets,
+    apps, batch, certificates, componentstatuses, namespaces, nodes, pods, rbac, reviews, secrets,
     serviceaccounts, services, sets,
 };
 
@@ -213,8 +213,9 @@ macro_rules! served {
 }
 
 use k8s_openapi::api::{
-    apps as apps_v, authentication, authorization, certificates as certificates_v, coordination,
-    core::v1 as core, discovery, events as events_v, rbac as rbac_v, scheduling,
+    apps as apps_v, authentication, authorization, batch as batch_v,
+    certificates as certificates_v, coordination, core::v1 as core, discovery, events as events_v,
+    rbac as rbac_v, scheduling,
 };
 
 served! {
@@ -247,6 +248,10 @@ served! {
         .with_status().strategy(&sets::STATEFULSET);
     CONTROLLERREVISIONS = Resource::of::<apps_v::v1::ControllerRevision>()
         .strategy(&sets::CONTROLLERREVISION);
+    JOBS = Resource::of::<batch_v::v1::Job>().categories(&["all"]).with_status()
+        .strategy(&batch::JOB);
+    CRONJOBS = Resource::of::<batch_v::v1::CronJob>().short(&["cj"]).categories(&["all"])
+        .with_status().strategy(&batch::CRONJOB);
     LEASES = Resource::of::<coordination::v1::Lease>().strategy(&nodes::LEASE);
     ENDPOINTSLICES = Resource::of::<discovery::v1::EndpointSlice>();
     ROLES = Resource::of::<rbac_v::v1::Role>().strategy(&rbac::RBAC);

@@ -48,6 +48,37 @@ fn roles() -> Vec<(&'static str, Value, &'static str)> {
             CONTROLLER_MANAGER_USER,
         ),
         (
+            "system:controller:job-controller",
+            json!([
+                {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "update", "patch"]},
+                {"apiGroups": ["batch"], "resources": ["jobs/status"], "verbs": ["update"]},
+                {"apiGroups": ["batch"], "resources": ["jobs/finalizers"], "verbs": ["update"]},
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch", "create", "delete", "patch"]},
+                {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "update", "patch"]},
+            ]),
+            CONTROLLER_MANAGER_USER,
+        ),
+        (
+            "system:controller:cronjob-controller",
+            json!([
+                {"apiGroups": ["batch"], "resources": ["cronjobs"], "verbs": ["get", "list", "watch", "update"]},
+                {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "update", "delete", "patch"]},
+                {"apiGroups": ["batch"], "resources": ["cronjobs/status"], "verbs": ["update"]},
+                {"apiGroups": ["batch"], "resources": ["cronjobs/finalizers"], "verbs": ["update"]},
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "delete"]},
+                {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "update", "patch"]},
+            ]),
+            CONTROLLER_MANAGER_USER,
+        ),
+        (
+            "system:controller:ttl-after-finished-controller",
+            json!([
+                {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "delete"]},
+                {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "update", "patch"]},
+            ]),
+            CONTROLLER_MANAGER_USER,
+        ),
+        (
             "system:controller:certificate-controller",
             json!([
                 {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests"], "verbs": ["delete", "get", "list", "watch"]},

@@ -11,6 +11,7 @@ mod update;
 mod watch;
 
 pub mod apps;
+pub mod batch;
 pub mod certificates;
 pub mod componentstatuses;
 pub mod namespaces;
