@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::registry::strategy::{self, Strategy, Subresource};
 use super::registry::{
-    apps, certificates, componentstatuses, namespaces, nodes, pods, rbac, reviews, secrets,
+    apps, certificates, componentstatuses, namespaces, nodes, pods, policy, rbac, reviews, secrets,
     serviceaccounts, services,
 };
 
@@ -214,7 +214,8 @@ macro_rules! served {
 
 use k8s_openapi::api::{
     apps as apps_v, authentication, authorization, certificates as certificates_v, coordination,
-    core::v1 as core, discovery, events as events_v, rbac as rbac_v, scheduling,
+    core::v1 as core, discovery, events as events_v, policy as policy_v, rbac as rbac_v,
+    scheduling,
 };
 
 served! {
@@ -240,11 +241,14 @@ served! {
     DAEMONSETS = Resource::of::<apps_v::v1::DaemonSet>().short(&["ds"]).categories(&["all"])
         .with_status().strategy(&apps::DAEMONSET);
     LEASES = Resource::of::<coordination::v1::Lease>().strategy(&nodes::LEASE);
-    ENDPOINTSLICES = Resource::of::<discovery::v1::EndpointSlice>();
+    ENDPOINTSLICES = Resource::of::<discovery::v1::EndpointSlice>()
+        .strategy(&strategy::ENDPOINTSLICE);
     ROLES = Resource::of::<rbac_v::v1::Role>().strategy(&rbac::RBAC);
     ROLEBINDINGS = Resource::of::<rbac_v::v1::RoleBinding>().strategy(&rbac::RBAC);
     CLUSTERROLES = Resource::of::<rbac_v::v1::ClusterRole>().strategy(&rbac::RBAC);
     CLUSTERROLEBINDINGS = Resource::of::<rbac_v::v1::ClusterRoleBinding>().strategy(&rbac::RBAC);
+    PODDISRUPTIONBUDGETS = Resource::of::<policy_v::v1::PodDisruptionBudget>().short(&["pdb"])
+        .with_status().strategy(&policy::PDB);
     PRIORITYCLASSES = Resource::of::<scheduling::v1::PriorityClass>().short(&["pc"]);
     EVENTS_K8S_IO = Resource::of::<events_v::v1::Event>().short(&["ev"]).strategy(&strategy::EVENT);
     CERTIFICATESIGNINGREQUESTS = Resource::of::<certificates_v::v1::CertificateSigningRequest>()
