@@ -435,4 +435,4 @@ pub async fn run(client: kube::Client, max_endpoints_per_slice: usize) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
