@@ -325,3 +325,6 @@ pub async fn run(client: kube::Client) {
     let ctx = Arc::new(Ctx { client });
     reconcile::run("namespace-controller", controller, reconcile, ctx).await;
 }
+
+#[cfg(test)]
+mod tests;

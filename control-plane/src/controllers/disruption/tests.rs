@@ -95,7 +95,14 @@ async fn a_budget_over_a_replica_set_allows_evictions_while_enough_pods_are_heal
     )
     .await;
     for i in 0..3 {
-        owned_pod(&c, &format!("db-{i}"), "db", Some(controller_ref(&rs)), true).await;
+        owned_pod(
+            &c,
+            &format!("db-{i}"),
+            "db",
+            Some(controller_ref(&rs)),
+            true,
+        )
+        .await;
     }
     create::<PodDisruptionBudget>(
         &c,
@@ -123,7 +130,10 @@ async fn a_budget_over_a_replica_set_allows_evictions_while_enough_pods_are_heal
         .get("db-0")
         .await
         .unwrap();
-    assert!(pod.metadata.deletion_timestamp.is_some(), "db-0 is being deleted");
+    assert!(
+        pod.metadata.deletion_timestamp.is_some(),
+        "db-0 is being deleted"
+    );
 
     // The next is refused as upstream refuses it.
     let (code, body) = evict(&c, "db-1").await;
@@ -162,7 +172,11 @@ async fn a_budget_over_a_replica_set_allows_evictions_while_enough_pods_are_heal
     .await;
     let (code, body) = evict(&c, "db-pending").await;
     assert_eq!(code, StatusCode::CREATED, "{body}");
-    assert!(pods.get_opt("db-pending").await.unwrap().is_none_or(|p| p.metadata.deletion_timestamp.is_some()));
+    assert!(pods
+        .get_opt("db-pending")
+        .await
+        .unwrap()
+        .is_none_or(|p| p.metadata.deletion_timestamp.is_some()));
 }
 
 #[tokio::test]
@@ -180,7 +194,14 @@ async fn a_percentage_counts_the_deployments_scale_and_unknown_controllers_fail_
     let rs: ReplicaSet = create(&c, rs).await;
     // Two of the four the Deployment wants exist, both ready.
     for i in 0..2 {
-        owned_pod(&c, &format!("web-{i}"), "web", Some(controller_ref(&rs)), true).await;
+        owned_pod(
+            &c,
+            &format!("web-{i}"),
+            "web",
+            Some(controller_ref(&rs)),
+            true,
+        )
+        .await;
     }
     create::<PodDisruptionBudget>(
         &c,
@@ -191,7 +212,14 @@ async fn a_percentage_counts_the_deployments_scale_and_unknown_controllers_fail_
         s.expected_pods == 4
     })
     .await;
-    assert_eq!((st.desired_healthy, st.current_healthy, st.disruptions_allowed), (2, 2, 0));
+    assert_eq!(
+        (
+            st.desired_healthy,
+            st.current_healthy,
+            st.disruptions_allowed
+        ),
+        (2, 2, 0)
+    );
 
     // A pod whose controller is of no kind the controller knows: no disruption at all.
     let foreign = OwnerReference {
@@ -210,11 +238,19 @@ async fn a_percentage_counts_the_deployments_scale_and_unknown_controllers_fail_
     )
     .await;
     let st = status_when(&c, "odd", "sync failed", |s| {
-        s.conditions.iter().flatten().any(|c| c.reason == "SyncFailed")
+        s.conditions
+            .iter()
+            .flatten()
+            .any(|c| c.reason == "SyncFailed")
     })
     .await;
     assert_eq!(st.disruptions_allowed, 0);
-    let cond = st.conditions.unwrap().into_iter().find(|c| c.type_ == "DisruptionAllowed").unwrap();
+    let cond = st
+        .conditions
+        .unwrap()
+        .into_iter()
+        .find(|c| c.type_ == "DisruptionAllowed")
+        .unwrap();
     assert_eq!(cond.message, "found no controllers for pod \"odd-0\"");
 
     // Two budgets over one pod: the eviction cannot choose.
@@ -225,7 +261,10 @@ async fn a_percentage_counts_the_deployments_scale_and_unknown_controllers_fail_
     .await;
     let (code, body) = evict(&c, "web-0").await;
     assert_eq!(code, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
-    assert!(body["message"].as_str().unwrap().contains("more than one PodDisruptionBudget"));
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .contains("more than one PodDisruptionBudget"));
     Api::<PodDisruptionBudget>::namespaced(c.admin(), "default")
         .delete("web-too", &DeleteParams::default())
         .await
@@ -255,8 +294,10 @@ async fn evictions_spend_the_budget_in_its_status() {
     pdbs.patch_status(
         "x",
         &PatchParams::default(),
-        &Patch::Merge(json!({"status": {"observedGeneration": 1, "disruptionsAllowed": 2,
-            "currentHealthy": 3, "desiredHealthy": 1, "expectedPods": 4}})),
+        &Patch::Merge(
+            json!({"status": {"observedGeneration": 1, "disruptionsAllowed": 2,
+            "currentHealthy": 3, "desiredHealthy": 1, "expectedPods": 4}}),
+        ),
     )
     .await
     .unwrap();
@@ -276,5 +317,13 @@ async fn evictions_spend_the_budget_in_its_status() {
     // An unready pod may go while the budget is healthy (IfHealthyBudget), without spending.
     let (code, body) = evict(&c, "sick").await;
     assert_eq!(code, StatusCode::CREATED, "{body}");
-    assert_eq!(pdbs.get("x").await.unwrap().status.unwrap().disruptions_allowed, 0);
+    assert_eq!(
+        pdbs.get("x")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .disruptions_allowed,
+        0
+    );
 }

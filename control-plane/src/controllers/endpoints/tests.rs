@@ -15,8 +15,24 @@ fn ips(a: &Option<Vec<EndpointAddress>>) -> Vec<String> {
 async fn endpoints_list_ready_and_unready_addresses_per_port() {
     let c = Cluster::new().await;
     let _ctl = Task::spawn(run(manager(&c)));
-    pod(&c, "a", json!({"app": "web"}), &[("http", 8080)], "10.0.0.1", true).await;
-    pod(&c, "b", json!({"app": "web"}), &[("http", 8080)], "10.0.0.2", false).await;
+    pod(
+        &c,
+        "a",
+        json!({"app": "web"}),
+        &[("http", 8080)],
+        "10.0.0.1",
+        true,
+    )
+    .await;
+    pod(
+        &c,
+        "b",
+        json!({"app": "web"}),
+        &[("http", 8080)],
+        "10.0.0.2",
+        false,
+    )
+    .await;
     // No `http` port: only in the port given by number.
     pod(&c, "c", json!({"app": "web"}), &[], "10.0.0.3", true).await;
     service(
@@ -45,7 +61,13 @@ async fn endpoints_list_ready_and_unready_addresses_per_port() {
     let by_port = |name: &str| {
         subsets
             .iter()
-            .find(|s| s.ports.as_ref().unwrap().iter().any(|p| p.name.as_deref() == Some(name)))
+            .find(|s| {
+                s.ports
+                    .as_ref()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p.name.as_deref() == Some(name))
+            })
             .unwrap()
             .clone()
     };

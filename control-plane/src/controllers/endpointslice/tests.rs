@@ -48,8 +48,10 @@ pub(crate) async fn set_status(c: &Cluster, name: &str, ip: &str, ready: bool) {
     pods.patch_status(
         name,
         &PatchParams::default(),
-        &Patch::Merge(json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
-            "conditions": [{"type": "Ready", "status": status}]}})),
+        &Patch::Merge(
+            json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+            "conditions": [{"type": "Ready", "status": status}]}}),
+        ),
     )
     .await
     .unwrap();
@@ -57,7 +59,8 @@ pub(crate) async fn set_status(c: &Cluster, name: &str, ip: &str, ready: bool) {
 
 pub(crate) async fn service(c: &Cluster, name: &str, spec: Value) -> Service {
     let svcs: Api<Service> = Api::namespaced(c.admin(), "default");
-    let s: Service = serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap();
+    let s: Service =
+        serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap();
     svcs.create(&PostParams::default(), &s).await.unwrap()
 }
 
@@ -133,11 +136,21 @@ async fn slices_follow_the_pods_readiness_and_go_with_their_service() {
     let labels = s.metadata.labels.clone().unwrap();
     assert_eq!(labels[MANAGED_BY_LABEL], CONTROLLER_NAME);
     let owner = &s.metadata.owner_references.as_ref().unwrap()[0];
-    assert_eq!((owner.kind.as_str(), owner.uid.as_str()), ("Service", svc.metadata.uid.as_deref().unwrap()));
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str()),
+        ("Service", svc.metadata.uid.as_deref().unwrap())
+    );
     assert_eq!(owner.controller, Some(true));
     let port = &s.ports.as_ref().unwrap()[0];
-    assert_eq!((port.name.as_deref(), port.port, port.protocol.as_deref()), (Some("http"), Some(8080), Some("TCP")));
-    let a = s.endpoints.iter().find(|e| e.addresses == ["10.0.0.1"]).unwrap();
+    assert_eq!(
+        (port.name.as_deref(), port.port, port.protocol.as_deref()),
+        (Some("http"), Some(8080), Some("TCP"))
+    );
+    let a = s
+        .endpoints
+        .iter()
+        .find(|e| e.addresses == ["10.0.0.1"])
+        .unwrap();
     assert_eq!(a.node_name.as_deref(), Some("n1"));
     assert_eq!(a.zone.as_deref(), Some("zone-a"));
     assert_eq!(a.target_ref.as_ref().unwrap().kind.as_deref(), Some("Pod"));
@@ -164,7 +177,10 @@ async fn slices_follow_the_pods_readiness_and_go_with_their_service() {
         (conditions(s).len() == 1).then(|| s.to_vec())
     })
     .await;
-    assert_eq!(after[0].metadata.name, name_before, "the slice is updated, not replaced");
+    assert_eq!(
+        after[0].metadata.name, name_before,
+        "the slice is updated, not replaced"
+    );
     assert!(slices_of(&c, "manual").await.is_empty());
 
     Api::<Service>::namespaced(c.admin(), "default")
@@ -182,14 +198,23 @@ async fn a_terminating_pod_serves_but_is_not_ready_and_unready_addresses_can_be_
     pod(&c, "u", json!({"app": "t"}), &[], "10.0.1.2", false).await;
     // A finalizer keeps the deleted pod, terminating.
     Api::<Pod>::namespaced(c.admin(), "default")
-        .patch("t", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": ["example.com/hold"]}})))
+        .patch(
+            "t",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": ["example.com/hold"]}})),
+        )
         .await
         .unwrap();
     Api::<Pod>::namespaced(c.admin(), "default")
         .delete("t", &DeleteParams::default())
         .await
         .unwrap();
-    service(&c, "plain", json!({"selector": {"app": "t"}, "ports": [{"port": 80}]})).await;
+    service(
+        &c,
+        "plain",
+        json!({"selector": {"app": "t"}, "ports": [{"port": 80}]}),
+    )
+    .await;
     service(
         &c,
         "publish",
@@ -201,7 +226,11 @@ async fn a_terminating_pod_serves_but_is_not_ready_and_unready_addresses_can_be_
         (c.len() == 2).then_some(c)
     })
     .await;
-    assert_eq!(plain["t"], (false, true, true), "terminating: serving, not ready");
+    assert_eq!(
+        plain["t"],
+        (false, true, true),
+        "terminating: serving, not ready"
+    );
     assert_eq!(plain["u"], (false, false, false));
     let published = wait_for(&c, "publish", "both endpoints", |s| {
         let c = conditions(s);
@@ -216,9 +245,33 @@ async fn a_terminating_pod_serves_but_is_not_ready_and_unready_addresses_can_be_
 async fn named_ports_resolve_per_pod_into_separate_slices() {
     let c = Cluster::new().await;
     let _ctl = start(&c, 100);
-    pod(&c, "old", json!({"app": "api"}), &[("http", 8080)], "10.0.2.1", true).await;
-    pod(&c, "new", json!({"app": "api"}), &[("http", 9090)], "10.0.2.2", true).await;
-    pod(&c, "new2", json!({"app": "api"}), &[("http", 9090)], "10.0.2.3", true).await;
+    pod(
+        &c,
+        "old",
+        json!({"app": "api"}),
+        &[("http", 8080)],
+        "10.0.2.1",
+        true,
+    )
+    .await;
+    pod(
+        &c,
+        "new",
+        json!({"app": "api"}),
+        &[("http", 9090)],
+        "10.0.2.2",
+        true,
+    )
+    .await;
+    pod(
+        &c,
+        "new2",
+        json!({"app": "api"}),
+        &[("http", 9090)],
+        "10.0.2.3",
+        true,
+    )
+    .await;
     service(
         &c,
         "api",
@@ -229,7 +282,11 @@ async fn named_ports_resolve_per_pod_into_separate_slices() {
         let m: BTreeMap<i32, Vec<String>> = s
             .iter()
             .map(|s| {
-                let mut ips: Vec<String> = s.endpoints.iter().flat_map(|e| e.addresses.clone()).collect();
+                let mut ips: Vec<String> = s
+                    .endpoints
+                    .iter()
+                    .flat_map(|e| e.addresses.clone())
+                    .collect();
                 ips.sort();
                 (s.ports.as_ref().unwrap()[0].port.unwrap(), ips)
             })
@@ -245,8 +302,16 @@ async fn named_ports_resolve_per_pod_into_separate_slices() {
 async fn no_slice_holds_more_than_the_limit_and_an_empty_service_keeps_a_placeholder() {
     let c = Cluster::new().await;
     let _ctl = start(&c, 100);
-    service(&c, "big", json!({"selector": {"app": "big"}, "ports": [{"port": 80}]})).await;
-    let placeholder = wait_for(&c, "big", "a placeholder", |s| (s.len() == 1).then(|| s[0].clone())).await;
+    service(
+        &c,
+        "big",
+        json!({"selector": {"app": "big"}, "ports": [{"port": 80}]}),
+    )
+    .await;
+    let placeholder = wait_for(&c, "big", "a placeholder", |s| {
+        (s.len() == 1).then(|| s[0].clone())
+    })
+    .await;
     assert!(placeholder.endpoints.is_empty());
     for i in 0..205 {
         let ip = format!("10.1.{}.{}", i / 200, i % 200 + 1);
@@ -304,8 +369,16 @@ fn the_plan_changes_the_fewest_slices() {
         )])
     };
     // Unchanged: nothing written.
-    let p = reconciler::plan(vec![slice("s1", vec![ep("a")])], desired(vec![ep("a")]), 2, "IPv4");
-    assert!(p.create.is_empty() && p.update.is_empty() && p.delete.is_empty(), "{p:?}");
+    let p = reconciler::plan(
+        vec![slice("s1", vec![ep("a")])],
+        desired(vec![ep("a")]),
+        2,
+        "IPv4",
+    );
+    assert!(
+        p.create.is_empty() && p.update.is_empty() && p.delete.is_empty(),
+        "{p:?}"
+    );
     // A new endpoint fills the slice with room; one over the limit makes a new slice.
     let p = reconciler::plan(
         vec![slice("s1", vec![ep("a")])],

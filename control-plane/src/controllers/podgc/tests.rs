@@ -67,7 +67,10 @@ async fn pods_of_nodes_gone_are_failed_and_deleted_after_the_quarantine() {
         (orphan_gone && p.metadata.deletion_timestamp.is_some()).then_some(p)
     })
     .await;
-    assert!(started.elapsed() >= FAST.quarantine, "not before the quarantine");
+    assert!(
+        started.elapsed() >= FAST.quarantine,
+        "not before the quarantine"
+    );
     let status = held.status.unwrap();
     assert_eq!(status.phase.as_deref(), Some("Failed"));
     let cond = status
@@ -77,8 +80,16 @@ async fn pods_of_nodes_gone_are_failed_and_deleted_after_the_quarantine() {
         .find(|c| c.type_ == "DisruptionTarget")
         .unwrap();
     assert_eq!(
-        (cond.status.as_str(), cond.reason.as_deref(), cond.message.as_deref()),
-        ("True", Some("DeletionByPodGC"), Some("PodGC: node no longer exists"))
+        (
+            cond.status.as_str(),
+            cond.reason.as_deref(),
+            cond.message.as_deref()
+        ),
+        (
+            "True",
+            Some("DeletionByPodGC"),
+            Some("PodGC: node no longer exists")
+        )
     );
     assert!(pods.get_opt("kept").await.unwrap().is_some());
 }
