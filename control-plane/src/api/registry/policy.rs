@@ -381,6 +381,27 @@ pub async fn evict(
         }
         return Ok(resp);
     }
+    if !req.dry_run() {
+        // `addConditionAndDeletePod`: the pod says why it goes, before it goes.
+        let current = store.current(req, Some(ns), name).await?;
+        let mut pod = decode_kv(&current);
+        if let Some(rv) = opts["preconditions"]["resourceVersion"].as_str() {
+            if rv != current.mod_rev.to_string() {
+                return Err(ApiError::conflict(store.r, name));
+            }
+        }
+        let conds = objects::child(objects::child(&mut pod, "status"), "conditions");
+        let mut list = conds.as_array().cloned().unwrap_or_default();
+        list.retain(|c| c["type"] != "DisruptionTarget");
+        list.push(json!({"type": "DisruptionTarget", "status": "True",
+            "reason": "EvictionByEvictionAPI", "message": "Eviction API: evicting",
+            "lastProbeTime": null, "lastTransitionTime": objects::now()}));
+        *conds = json!(list);
+        store.put(req, name, &current, &mut pod).await?;
+        if !opts["preconditions"]["resourceVersion"].is_null() {
+            opts["preconditions"]["resourceVersion"] = pod["metadata"]["resourceVersion"].clone();
+        }
+    }
     let body = Bytes::from(opts.to_string());
     store.delete(req, Some(ns), name, &body).await?;
     Ok(json_response(

@@ -134,6 +134,15 @@ async fn a_budget_over_a_replica_set_allows_evictions_while_enough_pods_are_heal
         pod.metadata.deletion_timestamp.is_some(),
         "db-0 is being deleted"
     );
+    let why = pod.status.unwrap().conditions.unwrap();
+    let why = why.iter().find(|c| c.type_ == "DisruptionTarget").unwrap();
+    assert_eq!(
+        (why.reason.as_deref(), why.message.as_deref()),
+        (
+            Some("EvictionByEvictionAPI"),
+            Some("Eviction API: evicting")
+        )
+    );
 
     // The next is refused as upstream refuses it.
     let (code, body) = evict(&c, "db-1").await;

@@ -258,7 +258,8 @@ fn api(c: &Ctx, ns: &str) -> Api<EndpointSlice> {
 }
 
 async fn reconcile(svc: Arc<Service>, c: Arc<Ctx>) -> Result<Action> {
-    if selected(&svc).is_none() || svc.metadata.deletion_timestamp.is_some() {
+    let external = svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("ExternalName");
+    if selected(&svc).is_none() || external || svc.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
     // Until the caches hold every pod and node, a sync would drop endpoints.

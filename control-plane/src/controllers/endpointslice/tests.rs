@@ -336,7 +336,6 @@ fn the_plan_changes_the_fewest_slices() {
         }),
         ..Default::default()
     };
-    let mapping = Mapping::new("IPv4", &[]);
     let slice = |name: &str, eps: Vec<Endpoint>| EndpointSlice {
         metadata: ObjectMeta {
             name: Some(name.into()),
@@ -394,5 +393,4 @@ fn the_plan_changes_the_fewest_slices() {
     assert_eq!(p.delete, ["s1"]);
     assert_eq!(p.create.len(), 1);
     assert!(p.create[0].endpoints.is_empty());
-    let _ = mapping;
 }
