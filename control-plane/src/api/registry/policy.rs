@@ -154,12 +154,10 @@ pub fn validate_selector(sel: &Value, field: &str, causes: &mut Vec<Cause>) {
     }
 }
 
-/// Whether a PDB's selector selects these labels: a missing selector selects nothing and, in
-/// policy/v1, an empty one everything.
+/// Whether a PDB's selector selects these labels for an eviction: a missing or empty selector
+/// selects nothing there (`getPodDisruptionBudgets`: such a budget "should match nothing, not
+/// everything"), nor does an invalid one.
 pub fn selects(pdb: &Value, labels: &Value) -> bool {
-    if pdb["spec"]["selector"].is_null() {
-        return false;
-    }
     let Ok(sel) = serde_json::from_value(pdb["spec"]["selector"].clone()) else {
         return false;
     };
@@ -167,7 +165,7 @@ pub fn selects(pdb: &Value, labels: &Value) -> bool {
         return false;
     };
     let labels = serde_json::from_value(labels.clone()).unwrap_or_default();
-    sel.matches(&labels)
+    !sel.selects_everything() && sel.matches(&labels)
 }
 
 /// `podutil.IsPodReady`, on the stored JSON.
@@ -219,15 +217,15 @@ fn too_many_requests(cause: String, retry_after: u64) -> ApiError {
 
 /// What an eviction's budget says.
 enum Verdict {
-    /// Evict: the pod is not counted by its budget (or has none).
-    Free,
-    /// Evict, with the pod's resourceVersion as a precondition (an unhealthy pod evicted
-    /// because of it being unhealthy must still be so when deleted).
-    IfUnchanged,
+    /// Delete the pod; `if_unchanged`: only if its resourceVersion is still the one the
+    /// decision was made on (a pod that could turn ready meanwhile).
+    Delete { if_unchanged: bool, pdb: String },
+    /// Answer this Status (two budgets: upstream answers a Failure Status with code 500).
+    Answer(Value),
 }
 
 /// Takes one disruption from the budget, retrying on a concurrent write (`checkAndDecrement`
-/// under `EvictionsRetry`: 20 tries, 10 ms apart).
+/// under `EvictionsRetry`: 20 tries, 500 ms apart).
 async fn check_and_decrement(
     req: &Request<'_>,
     ns: &str,
@@ -280,7 +278,7 @@ async fn check_and_decrement(
         match store.put(req, pdb_name, &kv, &mut pdb).await {
             Ok(()) => return Ok(()),
             Err(e) if e.code == 409 && tries < 20 => {
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
             Err(e) => return Err(e),
         }
@@ -290,11 +288,15 @@ async fn check_and_decrement(
 /// Whether the pod may go, and how, under the budgets that select it.
 async fn admit(req: &Request<'_>, ns: &str, pod: &Value) -> Result<Verdict, ApiError> {
     let phase = pod["status"]["phase"].as_str().unwrap_or_default();
-    // `canIgnorePDB`: pods that do not run, or already go, are nobody's disruption.
-    if matches!(phase, "Succeeded" | "Failed" | "Pending")
-        || !pod["metadata"]["deletionTimestamp"].is_null()
-    {
-        return Ok(Verdict::Free);
+    let terminal = matches!(phase, "Succeeded" | "Failed");
+    let deleting = !pod["metadata"]["deletionTimestamp"].is_null();
+    // `canIgnorePDB`: pods that do not run, or already go, are nobody's disruption; a pending
+    // one only if it has not started running meanwhile (`shouldEnforceResourceVersion`).
+    if terminal || deleting || phase == "Pending" {
+        return Ok(Verdict::Delete {
+            if_unchanged: !terminal && !deleting,
+            pdb: String::new(),
+        });
     }
     let r = &resources::PODDISRUPTIONBUDGETS;
     let (kvs, _) = req
@@ -308,31 +310,87 @@ async fn admit(req: &Request<'_>, ns: &str, pod: &Value) -> Result<Verdict, ApiE
         .filter(|p| selects(p, &pod["metadata"]["labels"]))
         .collect();
     if pdbs.len() > 1 {
-        return Err(ApiError::internal("Internal error occurred: This pod has more than one PodDisruptionBudget, which the eviction subresource does not support."));
+        return Ok(Verdict::Answer(
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "code": 500,
+            "message": "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support."}),
+        ));
     }
     let Some(pdb) = pdbs.first() else {
-        return Ok(Verdict::Free);
+        return Ok(Verdict::Delete {
+            if_unchanged: false,
+            pdb: String::new(),
+        });
     };
+    let pdb_name = pdb["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     if !is_ready(pod) {
-        let policy = pdb["spec"]["unhealthyPodEvictionPolicy"]
-            .as_str()
-            .unwrap_or("IfHealthyBudget");
+        // An unhealthy pod does not count: it may go without spending a disruption if the
+        // policy says so, or while the budget is met.
+        let policy = pdb["spec"]["unhealthyPodEvictionPolicy"].as_str();
         let st = &pdb["status"];
         let desired = st["desiredHealthy"].as_i64().unwrap_or(0);
-        if policy == "AlwaysAllow"
+        if policy == Some("AlwaysAllow")
             || (st["currentHealthy"].as_i64().unwrap_or(0) >= desired && desired > 0)
         {
-            return Ok(Verdict::IfUnchanged);
+            return Ok(Verdict::Delete {
+                if_unchanged: true,
+                pdb: pdb_name,
+            });
         }
     }
-    let pdb_name = pdb["metadata"]["name"].as_str().unwrap_or_default();
     let pod_name = pod["metadata"]["name"].as_str().unwrap_or_default();
-    check_and_decrement(req, ns, pdb_name, pod_name).await?;
-    Ok(Verdict::Free)
+    check_and_decrement(req, ns, &pdb_name, pod_name).await?;
+    Ok(Verdict::Delete {
+        if_unchanged: false,
+        pdb: pdb_name,
+    })
+}
+
+/// A refusal as the response, with `Retry-After` when it suggests one.
+fn refusal(e: ApiError) -> ApiResult {
+    let retry = e
+        .details
+        .as_ref()
+        .and_then(|d| d["retryAfterSeconds"].as_u64())
+        .unwrap_or(0);
+    let mut resp = e.into_response();
+    if retry > 0 {
+        resp.headers_mut().insert(
+            header::RETRY_AFTER,
+            retry.to_string().parse().expect("digits"),
+        );
+    }
+    Ok(resp)
 }
 
 /// `pods/<name>/eviction`: deletes the pod with the eviction's options if its budget allows.
+/// A pod that changed under an eviction that needs no budget is looked at again (upstream's
+/// retry on conflict), unless the client gave a resourceVersion of its own.
 pub async fn evict(
+    req: &Request<'_>,
+    store: &Store,
+    ns: &str,
+    name: &str,
+    body: &Bytes,
+) -> ApiResult {
+    let client_rv = !body.is_empty()
+        && !req.parse_body(body)?["deleteOptions"]["preconditions"]["resourceVersion"].is_null();
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match evict_once(req, store, ns, name, body).await {
+            Err(e) if e.code == 409 && !client_rv && tries < 20 => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
+async fn evict_once(
     req: &Request<'_>,
     store: &Store,
     ns: &str,
@@ -357,39 +415,42 @@ pub async fn evict(
         Value::Null => json!({}),
         o => o.clone(),
     };
-    let refused = match admit(req, ns, &pod).await {
-        Ok(Verdict::Free) => None,
-        Ok(Verdict::IfUnchanged) => {
-            let pre = objects::child(&mut opts, "preconditions");
-            pre["resourceVersion"] = pod["metadata"]["resourceVersion"].clone();
-            None
+    let client_rv = !opts["preconditions"]["resourceVersion"].is_null();
+    let (if_unchanged, pdb) = match admit(req, ns, &pod).await {
+        Ok(Verdict::Delete { if_unchanged, pdb }) => (if_unchanged && !client_rv, pdb),
+        Ok(Verdict::Answer(status)) => {
+            return Ok(json_response(StatusCode::INTERNAL_SERVER_ERROR, &status))
         }
-        Err(e) => Some(e),
+        Err(e) => return refusal(e),
     };
-    if let Some(e) = refused {
-        let retry = e
-            .details
-            .as_ref()
-            .and_then(|d| d["retryAfterSeconds"].as_u64())
-            .unwrap_or(0);
-        let mut resp = e.into_response();
-        if retry > 0 {
-            resp.headers_mut().insert(
-                header::RETRY_AFTER,
-                retry.to_string().parse().expect("digits"),
-            );
-        }
-        return Ok(resp);
+    if if_unchanged {
+        objects::child(&mut opts, "preconditions")["resourceVersion"] =
+            pod["metadata"]["resourceVersion"].clone();
     }
+    // A pod that changed since the decision was made on it: the client retries.
+    let changed = || -> ApiResult {
+        if pdb.is_empty() {
+            // No budget: evicted as soon as the pod holds still (retried by `evict`).
+            return Err(ApiError::conflict(store.r, name));
+        }
+        refusal(too_many_requests(
+            format!("The disruption budget {pdb} is still being processed by the server."),
+            10,
+        ))
+    };
     if !req.dry_run() {
         // `addConditionAndDeletePod`: the pod says why it goes, before it goes.
         let current = store.current(req, Some(ns), name).await?;
-        let mut pod = decode_kv(&current);
         if let Some(rv) = opts["preconditions"]["resourceVersion"].as_str() {
             if rv != current.mod_rev.to_string() {
-                return Err(ApiError::conflict(store.r, name));
+                return if if_unchanged {
+                    changed()
+                } else {
+                    Err(ApiError::conflict(store.r, name))
+                };
             }
         }
+        let mut pod = decode_kv(&current);
         let conds = objects::child(objects::child(&mut pod, "status"), "conditions");
         let mut list = conds.as_array().cloned().unwrap_or_default();
         list.retain(|c| c["type"] != "DisruptionTarget");
@@ -397,13 +458,21 @@ pub async fn evict(
             "reason": "EvictionByEvictionAPI", "message": "Eviction API: evicting",
             "lastProbeTime": null, "lastTransitionTime": objects::now()}));
         *conds = json!(list);
-        store.put(req, name, &current, &mut pod).await?;
+        match store.put(req, name, &current, &mut pod).await {
+            Ok(()) => {}
+            Err(e) if e.code == 409 && if_unchanged => return changed(),
+            Err(e) => return Err(e),
+        }
         if !opts["preconditions"]["resourceVersion"].is_null() {
             opts["preconditions"]["resourceVersion"] = pod["metadata"]["resourceVersion"].clone();
         }
     }
     let body = Bytes::from(opts.to_string());
-    store.delete(req, Some(ns), name, &body).await?;
+    match store.delete(req, Some(ns), name, &body).await {
+        Ok(_) => {}
+        Err(e) if e.code == 409 && if_unchanged => return changed(),
+        Err(e) => return Err(e),
+    }
     Ok(json_response(
         StatusCode::CREATED,
         &status::success(json!({"name": name, "kind": "pods"})),
@@ -445,9 +514,9 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_selector_selects_every_pod_and_a_missing_one_none() {
+    fn an_eviction_finds_no_budget_with_an_empty_or_missing_selector() {
         let labels = json!({"app": "web"});
-        assert!(selects(&json!({"spec": {"selector": {}}}), &labels));
+        assert!(!selects(&json!({"spec": {"selector": {}}}), &labels));
         assert!(!selects(&json!({"spec": {}}), &labels));
         assert!(selects(
             &json!({"spec": {"selector": {"matchLabels": {"app": "web"}}}}),
