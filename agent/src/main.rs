@@ -68,6 +68,16 @@ enum Cmd {
         /// Range that service cluster IPs are allocated from.
         #[arg(long, default_value = "10.96.0.0/12")]
         service_cluster_ip_range: ipnetwork::Ipv4Network,
+        /// Controllers to run (kube-controller-manager's `--controllers`): `*` every
+        /// controller on by default, `name` on, `-name` off, e.g. `*,-cronjob`.
+        #[arg(long, value_delimiter = ',', default_value = "*")]
+        controllers: Vec<String>,
+        /// Finished pods kept before PodGC deletes the oldest (0: never).
+        #[arg(long, default_value_t = podlet_control_plane::controllers::podgc::DEFAULT_THRESHOLD)]
+        terminated_pod_gc_threshold: i64,
+        /// Endpoints per EndpointSlice at most.
+        #[arg(long, default_value_t = podlet_control_plane::controllers::endpointslice::DEFAULT_MAX_ENDPOINTS_PER_SLICE)]
+        max_endpoints_per_slice: usize,
     },
     /// List pods and their containers.
     Ps,
@@ -320,6 +330,9 @@ fn run(cli: Cli) -> Result<i32> {
             etcd_compaction_interval,
             token_auth_file,
             service_cluster_ip_range,
+            controllers,
+            terminated_pod_gc_threshold,
+            max_endpoints_per_slice,
         } => {
             let cfg = podlet_control_plane::Config {
                 data_dir,
@@ -329,6 +342,11 @@ fn run(cli: Cli) -> Result<i32> {
                 compaction_interval: etcd_compaction_interval,
                 token_auth_file,
                 service_cluster_ip_range,
+                controllers: podlet_control_plane::controllers::Options {
+                    controllers,
+                    terminated_pod_gc_threshold,
+                    max_endpoints_per_slice,
+                },
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -380,8 +398,10 @@ async fn agent(cfg: Config) -> Result<()> {
         config::ClusterMode::AllInOne {
             listen,
             admin_kubeconfig,
+            controllers,
         } => {
-            let (client, task) = cluster::all_in_one(&cfg, *listen, admin_kubeconfig).await?;
+            let (client, task) =
+                cluster::all_in_one(&cfg, *listen, admin_kubeconfig, controllers.clone()).await?;
             control_plane = Some(task);
             Some(client)
         }

@@ -31,6 +31,8 @@ pub struct Config {
     pub token_auth_file: Option<PathBuf>,
     /// Where service cluster IPs come from.
     pub service_cluster_ip_range: ipnetwork::Ipv4Network,
+    /// kube-controller-manager's options: which controllers run, and their settings.
+    pub controllers: controllers::Options,
 }
 
 /// A kubeconfig for the apiserver at `server` (trusting `ca_pem`) as the holder of a client
@@ -54,7 +56,11 @@ pub fn kubeconfig(server: &str, pki: &pki::Pki) -> String {
 /// Starts kube-scheduler's and kube-controller-manager's loops beside the apiserver at `listen`,
 /// each with its own identity and Lease, so that of several apiservers sharing one store only
 /// one runs each.
-async fn start_components(listen: SocketAddr, data_dir: PathBuf) -> anyhow::Result<()> {
+async fn start_components(
+    listen: SocketAddr,
+    data_dir: PathBuf,
+    opts: controllers::Options,
+) -> anyhow::Result<()> {
     let url = reconcile::loopback_url(listen);
     let pki = data_dir.join("pki");
     let scheduler =
@@ -74,7 +80,7 @@ async fn start_components(listen: SocketAddr, data_dir: PathBuf) -> anyhow::Resu
     tokio::spawn(sched.run(move || scheduler::run(sched_client.clone())));
     let cm = elect(&manager, "kube-controller-manager");
     let cm_client = manager.client.clone();
-    tokio::spawn(cm.run(move || controllers::run(cm_client.clone(), pki.clone())));
+    tokio::spawn(cm.run(move || controllers::run(cm_client.clone(), pki.clone(), opts.clone())));
     Ok(())
 }
 
@@ -105,6 +111,9 @@ pub async fn run(
     cfg: Config,
     ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> anyhow::Result<()> {
+    cfg.controllers
+        .validate()
+        .map_err(|e| anyhow::anyhow!("controller options: {e}"))?;
     let store: Arc<dyn store::Store> = if cfg.etcd_servers.is_empty() {
         Arc::new(
             store::embedded::Embedded::open(&cfg.data_dir)
@@ -151,7 +160,7 @@ pub async fn run(
         kubelet,
         kubelet_tls,
     }));
-    start_components(addr, cfg.data_dir.clone()).await?;
+    start_components(addr, cfg.data_dir.clone(), cfg.controllers.clone()).await?;
     loop {
         let (tcp, _) = match listener.accept().await {
             Ok(c) => c,

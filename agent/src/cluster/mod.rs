@@ -24,6 +24,7 @@ pub async fn all_in_one(
     cfg: &Config,
     listen: std::net::SocketAddr,
     admin_kubeconfig: &std::path::Path,
+    controllers: podlet_control_plane::controllers::Options,
 ) -> Result<(kube::Client, tokio::task::JoinHandle<Result<()>>)> {
     let data_dir = cfg.root_dir.join("control-plane");
     let cp = podlet_control_plane::Config {
@@ -34,6 +35,7 @@ pub async fn all_in_one(
         compaction_interval: std::time::Duration::from_secs(300),
         token_auth_file: None,
         service_cluster_ip_range: "10.96.0.0/12".parse().expect("constant range"),
+        controllers,
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(podlet_control_plane::run(cp, Some(tx)));

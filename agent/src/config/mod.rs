@@ -65,6 +65,8 @@ pub enum ClusterMode {
     AllInOne {
         listen: std::net::SocketAddr,
         admin_kubeconfig: PathBuf,
+        /// The in-process kube-controller-manager's options.
+        controllers: podlet_control_plane::controllers::Options,
     },
     /// A worker of the control plane at `server`.
     Worker {
@@ -216,6 +218,17 @@ impl Config {
                 admin_kubeconfig: s
                     .admin_kubeconfig
                     .unwrap_or_else(|| "/etc/podlet/admin.kubeconfig".into()),
+                controllers: {
+                    let mut o = podlet_control_plane::controllers::Options::default();
+                    if let Some(list) = s.controllers.as_deref() {
+                        o.controllers = list.split(',').map(|c| c.trim().to_string()).collect();
+                    }
+                    if let Some(t) = s.terminated_pod_gc_threshold {
+                        o.terminated_pod_gc_threshold = t;
+                    }
+                    parsed("controllers", o.validate())?;
+                    o
+                },
             }
         };
         let node_labels = parsed("node-labels", parse_labels(s.node_labels.as_deref()))?;

@@ -141,6 +141,14 @@ settings! {
     /// All-in-one: where the administrator's kubeconfig is written.
     #[arg(long)]
     admin_kubeconfig: PathBuf,
+    /// All-in-one: the controllers to run, as kube-controller-manager's `--controllers`
+    /// (`*` every controller on by default, `name` on, `-name` off; default `*`).
+    #[arg(long)]
+    controllers: String,
+    /// All-in-one: finished pods kept before PodGC deletes the oldest (0: never; default
+    /// 12500).
+    #[arg(long)]
+    terminated_pod_gc_threshold: i64,
     /// Steady rate of the agent's writes to the apiserver, per second (the kubelet's 50).
     #[arg(long)]
     kube_api_qps: f64,

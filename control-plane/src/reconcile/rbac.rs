@@ -142,7 +142,82 @@ fn roles() -> Vec<(&'static str, Value, &'static str)> {
             ]),
             CONTROLLER_MANAGER_USER,
         ),
+        (
+            "system:controller:endpointslice-controller",
+            json!([
+                {"apiGroups": [""], "resources": ["services", "pods", "nodes"], "verbs": READ},
+                {"apiGroups": [""], "resources": ["services/finalizers"], "verbs": ["update"]},
+                {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch", "create", "update", "delete"]},
+                events(),
+            ]),
+            CONTROLLER_MANAGER_USER,
+        ),
+        (
+            "system:controller:endpoint-controller",
+            json!([
+                {"apiGroups": [""], "resources": ["services", "pods"], "verbs": READ},
+                {"apiGroups": [""], "resources": ["endpoints"], "verbs": ["get", "list", "watch", "create", "update", "delete"]},
+                {"apiGroups": [""], "resources": ["endpoints/restricted"], "verbs": ["create"]},
+                events(),
+            ]),
+            CONTROLLER_MANAGER_USER,
+        ),
+        (
+            "system:controller:disruption-controller",
+            json!([
+                {"apiGroups": ["extensions", "apps"], "resources": ["deployments"], "verbs": READ},
+                {"apiGroups": ["apps", "extensions"], "resources": ["replicasets"], "verbs": READ},
+                {"apiGroups": [""], "resources": ["replicationcontrollers", "pods"], "verbs": READ},
+                {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": READ},
+                {"apiGroups": ["apps"], "resources": ["statefulsets"], "verbs": READ},
+                {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets/status"], "verbs": ["update"]},
+                {"apiGroups": ["*"], "resources": ["*/scale"], "verbs": ["get"]},
+                events(),
+            ]),
+            CONTROLLER_MANAGER_USER,
+        ),
+        (
+            "system:controller:pod-garbage-collector",
+            json!([
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch", "delete"]},
+                {"apiGroups": [""], "resources": ["nodes"], "verbs": READ},
+                {"apiGroups": [""], "resources": ["pods/status"], "verbs": ["patch"]},
+            ]),
+            CONTROLLER_MANAGER_USER,
+        ),
+        (
+            "system:controller:namespace-controller",
+            json!([
+                {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch", "delete"]},
+                {"apiGroups": [""], "resources": ["namespaces/finalize", "namespaces/status"], "verbs": ["update"]},
+                {"apiGroups": ["*"], "resources": ["*"], "verbs": ["get", "list", "delete", "deletecollection"]},
+            ]),
+            CONTROLLER_MANAGER_USER,
+        ),
+        (
+            "system:controller:service-account-controller",
+            json!([
+                {"apiGroups": [""], "resources": ["namespaces", "serviceaccounts"], "verbs": READ},
+                {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["create"]},
+                events(),
+            ]),
+            CONTROLLER_MANAGER_USER,
+        ),
+        (
+            "system:controller:root-ca-cert-publisher",
+            json!([
+                {"apiGroups": [""], "resources": ["namespaces", "configmaps"], "verbs": READ},
+                {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "update"]},
+                events(),
+            ]),
+            CONTROLLER_MANAGER_USER,
+        ),
     ]
+}
+
+/// Upstream's `eventsRule()`.
+fn events() -> Value {
+    json!({"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch", "update"]})
 }
 
 /// The role of the ReplicaSet and ReplicationController controllers, over `resource` of

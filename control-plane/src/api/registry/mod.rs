@@ -17,6 +17,7 @@ pub mod componentstatuses;
 pub mod namespaces;
 pub mod nodes;
 pub mod pods;
+pub mod policy;
 pub mod rbac;
 pub mod reviews;
 pub mod secrets;

@@ -277,11 +277,24 @@ async fn admit_service_account(
     pod["spec"]["serviceAccountName"] = json!(name);
     pod["spec"]["serviceAccount"] = json!(name);
     let sar = &resources::SERVICEACCOUNTS;
-    let got = req
-        .store()
-        .get(&sar.key(Some(ns), &name))
-        .await
-        .map_err(|e| store_error(sar, &name, e))?;
+    // `default` is made by the service account controller soon after its namespace: it is
+    // looked for up to ten times, 100-200 ms apart, as upstream's admission does.
+    let attempts = if name == "default" { 10 } else { 1 };
+    let interval = std::time::Duration::from_millis(100 + rand::random_range(0..100));
+    let mut got = None;
+    for i in 0..attempts {
+        if i > 0 {
+            tokio::time::sleep(interval).await;
+        }
+        got = req
+            .store()
+            .get(&sar.key(Some(ns), &name))
+            .await
+            .map_err(|e| store_error(sar, &name, e))?;
+        if got.is_some() {
+            break;
+        }
+    }
     let sa = match got {
         Some(kv) => decode_kv(&kv),
         None => {
@@ -407,7 +420,7 @@ async fn bind(req: &Request<'_>, store: &Store, ns: &str, name: &str, body: &Byt
     ))
 }
 
-/// `pods/eviction`: a delete with the pod's own grace period.
+/// `pods/eviction`: a delete that the pod's PodDisruptionBudget may refuse (`policy.rs`).
 struct Eviction;
 
 #[async_trait]
@@ -428,16 +441,10 @@ impl Subresource for Eviction {
         store: &Store,
         ns: Option<&str>,
         name: &str,
-        _: &Bytes,
+        body: &Bytes,
     ) -> Option<ApiResult> {
         (method == Method::POST).then_some(())?;
-        Some(match store.delete(req, ns, name, &Bytes::new()).await {
-            Ok(_) => Ok(json_response(
-                StatusCode::CREATED,
-                &status::success(json!({"name": name, "kind": "pods"})),
-            )),
-            Err(e) => Err(e),
-        })
+        Some(super::policy::evict(req, store, ns.unwrap_or("default"), name, body).await)
     }
 }
 

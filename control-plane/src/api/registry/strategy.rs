@@ -157,6 +157,13 @@ pub trait Strategy: Sync {
         None
     }
 
+    /// Whether finalizers of the kind's own (a namespace's `spec.finalizers`) still hold a
+    /// deleted object that has no `metadata.finalizers` left.
+    fn held(&self, obj: &Value) -> bool {
+        let _ = obj;
+        false
+    }
+
     /// What is released once the object is gone (a cluster IP).
     async fn after_delete(&self, req: &Request<'_>, gone: &Value) {
         let _ = (req, gone);
@@ -198,6 +205,11 @@ pub static PLAIN: Plain = Plain {
 
 pub static CONFIGMAP: Plain = Plain {
     printer: &table::CONFIGMAPS,
+    fields: &[],
+};
+
+pub static ENDPOINTSLICE: Plain = Plain {
+    printer: &table::ENDPOINTSLICES,
     fields: &[],
 };
 

@@ -9,7 +9,7 @@ use axum::http::{header, Method, StatusCode};
 use serde_json::json;
 
 use crate::api::resources::{self, Resource, RESOURCES};
-use crate::testing::cluster::Cluster;
+use crate::testing::cluster::{Cluster, Task};
 
 fn base(r: &Resource) -> String {
     if r.group.is_empty() {
@@ -35,6 +35,10 @@ fn item(r: &Resource, name: &str) -> String {
 #[tokio::test]
 async fn generic_verbs_work_for_every_stored_kind() {
     let c = Cluster::new().await;
+    // Deleted namespaces are emptied and removed by the namespace controller.
+    let _namespaces = Task::spawn(crate::controllers::namespace::run(
+        c.client(crate::reconcile::rbac::CONTROLLER_MANAGER_USER, &[]),
+    ));
     let stored: Vec<&Resource> = RESOURCES.iter().copied().filter(|r| r.stored).collect();
     assert!(
         stored.len() > 20,

@@ -153,7 +153,8 @@ impl Store {
         let deleting = !obj["metadata"]["deletionTimestamp"].is_null();
         let finalizers_left = obj["metadata"]["finalizers"]
             .as_array()
-            .is_some_and(|f| !f.is_empty());
+            .is_some_and(|f| !f.is_empty())
+            || r.strategy.held(&obj);
         // Only graceful deletion (pods) leaves a grace period on a deleted object; such an
         // object waits for its final delete.
         let graceful = obj["metadata"]["deletionGracePeriodSeconds"]
