@@ -3,6 +3,31 @@
 
 use podlet_e2e::apiserver::ok;
 use podlet_e2e::kube::{apply, condition, items, json, node, wait};
+use podlet_e2e::TestNode;
+
+/// `kubectl wait --for=condition=<c>`, with the job and its pods shown when it times out.
+fn wait_job(node: &TestNode, job: &str, c: &str, secs: u32) {
+    let out = node.kubectl(
+        33,
+        &[
+            "wait",
+            &format!("--for=condition={c}"),
+            &format!("job/{job}"),
+            &format!("--timeout={secs}s"),
+        ],
+    );
+    if out.code != 0 {
+        panic!(
+            "job {job} not {c}: {}\njob: {}\npods: {}\nevents: {}",
+            out.stderr,
+            json(node, &["job", job]),
+            node.kubectl(33, &["get", "pods", "-o", "wide", "--show-labels"])
+                .stdout,
+            node.kubectl(33, &["get", "events", "--sort-by=.lastTimestamp"])
+                .stdout
+        );
+    }
+}
 
 const JOBS: &str = r#"
 apiVersion: batch/v1
@@ -67,36 +92,14 @@ fn jobs_complete_fail_and_cronjobs_fire() {
         "create job",
     );
     apply(&node, JOBS);
-    ok(
-        &node.kubectl(
-            33,
-            &[
-                "wait",
-                "--for=condition=complete",
-                "job/hello",
-                "--timeout=90s",
-            ],
-        ),
-        "job hello complete",
-    );
+    wait_job(&node, "hello", "complete", 90);
     let logs = ok(&node.kubectl(33, &["logs", "job/hello"]), "logs job/hello");
     assert_eq!(logs.trim(), "hello from a job");
     let j = json(&node, &["job", "hello"]);
     assert_eq!(j["status"]["succeeded"], 1, "{j}");
     assert!(!j["status"]["completionTime"].is_null());
 
-    ok(
-        &node.kubectl(
-            33,
-            &[
-                "wait",
-                "--for=condition=complete",
-                "job/indexed",
-                "--timeout=90s",
-            ],
-        ),
-        "indexed complete",
-    );
+    wait_job(&node, "indexed", "complete", 90);
     let j = json(&node, &["job", "indexed"]);
     assert_eq!(j["status"]["completedIndexes"], "0-2", "{j}");
     let mut said: Vec<String> = items(&json(&node, &["pods", "-l", "job-name=indexed"]))
@@ -112,18 +115,7 @@ fn jobs_complete_fail_and_cronjobs_fire() {
     assert_eq!(said, ["index 0", "index 1", "index 2"]);
 
     // backoffLimit 1: the first failure is retried after 10 s, the second fails the Job.
-    ok(
-        &node.kubectl(
-            33,
-            &[
-                "wait",
-                "--for=condition=failed",
-                "job/failing",
-                "--timeout=120s",
-            ],
-        ),
-        "failing failed",
-    );
+    wait_job(&node, "failing", "failed", 120);
     let j = json(&node, &["job", "failing"]);
     assert_eq!(
         condition(&j, "Failed")["reason"],

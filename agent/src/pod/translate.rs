@@ -78,6 +78,28 @@ pub struct PodFields<'a> {
     pub host_ip: &'a str,
     pub pod_ip: &'a str,
     pub service_account: &'a str,
+    pub labels: Option<&'a BTreeMap<String, String>>,
+    pub annotations: Option<&'a BTreeMap<String, String>>,
+}
+
+/// `metadata.labels['key']` or `metadata.annotations['key']` (the kubelet's
+/// `ExtractFieldPathAsString`): the value, empty when the key is absent; `None` for other paths.
+pub fn subscripted_field(
+    path: &str,
+    labels: Option<&BTreeMap<String, String>>,
+    annotations: Option<&BTreeMap<String, String>>,
+) -> Option<String> {
+    let (map, rest) = if let Some(r) = path.strip_prefix("metadata.labels[") {
+        (labels, r)
+    } else if let Some(r) = path.strip_prefix("metadata.annotations[") {
+        (annotations, r)
+    } else {
+        return None;
+    };
+    let key = rest
+        .strip_suffix(']')?
+        .trim_matches(|c| c == '\'' || c == '"');
+    Some(map.and_then(|m| m.get(key)).cloned().unwrap_or_default())
 }
 
 /// The container's environment: image env, then the pod's (in order, with `$(VAR)` expansion
@@ -162,6 +184,12 @@ pub fn environment(
                         "spec.serviceAccountName" => fields.service_account.to_string(),
                         "status.hostIP" => fields.host_ip.to_string(),
                         "status.podIP" => fields.pod_ip.to_string(),
+                        other if subscripted_field(other, fields.labels, fields.annotations)
+                            .is_some() =>
+                        {
+                            subscripted_field(other, fields.labels, fields.annotations)
+                                .unwrap_or_default()
+                        }
                         other => {
                             return Err(format!(
                                 "{field_prefix}.env[{i}].valueFrom.fieldRef.fieldPath: Unsupported value: {other:?}"
@@ -460,9 +488,27 @@ pub(crate) mod tests {
                     value: Some("$(A)-$(PATH)-$(NOPE)".into()),
                     value_from: None,
                 },
+                // How the Job controller passes JOB_COMPLETION_INDEX.
+                EnvVar {
+                    name: "INDEX".into(),
+                    value: None,
+                    value_from: Some(k8s_openapi::api::core::v1::EnvVarSource {
+                        field_ref: Some(k8s_openapi::api::core::v1::ObjectFieldSelector {
+                            field_path:
+                                "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+                                    .into(),
+                            api_version: None,
+                        }),
+                        ..Default::default()
+                    }),
+                },
             ]),
             ..Default::default()
         };
+        let annotations = BTreeMap::from([(
+            "batch.kubernetes.io/job-completion-index".to_string(),
+            "2".to_string(),
+        )]);
         let f = PodFields {
             name: "p",
             namespace: "ns",
@@ -471,12 +517,20 @@ pub(crate) mod tests {
             host_ip: "",
             pod_ip: "",
             service_account: "",
+            labels: None,
+            annotations: Some(&annotations),
         };
         let (list, _) =
             environment(&c, &img, "p", &f, &ApiData::default(), "spec.containers[0]").unwrap();
         assert_eq!(
             list,
-            ["PATH=/bin", "A=pod", "HOSTNAME=p", "B=pod-/bin-$(NOPE)"]
+            [
+                "PATH=/bin",
+                "A=pod",
+                "HOSTNAME=p",
+                "B=pod-/bin-$(NOPE)",
+                "INDEX=2"
+            ]
         );
     }
 

@@ -283,6 +283,8 @@ impl Worker {
                 .unwrap_or_default()
         };
         let fields = PodFields {
+            labels: self.pod.metadata.labels.as_ref(),
+            annotations: self.pod.metadata.annotations.as_ref(),
             name: &self.name,
             namespace: &self.namespace,
             uid: &self.uid,

@@ -332,6 +332,17 @@ impl Worker {
             "metadata.uid" => self.uid.clone(),
             "metadata.labels" => kv(&self.pod.metadata.labels),
             "metadata.annotations" => kv(&self.pod.metadata.annotations),
+            other
+                if other.starts_with("metadata.labels[")
+                    || other.starts_with("metadata.annotations[") =>
+            {
+                crate::pod::translate::subscripted_field(
+                    other,
+                    self.pod.metadata.labels.as_ref(),
+                    self.pod.metadata.annotations.as_ref(),
+                )
+                .unwrap_or_default()
+            }
             other => {
                 return Err(format!(
                     "downwardAPI fieldPath: Unsupported value: {other:?}"
