@@ -637,22 +637,26 @@ fn image_gc_removes_unused_images_and_keeps_used_ones() {
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: user\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox:1.36\n    command: [sleep, '1000']\n",
     );
     node.wait_running("user");
-    node.wait_for("the unused image to go", Duration::from_secs(30), || {
-        let ls = node.podlet(&["image", "ls"]).stdout;
-        (!ls.contains("team/old")).then_some(ls)
-    });
+    // The image record goes first and its blobs in the same pass just after: wait for both.
+    let blob = |l: &String| {
+        node.path(&format!(
+            "root/images/blobs/sha256/{}",
+            l.trim_start_matches("sha256:")
+        ))
+    };
+    node.wait_for(
+        "the unused image and its blobs to go",
+        Duration::from_secs(30),
+        || {
+            let ls = node.podlet(&["image", "ls"]).stdout;
+            (!ls.contains("team/old") && layers[1..].iter().all(|l| !blob(l).exists()))
+                .then_some(ls)
+        },
+    );
     // Its own layer and blobs went with it; the used image and its layer stay.
     let ls = node.podlet(&["image", "ls"]).stdout;
     assert!(ls.contains("docker.io/library/busybox:1.36"), "{ls}");
     assert_eq!(images_left(&node).1, 1);
-    for l in &layers[1..] {
-        assert!(!node
-            .path(&format!(
-                "root/images/blobs/sha256/{}",
-                l.trim_start_matches("sha256:")
-            ))
-            .exists());
-    }
     assert!(
         node.pod("user").unwrap()["status"]["containerStatuses"][0]["state"]["running"].is_object()
     );

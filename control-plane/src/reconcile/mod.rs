@@ -1,5 +1,5 @@
 //! The reconcile framework every control loop of the control plane runs on (the scheduler, the
-//! garbage collector, the CSR approver, and the workload controllers to come).
+//! garbage collector, the CSR approver, the workload controllers).
 //!
 //! A loop is kube-runtime's `Controller`: watch-fed caches (reflectors that relist on 410),
 //! a keyed queue that runs one reconcile at a time per object, and `reconcile(object) ->
