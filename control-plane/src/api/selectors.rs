@@ -93,9 +93,13 @@ mod tests {
     fn label_selectors_read_the_objects_labels() {
         // The grammar itself is k8s-rules' (tested there); this is the object wrapper.
         let o = json!({"metadata": {"labels": {"app": "web", "tier": "front"}}});
-        assert!(LabelSelector::parse("app in (db, web),tier").unwrap().matches(&o));
+        assert!(LabelSelector::parse("app in (db, web),tier")
+            .unwrap()
+            .matches(&o));
         assert!(!LabelSelector::parse("app!=web").unwrap().matches(&o));
-        assert!(LabelSelector::parse("!missing").unwrap().matches(&json!({})));
+        assert!(LabelSelector::parse("!missing")
+            .unwrap()
+            .matches(&json!({})));
         assert!(LabelSelector::parse("a in b").is_err());
     }
 

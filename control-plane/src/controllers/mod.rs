@@ -190,7 +190,10 @@ pub async fn run(client: kube::Client, pki: PathBuf, opts: Options) {
     let c = &client;
     let mut l = Loops::new(&opts);
     l.spawn_if("garbagecollector", gc::run(c.clone()));
-    l.spawn_if("replicaset", replicaset::run_for::<k8s_openapi::api::apps::v1::ReplicaSet>(c.clone()));
+    l.spawn_if(
+        "replicaset",
+        replicaset::run_for::<k8s_openapi::api::apps::v1::ReplicaSet>(c.clone()),
+    );
     l.spawn_if(
         "replicationcontroller",
         replicaset::run_for::<k8s_openapi::api::core::v1::ReplicationController>(c.clone()),

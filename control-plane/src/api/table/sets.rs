@@ -1,0 +1,190 @@
+//! The columns of DaemonSets, StatefulSets and ControllerRevisions (`printDaemonSet`,
+//! `printStatefulSet`, `printControllerRevision`), with `-o wide`'s containers, images and
+//! selector.
+
+use serde_json::{json, Value};
+
+use super::*;
+
+/// `kubectl get daemonsets` (`printDaemonSet`).
+pub static DAEMONSETS: Printer = Printer {
+    columns: || {
+        vec![
+        name_col(),
+        col("Desired", "integer", 0, "The total number of nodes that should be running the daemon pod (including nodes correctly running the daemon pod)."),
+        col("Current", "integer", 0, "The number of nodes that are running at least 1 daemon pod and are supposed to run the daemon pod."),
+        col("Ready", "integer", 0, "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and ready."),
+        col("Up-to-date", "integer", 0, "The total number of nodes that are running updated daemon pod"),
+        col("Available", "integer", 0, "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and available (ready for at least spec.minReadySeconds)"),
+        col("Node Selector", "string", 0, "NodeSelector is a selector which must be true for the pod to fit on a node. Selector which must match a node's labels for the pod to be scheduled on that node."),
+        age_col(),
+        col("Containers", "string", 1, "Names of each container in the template."),
+        col("Images", "string", 1, "Images referenced by each container in the template."),
+        col("Selector", "string", 1, "A label query over pods that are managed by the daemon set."),
+    ]
+    },
+    cells: |o| {
+        let st = &o["status"];
+        let n = |k: &str| json!(st[k].as_i64().unwrap_or(0));
+        let mut cells = vec![
+            name_cell(o),
+            n("desiredNumberScheduled"),
+            n("currentNumberScheduled"),
+            n("numberReady"),
+            n("updatedNumberScheduled"),
+            n("numberAvailable"),
+            json!(format_map(&o["spec"]["template"]["spec"]["nodeSelector"])),
+            age_cell(o),
+        ];
+        cells.extend(template_cells(o));
+        cells
+    },
+};
+
+/// `kubectl get statefulsets` (`printStatefulSet`).
+pub static STATEFULSETS: Printer = Printer {
+    columns: || {
+        vec![
+            name_col(),
+            col("Ready", "string", 0, "Number of the pod with ready state."),
+            age_col(),
+            col(
+                "Containers",
+                "string",
+                1,
+                "Names of each container in the template.",
+            ),
+            col(
+                "Images",
+                "string",
+                1,
+                "Images referenced by each container in the template.",
+            ),
+        ]
+    },
+    cells: |o| {
+        let mut cells = vec![
+            name_cell(o),
+            json!(format!(
+                "{}/{}",
+                o["status"]["readyReplicas"].as_i64().unwrap_or(0),
+                o["spec"]["replicas"].as_i64().unwrap_or(1)
+            )),
+            age_cell(o),
+        ];
+        cells.extend(template_cells(o).into_iter().take(2));
+        cells
+    },
+};
+
+/// `kubectl get controllerrevisions` (`printControllerRevision`): the controller as
+/// `kind.group/name`.
+pub static CONTROLLERREVISIONS: Printer = Printer {
+    columns: || {
+        vec![
+            name_col(),
+            col(
+                "Controller",
+                "string",
+                0,
+                "Controller of the object with link to controller",
+            ),
+            col(
+                "Revision",
+                "integer",
+                0,
+                "Revision indicates the revision of the state represented by Data.",
+            ),
+            age_col(),
+        ]
+    },
+    cells: |o| {
+        let controller = o["metadata"]["ownerReferences"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["controller"] == true)
+            .map(|r| {
+                let group = r["apiVersion"]
+                    .as_str()
+                    .and_then(|v| v.split_once('/'))
+                    .map(|(g, _)| format!(".{g}"))
+                    .unwrap_or_default();
+                format!(
+                    "{}{group}/{}",
+                    r["kind"].as_str().unwrap_or_default().to_lowercase(),
+                    r["name"].as_str().unwrap_or_default()
+                )
+            })
+            .unwrap_or_else(|| "<none>".into());
+        vec![
+            name_cell(o),
+            json!(controller),
+            json!(o["revision"].as_i64().unwrap_or(0)),
+            age_cell(o),
+        ]
+    },
+};
+
+/// `labels.FormatLabels`: sorted `k=v` pairs, `<none>` when empty.
+fn format_map(m: &Value) -> String {
+    let pairs: Vec<String> = m
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
+    if pairs.is_empty() {
+        "<none>".into()
+    } else {
+        pairs.join(",")
+    }
+}
+
+/// The wide columns of a workload: its template's container names and images, and its
+/// selector (`metav1.FormatLabelSelector`, match labels only beyond expressions' `k op (v)`).
+fn template_cells(o: &Value) -> Vec<Value> {
+    let containers = o["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let names: Vec<&str> = containers
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    let images: Vec<&str> = containers
+        .iter()
+        .filter_map(|c| c["image"].as_str())
+        .collect();
+    let sel = &o["spec"]["selector"];
+    let mut parts: Vec<String> = sel["matchLabels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
+    for e in sel["matchExpressions"].as_array().into_iter().flatten() {
+        let key = e["key"].as_str().unwrap_or_default();
+        let values: Vec<&str> = e["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        parts.push(match e["operator"].as_str().unwrap_or_default() {
+            "In" => format!("{key} in ({})", values.join(",")),
+            "NotIn" => format!("{key} notin ({})", values.join(",")),
+            "Exists" => key.to_string(),
+            _ => format!("!{key}"),
+        });
+    }
+    vec![
+        json!(names.join(",")),
+        json!(images.join(",")),
+        json!(if parts.is_empty() {
+            "<none>".into()
+        } else {
+            parts.join(",")
+        }),
+    ]
+}
