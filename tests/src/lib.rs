@@ -706,8 +706,8 @@ impl Drop for TestNode {
     }
 }
 pub mod apiserver;
-pub mod kube;
 pub mod cni;
+pub mod kube;
 
 /// `ip ARGS` in the network namespace of process `pid`.
 pub fn sh_ip(pid: u32, args: &[&str]) {

@@ -140,7 +140,10 @@ enum Reply {
 pub enum ShimError {
     // The cause is part of the message and not also a source(), so chains print it once.
     #[error("shim at {path}: {error}")]
-    Unreachable { path: PathBuf, error: std::io::Error },
+    Unreachable {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("shim reply: {0}")]
     Protocol(String),
     #[error("{0}")]
