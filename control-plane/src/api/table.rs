@@ -93,6 +93,27 @@ fn age_cell(o: &Value) -> Value {
         .unwrap_or_default()))
 }
 
+/// `layoutContainerCells`: a pod spec's container names and images, comma-separated.
+fn containers_and_images(pod_spec: &Value) -> (Value, Value) {
+    let cs = pod_spec["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let pick = |k: &str| {
+        cs.iter()
+            .map(|c| c[k].as_str().unwrap_or_default().to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    (json!(pick("name")), json!(pick("image")))
+}
+
+/// A selector column (`metav1.FormatLabelSelector`), `<none>` when it selects on nothing.
+fn selector_cell(sel: &Value) -> Value {
+    let s = super::registry::apps::label_selector_string(sel);
+    json!(if s.is_empty() { "<none>".into() } else { s })
+}
+
 fn count(v: &Value) -> usize {
     v.as_object().map_or(0, |m| m.len())
 }

@@ -311,15 +311,7 @@ async fn admit_service_account(
     if !automount {
         return Ok(());
     }
-    let suffix: String = {
-        use rand::Rng;
-        const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-        let mut rng = rand::rng();
-        (0..5)
-            .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
-            .collect()
-    };
-    let vol = format!("kube-api-access-{suffix}");
+    let vol = crate::api::objects::generated_name("kube-api-access-");
     let mut mounted = false;
     for list in ["initContainers", "containers"] {
         for c in pod["spec"][list].as_array_mut().into_iter().flatten() {

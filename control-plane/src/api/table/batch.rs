@@ -72,52 +72,6 @@ fn has_condition(o: &Value, ty: &str) -> bool {
         .any(|c| c["type"] == ty && c["status"] == "True")
 }
 
-/// `layoutContainerCells`: container names and images, comma-separated.
-fn containers_and_images(pod_spec: &Value) -> (Value, Value) {
-    let cs = pod_spec["containers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let pick = |k: &str| {
-        cs.iter()
-            .map(|c| c[k].as_str().unwrap_or_default().to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    (json!(pick("name")), json!(pick("image")))
-}
-
-/// `metav1.FormatLabelSelector`.
-fn label_selector(sel: &Value) -> Value {
-    let mut parts: Vec<String> = sel["matchLabels"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-        .collect();
-    for e in sel["matchExpressions"].as_array().into_iter().flatten() {
-        let key = e["key"].as_str().unwrap_or_default();
-        let values: Vec<&str> = e["values"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
-        parts.push(match e["operator"].as_str().unwrap_or_default() {
-            "In" => format!("{key} in ({})", values.join(",")),
-            "NotIn" => format!("{key} notin ({})", values.join(",")),
-            "Exists" => key.to_string(),
-            "DoesNotExist" => format!("!{key}"),
-            _ => continue,
-        });
-    }
-    json!(if parts.is_empty() {
-        "<none>".to_string()
-    } else {
-        parts.join(",")
-    })
-}
-
 fn job_cells(o: &Value) -> Vec<Value> {
     let (spec, st) = (&o["spec"], &o["status"]);
     let succeeded = st["succeeded"].as_i64().unwrap_or(0);
@@ -162,7 +116,7 @@ fn job_cells(o: &Value) -> Vec<Value> {
         age_cell(o),
         names,
         images,
-        label_selector(&spec["selector"]),
+        selector_cell(&spec["selector"]),
     ]
 }
 
@@ -188,6 +142,6 @@ fn cronjob_cells(o: &Value) -> Vec<Value> {
         age_cell(o),
         names,
         images,
-        label_selector(&job["selector"]),
+        selector_cell(&job["selector"]),
     ]
 }

@@ -142,49 +142,8 @@ fn format_map(m: &Value) -> String {
 }
 
 /// The wide columns of a workload: its template's container names and images, and its
-/// selector (`metav1.FormatLabelSelector`, match labels only beyond expressions' `k op (v)`).
+/// selector.
 fn template_cells(o: &Value) -> Vec<Value> {
-    let containers = o["spec"]["template"]["spec"]["containers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let names: Vec<&str> = containers
-        .iter()
-        .filter_map(|c| c["name"].as_str())
-        .collect();
-    let images: Vec<&str> = containers
-        .iter()
-        .filter_map(|c| c["image"].as_str())
-        .collect();
-    let sel = &o["spec"]["selector"];
-    let mut parts: Vec<String> = sel["matchLabels"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-        .collect();
-    for e in sel["matchExpressions"].as_array().into_iter().flatten() {
-        let key = e["key"].as_str().unwrap_or_default();
-        let values: Vec<&str> = e["values"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
-        parts.push(match e["operator"].as_str().unwrap_or_default() {
-            "In" => format!("{key} in ({})", values.join(",")),
-            "NotIn" => format!("{key} notin ({})", values.join(",")),
-            "Exists" => key.to_string(),
-            _ => format!("!{key}"),
-        });
-    }
-    vec![
-        json!(names.join(",")),
-        json!(images.join(",")),
-        json!(if parts.is_empty() {
-            "<none>".into()
-        } else {
-            parts.join(",")
-        }),
-    ]
+    let (names, images) = containers_and_images(&o["spec"]["template"]["spec"]);
+    vec![names, images, selector_cell(&o["spec"]["selector"])]
 }

@@ -61,17 +61,7 @@ pub static REPLICATIONCONTROLLERS: Printer = Printer {
 
 /// The template's containers and images, comma-separated (kubectl's wide columns).
 fn template_containers(o: &Value) -> (Value, Value) {
-    let cs = o["spec"]["template"]["spec"]["containers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let pick = |f: &str| {
-        cs.iter()
-            .map(|c| c[f].as_str().unwrap_or_default().to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    (json!(pick("name")), json!(pick("image")))
+    super::containers_and_images(&o["spec"]["template"]["spec"])
 }
 
 fn or_none(s: String) -> Value {
