@@ -19,10 +19,11 @@ use k8s_rules::resources::pod_request;
 use k8s_rules::taints::{blocks_scheduling, find_untolerated};
 use kube::api::{ObjectMeta, PostParams};
 use kube::runtime::controller::{Action, Config, Controller};
-use kube::runtime::reflector::{self, reflector, ObjectRef, Store};
+use kube::runtime::reflector::{self, reflector, ObjectRef};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, ResourceExt};
 
+use crate::reconcile::Cache;
 use crate::reconcile::{self, Result};
 
 /// Unschedulable pods are tried again this often (kube-scheduler flushes them within 5 min;
@@ -56,8 +57,8 @@ impl Requests {
 
 struct Scheduler {
     client: kube::Client,
-    pods: Store<Pod>,
-    nodes: Store<Node>,
+    pods: Cache<Pod>,
+    nodes: Cache<Node>,
     /// Pods bound by this scheduler that the pod cache does not show bound yet: uid → (node,
     /// requests).
     assumed: Mutex<HashMap<String, (String, Requests)>>,
@@ -257,7 +258,7 @@ async fn reconcile(pod: Arc<Pod>, s: Arc<Scheduler>) -> Result<Action> {
     }
     // No pod is judged against a node list that has not been read yet. The reconcile runs in
     // its own task while the controller keeps polling the node watch, so this wait ends.
-    if s.nodes.wait_until_ready().await.is_err() {
+    if s.nodes.synced().await.is_err() {
         return Ok(Action::requeue(RETRY_UNSCHEDULABLE));
     }
     let wants = Requests::of(&pod);
@@ -331,8 +332,8 @@ pub async fn run(client: kube::Client) {
     });
     let ctx = Arc::new(Scheduler {
         client,
-        pods,
-        nodes,
+        pods: Cache::new(pods),
+        nodes: Cache::new(nodes),
         assumed: Mutex::new(HashMap::new()),
     });
     reconcile::run("scheduler", controller, reconcile, ctx).await;

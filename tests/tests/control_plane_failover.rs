@@ -93,12 +93,7 @@ fn rolled_out(d: &Value) -> bool {
         && s["replicas"] == 4
 }
 
-// Known defect, kept out of the default run so it does not block landings: in about one run of
-// three, after the takeover the new leader's ReplicaSet controller never reconciles the new
-// ReplicaSet (its status stays at the old observedGeneration and its second pod is never
-// created), while the apiserver keeps answering. Run it with `cargo test -- --ignored`.
 #[test]
-#[ignore = "intermittent: the new leader's ReplicaSet controller can stall after takeover"]
 fn a_killed_leader_hands_the_rollout_over_without_double_creation() {
     let Some(etcd) = podlet_control_plane::testing::EtcdServer::start() else {
         return;

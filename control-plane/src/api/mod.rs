@@ -76,8 +76,20 @@ pub struct ApiServer {
 pub fn router(server: Arc<ApiServer>) -> Router {
     Router::new()
         .fallback(dispatch)
+        .layer(axum::middleware::from_fn(trace_request))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(server)
+}
+
+/// Every request and how it ended, at trace level (`PODLET_LOG=podlet_control_plane::api=trace`):
+/// what shows a request that never returns.
+async fn trace_request(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let (m, u) = (req.method().clone(), req.uri().clone());
+    let t = std::time::Instant::now();
+    tracing::trace!(%m, %u, "request in");
+    let r = next.run(req).await;
+    tracing::trace!(%m, %u, status = %r.status(), ms = t.elapsed().as_millis() as u64, "request out");
+    r
 }
 
 /// What a request addresses.

@@ -17,13 +17,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_rules::cron::Schedule;
 use kube::api::{Api, DeleteParams, PostParams, PropagationPolicy};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
 
 use super::events::Recorder;
 use super::job::sync::{condition_true, finished};
 use super::podcontrol::{api_message, controller_ref};
+use crate::reconcile::Cache;
 use crate::reconcile::{self, Result};
 
 pub const SCHEDULED_TIMESTAMP: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
@@ -35,7 +36,7 @@ pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
 pub struct Ctx {
     client: kube::Client,
     recorder: Recorder,
-    jobs: Store<Job>,
+    jobs: Cache<Job>,
     now: Clock,
 }
 
@@ -213,7 +214,7 @@ impl Ctx {
 }
 
 async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Ctx>) -> Result<Action> {
-    let _ = ctx.jobs.wait_until_ready().await;
+    ctx.jobs.synced().await?;
     let cj = (*cj).clone();
     let uid = cj.metadata.uid.clone().unwrap_or_default();
     let ns = cj.namespace().unwrap_or_default();
@@ -458,7 +459,7 @@ pub async fn run_with(client: kube::Client, now: Clock) {
     let ctx = Arc::new(Ctx {
         recorder: Recorder::new(client.clone(), "cronjob-controller"),
         client,
-        jobs,
+        jobs: Cache::new(jobs),
         now,
     });
     reconcile::run("cronjob-controller", controller, reconcile, ctx).await;

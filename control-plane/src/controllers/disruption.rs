@@ -24,6 +24,7 @@ use kube::ResourceExt;
 
 use super::events::Recorder;
 use super::podcontrol::controller_of;
+use crate::reconcile::Cache;
 use crate::reconcile::{self, Error, Result};
 
 /// How long an evicted pod may take to be deleted before it counts again (`DeletionTimeout`).
@@ -31,7 +32,7 @@ pub const DELETION_TIMEOUT: Duration = Duration::from_secs(120);
 
 struct Ctx {
     client: kube::Client,
-    pods: Store<Pod>,
+    pods: Cache<Pod>,
     recorder: Recorder,
 }
 
@@ -250,7 +251,7 @@ async fn reconcile(pdb: Arc<PodDisruptionBudget>, c: Arc<Ctx>) -> Result<Action>
     if pdb.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let _ = c.pods.wait_until_ready().await;
+    c.pods.synced().await?;
     let pods = pods_of(&c.pods, &pdb);
     if pods.is_empty() {
         c.recorder
@@ -384,7 +385,7 @@ pub async fn run(client: kube::Client) {
     let ctx = Arc::new(Ctx {
         recorder: Recorder::new(client.clone(), "controllermanager"),
         client,
-        pods,
+        pods: Cache::new(pods),
     });
     reconcile::run("disruption-controller", controller, reconcile, ctx).await;
 }

@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{
 };
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, reflector, ObjectRef, Store};
+use kube::runtime::reflector::{self, reflector, ObjectRef};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
 
@@ -21,6 +21,7 @@ use super::endpointslice::{
     find_port, on_service_deletion, pod_ref, pods_of, publishes_not_ready, selected,
     should_be_endpoint, should_set_hostname, HEADLESS_LABEL, TRIGGER_TIME_ANNOTATION,
 };
+use crate::reconcile::Cache;
 use crate::reconcile::{self, Result};
 
 /// Upstream's `maxCapacity`.
@@ -29,7 +30,7 @@ pub const OVER_CAPACITY_ANNOTATION: &str = "endpoints.kubernetes.io/over-capacit
 
 struct Ctx {
     client: kube::Client,
-    pods: Store<Pod>,
+    pods: Cache<Pod>,
 }
 
 /// The pod's address for the Service: its IP of the Service's first family.
@@ -217,7 +218,7 @@ async fn reconcile(svc: Arc<Service>, c: Arc<Ctx>) -> Result<Action> {
     if selected(&svc).is_none() || spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
         return Ok(Action::await_change());
     }
-    let _ = c.pods.wait_until_ready().await;
+    c.pods.synced().await?;
     let ns = svc.namespace().unwrap_or_default();
     let name = svc.name_any();
     let api: Api<Endpoints> = Api::namespaced(c.client.clone(), &ns);
@@ -307,7 +308,7 @@ pub async fn run(client: kube::Client) {
         );
     let ctx = Arc::new(Ctx {
         client: client.clone(),
-        pods,
+        pods: Cache::new(pods),
     });
     let cleanup = on_service_deletion(client.clone(), |svc| {
         let client = client.clone();

@@ -29,6 +29,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::{json, Value};
 
 use super::podcontrol::{self, claim, controller_of, key_of, slow_start, PodControl};
+use crate::reconcile::Cache;
 use crate::reconcile::{self, Error, Result};
 
 /// At most this many pods are created or deleted in one sync (upstream's `BurstReplicas`).
@@ -97,9 +98,9 @@ impl Replicated for ReplicationController {
     }
 }
 
-struct Ctx<K: Resource<DynamicType = ()> + 'static> {
-    pods: Store<Pod>,
-    owners: Store<K>,
+struct Ctx<K: Replicated> {
+    pods: Cache<Pod>,
+    owners: Cache<K>,
     control: PodControl,
 }
 
@@ -139,8 +140,8 @@ pub async fn run_for<K: Replicated>(client: kube::Client) {
     let (owners, owners_writer) = reflector::store::<K>();
     let (pods, pods_writer) = reflector::store::<Pod>();
     let ctx = Arc::new(Ctx {
-        pods,
-        owners: owners.clone(),
+        pods: Cache::new(pods),
+        owners: Cache::new(owners.clone()),
         control: PodControl::new(client.clone(), K::COMPONENT),
     });
     let owner_events = reflector(
@@ -178,7 +179,7 @@ fn message(e: &Error) -> String {
 
 async fn reconcile<K: Replicated>(rs: Arc<K>, ctx: Arc<Ctx<K>>) -> Result<Action> {
     // The pod cache must have listed before pods are counted.
-    let _ = ctx.pods.wait_until_ready().await;
+    ctx.pods.synced().await?;
     let key = key_of(&*rs);
     let satisfied = ctx.control.expectations.satisfied(&key);
     let ns = rs.namespace();

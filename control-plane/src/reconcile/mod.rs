@@ -11,12 +11,16 @@
 //!   ([`rbac`]), so several apiservers sharing one etcd see the same writes and authorization;
 //! - **once per cluster**: components run while they hold their Lease in `kube-system`
 //!   ([`leader`]), as kube-scheduler and kube-controller-manager do;
+//! - **caches every reconcile can wait on** ([`Cache`]);
 //! - **rate-limited retries**: a reconcile that fails is retried after 5 ms, doubling per
 //!   consecutive failure of that object up to 1000 s (client-go's default rate limiter), and a
 //!   success forgets the failures ([`run`]).
 
+pub mod cache;
 pub mod leader;
 pub mod rbac;
+
+pub use cache::Cache;
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -104,7 +108,9 @@ pub async fn run<K, Ctx, F, Fut>(
                 let reconcile = reconcile.clone();
                 async move {
                     let key = key_of(&*obj);
+                    tracing::trace!(controller = name, object = %key, "reconciling");
                     let action = reconcile(obj, shared.ctx.clone()).await?;
+                    tracing::trace!(controller = name, object = %key, ?action, "reconciled");
                     shared.failures.forget(&key);
                     Ok::<_, Error>(action)
                 }

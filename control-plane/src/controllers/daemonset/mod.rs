@@ -27,7 +27,8 @@ use kube::ResourceExt;
 
 use super::history::{informer, HASH_LABEL};
 use super::podcontrol::{self, claim, controller_of, key_of, slow_start, PodControl};
-use crate::reconcile::{self, Error, Result};
+use crate::reconcile::Cache;
+use crate::reconcile::{self, Result};
 
 pub use placement::{add_daemon_tolerations, pin_to_node, scaled, should_run, target_node};
 
@@ -42,10 +43,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(15 * 60);
 
 struct Ctx {
     client: kube::Client,
-    daemonsets: Store<DaemonSet>,
-    pods: Store<Pod>,
-    nodes: Store<Node>,
-    revisions: Store<ControllerRevision>,
+    daemonsets: Cache<DaemonSet>,
+    pods: Cache<Pod>,
+    nodes: Cache<Node>,
+    revisions: Cache<ControllerRevision>,
     control: Arc<PodControl>,
     /// Failed pods per (DaemonSet, generation, node): (delay, last failure), as client-go's
     /// `flowcontrol.Backoff` (1 s doubling to 15 min), so a kubelet rejecting pods is not
@@ -110,10 +111,10 @@ pub async fn run(client: kube::Client) {
         }));
     let ctx = Arc::new(Ctx {
         client,
-        daemonsets,
-        pods,
-        nodes,
-        revisions,
+        daemonsets: Cache::new(daemonsets),
+        pods: Cache::new(pods),
+        nodes: Cache::new(nodes),
+        revisions: Cache::new(revisions),
         control,
         backoff: Mutex::default(),
     });
@@ -121,11 +122,10 @@ pub async fn run(client: kube::Client) {
 }
 
 async fn caches_ready(ctx: &Ctx) -> Result<()> {
-    let closed = |_| Error::Invalid("a cache's watch ended".into());
-    ctx.pods.wait_until_ready().await.map_err(closed)?;
-    ctx.nodes.wait_until_ready().await.map_err(closed)?;
-    ctx.revisions.wait_until_ready().await.map_err(closed)?;
-    ctx.daemonsets.wait_until_ready().await.map_err(closed)?;
+    ctx.pods.synced().await?;
+    ctx.nodes.synced().await?;
+    ctx.revisions.synced().await?;
+    ctx.daemonsets.synced().await?;
     Ok(())
 }
 

@@ -22,15 +22,16 @@ use kube::ResourceExt;
 
 use super::events::Recorder;
 use super::podcontrol::{self, claim, controller_of};
+use crate::reconcile::Cache;
 use crate::reconcile::{self, Result};
 
 const COMPONENT: &str = "deployment-controller";
 
 pub(crate) struct Ctx {
     client: kube::Client,
-    deployments: Store<Deployment>,
-    rss: Store<ReplicaSet>,
-    pods: Store<Pod>,
+    deployments: Cache<Deployment>,
+    rss: Cache<ReplicaSet>,
+    pods: Cache<Pod>,
     recorder: Recorder,
 }
 
@@ -93,9 +94,9 @@ pub async fn run(client: kube::Client) {
     let (pods, pod_writer) = reflector::store::<Pod>();
     let ctx = Arc::new(Ctx {
         client: client.clone(),
-        deployments: deployments.clone(),
-        rss: rss.clone(),
-        pods,
+        deployments: Cache::new(deployments.clone()),
+        rss: Cache::new(rss.clone()),
+        pods: Cache::new(pods),
         recorder: Recorder::new(client.clone(), COMPONENT),
     });
     let d_events = reflector(
@@ -161,9 +162,9 @@ async fn claim_replica_sets(ctx: &Ctx, d: &Deployment) -> Result<Vec<ReplicaSet>
 
 /// `syncDeployment`.
 async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action> {
-    let _ = ctx.rss.wait_until_ready().await;
-    let _ = ctx.pods.wait_until_ready().await;
-    let _ = ctx.deployments.wait_until_ready().await;
+    ctx.rss.synced().await?;
+    ctx.pods.synced().await?;
+    ctx.deployments.synced().await?;
     let mut d = (*d).clone();
     let rs_list = claim_replica_sets(&ctx, &d).await?;
     if d.metadata.deletion_timestamp.is_some() {

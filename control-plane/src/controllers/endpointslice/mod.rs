@@ -24,6 +24,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
 
 use super::podcontrol::controller_ref;
+use crate::reconcile::Cache;
 use crate::reconcile::{self, Result};
 use reconciler::{Desired, Mapping};
 
@@ -154,8 +155,8 @@ fn address_types(svc: &Service) -> Vec<String> {
 
 struct Ctx {
     client: kube::Client,
-    pods: Store<Pod>,
-    nodes: Store<Node>,
+    pods: Cache<Pod>,
+    nodes: Cache<Node>,
     max_endpoints: usize,
 }
 
@@ -263,8 +264,8 @@ async fn reconcile(svc: Arc<Service>, c: Arc<Ctx>) -> Result<Action> {
         return Ok(Action::await_change());
     }
     // Until the caches hold every pod and node, a sync would drop endpoints.
-    let _ = c.pods.wait_until_ready().await;
-    let _ = c.nodes.wait_until_ready().await;
+    c.pods.synced().await?;
+    c.nodes.synced().await?;
     let ns = svc.namespace().unwrap_or_default();
     let name = svc.name_any();
     let slices = api(&c, &ns);
@@ -402,8 +403,8 @@ pub async fn run(client: kube::Client, max_endpoints_per_slice: usize) {
         });
     let ctx = Arc::new(Ctx {
         client: client.clone(),
-        pods,
-        nodes,
+        pods: Cache::new(pods),
+        nodes: Cache::new(nodes),
         max_endpoints: max_endpoints_per_slice,
     });
     let cleanup = on_service_deletion(client.clone(), |svc| {

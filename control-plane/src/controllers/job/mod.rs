@@ -31,6 +31,7 @@ use kube::ResourceExt;
 use serde_json::json;
 
 use super::podcontrol::{controller_of, PodControl};
+use crate::reconcile::Cache;
 use crate::reconcile::{self, Result};
 pub use pods::{COMPLETION_INDEX, INDEX_FAILURE_COUNT, TRACKING_FINALIZER};
 
@@ -57,7 +58,7 @@ impl Default for Options {
 pub struct Ctx {
     client: kube::Client,
     control: PodControl,
-    pods: Store<Pod>,
+    pods: Cache<Pod>,
     jobs: Mutex<Option<Store<Job>>>,
     opts: Options,
     /// Each job's pod-failure back-off.
@@ -164,7 +165,7 @@ impl Ctx {
 }
 
 async fn reconcile(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action> {
-    let _ = ctx.pods.wait_until_ready().await;
+    ctx.pods.synced().await?;
     sync::sync(&ctx, (*job).clone()).await
 }
 
@@ -178,7 +179,7 @@ pub async fn run_with(client: kube::Client, opts: Options) {
     let ctx = Arc::new(Ctx {
         control: PodControl::new(client.clone(), "job-controller"),
         client: client.clone(),
-        pods: pod_store,
+        pods: Cache::new(pod_store),
         jobs: Mutex::new(None),
         opts,
         backoff: Mutex::default(),
@@ -203,7 +204,7 @@ pub async fn run_with(client: kube::Client, opts: Options) {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                if ctx.pods.wait_until_ready().await.is_err() {
+                if ctx.pods.synced().await.is_err() {
                     return;
                 }
                 if let Err(e) = ctx.release_orphans().await {

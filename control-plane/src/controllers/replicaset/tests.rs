@@ -86,8 +86,8 @@ async fn a_slow_watch_never_makes_it_create_twice() {
     writer.apply_watcher_event(&watcher::Event::InitDone);
     let (owners, _owners_writer) = reflector::store::<ReplicaSet>();
     let ctx = Arc::new(Ctx {
-        pods: writer.as_reader(),
-        owners,
+        pods: Cache::new(writer.as_reader()),
+        owners: Cache::new(owners),
         control: PodControl::new(manager(&c), ReplicaSet::COMPONENT),
     });
     assert_eq!(rs.metadata.generation, Some(1));

@@ -29,6 +29,7 @@ use kube::ResourceExt;
 use super::events::Recorder;
 use super::history::{self, informer};
 use super::podcontrol::{self, claim, controller_of};
+use crate::reconcile::Cache;
 use crate::reconcile::{self, Error, Result};
 use pods::{in_ordinal_range, new_pod, ordinal, parent_and_ordinal, revision_of};
 use revisions::{apply_revision, revisions_of, truncate_history};
@@ -37,9 +38,9 @@ pub use pods::{POD_INDEX_LABEL, POD_NAME_LABEL};
 
 struct Ctx {
     client: kube::Client,
-    sets: Store<StatefulSet>,
-    pods: Store<Pod>,
-    revisions: Store<ControllerRevision>,
+    sets: Cache<StatefulSet>,
+    pods: Cache<Pod>,
+    revisions: Cache<ControllerRevision>,
     recorder: Recorder,
 }
 
@@ -83,18 +84,17 @@ pub async fn run(client: kube::Client) {
     let ctx = Arc::new(Ctx {
         recorder: Recorder::new(client.clone(), "statefulset-controller"),
         client,
-        sets,
-        pods,
-        revisions,
+        sets: Cache::new(sets),
+        pods: Cache::new(pods),
+        revisions: Cache::new(revisions),
     });
     reconcile::run("statefulset", controller, reconcile, ctx).await;
 }
 
 async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action> {
-    let closed = |_| Error::Invalid("a cache's watch ended".into());
-    ctx.pods.wait_until_ready().await.map_err(closed)?;
-    ctx.revisions.wait_until_ready().await.map_err(closed)?;
-    ctx.sets.wait_until_ready().await.map_err(closed)?;
+    ctx.pods.synced().await?;
+    ctx.revisions.synced().await?;
+    ctx.sets.synced().await?;
     let set = (*set).clone();
     let ns = set.namespace().unwrap_or_default();
     let sel = podcontrol::selector(set.spec.as_ref().map(|s| &s.selector));
