@@ -159,6 +159,7 @@ pub async fn run(
         ca_pem: pki.ca_pem.clone(),
         kubelet,
         kubelet_tls,
+        quota_turn: Default::default(),
     }));
     start_components(addr, cfg.data_dir.clone(), cfg.controllers.clone()).await?;
     loop {

@@ -71,6 +71,9 @@ pub struct ApiServer {
     pub kubelet: reqwest::Client,
     /// The same identity for upgraded connections (exec, attach, port-forward).
     pub kubelet_tls: Arc<rustls::ClientConfig>,
+    /// Taken by a create in a namespace with ResourceQuotas from its quota check until it is
+    /// stored, so concurrent creates are counted against each other.
+    pub quota_turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 pub fn router(server: Arc<ApiServer>) -> Router {

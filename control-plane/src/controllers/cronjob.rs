@@ -411,10 +411,23 @@ async fn sync(ctx: &Ctx, cj: &CronJob, jobs: &[Arc<Job>]) -> Result<(CronJobStat
     job.metadata.owner_references = Some(vec![controller_ref(cj)]);
     let api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns_of(cj));
     let made = match api.create(&PostParams::default(), &job).await {
-        Ok(j) => j,
-        // Made by an earlier pass whose status write was lost: the job's watch event brings
-        // it into the active list.
-        Err(kube::Error::Api(s)) if s.code == 409 => return Err(kube::Error::Api(s).into()),
+        Ok(j) => {
+            ctx.recorder
+                .normal(cj, "SuccessfulCreate", &format!("Created job {name}"))
+                .await;
+            j
+        }
+        // Made by an earlier pass whose status write lost a race: that job is this start
+        // time's, and goes into the active list now (else every pass would try again).
+        Err(kube::Error::Api(s)) if s.code == 409 => match api.get_opt(&name).await? {
+            Some(j)
+                if super::podcontrol::controller_of(&j)
+                    .is_some_and(|r| Some(&r.uid) == cj.metadata.uid.as_ref()) =>
+            {
+                j
+            }
+            _ => return Err(kube::Error::Api(s).into()),
+        },
         Err(e) => {
             ctx.recorder
                 .warning(
@@ -426,11 +439,10 @@ async fn sync(ctx: &Ctx, cj: &CronJob, jobs: &[Arc<Job>]) -> Result<(CronJobStat
             return Err(e.into());
         }
     };
-    ctx.recorder
-        .normal(cj, "SuccessfulCreate", &format!("Created job {name}"))
-        .await;
     let active = st.active.get_or_insert_with(Vec::new);
-    active.push(job_ref(&made));
+    if !active.iter().any(|r| r.uid == made.metadata.uid) {
+        active.push(job_ref(&made));
+    }
     st.last_schedule_time = Some(Time(scheduled));
     with_status.status = Some(st.clone());
     Ok((st, true, again(&with_status)))

@@ -3,12 +3,20 @@
 //! `length (u32 LE) | crc32 (u32 LE) | JSON`; at open the log is replayed up to the first torn or
 //! corrupt record (a crash mid-append) and cut there. Compaction rewrites the log from what is
 //! left (a temporary file renamed over it).
+//!
+//! Writes are group-committed: a write is checked and appended under the state lock, then waits
+//! for an fsync that covers it. A thread of the store's own runs the fsyncs, each for everything
+//! appended so far, so writes arriving during one share the next; only then are they applied,
+//! seen by readers and sent to watchers, in revision order. A write whose caller went away is
+//! still made durable and applied. Later writes are checked against the appended-but-unsynced
+//! ones, so no two writes conflict unseen. If an fsync fails, durability of what follows is
+//! unknown: the store refuses every later write.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -32,17 +40,38 @@ struct Watcher {
 }
 
 struct State {
+    /// The newest applied revision: durable, and what readers see.
     rev: Rev,
+    /// The newest revision appended to the log (durable or not).
+    appended: Rev,
+    /// Appended records waiting for an fsync, in revision order.
+    pending: VecDeque<Record>,
+    /// The newest pending version of each key pending records touch.
+    overlay: HashMap<String, Version>,
+    /// Why writes are refused (an fsync failed).
+    failed: Option<String>,
     compacted: Rev,
     keys: BTreeMap<String, Vec<Version>>,
     history: VecDeque<Event>,
     watchers: Vec<Watcher>,
-    log: File,
+    log: Arc<File>,
+    /// The log's length: where a half-written record is cut back to.
+    log_len: u64,
+    /// The store is being dropped: the sync thread ends once nothing is pending.
+    closing: bool,
+}
+
+struct Shared {
+    path: PathBuf,
+    state: Mutex<State>,
+    /// Wakes the sync thread: something was appended, or the store closes.
+    appended: Condvar,
+    /// The applied revision, for writers waiting for theirs (and failures, which wake them too).
+    applied: tokio::sync::watch::Sender<Rev>,
 }
 
 pub struct Embedded {
-    path: PathBuf,
-    state: Mutex<State>,
+    shared: Arc<Shared>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -88,11 +117,17 @@ impl Embedded {
         log.read_to_end(&mut data)?;
         let mut state = State {
             rev: 0,
+            appended: 0,
+            pending: VecDeque::new(),
+            overlay: HashMap::new(),
+            failed: None,
             compacted: 0,
             keys: BTreeMap::new(),
             history: VecDeque::new(),
             watchers: Vec::new(),
-            log: log.try_clone()?,
+            log: Arc::new(log.try_clone()?),
+            log_len: data.len() as u64,
+            closing: false,
         };
         let mut pos = 0usize;
         while pos + 8 <= data.len() {
@@ -120,11 +155,20 @@ impl Embedded {
             log.set_len(pos as u64)?;
             log.seek(SeekFrom::End(0))?;
             log.sync_all()?;
+            state.log_len = pos as u64;
         }
-        Ok(Embedded {
+        state.appended = state.rev;
+        let shared = Arc::new(Shared {
             path,
+            applied: tokio::sync::watch::Sender::new(state.rev),
             state: Mutex::new(state),
-        })
+            appended: Condvar::new(),
+        });
+        let syncer = shared.clone();
+        std::thread::Builder::new()
+            .name("store-fsync".into())
+            .spawn(move || syncer.sync_loop())?;
+        Ok(Embedded { shared })
     }
 }
 
@@ -173,7 +217,7 @@ impl State {
     /// The key's current value, if it is still at revision `expect` (when given).
     fn expect(&self, key: &str, expect: Option<Rev>) -> Result<KeyValue> {
         let cur = self
-            .latest(key)
+            .newest(key)
             .ok_or_else(|| StoreError::NotFound(key.into()))?;
         if expect.is_some_and(|e| e != cur.mod_rev) {
             return Err(StoreError::Conflict {
@@ -210,9 +254,32 @@ impl State {
         }
     }
 
-    /// Appends a record durably, then applies it and tells the watchers.
-    fn commit(&mut self, key: &str, create_rev: Rev, value: Option<Vec<u8>>) -> Result<Event> {
-        let rev = self.rev + 1;
+    /// The key's newest value, appended or applied.
+    fn newest(&self, key: &str) -> Option<KeyValue> {
+        let Some(v) = self.overlay.get(key) else {
+            return self.latest(key);
+        };
+        Some(KeyValue {
+            key: key.to_string(),
+            value: v.value.clone()?,
+            create_rev: v.create_rev,
+            mod_rev: v.mod_rev,
+        })
+    }
+
+    /// Appends a change to the log (not yet durable, applied or seen) and returns its revision
+    /// and the key-value the write answers with (a delete's carries the value it removed).
+    fn append(
+        &mut self,
+        key: &str,
+        create_rev: Rev,
+        value: Option<Vec<u8>>,
+        removed: Option<Arc<[u8]>>,
+    ) -> Result<(Rev, KeyValue)> {
+        if let Some(why) = &self.failed {
+            return Err(backend(why));
+        }
+        let rev = self.appended + 1;
         let raw = match &value {
             Some(v) => Some(
                 serde_json::value::RawValue::from_string(
@@ -229,29 +296,135 @@ impl State {
             v: raw,
             compact: None,
         };
-        self.log.write_all(&encode(&rec)).map_err(backend)?;
-        self.log.sync_data().map_err(backend)?;
-        self.replay(rec);
-        let ev = self.history.back().cloned().expect("just pushed");
-        self.watchers.retain(|w| {
-            if !ev.kv.key.starts_with(&w.prefix) {
-                return !w.tx.is_closed();
+        let bytes = encode(&rec);
+        if let Err(e) = (&*self.log).write_all(&bytes) {
+            // Cut a half-written record, so the next one follows a whole one.
+            let _ = self.log.set_len(self.log_len);
+            return Err(backend(e));
+        }
+        self.log_len += bytes.len() as u64;
+        self.appended = rev;
+        let value: Option<Arc<[u8]>> = value.map(Arc::from);
+        self.overlay.insert(
+            key.to_string(),
+            Version {
+                mod_rev: rev,
+                create_rev,
+                value: value.clone(),
+            },
+        );
+        self.pending.push_back(rec);
+        let kv = KeyValue {
+            key: key.to_string(),
+            value: value.or(removed).unwrap_or_else(|| Arc::from(&b""[..])),
+            create_rev,
+            mod_rev: rev,
+        };
+        Ok((rev, kv))
+    }
+
+    /// Applies the pending records up to `upto` (now durable) and tells the watchers.
+    fn apply_upto(&mut self, upto: Rev) {
+        while self.pending.front().is_some_and(|r| r.r <= upto) {
+            let rec = self.pending.pop_front().expect("checked");
+            let (key, rev) = (rec.k.clone(), rec.r);
+            self.replay(rec);
+            if self.overlay.get(&key).is_some_and(|v| v.mod_rev == rev) {
+                self.overlay.remove(&key);
             }
-            // A watcher that cannot keep up is dropped; it watches again from its last revision.
-            w.tx.try_send(ev.clone()).is_ok()
-        });
-        Ok(ev)
+            let ev = self.history.back().cloned().expect("just pushed");
+            self.watchers.retain(|w| {
+                if !ev.kv.key.starts_with(&w.prefix) {
+                    return !w.tx.is_closed();
+                }
+                // A watcher that cannot keep up is dropped; it watches again from its last
+                // revision.
+                w.tx.try_send(ev.clone()).is_ok()
+            });
+        }
+    }
+}
+
+impl Shared {
+    /// The sync thread: fsyncs what was appended, then applies it.
+    fn sync_loop(&self) {
+        loop {
+            let (log, upto) = {
+                let mut s = self.state.lock().unwrap();
+                while s.appended == s.rev && !s.closing {
+                    s = self.appended.wait(s).unwrap();
+                }
+                if s.appended == s.rev || s.failed.is_some() {
+                    return;
+                }
+                (s.log.clone(), s.appended)
+            };
+            let synced = log.sync_data();
+            let mut s = self.state.lock().unwrap();
+            self.synced(&mut s, upto, synced);
+        }
+    }
+
+    /// After an fsync of the log up to `upto`: applies it, or refuses writes from now on.
+    fn synced(&self, s: &mut State, upto: Rev, synced: std::io::Result<()>) {
+        match synced {
+            Ok(()) => s.apply_upto(upto),
+            Err(e) => {
+                let why = format!("fsync of {} failed: {e}", self.path.display());
+                tracing::error!("{why}; refusing writes from now on");
+                s.failed = Some(why);
+            }
+        }
+        // After a failure nothing more is applied: every waiter is released to see it.
+        self.applied
+            .send_replace(if s.failed.is_some() { Rev::MAX } else { s.rev });
+    }
+
+    /// Appends under the state lock with `f`, then waits until the change is durable and
+    /// applied. A write refused because of pending ones (a conflict, a key that exists) is
+    /// answered once those are applied, so the caller's next read sees why: a read-modify-write
+    /// retried on conflict then succeeds instead of racing the same pending write again.
+    async fn write(
+        &self,
+        f: impl FnOnce(&mut State) -> Result<(Rev, KeyValue)>,
+    ) -> Result<KeyValue> {
+        let mut applied = self.applied.subscribe();
+        let outcome = {
+            let mut s = self.state.lock().unwrap();
+            f(&mut s).map_err(|e| (e, s.appended))
+        };
+        let (rev, kv) = match outcome {
+            Ok(written) => written,
+            Err((e, pending)) => {
+                let _ = applied.wait_for(|r| *r >= pending).await;
+                return Err(e);
+            }
+        };
+        self.appended.notify_one();
+        let _ = applied.wait_for(|r| *r >= rev).await;
+        let s = self.state.lock().unwrap();
+        if s.rev >= rev {
+            return Ok(kv);
+        }
+        Err(backend(s.failed.as_deref().unwrap_or("the store closed")))
+    }
+}
+
+impl Drop for Embedded {
+    fn drop(&mut self) {
+        self.shared.state.lock().unwrap().closing = true;
+        self.shared.appended.notify_one();
     }
 }
 
 #[async_trait::async_trait]
 impl super::Store for Embedded {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        Ok(self.state.lock().unwrap().latest(key))
+        Ok(self.shared.state.lock().unwrap().latest(key))
     }
 
     async fn list(&self, prefix: &str, at: Option<Rev>) -> Result<(Vec<KeyValue>, Rev)> {
-        let s = self.state.lock().unwrap();
+        let s = self.shared.state.lock().unwrap();
         let rev = at.unwrap_or(s.rev);
         if rev < s.compacted || rev > s.rev {
             return Err(StoreError::Compacted {
@@ -276,7 +449,7 @@ impl super::Store for Embedded {
         start_after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<KeyValue>, Rev, bool)> {
-        let s = self.state.lock().unwrap();
+        let s = self.shared.state.lock().unwrap();
         let rev = at.unwrap_or(s.rev);
         if rev < s.compacted || rev > s.rev {
             return Err(StoreError::Compacted {
@@ -309,28 +482,37 @@ impl super::Store for Embedded {
     }
 
     async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue> {
-        let mut s = self.state.lock().unwrap();
-        if s.latest(key).is_some() {
-            return Err(StoreError::AlreadyExists(key.into()));
-        }
-        let rev = s.rev + 1;
-        Ok(s.commit(key, rev, Some(value))?.kv)
+        self.shared
+            .write(|s| {
+                if s.newest(key).is_some() {
+                    return Err(StoreError::AlreadyExists(key.into()));
+                }
+                let rev = s.appended + 1;
+                s.append(key, rev, Some(value), None)
+            })
+            .await
     }
 
     async fn update(&self, key: &str, value: Vec<u8>, expect: Option<Rev>) -> Result<KeyValue> {
-        let mut s = self.state.lock().unwrap();
-        let cur = s.expect(key, expect)?;
-        Ok(s.commit(key, cur.create_rev, Some(value))?.kv)
+        self.shared
+            .write(|s| {
+                let cur = s.expect(key, expect)?;
+                s.append(key, cur.create_rev, Some(value), None)
+            })
+            .await
     }
 
     async fn delete(&self, key: &str, expect: Option<Rev>) -> Result<KeyValue> {
-        let mut s = self.state.lock().unwrap();
-        let cur = s.expect(key, expect)?;
-        Ok(s.commit(key, cur.create_rev, None)?.kv)
+        self.shared
+            .write(|s| {
+                let cur = s.expect(key, expect)?;
+                s.append(key, cur.create_rev, None, Some(cur.value))
+            })
+            .await
     }
 
     async fn watch(&self, prefix: &str, after: Rev) -> Result<Watch> {
-        let mut s = self.state.lock().unwrap();
+        let mut s = self.shared.state.lock().unwrap();
         if after < s.compacted {
             return Err(StoreError::Compacted {
                 requested: after,
@@ -357,11 +539,21 @@ impl super::Store for Embedded {
     }
 
     async fn current_rev(&self) -> Result<Rev> {
-        Ok(self.state.lock().unwrap().rev)
+        Ok(self.shared.state.lock().unwrap().rev)
     }
 
     async fn compact(&self, rev: Rev) -> Result<()> {
-        let mut s = self.state.lock().unwrap();
+        // The log is rewritten from applied state: what is pending is made durable and applied
+        // first (appends wait for the state lock held from here on).
+        let sh = &*self.shared;
+        let mut s = sh.state.lock().unwrap();
+        if s.appended > s.rev {
+            let (upto, synced) = (s.appended, s.log.sync_data());
+            sh.synced(&mut s, upto, synced);
+            if let Some(why) = &s.failed {
+                return Err(backend(why));
+            }
+        }
         let rev = rev.min(s.rev);
         if rev <= s.compacted {
             return Ok(());
@@ -374,7 +566,7 @@ impl super::Store for Embedded {
             .flat_map(|(k, vs)| vs.iter().map(move |v| (v.mod_rev, k.clone(), v.clone())))
             .collect();
         versions.sort_by_key(|(r, _, _)| *r);
-        let tmp = self.path.with_extension("log.tmp");
+        let tmp = sh.path.with_extension("log.tmp");
         let write = || -> std::io::Result<File> {
             let mut f = File::create(&tmp)?;
             let mut buf = Vec::new();
@@ -402,72 +594,18 @@ impl super::Store for Embedded {
             }));
             f.write_all(&buf)?;
             f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)?;
-            if let Some(dir) = self.path.parent() {
+            std::fs::rename(&tmp, &sh.path)?;
+            if let Some(dir) = sh.path.parent() {
                 File::open(dir)?.sync_all()?;
             }
-            OpenOptions::new().append(true).open(&self.path)
+            OpenOptions::new().append(true).open(&sh.path)
         };
-        s.log = write().map_err(|e| backend(format!("{}: {e}", self.path.display())))?;
+        let log = write().map_err(|e| backend(format!("{}: {e}", sh.path.display())))?;
+        s.log_len = log.metadata().map(|m| m.len()).map_err(backend)?;
+        s.log = Arc::new(log);
         Ok(())
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::Store;
-
-    #[tokio::test]
-    async fn passes_the_store_suite() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Embedded::open(dir.path()).unwrap();
-        crate::store::suite::run(&s).await;
-    }
-
-    #[tokio::test]
-    async fn survives_a_restart_and_a_torn_tail() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let s = Embedded::open(dir.path()).unwrap();
-            s.create("/a", b"{\"n\":1}".to_vec()).await.unwrap();
-            s.update("/a", b"{\"n\":2}".to_vec(), None).await.unwrap();
-            s.create("/b", b"{}".to_vec()).await.unwrap();
-            s.delete("/b", None).await.unwrap();
-        }
-        // A crash in the middle of an append leaves half a record.
-        let log = dir.path().join("store.log");
-        let mut f = OpenOptions::new().append(true).open(&log).unwrap();
-        f.write_all(
-            &encode(&Record {
-                r: 5,
-                k: "/c".into(),
-                c: 5,
-                v: None,
-                compact: None,
-            })[..7],
-        )
-        .unwrap();
-        drop(f);
-        let s = Embedded::open(dir.path()).unwrap();
-        assert_eq!(s.current_rev().await.unwrap(), 4);
-        let a = s.get("/a").await.unwrap().unwrap();
-        assert_eq!(
-            (&*a.value, a.create_rev, a.mod_rev),
-            (&b"{\"n\":2}"[..], 1, 2)
-        );
-        assert!(s.get("/b").await.unwrap().is_none());
-        // Writes go on from there, and a compacted log reopens the same.
-        s.create("/c", b"{}".to_vec()).await.unwrap();
-        s.compact(3).await.unwrap();
-        drop(s);
-        let s = Embedded::open(dir.path()).unwrap();
-        assert_eq!(s.current_rev().await.unwrap(), 5);
-        assert_eq!(s.get("/a").await.unwrap().unwrap().mod_rev, 2);
-        assert_eq!(s.get("/c").await.unwrap().unwrap().mod_rev, 5);
-        assert!(matches!(
-            s.watch("/", 1).await,
-            Err(StoreError::Compacted { compacted: 3, .. })
-        ));
-    }
-}
+mod tests;

@@ -69,6 +69,7 @@ impl Cluster {
             ca_pem: pki.ca_pem.clone(),
             kubelet: reqwest::Client::new(),
             kubelet_tls: Arc::new(crate::api::proxy_client_config(&cert, &key).unwrap()),
+            quota_turn: Default::default(),
         };
         Cluster {
             app: router(Arc::new(server)),

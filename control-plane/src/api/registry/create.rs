@@ -78,9 +78,12 @@ impl Store {
             namespace_lifecycle(req, r, ns).await?;
         }
         r.strategy.admit(req, ns.as_deref(), &mut obj).await?;
-        if let (Some(ns), false) = (&ns, req.dry_run()) {
-            quota::resource_quota(req.store(), r, ns, &obj).await?;
-        }
+        let _quota_turn = match (&ns, req.dry_run()) {
+            (Some(ns), false) => {
+                quota::resource_quota(req.store(), &req.server.quota_turn, r, ns, &obj).await?
+            }
+            _ => None,
+        };
         r.strategy
             .before_create(req, ns.as_deref(), &mut obj)
             .await?;
