@@ -59,7 +59,14 @@ fn apiserver_listening_everywhere_is_valid_at_every_address_and_tls_san() {
     }
     let ns = NetNs::new();
     let pid = ns.0.id();
-    sh_ip(pid, &["link", "add", "lab0", "type", "dummy"]);
+    // A veth pair with both ends inside (this kernel has no dummy links).
+    sh_ip(
+        pid,
+        &[
+            "link", "add", "lab0", "type", "veth", "peer", "name", "lab1",
+        ],
+    );
+    sh_ip(pid, &["link", "set", "lab1", "up"]);
     sh_ip(pid, &["addr", "add", "10.98.0.1/24", "dev", "lab0"]);
     sh_ip(pid, &["addr", "add", "10.98.1.1/24", "dev", "lab0"]);
     sh_ip(pid, &["link", "set", "lab0", "up"]);
