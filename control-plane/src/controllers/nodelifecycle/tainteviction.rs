@@ -263,16 +263,19 @@ mod tests {
         let taints = [unreachable];
         assert_eq!(decide(&[], &taints), Decision::Now);
         let other = tol(json!({"key": "other", "operator": "Exists", "effect": "NoExecute"}));
-        assert_eq!(decide(&[other.clone()], &taints), Decision::Now);
+        assert_eq!(decide(std::slice::from_ref(&other), &taints), Decision::Now);
         let five = tol(
             json!({"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 5}),
         );
         assert_eq!(
-            decide(&[five.clone()], &taints),
+            decide(std::slice::from_ref(&five), &taints),
             Decision::After(Duration::from_secs(5))
         );
         let forever = tol(json!({"key": "node.kubernetes.io/unreachable", "operator": "Exists"}));
-        assert_eq!(decide(&[forever.clone()], &taints), Decision::Never);
+        assert_eq!(
+            decide(std::slice::from_ref(&forever), &taints),
+            Decision::Never
+        );
         let negative =
             tol(json!({"operator": "Exists", "effect": "NoExecute", "tolerationSeconds": -3}));
         assert_eq!(
