@@ -87,7 +87,7 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         tls_san: Vec<String>,
         #[command(flatten)]
-        nodes: NodeControllerFlags,
+        nodes: Box<NodeControllerFlags>,
     },
     /// List pods and their containers.
     Ps,
@@ -414,7 +414,7 @@ fn run(cli: Cli) -> Result<i32> {
             tls_san,
             nodes,
         } => {
-            let (node_ipam, node_lifecycle) = nodes.options()?;
+            let (node_ipam, node_lifecycle) = (*nodes).options()?;
             let cfg = podlet_control_plane::Config {
                 data_dir,
                 listen,
