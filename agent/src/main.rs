@@ -78,6 +78,16 @@ enum Cmd {
         /// Endpoints per EndpointSlice at most.
         #[arg(long, default_value_t = podlet_control_plane::controllers::endpointslice::DEFAULT_MAX_ENDPOINTS_PER_SLICE)]
         max_endpoints_per_slice: usize,
+        /// The address the other members of the cluster reach this apiserver at (the
+        /// `kubernetes` Endpoints, the admin kubeconfig, the serving certificate); by default
+        /// the listening address, or the host's first global address when listening on all.
+        #[arg(long)]
+        advertise_address: Option<std::net::IpAddr>,
+        /// Extra names or IPs for the serving certificate (repeatable, comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        tls_san: Vec<String>,
+        #[command(flatten)]
+        nodes: Box<NodeControllerFlags>,
     },
     /// List pods and their containers.
     Ps,
@@ -113,6 +123,73 @@ enum Cmd {
         #[arg(long)]
         pod_dir: PathBuf,
     },
+}
+
+/// kube-controller-manager's flags for the node IPAM and node lifecycle controllers.
+#[derive(clap::Args)]
+struct NodeControllerFlags {
+    /// Ranges node pod CIDRs come from (one, or an IPv4 and an IPv6 one, comma-separated).
+    #[arg(long, default_value = podlet_control_plane::controllers::nodeipam::DEFAULT_CLUSTER_CIDR)]
+    cluster_cidr: String,
+    /// Node CIDR mask size, single-stack (default 24 for IPv4, 64 for IPv6).
+    #[arg(long)]
+    node_cidr_mask_size: Option<u8>,
+    /// Node CIDR mask size for IPv4 (default 24).
+    #[arg(long)]
+    node_cidr_mask_size_ipv4: Option<u8>,
+    /// Node CIDR mask size for IPv6 (default 64).
+    #[arg(long)]
+    node_cidr_mask_size_ipv6: Option<u8>,
+    /// How often node health is checked.
+    #[arg(long, default_value = "5s", value_parser = k8s_rules::duration::parse)]
+    node_monitor_period: std::time::Duration,
+    /// How long a node may go without a heartbeat before it is marked Unknown.
+    #[arg(long, default_value = "50s", value_parser = k8s_rules::duration::parse)]
+    node_monitor_grace_period: std::time::Duration,
+    /// The same for a node that never posted its status.
+    #[arg(long, default_value = "60s", value_parser = k8s_rules::duration::parse)]
+    node_startup_grace_period: std::time::Duration,
+    /// Nodes tainted for eviction per second in a healthy zone.
+    #[arg(long, default_value_t = 0.1)]
+    node_eviction_rate: f32,
+    /// Nodes tainted per second in a partially disrupted zone larger than
+    /// --large-cluster-size-threshold (0 in smaller ones).
+    #[arg(long, default_value_t = 0.01)]
+    secondary_node_eviction_rate: f32,
+    /// Fraction of not-Ready nodes (at least three) that makes a zone partially disrupted.
+    #[arg(long, default_value_t = 0.55)]
+    unhealthy_zone_threshold: f32,
+    /// Zones with more nodes than this count as large.
+    #[arg(long, default_value_t = 50)]
+    large_cluster_size_threshold: i32,
+}
+
+impl NodeControllerFlags {
+    fn options(
+        self,
+    ) -> Result<(
+        podlet_control_plane::controllers::nodeipam::Config,
+        podlet_control_plane::controllers::nodelifecycle::Config,
+    )> {
+        use podlet_control_plane::controllers::{nodeipam, nodelifecycle};
+        let ipam = nodeipam::Config {
+            cluster_cidrs: nodeipam::parse_cluster_cidr(&self.cluster_cidr)
+                .map_err(anyhow::Error::msg)?,
+            node_cidr_mask_size: self.node_cidr_mask_size,
+            node_cidr_mask_size_ipv4: self.node_cidr_mask_size_ipv4,
+            node_cidr_mask_size_ipv6: self.node_cidr_mask_size_ipv6,
+        };
+        let lifecycle = nodelifecycle::Config {
+            node_monitor_period: self.node_monitor_period,
+            node_monitor_grace_period: self.node_monitor_grace_period,
+            node_startup_grace_period: self.node_startup_grace_period,
+            node_eviction_rate: self.node_eviction_rate,
+            secondary_node_eviction_rate: self.secondary_node_eviction_rate,
+            unhealthy_zone_threshold: self.unhealthy_zone_threshold,
+            large_cluster_size_threshold: self.large_cluster_size_threshold,
+        };
+        Ok((ipam, lifecycle))
+    }
 }
 
 #[derive(Subcommand)]
@@ -333,10 +410,16 @@ fn run(cli: Cli) -> Result<i32> {
             controllers,
             terminated_pod_gc_threshold,
             max_endpoints_per_slice,
+            advertise_address,
+            tls_san,
+            nodes,
         } => {
+            let (node_ipam, node_lifecycle) = (*nodes).options()?;
             let cfg = podlet_control_plane::Config {
                 data_dir,
                 listen,
+                advertise_address,
+                tls_san,
                 etcd_servers,
                 admin_kubeconfig: Some(admin_kubeconfig),
                 compaction_interval: etcd_compaction_interval,
@@ -346,6 +429,8 @@ fn run(cli: Cli) -> Result<i32> {
                     controllers,
                     terminated_pod_gc_threshold,
                     max_endpoints_per_slice,
+                    node_ipam,
+                    node_lifecycle,
                 },
             };
             tokio::runtime::Builder::new_multi_thread()

@@ -21,6 +21,12 @@ pub struct Config {
     /// Where the embedded store keeps its file.
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
+    /// `--advertise-address`: the address other members of the cluster reach this apiserver
+    /// at (the `kubernetes` Endpoints, the admin kubeconfig); by default the listening address,
+    /// or the host's first global address when listening on every address.
+    pub advertise_address: Option<std::net::IpAddr>,
+    /// `--tls-san`: extra names and IPs for the serving certificate.
+    pub tls_san: Vec<String>,
     /// `http://host:port` of etcd members; empty for the embedded store.
     pub etcd_servers: Vec<String>,
     /// Where to write a kubeconfig for the administrator.
@@ -128,20 +134,37 @@ pub async fn run(
         Some(f) => api::auth::Tokens::load(f)?,
         None => Default::default(),
     };
-    let pki = pki::ensure(&cfg.data_dir.join("pki"), &[cfg.listen.ip().to_string()])?;
+    for san in &cfg.tls_san {
+        pki::canonical_name(san).map_err(|e| anyhow::anyhow!("--tls-san: {e}"))?;
+    }
+    let service_ip = cfg
+        .service_cluster_ip_range
+        .nth(1)
+        .context("--service-cluster-ip-range has no address for the kubernetes service")?;
+    let reach = pki::Reach {
+        listen: cfg.listen.ip(),
+        advertise: cfg.advertise_address,
+        tls_san: &cfg.tls_san,
+        service_ip: service_ip.into(),
+    };
+    let pki = pki::ensure(&cfg.data_dir.join("pki"), &pki::serving_names(&reach))?;
     api::bootstrap(&*store, &pki.ca_pem).await?;
     let tls = tokio_rustls::TlsAcceptor::from(Arc::new(pki.server_config()?));
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("listening on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
+    let public = SocketAddr::new(
+        pki::public_address(addr.ip(), cfg.advertise_address),
+        addr.port(),
+    );
     if let Some(path) = &cfg.admin_kubeconfig {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
         k8s_rules::files::write_private(
             path,
-            kubeconfig(&reconcile::loopback_url(addr), &pki).as_bytes(),
+            kubeconfig(&reconcile::loopback_url(public), &pki).as_bytes(),
         )?;
     }
     tracing::info!(%addr, store = if cfg.etcd_servers.is_empty() { "embedded" } else { "etcd" }, "apiserver serving");
@@ -149,7 +172,7 @@ pub async fn run(
         let _ = tx.send(addr);
     }
     let sa = api::satoken::Signer::load(&cfg.data_dir.join("pki"))?;
-    api::services::ensure_kubernetes_service(&*store, cfg.service_cluster_ip_range, addr).await?;
+    api::services::ensure_kubernetes_service(&*store, cfg.service_cluster_ip_range, public).await?;
     let (kubelet, kubelet_tls) = kubelet_client(&cfg.data_dir.join("pki"))?;
     let app = api::router(Arc::new(api::ApiServer {
         store,

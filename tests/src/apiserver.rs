@@ -25,6 +25,8 @@ pub struct ControlPlane {
     /// The network namespace it serves in (a holder process's), with its address there;
     /// None: host loopback.
     netns: Option<(u32, String)>,
+    /// The address it listens on when not the one it is reached at (e.g. `0.0.0.0`).
+    listen: Option<String>,
 }
 
 pub fn free_port() -> u16 {
@@ -78,7 +80,31 @@ impl ControlPlane {
         Self::start_at(Some((pid, ip.to_string())), &[])
     }
 
+    /// Starts one inside the network namespace of process `pid` listening on `listen` (e.g.
+    /// `0.0.0.0`) and reached at `ip:6443`, with extra flags.
+    pub fn start_in_netns_listening(pid: u32, ip: &str, listen: &str, extra: &[&str]) -> Self {
+        Self::start_full(Some((pid, ip.to_string())), Some(listen.to_string()), extra)
+    }
+
+    /// Restarts it with other extra flags.
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+        self.restart();
+    }
+
+    /// `curl` run where it serves (its network namespace), with `args`.
+    pub fn curl(&self, args: &[&str]) -> std::process::Output {
+        self.command("curl")
+            .args(args)
+            .output()
+            .expect("running curl")
+    }
+
     fn start_at(netns: Option<(u32, String)>, extra: &[&str]) -> Self {
+        Self::start_full(netns, None, extra)
+    }
+
+    fn start_full(netns: Option<(u32, String)>, listen: Option<String>, extra: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("podlet-cp-")
             .tempdir_in("/tmp")
@@ -89,6 +115,7 @@ impl ControlPlane {
             port: if netns.is_some() { 6443 } else { free_port() },
             extra: extra.iter().map(|s| s.to_string()).collect(),
             netns,
+            listen,
         };
         cp.restart();
         cp
@@ -160,7 +187,11 @@ impl ControlPlane {
             .arg("--data-dir")
             .arg(self.data_dir())
             .arg("--listen")
-            .arg(format!("{}:{}", self.host(), self.port))
+            .arg(format!(
+                "{}:{}",
+                self.listen.as_deref().unwrap_or(self.host()),
+                self.port
+            ))
             .arg("--admin-kubeconfig")
             .arg(self.kubeconfig())
             .args(&self.extra)

@@ -30,6 +30,8 @@ pub async fn all_in_one(
     let cp = podlet_control_plane::Config {
         data_dir: data_dir.clone(),
         listen,
+        advertise_address: None,
+        tls_san: Vec::new(),
         etcd_servers: Vec::new(),
         admin_kubeconfig: Some(admin_kubeconfig.to_path_buf()),
         compaction_interval: std::time::Duration::from_secs(300),

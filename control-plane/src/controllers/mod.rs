@@ -14,6 +14,8 @@ pub mod gc;
 pub mod history;
 pub mod job;
 pub mod namespace;
+pub mod nodeipam;
+pub mod nodelifecycle;
 pub mod podcontrol;
 pub mod podgc;
 pub mod replicaset;
@@ -39,12 +41,15 @@ pub const KNOWN: &[&str] = &[
     "garbagecollector",
     "job",
     "namespace",
+    "nodeipam",
+    "nodelifecycle",
     "podgc",
     "replicaset",
     "replicationcontroller",
     "root-ca-cert-publisher",
     "serviceaccount",
     "statefulset",
+    "taint-eviction-controller",
     "ttl-after-finished",
 ];
 
@@ -68,6 +73,8 @@ pub const FULL_NAMES: &[(&str, &str)] = &[
     ("garbage-collector-controller", "garbagecollector"),
     ("job-controller", "job"),
     ("namespace-controller", "namespace"),
+    ("node-ipam-controller", "nodeipam"),
+    ("node-lifecycle-controller", "nodelifecycle"),
     ("pod-garbage-collector-controller", "podgc"),
     ("replicaset-controller", "replicaset"),
     ("replicationcontroller-controller", "replicationcontroller"),
@@ -90,6 +97,11 @@ pub struct Options {
     pub terminated_pod_gc_threshold: i64,
     /// `--max-endpoints-per-slice`.
     pub max_endpoints_per_slice: usize,
+    /// `--cluster-cidr` and `--node-cidr-mask-size*`, for `nodeipam`.
+    pub node_ipam: nodeipam::Config,
+    /// `--node-monitor-period`, the grace periods, eviction rates and zone thresholds, for
+    /// `nodelifecycle`.
+    pub node_lifecycle: nodelifecycle::Config,
 }
 
 impl Default for Options {
@@ -98,6 +110,8 @@ impl Default for Options {
             controllers: vec!["*".into()],
             terminated_pod_gc_threshold: podgc::DEFAULT_THRESHOLD,
             max_endpoints_per_slice: endpointslice::DEFAULT_MAX_ENDPOINTS_PER_SLICE,
+            node_ipam: nodeipam::Config::default(),
+            node_lifecycle: nodelifecycle::Config::default(),
         }
     }
 }
@@ -121,6 +135,10 @@ impl Options {
         if self.max_endpoints_per_slice == 0 || self.max_endpoints_per_slice > 1000 {
             return Err("--max-endpoints-per-slice must be between 1 and 1000".into());
         }
+        if self.enabled("nodeipam") {
+            self.node_ipam.cidr_sets()?;
+        }
+        self.node_lifecycle.validate()?;
         Ok(())
     }
 
@@ -219,6 +237,15 @@ pub async fn run(client: kube::Client, pki: PathBuf, opts: Options) {
         podgc::run(c.clone(), opts.terminated_pod_gc_threshold),
     );
     l.spawn_if("namespace", namespace::run(c.clone()));
+    l.spawn_if("nodeipam", nodeipam::run(c.clone(), opts.node_ipam.clone()));
+    l.spawn_if(
+        "nodelifecycle",
+        nodelifecycle::run(c.clone(), opts.node_lifecycle.clone()),
+    );
+    l.spawn_if(
+        "taint-eviction-controller",
+        nodelifecycle::tainteviction::run(c.clone()),
+    );
     l.spawn_if("serviceaccount", serviceaccount::run(c.clone()));
     l.spawn_if(
         "root-ca-cert-publisher",

@@ -204,6 +204,30 @@ fn roles() -> Vec<(&'static str, Value, &'static str)> {
             CONTROLLER_MANAGER_USER,
         ),
         (
+            // Upstream's, plus the reads its informers make with kube-controller-manager's
+            // own identity (here the controllers' only one): node IPAM and node lifecycle.
+            "system:controller:node-controller",
+            json!([
+                {"apiGroups": [""], "resources": ["nodes"], "verbs": ["delete", "get", "list", "patch", "update", "watch"]},
+                {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch", "update"]},
+                {"apiGroups": [""], "resources": ["pods/status"], "verbs": ["patch", "update"]},
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["delete", "list", "watch"]},
+                {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": READ},
+                events(),
+            ]),
+            CONTROLLER_MANAGER_USER,
+        ),
+        (
+            "system:controller:taint-eviction-controller",
+            json!([
+                {"apiGroups": [""], "resources": ["pods/status"], "verbs": ["patch", "update"]},
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["delete", "get", "list", "watch"]},
+                {"apiGroups": [""], "resources": ["nodes"], "verbs": READ},
+                events(),
+            ]),
+            CONTROLLER_MANAGER_USER,
+        ),
+        (
             "system:controller:root-ca-cert-publisher",
             json!([
                 {"apiGroups": [""], "resources": ["namespaces", "configmaps"], "verbs": READ},

@@ -1,5 +1,6 @@
-//! Nodes and their Leases: NodeRestriction (a node creates only its own Node and Lease), the
-//! `proxy` subresource, and where a node's API is, for the pod subresources that reach it.
+//! Nodes and their Leases: NodeRestriction (a node creates only its own Node and Lease),
+//! podCIDRs set once (from unset to a value, as upstream's `ValidateNodeUpdate`), the `proxy`
+//! subresource, and where a node's API is, for the pod subresources that reach it.
 
 use async_trait::async_trait;
 use axum::body::{Body, Bytes};
@@ -29,6 +30,34 @@ impl Strategy for Nodes {
         &[&Proxy]
     }
 
+    fn defaults(&self, obj: &mut Value) {
+        sync_pod_cidrs(obj);
+    }
+
+    fn prepare_for_update(&self, name: &str, new: &mut Value, old: &Value) -> Result<(), ApiError> {
+        sync_pod_cidrs(new);
+        let cidrs = |o: &Value| {
+            o["spec"]["podCIDRs"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        };
+        let old_cidrs = cidrs(old);
+        if !old_cidrs.is_empty() && cidrs(new) != old_cidrs {
+            return Err(ApiError::invalid(
+                &NODES,
+                name,
+                vec![(
+                    "FieldValueForbidden",
+                    "spec.podCIDRs".into(),
+                    "Forbidden: node updates may not change podCIDR except from \"\" to valid"
+                        .into(),
+                )],
+            ));
+        }
+        Ok(())
+    }
+
     fn admit_node(&self, node: &str, obj: &Value) -> Result<(), ApiError> {
         let name = obj["metadata"]["name"].as_str().unwrap_or_default();
         if name != node {
@@ -38,11 +67,57 @@ impl Strategy for Nodes {
     }
 }
 
+/// `podCIDR` and `podCIDRs[0]` are one field in the internal API: either one given fills the
+/// other.
+fn sync_pod_cidrs(obj: &mut Value) {
+    let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) else {
+        return;
+    };
+    let single = spec["podCIDR"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned);
+    let list_empty = spec["podCIDRs"].as_array().is_none_or(|l| l.is_empty());
+    match (single, list_empty) {
+        (Some(c), true) => spec["podCIDRs"] = serde_json::json!([c]),
+        (None, false) => spec["podCIDR"] = spec["podCIDRs"][0].clone(),
+        _ => {}
+    }
+}
+
 /// Leases: a node heartbeats only through its own.
 pub struct Leases;
 pub static LEASE: Leases = Leases;
 
 impl Strategy for Leases {
+    fn defaults(&self, obj: &mut Value) {
+        sync_pod_cidrs(obj);
+    }
+
+    fn prepare_for_update(&self, name: &str, new: &mut Value, old: &Value) -> Result<(), ApiError> {
+        sync_pod_cidrs(new);
+        let cidrs = |o: &Value| {
+            o["spec"]["podCIDRs"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        };
+        let old_cidrs = cidrs(old);
+        if !old_cidrs.is_empty() && cidrs(new) != old_cidrs {
+            return Err(ApiError::invalid(
+                &NODES,
+                name,
+                vec![(
+                    "FieldValueForbidden",
+                    "spec.podCIDRs".into(),
+                    "Forbidden: node updates may not change podCIDR except from \"\" to valid"
+                        .into(),
+                )],
+            ));
+        }
+        Ok(())
+    }
+
     fn admit_node(&self, node: &str, obj: &Value) -> Result<(), ApiError> {
         let name = obj["metadata"]["name"].as_str().unwrap_or_default();
         if name != node {
