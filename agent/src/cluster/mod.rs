@@ -128,6 +128,11 @@ pub fn start(
         api_rx.clone(),
         desired_tx,
     ));
+    tokio::spawn(crate::overlay::run(
+        info.clone(),
+        svc.network.clone(),
+        client_rx.clone(),
+    ));
     tokio::spawn(join::rotate(
         cfg.kubeconfig.clone(),
         cfg.node_name.clone(),
