@@ -6,6 +6,7 @@
 #                                 namespace routes between subnets, so those peers use VXLAN)
 #   hack/lab.sh kubectl ARGS...   kubectl as the administrator, from node 1's namespace
 #   hack/lab.sh sh I [CMD...]     a shell (or CMD) in node I's namespaces
+#   hack/lab.sh podlet I ARGS...  the podlet CLI of node I (ps, logs, exec POD -- CMD...)
 #   hack/lab.sh down              stops everything and removes every trace
 # Node 1 runs the all-in-one control plane on its own address; the others join it with a
 # bootstrap token. Nothing touches the machine's own network namespace.
@@ -131,6 +132,8 @@ case "${1:-}" in
   up) shift; up "$@" ;;
   kubectl) shift; kube "$@" ;;
   sh) shift; i=$1; shift; if [ $# -gt 0 ]; then in_node "$i" "$@"; else in_node "$i" sh; fi ;;
+  podlet) shift; i=$1; shift
+    in_node "$i" "$podlet" --root-dir "$lab/n$i/root" --run-dir "$lab/n$i/run" --log-dir "$lab/n$i/logs" "$@" ;;
   down) down ;;
-  *) sed -n '2,13p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,15p' "$0" >&2; exit 2 ;;
 esac

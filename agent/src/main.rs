@@ -430,7 +430,10 @@ async fn agent(cfg: Config) -> Result<()> {
     svc.admission.update_qos_cgroups();
     if cfg.cluster == config::ClusterMode::Standalone {
         overlay::standalone(&cfg).with_context(|| {
-            format!("writing the pod masquerade rule (nftables table {})", overlay::MASQ_TABLE)
+            format!(
+                "writing the pod masquerade rule (nftables table {})",
+                overlay::MASQ_TABLE
+            )
         })?;
     }
     {

@@ -5,9 +5,9 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::PodSpec;
 use podlet_cni::client::{self, Attachment, Client, ClientError, NetworkList};
-use ipnetwork::IpNetwork;
 use serde_json::{json, Map, Value};
 
 use crate::config::Config;
@@ -45,7 +45,7 @@ pub enum NetworkError {
     Config(ClientError),
     #[error("no CNI network configuration in {}", .0.display())]
     NoConfig(PathBuf),
-    #[error("no pod network yet: waiting for spec.podCIDR of Node {0} (set by the node IPAM controller) to write {DEFAULT_FILE}")]
+    #[error("no pod network yet: waiting for spec.podCIDR of Node {0} (set by the node IPAM controller) to write 10-podlet.conflist")]
     WaitingForPodCidr(String),
     /// A plugin failed (or could not be run): its message.
     #[error(transparent)]
@@ -176,7 +176,9 @@ impl Network {
                 .and_then(|_| std::fs::rename(&tmp, &p))
                 .map_err(|e| InitError::Write(p.clone(), e))?;
             match existing {
-                Some(_) => tracing::info!(file = %p.display(), %cidr, "rewrote the default pod network"),
+                Some(_) => {
+                    tracing::info!(file = %p.display(), %cidr, "rewrote the default pod network")
+                }
                 None => tracing::info!(file = %p.display(), %cidr, "wrote the default pod network"),
             }
         }
@@ -302,4 +304,77 @@ pub fn port_mappings(spec: &PodSpec) -> Vec<Value> {
             Some(m)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn network(dir: &Path) -> Network {
+        Network {
+            client: Client {
+                bin_dirs: vec![],
+                cache_dir: dir.join("cache"),
+            },
+            conf_dir: dir.join("net.d"),
+            cache_dir: dir.join("cache"),
+            loopback: NetworkList::parse(
+                br#"{"cniVersion":"1.1.0","name":"lo","plugins":[{"type":"loopback"}]}"#,
+                Path::new("t"),
+            )
+            .unwrap(),
+            waiting: std::sync::Mutex::new(Some("n1".into())),
+        }
+    }
+
+    fn subnet(dir: &Path) -> Value {
+        let v: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("net.d").join(DEFAULT_FILE)).unwrap())
+                .unwrap();
+        v["plugins"][0]["ipam"]["ranges"][0][0]["subnet"].clone()
+    }
+
+    #[test]
+    fn the_default_network_follows_the_pod_cidr_and_leaves_other_networks_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("net.d")).unwrap();
+        let n = network(dir.path());
+        assert!(matches!(
+            n.network(),
+            Err(NetworkError::WaitingForPodCidr(node)) if node == "n1"
+        ));
+        assert!(n
+            .ensure_default("10.244.1.0/24".parse().unwrap(), None)
+            .unwrap());
+        assert_eq!(subnet(dir.path()), "10.244.1.0/24");
+        assert!(!n
+            .ensure_default("10.244.1.0/24".parse().unwrap(), None)
+            .unwrap());
+        // Another range (or MTU): podlet's own file is rewritten, without ipMasq.
+        assert!(n
+            .ensure_default("10.244.7.0/24".parse().unwrap(), Some(1450))
+            .unwrap());
+        assert_eq!(subnet(dir.path()), "10.244.7.0/24");
+        let v = n.network().unwrap();
+        assert_eq!(v.name, "podlet");
+        let raw: Value = serde_json::from_slice(
+            &std::fs::read(dir.path().join("net.d").join(DEFAULT_FILE)).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(raw["plugins"][0]["mtu"], 1450);
+        assert!(raw["plugins"][0].get("ipMasq").is_none());
+        // Someone else's network and no file of podlet's: nothing is written.
+        let other = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(other.path().join("net.d")).unwrap();
+        std::fs::write(
+            other.path().join("net.d/05-mine.conflist"),
+            r#"{"cniVersion":"1.0.0","name":"mine","plugins":[{"type":"bridge"}]}"#,
+        )
+        .unwrap();
+        let n = network(other.path());
+        assert!(!n
+            .ensure_default("10.244.1.0/24".parse().unwrap(), None)
+            .unwrap());
+        assert!(!other.path().join("net.d").join(DEFAULT_FILE).exists());
+    }
 }

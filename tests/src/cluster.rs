@@ -26,8 +26,7 @@ impl Netns {
             .spawn()
             .expect("unshare");
         let own = std::fs::read_link("/proc/self/ns/net").unwrap();
-        while std::fs::read_link(format!("/proc/{}/ns/net", child.id())).ok() == Some(own.clone())
-        {
+        while std::fs::read_link(format!("/proc/{}/ns/net", child.id())).ok() == Some(own.clone()) {
             std::thread::sleep(Duration::from_millis(5));
         }
         let ns = Netns(child);
@@ -153,7 +152,10 @@ impl Cluster {
             if i == 1 {
                 node.wait_for("the bootstrap token", Duration::from_secs(60), || {
                     std::thread::sleep(Duration::from_millis(200));
-                    (node.kubectl_stdin(33, &["apply", "-f", "-"], Some(BOOTSTRAP)).code == 0)
+                    (node
+                        .kubectl_stdin(33, &["apply", "-f", "-"], Some(BOOTSTRAP))
+                        .code
+                        == 0)
                         .then_some(())
                 });
             }
@@ -218,7 +220,10 @@ impl Cluster {
         let out = self.kubectl(&["patch", "node", &name, "--type", "merge", "-p", &patch]);
         // The controller may have been quicker: its range stands.
         let n = self.get_json(&["node", &name]).expect("the Node");
-        let c = n["spec"]["podCIDR"].as_str().unwrap_or_default().to_string();
+        let c = n["spec"]["podCIDR"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         assert!(!c.is_empty(), "podCIDR of {name} not set: {}", out.stderr);
         c
     }
@@ -249,9 +254,8 @@ impl Cluster {
         let out = self.kubectl_stdin(&["apply", "-f", "-"], &pod.to_string());
         assert_eq!(out.code, 0, "creating pod {name}: {}", out.stderr);
         self.wait(&format!("pod {name} Running"), || {
-            self.get_json(&["pod", name]).filter(|p| {
-                p["status"]["phase"] == "Running" && p["status"]["podIP"].is_string()
-            })
+            self.get_json(&["pod", name])
+                .filter(|p| p["status"]["phase"] == "Running" && p["status"]["podIP"].is_string())
         })
     }
 

@@ -85,6 +85,7 @@ pub fn busybox_archive() -> PathBuf {
 /// The pod network of every test node (each node has a network namespace of its own).
 pub const POD_CIDR: &str = "10.244.0.0/24";
 
+#[derive(Debug)]
 pub struct Output {
     pub code: i32,
     pub stdout: String,

@@ -8,7 +8,10 @@ use podlet_e2e::cluster::{ask_peer, echo_server, Cluster};
 use serde_json::Value;
 
 fn ip_of(p: &Value) -> String {
-    p["status"]["podIP"].as_str().unwrap_or_default().to_string()
+    p["status"]["podIP"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn in_cidr(ip: &str, cidr: &str) -> bool {
@@ -36,6 +39,13 @@ mod ipnet_lite {
     }
 }
 
+/// Whether an `echo_server`'s answer names `ip` (busybox httpd listens on IPv6 and reports an
+/// IPv4 peer as `[::ffff:a.b.c.d]`).
+fn peer_is(out: &podlet_e2e::Output, ip: &str) -> bool {
+    out.stdout.contains(&format!("peer={ip}\n"))
+        || out.stdout.contains(&format!("peer=[::ffff:{ip}]"))
+}
+
 /// Pod -> pod and pod -> node across nodes keep the pod's address; traffic leaving the cluster
 /// is masqueraded to the node's.
 fn check_traffic(c: &Cluster) {
@@ -43,16 +53,10 @@ fn check_traffic(c: &Cluster) {
     let client = c.run_pod(1, "client", false, "sleep 100000");
     let (sip, cip) = (ip_of(&server), ip_of(&client));
     let out = c.exec(1, "client", &ask_peer(&sip, 8080));
-    assert!(
-        out.stdout.contains(&format!("peer={cip}")),
-        "pod -> pod across nodes: {out:?}"
-    );
+    assert!(peer_is(&out, &cip), "pod -> pod across nodes: {out:?}");
     c.run_pod(2, "hostserver", true, &echo_server(8081));
     let out = c.exec(1, "client", &ask_peer(&c.ip(2), 8081));
-    assert!(
-        out.stdout.contains(&format!("peer={cip}")),
-        "pod -> other node: {out:?}"
-    );
+    assert!(peer_is(&out, &cip), "pod -> other node: {out:?}");
     // The switch's own address is outside the cluster: masqueraded to node 1's address.
     let www = tempfile::tempdir().unwrap();
     let cgi = www.path().join("cgi-bin");
@@ -68,7 +72,14 @@ fn check_traffic(c: &Cluster) {
     )
     .unwrap();
     let mut httpd = Command::new("nsenter")
-        .args(["-t", &c.switch.pid().to_string(), "-n", "busybox", "httpd", "-f"])
+        .args([
+            "-t",
+            &c.switch.pid().to_string(),
+            "-n",
+            "busybox",
+            "httpd",
+            "-f",
+        ])
         .args(["-p", &format!("10.100.{}.1:8082", c.subnets[0]), "-h"])
         .arg(www.path())
         .stdin(Stdio::null())
@@ -82,7 +93,7 @@ fn check_traffic(c: &Cluster) {
     let _ = httpd.kill();
     let _ = httpd.wait();
     assert!(
-        out.stdout.contains(&format!("peer={}", c.ip(1))),
+        peer_is(&out, &c.ip(1)),
         "pod -> outside the cluster is masqueraded: {out:?}"
     );
 }
@@ -114,7 +125,10 @@ fn two_nodes_on_one_subnet_get_host_gw_routes_and_keep_pod_source_addresses() {
     let net = c.wait_network(1, &cidr1);
     c.wait_network(2, &cidr2);
     assert!(net["plugins"][0].get("ipMasq").is_none(), "{net}");
-    assert!(net["plugins"][0].get("mtu").is_some(), "auto may use VXLAN: {net}");
+    assert!(
+        net["plugins"][0].get("mtu").is_some(),
+        "auto may use VXLAN: {net}"
+    );
     // host-gw both ways, on eth0, via the peer's address.
     let r1 = c.wait("n1's route to n2's pods", || {
         let r = routes(&c, 1);
@@ -159,7 +173,10 @@ fn nodes_on_two_subnets_get_vxlan_which_survives_restarts_and_goes_with_the_node
         return;
     };
     let (cidr1, cidr2) = (c.assign_pod_cidr(1), c.assign_pod_cidr(2));
-    assert_eq!((cidr1.as_str(), cidr2.as_str()), ("10.244.1.0/24", "10.244.2.0/24"));
+    assert_eq!(
+        (cidr1.as_str(), cidr2.as_str()),
+        ("10.244.1.0/24", "10.244.2.0/24")
+    );
     let net = c.wait_network(2, &cidr2);
     assert_eq!(net["plugins"][0]["mtu"], 1450, "{net}");
     let dev = c.sh(1, "ip -d link show podlet.1").stdout;
@@ -198,7 +215,13 @@ fn nodes_on_two_subnets_get_vxlan_which_survives_restarts_and_goes_with_the_node
     // A restarted agent finds everything in place and changes nothing: no route, FDB,
     // neighbour or link event on n2 while it restarts.
     let before = vxlan_parts(&c, 2);
-    let link = |c: &Cluster| c.sh(2, "ip -o link show podlet.1").stdout.split(':').next().map(String::from);
+    let link = |c: &Cluster| {
+        c.sh(2, "ip -o link show podlet.1")
+            .stdout
+            .split(':')
+            .next()
+            .map(String::from)
+    };
     let ifindex = link(&c);
     let events = c.node(2).path("monitor.log");
     let mut monitor = Command::new("nsenter")
@@ -208,7 +231,12 @@ fn nodes_on_two_subnets_get_vxlan_which_survives_restarts_and_goes_with_the_node
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    let masq_lines = |c: &Cluster| c.node(2).agent_log().matches("pod masquerade rule set").count();
+    let masq_lines = |c: &Cluster| {
+        c.node(2)
+            .agent_log()
+            .matches("pod masquerade rule set")
+            .count()
+    };
     let runs = masq_lines(&c);
     c.node_mut(2).kill_agent();
     c.node_mut(2).start_agent();
@@ -224,12 +252,18 @@ fn nodes_on_two_subnets_get_vxlan_which_survives_restarts_and_goes_with_the_node
     let seen = std::fs::read_to_string(&events).unwrap();
     let flaps: Vec<&str> = seen
         .lines()
-        .filter(|l| l.contains(&cidr1) || l.contains(vtep1) || l.contains(&mac1) || l.contains("podlet.1"))
+        .filter(|l| {
+            l.contains(&cidr1) || l.contains(vtep1) || l.contains(&mac1) || l.contains("podlet.1")
+        })
         .collect();
     assert!(flaps.is_empty(), "changed by the restart: {flaps:?}");
     assert_eq!(vxlan_parts(&c, 2), before);
     assert_eq!(link(&c), ifindex);
-    let out = c.exec(1, "client", &ask_peer(&ip_of(&c.get_json(&["pod", "server"]).unwrap()), 8080));
+    let out = c.exec(
+        1,
+        "client",
+        &ask_peer(&ip_of(&c.get_json(&["pod", "server"]).unwrap()), 8080),
+    );
     assert!(out.stdout.contains("peer="), "after the restart: {out:?}");
 
     // n2 goes (its agent stopped first, so that it does not register again): n1 forgets it.

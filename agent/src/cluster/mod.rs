@@ -129,7 +129,8 @@ pub fn start(
         desired_tx,
     ));
     tokio::spawn(crate::overlay::run(
-        info.clone(),
+        Arc::new(cfg.clone()),
+        info.host_ip,
         svc.network.clone(),
         client_rx.clone(),
     ));

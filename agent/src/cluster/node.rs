@@ -102,7 +102,8 @@ impl Reporter {
                     // Re-registration keeps what others set and re-asserts ours.
                     let mut patch = json!({"metadata": {"labels": want.metadata.labels}});
                     if let Some(c) = info.cfg.pod_cidr {
-                        patch["spec"] = json!({"podCIDR": c.to_string(), "podCIDRs": [c.to_string()]});
+                        patch["spec"] =
+                            json!({"podCIDR": c.to_string(), "podCIDRs": [c.to_string()]});
                     }
                     api.patch(
                         &info.cfg.node_name,

@@ -254,7 +254,9 @@ impl Config {
         // Standalone, there is no Node to take the range from.
         let pod_cidr = match s.pod_cidr {
             Some(v) => Some(cidr("pod-cidr", v)?),
-            None if cluster == ClusterMode::Standalone => Some(cidr("pod-cidr", "10.88.0.0/16".into())?),
+            None if cluster == ClusterMode::Standalone => {
+                Some(cidr("pod-cidr", "10.88.0.0/16".into())?)
+            }
             None => None,
         };
         let cluster_cidr = cidr(

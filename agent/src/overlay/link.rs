@@ -67,7 +67,7 @@ impl Underlay {
 fn v4_address(m: &AddressMessage) -> Option<Ipv4Addr> {
     m.attributes.iter().find_map(|a| match a {
         AddressAttribute::Local(IpAddr::V4(ip)) | AddressAttribute::Address(IpAddr::V4(ip)) => {
-            Some(*ip)
+            Some(Ipv4Addr::from(ip.octets()))
         }
         _ => None,
     })
@@ -202,7 +202,10 @@ pub async fn ensure_vxlan(h: &Handle, under: &Underlay) -> io::Result<(u32, [u8;
             let mac = mac_of(&l).ok_or_else(|| io::Error::other("VXLAN device without MAC"))?;
             return Ok((index, mac));
         }
-        tracing::info!(dev = VXLAN_DEV, "replacing the VXLAN device made for another node IP or link");
+        tracing::info!(
+            dev = VXLAN_DEV,
+            "replacing the VXLAN device made for another node IP or link"
+        );
         h.link()
             .del(l.header.index)
             .execute()

@@ -20,12 +20,25 @@ use ipnetwork::{IpNetwork, Ipv4Network};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
 use rtnetlink::Handle;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::network::Network;
-use crate::pod::NodeInfo;
+use crate::network::{InitError, Network};
+
+/// Why a reconcile failed (it is tried again a second later).
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error(transparent)]
+    Netlink(#[from] std::io::Error),
+    #[error("writing the default pod network")]
+    Network(#[from] InitError),
+    #[error("writing the masquerade rule (nftables table podlet-masq)")]
+    Masquerade(#[source] std::io::Error),
+    #[error("annotating the Node with its VTEP")]
+    Publish(#[source] kube::Error),
+}
 
 /// This node's VTEP MAC, for peers' FDB and neighbour entries (flannel keeps it in
 /// `flannel.alpha.coreos.com/backend-data`).
@@ -119,7 +132,11 @@ fn internal_ip(n: &Node) -> Option<Ipv4Addr> {
 }
 
 fn annotation<'a>(n: &'a Node, key: &str) -> Option<&'a str> {
-    n.metadata.annotations.as_ref()?.get(key).map(String::as_str)
+    n.metadata
+        .annotations
+        .as_ref()?
+        .get(key)
+        .map(String::as_str)
 }
 
 fn peer_of(n: &Node) -> Option<Peer> {
@@ -171,7 +188,11 @@ fn plan(
             p.skipped.insert(peer.name.clone(), "no podCIDR yet".into());
             continue;
         }
-        if let Some(c) = peer.cidrs.iter().find(|c| own.iter().any(|o| o.overlaps(**c))) {
+        if let Some(c) = peer
+            .cidrs
+            .iter()
+            .find(|c| own.iter().any(|o| o.overlaps(**c)))
+        {
             p.skipped.insert(
                 peer.name.clone(),
                 format!("its podCIDR {c} overlaps this node's"),
@@ -242,7 +263,7 @@ fn unmasqueraded(cluster_cidr: IpNetwork, nodes: &BTreeMap<String, Node>) -> Vec
 }
 
 struct Reconciler {
-    info: Arc<NodeInfo>,
+    cfg: Arc<Config>,
     network: Arc<Network>,
     handle: Handle,
     under: Option<link::Underlay>,
@@ -260,8 +281,8 @@ impl Reconciler {
         &mut self,
         client: &kube::Client,
         nodes: &BTreeMap<String, Node>,
-    ) -> anyhow::Result<()> {
-        let cfg = &self.info.cfg;
+    ) -> Result<(), RouteError> {
+        let cfg = self.cfg.clone();
         let name = &cfg.node_name;
         let own = nodes.get(name);
         let cidr = cfg
@@ -285,9 +306,8 @@ impl Reconciler {
                 }
                 let keep = unmasqueraded(cfg.cluster_cidr, nodes);
                 if self.masq.as_ref() != Some(&(c, keep.clone())) {
-                    podlet_cni::nft::replace_masquerade(MASQ_TABLE, &[c], &keep).map_err(|e| {
-                        anyhow::anyhow!("writing the masquerade rule (nftables table {MASQ_TABLE}): {e}")
-                    })?;
+                    podlet_cni::nft::replace_masquerade(MASQ_TABLE, &[c], &keep)
+                        .map_err(RouteError::Masquerade)?;
                     tracing::info!(from = %c, except = ?keep, "pod masquerade rule set");
                     self.masq = Some((c, keep));
                 }
@@ -352,7 +372,7 @@ impl Reconciler {
         own: Option<&Node>,
         mac: [u8; 6],
         ip: Ipv4Addr,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), RouteError> {
         let Some(own) = own else { return Ok(()) };
         let mac = link::format_mac(&mac);
         let ip = ip.to_string();
@@ -362,26 +382,28 @@ impl Reconciler {
             return Ok(());
         }
         let api: Api<Node> = Api::all(client.clone());
-        let patch = serde_json::json!({"metadata": {"annotations": {VTEP_MAC: mac, PUBLIC_IP: ip}}});
+        let patch =
+            serde_json::json!({"metadata": {"annotations": {VTEP_MAC: mac, PUBLIC_IP: ip}}});
         api.patch(
-            &self.info.cfg.node_name,
+            &self.cfg.node_name,
             &PatchParams::default(),
             &Patch::Merge(patch),
         )
         .await
-        .map_err(|e| anyhow::anyhow!("annotating the Node with its VTEP: {e}"))?;
+        .map_err(RouteError::Publish)?;
         Ok(())
     }
 }
 
 /// Sets up the underlay and VXLAN device, then reconciles on every Node change until the
 /// process ends.
+/// `host_ip`: the node's InternalIP (`--node-ip` or the first global address).
 pub async fn run(
-    info: Arc<NodeInfo>,
+    cfg: Arc<Config>,
+    host_ip: Option<IpAddr>,
     network: Arc<Network>,
     mut client: watch::Receiver<kube::Client>,
 ) {
-    let cfg = &info.cfg;
     let backend = cfg.network_backend;
     let nl = match podlet_cni::netlink::Netlink::here() {
         Ok(n) => n,
@@ -393,7 +415,7 @@ pub async fn run(
     let handle = nl.handle;
     let mut under = None;
     let mut vxlan = None;
-    match (backend, info.host_ip) {
+    match (backend, host_ip) {
         (Backend::None, _) => {
             // Whatever an earlier backend made goes.
             let _ = link::sync_routes(&handle, &[]).await;
@@ -427,7 +449,7 @@ pub async fn run(
         _ => None,
     };
     let mut r = Reconciler {
-        info: info.clone(),
+        cfg: cfg.clone(),
         network,
         handle,
         under,
@@ -488,10 +510,83 @@ pub async fn run(
             }
             next = tokio::time::Instant::now() + RESYNC;
             if let Err(e) = r.reconcile(&c, &nodes).await {
-                tracing::warn!("node routes: {e:#}");
+                tracing::warn!("node routes: {}", crate::util::chain(&e));
                 // Try again soon rather than at the next resync.
                 next = tokio::time::Instant::now() + Duration::from_secs(1);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn under() -> link::Underlay {
+        link::Underlay {
+            index: 2,
+            name: "eth0".into(),
+            mtu: 1500,
+            ip: "10.100.1.11".parse().unwrap(),
+            nets: vec!["10.100.1.0/24".parse().unwrap()],
+        }
+    }
+
+    fn peer(name: &str, ip: &str, cidr: &str, mac: Option<u8>) -> Peer {
+        Peer {
+            name: name.into(),
+            cidrs: vec![cidr.parse().unwrap()],
+            ip: ip.parse().unwrap(),
+            vtep: mac.map(|m| (ip.parse().unwrap(), [2, 0, 0, 0, 0, m])),
+        }
+    }
+
+    #[test]
+    fn auto_uses_host_gw_on_link_and_vxlan_beyond() {
+        let own = ["10.244.1.0/24".parse().unwrap()];
+        let peers = [
+            peer("near", "10.100.1.12", "10.244.2.0/24", Some(2)),
+            peer("far", "10.100.2.13", "10.244.3.0/24", Some(3)),
+            peer("nomac", "10.100.2.14", "10.244.4.0/24", None),
+            peer("same", "10.100.1.15", "10.244.1.0/24", Some(5)),
+        ];
+        let p = plan(Backend::Auto, &under(), Some(9), &own, &peers);
+        assert_eq!(
+            p.routes,
+            vec![
+                link::Route {
+                    dst: "10.244.2.0/24".parse().unwrap(),
+                    via: "10.100.1.12".parse().unwrap(),
+                    oif: 2,
+                    onlink: false
+                },
+                link::Route {
+                    dst: "10.244.3.0/24".parse().unwrap(),
+                    via: "10.244.3.0".parse().unwrap(),
+                    oif: 9,
+                    onlink: true
+                },
+            ]
+        );
+        assert_eq!(
+            p.fdb,
+            BTreeMap::from([([2, 0, 0, 0, 0, 3], "10.100.2.13".parse().unwrap())])
+        );
+        assert_eq!(
+            p.arp,
+            BTreeMap::from([("10.244.3.0".parse().unwrap(), [2, 0, 0, 0, 0, 3])])
+        );
+        assert!(p.skipped["nomac"].contains(VTEP_MAC), "{:?}", p.skipped);
+        assert!(p.skipped["same"].contains("overlaps"), "{:?}", p.skipped);
+        // host-gw alone cannot reach the far peer; vxlan alone carries the near one too.
+        let p = plan(Backend::HostGw, &under(), None, &own, &peers);
+        assert_eq!(p.routes.len(), 1);
+        assert!(p.skipped["far"].contains("not on a subnet"));
+        let p = plan(Backend::Vxlan, &under(), Some(9), &own, &peers);
+        assert!(p.routes.iter().all(|r| r.oif == 9 && r.onlink));
+        assert_eq!(p.routes.len(), 2);
+        assert!(plan(Backend::None, &under(), None, &own, &peers)
+            .routes
+            .is_empty());
     }
 }
