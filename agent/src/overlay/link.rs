@@ -364,6 +364,11 @@ fn neigh_parts(m: &NeighbourMessage) -> (Option<IpAddr>, Option<[u8; 6]>) {
     for a in &m.attributes {
         match a {
             NeighbourAttribute::Destination(NeighbourAddress::Inet(i)) => ip = Some(IpAddr::V4(*i)),
+            // An FDB entry's family is AF_BRIDGE, which says nothing of its address's: the
+            // parser leaves it raw.
+            NeighbourAttribute::Destination(NeighbourAddress::Other(b)) if b.len() == 4 => {
+                ip = Some(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3])))
+            }
             NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
                 let mut o = [0u8; 6];
                 o.copy_from_slice(l);
