@@ -85,6 +85,35 @@ pub enum ClusterMode {
     },
 }
 
+/// `--network-backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkBackend {
+    Auto,
+    HostGw,
+    Vxlan,
+    None,
+}
+
+impl std::str::FromStr for NetworkBackend {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "host-gw" => Ok(Self::HostGw),
+            "vxlan" => Ok(Self::Vxlan),
+            "none" => Ok(Self::None),
+            _ => Err(()),
+        }
+    }
+}
+
+impl NetworkBackend {
+    /// Whether VXLAN may carry pod traffic.
+    pub fn vxlan(self) -> bool {
+        matches!(self, Self::Auto | Self::Vxlan)
+    }
+}
+
 /// The resolved configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -102,7 +131,7 @@ pub struct Config {
     pub cni_cache_dir: PathBuf,
     /// The default network's range: given, or (None) the Node's `spec.podCIDR` in a cluster.
     pub pod_cidr: Option<ipnetwork::IpNetwork>,
-    pub network_backend: crate::overlay::Backend,
+    pub network_backend: NetworkBackend,
     pub cluster_cidr: ipnetwork::IpNetwork,
     pub pod_pids_limit: Option<i64>,
     /// Reserved (millicores, bytes), system and kube together.
@@ -264,7 +293,7 @@ impl Config {
             s.cluster_cidr.unwrap_or_else(|| "10.244.0.0/16".into()),
         )?;
         let network_backend = match s.network_backend.as_deref() {
-            None => crate::overlay::Backend::Auto,
+            None => NetworkBackend::Auto,
             Some(b) => b
                 .parse()
                 .map_err(|_| ConfigError::NetworkBackend(b.to_string()))?,

@@ -25,6 +25,7 @@ use rtnetlink::Handle;
 use tokio::sync::watch;
 
 use crate::config::Config;
+pub use crate::config::NetworkBackend as Backend;
 use crate::network::{InitError, Network};
 
 /// Why a reconcile failed (it is tried again a second later).
@@ -51,34 +52,6 @@ pub const MASQ_TABLE: &str = "podlet-masq";
 const PODCIDR_TIMEOUT: Duration = Duration::from_secs(60);
 /// Routes are checked again this often even without a Node change (someone may remove one).
 const RESYNC: Duration = Duration::from_secs(30);
-
-/// `--network-backend`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Auto,
-    HostGw,
-    Vxlan,
-    None,
-}
-
-impl std::str::FromStr for Backend {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "host-gw" => Ok(Self::HostGw),
-            "vxlan" => Ok(Self::Vxlan),
-            "none" => Ok(Self::None),
-            _ => Err(()),
-        }
-    }
-}
-
-impl Backend {
-    fn vxlan(self) -> bool {
-        matches!(self, Self::Auto | Self::Vxlan)
-    }
-}
 
 /// The MTU pods get: the VXLAN device's whenever VXLAN may carry their traffic (as flannel
 /// writes its backend's MTU into the CNI configuration), else the link's own (None).
