@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Cross-node pod networking on the namespace lab (hack/lab.sh): TCP throughput (busybox dd |
-nc, 256 MiB) and latency (ping RTT) pod -> pod across two nodes, beside node -> node over the
-same veth links, for host-gw (one subnet) and VXLAN (two subnets behind the lab's router
+"""Cross-node pod networking on the namespace lab (hack/lab.sh): latency (ping RTT, 50 at
+20/s) pod -> pod across two nodes, beside node -> node over the same veth links, for host-gw (one subnet) and VXLAN (two subnets behind the lab's router
 namespace); and route convergence: a Node added through the API -> its route on node 1.
+Throughput is not measured yet: this busybox's `nc` ends a piped transfer at once (512 MiB
+"sent" in 12 ms) and there is no iperf3 here.
 """
 import argparse, json, os, re, statistics, subprocess, sys, time
 
@@ -42,18 +43,6 @@ def pod(env, node, name, script, host=False):
 SERVER = "while true; do nc -l -p 5001 > /dev/null; done"
 
 
-def throughput(run, ip, mib=256):
-    """MB/s of `mib` MiB sent with dd | nc (dd's own figure), median of 3."""
-    rates = []
-    for _ in range(3):
-        # nc -w 1: it leaves a second after its input ends (dd's figure excludes that).
-        out = run(f"dd if=/dev/zero bs=64k count={mib * 16} 2>/tmp/dd.err | nc -w 1 {ip} 5001; cat /tmp/dd.err")
-        m = re.search(r"copied, ([0-9.]+) seconds", out)
-        if m:
-            rates.append(mib * 1.048576 / float(m.group(1)))
-    return statistics.median(rates) if rates else float("nan")
-
-
 def latency(run, ip):
     out = run(f"ping -c 50 -i 0.05 -q {ip}")
     m = re.search(r"= [0-9.]+/([0-9.]+)/", out)
@@ -90,8 +79,6 @@ def case(name, subnets, results):
         try:
             time.sleep(0.5)
             results[name] = {
-                "pod_to_pod_MBps": throughput(in_pod, sip),
-                "node_to_node_MBps": throughput(on_node, hip),
                 "pod_to_pod_rtt_ms": latency(in_pod, sip),
                 "node_to_node_rtt_ms": latency(on_node, hip),
             }
