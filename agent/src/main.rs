@@ -13,6 +13,7 @@ mod logs;
 mod manifest;
 mod metrics;
 mod network;
+mod overlay;
 mod pod;
 mod server;
 mod stream;
@@ -503,11 +504,23 @@ async fn agent(cfg: Config) -> Result<()> {
         events: Arc::default(),
         api: Arc::default(),
         images: Arc::new(pod::Images::open(&cfg)?),
-        network: Arc::new(network::Network::init(&cfg, &info.exe)?),
+        network: Arc::new(network::Network::init(
+            &cfg,
+            &info.exe,
+            overlay::pod_mtu(&cfg, info.host_ip).await,
+        )?),
         userns: pod::userns::Allocator::open(&cfg.root_dir.join("userns.json"))?,
         info,
     });
     svc.admission.update_qos_cgroups();
+    if cfg.cluster == config::ClusterMode::Standalone {
+        overlay::standalone(&cfg).with_context(|| {
+            format!(
+                "writing the pod masquerade rule (nftables table {})",
+                overlay::MASQ_TABLE
+            )
+        })?;
+    }
     {
         let svc = svc.clone();
         tokio::task::spawn_blocking(move || pod::network_gc(&svc)).await?;

@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::PodSpec;
 use podlet_cni::client::{self, Attachment, Client, ClientError, NetworkList};
 use serde_json::{json, Map, Value};
@@ -18,8 +19,6 @@ pub const IFNAME: &str = "eth0";
 /// Why the CNI setup cannot be prepared at start.
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
-    #[error("--pod-cidr {0:?} is not a CIDR")]
-    PodCidr(String, #[source] ipnetwork::IpNetworkError),
     #[error("--cni-bin-dir is empty")]
     NoBinDir,
     #[error("creating {}", .0.display())]
@@ -46,6 +45,8 @@ pub enum NetworkError {
     Config(ClientError),
     #[error("no CNI network configuration in {}", .0.display())]
     NoConfig(PathBuf),
+    #[error("no pod network yet: waiting for spec.podCIDR of Node {0} (set by the node IPAM controller) to write 10-podlet.conflist")]
+    WaitingForPodCidr(String),
     /// A plugin failed (or could not be run): its message.
     #[error(transparent)]
     Plugin(#[from] ClientError),
@@ -54,7 +55,10 @@ pub enum NetworkError {
 pub struct Network {
     client: Client,
     conf_dir: PathBuf,
+    cache_dir: PathBuf,
     loopback: NetworkList,
+    /// The Node whose podCIDR the default network waits for, until it is written.
+    waiting: std::sync::Mutex<Option<String>>,
 }
 
 /// Where podlet's own plugin binaries are: beside the podlet binary, or in
@@ -66,14 +70,20 @@ fn own_plugins(exe: &Path) -> Option<PathBuf> {
         .find(|d| PLUGINS.iter().all(|p| d.join(p).is_file()))
 }
 
-fn default_network(pod_cidr: &str, cache_dir: &Path) -> Value {
+/// podlet's default network. No `ipMasq`: the bridge plugin's rule would masquerade pod
+/// traffic to other nodes' pods too; the agent's own rule spares the cluster (see `overlay`).
+fn default_network(pod_cidr: IpNetwork, cache_dir: &Path, mtu: Option<u32>) -> Value {
+    let mut bridge = json!({"type": "bridge", "bridge": "cni0", "isGateway": true, "hairpinMode": true,
+         "ipam": {"type": "host-local", "ranges": [[{"subnet": pod_cidr.to_string()}]],
+                  "routes": [{"dst": "0.0.0.0/0"}], "dataDir": cache_dir.join("networks")}});
+    if let Some(m) = mtu {
+        bridge["mtu"] = json!(m);
+    }
     json!({
         "cniVersion": "1.1.0",
         "name": "podlet",
         "plugins": [
-            {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true, "hairpinMode": true,
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": pod_cidr}]],
-                      "routes": [{"dst": "0.0.0.0/0"}], "dataDir": cache_dir.join("networks")}},
+            bridge,
             {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true},
         ],
     })
@@ -82,10 +92,8 @@ fn default_network(pod_cidr: &str, cache_dir: &Path) -> Value {
 impl Network {
     /// Prepares the CNI directories: installs podlet's plugins where the bin dir lacks them and
     /// writes the default network where no configuration exists.
-    pub fn init(cfg: &Config, exe: &Path) -> Result<Self, InitError> {
-        cfg.pod_cidr
-            .parse::<ipnetwork::IpNetwork>()
-            .map_err(|e| InitError::PodCidr(cfg.pod_cidr.clone(), e))?;
+    /// `mtu`: the pods' MTU for the default network (None: the bridge's own).
+    pub fn init(cfg: &Config, exe: &Path, mtu: Option<u32>) -> Result<Self, InitError> {
         let bin = cfg.cni_bin_dirs.first().ok_or(InitError::NoBinDir)?;
         std::fs::create_dir_all(bin).map_err(|e| InitError::CreateDir(bin.clone(), e))?;
         let missing: Vec<&str> = PLUGINS
@@ -116,15 +124,9 @@ impl Network {
         }
         std::fs::create_dir_all(&cfg.cni_conf_dir)
             .map_err(|e| InitError::CreateDir(cfg.cni_conf_dir.clone(), e))?;
-        let (found, errors) = client::load_dir(&cfg.cni_conf_dir);
+        let (_, errors) = client::load_dir(&cfg.cni_conf_dir);
         for e in &errors {
             tracing::error!("invalid CNI configuration: {e}");
-        }
-        if found.is_none() {
-            let p = cfg.cni_conf_dir.join(DEFAULT_FILE);
-            let conf = default_network(&cfg.pod_cidr, &cfg.cni_cache_dir);
-            std::fs::write(&p, format!("{conf:#}")).map_err(|e| InitError::Write(p.clone(), e))?;
-            tracing::info!(file = %p.display(), cidr = %cfg.pod_cidr, "wrote the default pod network");
         }
         let loopback = NetworkList::parse(
             br#"{"cniVersion":"1.1.0","name":"cni-loopback","plugins":[{"type":"loopback"}]}"#,
@@ -137,8 +139,51 @@ impl Network {
                 cache_dir: cfg.cni_cache_dir.clone(),
             },
             conf_dir: cfg.cni_conf_dir.clone(),
+            cache_dir: cfg.cni_cache_dir.clone(),
             loopback,
+            waiting: std::sync::Mutex::new(None),
         })
+        .and_then(|n| {
+            match cfg.pod_cidr {
+                Some(c) => {
+                    n.ensure_default(c, mtu)?;
+                }
+                None => *n.waiting.lock().expect("lock") = Some(cfg.node_name.clone()),
+            }
+            Ok(n)
+        })
+    }
+
+    /// Writes podlet's default network for `cidr` where no configuration exists, and rewrites
+    /// podlet's own file (`10-podlet.conflist`) when it says something else (another range, a
+    /// stale MTU). Returns whether it wrote.
+    pub fn ensure_default(&self, cidr: IpNetwork, mtu: Option<u32>) -> Result<bool, InitError> {
+        let p = self.conf_dir.join(DEFAULT_FILE);
+        let want = default_network(cidr, &self.cache_dir, mtu);
+        let existing: Option<Value> = std::fs::read(&p)
+            .ok()
+            .map(|d| serde_json::from_slice(&d).unwrap_or(Value::Null));
+        let write = match &existing {
+            Some(v) => *v != want,
+            // Someone else's network is used as it is.
+            None => client::load_dir(&self.conf_dir).0.is_none(),
+        };
+        if write {
+            // A pod being set up reads the directory meanwhile: it sees the old file or the
+            // new one, never half of one.
+            let tmp = self.conf_dir.join(format!(".{DEFAULT_FILE}.podlet-tmp"));
+            std::fs::write(&tmp, format!("{want:#}"))
+                .and_then(|_| std::fs::rename(&tmp, &p))
+                .map_err(|e| InitError::Write(p.clone(), e))?;
+            match existing {
+                Some(_) => {
+                    tracing::info!(file = %p.display(), %cidr, "rewrote the default pod network")
+                }
+                None => tracing::info!(file = %p.display(), %cidr, "wrote the default pod network"),
+            }
+        }
+        *self.waiting.lock().expect("lock") = None;
+        Ok(write)
     }
 
     fn network(&self) -> Result<NetworkList, NetworkError> {
@@ -146,7 +191,10 @@ impl Network {
             (Some(n), _) => Ok(n),
             (None, errors) => Err(match errors.into_iter().next() {
                 Some(e) => NetworkError::Config(e),
-                None => NetworkError::NoConfig(self.conf_dir.clone()),
+                None => match self.waiting.lock().expect("lock").clone() {
+                    Some(node) => NetworkError::WaitingForPodCidr(node),
+                    None => NetworkError::NoConfig(self.conf_dir.clone()),
+                },
             }),
         }
     }
@@ -256,4 +304,77 @@ pub fn port_mappings(spec: &PodSpec) -> Vec<Value> {
             Some(m)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn network(dir: &Path) -> Network {
+        Network {
+            client: Client {
+                bin_dirs: vec![],
+                cache_dir: dir.join("cache"),
+            },
+            conf_dir: dir.join("net.d"),
+            cache_dir: dir.join("cache"),
+            loopback: NetworkList::parse(
+                br#"{"cniVersion":"1.1.0","name":"lo","plugins":[{"type":"loopback"}]}"#,
+                Path::new("t"),
+            )
+            .unwrap(),
+            waiting: std::sync::Mutex::new(Some("n1".into())),
+        }
+    }
+
+    fn subnet(dir: &Path) -> Value {
+        let v: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("net.d").join(DEFAULT_FILE)).unwrap())
+                .unwrap();
+        v["plugins"][0]["ipam"]["ranges"][0][0]["subnet"].clone()
+    }
+
+    #[test]
+    fn the_default_network_follows_the_pod_cidr_and_leaves_other_networks_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("net.d")).unwrap();
+        let n = network(dir.path());
+        assert!(matches!(
+            n.network(),
+            Err(NetworkError::WaitingForPodCidr(node)) if node == "n1"
+        ));
+        assert!(n
+            .ensure_default("10.244.1.0/24".parse().unwrap(), None)
+            .unwrap());
+        assert_eq!(subnet(dir.path()), "10.244.1.0/24");
+        assert!(!n
+            .ensure_default("10.244.1.0/24".parse().unwrap(), None)
+            .unwrap());
+        // Another range (or MTU): podlet's own file is rewritten, without ipMasq.
+        assert!(n
+            .ensure_default("10.244.7.0/24".parse().unwrap(), Some(1450))
+            .unwrap());
+        assert_eq!(subnet(dir.path()), "10.244.7.0/24");
+        let v = n.network().unwrap();
+        assert_eq!(v.name, "podlet");
+        let raw: Value = serde_json::from_slice(
+            &std::fs::read(dir.path().join("net.d").join(DEFAULT_FILE)).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(raw["plugins"][0]["mtu"], 1450);
+        assert!(raw["plugins"][0].get("ipMasq").is_none());
+        // Someone else's network and no file of podlet's: nothing is written.
+        let other = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(other.path().join("net.d")).unwrap();
+        std::fs::write(
+            other.path().join("net.d/05-mine.conflist"),
+            r#"{"cniVersion":"1.0.0","name":"mine","plugins":[{"type":"bridge"}]}"#,
+        )
+        .unwrap();
+        let n = network(other.path());
+        assert!(!n
+            .ensure_default("10.244.1.0/24".parse().unwrap(), None)
+            .unwrap());
+        assert!(!other.path().join("net.d").join(DEFAULT_FILE).exists());
+    }
 }

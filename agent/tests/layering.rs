@@ -12,7 +12,7 @@ const LAYERS: &[&[&str]] = &[
     &["util", "sys", "logs"],
     &["config"],
     &["eviction", "imagegc", "network", "manifest"],
-    &["pod"],
+    &["pod", "overlay"],
     &["cluster", "metrics", "stream"],
     &["server", "cli"],
     &["main"],

@@ -85,6 +85,7 @@ pub fn busybox_archive() -> PathBuf {
 /// The pod network of every test node (each node has a network namespace of its own).
 pub const POD_CIDR: &str = "10.244.0.0/24";
 
+#[derive(Debug)]
 pub struct Output {
     pub code: i32,
     pub stdout: String,
@@ -124,6 +125,8 @@ pub struct TestNode {
     /// 127.0.0.1:6443 of the node's namespace) unless `agent_args` name a `--server`.
     /// Otherwise it runs standalone (static pods only).
     pub cluster: bool,
+    /// `--pod-cidr` (POD_CIDR unless a test changes it; None: the Node's podCIDR).
+    pub pod_cidr: Option<String>,
 }
 
 impl TestNode {
@@ -194,6 +197,7 @@ impl TestNode {
             agent: None,
             agent_args: Vec::new(),
             cluster: false,
+            pod_cidr: Some(POD_CIDR.into()),
         };
         // The node's configuration file: empty (defaults) unless a test writes one.
         std::fs::write(node.path("config.yaml"), "").unwrap();
@@ -351,9 +355,10 @@ impl TestNode {
             self.path("cni/bin").to_str().unwrap(),
             "--cni-cache-dir",
             self.path("cni/cache").to_str().unwrap(),
-            "--pod-cidr",
-            POD_CIDR,
         ]);
+        if let Some(c) = &self.pod_cidr {
+            cmd.arg("--pod-cidr").arg(c);
+        }
         // Eviction thresholds depend on the machine's free memory and disk: off unless a test
         // sets them.
         if !self
@@ -706,6 +711,7 @@ impl Drop for TestNode {
     }
 }
 pub mod apiserver;
+pub mod cluster;
 pub mod cni;
 pub mod kube;
 

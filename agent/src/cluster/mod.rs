@@ -130,6 +130,12 @@ pub fn start(
         api_rx.clone(),
         desired_tx,
     ));
+    tokio::spawn(crate::overlay::run(
+        Arc::new(cfg.clone()),
+        info.host_ip,
+        svc.network.clone(),
+        client_rx.clone(),
+    ));
     tokio::spawn(join::rotate(
         cfg.kubeconfig.clone(),
         cfg.node_name.clone(),

@@ -1,4 +1,4 @@
-//! The Node object: registration (labels, taints, podCIDR, capacity), the coordination Lease
+//! The Node object: registration (labels, taints, an explicit podCIDR, capacity), the coordination Lease
 //! renewed every 10 s, and NodeStatus written when it changes or every 5 minutes — the kubelet's
 //! `nodeLeaseDurationSeconds` 40, `nodeStatusUpdateFrequency` 10 s, `nodeStatusReportFrequency`
 //! 5 min.
@@ -58,9 +58,11 @@ impl Reporter {
             "volumes.kubernetes.io/controller-managed-attach-detach".to_string(),
             "true".to_string(),
         )]));
+        // Without --pod-cidr the node IPAM controller sets the range (see `overlay`).
+        let cidr = info.cfg.pod_cidr.map(|c| c.to_string());
         n.spec = Some(NodeSpec {
-            pod_cidr: Some(info.cfg.pod_cidr.clone()),
-            pod_cidrs: Some(vec![info.cfg.pod_cidr.clone()]),
+            pod_cidrs: cidr.clone().map(|c| vec![c]),
+            pod_cidr: cidr,
             taints: (!info.cfg.taints.is_empty()).then(|| info.cfg.taints.clone()),
             ..Default::default()
         });
@@ -98,10 +100,11 @@ impl Reporter {
                 }
                 Err(kube::Error::Api(e)) if e.code == 409 => {
                     // Re-registration keeps what others set and re-asserts ours.
-                    let patch = json!({
-                        "metadata": {"labels": want.metadata.labels},
-                        "spec": {"podCIDR": info.cfg.pod_cidr, "podCIDRs": [info.cfg.pod_cidr]},
-                    });
+                    let mut patch = json!({"metadata": {"labels": want.metadata.labels}});
+                    if let Some(c) = info.cfg.pod_cidr {
+                        patch["spec"] =
+                            json!({"podCIDR": c.to_string(), "podCIDRs": [c.to_string()]});
+                    }
                     api.patch(
                         &info.cfg.node_name,
                         &PatchParams::default(),

@@ -47,6 +47,15 @@ pub enum ConfigError {
     ParallelPulls,
     #[error("--image-gc-low-threshold ({low}) must be below --image-gc-high-threshold ({high}), which is at most 100")]
     ImageGcThresholds { low: u8, high: u8 },
+    #[error("--{flag} {value:?} is not a CIDR")]
+    Cidr {
+        flag: &'static str,
+        value: String,
+        #[source]
+        source: ipnetwork::IpNetworkError,
+    },
+    #[error("--network-backend {0:?}: expected auto, host-gw, vxlan or none")]
+    NetworkBackend(String),
     #[error("--image-gc-period must be positive")]
     ImageGcPeriod,
 }
@@ -76,6 +85,35 @@ pub enum ClusterMode {
     },
 }
 
+/// `--network-backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkBackend {
+    Auto,
+    HostGw,
+    Vxlan,
+    None,
+}
+
+impl std::str::FromStr for NetworkBackend {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "host-gw" => Ok(Self::HostGw),
+            "vxlan" => Ok(Self::Vxlan),
+            "none" => Ok(Self::None),
+            _ => Err(()),
+        }
+    }
+}
+
+impl NetworkBackend {
+    /// Whether VXLAN may carry pod traffic.
+    pub fn vxlan(self) -> bool {
+        matches!(self, Self::Auto | Self::Vxlan)
+    }
+}
+
 /// The resolved configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -91,7 +129,10 @@ pub struct Config {
     pub cni_conf_dir: PathBuf,
     pub cni_bin_dirs: Vec<PathBuf>,
     pub cni_cache_dir: PathBuf,
-    pub pod_cidr: String,
+    /// The default network's range: given, or (None) the Node's `spec.podCIDR` in a cluster.
+    pub pod_cidr: Option<ipnetwork::IpNetwork>,
+    pub network_backend: NetworkBackend,
+    pub cluster_cidr: ipnetwork::IpNetwork,
     pub pod_pids_limit: Option<i64>,
     /// Reserved (millicores, bytes), system and kube together.
     pub reserved: Reserved,
@@ -231,6 +272,32 @@ impl Config {
                 },
             }
         };
+        let cidr = |flag: &'static str, v: String| {
+            v.parse::<ipnetwork::IpNetwork>()
+                .map_err(|source| ConfigError::Cidr {
+                    flag,
+                    value: v.clone(),
+                    source,
+                })
+        };
+        // Standalone, there is no Node to take the range from.
+        let pod_cidr = match s.pod_cidr {
+            Some(v) => Some(cidr("pod-cidr", v)?),
+            None if cluster == ClusterMode::Standalone => {
+                Some(cidr("pod-cidr", "10.88.0.0/16".into())?)
+            }
+            None => None,
+        };
+        let cluster_cidr = cidr(
+            "cluster-cidr",
+            s.cluster_cidr.unwrap_or_else(|| "10.244.0.0/16".into()),
+        )?;
+        let network_backend = match s.network_backend.as_deref() {
+            None => NetworkBackend::Auto,
+            Some(b) => b
+                .parse()
+                .map_err(|_| ConfigError::NetworkBackend(b.to_string()))?,
+        };
         let node_labels = parsed("node-labels", parse_labels(s.node_labels.as_deref()))?;
         let taints = parsed(
             "register-with-taints",
@@ -300,7 +367,9 @@ impl Config {
                 .map(PathBuf::from)
                 .collect(),
             cni_cache_dir: s.cni_cache_dir.unwrap_or_else(|| "/var/lib/cni".into()),
-            pod_cidr: s.pod_cidr.unwrap_or_else(|| "10.88.0.0/16".into()),
+            pod_cidr,
+            network_backend,
+            cluster_cidr,
             pod_pids_limit: s.pod_pids_limit.filter(|p| *p > 0),
             reserved,
             eviction_hard,

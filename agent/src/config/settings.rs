@@ -86,9 +86,18 @@ settings! {
     /// CNI result cache (libcni's layout).
     #[arg(long)]
     cni_cache_dir: PathBuf,
-    /// Pod address range of the default network podlet writes when there is none.
+    /// Pod address range of the default network podlet writes (standalone default
+    /// 10.88.0.0/16; in a cluster the Node's `spec.podCIDR`, which this overrides).
     #[arg(long)]
     pod_cidr: String,
+    /// Routes to other nodes' pods: `auto` (host-gw to peers on the node IP's subnet, VXLAN to
+    /// the others), `host-gw`, `vxlan` or `none` (default `auto`; cluster mode only).
+    #[arg(long)]
+    network_backend: String,
+    /// Every pod address of the cluster (the controller manager's `--cluster-cidr`): pod
+    /// traffic to it is never masqueraded (default 10.244.0.0/16).
+    #[arg(long)]
+    cluster_cidr: String,
     /// Maximum number of processes in a pod (-1: unlimited).
     #[arg(long, allow_hyphen_values = true)]
     pod_pids_limit: i64,
