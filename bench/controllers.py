@@ -73,7 +73,8 @@ def bound_pods(kc, home):
 def hollow(podlet, replicas):
     tmp = tempfile.mkdtemp(prefix="podlet-bench-ctl-")
     try:
-        p, port = apiserver.start_apiserver(podlet, tmp, "cp", [])
+        # Hollow nodes post no heartbeats: node lifecycle would mark them Unknown and evict.
+        p, port = apiserver.start_apiserver(podlet, tmp, "cp", ["--controllers", "*,-nodelifecycle,-taint-eviction-controller"])
         kc = os.path.join(tmp, "cp.kubeconfig")
         must(kubectl(kc, tmp, "create", "-f", "-", stdin=hollow_nodes((replicas + 99) // 100)))
         wait("the default service account", lambda: kubectl(kc, tmp, "get", "sa", "default").returncode == 0, 30)
