@@ -13,3 +13,4 @@ python3 bench/apiserver.py --podlet target/release/podlet
 python3 bench/cluster.py --podlet target/release/podlet
 python3 bench/pull.py --podlet target/release/podlet
 python3 bench/controllers.py --podlet target/release/podlet
+python3 bench/overlay.py --podlet target/release/podlet
