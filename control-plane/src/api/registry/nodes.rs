@@ -90,34 +90,6 @@ pub struct Leases;
 pub static LEASE: Leases = Leases;
 
 impl Strategy for Leases {
-    fn defaults(&self, obj: &mut Value) {
-        sync_pod_cidrs(obj);
-    }
-
-    fn prepare_for_update(&self, name: &str, new: &mut Value, old: &Value) -> Result<(), ApiError> {
-        sync_pod_cidrs(new);
-        let cidrs = |o: &Value| {
-            o["spec"]["podCIDRs"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        };
-        let old_cidrs = cidrs(old);
-        if !old_cidrs.is_empty() && cidrs(new) != old_cidrs {
-            return Err(ApiError::invalid(
-                &NODES,
-                name,
-                vec![(
-                    "FieldValueForbidden",
-                    "spec.podCIDRs".into(),
-                    "Forbidden: node updates may not change podCIDR except from \"\" to valid"
-                        .into(),
-                )],
-            ));
-        }
-        Ok(())
-    }
-
     fn admit_node(&self, node: &str, obj: &Value) -> Result<(), ApiError> {
         let name = obj["metadata"]["name"].as_str().unwrap_or_default();
         if name != node {
