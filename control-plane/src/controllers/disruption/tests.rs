@@ -144,7 +144,9 @@ async fn a_budget_over_a_replica_set_allows_evictions_while_enough_pods_are_heal
         )
     );
 
-    // The next is refused as upstream refuses it.
+    // The next is refused as upstream refuses it, its message quoting the budget's status
+    // (once the controller has counted db-0 out).
+    status_when(&c, "db", "db-0 counted out", |s| s.current_healthy == 2).await;
     let (code, body) = evict(&c, "db-1").await;
     assert_eq!(code, StatusCode::TOO_MANY_REQUESTS, "{body}");
     assert_eq!(body["reason"], "TooManyRequests");
