@@ -72,6 +72,7 @@ def bound_pods(kc, home):
 
 def hollow(podlet, replicas):
     tmp = tempfile.mkdtemp(prefix="podlet-bench-ctl-")
+    p = None
     try:
         # Hollow nodes post no heartbeats: node lifecycle would mark them Unknown and evict.
         p, port = apiserver.start_apiserver(podlet, tmp, "cp", ["--controllers", "*,-nodelifecycle,-taint-eviction-controller"])
@@ -86,9 +87,11 @@ def hollow(podlet, replicas):
         print(f"\n== (a) Deployment of {replicas} replicas on {(replicas + 99) // 100} hollow nodes -> all pods created and bound")
         print(f"  podlet {total:5.2f} s   kube-controller-manager at its default 20 QPS / burst 30: >= {upstream:4.1f} s"
               f"   ratio {upstream / total:4.1f}x (aim <= 5 s)")
-        p.kill()
-        p.wait()
     finally:
+        # Also when a wait gives up (sys.exit): the control plane must not outlive the run.
+        if p is not None:
+            p.kill()
+            p.wait()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
