@@ -112,11 +112,14 @@ fn pod_ready(p: &Pod) -> Option<String> {
         .map(|c| c.status.clone())
 }
 
+/// Short periods, but a grace of 30 heartbeats: a loaded machine (the whole suite in
+/// parallel) can delay a few, and a healthy node judged dead puts the zone in full
+/// disruption, where nothing is tainted.
 fn fast() -> Config {
     Config {
         node_monitor_period: Duration::from_millis(100),
-        node_monitor_grace_period: Duration::from_secs(1),
-        node_startup_grace_period: Duration::from_secs(1),
+        node_monitor_grace_period: Duration::from_secs(3),
+        node_startup_grace_period: Duration::from_secs(3),
         node_eviction_rate: 100.0,
         ..Config::default()
     }
@@ -192,7 +195,7 @@ async fn a_silent_node_goes_unknown_is_tainted_its_pods_evicted_and_it_recovers(
     let pods: Api<Pod> = Api::namespaced(c.admin(), "default");
 
     // Healthy nodes are left alone for longer than the grace period.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
     for n in ["alive", "dead"] {
         let node = nodes.get(n).await.unwrap();
         assert_eq!(cond(&node, "Ready").status, "True", "{n}");
