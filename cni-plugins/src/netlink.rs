@@ -19,7 +19,8 @@ pub struct Netlink {
     pub handle: Handle,
 }
 
-fn io_err(e: rtnetlink::Error) -> io::Error {
+/// An rtnetlink error as the errno the kernel answered (or a plain error when there is none).
+pub fn io_err(e: rtnetlink::Error) -> io::Error {
     match e {
         rtnetlink::Error::NetlinkError(m) => match m.code {
             Some(c) => io::Error::from_raw_os_error(-c.get()),

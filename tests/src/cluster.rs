@@ -37,6 +37,11 @@ impl Netns {
     pub fn pid(&self) -> u32 {
         self.0.id()
     }
+
+    /// `ip ARGS` inside it.
+    pub fn ip(&self, args: &[&str]) {
+        sh_ip(self.pid(), args);
+    }
 }
 
 impl Default for Netns {

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use podlet_e2e::cluster::Netns;
 use podlet_e2e::{privileged, sh_ip, TestNode, POD_CIDR};
 use serde_json::Value;
 
@@ -553,40 +554,6 @@ fn all_in_one_node_runs_kubectl_pods_and_reports_status() {
     assert!(!node.path(&format!("root/pods/{uid}")).exists());
 }
 
-/// A process holding a network namespace of its own (lo up); killed on drop.
-struct NetNs(std::process::Child);
-
-impl NetNs {
-    fn new() -> Self {
-        let child = std::process::Command::new("unshare")
-            .args(["--net", "sleep", "infinity"])
-            .spawn()
-            .unwrap();
-        let own = std::fs::read_link("/proc/self/ns/net").unwrap();
-        while std::fs::read_link(format!("/proc/{}/ns/net", child.id())).ok() == Some(own.clone()) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let ns = NetNs(child);
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-
-    fn ip(&self, args: &[&str]) {
-        sh_ip(self.pid(), args);
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 const BOOTSTRAP: &str = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: bootstrap-token-abcdef\n  namespace: kube-system\ntype: bootstrap.kubernetes.io/token\nstringData:\n  token-id: abcdef\n  token-secret: 0123456789abcdef\n  usage-bootstrap-authentication: \"true\"\n";
 
 fn ready_since(node: &Value) -> Option<&str> {
@@ -604,7 +571,7 @@ fn worker_joins_with_a_bootstrap_token_and_survives_control_plane_outage() {
         return;
     }
     // The control plane in one namespace, the worker node in another, a veth between them.
-    let cp_ns = NetNs::new();
+    let cp_ns = Netns::new();
     let mut node = TestNode::with_busybox();
     cp_ns.ip(&[
         "link",

@@ -4,35 +4,9 @@
 //! the same CA), and `--advertise-address` is what the admin kubeconfig and the `kubernetes`
 //! Endpoints name.
 
-use std::time::Duration;
-
 use podlet_e2e::apiserver::ControlPlane;
+use podlet_e2e::cluster::Netns;
 use podlet_e2e::{privileged, sh_ip};
-
-/// A process holding a network namespace of its own (lo up); killed on drop.
-struct NetNs(std::process::Child);
-
-impl NetNs {
-    fn new() -> Self {
-        let child = std::process::Command::new("unshare")
-            .args(["--net", "sleep", "infinity"])
-            .spawn()
-            .unwrap();
-        let own = std::fs::read_link("/proc/self/ns/net").unwrap();
-        while std::fs::read_link(format!("/proc/{}/ns/net", child.id())).ok() == Some(own.clone()) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        sh_ip(child.id(), &["link", "set", "lo", "up"]);
-        NetNs(child)
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// `curl --cacert` (so the certificate's names are checked) of `/healthz` at `url`, maybe with
 /// `--resolve`: Ok(body) or Err(curl's complaint).
@@ -57,8 +31,8 @@ fn apiserver_listening_everywhere_is_valid_at_every_address_and_tls_san() {
     if !privileged() {
         return;
     }
-    let ns = NetNs::new();
-    let pid = ns.0.id();
+    let ns = Netns::new();
+    let pid = ns.pid();
     // A veth pair with both ends inside (this kernel has no dummy links).
     sh_ip(
         pid,

@@ -18,6 +18,7 @@ use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol,
 };
 use netlink_packet_route::AddressFamily;
+use podlet_cni::netlink::io_err;
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
 /// The route protocol number that marks podlet's routes (`ip route show proto 158`): what
@@ -29,16 +30,6 @@ pub const VXLAN_DEV: &str = "podlet.1";
 pub const VNI: u32 = 1;
 pub const VXLAN_PORT: u16 = 8472;
 pub const VXLAN_OVERHEAD: u32 = 50;
-
-fn io_err(e: rtnetlink::Error) -> io::Error {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => match m.code {
-            Some(c) => io::Error::from_raw_os_error(-c.get()),
-            None => io::Error::other("netlink error"),
-        },
-        other => io::Error::other(other.to_string()),
-    }
-}
 
 fn ctx(what: String) -> impl FnOnce(rtnetlink::Error) -> io::Error {
     move |e| {

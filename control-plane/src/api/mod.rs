@@ -87,6 +87,9 @@ pub fn router(server: Arc<ApiServer>) -> Router {
 /// Every request and how it ended, at trace level (`PODLET_LOG=podlet_control_plane::api=trace`):
 /// what shows a request that never returns.
 async fn trace_request(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if !tracing::enabled!(tracing::Level::TRACE) {
+        return next.run(req).await;
+    }
     let (m, u) = (req.method().clone(), req.uri().clone());
     let t = std::time::Instant::now();
     tracing::trace!(%m, %u, "request in");

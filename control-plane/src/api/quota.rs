@@ -157,15 +157,14 @@ pub async fn resource_quota(
     ns: &str,
     obj: &Value,
 ) -> Result<Option<tokio::sync::OwnedMutexGuard<()>>, ApiError> {
-    if r.plural == "resourcequotas"
-        || in_namespace(store, &resources::RESOURCEQUOTAS, ns)
-            .await
-            .is_empty()
-    {
+    if r.plural == "resourcequotas" {
+        return Ok(None);
+    }
+    let quotas = in_namespace(store, &resources::RESOURCEQUOTAS, ns).await;
+    if quotas.is_empty() {
         return Ok(None);
     }
     let turn = turn.clone().lock_owned().await;
-    let quotas = in_namespace(store, &resources::RESOURCEQUOTAS, ns).await;
     let mine = usage(r, obj);
     let existing: Vec<Value> = if r.group.is_empty() && r.stored {
         in_namespace(store, r, ns).await

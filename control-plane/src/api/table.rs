@@ -108,6 +108,34 @@ fn containers_and_images(pod_spec: &Value) -> (Value, Value) {
     (json!(pick("name")), json!(pick("image")))
 }
 
+/// A workload's wide columns: its template's containers and images, then its selector
+/// (described as `selector`) when the kind prints one.
+fn template_cols(selector: Option<&str>) -> Vec<Value> {
+    let mut cols = vec![
+        col(
+            "Containers",
+            "string",
+            1,
+            "Names of each container in the template.",
+        ),
+        col(
+            "Images",
+            "string",
+            1,
+            "Images referenced by each container in the template.",
+        ),
+    ];
+    cols.extend(selector.map(|s| col("Selector", "string", 1, s)));
+    cols
+}
+
+/// The cells of [`template_cols`] with a selector, for a spec holding `template` and
+/// `selector`.
+fn template_cells(spec: &Value) -> Vec<Value> {
+    let (names, images) = containers_and_images(&spec["template"]["spec"]);
+    vec![names, images, selector_cell(&spec["selector"])]
+}
+
 /// A selector column (`metav1.FormatLabelSelector`), `<none>` when it selects on nothing.
 fn selector_cell(sel: &Value) -> Value {
     let s = super::registry::apps::label_selector_string(sel);

@@ -4,6 +4,9 @@ use serde_json::{json, Value};
 
 use super::*;
 
+/// How kubectl describes the selector of both batch kinds.
+const SELECTOR: &str = "Query over pods that should match the number of replicas.";
+
 pub static JOBS: Printer = Printer {
     columns: || {
         vec![
@@ -22,25 +25,10 @@ pub static JOBS: Printer = Printer {
                 "Time required to complete the job.",
             ),
             age_col(),
-            col(
-                "Containers",
-                "string",
-                1,
-                "Names of each container in the template.",
-            ),
-            col(
-                "Images",
-                "string",
-                1,
-                "Images referenced by each container in the template.",
-            ),
-            col(
-                "Selector",
-                "string",
-                1,
-                "Query over pods that should match the number of replicas.",
-            ),
         ]
+        .into_iter()
+        .chain(template_cols(Some(SELECTOR)))
+        .collect()
     },
     cells: job_cells,
 };
@@ -55,10 +43,10 @@ pub static CRONJOBS: Printer = Printer {
             col("Active", "integer", 0, "A list of pointers to currently running jobs."),
             col("Last Schedule", "string", 0, "Information when was the last time the job was successfully scheduled."),
             age_col(),
-            col("Containers", "string", 1, "Names of each container in the template."),
-            col("Images", "string", 1, "Images referenced by each container in the template."),
-            col("Selector", "string", 1, "Query over pods that should match the number of replicas."),
         ]
+        .into_iter()
+        .chain(template_cols(Some(SELECTOR)))
+        .collect()
     },
     cells: cronjob_cells,
 };
@@ -107,17 +95,15 @@ fn job_cells(o: &Value) -> Vec<Value> {
     } else {
         "Running"
     };
-    let (names, images) = containers_and_images(&spec["template"]["spec"]);
-    vec![
+    let mut cells = vec![
         name_cell(o),
         json!(status),
         json!(completions),
         json!(duration),
         age_cell(o),
-        names,
-        images,
-        selector_cell(&spec["selector"]),
-    ]
+    ];
+    cells.extend(template_cells(spec));
+    cells
 }
 
 fn cronjob_cells(o: &Value) -> Vec<Value> {
@@ -130,9 +116,7 @@ fn cronjob_cells(o: &Value) -> Vec<Value> {
     let last = o["status"]["lastScheduleTime"]
         .as_str()
         .map_or_else(|| "<none>".to_string(), age);
-    let job = &spec["jobTemplate"]["spec"];
-    let (names, images) = containers_and_images(&job["template"]["spec"]);
-    vec![
+    let mut cells = vec![
         name_cell(o),
         json!(s(&spec["schedule"])),
         json!(s(&spec["timeZone"])),
@@ -140,8 +124,7 @@ fn cronjob_cells(o: &Value) -> Vec<Value> {
         json!(o["status"]["active"].as_array().map_or(0, Vec::len)),
         json!(last),
         age_cell(o),
-        names,
-        images,
-        selector_cell(&job["selector"]),
-    ]
+    ];
+    cells.extend(template_cells(&spec["jobTemplate"]["spec"]));
+    cells
 }

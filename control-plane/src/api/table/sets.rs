@@ -18,10 +18,10 @@ pub static DAEMONSETS: Printer = Printer {
         col("Available", "integer", 0, "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and available (ready for at least spec.minReadySeconds)"),
         col("Node Selector", "string", 0, "NodeSelector is a selector which must be true for the pod to fit on a node. Selector which must match a node's labels for the pod to be scheduled on that node."),
         age_col(),
-        col("Containers", "string", 1, "Names of each container in the template."),
-        col("Images", "string", 1, "Images referenced by each container in the template."),
-        col("Selector", "string", 1, "A label query over pods that are managed by the daemon set."),
     ]
+    .into_iter()
+    .chain(template_cols(Some("A label query over pods that are managed by the daemon set.")))
+    .collect()
     },
     cells: |o| {
         let st = &o["status"];
@@ -36,7 +36,7 @@ pub static DAEMONSETS: Printer = Printer {
             json!(format_map(&o["spec"]["template"]["spec"]["nodeSelector"])),
             age_cell(o),
         ];
-        cells.extend(template_cells(o));
+        cells.extend(template_cells(&o["spec"]));
         cells
     },
 };
@@ -48,19 +48,10 @@ pub static STATEFULSETS: Printer = Printer {
             name_col(),
             col("Ready", "string", 0, "Number of the pod with ready state."),
             age_col(),
-            col(
-                "Containers",
-                "string",
-                1,
-                "Names of each container in the template.",
-            ),
-            col(
-                "Images",
-                "string",
-                1,
-                "Images referenced by each container in the template.",
-            ),
         ]
+        .into_iter()
+        .chain(template_cols(None))
+        .collect()
     },
     cells: |o| {
         let mut cells = vec![
@@ -72,7 +63,7 @@ pub static STATEFULSETS: Printer = Printer {
             )),
             age_cell(o),
         ];
-        cells.extend(template_cells(o).into_iter().take(2));
+        cells.extend(template_cells(&o["spec"]).into_iter().take(2));
         cells
     },
 };
@@ -139,11 +130,4 @@ fn format_map(m: &Value) -> String {
     } else {
         pairs.join(",")
     }
-}
-
-/// The wide columns of a workload: its template's container names and images, and its
-/// selector.
-fn template_cells(o: &Value) -> Vec<Value> {
-    let (names, images) = containers_and_images(&o["spec"]["template"]["spec"]);
-    vec![names, images, selector_cell(&o["spec"]["selector"])]
 }

@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use super::{age_cell, age_col, col, name_cell, name_col, Printer};
+use super::{age_cell, age_col, col, name_cell, name_col, template_cols, Printer};
 
 pub static DEPLOYMENTS: Printer = Printer {
     columns: || {
@@ -14,10 +14,10 @@ pub static DEPLOYMENTS: Printer = Printer {
         col("Up-to-date", "string", 0, "Total number of non-terminated pods targeted by this deployment that have the desired template spec."),
         col("Available", "string", 0, "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment."),
         age_col(),
-        col("Containers", "string", 1, "Names of each container in the template."),
-        col("Images", "string", 1, "Images referenced by each container in the template."),
-        col("Selector", "string", 1, "Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment."),
     ]
+    .into_iter()
+    .chain(template_cols(Some("Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment.")))
+    .collect()
     },
     cells: deployment_cells,
 };
@@ -29,10 +29,10 @@ fn replicated_columns(selector: &str) -> Vec<Value> {
         col("Current", "integer", 0, "Replicas is the most recently observed number of non-terminating pods."),
         col("Ready", "integer", 0, "The number of non-terminating pods targeted by this controller with a Ready Condition."),
         age_col(),
-        col("Containers", "string", 1, "Names of each container in the template."),
-        col("Images", "string", 1, "Images referenced by each container in the template."),
-        col("Selector", "string", 1, selector),
     ]
+    .into_iter()
+    .chain(template_cols(Some(selector)))
+    .collect()
 }
 
 pub static REPLICASETS: Printer = Printer {
