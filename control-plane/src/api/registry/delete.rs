@@ -4,11 +4,13 @@
 
 use axum::body::Bytes;
 use axum::http::StatusCode;
+use axum::response::Response;
 use serde_json::{json, Value};
 
 use super::{decode_kv, encode, store_error, ApiResult, Request, Store};
 use crate::api::resources::RESOURCES;
 use crate::api::status::ApiError;
+use crate::store::{KeyValue, StoreError};
 
 /// `now + secs`, as metadata timestamps are written.
 pub fn stamp(secs: i64) -> String {
@@ -27,17 +29,39 @@ impl Store {
         name: &str,
         body: &Bytes,
     ) -> ApiResult {
-        let r = self.r;
         let opts: Value = if body.is_empty() {
             json!({})
         } else {
             serde_json::from_slice(body)
                 .map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?
         };
+        // A delete without a resourceVersion precondition is retried when a concurrent write
+        // (a controller's status update) changed the object under it, as the kube-apiserver's
+        // store does.
+        loop {
+            if let Some(answer) = self.delete_once(req, ns, name, &opts).await.transpose() {
+                return answer;
+            }
+        }
+    }
+
+    /// One try of a delete; `None` when its write lost a race and the precondition allows
+    /// another try.
+    async fn delete_once(
+        &self,
+        req: &Request<'_>,
+        ns: Option<&str>,
+        name: &str,
+        opts: &Value,
+    ) -> Result<Option<Response>, ApiError> {
+        let r = self.r;
         let grace_param = req
             .param("gracePeriodSeconds")
             .and_then(|g| g.parse::<i64>().ok())
             .or_else(|| opts["gracePeriodSeconds"].as_i64());
+        let raced = |e: &ApiError| {
+            e.reason == "Conflict" && opts["preconditions"]["resourceVersion"].is_null()
+        };
         let current = self.current(req, ns, name).await?;
         let mut obj = decode_kv(&current);
         if let Some(uid) = opts["preconditions"]["uid"].as_str() {
@@ -51,7 +75,7 @@ impl Store {
             }
         }
         if let Some(answer) = r.strategy.delete(req, self, &current, obj.clone()).await {
-            return answer;
+            return answer.map(Some);
         }
         // Cascading: Background (the default) leaves dependents to the garbage collector,
         // Foreground keeps the owner until they are gone, Orphan cuts them loose first.
@@ -96,29 +120,38 @@ impl Store {
             if existing.is_some_and(|e| e <= grace)
                 && !obj["metadata"]["deletionTimestamp"].is_null()
             {
-                return Ok(req.respond(r, StatusCode::OK, &obj, &[]));
+                return Ok(Some(req.respond(r, StatusCode::OK, &obj, &[])));
             }
             if grace > 0 || obj["metadata"]["deletionTimestamp"].is_null() {
                 obj["metadata"]["deletionTimestamp"] = json!(stamp(grace));
                 obj["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
             }
             if !req.dry_run() {
-                self.put(req, name, &current, &mut obj).await?;
+                match self.put(req, name, &current, &mut obj).await {
+                    Err(e) if raced(&e) => return Ok(None),
+                    other => other?,
+                }
             }
-            return Ok(req.respond(r, StatusCode::OK, &obj, &[]));
+            return Ok(Some(req.respond(r, StatusCode::OK, &obj, &[])));
         }
         if req.dry_run() {
-            return Ok(req.respond(r, StatusCode::OK, &obj, &[]));
+            return Ok(Some(req.respond(r, StatusCode::OK, &obj, &[])));
         }
-        let kv = req
+        let kv = match req
             .store()
             .delete(&current.key, Some(current.mod_rev))
             .await
-            .map_err(|e| store_error(r, name, e))?;
+        {
+            Err(e) => match store_error(r, name, e) {
+                e if raced(&e) => return Ok(None),
+                e => return Err(e),
+            },
+            Ok(kv) => kv,
+        };
         let mut gone = decode_kv(&kv);
         gone["metadata"]["resourceVersion"] = json!(kv.mod_rev.to_string());
         r.strategy.after_delete(req, &gone).await;
-        Ok(req.respond(r, StatusCode::OK, &gone, &[]))
+        Ok(Some(req.respond(r, StatusCode::OK, &gone, &[])))
     }
 
     pub async fn delete_collection(
@@ -161,25 +194,39 @@ pub async fn orphan_dependents(store: &dyn crate::store::Store, uid: &str) {
             continue;
         };
         for kv in kvs {
-            let Ok(mut o) = serde_json::from_slice::<Value>(&kv.value) else {
-                continue;
-            };
-            let Some(refs) = o["metadata"]["ownerReferences"].as_array() else {
-                continue;
-            };
-            if !refs.iter().any(|x| x["uid"] == uid) {
-                continue;
-            }
-            let kept: Vec<Value> = refs.iter().filter(|x| x["uid"] != uid).cloned().collect();
-            if kept.is_empty() {
-                o["metadata"]
-                    .as_object_mut()
-                    .unwrap()
-                    .remove("ownerReferences");
-            } else {
-                o["metadata"]["ownerReferences"] = json!(kept);
-            }
-            let _ = store.update(&kv.key, encode(&o), Some(kv.mod_rev)).await;
+            orphan_one(store, kv, uid).await;
+        }
+    }
+}
+
+/// Cuts one object loose from `uid`, reading it again when a concurrent write changed it: a
+/// dependent must not keep an owner reference the garbage collector would delete it for.
+async fn orphan_one(store: &dyn crate::store::Store, mut kv: KeyValue, uid: &str) {
+    loop {
+        let Ok(mut o) = serde_json::from_slice::<Value>(&kv.value) else {
+            return;
+        };
+        let Some(refs) = o["metadata"]["ownerReferences"].as_array() else {
+            return;
+        };
+        if !refs.iter().any(|x| x["uid"] == uid) {
+            return;
+        }
+        let kept: Vec<Value> = refs.iter().filter(|x| x["uid"] != uid).cloned().collect();
+        if kept.is_empty() {
+            o["metadata"]
+                .as_object_mut()
+                .unwrap()
+                .remove("ownerReferences");
+        } else {
+            o["metadata"]["ownerReferences"] = json!(kept);
+        }
+        match store.update(&kv.key, encode(&o), Some(kv.mod_rev)).await {
+            Err(StoreError::Conflict { .. }) => match store.get(&kv.key).await {
+                Ok(Some(newer)) => kv = newer,
+                _ => return,
+            },
+            _ => return,
         }
     }
 }

@@ -386,26 +386,36 @@ async fn bind(req: &Request<'_>, store: &Store, ns: &str, name: &str, body: &Byt
             )],
         ));
     }
-    let current = store.current(req, Some(ns), name).await?;
-    let mut pod = decode_kv(&current);
-    if pod["spec"]["nodeName"]
-        .as_str()
-        .is_some_and(|n| !n.is_empty())
-    {
-        return Err(ApiError::new(409, "Conflict", format!("Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is already assigned to node \"{}\"", pod["spec"]["nodeName"].as_str().unwrap_or_default())));
+    let conditional = !binding["metadata"]["resourceVersion"].is_null();
+    loop {
+        let current = store.current(req, Some(ns), name).await?;
+        store.check_version(&binding, &current, name)?;
+        let mut pod = decode_kv(&current);
+        if pod["spec"]["nodeName"]
+            .as_str()
+            .is_some_and(|n| !n.is_empty())
+        {
+            return Err(ApiError::new(409, "Conflict", format!("Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is already assigned to node \"{}\"", pod["spec"]["nodeName"].as_str().unwrap_or_default())));
+        }
+        if !pod["metadata"]["deletionTimestamp"].is_null() {
+            return Err(ApiError::new(409, "Conflict", format!("Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is being deleted, cannot be assigned to a host")));
+        }
+        pod["spec"]["nodeName"] = json!(node);
+        let conds = pod["status"]
+            .as_object_mut()
+            .map(|s| s.entry("conditions").or_insert_with(|| json!([])));
+        if let Some(Value::Array(c)) = conds {
+            c.retain(|c| c["type"] != "PodScheduled");
+            c.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": objects::now()}));
+        }
+        // A binding without a resourceVersion precondition is retried on a concurrent write,
+        // as the kube-apiserver's GuaranteedUpdate does.
+        match store.put(req, name, &current, &mut pod).await {
+            Err(e) if e.reason == "Conflict" && !conditional => continue,
+            other => other?,
+        }
+        break;
     }
-    if !pod["metadata"]["deletionTimestamp"].is_null() {
-        return Err(ApiError::new(409, "Conflict", format!("Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is being deleted, cannot be assigned to a host")));
-    }
-    pod["spec"]["nodeName"] = json!(node);
-    let conds = pod["status"]
-        .as_object_mut()
-        .map(|s| s.entry("conditions").or_insert_with(|| json!([])));
-    if let Some(Value::Array(c)) = conds {
-        c.retain(|c| c["type"] != "PodScheduled");
-        c.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": objects::now()}));
-    }
-    store.put(req, name, &current, &mut pod).await?;
     Ok(json_response(
         StatusCode::CREATED,
         &status::success(json!({})),

@@ -469,3 +469,91 @@ async fn strict_field_validation_refuses_unknown_fields() {
     );
     assert!(warned.body.get("bogus").is_none());
 }
+
+/// Unconditional writes (patches, `kubectl scale`, bindings) racing a controller's status
+/// writes all land, as the kube-apiserver retries them on a conflict; one that names a stale
+/// resourceVersion is refused.
+#[tokio::test]
+async fn unconditional_writes_are_retried_on_a_concurrent_write() {
+    let c = &Cluster::new().await;
+    let r = &resources::DEPLOYMENTS;
+    let created = c
+        .call(
+            Method::POST,
+            &collection(r),
+            Some(&r.strategy.example("web")),
+        )
+        .await;
+    assert_eq!(created.code, StatusCode::CREATED, "{}", created.body);
+    let merge = "application/merge-patch+json";
+    let scale = format!("{}/scale", item(r, "web"));
+    let status = format!("{}/status", item(r, "web"));
+    let writes = (1..=20).flat_map(|i| {
+        [
+            (scale.clone(), json!({"spec": {"replicas": i}})),
+            (status.clone(), json!({"status": {"observedGeneration": i}})),
+            (
+                item(r, "web"),
+                json!({"metadata": {"labels": {format!("l{i}"): "x"}}}),
+            ),
+        ]
+    });
+    let answers = futures_util::future::join_all(writes.map(|(path, body)| async move {
+        c.call_as(Method::PATCH, &path, Some(&body), merge).await
+    }))
+    .await;
+    for a in &answers {
+        assert_eq!(a.code, StatusCode::OK, "{}", a.body);
+    }
+    let got = c.call(Method::GET, &item(r, "web"), None).await.body;
+    for i in 1..=20 {
+        assert_eq!(got["metadata"]["labels"][format!("l{i}")], "x", "{got}");
+    }
+
+    // Deletes racing status writes land too.
+    for i in 0..10 {
+        let made = c
+            .call(
+                Method::POST,
+                &collection(r),
+                Some(&r.strategy.example(&format!("d{i}"))),
+            )
+            .await;
+        assert_eq!(made.code, StatusCode::CREATED, "{}", made.body);
+    }
+    let ops = (0..10).flat_map(|i| {
+        let status = json!({"status": {"observedGeneration": i}});
+        [
+            (
+                Method::PATCH,
+                format!("{}/status", item(r, &format!("d{i}"))),
+                Some(status),
+            ),
+            (Method::DELETE, item(r, &format!("d{i}")), None),
+        ]
+    });
+    let answers = futures_util::future::join_all(ops.map(|(method, path, body)| async move {
+        let deleting = method == Method::DELETE;
+        (
+            deleting,
+            c.call_as(method, &path, body.as_ref(), merge).await,
+        )
+    }))
+    .await;
+    for (deleting, a) in answers {
+        let fine = if deleting {
+            a.code == StatusCode::OK
+        } else {
+            matches!(a.code.as_u16(), 200 | 404)
+        };
+        assert!(fine, "{}", a.body);
+    }
+    for i in 0..10 {
+        let gone = c.call(Method::GET, &item(r, &format!("d{i}")), None).await;
+        assert_eq!(gone.code, StatusCode::NOT_FOUND);
+    }
+
+    let stale = json!({"metadata": {"resourceVersion": created.body["metadata"]["resourceVersion"]}, "spec": {"replicas": 7}});
+    let refused = c.call_as(Method::PATCH, &scale, Some(&stale), merge).await;
+    assert_eq!(refused.code, StatusCode::CONFLICT, "{}", refused.body);
+}

@@ -200,8 +200,9 @@ impl Store {
             serde_json::from_slice(body)
                 .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?
         };
-        // Patches are retried on a concurrent write, as the kube-apiserver does.
-        for _ in 0..5 {
+        // Patches are retried on a concurrent write for as long as they conflict, as the
+        // kube-apiserver's GuaranteedUpdate does: each try reads the newest object.
+        loop {
             let current = req
                 .store()
                 .get(&r.key(ns, name))
@@ -226,7 +227,6 @@ impl Store {
                 other => return other,
             }
         }
-        Err(ApiError::conflict(r, name))
     }
 
     /// Server-side apply creates what does not exist.
