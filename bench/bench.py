@@ -162,15 +162,52 @@ def pod_bench(podlet, pods, work):
         holder.wait()
 
 
+def kill_started(work, cg=CG):
+    """Kills what a run started and an agent leaves behind by design (shims outlive it): the
+    processes whose command line names the run's `work` dir and those in its cgroup tree `cg`."""
+    # Only a temp dir of ours names what to kill: never an empty or shared path.
+    if not os.path.basename(work.rstrip("/")).startswith("podlet-bench") or not os.path.isabs(work):
+        raise ValueError(f"kill_started: {work!r} is not a bench work dir")
+    mine = work.rstrip("/").encode()
+    pids = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if any(a == mine or a.startswith(mine + b"/") for a in args):
+            pids.add(int(pid))
+    if not cg:
+        raise ValueError("kill_started: no cgroup tree named")
+    root = "/sys/fs/cgroup/pids/" + cg
+    for dirpath, _, files in os.walk(root):
+        if "cgroup.procs" in files:
+            with open(os.path.join(dirpath, "cgroup.procs")) as f:
+                pids.update(int(p) for p in f.read().split())
+    for pid in pids - {os.getpid()}:
+        try:
+            os.kill(pid, 9)
+        except OSError:
+            pass
+
+
 def cleanup_cgroups(cg=CG):
-    for h in ("/sys/fs/cgroup/" + c for c in os.listdir("/sys/fs/cgroup")):
-        root = os.path.join(h, cg)
-        if os.path.isdir(root):
-            for dirpath, _, _ in sorted(os.walk(root), key=lambda t: -t[0].count("/")):
-                try:
-                    os.rmdir(dirpath)
-                except OSError:
-                    pass
+    """Removes the cgroup tree `cg` in every hierarchy, waiting a moment for killed processes
+    to leave it."""
+    for _ in range(50):
+        left = False
+        for h in ("/sys/fs/cgroup/" + c for c in os.listdir("/sys/fs/cgroup")):
+            root = os.path.join(h, cg)
+            if os.path.isdir(root):
+                for dirpath, _, _ in sorted(os.walk(root), key=lambda t: -t[0].count("/")):
+                    try:
+                        os.rmdir(dirpath)
+                    except OSError:
+                        left = True
+        if not left:
+            return
+        time.sleep(0.1)
 
 
 def main():
@@ -186,6 +223,7 @@ def main():
         container_bench(podlet, a.runs, work)
         pod_bench(podlet, a.pods, work)
     finally:
+        kill_started(work)
         cleanup_cgroups()
         subprocess.run(["chmod", "-R", "u+rwx", work])
         shutil.rmtree(work, ignore_errors=True)

@@ -101,6 +101,7 @@ def main():
         agent.wait()
         holder.kill()
         holder.wait()
+        bench.kill_started(work, CG)
         bench.cleanup_cgroups(CG)
         subprocess.run(["chmod", "-R", "u+rwx", work])
         subprocess.run(["rm", "-rf", work])

@@ -4,10 +4,12 @@
 //! tolerated, requests within allocatable including the pods already there, pod count) with
 //! the most room left (least allocated). Pods that fit nowhere get `PodScheduled=False`, reason
 //! `Unschedulable`, with kube-scheduler's message, and are retried every 5 s and whenever a node
-//! changes. One pod is placed at a time, and a pod just bound counts on its node until the
-//! watch shows it there (kube-scheduler's "assumed" pods), so two pods never take one place.
+//! changes. One pod is placed at a time (the scheduling cycle); its binding, an API write, runs
+//! beside the next pods' cycles (kube-scheduler's binding cycle), and a pod placed counts on its
+//! node from the moment it is placed until the watch shows it there (kube-scheduler's
+//! "assumed" pods), so two pods never take one place.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,6 +32,9 @@ use crate::reconcile::{self, Result};
 /// podlet's clusters are small enough to retry sooner).
 const RETRY_UNSCHEDULABLE: Duration = Duration::from_secs(5);
 
+/// Bindings under way at once (the scheduling cycles themselves take turns).
+const BINDINGS: u16 = 16;
+
 /// A pod's effective requests.
 #[derive(Debug, Clone, Copy, Default)]
 struct Requests {
@@ -39,11 +44,11 @@ struct Requests {
 
 impl Requests {
     fn of(pod: &Pod) -> Self {
-        let spec = pod.spec.clone().unwrap_or_default();
-        Self {
-            cpu: pod_request(&spec, "cpu"),
-            memory: pod_request(&spec, "memory"),
-        }
+        // Read in place: this runs for every pod on every scheduling cycle.
+        pod.spec.as_ref().map_or_else(Self::default, |spec| Self {
+            cpu: pod_request(spec, "cpu"),
+            memory: pod_request(spec, "memory"),
+        })
     }
 
     fn get(&self, res: &str) -> Milli {
@@ -59,9 +64,11 @@ struct Scheduler {
     client: kube::Client,
     pods: Cache<Pod>,
     nodes: Cache<Node>,
-    /// Pods bound by this scheduler that the pod cache does not show bound yet: uid → (node,
+    /// Pods placed by this scheduler that the pod cache does not show bound yet: uid → (node,
     /// requests).
     assumed: Mutex<HashMap<String, (String, Requests)>>,
+    /// Held through one pod's scheduling cycle.
+    cycle: tokio::sync::Mutex<()>,
 }
 
 fn node_name(pod: &Pod) -> Option<&str> {
@@ -171,12 +178,16 @@ impl Scheduler {
     fn usage(&self) -> HashMap<String, Vec<Requests>> {
         let pods = self.pods.state();
         let mut assumed = self.assumed.lock().expect("assumed lock");
-        // An assumed pod is settled once the cache shows it bound, or gone.
-        assumed.retain(|uid, _| {
-            pods.iter()
-                .find(|p| p.metadata.uid.as_deref() == Some(uid.as_str()))
-                .is_some_and(|p| node_name(p).is_none())
-        });
+        // An assumed pod is settled once the cache shows it bound, or gone. (One pass over
+        // the pods: a search per assumed pod made scheduling N pods cost N³.)
+        if !assumed.is_empty() {
+            let unbound: HashSet<&str> = pods
+                .iter()
+                .filter(|p| node_name(p).is_none())
+                .filter_map(|p| p.metadata.uid.as_deref())
+                .collect();
+            assumed.retain(|uid, _| unbound.contains(uid.as_str()));
+        }
         let mut usage: HashMap<String, Vec<Requests>> = HashMap::new();
         for p in pods.iter().filter(|p| is_live(p)) {
             if let Some(n) = node_name(p) {
@@ -261,48 +272,56 @@ async fn reconcile(pod: Arc<Pod>, s: Arc<Scheduler>) -> Result<Action> {
     if s.nodes.synced().await.is_err() {
         return Ok(Action::requeue(RETRY_UNSCHEDULABLE));
     }
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
     let wants = Requests::of(&pod);
-    let usage = s.usage();
-    let nodes = s.nodes.state();
-    let mut best: Option<(f64, &str)> = None;
-    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-    for node in &nodes {
-        let name = node.metadata.name.as_deref().unwrap_or_default();
-        let on = usage.get(name).map(Vec::as_slice).unwrap_or_default();
-        match misfit(&pod, wants, node, on) {
-            Some(why) => *reasons.entry(why).or_default() += 1,
-            None => {
-                let score = free_fraction(node, on, wants);
-                if best.is_none_or(|(b, _)| score > b) {
-                    best = Some((score, name));
+    let node = {
+        // The scheduling cycle: one pod at a time, against what is placed so far.
+        let _cycle = s.cycle.lock().await;
+        if s.assumed.lock().expect("assumed lock").contains_key(&uid) {
+            // Placed already; its binding is under way.
+            return Ok(Action::await_change());
+        }
+        let usage = s.usage();
+        let nodes = s.nodes.state();
+        let mut best: Option<(f64, &str)> = None;
+        let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+        for node in &nodes {
+            let name = node.metadata.name.as_deref().unwrap_or_default();
+            let on = usage.get(name).map(Vec::as_slice).unwrap_or_default();
+            match misfit(&pod, wants, node, on) {
+                Some(why) => *reasons.entry(why).or_default() += 1,
+                None => {
+                    let score = free_fraction(node, on, wants);
+                    if best.is_none_or(|(b, _)| score > b) {
+                        best = Some((score, name));
+                    }
                 }
             }
         }
-    }
-    match best {
-        Some((_, node)) => {
-            match s.bind(&pod, node).await {
-                Ok(()) => {}
-                // Bound or deleted meanwhile: the watch brings the news.
-                Err(reconcile::Error::Api(kube::Error::Api(e)))
-                    if e.code == 409 || e.code == 404 =>
-                {
-                    return Ok(Action::await_change())
-                }
-                Err(e) => return Err(e),
-            }
-            if let Some(uid) = pod.metadata.uid.clone() {
-                s.assumed
-                    .lock()
-                    .expect("assumed lock")
-                    .insert(uid, (node.to_string(), wants));
-            }
-            Ok(Action::await_change())
-        }
-        None => {
+        let Some((_, node)) = best else {
+            drop(_cycle);
             s.mark_unschedulable(&pod, unschedulable_message(nodes.len(), &reasons))
                 .await?;
-            Ok(Action::requeue(RETRY_UNSCHEDULABLE))
+            return Ok(Action::requeue(RETRY_UNSCHEDULABLE));
+        };
+        s.assumed
+            .lock()
+            .expect("assumed lock")
+            .insert(uid.clone(), (node.to_string(), wants));
+        node.to_string()
+    };
+    // The binding cycle, beside the next pods' scheduling cycles.
+    match s.bind(&pod, &node).await {
+        Ok(()) => Ok(Action::await_change()),
+        Err(e) => {
+            s.assumed.lock().expect("assumed lock").remove(&uid);
+            match e {
+                // Bound or deleted meanwhile: the watch brings the news.
+                reconcile::Error::Api(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {
+                    Ok(Action::await_change())
+                }
+                e => Err(e),
+            }
         }
     }
 }
@@ -318,7 +337,7 @@ pub async fn run(client: kube::Client) {
     .default_backoff()
     .touched_objects();
     let controller = Controller::new(Api::<Pod>::all(client.clone()), watcher::Config::default())
-        .with_config(Config::default().concurrency(1));
+        .with_config(Config::default().concurrency(BINDINGS));
     let pods = controller.store();
     let pending = pods.clone();
     // A node that comes, goes or changes may fit the pods waiting for one.
@@ -335,6 +354,7 @@ pub async fn run(client: kube::Client) {
         pods: Cache::new(pods),
         nodes: Cache::new(nodes),
         assumed: Mutex::new(HashMap::new()),
+        cycle: tokio::sync::Mutex::new(()),
     });
     reconcile::run("scheduler", controller, reconcile, ctx).await;
 }

@@ -2,7 +2,7 @@
 //! several goes first when a controller scales down (`k8s.io/kubernetes/pkg/api/v1/pod`,
 //! `pkg/controller/controller_utils.go`'s `ActivePodsWithRanks`).
 
-use std::cmp::Ordering;
+use std::cmp::Reverse;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
@@ -103,31 +103,12 @@ fn log_rank(t: Timestamp, now: Timestamp) -> i64 {
     }
 }
 
-/// `afterOrZero`: a missing time sorts first, then the later one.
-fn after_or_zero(a: Option<Timestamp>, b: Option<Timestamp>) -> bool {
-    match (a, b) {
-        (None, _) | (_, None) => a.is_none(),
-        (Some(a), Some(b)) => a > b,
-    }
-}
-
-/// Compares times as upstream with `LogarithmicScaleDown` (on since 1.22): on a log₂ scale of
-/// their age, so pods of roughly the same age are then picked by UID (spreading scale-down
-/// over ages rather than always removing the newest).
-fn time_less(
-    a: Option<Timestamp>,
-    b: Option<Timestamp>,
-    now: Timestamp,
-    uids: (&str, &str),
-) -> Option<bool> {
-    if a == b {
-        return None;
-    }
-    let (Some(ta), Some(tb)) = (a, b) else {
-        return Some(after_or_zero(a, b));
-    };
-    let diff = log_rank(ta, now) - log_rank(tb, now);
-    Some(if diff == 0 { uids.0 < uids.1 } else { diff < 0 })
+/// A time's place in the deletion order (`LogarithmicScaleDown`, on since 1.22): the log₂
+/// of its age, so pods of roughly the same age tie and are told apart by what follows
+/// (spreading scale-down over ages rather than always removing the newest); a missing time
+/// sorts first (`afterOrZero`).
+fn time_rank(t: Option<Timestamp>, now: Timestamp) -> i64 {
+    t.map_or(i64::MIN, |t| log_rank(t, now))
 }
 
 /// A pod with its rank: how many active pods of the same owner share its node (more goes
@@ -137,60 +118,65 @@ pub struct Ranked<'a> {
     pub rank: usize,
 }
 
-/// Whether `a` should be deleted before `b` (`ActivePodsWithRanks.Less`):
-/// unassigned before assigned; Pending before Unknown before Running; not ready before ready;
-/// lower deletion cost first; more pods doubled up on one node first; ready for less time
-/// first; more restarts first; newer first.
-pub fn delete_before(a: &Ranked<'_>, b: &Ranked<'_>, now: Timestamp) -> bool {
-    let node = |p: &Pod| {
-        p.spec
-            .as_ref()
-            .and_then(|s| s.node_name.clone())
-            .unwrap_or_default()
+/// What orders pods for deletion, smallest first (`ActivePodsWithRanks.Less`): unassigned
+/// before assigned; Pending before Unknown before Running; not ready before ready; lower
+/// deletion cost first; more pods doubled up on one node first; ready for less time first;
+/// more restarts first; newer first; then by UID.
+///
+/// Upstream's `Less` is not a total order (two pods whose times differ within one log₂
+/// bucket are decided by UID at once, two with equal times go on to the next rule), which Go's
+/// sort tolerates and Rust's refuses (it panics). As a key the same rules are a total order;
+/// they differ from upstream only for times that differ within one bucket, where the later
+/// rules are asked before the UID.
+fn deletion_key(
+    r: &Ranked<'_>,
+    now: Timestamp,
+) -> (
+    bool,
+    u8,
+    bool,
+    i32,
+    Reverse<usize>,
+    i64,
+    Reverse<i32>,
+    i64,
+    String,
+) {
+    let p = r.pod;
+    let assigned = p
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .is_some_and(|n| !n.is_empty());
+    let ready = is_ready(p);
+    let ready_rank = if ready {
+        time_rank(ready_since(p).flatten(), now)
+    } else {
+        i64::MIN
     };
-    let (na, nb) = (node(a.pod), node(b.pod));
-    if na.is_empty() != nb.is_empty() {
-        return na.is_empty();
-    }
-    if phase_rank(a.pod) != phase_rank(b.pod) {
-        return phase_rank(a.pod) < phase_rank(b.pod);
-    }
-    if is_ready(a.pod) != is_ready(b.pod) {
-        return !is_ready(a.pod);
-    }
-    if deletion_cost(a.pod) != deletion_cost(b.pod) {
-        return deletion_cost(a.pod) < deletion_cost(b.pod);
-    }
-    if a.rank != b.rank {
-        return a.rank > b.rank;
-    }
-    let uid = |p: &Pod| p.metadata.uid.clone().unwrap_or_default();
-    let (ua, ub) = (uid(a.pod), uid(b.pod));
-    if is_ready(a.pod) && is_ready(b.pod) {
-        let since = |p: &Pod| ready_since(p).flatten();
-        if let Some(less) = time_less(since(a.pod), since(b.pod), now, (&ua, &ub)) {
-            return less;
-        }
-    }
-    if restarts(a.pod) != restarts(b.pod) {
-        return restarts(a.pod) > restarts(b.pod);
-    }
-    let created = |p: &Pod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
-    time_less(created(a.pod), created(b.pod), now, (&ua, &ub)).unwrap_or(false)
+    let created = p.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    (
+        assigned,
+        phase_rank(p),
+        ready,
+        deletion_cost(p),
+        Reverse(r.rank),
+        ready_rank,
+        Reverse(restarts(p)),
+        time_rank(created, now),
+        p.metadata.uid.clone().unwrap_or_default(),
+    )
+}
+
+/// Whether `a` should be deleted before `b`.
+pub fn delete_before(a: &Ranked<'_>, b: &Ranked<'_>, now: Timestamp) -> bool {
+    deletion_key(a, now) < deletion_key(b, now)
 }
 
 /// Sorts `pods` so that the first are the ones to delete first. `rank` gives each pod's
 /// doubled-up count (0 when the caller does not rank).
 pub fn sort_for_deletion<'a>(ranked: &mut [Ranked<'a>], now: Timestamp) {
-    ranked.sort_by(|a, b| {
-        if delete_before(a, b, now) {
-            Ordering::Less
-        } else if delete_before(b, a, now) {
-            Ordering::Greater
-        } else {
-            Ordering::Equal
-        }
-    });
+    ranked.sort_by_cached_key(|r| deletion_key(r, now));
 }
 
 #[cfg(test)]
@@ -316,5 +302,54 @@ mod tests {
             &Ranked { pod: &b, rank: 0 },
             now
         ));
+    }
+
+    /// Upstream's rules as a comparator made cycles (ready at the same second: restarts decide;
+    /// ready a few seconds apart, one log₂ bucket: UIDs decide), and Rust's sort panics on a
+    /// comparator that is not a total order: it killed the ReplicaSet controller mid-rollout.
+    #[test]
+    fn deletion_order_is_a_total_order() {
+        let now = ts("2026-06-01T00:00:00Z");
+        let with = |uid: &str, ready: &str, restarts: i32| {
+            let mut p = pod(uid, "n1", "Running", Some(ready));
+            p.status.as_mut().unwrap().container_statuses =
+                Some(vec![k8s_openapi::api::core::v1::ContainerStatus {
+                    restart_count: restarts,
+                    ..Default::default()
+                }]);
+            p
+        };
+        let a = with("z", "2026-05-31T23:00:00Z", 2);
+        let b = with("b", "2026-05-31T23:00:00Z", 0);
+        let c = with("c", "2026-05-31T23:00:05Z", 0);
+        let r = |p| Ranked { pod: p, rank: 0 };
+        let (a, b, c) = (r(&a), r(&b), r(&c));
+        let before = |x: &Ranked, y: &Ranked| delete_before(x, y, now);
+        assert!(
+            !(before(&a, &b) && before(&b, &c) && before(&c, &a)),
+            "a cycle"
+        );
+        // And a sort over many such pods neither panics nor depends on the input order.
+        let pods: Vec<Pod> = (0..64)
+            .map(|i| {
+                with(
+                    &format!("u{:02}", (i * 37) % 64),
+                    &format!("2026-05-31T23:00:{:02}Z", (i * 7) % 5),
+                    i % 3,
+                )
+            })
+            .collect();
+        let order = |rev: bool| {
+            let mut ranked: Vec<Ranked> = pods.iter().map(r).collect();
+            if rev {
+                ranked.reverse();
+            }
+            sort_for_deletion(&mut ranked, now);
+            ranked
+                .iter()
+                .map(|x| x.pod.metadata.name.clone().unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(order(false), order(true));
     }
 }

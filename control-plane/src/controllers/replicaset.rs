@@ -183,14 +183,21 @@ async fn reconcile<K: Replicated>(rs: Arc<K>, ctx: Arc<Ctx<K>>) -> Result<Action
     let key = key_of(&*rs);
     let satisfied = ctx.control.expectations.satisfied(&key);
     let ns = rs.namespace();
+    let (uid, selector) = (rs.meta().uid.as_deref(), rs.pod_selector());
+    // Only the pods `claim` can keep, release or adopt are copied out of the cache: ours and
+    // matching orphans, not every pod of the namespace on every pod event.
     let candidates: Vec<Pod> = ctx
         .pods
         .state()
         .iter()
         .filter(|p| p.namespace() == ns && is_active(p))
+        .filter(|p| match controller_of(&***p) {
+            Some(r) => Some(r.uid.as_str()) == uid,
+            None => selector.matches(p.labels()),
+        })
         .map(|p| (**p).clone())
         .collect();
-    let pods = claim(&ctx.control.client, &*rs, &rs.pod_selector(), candidates).await?;
+    let pods = claim(&ctx.control.client, &*rs, &selector, candidates).await?;
     let diff = pods.len() as i64 - i64::from(rs.replicas());
     let manage_err = if satisfied && rs.meta().deletion_timestamp.is_none() {
         manage(&*rs, &pods, &ctx).await.err()

@@ -27,11 +27,12 @@ use std::fmt::Debug;
 use std::future::Future;
 use std::hash::Hash;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use kube::runtime::controller::{Action, Controller};
 use kube::Resource;
 
@@ -42,6 +43,18 @@ pub enum Error {
     Api(#[from] kube::Error),
     #[error("{0}")]
     Invalid(String),
+    /// A bug in a reconcile: it is logged and retried with backoff like any failure, rather
+    /// than taking the whole controller down while this process keeps its lease.
+    #[error("reconcile panicked: {0}")]
+    Panicked(String),
+}
+
+/// The message a panic carried.
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -109,7 +122,10 @@ pub async fn run<K, Ctx, F, Fut>(
                 async move {
                     let key = key_of(&*obj);
                     tracing::trace!(controller = name, object = %key, "reconciling");
-                    let action = reconcile(obj, shared.ctx.clone()).await?;
+                    let action = AssertUnwindSafe(reconcile(obj, shared.ctx.clone()))
+                        .catch_unwind()
+                        .await
+                        .map_err(|p| Error::Panicked(panic_message(&*p)))??;
                     tracing::trace!(controller = name, object = %key, ?action, "reconciled");
                     shared.failures.forget(&key);
                     Ok::<_, Error>(action)
@@ -296,6 +312,57 @@ mod tests {
             retry >= FIRST_RETRY && retry < Duration::from_millis(320),
             "retried after {retry:?}"
         );
+    }
+
+    /// A panicking reconcile (a bug) is retried like a failure, and the controller goes on
+    /// serving other objects: before, the panic ended the controller for good while its
+    /// process kept the lease.
+    #[tokio::test]
+    async fn a_panicking_reconcile_is_retried_and_the_controller_lives_on() {
+        let c = Cluster::new().await;
+        let cms: kube::Api<ConfigMap> = kube::Api::namespaced(c.admin(), "default");
+        let make = |name: &str| {
+            serde_json::from_value::<ConfigMap>(serde_json::json!({"metadata": {"name": name}}))
+                .unwrap()
+        };
+        cms.create(&PostParams::default(), &make("boom"))
+            .await
+            .unwrap();
+        let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+        let controller = Controller::new(cms.clone(), watcher::Config::default());
+        let _loop = Task::spawn(run(
+            "panicky",
+            controller,
+            |cm: Arc<ConfigMap>, seen: Arc<Mutex<Vec<String>>>| async move {
+                let name = cm.metadata.name.clone().unwrap_or_default();
+                let first = {
+                    let mut seen = seen.lock().unwrap();
+                    seen.push(name.clone());
+                    seen.iter().filter(|n| **n == name).count() == 1
+                };
+                if name == "boom" && first {
+                    panic!("a bug on purpose");
+                }
+                Ok(Action::await_change())
+            },
+            seen.clone(),
+        ));
+        let count = |name: &'static str, n: usize| {
+            let seen = seen.clone();
+            async move {
+                let what = format!("{n} reconciles of {name}");
+                eventually(&what, Duration::from_secs(10), || {
+                    let k = seen.lock().unwrap().iter().filter(|x| *x == name).count();
+                    async move { (k >= n).then_some(()) }
+                })
+                .await
+            }
+        };
+        count("boom", 2).await;
+        cms.create(&PostParams::default(), &make("after"))
+            .await
+            .unwrap();
+        count("after", 1).await;
     }
 
     #[test]
