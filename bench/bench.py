@@ -10,7 +10,7 @@
    namespaces.
 3. Memory per pod: RSS and PSS of the shim and the pause process while N pods run.
 """
-import argparse, json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+import argparse, contextlib, json, os, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CG = "podlet-bench"
@@ -160,6 +160,68 @@ def pod_bench(podlet, pods, work):
         agent.wait()
         holder.kill()
         holder.wait()
+
+
+KUBECTL = "/usr/lib/google-cloud-sdk/bin/kubectl.1.33"
+
+
+@contextlib.contextmanager
+def all_in_one_node(podlet, prefix, cg):
+    """An all-in-one node (control plane in-process, embedded store) in network and mount
+    namespaces of its own, busybox:1.36 imported, Ready. Yields (work dir, node dir, kubectl
+    runner `k(*args, input=...)`); afterwards nothing of it is left: agent, shims, containers,
+    cgroups, files."""
+    work = tempfile.mkdtemp(prefix=prefix)
+    d = os.path.join(work, "node")
+    for sub in ("root", "run", "logs", "manifests"):
+        os.makedirs(os.path.join(d, sub))
+    base = [podlet, "--config", "/dev/null", "--root-dir", d + "/root", "--run-dir", d + "/run", "--log-dir", d + "/logs"]
+    holder = agent = None
+    try:
+        archive = os.path.join(work, "bb.tar")
+        subprocess.run(["bash", os.path.join(ROOT, "hack/busybox-image.sh"), archive], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(base + ["image", "import", archive], check=True, stdout=subprocess.DEVNULL)
+        holder = subprocess.Popen(["unshare", "--net", "--mount", "--propagation", "private", "sleep", "infinity"])
+        time.sleep(0.2)
+        ns = ["nsenter", "-t", str(holder.pid), "-n", "--"]
+        subprocess.run(ns + ["ip", "link", "set", "lo", "up"], check=True)
+        subprocess.run(ns + ["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0-peer"], check=True)
+        subprocess.run(ns + ["ip", "addr", "add", "10.98.0.2/24", "dev", "eth0"], check=True)
+        for link in ("eth0", "eth0-peer"):
+            subprocess.run(ns + ["ip", "link", "set", link, "up"], check=True)
+        kubeconfig = d + "/admin.kubeconfig"
+        agent = subprocess.Popen(["nsenter", "-t", str(holder.pid), "-n", "-m", "--"] + base +
+                                 ["run", "--manifest-dir", d + "/manifests", "--node-name", "bench", "--cgroup-root", cg,
+                                  "--eviction-hard=", "--admin-kubeconfig", kubeconfig,
+                                  "--cni-conf-dir", d + "/cni/net.d", "--cni-bin-dir", d + "/cni/bin",
+                                  "--cni-cache-dir", d + "/cni/cache"],
+                                 stdout=open(d + "/agent.log", "w"), stderr=subprocess.STDOUT,
+                                 env=dict(os.environ, PODLET_LOG="warn"))
+
+        def k(*args, **kw):
+            return subprocess.run(ns + [KUBECTL, "--kubeconfig", kubeconfig, "--cache-dir", work + "/kc"] + list(args),
+                                  capture_output=True, text=True, env=dict(os.environ, HOME=work), **kw)
+
+        deadline = time.time() + 60
+        while True:
+            out = k("get", "node", "bench", "-o", "json")
+            if (out.returncode == 0 and k("get", "sa", "default").returncode == 0
+                    and any(c["type"] == "Ready" and c["status"] == "True"
+                            for c in json.loads(out.stdout)["status"]["conditions"])):
+                break
+            if time.time() > deadline:
+                sys.exit("the node did not become Ready:\n" + open(d + "/agent.log").read())
+            time.sleep(0.2)
+        yield work, d, k
+    finally:
+        for p in (agent, holder):
+            if p is not None:
+                p.kill()
+                p.wait()
+        kill_started(work, cg)
+        cleanup_cgroups(cg)
+        subprocess.run(["chmod", "-R", "u+rwx", work])
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def kill_started(work, cg=CG):

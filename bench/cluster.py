@@ -7,13 +7,11 @@ Kubernetes' pod startup SLO is p99 <= 5 s per pod (excluding image pulls); the a
 creationTimestamp to its Ready condition's lastTransitionTime (one-second resolution, as the API
 gives them). The node runs in its own network and mount namespaces.
 """
-import argparse, json, os, subprocess, sys, tempfile, time
+import argparse, json, os, sys, time
 
-import bench  # bench/bench.py: the cgroup clean-up
+import bench  # bench/bench.py: the all-in-one node
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CG = "podlet-bench-cluster"
-KUBECTL = "/usr/lib/google-cloud-sdk/bin/kubectl.1.33"
 
 
 def pct(values, p):
@@ -32,40 +30,7 @@ def main():
     ap.add_argument("--pods", type=int, default=100)
     args = ap.parse_args()
     podlet = os.path.abspath(args.podlet)
-    work = tempfile.mkdtemp(prefix="podlet-bench-cluster-")
-    d = os.path.join(work, "node")
-    for sub in ("root", "run", "logs", "manifests"):
-        os.makedirs(os.path.join(d, sub))
-    base = [podlet, "--config", "/dev/null", "--root-dir", d + "/root", "--run-dir", d + "/run", "--log-dir", d + "/logs"]
-    archive = os.path.join(work, "bb.tar")
-    subprocess.run(["bash", os.path.join(ROOT, "hack/busybox-image.sh"), archive], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(base + ["image", "import", archive], check=True, stdout=subprocess.DEVNULL)
-    holder = subprocess.Popen(["unshare", "--net", "--mount", "--propagation", "private", "sleep", "infinity"])
-    time.sleep(0.2)
-    ns = ["nsenter", "-t", str(holder.pid), "-n", "--"]
-    subprocess.run(ns + ["ip", "link", "set", "lo", "up"], check=True)
-    subprocess.run(ns + ["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0-peer"], check=True)
-    subprocess.run(ns + ["ip", "addr", "add", "10.98.0.2/24", "dev", "eth0"], check=True)
-    for l in ("eth0", "eth0-peer"):
-        subprocess.run(ns + ["ip", "link", "set", l, "up"], check=True)
-    kubeconfig = d + "/admin.kubeconfig"
-    agent = subprocess.Popen(["nsenter", "-t", str(holder.pid), "-n", "-m", "--"] + base +
-                             ["run", "--manifest-dir", d + "/manifests", "--node-name", "bench", "--cgroup-root", CG,
-                              "--eviction-hard=", "--admin-kubeconfig", kubeconfig,
-                              "--cni-conf-dir", d + "/cni/net.d", "--cni-bin-dir", d + "/cni/bin", "--cni-cache-dir", d + "/cni/cache"],
-                             stdout=open(d + "/agent.log", "w"), stderr=subprocess.STDOUT, env=dict(os.environ, PODLET_LOG="warn"))
-    k = lambda *a, **kw: subprocess.run(ns + [KUBECTL, "--kubeconfig", kubeconfig, "--cache-dir", work + "/kc"] + list(a),
-                                        capture_output=True, text=True, env=dict(os.environ, HOME=work), **kw)
-    try:
-        deadline = time.time() + 60
-        while True:
-            out = k("get", "node", "bench", "-o", "json")
-            if out.returncode == 0 and any(c["type"] == "Ready" and c["status"] == "True"
-                                           for c in json.loads(out.stdout)["status"]["conditions"]):
-                break
-            if time.time() > deadline:
-                sys.exit("the node did not become Ready:\n" + open(d + "/agent.log").read())
-            time.sleep(0.2)
+    with bench.all_in_one_node(podlet, "podlet-bench-cluster-", CG) as (work, d, k):
         pods = [{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"p{i}"},
                  "spec": {"terminationGracePeriodSeconds": 0, "automountServiceAccountToken": False,
                           "containers": [{"name": "c", "image": "busybox:1.36", "command": ["sleep", "100000"]}]}}
@@ -96,15 +61,6 @@ def main():
         deadline = time.time() + 120
         while time.time() < deadline and os.listdir(d + "/run/pods"):
             time.sleep(0.1)
-    finally:
-        agent.kill()
-        agent.wait()
-        holder.kill()
-        holder.wait()
-        bench.kill_started(work, CG)
-        bench.cleanup_cgroups(CG)
-        subprocess.run(["chmod", "-R", "u+rwx", work])
-        subprocess.run(["rm", "-rf", work])
 
 
 if __name__ == "__main__":

@@ -122,31 +122,11 @@ def hollow(podlet, replicas):
 
 
 def rolling(podlet, replicas):
-    cg = "podlet-bench-ctl"
-    work = tempfile.mkdtemp(prefix="podlet-bench-roll-")
-    d = os.path.join(work, "node")
-    for sub in ("root", "run", "logs", "manifests"):
-        os.makedirs(os.path.join(d, sub))
-    base = [podlet, "--config", "/dev/null", "--root-dir", d + "/root", "--run-dir", d + "/run", "--log-dir", d + "/logs"]
-    archive = os.path.join(work, "bb.tar")
-    subprocess.run(["bash", os.path.join(ROOT, "hack/busybox-image.sh"), archive], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(base + ["image", "import", archive], check=True, stdout=subprocess.DEVNULL)
-    holder = subprocess.Popen(["unshare", "--net", "--mount", "--propagation", "private", "sleep", "infinity"])
-    time.sleep(0.2)
-    ns = ["nsenter", "-t", str(holder.pid), "-n", "--"]
-    subprocess.run(ns + ["ip", "link", "set", "lo", "up"], check=True)
-    subprocess.run(ns + ["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0-peer"], check=True)
-    subprocess.run(ns + ["ip", "addr", "add", "10.98.0.2/24", "dev", "eth0"], check=True)
-    for link in ("eth0", "eth0-peer"):
-        subprocess.run(ns + ["ip", "link", "set", link, "up"], check=True)
-    kc = d + "/admin.kubeconfig"
-    agent = subprocess.Popen(["nsenter", "-t", str(holder.pid), "-n", "-m", "--"] + base +
-                             ["run", "--manifest-dir", d + "/manifests", "--node-name", "bench", "--cgroup-root", cg,
-                              "--eviction-hard=", "--admin-kubeconfig", kc,
-                              "--cni-conf-dir", d + "/cni/net.d", "--cni-bin-dir", d + "/cni/bin", "--cni-cache-dir", d + "/cni/cache"],
-                             stdout=open(d + "/agent.log", "w"), stderr=subprocess.STDOUT, env=dict(os.environ, PODLET_LOG="warn"))
-    k = lambda *a, **kw: kubectl(kc, work, *a, netns=ns, **kw)
+    with bench.all_in_one_node(podlet, "podlet-bench-roll-", "podlet-bench-ctl") as (work, d, k):
+        rolling_on(k, replicas, d)
 
+
+def rolling_on(k, replicas, d):
     def complete():
         out = k("get", "deploy", "web", "-o", "json")
         if out.returncode != 0:
@@ -156,35 +136,24 @@ def rolling(podlet, replicas):
         return (s.get("observedGeneration") == d["metadata"]["generation"] and s.get("updatedReplicas") == replicas
                 and s.get("availableReplicas") == replicas and s.get("replicas") == replicas)
 
+    must(k("create", "-f", "-", input=deployment("web", replicas, ["sleep", "100000"])))
+    first = wait("the first rollout", complete, 300, step=0.1)
+    t0 = time.perf_counter()
+    must(k("set", "env", "deploy/web", "ROLL=1"))
     try:
-        wait("the node", lambda: k("get", "node", "bench").returncode == 0 and k("get", "sa", "default").returncode == 0, 60)
-        must(k("create", "-f", "-", stdin=deployment("web", replicas, ["sleep", "100000"])))
-        first = wait("the first rollout", complete, 300, step=0.1)
-        t0 = time.perf_counter()
-        must(k("set", "env", "deploy/web", "ROLL=1"))
-        try:
-            wait("the rolling update", complete, 300, step=0.1)
-        except SystemExit:
-            # What it was waiting for, for whoever reads the failure.
-            print(k("get", "deploy,rs", "-o", "wide").stdout, k("get", "pods", "--no-headers").stdout[-3000:],
-                  k("describe", "deploy", "web").stdout[-2000:], file=sys.stderr)
-            raise
-        total = time.perf_counter() - t0
-        print(f"\n== (b) rolling update of a {replicas}-replica Deployment on one all-in-one node (maxSurge/maxUnavailable 25%)")
-        print(f"  created -> all Available {first:5.2f} s; set env -> all updated and Available {total:5.2f} s (aim <= 15 s)")
-        k("delete", "deploy", "web", "--wait=false")
-        deadline = time.time() + 120
-        while time.time() < deadline and os.path.isdir(d + "/run/pods") and os.listdir(d + "/run/pods"):
-            time.sleep(0.1)
-    finally:
-        agent.kill()
-        agent.wait()
-        holder.kill()
-        holder.wait()
-        bench.kill_started(work, cg)
-        bench.cleanup_cgroups(cg)
-        subprocess.run(["chmod", "-R", "u+rwx", work])
-        shutil.rmtree(work, ignore_errors=True)
+        wait("the rolling update", complete, 300, step=0.1)
+    except SystemExit:
+        # What it was waiting for, for whoever reads the failure.
+        print(k("get", "deploy,rs", "-o", "wide").stdout, k("get", "pods", "--no-headers").stdout[-3000:],
+              k("describe", "deploy", "web").stdout[-2000:], file=sys.stderr)
+        raise
+    total = time.perf_counter() - t0
+    print(f"\n== (b) rolling update of a {replicas}-replica Deployment on one all-in-one node (maxSurge/maxUnavailable 25%)")
+    print(f"  created -> all Available {first:5.2f} s; set env -> all updated and Available {total:5.2f} s (aim <= 15 s)")
+    k("delete", "deploy", "web", "--wait=false")
+    deadline = time.time() + 120
+    while time.time() < deadline and os.path.isdir(d + "/run/pods") and os.listdir(d + "/run/pods"):
+        time.sleep(0.1)
 
 
 def holder_of(kc, home):
