@@ -276,3 +276,116 @@ fn nodes_on_two_subnets_get_vxlan_which_survives_restarts_and_goes_with_the_node
     });
     assert!(!fdb.is_empty() && !neigh.is_empty());
 }
+
+/// A node whose agent dies goes Unknown once `--node-monitor-grace-period` passes without a
+/// heartbeat, gets the `unreachable` taints, and its pods are evicted when their toleration
+/// runs out; their Deployment's replacements run on the node that is left. (The all-in-one
+/// node runs the node lifecycle controller with the flags given here; the agent renews its
+/// Lease every 10 s, so the grace period must be longer.)
+#[test]
+fn a_dead_node_goes_unknown_and_its_pods_are_replaced_on_another() {
+    let flags = [
+        "--node-monitor-grace-period",
+        "15s",
+        "--node-monitor-period",
+        "1s",
+    ];
+    let Some(mut c) = Cluster::start(&[1, 1], &flags, true) else {
+        return;
+    };
+    for i in [1, 2] {
+        c.wait(&format!("n{i} Ready"), || {
+            let n = c.get_json(&["node", &format!("n{i}")])?;
+            let ready = n["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            ready.then_some(())
+        });
+    }
+    // The pod starts on n2: n1 is cordoned meanwhile.
+    assert_eq!(c.kubectl(&["cordon", "n1"]).code, 0);
+    let deployment = serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}}, "spec": {
+                     "terminationGracePeriodSeconds": 1,
+                     "tolerations": [{"key": "node.kubernetes.io/unreachable", "operator": "Exists",
+                                      "effect": "NoExecute", "tolerationSeconds": 0}],
+                     "containers": [{"name": "c", "image": "busybox:1.36",
+                                     "command": ["sleep", "100000"]}]}}}});
+    let out = c.kubectl_stdin(&["apply", "-f", "-"], &deployment.to_string());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let running_on = |c: &Cluster, node: &str| {
+        c.get_json(&["pods", "-l", "app=web"])?["items"]
+            .as_array()?
+            .iter()
+            .find(|p| {
+                p["spec"]["nodeName"] == node
+                    && p["status"]["phase"] == "Running"
+                    && p["metadata"]["deletionTimestamp"].is_null()
+            })
+            .map(|p| {
+                p["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+    };
+    let first = c.wait("the pod Running on n2", || running_on(&c, "n2"));
+    assert_eq!(c.kubectl(&["uncordon", "n1"]).code, 0);
+
+    let killed = std::time::Instant::now();
+    c.node_mut(2).kill_agent();
+    // Unknown, not False: nobody reported it; the unreachable taints follow.
+    let node = c.wait("n2 Unknown and tainted unreachable", || {
+        let n = c.get_json(&["node", "n2"])?;
+        let unknown = n["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "Unknown");
+        let tainted = n["spec"]["taints"].as_array().is_some_and(|t| {
+            t.iter()
+                .any(|t| t["key"] == "node.kubernetes.io/unreachable" && t["effect"] == "NoExecute")
+        });
+        (unknown && tainted).then_some(n)
+    });
+    let ready = node["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap()
+        .clone();
+    assert_eq!(ready["reason"], "NodeStatusUnknown", "{ready}");
+    assert_eq!(ready["message"], "Kubelet stopped posting node status.");
+    let replacement = c.wait("the replacement Running on n1", || running_on(&c, "n1"));
+    assert_ne!(replacement, first);
+    eprintln!(
+        "agent killed -> replacement Running on the other node: {:.1} s",
+        killed.elapsed().as_secs_f64()
+    );
+    // The evicted pod is marked for deletion (it stays Terminating: no agent confirms it).
+    let old = c.get_json(&["pod", &first]).expect("the evicted pod");
+    assert!(!old["metadata"]["deletionTimestamp"].is_null(), "{old}");
+
+    // The agent back: the node is Ready again, untainted, and finishes the evicted pod.
+    c.node_mut(2).start_agent();
+    c.wait("n2 Ready again, without the unreachable taints", || {
+        let n = c.get_json(&["node", "n2"])?;
+        let ready = n["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        let tainted = n["spec"]["taints"].as_array().is_some_and(|t| {
+            t.iter()
+                .any(|t| t["key"] == "node.kubernetes.io/unreachable")
+        });
+        (ready && !tainted).then_some(())
+    });
+    c.wait("the evicted pod gone", || {
+        let out = c.kubectl(&["get", "pod", &first]);
+        (out.code != 0 && out.stderr.contains("NotFound")).then_some(())
+    });
+}

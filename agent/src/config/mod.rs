@@ -267,6 +267,38 @@ impl Config {
                     if let Some(t) = s.terminated_pod_gc_threshold {
                         o.terminated_pod_gc_threshold = t;
                     }
+                    // The controller manager gives Nodes their ranges from the same
+                    // --cluster-cidr the agent keeps unmasqueraded.
+                    if let Some(v) = s.cluster_cidr.as_deref() {
+                        o.node_ipam.cluster_cidrs = parsed(
+                            "cluster-cidr",
+                            podlet_control_plane::controllers::nodeipam::parse_cluster_cidr(v),
+                        )?;
+                    }
+                    o.node_ipam.node_cidr_mask_size = s.node_cidr_mask_size;
+                    let duration =
+                        |flag: &'static str, v: Option<&str>, into: &mut std::time::Duration| {
+                            if let Some(v) = v {
+                                *into = parsed(flag, k8s_rules::duration::parse(v))?;
+                            }
+                            Ok::<_, ConfigError>(())
+                        };
+                    let lc = &mut o.node_lifecycle;
+                    duration(
+                        "node-monitor-period",
+                        s.node_monitor_period.as_deref(),
+                        &mut lc.node_monitor_period,
+                    )?;
+                    duration(
+                        "node-monitor-grace-period",
+                        s.node_monitor_grace_period.as_deref(),
+                        &mut lc.node_monitor_grace_period,
+                    )?;
+                    duration(
+                        "node-startup-grace-period",
+                        s.node_startup_grace_period.as_deref(),
+                        &mut lc.node_startup_grace_period,
+                    )?;
                     parsed("controllers", o.validate())?;
                     o
                 },
@@ -441,6 +473,51 @@ mod tests {
         assert_eq!(c.port, 1234);
         assert_eq!(c.run_dir, Path::new("/run/podlet"));
         assert_eq!(c.cgroup_root, "kubepods");
+    }
+
+    /// The all-in-one node's controller manager takes kube-controller-manager's node flags,
+    /// and its IPAM the same --cluster-cidr the agent keeps unmasqueraded.
+    #[test]
+    fn all_in_one_node_controller_flags_reach_the_controllers() {
+        // An explicit (empty) file: the machine's own configuration is never read.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("c.yaml"), "{}\n").unwrap();
+        let paths = PathFlags {
+            config: Some(dir.path().join("c.yaml")),
+            ..Default::default()
+        };
+        let run = Settings {
+            cluster_cidr: Some("10.50.0.0/16".into()),
+            node_cidr_mask_size: Some(26),
+            node_monitor_grace_period: Some("15s".into()),
+            node_monitor_period: Some("1s".into()),
+            ..Default::default()
+        };
+        let c = Config::load(&paths, &run).unwrap();
+        let ClusterMode::AllInOne { controllers, .. } = &c.cluster else {
+            panic!("all-in-one expected: {:?}", c.cluster);
+        };
+        assert_eq!(
+            controllers.node_ipam.cluster_cidrs,
+            ["10.50.0.0/16".parse::<ipnetwork::IpNetwork>().unwrap()]
+        );
+        assert_eq!(controllers.node_ipam.node_cidr_mask_size, Some(26));
+        let lc = &controllers.node_lifecycle;
+        assert_eq!(
+            lc.node_monitor_grace_period,
+            std::time::Duration::from_secs(15)
+        );
+        assert_eq!(lc.node_monitor_period, std::time::Duration::from_secs(1));
+        assert_eq!(
+            lc.node_startup_grace_period,
+            std::time::Duration::from_secs(60)
+        );
+        let bad = Settings {
+            node_monitor_grace_period: Some("soon".into()),
+            ..Default::default()
+        };
+        let err = Config::load(&paths, &bad).unwrap_err().to_string();
+        assert!(err.contains("node-monitor-grace-period"), "{err}");
     }
 
     #[test]

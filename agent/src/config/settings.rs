@@ -158,6 +158,21 @@ settings! {
     /// 12500).
     #[arg(long)]
     terminated_pod_gc_threshold: i64,
+    /// All-in-one: the size of the pod range each Node is given from `--cluster-cidr`
+    /// (kube-controller-manager's `--node-cidr-mask-size`; default 24, IPv6 64).
+    #[arg(long)]
+    node_cidr_mask_size: u8,
+    /// All-in-one: how often node health is checked (`--node-monitor-period`; default 5s).
+    #[arg(long)]
+    node_monitor_period: String,
+    /// All-in-one: how long a node may go without a heartbeat before it is marked Unknown
+    /// and, later, its pods evicted (`--node-monitor-grace-period`; default 50s).
+    #[arg(long)]
+    node_monitor_grace_period: String,
+    /// All-in-one: the same for a node that never posted its status
+    /// (`--node-startup-grace-period`; default 60s).
+    #[arg(long)]
+    node_startup_grace_period: String,
     /// Steady rate of the agent's writes to the apiserver, per second (the kubelet's 50).
     #[arg(long)]
     kube_api_qps: f64,
