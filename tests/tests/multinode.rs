@@ -215,6 +215,9 @@ fn nodes_on_two_subnets_get_vxlan_which_survives_restarts_and_goes_with_the_node
     // A restarted agent finds everything in place and changes nothing: no route, FDB,
     // neighbour or link event on n2 while it restarts.
     let before = vxlan_parts(&c, 2);
+    // An IPv4 tunnel: no IPv6 link-local address (and route) for the kernel to add later.
+    let v6 = c.sh(2, "ip -6 addr show dev podlet.1").stdout;
+    assert!(v6.trim().is_empty(), "{v6}");
     let link = |c: &Cluster| {
         c.sh(2, "ip -o link show podlet.1")
             .stdout

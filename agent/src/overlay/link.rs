@@ -209,7 +209,6 @@ pub async fn ensure_vxlan(h: &Handle, under: &Underlay) -> io::Result<(u32, [u8;
         .port(VXLAN_PORT)
         .learning(false)
         .mtu(mtu)
-        .up()
         .build();
     h.link().add(msg).execute().await.map_err(ctx(format!(
         "creating the VXLAN device {VXLAN_DEV} (VNI {VNI}, UDP {VXLAN_PORT}) over {}",
@@ -218,9 +217,28 @@ pub async fn ensure_vxlan(h: &Handle, under: &Underlay) -> io::Result<(u32, [u8;
     let l = link_by_name(h, VXLAN_DEV)
         .await?
         .ok_or_else(|| io::Error::other(format!("{VXLAN_DEV} vanished after creation")))?;
+    // The tunnel carries IPv4 only: without this the kernel gives the device an IPv6
+    // link-local address and route a moment after it comes up, a change of the node's
+    // routing nobody asked for (and one that looked like churn after agent restarts).
+    no_ipv6(VXLAN_DEV)?;
+    h.link()
+        .set(LinkUnspec::new_with_index(l.header.index).up().build())
+        .execute()
+        .await
+        .map_err(ctx(format!("setting up {VXLAN_DEV}")))?;
     tracing::info!(dev = VXLAN_DEV, underlay = %under.name, mtu, "created the VXLAN device");
     let mac = mac_of(&l).ok_or_else(|| io::Error::other("VXLAN device without MAC"))?;
     Ok((l.header.index, mac))
+}
+
+/// Turns IPv6 off on `dev` (in this process's network namespace); nothing to do where the
+/// kernel has no IPv6.
+fn no_ipv6(dev: &str) -> io::Result<()> {
+    let path = format!("/proc/sys/net/ipv6/conf/{dev}/disable_ipv6");
+    match std::fs::write(&path, "1") {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r.map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}"))),
+    }
 }
 
 /// Gives the device exactly the address `ip/32` (the node's VTEP address).
