@@ -280,6 +280,16 @@ fn nodes_on_two_subnets_get_vxlan_which_survives_restarts_and_goes_with_the_node
     assert!(!fdb.is_empty() && !neigh.is_empty());
 }
 
+/// The `status` of Node `name`'s Ready condition, once the Node is there.
+fn ready_status(c: &Cluster, name: &str) -> Option<String> {
+    let n = c.get_json(&["node", name])?;
+    n["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .and_then(|c| c["status"].as_str().map(str::to_string))
+}
+
 /// A node whose agent dies goes Unknown once `--node-monitor-grace-period` passes without a
 /// heartbeat, gets the `unreachable` taints, and its pods are evicted when their toleration
 /// runs out; their Deployment's replacements run on the node that is left. (The all-in-one
@@ -298,12 +308,7 @@ fn a_dead_node_goes_unknown_and_its_pods_are_replaced_on_another() {
     };
     for i in [1, 2] {
         c.wait(&format!("n{i} Ready"), || {
-            let n = c.get_json(&["node", &format!("n{i}")])?;
-            let ready = n["status"]["conditions"]
-                .as_array()?
-                .iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True");
-            ready.then_some(())
+            (ready_status(&c, &format!("n{i}"))? == "True").then_some(())
         });
     }
     // The pod starts on n2: n1 is cordoned meanwhile.
@@ -343,11 +348,8 @@ fn a_dead_node_goes_unknown_and_its_pods_are_replaced_on_another() {
     c.node_mut(2).kill_agent();
     // Unknown, not False: nobody reported it; the unreachable taints follow.
     let node = c.wait("n2 Unknown and tainted unreachable", || {
+        let unknown = ready_status(&c, "n2")? == "Unknown";
         let n = c.get_json(&["node", "n2"])?;
-        let unknown = n["status"]["conditions"]
-            .as_array()?
-            .iter()
-            .any(|c| c["type"] == "Ready" && c["status"] == "Unknown");
         let tainted = n["spec"]["taints"].as_array().is_some_and(|t| {
             t.iter()
                 .any(|t| t["key"] == "node.kubernetes.io/unreachable" && t["effect"] == "NoExecute")
@@ -376,11 +378,8 @@ fn a_dead_node_goes_unknown_and_its_pods_are_replaced_on_another() {
     // The agent back: the node is Ready again, untainted, and finishes the evicted pod.
     c.node_mut(2).start_agent();
     c.wait("n2 Ready again, without the unreachable taints", || {
+        let ready = ready_status(&c, "n2")? == "True";
         let n = c.get_json(&["node", "n2"])?;
-        let ready = n["status"]["conditions"]
-            .as_array()?
-            .iter()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True");
         let tainted = n["spec"]["taints"].as_array().is_some_and(|t| {
             t.iter()
                 .any(|t| t["key"] == "node.kubernetes.io/unreachable")
