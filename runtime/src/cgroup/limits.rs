@@ -18,12 +18,23 @@ pub struct Limits {
     pub pids: Option<i64>,
 }
 
-/// The kubelet's (and runc's) mapping of cgroup v1 shares to cgroup v2 weight.
+/// cgroup v1 shares as cgroup v2 `cpu.weight`, by the conversion the kubelet (through
+/// opencontainers/cgroups, since 2025) and runc >= 1.3.2, crun >= 1.23 and youki's libcontainer
+/// share: `⌈10^((L² + 125·L)/612 − 7/34)⌉` with `L = log2(shares)`. It maps the v1 range onto
+/// [1, 10000] as the old linear formula did, but also the v1 default 1024 onto the v2 default
+/// 100 (the old one gave 39, ranking pods below every unlimited system service). Containers get
+/// theirs from libcontainer, so pod and container cgroups must agree on it.
 pub fn shares_to_weight(shares: u64) -> u64 {
-    if shares == 0 {
-        return 0;
+    match shares {
+        0 => 0,
+        1..=2 => 1,
+        262_144.. => 10_000,
+        _ => {
+            let l = (shares as f64).log2();
+            let exponent = (l * l + 125.0 * l) / 612.0 - 7.0 / 34.0;
+            (10f64.powf(exponent).ceil() as u64).clamp(1, 10_000)
+        }
     }
-    1 + ((shares.clamp(2, 262_144) - 2) * 9999) / 262_142
 }
 
 /// Creates `rel` (and parents) and writes `limits` there.
@@ -142,9 +153,16 @@ mod tests {
 
     #[test]
     fn weights_match_kubelet() {
+        assert_eq!(shares_to_weight(0), 0);
         assert_eq!(shares_to_weight(2), 1);
-        assert_eq!(shares_to_weight(1024), 39);
+        // 250m: what youki's libcontainer writes for a container (seen in the Vagrant lab).
+        assert_eq!(shares_to_weight(256), 35);
+        assert_eq!(shares_to_weight(1024), 100);
         assert_eq!(shares_to_weight(262_144), 10_000);
+        assert_eq!(shares_to_weight(1_000_000), 10_000);
+        // Monotonic over the whole range, as the scheduler of the kernel needs it to be.
+        let w: Vec<u64> = (2..=262_144).map(shares_to_weight).collect();
+        assert!(w.windows(2).all(|p| p[0] <= p[1]));
     }
 
     #[test]
@@ -164,7 +182,7 @@ mod tests {
         apply(&layout, "/kubepods/podabc", &l).unwrap();
         let d = root.path().join("kubepods/podabc");
         let read = |f: &str| fs::read_to_string(d.join(f)).unwrap();
-        assert_eq!(read("cpu.weight"), "10");
+        assert_eq!(read("cpu.weight"), "35");
         assert_eq!(read("cpu.max"), "25000 100000");
         assert_eq!(read("memory.max"), (64u64 << 20).to_string());
         assert_eq!(read("pids.max"), "100");
@@ -351,7 +369,7 @@ mod tests {
                 Op::CreateDirAll(r.join("kubepods/burstable")),
                 written(r.join("kubepods/burstable/cgroup.subtree_control"), all),
                 Op::CreateDirAll(leaf.clone()),
-                written(leaf.join("cpu.weight"), "39"),
+                written(leaf.join("cpu.weight"), "100"),
                 // A zero quota is no quota.
                 written(leaf.join("cpu.max"), "max 100000"),
                 written(leaf.join("memory.max"), "max"),
