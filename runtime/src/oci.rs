@@ -54,6 +54,12 @@ pub fn exec(
         .as_ref()
         .map(|p| p.user().clone())
         .unwrap_or_default();
+    // Under the container's AppArmor profile too, as runc and crun run exec processes:
+    // libcontainer's tenant builder takes it only when told.
+    let apparmor = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.apparmor_profile().clone());
     let pid = ContainerBuilder::new(id.to_string(), SyscallType::default())
         .with_root_path(state_root)
         .map_err(|e| e.to_string())?
@@ -61,6 +67,7 @@ pub fn exec(
         .with_user(Some(user.uid()))
         .with_group(Some(user.gid()))
         .with_additional_gids(user.additional_gids().clone().unwrap_or_default())
+        .with_apparmor(apparmor)
         .with_container_args(args)
         .with_detach(true)
         .build()
