@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Cross-node pod networking on the namespace lab (hack/lab.sh): latency (ping RTT, 50 at
 20/s) pod -> pod across two nodes, beside node -> node over the same veth links, for host-gw (one subnet) and VXLAN (two subnets behind the lab's router
-namespace); and route convergence: a Node added through the API -> its route on node 1.
-Throughput is not measured yet: this busybox's `nc` ends a piped transfer at once (512 MiB
-"sent" in 12 ms) and there is no iperf3 here.
+namespace); TCP throughput the same ways (a Python sender and receiver run in the pods' and the
+nodes' network namespaces, entered from the host: this busybox's `nc` ends a piped transfer at
+once, and there is no iperf3 here); and route convergence: a Node added through the API -> its
+route on node 1.
 """
 import argparse, json, os, re, statistics, subprocess, sys, time
 
@@ -42,6 +43,50 @@ def pod(env, node, name, script, host=False):
 
 SERVER = "while true; do nc -l -p 5001 > /dev/null; done"
 
+# Receiver and sender of THROUGHPUT_BYTES over one TCP connection; the receiver prints MB/s.
+THROUGHPUT_BYTES = 1 << 30
+RECEIVER = f"""
+import socket, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 5201)); s.listen(1); print("ready", flush=True)
+c, _ = s.accept(); buf = bytearray(1 << 20); n = 0; t0 = time.time()
+while True:
+    k = c.recv_into(buf)
+    if not k: break
+    n += k
+print(n / (time.time() - t0) / 1e6 if n == {THROUGHPUT_BYTES} else -1, flush=True)
+"""
+SENDER = f"""
+import socket, sys
+c = socket.create_connection((sys.argv[1], 5201)); b = bytes(1 << 20)
+for _ in range({THROUGHPUT_BYTES >> 20}): c.sendall(b)
+c.close()
+"""
+
+
+def pid_of_marker(marker):
+    """The host PID of a process whose command line holds `marker` (a pod's sleep)."""
+    out = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
+    if not out:
+        sys.exit(f"no process runs {marker!r}")
+    return out[0]
+
+
+def throughput(src_pid, dst_pid, dst_ip, runs=3):
+    """Median MB/s of 1 GiB sent from src's network namespace to dst's, over TCP."""
+    rates = []
+    for _ in range(runs):
+        rx = subprocess.Popen(["nsenter", "-t", dst_pid, "-n", "python3", "-c", RECEIVER],
+                              stdout=subprocess.PIPE, text=True)
+        assert rx.stdout.readline().strip() == "ready"
+        subprocess.run(["nsenter", "-t", src_pid, "-n", "python3", "-c", SENDER, dst_ip], check=True)
+        rate = float(rx.stdout.readline())
+        rx.wait()
+        if rate < 0:
+            sys.exit("a throughput run lost bytes")
+        rates.append(rate)
+    return statistics.median(rates)
+
 
 def latency(run, ip):
     out = run(f"ping -c 50 -i 0.05 -q {ip}")
@@ -55,15 +100,11 @@ def case(name, subnets, results):
     lab(env, "up", "2")
     try:
         wait("nodes", lambda: kget(env, "node", "n2"))
-        for i in (1, 2):
-            n = kget(env, "node", f"n{i}")
-            if not n["spec"].get("podCIDR"):
-                c = f"10.244.{i}.0/24"
-                lab(env, "kubectl", "patch", "node", f"n{i}", "--type", "merge", "-p",
-                    json.dumps({"spec": {"podCIDR": c, "podCIDRs": [c]}}))
-        wait("routes", lambda: "10.244.2.0/24" in lab(env, "sh", "1", "ip", "route", "show", "proto", "158").stdout)
-        sip = pod(env, "n2", "server", SERVER)
-        pod(env, "n1", "client", "sleep 100000")
+        # nodeipam gives each Node its podCIDR; n1 routes to n2's.
+        cidr = wait("n2's podCIDR", lambda: (kget(env, "node", "n2") or {}).get("spec", {}).get("podCIDR"))
+        wait("routes", lambda: cidr in lab(env, "sh", "1", "ip", "route", "show", "proto", "158").stdout)
+        sip = pod(env, "n2", "server", SERVER + " & sleep 100002")
+        pod(env, "n1", "client", "sleep 100001")
         hip = open(f"{env['LAB_DIR']}/n2.ip").read().strip()
 
         def in_pod(cmd):
@@ -78,9 +119,13 @@ def case(name, subnets, results):
             return r.stdout + r.stderr
         try:
             time.sleep(0.5)
+            n1, n2 = (open(f"{env['LAB_DIR']}/n{i}.pid").read().strip() for i in (1, 2))
+            c, sv = pid_of_marker("sleep 100001"), pid_of_marker("sleep 100002")
             results[name] = {
                 "pod_to_pod_rtt_ms": latency(in_pod, sip),
                 "node_to_node_rtt_ms": latency(on_node, hip),
+                "pod_to_pod_tcp_MBps": throughput(c, sv, sip),
+                "node_to_node_tcp_MBps": throughput(n1, n2, hip),
             }
         finally:
             srv.kill()
