@@ -2,10 +2,7 @@
 # Installs what building and testing podlet needs on Debian 12 (run as root). Idempotent.
 set -euo pipefail
 pkgs=(busybox-static libseccomp-dev pkg-config util-linux gcc make tar gzip file libnftnl-dev libmnl-dev nftables containernetworking-plugins iproute2 apparmor python3-kubernetes python3-cryptography curl bsdutils skopeo)
-missing=()
-for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
+mapfile -t missing < <(bash "$(dirname "$0")/missing-packages.sh" "${pkgs[@]}")
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -1,38 +1,30 @@
 #!/usr/bin/env bash
 # Checks inside a running lab's guest (from the host, in vagrant/, with KUBECONFIG set):
 #   guest-checks.sh [NODE]   (default worker1)
-# cgroup v2: a Burstable pod's pod and container cgroups hold the values the kubelet writes;
-# AppArmor: the agent loaded podlet-default, RuntimeDefault containers run confined by it and
-# are refused what it denies, and a Localhost profile loaded on the node confines its pod.
-set -euo pipefail
-node=${1:-worker1}
-log() { echo "guest-checks: $*"; }
-# `on NODE <<SCRIPT`: a root shell on the node runs SCRIPT; its output is ours.
-on() { vagrant ssh "$1" -c 'sudo bash -s' -- -q 2>/dev/null; }
-kubectl() { "${KUBECTL:-kubectl}" "$@"; }
-k() { kubectl -n podlet-lab "$@"; }
-fail() { log "FAIL: $*"; exit 1; }
-kubectl delete namespace podlet-lab --ignore-not-found --wait=false >/dev/null
-for _ in $(seq 180); do kubectl get namespace podlet-lab >/dev/null 2>&1 || break; sleep 1; done
-kubectl create namespace podlet-lab >/dev/null
-
-# cgroup v2: a Burstable pod's pod and container cgroups hold the kubelet's values.
-k apply -f - >/dev/null <<YAML
+# `pod NAME CONTAINER-FIELDS`: a sleeping busybox pod on the node, as YAML.
+pod() {
+  cat <<YAML
 apiVersion: v1
 kind: Pod
-metadata: {name: cg}
+metadata: {name: $1}
 spec:
   nodeName: $node
+  restartPolicy: Never
   terminationGracePeriodSeconds: 1
   containers:
   - name: c
     image: docker.io/library/busybox:1.36
     imagePullPolicy: Never
     command: [sleep, "3600"]
-    resources:
-      requests: {cpu: 250m, memory: 64Mi}
-      limits: {cpu: 500m, memory: 128Mi}
+$2
+---
 YAML
+}
+
+# cgroup v2: a Burstable pod's pod and container cgroups hold the kubelet's values.
+pod cg '    resources:
+      requests: {cpu: 250m, memory: 64Mi}
+      limits: {cpu: 500m, memory: 128Mi}' | k apply -f - >/dev/null
 k wait --for=condition=Ready pod/cg --timeout=120s >/dev/null || fail "pod cg: $(k get pod cg -o wide)"
 uid=$(k get pod cg -o jsonpath='{.metadata.uid}')
 cg=$(on "$node" <<SH
@@ -74,29 +66,14 @@ apparmor_parser -r /etc/apparmor.d/podlet-lab-test
 SH
 profiles=$(on "$node" <<<'cat /sys/kernel/security/apparmor/profiles')
 echo "$profiles" | grep -qx 'podlet-default (enforce)' || fail "podlet-default not loaded on $node: $profiles"
-pod() { # pod NAME APPARMOR-PROFILE-YAML
-  cat <<YAML
-apiVersion: v1
-kind: Pod
-metadata: {name: $1}
-spec:
-  nodeName: $node
-  restartPolicy: Never
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: c
-    image: docker.io/library/busybox:1.36
-    imagePullPolicy: Never
-    command: [sleep, "3600"]
-    securityContext:
+aa() { # aa NAME APPARMOR-PROFILE: CAP_SYS_ADMIN and no seccomp, so AppArmor alone refuses
+  pod "$1" "    securityContext:
       appArmorProfile: $2
       seccompProfile: {type: Unconfined}
-      capabilities: {add: [SYS_ADMIN]}
----
-YAML
+      capabilities: {add: [SYS_ADMIN]}"
 }
-{ pod aa-default '{type: RuntimeDefault}'; pod aa-unconfined '{type: Unconfined}'
-  pod aa-local '{type: Localhost, localhostProfile: podlet-lab-test}'; } | k apply -f - >/dev/null
+{ aa aa-default '{type: RuntimeDefault}'; aa aa-unconfined '{type: Unconfined}'
+  aa aa-local '{type: Localhost, localhostProfile: podlet-lab-test}'; } | k apply -f - >/dev/null
 k wait --for=condition=Ready pod/aa-default pod/aa-unconfined pod/aa-local --timeout=120s >/dev/null \
   || fail "apparmor pods: $(k get pods -o wide)"
 attr() { k exec "$1" -- cat /proc/self/attr/current | tr -d '\0'; }
