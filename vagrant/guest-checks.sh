@@ -1,6 +1,21 @@
 #!/usr/bin/env bash
 # Checks inside a running lab's guest (from the host, in vagrant/, with KUBECONFIG set):
 #   guest-checks.sh [NODE]   (default worker1)
+# cgroup v2: a Burstable pod's pod and container cgroups hold the values the kubelet writes;
+# AppArmor: the agent loaded podlet-default, RuntimeDefault containers run confined by it and
+# are refused what it denies, and a Localhost profile loaded on the node confines its pod.
+set -euo pipefail
+node=${1:-worker1}
+log() { echo "guest-checks: $*"; }
+# `on NODE <<SCRIPT`: a root shell on the node runs SCRIPT; its output is ours.
+on() { vagrant ssh "$1" -c 'sudo bash -s' -- -q 2>/dev/null; }
+kubectl() { "${KUBECTL:-kubectl}" "$@"; }
+k() { kubectl -n podlet-lab "$@"; }
+fail() { log "FAIL: $*"; exit 1; }
+kubectl delete namespace podlet-lab --ignore-not-found --wait=false >/dev/null
+for _ in $(seq 180); do kubectl get namespace podlet-lab >/dev/null 2>&1 || break; sleep 1; done
+kubectl create namespace podlet-lab >/dev/null
+
 # `pod NAME CONTAINER-FIELDS`: a sleeping busybox pod on the node, as YAML.
 pod() {
   cat <<YAML
