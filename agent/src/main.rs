@@ -90,6 +90,10 @@ enum Cmd {
         #[command(flatten)]
         nodes: Box<NodeControllerFlags>,
     },
+    /// Remove the node networking the agent made: routes to other nodes' pods (protocol 158),
+    /// the VXLAN device podlet.1 and the nftables table `ip podlet-masq`. Stop the agent
+    /// first: a running agent makes them again.
+    Cleanup,
     /// List pods and their containers.
     Ps,
     /// Print a container's logs.
@@ -299,6 +303,21 @@ fn run(cli: Cli) -> Result<i32> {
         } => {
             let cfg = Config::load(&cli.paths, &Settings::default())?;
             cli::exec(&cfg, &namespace, &pod, container.as_deref(), command)
+        }
+        Cmd::Cleanup => {
+            let done = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(overlay::cleanup::run())
+                .context("podlet cleanup")?;
+            if done.is_empty() {
+                println!("nothing to remove");
+            }
+            for d in done {
+                println!("removed {d}");
+            }
+            Ok(0)
         }
         Cmd::Ps => {
             let cfg = Config::load(&cli.paths, &Settings::default())?;

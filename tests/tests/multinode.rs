@@ -167,7 +167,7 @@ fn mac_of(c: &Cluster, i: usize) -> String {
 }
 
 #[test]
-fn nodes_on_two_subnets_get_vxlan_which_survives_restarts_and_goes_with_the_node() {
+fn nodes_on_two_subnets_get_vxlan_which_survives_restarts_goes_with_the_node_and_is_cleaned_up() {
     // --pod-cidr given: registered on the Node as it is.
     let Some(mut c) = Cluster::start(&[1, 2], &[], true) else {
         return;
@@ -278,6 +278,25 @@ fn nodes_on_two_subnets_get_vxlan_which_survives_restarts_and_goes_with_the_node
         (!r.contains(&cidr2) && !fdb.contains(&mac2) && !neigh.contains(vtep2)).then_some(())
     });
     assert!(!fdb.is_empty() && !neigh.is_empty());
+
+    // `podlet cleanup` on n2, whose agent is stopped: its route to n1, the VXLAN device and
+    // the masquerade table go; a second run finds nothing.
+    assert!(routes(&c, 2).contains(&cidr1), "{}", routes(&c, 2));
+    let out = c.node(2).podlet(&["cleanup"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    for want in [
+        format!("removed 1 route(s) to other nodes' pods (protocol 158): {cidr1}"),
+        "removed the VXLAN device podlet.1".to_string(),
+        "removed the nftables table ip podlet-masq".to_string(),
+    ] {
+        assert!(out.stdout.contains(&want), "{want}: {out:?}");
+    }
+    assert_eq!(routes(&c, 2), "");
+    assert_ne!(c.sh(2, "ip link show podlet.1").code, 0);
+    let tables = c.sh(2, "nft list tables").stdout;
+    assert!(!tables.contains("podlet-masq"), "{tables}");
+    let again = c.node(2).podlet(&["cleanup"]);
+    assert_eq!((again.code, again.stdout.trim()), (0, "nothing to remove"));
 }
 
 /// The `status` of Node `name`'s Ready condition, once the Node is there.

@@ -8,6 +8,7 @@
 //! Everything is reconciled as a diff of the kernel's state against the wanted one, on every
 //! Node change and every `RESYNC`, so an agent restart replaces nothing that is right.
 
+pub mod cleanup;
 pub mod link;
 
 use std::collections::{BTreeMap, BTreeSet};
