@@ -11,12 +11,14 @@
 //! - [`labels`]: label selectors, in their string form and as `metav1.LabelSelector`.
 //! - [`pods`]: whether a pod is active, ready, available, and which pods a controller removes first.
 //! - [`cron`]: CronJob schedules (robfig/cron's standard parser) and their next times.
+//! - [`dns`]: a pod's resolv.conf (DNS policy, dnsConfig, limits) as the kubelet forms it.
 //! - [`duration`]: Go durations as Kubernetes flags and config files write them.
 //! - [`jobindexes`]: sets of Job completion indexes as their status strings (`0-2,4`).
 //! - [`files`]: the atomic write of a private file.
 //! - [`pki`]: certificates for clients and servers of the cluster CA.
 
 pub mod cron;
+pub mod dns;
 pub mod duration;
 pub mod files;
 pub mod jobindexes;
