@@ -58,6 +58,12 @@ pub enum ConfigError {
     NetworkBackend(String),
     #[error("--image-gc-period must be positive")]
     ImageGcPeriod,
+    #[error("--{flag} {value:?}: {why}")]
+    Invalid {
+        flag: &'static str,
+        value: String,
+        why: String,
+    },
 }
 
 /// `parse(value)`, its error naming `flag`.
@@ -133,6 +139,10 @@ pub struct Config {
     pub pod_cidr: Option<ipnetwork::IpNetwork>,
     pub network_backend: NetworkBackend,
     pub cluster_cidr: ipnetwork::IpNetwork,
+    pub cluster_dns: Vec<IpAddr>,
+    pub cluster_domain: String,
+    /// None: `--resolv-conf ""`, no node resolver configuration.
+    pub resolv_conf: Option<PathBuf>,
     pub pod_pids_limit: Option<i64>,
     /// Reserved (millicores, bytes), system and kube together.
     pub reserved: Reserved,
@@ -324,6 +334,21 @@ impl Config {
             "cluster-cidr",
             s.cluster_cidr.unwrap_or_else(|| "10.244.0.0/16".into()),
         )?;
+        let cluster_dns = s
+            .cluster_dns
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(|v| {
+                v.parse::<IpAddr>().map_err(|e| ConfigError::Invalid {
+                    flag: "cluster-dns",
+                    value: v.to_string(),
+                    why: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let network_backend = match s.network_backend.as_deref() {
             None => NetworkBackend::Auto,
             Some(b) => b
@@ -402,6 +427,16 @@ impl Config {
             pod_cidr,
             network_backend,
             cluster_cidr,
+            cluster_dns,
+            cluster_domain: s
+                .cluster_domain
+                .map(|d| d.trim_end_matches('.').to_string())
+                .unwrap_or_else(|| "cluster.local".into()),
+            resolv_conf: match s.resolv_conf {
+                None => Some("/etc/resolv.conf".into()),
+                Some(p) if p.is_empty() => None,
+                Some(p) => Some(p.into()),
+            },
             pod_pids_limit: s.pod_pids_limit.filter(|p| *p > 0),
             reserved,
             eviction_hard,
@@ -446,137 +481,4 @@ impl Config {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::path::Path;
-
-    #[test]
-    fn flags_override_file_and_file_overrides_defaults() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("c.yaml");
-        std::fs::write(
-            &file,
-            "rootDir: /srv/podlet\nport: 1234\nnodeName: from-file\n",
-        )
-        .unwrap();
-        let paths = PathFlags {
-            config: Some(file.clone()),
-            ..Default::default()
-        };
-        let run = Settings {
-            node_name: Some("from-flag".into()),
-            ..Default::default()
-        };
-        let c = Config::load(&paths, &run).unwrap();
-        assert_eq!(c.node_name, "from-flag");
-        assert_eq!(c.root_dir, Path::new("/srv/podlet"));
-        assert_eq!(c.port, 1234);
-        assert_eq!(c.run_dir, Path::new("/run/podlet"));
-        assert_eq!(c.cgroup_root, "kubepods");
-    }
-
-    /// The all-in-one node's controller manager takes kube-controller-manager's node flags,
-    /// and its IPAM the same --cluster-cidr the agent keeps unmasqueraded.
-    #[test]
-    fn all_in_one_node_controller_flags_reach_the_controllers() {
-        // An explicit (empty) file: the machine's own configuration is never read.
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("c.yaml"), "{}\n").unwrap();
-        let paths = PathFlags {
-            config: Some(dir.path().join("c.yaml")),
-            ..Default::default()
-        };
-        let run = Settings {
-            cluster_cidr: Some("10.50.0.0/16".into()),
-            node_cidr_mask_size: Some(26),
-            node_monitor_grace_period: Some("15s".into()),
-            node_monitor_period: Some("1s".into()),
-            ..Default::default()
-        };
-        let c = Config::load(&paths, &run).unwrap();
-        let ClusterMode::AllInOne { controllers, .. } = &c.cluster else {
-            panic!("all-in-one expected: {:?}", c.cluster);
-        };
-        assert_eq!(
-            controllers.node_ipam.cluster_cidrs,
-            ["10.50.0.0/16".parse::<ipnetwork::IpNetwork>().unwrap()]
-        );
-        assert_eq!(controllers.node_ipam.node_cidr_mask_size, Some(26));
-        let lc = &controllers.node_lifecycle;
-        assert_eq!(
-            lc.node_monitor_grace_period,
-            std::time::Duration::from_secs(15)
-        );
-        assert_eq!(lc.node_monitor_period, std::time::Duration::from_secs(1));
-        assert_eq!(
-            lc.node_startup_grace_period,
-            std::time::Duration::from_secs(60)
-        );
-        let bad = Settings {
-            node_monitor_grace_period: Some("soon".into()),
-            ..Default::default()
-        };
-        let err = Config::load(&paths, &bad).unwrap_err().to_string();
-        assert!(err.contains("node-monitor-grace-period"), "{err}");
-    }
-
-    #[test]
-    fn bad_file_names_the_field() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("c.yaml");
-        std::fs::write(&file, "port: lots\n").unwrap();
-        let paths = PathFlags {
-            config: Some(file),
-            ..Default::default()
-        };
-        let err = Config::load(&paths, &Settings::default())
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("c.yaml") && err.contains("port"), "{err}");
-        std::fs::write(dir.path().join("d.yaml"), "staticPodPath: /x\n").unwrap();
-        let paths = PathFlags {
-            config: Some(dir.path().join("d.yaml")),
-            ..Default::default()
-        };
-        assert!(Config::load(&paths, &Settings::default()).is_err());
-    }
-
-    #[test]
-    fn switches_take_no_value_and_absent_flags_leave_the_file_alone() {
-        #[derive(clap::Parser)]
-        struct Run {
-            #[command(flatten)]
-            s: Settings,
-        }
-        let parse = |args: &[&str]| {
-            <Run as clap::Parser>::try_parse_from(
-                std::iter::once("run").chain(args.iter().copied()),
-            )
-            .map(|r| r.s)
-        };
-        let s = parse(&[
-            "--standalone",
-            "--seccomp-default",
-            "--pod-pids-limit",
-            "-1",
-        ])
-        .unwrap();
-        assert_eq!(
-            (s.standalone, s.seccomp_default, s.pod_pids_limit),
-            (Some(true), Some(true), Some(-1))
-        );
-        assert!(
-            parse(&["--standalone", "false"]).is_err(),
-            "a switch takes no value"
-        );
-        let none = parse(&[]).unwrap();
-        assert!(none.standalone.is_none() && none.port.is_none());
-        let file = Settings {
-            standalone: Some(true),
-            port: Some(1),
-            ..Default::default()
-        };
-        let merged = none.or(file);
-        assert_eq!((merged.standalone, merged.port), (Some(true), Some(1)));
-    }
-}
+mod tests;

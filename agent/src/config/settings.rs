@@ -98,6 +98,17 @@ settings! {
     /// traffic to it is never masqueraded (default 10.244.0.0/16).
     #[arg(long)]
     cluster_cidr: String,
+    /// The cluster DNS servers pods with `dnsPolicy: ClusterFirst` use (comma-separated IPs;
+    /// none: such pods fall back to the node's resolvers, with a MissingClusterDNS warning).
+    #[arg(long)]
+    cluster_dns: String,
+    /// The cluster's DNS domain, the end of pods' search path (default cluster.local).
+    #[arg(long)]
+    cluster_domain: String,
+    /// The node's resolver configuration pods' resolv.conf is formed from (default
+    /// /etc/resolv.conf; empty: none, pods with the node's DNS use 127.0.0.1).
+    #[arg(long)]
+    resolv_conf: String,
     /// Maximum number of processes in a pod (-1: unlimited).
     #[arg(long, allow_hyphen_values = true)]
     pod_pids_limit: i64,

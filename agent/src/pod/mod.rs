@@ -10,6 +10,7 @@
 mod admission;
 mod apiobjects;
 mod cache;
+mod dns;
 mod events;
 mod images;
 mod node;

@@ -107,7 +107,9 @@ impl Worker {
         }
     }
 
-    pub(super) fn write_etc_files(&self) -> std::io::Result<()> {
+    /// Writes the pod's hosts, hostname and resolv.conf; returns the warnings forming its DNS
+    /// configuration gave (the caller records them once).
+    pub(super) fn write_etc_files(&self) -> std::io::Result<Vec<k8s_rules::dns::Warning>> {
         let etc = self.data_dir.join("etc");
         std::fs::create_dir_all(&etc)?;
         let hostname = self.hostname();
@@ -130,7 +132,8 @@ impl Worker {
         };
         std::fs::write(etc.join("hosts"), hosts)?;
         std::fs::write(etc.join("hostname"), format!("{hostname}\n"))?;
-        let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+        let (resolv, warnings) =
+            crate::pod::dns::resolv_conf(&self.svc.info.cfg, self.svc.info.host_ip, &self.pod)?;
         std::fs::write(etc.join("resolv.conf"), resolv)?;
         // In a user namespace the files belong to the pod's root, as the kubelet chowns them.
         if let Some(r) = self.svc.userns.get(&self.uid) {
@@ -138,7 +141,7 @@ impl Worker {
                 std::os::unix::fs::chown(etc.join(f), Some(r.host_id), Some(r.host_id))?;
             }
         }
-        Ok(())
+        Ok(warnings)
     }
 
     pub(super) async fn create_sandbox(&mut self) -> Result<(), SandboxError> {
@@ -154,7 +157,14 @@ impl Worker {
         } else {
             None
         };
-        self.write_etc_files().map_err(io("etc files"))?;
+        for w in self.write_etc_files().map_err(io("etc files"))? {
+            match w.subject {
+                k8s_rules::dns::Subject::Pod => {
+                    self.svc.events.warning(&self.pod, w.reason, w.message)
+                }
+                k8s_rules::dns::Subject::Node => tracing::warn!(reason = w.reason, "{}", w.message),
+            }
+        }
         let host_network = self.spec.host_network.unwrap_or(false);
         let sandbox = SandboxConfig {
             hostname: self.hostname(),
