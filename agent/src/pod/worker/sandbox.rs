@@ -415,10 +415,11 @@ impl Worker {
             wait_gone(state.shim_pid).await;
         }
         self.cleanup_runtime().await;
+        // Unlisted before its files go: a pod whose run dir is gone is never reported.
+        self.svc.statuses.forget(&self.uid);
         let _ = make_writable_and_remove(&self.data_dir);
         let _ = std::fs::remove_dir_all(&self.run_dir);
         let _ = std::fs::remove_dir_all(&self.log_dir);
-        self.svc.statuses.forget(&self.uid);
         self.svc.admission.release(&self.uid);
         self.svc.userns.release(&self.uid);
         self.svc.admission.update_qos_cgroups();
