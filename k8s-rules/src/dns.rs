@@ -2,7 +2,8 @@
 //! policy (ClusterFirst, ClusterFirstWithHostNet, Default, None), the cluster's search path,
 //! `spec.dnsConfig` merged in, and the limits (3 nameservers; 32 search domains of at most 253
 //! characters, 2048 characters in all) with the kubelet's `DNSConfigForming` and
-//! `MissingClusterDNS` warnings.
+//! `MissingClusterDNS` warnings; and a pod's host name, domain and kernel host name
+//! (`hostname`, `subdomain`, `setHostnameAsFQDN`).
 
 use std::net::IpAddr;
 
@@ -248,6 +249,80 @@ fn fit_limits(conf: &mut ResolvConf, warnings: &mut Vec<Warning>) {
                 conf.searches.join(" ")
             ),
         });
+    }
+}
+
+/// Whether `s` is an RFC 1123 label (what `hostname` and `subdomain` must be).
+pub fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// A pod's host name and, with `spec.subdomain`, its domain
+/// (`<subdomain>.<namespace>.svc.<cluster domain>`), as the kubelet's
+/// GeneratePodHostNameAndDomain: `spec.hostname` or the pod's name, cut to 63 characters
+/// without a trailing `-` or `.`.
+pub fn pod_hostname(pod: &Pod, cluster_domain: &str) -> Result<(String, Option<String>), String> {
+    let spec = pod.spec.as_ref();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let mut host = match spec
+        .and_then(|s| s.hostname.as_deref())
+        .filter(|h| !h.is_empty())
+    {
+        Some(h) if !is_dns_label(h) => {
+            return Err(format!("pod Hostname {h:?} is not a valid DNS label"))
+        }
+        Some(h) => h.to_string(),
+        None => name,
+    };
+    if host.len() > 63 {
+        host.truncate(63);
+        while host.ends_with('-') || host.ends_with('.') {
+            host.pop();
+        }
+    }
+    let domain = match spec
+        .and_then(|s| s.subdomain.as_deref())
+        .filter(|d| !d.is_empty())
+    {
+        Some(d) if !is_dns_label(d) => {
+            return Err(format!("pod Subdomain {d:?} is not a valid DNS label"))
+        }
+        Some(d) => {
+            let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+            Some(format!("{d}.{ns}.svc.{cluster_domain}"))
+        }
+        None => None,
+    };
+    Ok((host, domain))
+}
+
+/// The kernel's host name for the pod: its FQDN with `setHostnameAsFQDN` and a subdomain
+/// (at most 64 characters, the kernel's nodename field), else its host name.
+pub fn kernel_hostname(pod: &Pod, host: &str, domain: Option<&str>) -> Result<String, String> {
+    let as_fqdn = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.set_hostname_as_fqdn)
+        .unwrap_or(false);
+    match domain {
+        Some(d) if as_fqdn => {
+            let fqdn = format!("{host}.{d}");
+            if fqdn.len() > 64 {
+                return Err(format!(
+                    "failed to construct FQDN from pod hostname and cluster domain, FQDN {fqdn} \
+                     is too long (64 characters is the max, {} characters requested)",
+                    fqdn.len()
+                ));
+            }
+            Ok(fqdn)
+        }
+        _ => Ok(host.to_string()),
     }
 }
 

@@ -1,5 +1,6 @@
 //! End-to-end: pods' /etc/resolv.conf as the kubelet forms it, from the node's `--cluster-dns`,
-//! `--cluster-domain` and `--resolv-conf`, the pod's `dnsPolicy` and `dnsConfig`.
+//! `--cluster-domain` and `--resolv-conf`, the pod's `dnsPolicy` and `dnsConfig`; and its host
+//! name from `hostname`, `subdomain` and `setHostnameAsFQDN`.
 
 use podlet_e2e::TestNode;
 
@@ -11,6 +12,9 @@ kind: Pod
 metadata: {name: cf, namespace: shop}
 spec:
   terminationGracePeriodSeconds: 1
+  hostname: db-0
+  subdomain: db
+  setHostnameAsFQDN: true
   dnsConfig:
     nameservers: [192.0.2.9]
     options: [{name: ndots, value: "2"}, {name: rotate}]
@@ -61,6 +65,19 @@ fn pods_get_the_kubelets_resolv_conf() {
         "search shop.svc.cluster.test svc.cluster.test cluster.test corp.example\n\
          nameserver 10.96.0.10\nnameserver 192.0.2.9\noptions ndots:2 rotate\n"
     );
+    let fqdn = "db-0.db.shop.svc.cluster.test";
+    let out = node.podlet(&[
+        "exec",
+        "cf-e2e",
+        "-n",
+        "shop",
+        "--",
+        "sh",
+        "-c",
+        "hostname; cat /etc/hosts",
+    ]);
+    assert_eq!(out.stdout.lines().next(), Some(fqdn), "{out:?}");
+    assert!(out.stdout.contains(&format!("\t{fqdn}\tdb-0\n")), "{out:?}");
     assert_eq!(
         resolv(&node, "host-e2e", "default"),
         "search corp.example\nnameserver 192.0.2.53\noptions edns0\n"

@@ -153,3 +153,40 @@ fn limits_cut_with_a_dns_config_forming_warning() {
     assert!(c.searches.join(" ").len() <= MAX_SEARCH_CHARS);
     assert!(w[0].message.starts_with("Search Line limits were exceeded"));
 }
+
+#[test]
+fn hostname_subdomain_and_fqdn_as_the_kubelet() {
+    let mut p = pod(None, false, None);
+    assert_eq!(
+        pod_hostname(&p, "cluster.local").unwrap(),
+        ("web".into(), None)
+    );
+    let spec = p.spec.as_mut().unwrap();
+    spec.hostname = Some("db-0".into());
+    spec.subdomain = Some("db".into());
+    let (h, d) = pod_hostname(&p, "cluster.local").unwrap();
+    assert_eq!(
+        (h.as_str(), d.as_deref()),
+        ("db-0", Some("db.shop.svc.cluster.local"))
+    );
+    assert_eq!(kernel_hostname(&p, &h, d.as_deref()).unwrap(), "db-0");
+    p.spec.as_mut().unwrap().set_hostname_as_fqdn = Some(true);
+    assert_eq!(
+        kernel_hostname(&p, &h, d.as_deref()).unwrap(),
+        "db-0.db.shop.svc.cluster.local"
+    );
+    let long = "x".repeat(40);
+    let err = kernel_hostname(&p, &long, d.as_deref()).unwrap_err();
+    assert!(
+        err.contains("is too long (64 characters is the max, 66 characters requested)"),
+        "{err}"
+    );
+    p.spec.as_mut().unwrap().hostname = Some("Bad_Name".into());
+    assert!(pod_hostname(&p, "cluster.local")
+        .unwrap_err()
+        .contains("not a valid DNS label"));
+    // A long pod name is cut to 63 characters without a trailing '-'.
+    let mut q = pod(None, false, None);
+    q.metadata.name = Some(format!("{}-{}", "a".repeat(62), "b".repeat(10)));
+    assert_eq!(pod_hostname(&q, "cluster.local").unwrap().0, "a".repeat(62));
+}

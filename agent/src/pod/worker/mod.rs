@@ -188,17 +188,19 @@ impl Worker {
         }
     }
 
+    /// The pod's host name, its domain (with `spec.subdomain`) and the kernel's host name, by
+    /// the kubelet's rules; an invalid `hostname`/`subdomain` or too long an FQDN is an error.
+    fn host_names(&self) -> Result<(String, Option<String>, String), String> {
+        let (h, d) = k8s_rules::dns::pod_hostname(&self.pod, &self.svc.info.cfg.cluster_domain)?;
+        let k = k8s_rules::dns::kernel_hostname(&self.pod, &h, d.as_deref())?;
+        Ok((h, d, k))
+    }
+
+    /// The kernel's host name (the sandbox refuses to start when [`Self::host_names`] fails).
     fn hostname(&self) -> String {
-        let h = self
-            .spec
-            .hostname
-            .clone()
-            .unwrap_or_else(|| self.name.clone());
-        let mut h: String = h.chars().take(63).collect();
-        while h.ends_with('-') || h.ends_with('.') {
-            h.pop();
-        }
-        h
+        self.host_names()
+            .map(|n| n.2)
+            .unwrap_or_else(|_| self.name.clone())
     }
 
     fn restart_policy(&self) -> &str {

@@ -26,6 +26,8 @@ pub(super) enum SandboxError {
         #[source]
         source: podlet_runtime::host::HostError,
     },
+    #[error("{0}")]
+    Hostname(String),
     #[error("starting the shim")]
     SpawnShim(#[source] std::io::Error),
     /// The shim exited at start; what it wrote on stderr.
@@ -112,14 +114,18 @@ impl Worker {
     pub(super) fn write_etc_files(&self) -> std::io::Result<Vec<k8s_rules::dns::Warning>> {
         let etc = self.data_dir.join("etc");
         std::fs::create_dir_all(&etc)?;
-        let hostname = self.hostname();
+        let (host, domain, kernel) = self.host_names().map_err(std::io::Error::other)?;
+        let names = match domain {
+            Some(d) => format!("{host}.{d}\t{host}"),
+            None => host,
+        };
         let host_network = self.spec.host_network.unwrap_or(false);
         let hosts = if host_network {
             std::fs::read_to_string("/etc/hosts").unwrap_or_else(|_| HOSTS_HEADER.to_string())
         } else {
             let mut h = HOSTS_HEADER.to_string();
             for ip in &self.pod_ips {
-                h.push_str(&format!("{ip}\t{hostname}\n"));
+                h.push_str(&format!("{ip}\t{names}\n"));
             }
             for a in self.spec.host_aliases.iter().flatten() {
                 h.push_str(&format!(
@@ -131,7 +137,7 @@ impl Worker {
             h
         };
         std::fs::write(etc.join("hosts"), hosts)?;
-        std::fs::write(etc.join("hostname"), format!("{hostname}\n"))?;
+        std::fs::write(etc.join("hostname"), format!("{kernel}\n"))?;
         let (resolv, warnings) =
             crate::pod::dns::resolv_conf(&self.svc.info.cfg, self.svc.info.host_ip, &self.pod)?;
         std::fs::write(etc.join("resolv.conf"), resolv)?;
@@ -145,6 +151,7 @@ impl Worker {
     }
 
     pub(super) async fn create_sandbox(&mut self) -> Result<(), SandboxError> {
+        self.host_names().map_err(SandboxError::Hostname)?;
         std::fs::create_dir_all(&self.run_dir).map_err(io("run dir"))?;
         std::fs::create_dir_all(&self.data_dir).map_err(io("data dir"))?;
         let pod_json = serde_json::to_vec(&self.pod)?;
