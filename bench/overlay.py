@@ -111,8 +111,10 @@ def case(name, subnets, results):
             r = lab(env, "podlet", "1", "exec", "client", "--", "sh", "-c", cmd, check=False)
             return r.stdout + r.stderr
 
+        # Its own process group: the server (nsenter's child) goes with the wrapper.
         srv = subprocess.Popen(["bash", LAB, "sh", "2", "busybox", "sh", "-c", SERVER],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
 
         def on_node(cmd):
             r = lab(env, "sh", "1", "busybox", "sh", "-c", cmd, check=False)
@@ -128,7 +130,7 @@ def case(name, subnets, results):
                 "node_to_node_tcp_MBps": throughput(n1, n2, hip),
             }
         finally:
-            srv.kill()
+            os.killpg(srv.pid, 9)
             srv.wait()
         # Route convergence: a Node created through the API -> its route on n1.
         times = []

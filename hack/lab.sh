@@ -20,6 +20,9 @@ kubectl=${KUBECTL:-$(command -v kubectl || echo /usr/lib/google-cloud-sdk/bin/ku
 token=abcdef.0123456789abcdef
 
 pid_of() { cat "$lab/$1.pid"; }
+# A hierarchy where the agents' cgroups go (any one will do: it only groups their processes).
+cg_base=/sys/fs/cgroup/pids
+[ -d "$cg_base" ] || cg_base=/sys/fs/cgroup
 in_node() { local i=$1; shift; nsenter -t "$(pid_of "n$i")" -n -m -- "$@"; }
 in_switch() { nsenter -t "$(pid_of switch)" -n -- "$@"; }
 
@@ -73,8 +76,12 @@ up() {
       args+=(--server "https://$(cat "$lab/n1.ip"):6443" --token "$token"
         --certificate-authority "$lab/n1/root/control-plane/pki/ca.crt")
     fi
-    # nsenter execs podlet: $! is the agent.
-    nsenter -t "$(pid_of "n$i")" -n -m -- "$podlet" "${base[@]}" "${args[@]}" \
+    # nsenter execs podlet: $! is the agent. It runs in a cgroup of its own, where the pods'
+    # shims stay (they outlive the agent), so `down` finds them all.
+    local agent_cg=$cg_base/podlet-lab-n$i.agent
+    mkdir -p "$agent_cg"
+    (echo "$BASHPID" >"$agent_cg/cgroup.procs"
+      exec nsenter -t "$(pid_of "n$i")" -n -m -- "$podlet" "${base[@]}" "${args[@]}") \
       >"$d/agent.log" 2>&1 </dev/null &
     echo $! > "$lab/n$i.agent.pid"
     if [ "$i" = 1 ]; then
