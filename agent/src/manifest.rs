@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
+use k8s_rules::dns::{is_dns_label, is_dns_subdomain};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
@@ -20,19 +21,6 @@ pub struct StaticPod {
 
 /// Desired pods keyed by UID.
 pub type Desired = BTreeMap<String, StaticPod>;
-
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-fn is_dns_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
-}
 
 /// Parses one manifest. Errors name the field (`spec.containers[0].image: ...`).
 pub fn parse(data: &[u8]) -> Result<Pod, String> {

@@ -252,15 +252,20 @@ fn fit_limits(conf: &mut ResolvConf, warnings: &mut Vec<Warning>) {
     }
 }
 
-/// Whether `s` is an RFC 1123 label (what `hostname` and `subdomain` must be).
+/// Whether `s` is an RFC 1123 label (names of namespaces and containers, `hostname`,
+/// `subdomain`): lower-case alphanumerics and `-`, at most 63, alphanumeric at both ends.
 pub fn is_dns_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Whether `s` is an RFC 1123 subdomain: dot-separated labels, at most 253 in all.
+pub fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
 /// A pod's host name and, with `spec.subdomain`, its domain

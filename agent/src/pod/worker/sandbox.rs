@@ -109,9 +109,8 @@ impl Worker {
         }
     }
 
-    /// Writes the pod's hosts, hostname and resolv.conf; returns the warnings forming its DNS
-    /// configuration gave (the caller records them once).
-    pub(super) fn write_etc_files(&self) -> std::io::Result<Vec<k8s_rules::dns::Warning>> {
+    /// Writes the pod's hosts and hostname files (again once the pod has its addresses).
+    pub(super) fn write_hosts(&self) -> std::io::Result<()> {
         let etc = self.data_dir.join("etc");
         std::fs::create_dir_all(&etc)?;
         let (host, domain, kernel) = self.host_names().map_err(std::io::Error::other)?;
@@ -138,16 +137,30 @@ impl Worker {
         };
         std::fs::write(etc.join("hosts"), hosts)?;
         std::fs::write(etc.join("hostname"), format!("{kernel}\n"))?;
+        self.chown_etc(&["hosts", "hostname"])
+    }
+
+    /// Writes the pod's resolv.conf (once per sandbox); returns the warnings forming its DNS
+    /// configuration gave.
+    fn write_resolv_conf(&self) -> std::io::Result<Vec<k8s_rules::dns::Warning>> {
+        let etc = self.data_dir.join("etc");
+        std::fs::create_dir_all(&etc)?;
         let (resolv, warnings) =
             crate::pod::dns::resolv_conf(&self.svc.info.cfg, self.svc.info.host_ip, &self.pod)?;
         std::fs::write(etc.join("resolv.conf"), resolv)?;
-        // In a user namespace the files belong to the pod's root, as the kubelet chowns them.
+        self.chown_etc(&["resolv.conf"])?;
+        Ok(warnings)
+    }
+
+    /// In a user namespace the pod's /etc files belong to its root, as the kubelet chowns them.
+    fn chown_etc(&self, files: &[&str]) -> std::io::Result<()> {
         if let Some(r) = self.svc.userns.get(&self.uid) {
-            for f in ["hosts", "hostname", "resolv.conf"] {
-                std::os::unix::fs::chown(etc.join(f), Some(r.host_id), Some(r.host_id))?;
+            for f in files {
+                let path = self.data_dir.join("etc").join(f);
+                std::os::unix::fs::chown(path, Some(r.host_id), Some(r.host_id))?;
             }
         }
-        Ok(warnings)
+        Ok(())
     }
 
     pub(super) async fn create_sandbox(&mut self) -> Result<(), SandboxError> {
@@ -164,7 +177,8 @@ impl Worker {
         } else {
             None
         };
-        for w in self.write_etc_files().map_err(io("etc files"))? {
+        self.write_hosts().map_err(io("etc files"))?;
+        for w in self.write_resolv_conf().map_err(io("etc files"))? {
             match w.subject {
                 k8s_rules::dns::Subject::Pod => {
                     self.svc.events.warning(&self.pod, w.reason, w.message)
@@ -229,7 +243,7 @@ impl Worker {
                 .map_err(SandboxError::Network)?;
             self.pod_ips = ips;
             // /etc/hosts names the pod's own address now that it has one.
-            self.write_etc_files().map_err(io("etc files"))?;
+            self.write_hosts().map_err(io("etc files"))?;
         }
         tracing::info!(pause, ips = ?self.pod_ips, "sandbox created");
         Ok(())
