@@ -388,7 +388,10 @@ fn edited_and_bad_manifests() {
         "{log}"
     );
     assert!(log.contains("Duplicate"), "{log}");
-    assert_eq!(node.pods().len(), 1);
+    // The node's list drops the replaced pod when its worker ends (a moment after its files).
+    node.wait_for("one pod listed", Duration::from_secs(10), || {
+        (node.pods().len() == 1).then_some(())
+    });
     assert_eq!(node.get("/healthz").unwrap(), "ok");
 }
 
