@@ -360,12 +360,16 @@ fn edited_and_bad_manifests() {
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: noimg\nspec:\n  containers:\n  - name: c\n",
     );
     node.write_manifest("garbage.yaml", "{{{ not yaml");
-    node.write_manifest("dup.yaml", TWO);
+    // Sorts after two.yaml: the later file of a name is the duplicate, as the kubelet's file source.
+    node.write_manifest("zz-dup.yaml", TWO);
     // Editing the file replaces the pod (a new UID), and the bad files touch nothing.
     node.write_manifest("two.yaml", &TWO.replace("sleep 1000", "sleep 999"));
     let second = node.wait_for("replacement", Duration::from_secs(20), || {
         let p = node.pod("two")?;
-        (uid(&p) != first && p["status"]["phase"] == "Running").then(|| uid(&p))
+        let edited = p["spec"]["containers"][0]["command"]
+            .to_string()
+            .contains("sleep 999");
+        (uid(&p) != first && edited && p["status"]["phase"] == "Running").then(|| uid(&p))
     });
     assert_ne!(first, second);
     node.wait_for("old pod cleaned", Duration::from_secs(20), || {
@@ -376,7 +380,7 @@ fn edited_and_bad_manifests() {
         (l.contains("bad-type.yaml")
             && l.contains("no-image.yaml")
             && l.contains("garbage.yaml")
-            && l.contains("dup.yaml"))
+            && l.contains("zz-dup.yaml"))
         .then_some(l)
     });
     assert!(
