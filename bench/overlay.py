@@ -137,7 +137,7 @@ def case(name, subnets, results):
         for k in range(5):
             ghost = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "ghost"},
                      "spec": {"podCIDR": f"10.244.{100 + k}.0/24", "podCIDRs": [f"10.244.{100 + k}.0/24"]},
-                     "status": {"addresses": [{"type": "InternalIP", "address": "10.100.1.99"}]}}
+                     "status": {"addresses": [{"type": "InternalIP", "address": "10.200.1.99"}]}}
             t0 = time.time()
             lab(env, "kubectl", "create", "-f", "-", input=json.dumps(ghost))
             wait("the ghost route", lambda: f"10.244.{100 + k}.0/24" in lab(env, "sh", "1", "ip", "route", "show", "proto", "158").stdout, 30)

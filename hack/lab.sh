@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # A podlet cluster of N nodes on this machine, each node a network + mount namespace with its
 # own agent, state dirs and cgroup root (the layout of tests/src/cluster.rs):
-#   hack/lab.sh up [N]            N nodes (default 2) on one subnet, 10.100.1.11, .12, ...
-#                                 (SUBNETS="1 2 1" puts node i on 10.100.<s>.0/24; the switch
+#   hack/lab.sh up [N]            N nodes (default 2) on one subnet, 10.200.1.11, .12, ...
+#                                 (SUBNETS="1 2 1" puts node i on 10.200.<s>.0/24; the switch
 #                                 namespace routes between subnets, so those peers use VXLAN)
 #   hack/lab.sh kubectl ARGS...   kubectl as the administrator, from node 1's namespace
 #   hack/lab.sh sh I [CMD...]     a shell (or CMD) in node I's namespaces
@@ -12,6 +12,7 @@
 # bootstrap token. Nothing touches the machine's own network namespace.
 #   LAB_DIR (default /tmp/podlet-lab), PODLET (default target/debug/podlet),
 #   KUBECTL (default kubectl, else the google-cloud-sdk kubectl 1.33), BACKEND (--network-backend).
+# The nodes' --resolv-conf names 10.200.1.1 (the switch), so the cluster DNS forwards there.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 lab=${LAB_DIR:-/tmp/podlet-lab}
@@ -41,6 +42,8 @@ up() {
   read -r -a subnets <<< "${SUBNETS:-}"
   mkdir -p "$lab"
   bash "$here/hack/busybox-image.sh" "$lab/busybox.tar" >/dev/null
+  # The nodes' upstream resolver is the switch (where a bench may run one), never the machine's.
+  echo "nameserver 10.200.1.1" > "$lab/resolv.conf"
   hold switch --net
   in_switch ip link set lo up
   in_switch sh -c 'echo 1 > /proc/sys/net/ipv4/ip_forward'
@@ -49,10 +52,10 @@ up() {
     s=${subnets[$((i - 1))]:-1}
     if ! in_switch ip link show "br$s" >/dev/null 2>&1; then
       in_switch ip link add "br$s" type bridge
-      in_switch ip addr add "10.100.$s.1/24" dev "br$s"
+      in_switch ip addr add "10.200.$s.1/24" dev "br$s"
       in_switch ip link set "br$s" up
     fi
-    ip=10.100.$s.$((10 + i))
+    ip=10.200.$s.$((10 + i))
     echo "$ip" > "$lab/n$i.ip"
     hold "n$i" --net --mount --propagation private
     local d=$lab/n$i
@@ -63,12 +66,12 @@ up() {
     in_node "$i" ip link set lo up
     in_node "$i" ip addr add "$ip/24" dev eth0
     in_node "$i" ip link set eth0 up
-    in_node "$i" ip route add default via "10.100.$s.1"
+    in_node "$i" ip route add default via "10.200.$s.1"
     local base=(--root-dir "$d/root" --run-dir "$d/run" --log-dir "$d/logs")
     in_node "$i" "$podlet" "${base[@]}" image import "$lab/busybox.tar" >/dev/null
     local args=(run --node-name "n$i" --node-ip "$ip" --cgroup-root "podlet-lab-n$i"
       --manifest-dir "$d/manifests" --cni-conf-dir "$d/cni/net.d" --cni-bin-dir "$d/cni/bin"
-      --cni-cache-dir "$d/cni/cache" --eviction-hard=)
+      --cni-cache-dir "$d/cni/cache" --eviction-hard= --resolv-conf "$lab/resolv.conf")
     [ -z "${BACKEND:-}" ] || args+=(--network-backend "$BACKEND")
     if [ "$i" = 1 ]; then
       args+=(--apiserver-listen "$ip:6443" --admin-kubeconfig "$lab/admin.kubeconfig")

@@ -75,7 +75,7 @@ pub struct Cluster {
     /// Dropped last: the nodes' veths go with their namespaces.
     pub nodes: Vec<TestNode>,
     pub switch: Netns,
-    /// Each node's subnet (1, 2, ...): 10.100.<subnet>.0/24, the switch at .1.
+    /// Each node's subnet (1, 2, ...): 10.200.<subnet>.0/24, the switch at .1.
     pub subnets: Vec<u8>,
 }
 
@@ -97,7 +97,7 @@ impl Cluster {
             sh_ip(switch.pid(), &["link", "add", &br, "type", "bridge"]);
             sh_ip(
                 switch.pid(),
-                &["addr", "add", &format!("10.100.{s}.1/24"), "dev", &br],
+                &["addr", "add", &format!("10.200.{s}.1/24"), "dev", &br],
             );
             sh_ip(switch.pid(), &["link", "set", &br, "up"]);
         }
@@ -134,7 +134,7 @@ impl Cluster {
             sh_ip(node.holder_pid(), &["link", "set", "eth0", "up"]);
             sh_ip(
                 node.holder_pid(),
-                &["route", "add", "default", "via", &format!("10.100.{s}.1")],
+                &["route", "add", "default", "via", &format!("10.200.{s}.1")],
             );
             node.agent_args = vec!["--node-ip".into(), ip.clone()];
             node.agent_args.extend(extra.iter().map(|a| a.to_string()));
@@ -176,7 +176,7 @@ impl Cluster {
 
     /// Node `i`'s address.
     pub fn ip(&self, i: usize) -> String {
-        format!("10.100.{}.{}", self.subnets[i - 1], 10 + i)
+        format!("10.200.{}.{}", self.subnets[i - 1], 10 + i)
     }
 
     pub fn node(&self, i: usize) -> &TestNode {
@@ -300,5 +300,60 @@ impl Drop for Cluster {
         while let Some(n) = self.nodes.pop() {
             drop(n);
         }
+    }
+}
+
+/// Like `echo_server`, and the answer also names the pod (`host=<hostname>`).
+pub fn echo_server_named(port: u16) -> String {
+    format!(
+        "mkdir -p /tmp/www/cgi-bin && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho peer=$REMOTE_ADDR\\necho host=$(hostname)\\n' > /tmp/www/cgi-bin/peer && chmod +x /tmp/www/cgi-bin/peer && exec httpd -f -p {port} -h /tmp/www"
+    )
+}
+
+impl Cluster {
+    /// Runs a busybox pod `name` on node `i` with `labels` and one named container port
+    /// (`port_name` → `port`), `sh -c script`; returns the pod once Running with an IP.
+    pub fn run_backend(
+        &self,
+        i: usize,
+        name: &str,
+        labels: Value,
+        port_name: &str,
+        port: u16,
+        script: &str,
+    ) -> Value {
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "labels": labels},
+            "spec": {
+                "nodeName": format!("n{i}"),
+                "terminationGracePeriodSeconds": 1,
+                "containers": [{"name": "c", "image": "busybox:1.36",
+                                "ports": [{"name": port_name, "containerPort": port}],
+                                "command": ["sh", "-c", script]}],
+            },
+        });
+        let out = self.kubectl_stdin(&["apply", "-f", "-"], &pod.to_string());
+        assert_eq!(out.code, 0, "creating pod {name}: {}", out.stderr);
+        self.wait(&format!("pod {name} Running"), || {
+            self.get_json(&["pod", name])
+                .filter(|p| p["status"]["phase"] == "Running" && p["status"]["podIP"].is_string())
+        })
+    }
+
+    /// Creates Service `name` (ClusterIP, selector `app=<app>`, `ports`); returns its ClusterIP.
+    pub fn create_service(&self, name: &str, app: &str, ports: Value) -> String {
+        let svc = json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"selector": {"app": app}, "ports": ports},
+        });
+        let out = self.kubectl_stdin(&["apply", "-f", "-"], &svc.to_string());
+        assert_eq!(out.code, 0, "creating service {name}: {}", out.stderr);
+        let s = self.get_json(&["service", name]).expect("the Service");
+        s["spec"]["clusterIP"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 }

@@ -80,12 +80,12 @@ fn check_traffic(c: &Cluster) {
             "httpd",
             "-f",
         ])
-        .args(["-p", &format!("10.100.{}.1:8082", c.subnets[0]), "-h"])
+        .args(["-p", &format!("10.200.{}.1:8082", c.subnets[0]), "-h"])
         .arg(www.path())
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    let outside = format!("10.100.{}.1", c.subnets[0]);
+    let outside = format!("10.200.{}.1", c.subnets[0]);
     let out = c.wait("the outside server", || {
         let o = c.exec(1, "client", &ask_peer(&outside, 8082));
         o.stdout.contains("peer=").then_some(o)
