@@ -173,6 +173,7 @@ pub async fn run(
     }
     let sa = api::satoken::Signer::load(&cfg.data_dir.join("pki"))?;
     api::services::ensure_kubernetes_service(&*store, cfg.service_cluster_ip_range, public).await?;
+    api::services::ensure_dns_service(&*store, cfg.service_cluster_ip_range).await?;
     let (kubelet, kubelet_tls) = kubelet_client(&cfg.data_dir.join("pki"))?;
     let app = api::router(Arc::new(api::ApiServer {
         store,

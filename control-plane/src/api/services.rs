@@ -120,30 +120,122 @@ pub async fn ensure_kubernetes_service(
                      "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
         "subsets": [{"addresses": [{"ip": ip}], "ports": [{"name": "https", "port": apiserver.port(), "protocol": "TCP"}]}],
     });
-    let ekey = resources::ENDPOINTS.key(Some("default"), "kubernetes");
-    // Several apiservers: the endpoints name whichever wrote last, as kube-apiserver's lease
+    // The apiserver writes the EndpointSlice too (as kube-apiserver's endpoint reconciler):
+    // the skip-mirror label keeps the mirroring controller off, and service proxies read slices.
+    let slice = json!({
+        "kind": "EndpointSlice", "apiVersion": "discovery.k8s.io/v1",
+        "metadata": {"name": "kubernetes", "namespace": "default", "uid": super::objects::new_uid(), "creationTimestamp": now,
+                     "labels": {"kubernetes.io/service-name": "kubernetes"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}],
+        "ports": [{"name": "https", "port": apiserver.port(), "protocol": "TCP"}],
+    });
+    // Several apiservers: these name whichever wrote last, as kube-apiserver's lease
     // reconciler would eventually list them all.
-    match store.get(&ekey).await? {
-        Some(kv) => {
-            let cur: Value = serde_json::from_slice(&kv.value)?;
-            if cur["subsets"] != ep["subsets"] {
-                let mut upd = cur.clone();
-                upd["subsets"] = ep["subsets"].clone();
-                let _ = store
-                    .update(&ekey, serde_json::to_vec(&upd)?, Some(kv.mod_rev))
-                    .await;
+    let ekey = resources::ENDPOINTS.key(Some("default"), "kubernetes");
+    let skey = resources::ENDPOINTSLICES.key(Some("default"), "kubernetes");
+    for (key, obj, field) in [(ekey, ep, "subsets"), (skey, slice, "endpoints")] {
+        match store.get(&key).await? {
+            Some(kv) => {
+                let cur: Value = serde_json::from_slice(&kv.value)?;
+                if cur[field] != obj[field] || cur["ports"] != obj["ports"] {
+                    let mut upd = cur.clone();
+                    upd[field] = obj[field].clone();
+                    if field == "endpoints" {
+                        upd["ports"] = obj["ports"].clone();
+                    }
+                    let _ = store
+                        .update(&key, serde_json::to_vec(&upd)?, Some(kv.mod_rev))
+                        .await;
+                }
             }
-        }
-        None => {
-            let _ = store.create(&ekey, serde_json::to_vec(&ep)?).await;
+            None => {
+                let _ = store.create(&key, serde_json::to_vec(&obj)?).await;
+            }
         }
     }
     Ok(())
 }
 
+/// `kube-system/kube-dns`: the tenth address of the range (10.96.0.10 by default, kubeadm's and
+/// k3s' choice), which every node's agent answers on itself (podlet's cluster DNS): so the
+/// Service has no selector and no endpoints, and tools that look for kube-dns find it. A
+/// range too small for it, or an address already another service's, leaves it out (logged).
+pub async fn ensure_dns_service(
+    store: &dyn Store,
+    range: ipnetwork::Ipv4Network,
+) -> anyhow::Result<Option<Ipv4Addr>> {
+    let Some(ip) = hosts(range).nth(9) else {
+        return Ok(None);
+    };
+    let skey = resources::SERVICES.key(Some("kube-system"), "kube-dns");
+    if store.get(&skey).await?.is_some() {
+        return Ok(Some(ip));
+    }
+    let owner = json!({"service": "kube-system/kube-dns"});
+    match store.create(&key(ip), serde_json::to_vec(&owner)?).await {
+        Ok(_) => {}
+        Err(StoreError::AlreadyExists(_)) => {
+            let held = store.get(&key(ip)).await?;
+            let by: Value = held
+                .map(|kv| serde_json::from_slice(&kv.value).unwrap_or_default())
+                .unwrap_or_default();
+            if by != owner {
+                tracing::warn!(%ip, holder = %by["service"], "the cluster DNS address is another service's: kube-system/kube-dns not created");
+                return Ok(None);
+            }
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let svc = json!({
+        "kind": "Service", "apiVersion": "v1",
+        "metadata": {"name": "kube-dns", "namespace": "kube-system", "uid": super::objects::new_uid(),
+                     "creationTimestamp": super::objects::now(),
+                     "labels": {"k8s-app": "kube-dns", "kubernetes.io/cluster-service": "true", "kubernetes.io/name": "podlet-dns"},
+                     "annotations": {"podlet.dev/served-by": "every node's agent, on this address locally (no endpoints)"}},
+        "spec": {"type": "ClusterIP", "clusterIP": ip.to_string(), "clusterIPs": [ip.to_string()],
+                 "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack", "internalTrafficPolicy": "Cluster", "sessionAffinity": "None",
+                 "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                           {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]},
+        "status": {"loadBalancer": {}},
+    });
+    match store.create(&skey, serde_json::to_vec(&svc)?).await {
+        Ok(_) | Err(StoreError::AlreadyExists(_)) => Ok(Some(ip)),
+        Err(e) => Err(e.into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn kube_dns_gets_the_tenth_address_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = crate::store::embedded::Embedded::open(dir.path()).unwrap();
+        let range: ipnetwork::Ipv4Network = "10.96.0.0/12".parse().unwrap();
+        let ip = ensure_dns_service(&s, range).await.unwrap();
+        assert_eq!(ip, Some(Ipv4Addr::new(10, 96, 0, 10)));
+        // Again (a restart, a second apiserver): the same, no error.
+        assert_eq!(ensure_dns_service(&s, range).await.unwrap(), ip);
+        let e = allocate(&s, range, Some("10.96.0.10"), "default/x")
+            .await
+            .unwrap_err();
+        assert!(e.message.contains("already allocated"), "{}", e.message);
+        let kv = s
+            .get(&resources::SERVICES.key(Some("kube-system"), "kube-dns"))
+            .await
+            .unwrap()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&kv.value).unwrap();
+        assert_eq!(v["spec"]["clusterIP"], "10.96.0.10");
+        assert_eq!(v["spec"]["ports"][0]["protocol"], "UDP");
+        // Too small a range: none.
+        let tiny: ipnetwork::Ipv4Network = "10.97.0.0/29".parse().unwrap();
+        let dir2 = tempfile::tempdir().unwrap();
+        let s2 = crate::store::embedded::Embedded::open(dir2.path()).unwrap();
+        assert_eq!(ensure_dns_service(&s2, tiny).await.unwrap(), None);
+    }
 
     #[tokio::test]
     async fn addresses_are_unique_and_in_range() {
