@@ -2,16 +2,24 @@
 //! after the attachment (`<kind>:<network>:<container>:<ifname>`), so DEL removes them by name —
 //! also when the network namespace is already gone and no prevResult is given — and GC finds
 //! stale ones by listing tables.
+//!
+//! Beyond nftnl 0.9's typed API: `expr` (expression builders: concatenated keys, verdict maps,
+//! numgen, dnat, reject…) and `ffi` (the raw libnftnl calls behind them: `Expr`, `RawSet`, and
+//! the one-`sendmsg` batch sender), for node agents' own tables such as a service proxy's.
+
+pub mod expr;
+mod ffi;
 
 use std::ffi::CString;
 use std::io;
 use std::net::IpAddr;
 
+pub use ffi::{RawSet, SetSpec};
 use ipnetwork::IpNetwork;
 use nftnl::expr::{
     Bitwise, Cmp, CmpOp, Immediate, Masquerade, Meta, Nat, NatType, Payload, Register,
 };
-use nftnl::{Batch, Chain, ChainType, FinalizedBatch, Hook, MsgType, ProtoFamily, Rule, Table};
+pub use nftnl::{Batch, Chain, ChainType, FinalizedBatch, Hook, MsgType, ProtoFamily, Rule, Table};
 
 use crate::sys::{table_cb, FibDaddrType, RTN_LOCAL};
 
@@ -45,17 +53,26 @@ fn family_of(ip: IpAddr) -> ProtoFamily {
     }
 }
 
-fn send(batch: FinalizedBatch) -> io::Result<()> {
+/// Sends `batch` as one transaction (one datagram, see [`ffi::send_batch`]) and waits for the
+/// kernel's answer to every message; the first refusal is the error, naming its message.
+pub fn send(batch: &FinalizedBatch) -> io::Result<()> {
     let socket = mnl::Socket::new(mnl::Bus::Netfilter)?;
     let portid = socket.portid();
-    socket.send_all(&batch)?;
+    ffi::send_batch(&socket, batch)?;
     let mut buffer = vec![0; nftnl::nft_nlmsg_maxsize() as usize];
     let mut expected = batch.sequence_numbers();
     while !expected.is_empty() {
         for message in socket.recv(&mut buffer[..])? {
             let message = message?;
-            let seq = expected.next().expect("unexpected netlink ACK");
-            mnl::cb_run(message, seq, portid)?;
+            let Some(seq) = expected.next() else {
+                return Err(io::Error::other("netlink answer to a message never sent"));
+            };
+            mnl::cb_run(message, seq, portid).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("nftables message {seq} of the batch: {e}"),
+                )
+            })?;
         }
     }
     Ok(())
@@ -169,7 +186,7 @@ pub fn add_masquerade(
             batch.add(&masq, MsgType::Add);
         }
     }
-    send(batch.finalize())
+    send(&batch.finalize())
 }
 
 /// Replaces the IPv4 table `name` with one NAT postrouting chain: traffic from `from` to any of
@@ -201,7 +218,7 @@ pub fn replace_masquerade(name: &str, from: &[IpNetwork], keep: &[IpNetwork]) ->
         masq.add_expr(&Masquerade);
         batch.add(&masq, MsgType::Add);
     }
-    send(batch.finalize())
+    send(&batch.finalize())
 }
 
 /// Removes the table `name` (every family); returns whether there was one.
@@ -209,7 +226,7 @@ pub fn remove_table(name: &str) -> io::Result<bool> {
     let name = CString::new(name).map_err(io::Error::other)?;
     let mut batch = Batch::new();
     if delete_existing(&mut batch, &name, &tables()?) {
-        send(batch.finalize())?;
+        send(&batch.finalize())?;
         return Ok(true);
     }
     Ok(false)
@@ -241,7 +258,7 @@ pub fn add_macspoof(
     r.add_expr(&Cmp::new(CmpOp::Neq, &mac[..]));
     r.add_expr(&nftnl::expr::Verdict::Drop);
     batch.add(&r, MsgType::Add);
-    send(batch.finalize())
+    send(&batch.finalize())
 }
 
 /// Removes the attachment's tables of `kind` (every family); nothing there is fine.
@@ -249,7 +266,7 @@ pub fn remove(kind: &str, network: &str, container: &str, ifname: &str) -> io::R
     let name = table_name(kind, network, container, ifname)?;
     let mut batch = Batch::new();
     if delete_existing(&mut batch, &name, &tables()?) {
-        send(batch.finalize())?;
+        send(&batch.finalize())?;
     }
     Ok(())
 }
@@ -403,7 +420,7 @@ pub fn add_hostports(
             }
         }
     }
-    send(batch.finalize())
+    send(&batch.finalize())
 }
 
 #[cfg(test)]
