@@ -78,6 +78,20 @@ k -n "$ns" exec client -- ping -c 1 -W 3 "$server_node_ip" >/dev/null \
   || fail "pod on $client cannot reach node $server at $server_node_ip"
 echo "smoke: pod ($client) -> node $server ($server_node_ip) ok"
 
+# Cluster DNS from the client's node (its agent answers on kube-dns' address), short name
+# through the pod's search path.
+dns=$(k -n "$ns" exec client -- nslookup kubernetes.default.svc.cluster.local 2>&1) || true
+case "$dns" in
+  *"Address: 10.96.0.1"*) ;;
+  *) fail "cluster DNS on $client: $dns" ;;
+esac
+ping=$(k -n "$ns" exec client -- ping -c 1 -W 1 kubernetes.default 2>&1) || true
+case "$ping" in
+  *"(10.96.0.1)"*) ;;
+  *) fail "kubernetes.default through the search path on $client: $ping" ;;
+esac
+echo "smoke: cluster DNS on $client answers kubernetes.default (10.96.0.1)"
+
 # A Deployment with two replicas per node lands on every node.
 replicas=$((2 * ${#nodes[@]}))
 k -n "$ns" apply -f - >/dev/null <<YAML

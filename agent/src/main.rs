@@ -7,6 +7,7 @@
 mod cli;
 mod cluster;
 mod config;
+mod dns;
 mod eviction;
 mod imagegc;
 mod logs;
@@ -15,7 +16,9 @@ mod metrics;
 mod network;
 mod overlay;
 mod pod;
+mod proxy;
 mod server;
+mod services;
 mod stream;
 mod sys;
 mod util;
@@ -309,7 +312,12 @@ fn run(cli: Cli) -> Result<i32> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?
-                .block_on(overlay::cleanup::run())
+                .block_on(async {
+                    let mut done = overlay::cleanup::run().await?;
+                    done.extend(dns::cleanup().await?);
+                    done.extend(proxy::cleanup()?);
+                    std::io::Result::Ok(done)
+                })
                 .context("podlet cleanup")?;
             if done.is_empty() {
                 println!("nothing to remove");

@@ -295,5 +295,6 @@ pub fn agent(node_name: &str, statuses: &StatusCache, evictions: &Evictions) -> 
         "# HELP podlet_evictions_in_progress Pod evictions asked for and not finished\n# TYPE podlet_evictions_in_progress gauge\npodlet_evictions_in_progress {}\n",
         evictions.in_progress()
     ));
+    out.push_str(&crate::proxy::metrics());
     out
 }

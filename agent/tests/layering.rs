@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["util", "sys", "logs"],
     &["config"],
-    &["eviction", "imagegc", "network", "manifest"],
-    &["pod", "overlay"],
+    &["eviction", "imagegc", "network", "manifest", "services"],
+    &["pod", "overlay", "dns", "proxy"],
     &["cluster", "metrics", "stream"],
     &["server", "cli"],
     &["main"],

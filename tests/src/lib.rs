@@ -368,6 +368,18 @@ impl TestNode {
         {
             cmd.arg("--eviction-hard=");
         }
+        // Never the machine's resolver: unless a test gives its own, the node's resolv.conf
+        // names its own loopback (where nothing answers), for pods with the node's DNS and
+        // for the cluster DNS server's upstream.
+        if !self
+            .agent_args
+            .iter()
+            .any(|a| a.starts_with("--resolv-conf"))
+        {
+            let f = self.path("default-resolv.conf");
+            std::fs::write(&f, "nameserver 127.0.0.1\n").unwrap();
+            cmd.arg("--resolv-conf").arg(f);
+        }
         if self.cluster {
             if !self.agent_args.iter().any(|a| a == "--server") {
                 cmd.arg("--admin-kubeconfig").arg(self.admin_kubeconfig());

@@ -136,6 +136,12 @@ pub fn start(
         svc.network.clone(),
         client_rx.clone(),
     ));
+    // Services and EndpointSlices, watched once for what serves them here (service
+    // proxy, cluster DNS).
+    let services = Arc::new(crate::services::ServiceCache::default());
+    tokio::spawn(services.clone().run(client_rx.clone()));
+    tokio::spawn(crate::proxy::run(Arc::new(cfg.clone()), services.clone()));
+    tokio::spawn(crate::dns::serve(Arc::new(cfg.clone()), services));
     tokio::spawn(join::rotate(
         cfg.kubeconfig.clone(),
         cfg.node_name.clone(),

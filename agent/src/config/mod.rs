@@ -15,6 +15,9 @@ pub use parse::{
 pub use settings::{PathFlags, Settings};
 
 pub const DEFAULT_CONFIG: &str = "/etc/podlet/config.yaml";
+/// The cluster DNS address in a cluster: the tenth of the default service range, which the
+/// control plane reserves for `kube-system/kube-dns` (kubeadm's and k3s' choice).
+pub const DEFAULT_CLUSTER_DNS: &str = "10.96.0.10";
 
 /// Why the configuration cannot be used. Messages name the flag (or the file and its field).
 #[derive(Debug, thiserror::Error)]
@@ -139,8 +142,12 @@ pub struct Config {
     pub pod_cidr: Option<ipnetwork::IpNetwork>,
     pub network_backend: NetworkBackend,
     pub cluster_cidr: ipnetwork::IpNetwork,
+    /// `--service-cluster-ip-range` (IPv4 only for now).
+    pub service_cluster_ip_range: ipnetwork::Ipv4Network,
     pub cluster_dns: Vec<IpAddr>,
     pub cluster_domain: String,
+    /// The TTL of cluster DNS answers, in seconds.
+    pub dns_ttl: u32,
     /// None: `--resolv-conf ""`, no node resolver configuration.
     pub resolv_conf: Option<PathBuf>,
     pub pod_pids_limit: Option<i64>,
@@ -334,10 +341,27 @@ impl Config {
             "cluster-cidr",
             s.cluster_cidr.unwrap_or_else(|| "10.244.0.0/16".into()),
         )?;
+        let service_cluster_ip_range = {
+            let v = s
+                .service_cluster_ip_range
+                .unwrap_or_else(|| "10.96.0.0/12".into());
+            v.parse::<ipnetwork::Ipv4Network>()
+                .map_err(|e| ConfigError::Invalid {
+                    flag: "service-cluster-ip-range",
+                    value: v.clone(),
+                    why: e.to_string(),
+                })?
+        };
+        // In a cluster the agent serves the cluster DNS address itself (`crate::dns`), the one
+        // the control plane reserves for kube-system/kube-dns; standalone there is none.
         let cluster_dns = s
             .cluster_dns
             .as_deref()
-            .unwrap_or_default()
+            .unwrap_or(if cluster == ClusterMode::Standalone {
+                ""
+            } else {
+                DEFAULT_CLUSTER_DNS
+            })
             .split(',')
             .map(str::trim)
             .filter(|v| !v.is_empty())
@@ -427,11 +451,13 @@ impl Config {
             pod_cidr,
             network_backend,
             cluster_cidr,
+            service_cluster_ip_range,
             cluster_dns,
             cluster_domain: s
                 .cluster_domain
                 .map(|d| d.trim_end_matches('.').to_string())
                 .unwrap_or_else(|| "cluster.local".into()),
+            dns_ttl: s.dns_ttl.unwrap_or(5),
             resolv_conf: match s.resolv_conf {
                 None => Some("/etc/resolv.conf".into()),
                 Some(p) if p.is_empty() => None,

@@ -98,10 +98,19 @@ settings! {
     /// traffic to it is never masqueraded (default 10.244.0.0/16).
     #[arg(long)]
     cluster_cidr: String,
-    /// The cluster DNS servers pods with `dnsPolicy: ClusterFirst` use (comma-separated IPs;
-    /// none: such pods fall back to the node's resolvers, with a MissingClusterDNS warning).
+    /// Every ClusterIP (the apiserver's `--service-cluster-ip-range`): the service proxy drops
+    /// traffic to an address in it that no Service has (default 10.96.0.0/12).
+    #[arg(long)]
+    service_cluster_ip_range: String,
+    /// The cluster DNS servers pods with `dnsPolicy: ClusterFirst` use (comma-separated IPs).
+    /// In a cluster the agent answers on them itself (default 10.96.0.10, kube-system/kube-dns);
+    /// standalone the default is none, and "" is none: such pods fall back to the node's
+    /// resolvers, with a MissingClusterDNS warning.
     #[arg(long)]
     cluster_dns: String,
+    /// The TTL of the cluster DNS server's answers, in seconds (default 5, as CoreDNS').
+    #[arg(long)]
+    dns_ttl: u32,
     /// The cluster's DNS domain, the end of pods' search path (default cluster.local).
     #[arg(long)]
     cluster_domain: String,

@@ -101,7 +101,22 @@ fn dns_settings_default_and_a_bad_cluster_dns_is_named() {
         ..Default::default()
     };
     let c = Config::load(&paths, &Settings::default()).unwrap();
-    assert!(c.cluster_dns.is_empty());
+    // In a cluster (all-in-one here) the agent serves kube-dns' address; standalone, none.
+    assert_eq!(c.cluster_dns, vec!["10.96.0.10".parse::<IpAddr>().unwrap()]);
+    assert_eq!(c.dns_ttl, 5);
+    let standalone = Settings {
+        standalone: Some(true),
+        ..Default::default()
+    };
+    assert!(Config::load(&paths, &standalone)
+        .unwrap()
+        .cluster_dns
+        .is_empty());
+    let off = Settings {
+        cluster_dns: Some(String::new()),
+        ..Default::default()
+    };
+    assert!(Config::load(&paths, &off).unwrap().cluster_dns.is_empty());
     assert_eq!(c.cluster_domain, "cluster.local");
     assert_eq!(c.resolv_conf, Some("/etc/resolv.conf".into()));
     let s = Settings {

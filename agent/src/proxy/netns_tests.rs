@@ -1,0 +1,178 @@
+//! The netlink layer against the kernel, in a throwaway network namespace (root needed; skipped
+//! only with PODLET_SKIP_PRIVILEGED=1).
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use super::rules::{self, ServicePort, Wanted};
+use super::*;
+
+struct Netns(String);
+
+impl Netns {
+    fn new() -> Option<Netns> {
+        if std::env::var_os("PODLET_SKIP_PRIVILEGED").is_some() {
+            return None;
+        }
+        let name = format!("podlet-proxy-test-{}", std::process::id());
+        let st = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip netns add (root needed)");
+        Some(Netns(name))
+    }
+    fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.0)
+    }
+    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        podlet_cni::ns::with_netns(&self.path(), f).unwrap()
+    }
+    fn nft_list(&self) -> String {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.0,
+                "nft",
+                "list",
+                "table",
+                "ip",
+                table::TABLE,
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn port(ip: [u8; 4], eps: &[([u8; 4], u16)]) -> ServicePort {
+    ServicePort {
+        cluster_ip: Ipv4Addr::from(ip),
+        proto: 6,
+        port: 80,
+        endpoints: eps.iter().map(|(i, p)| (Ipv4Addr::from(*i), *p)).collect(),
+    }
+}
+
+fn many(n: u32) -> Wanted {
+    let mut w = Wanted::default();
+    for i in 0..n {
+        let [_, _, a, b] = i.to_be_bytes();
+        w.ports.insert(
+            format!("ns{}/svc{i}/tcp/http", i % 10),
+            port(
+                [10, 97, a, b],
+                &[([10, 250, a, b], 8080), ([10, 251, a, b], 8080)],
+            ),
+        );
+    }
+    w
+}
+
+#[test]
+fn full_and_incremental_syncs_and_cleanup() {
+    let Some(ns) = Netns::new() else { return };
+    let scope = rules::tests::scope();
+    let mut w = Wanted::default();
+    w.ports.insert(
+        "default/web/tcp/http".into(),
+        port(
+            [10, 96, 0, 50],
+            &[([10, 244, 1, 2], 8080), ([10, 244, 2, 2], 8080)],
+        ),
+    );
+    w.ports
+        .insert("default/empty/tcp/".into(), port([10, 96, 0, 51], &[]));
+    ns.run(|| sync(None, &w, &scope)).unwrap();
+    // Twice: a full sync replaces the table whether or not it is there.
+    ns.run(|| sync(None, &w, &scope)).unwrap();
+    let l = ns.nft_list();
+    for want in [
+        "10.96.0.50 . tcp . 80 : goto service-",
+        "10.96.0.51 . tcp . 80 : goto reject-chain",
+        "numgen random mod 2 vmap @endpoints-",
+        "dnat to 10.244.2.2:8080",
+        "ip saddr != 10.244.0.0/16 jump mark-for-masquerade",
+        "ip daddr 10.96.0.10 return",
+        "ip daddr 10.96.0.0/12 drop",
+        "masquerade fully-random",
+    ] {
+        assert!(l.contains(want), "{want:?} not in\n{l}");
+    }
+
+    // Endpoints change, one port goes, one comes, the empty one gets an endpoint.
+    let mut w2 = w.clone();
+    w2.ports.insert(
+        "default/web/tcp/http".into(),
+        port(
+            [10, 96, 0, 50],
+            &[
+                ([10, 244, 2, 2], 8080),
+                ([10, 244, 3, 2], 8080),
+                ([10, 244, 4, 2], 80),
+            ],
+        ),
+    );
+    w2.ports.insert(
+        "default/empty/tcp/".into(),
+        port([10, 96, 0, 51], &[([10, 244, 1, 9], 80)]),
+    );
+    w2.ports.insert(
+        "default/new/tcp/".into(),
+        port([10, 96, 0, 52], &[([10, 244, 1, 7], 80)]),
+    );
+    ns.run(|| sync(Some(&w), &w2, &scope)).unwrap();
+    let l = ns.nft_list();
+    assert!(l.contains("numgen random mod 3 vmap"), "{l}");
+    assert!(!l.contains("10.244.1.2"), "gone endpoint still there:\n{l}");
+    assert!(l.contains("10.96.0.51 . tcp . 80 : goto service-"), "{l}");
+    assert!(
+        !l.contains("reject-chain }") && l.contains("10.96.0.52"),
+        "{l}"
+    );
+    let mut w3 = w2.clone();
+    w3.ports.remove("default/new/tcp/");
+    w3.ports
+        .insert("default/empty/tcp/".into(), port([10, 96, 0, 51], &[]));
+    ns.run(|| sync(Some(&w2), &w3, &scope)).unwrap();
+    let l = ns.nft_list();
+    assert!(
+        !l.contains("10.96.0.52") && !l.contains("10.244.1.7"),
+        "{l}"
+    );
+    assert!(
+        l.contains("10.96.0.51 . tcp . 80 : goto reject-chain"),
+        "{l}"
+    );
+
+    // A big full sync in one batch, then one endpoint change in it.
+    let big = many(5000);
+    let t = Instant::now();
+    ns.run(|| sync(None, &big, &scope)).unwrap();
+    let full = t.elapsed();
+    let mut big2 = big.clone();
+    big2.ports.insert(
+        "ns3/svc3/tcp/http".into(),
+        port([10, 97, 0, 3], &[([10, 250, 0, 3], 8080)]),
+    );
+    let t = Instant::now();
+    ns.run(|| sync(Some(&big), &big2, &scope)).unwrap();
+    eprintln!(
+        "5000 service ports: full sync {full:?}, one endpoint change {:?}",
+        t.elapsed()
+    );
+    assert!(ns.nft_list().contains("10.97.19.135 . tcp . 80"));
+
+    let removed = ns.run(cleanup).unwrap();
+    assert_eq!(removed.len(), 1, "{removed:?}");
+    assert!(ns.run(cleanup).unwrap().is_empty());
+}

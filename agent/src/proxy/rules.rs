@@ -1,0 +1,218 @@
+//! What the proxy wants programmed, from the Services and EndpointSlices alone (no I/O): one
+//! `ServicePort` per (service, port) with a ClusterIP, its endpoints chosen as kube-proxy
+//! chooses them, and the difference between two such states.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnetwork::{IpNetwork, Ipv4Network};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use crate::services::Snapshot;
+
+/// What of the node's configuration the rules depend on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scope {
+    /// `--service-cluster-ip-range`: traffic to an address in it that no Service has is dropped.
+    pub service_cidr: Ipv4Network,
+    /// `--cluster-cidr`: traffic to a ClusterIP from outside it is masqueraded.
+    pub cluster_cidr: IpNetwork,
+    /// The cluster DNS addresses the agent answers on itself: never proxied, rejected or dropped.
+    pub local_dns: Vec<IpAddr>,
+}
+
+/// One port of one Service, as programmed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePort {
+    pub cluster_ip: Ipv4Addr,
+    /// IPPROTO_TCP, IPPROTO_UDP or IPPROTO_SCTP.
+    pub proto: u8,
+    pub port: u16,
+    /// Sorted, without duplicates; empty: the service has no usable endpoint (REJECT).
+    pub endpoints: Vec<(Ipv4Addr, u16)>,
+}
+
+/// The whole wanted state, by kube-proxy's service port name `ns/name/proto/portname`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Wanted {
+    pub ports: BTreeMap<String, ServicePort>,
+}
+
+impl Wanted {
+    /// The ClusterIPs in use (kube-proxy's `cluster-ips` set).
+    pub fn cluster_ips(&self) -> BTreeSet<Ipv4Addr> {
+        self.ports.values().map(|p| p.cluster_ip).collect()
+    }
+}
+
+pub fn proto_number(p: Option<&str>) -> Option<u8> {
+    match p.unwrap_or("TCP") {
+        "TCP" => Some(libc::IPPROTO_TCP as u8),
+        "UDP" => Some(libc::IPPROTO_UDP as u8),
+        "SCTP" => Some(libc::IPPROTO_SCTP as u8),
+        _ => None,
+    }
+}
+
+pub fn proto_name(p: u8) -> &'static str {
+    match i32::from(p) {
+        libc::IPPROTO_TCP => "tcp",
+        libc::IPPROTO_UDP => "udp",
+        libc::IPPROTO_SCTP => "sctp",
+        _ => "unknown",
+    }
+}
+
+/// Every ClusterIP service port of `snap` with its endpoints.
+pub fn wanted(snap: &Snapshot, scope: &Scope) -> Wanted {
+    let mut ports = BTreeMap::new();
+    for ((ns, name), svc) in &snap.services {
+        let Some(ip) = cluster_ip(svc) else { continue };
+        if scope.local_dns.contains(&IpAddr::V4(ip)) {
+            continue;
+        }
+        let slices: Vec<&EndpointSlice> = snap
+            .slices_of(ns, name)
+            .filter(|s| s.address_type == "IPv4")
+            .collect();
+        let spec = svc.spec.as_ref().expect("cluster_ip checked the spec");
+        for sp in spec.ports.iter().flatten() {
+            let Some(proto) = proto_number(sp.protocol.as_deref()) else {
+                continue;
+            };
+            let Ok(port) = u16::try_from(sp.port) else {
+                continue;
+            };
+            let port_name = sp.name.clone().unwrap_or_default();
+            let endpoints = endpoints(&slices, &port_name, proto);
+            let key = format!("{ns}/{name}/{}/{port_name}", proto_name(proto));
+            ports.insert(
+                key,
+                ServicePort {
+                    cluster_ip: ip,
+                    proto,
+                    port,
+                    endpoints,
+                },
+            );
+        }
+    }
+    Wanted { ports }
+}
+
+/// The IPv4 ClusterIP of a proxied service: not headless, not ExternalName.
+fn cluster_ip(svc: &Service) -> Option<Ipv4Addr> {
+    let spec = svc.spec.as_ref()?;
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return None;
+    }
+    spec.cluster_ip.as_deref()?.parse().ok()
+}
+
+/// The endpoints of one service port: the slice port of the same name and protocol carries the
+/// number (so a named targetPort resolves per slice). Ready endpoints (no condition = ready); if
+/// there are none, the serving and terminating ones, as kube-proxy falls back to them.
+fn endpoints(slices: &[&EndpointSlice], port_name: &str, proto: u8) -> Vec<(Ipv4Addr, u16)> {
+    let mut ready = BTreeSet::new();
+    let mut terminating = BTreeSet::new();
+    for s in slices {
+        let Some(port) = s.ports.iter().flatten().find_map(|p| {
+            let same = p.name.as_deref().unwrap_or_default() == port_name
+                && proto_number(p.protocol.as_deref()) == Some(proto);
+            same.then_some(p.port).flatten()
+        }) else {
+            continue;
+        };
+        let Ok(port) = u16::try_from(port) else {
+            continue;
+        };
+        for e in &s.endpoints {
+            let Some(ip) = e.addresses.first().and_then(|a| a.parse::<Ipv4Addr>().ok()) else {
+                continue;
+            };
+            let c = e.conditions.clone().unwrap_or_default();
+            let is_ready = c.ready.unwrap_or(true);
+            let serving = c.serving.unwrap_or(is_ready);
+            if is_ready {
+                ready.insert((ip, port));
+            } else if serving && c.terminating.unwrap_or(false) {
+                terminating.insert((ip, port));
+            }
+        }
+    }
+    if ready.is_empty() { terminating } else { ready }
+        .into_iter()
+        .collect()
+}
+
+/// What changed from one state to the next, by service port name.
+#[derive(Debug, Default, PartialEq)]
+pub struct Diff {
+    /// New ports, and ports whose address, protocol or port changed (removed first).
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Same key, other endpoints.
+    pub endpoints_changed: Vec<String>,
+}
+
+impl Diff {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.endpoints_changed.is_empty()
+    }
+}
+
+pub fn diff(old: &Wanted, new: &Wanted) -> Diff {
+    let mut d = Diff::default();
+    for (k, o) in &old.ports {
+        match new.ports.get(k) {
+            None => d.removed.push(k.clone()),
+            Some(n) if (n.cluster_ip, n.proto, n.port) != (o.cluster_ip, o.proto, o.port) => {
+                d.removed.push(k.clone());
+                d.added.push(k.clone());
+            }
+            Some(n) if n.endpoints != o.endpoints => d.endpoints_changed.push(k.clone()),
+            Some(_) => {}
+        }
+    }
+    for k in new.ports.keys() {
+        if !old.ports.contains_key(k) {
+            d.added.push(k.clone());
+        }
+    }
+    d
+}
+
+/// A short stable hash of `s` in base32 (kube-proxy's chain-name prefix; any stable hash does).
+pub fn hash8(s: &str) -> String {
+    // FNV-1a, 64 bits.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    (0..8)
+        .map(|i| A[((h >> (i * 5)) & 31) as usize] as char)
+        .collect()
+}
+
+/// `service-<hash>-ns/name/proto/port`
+pub fn service_chain(port_name: &str) -> String {
+    format!("service-{}-{port_name}", hash8(port_name))
+}
+
+/// `endpoints-<hash>`: the numgen map of a service port.
+pub fn endpoints_map(port_name: &str) -> String {
+    format!("endpoints-{}", hash8(port_name))
+}
+
+/// `endpoint-<hash>-ns/name/proto/port__ip/port`
+pub fn endpoint_chain(port_name: &str, ep: (Ipv4Addr, u16)) -> String {
+    let tail = format!("{port_name}__{}/{}", ep.0, ep.1);
+    format!("endpoint-{}-{tail}", hash8(&tail))
+}
+
+#[cfg(test)]
+#[path = "rules_tests.rs"]
+pub(super) mod tests;

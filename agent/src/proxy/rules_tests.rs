@@ -1,0 +1,221 @@
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::*;
+
+pub fn scope() -> Scope {
+    Scope {
+        service_cidr: "10.96.0.0/12".parse().unwrap(),
+        cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+        local_dns: vec!["10.96.0.10".parse().unwrap()],
+    }
+}
+
+fn service(name: &str, ip: &str, ports: serde_json::Value) -> Service {
+    serde_json::from_value(json!({
+        "metadata": {"namespace": "default", "name": name},
+        "spec": {"clusterIP": ip, "ports": ports},
+    }))
+    .unwrap()
+}
+
+fn slice(svc: &str, name: &str, ports: serde_json::Value, eps: serde_json::Value) -> EndpointSlice {
+    serde_json::from_value(json!({
+        "metadata": {"namespace": "default", "name": name,
+                     "labels": {"kubernetes.io/service-name": svc}},
+        "addressType": "IPv4",
+        "ports": ports,
+        "endpoints": eps,
+    }))
+    .unwrap()
+}
+
+fn snapshot(services: Vec<Service>, slices: Vec<EndpointSlice>) -> Snapshot {
+    let key = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        (m.namespace.clone().unwrap(), m.name.clone().unwrap())
+    };
+    Snapshot {
+        services: services
+            .into_iter()
+            .map(|s| (key(&s.metadata), Arc::new(s)))
+            .collect(),
+        slices: slices
+            .into_iter()
+            .map(|s| (key(&s.metadata), Arc::new(s)))
+            .collect(),
+        synced: true,
+    }
+}
+
+fn ep(
+    ip: &str,
+    ready: Option<bool>,
+    serving: Option<bool>,
+    term: Option<bool>,
+) -> serde_json::Value {
+    json!({"addresses": [ip], "conditions": {"ready": ready, "serving": serving, "terminating": term}})
+}
+
+fn v4(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn several_ports_and_a_named_target_port_resolve_per_slice() {
+    let svc = service(
+        "web",
+        "10.96.0.50",
+        json!([{"name": "http", "port": 80, "targetPort": "web"},
+               {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353}]),
+    );
+    // Two slices whose pods call the named port by different numbers.
+    let a = slice(
+        "web",
+        "web-a",
+        json!([{"name": "http", "port": 8080, "protocol": "TCP"},
+               {"name": "dns", "port": 5353, "protocol": "UDP"}]),
+        json!([ep("10.244.1.2", None, None, None)]),
+    );
+    let b = slice(
+        "web",
+        "web-b",
+        json!([{"name": "http", "port": 9090, "protocol": "TCP"}]),
+        json!([ep("10.244.2.2", Some(true), None, None)]),
+    );
+    let w = wanted(&snapshot(vec![svc], vec![a, b]), &scope());
+    let http = &w.ports["default/web/tcp/http"];
+    assert_eq!(
+        (http.cluster_ip, http.proto, http.port),
+        (v4("10.96.0.50"), 6, 80)
+    );
+    assert_eq!(
+        http.endpoints,
+        vec![(v4("10.244.1.2"), 8080), (v4("10.244.2.2"), 9090)]
+    );
+    let dns = &w.ports["default/web/udp/dns"];
+    assert_eq!((dns.proto, dns.port), (17, 53));
+    assert_eq!(dns.endpoints, vec![(v4("10.244.1.2"), 5353)]);
+}
+
+#[test]
+fn ready_endpoints_first_then_serving_terminating_ones() {
+    let svc = service("s", "10.96.0.51", json!([{"port": 80}]));
+    let ports = json!([{"port": 8080}]);
+    let mixed = slice(
+        "s",
+        "s-1",
+        ports.clone(),
+        json!([
+            ep("10.244.1.2", Some(true), None, None),
+            ep("10.244.1.3", Some(false), Some(true), Some(true)),
+            ep("10.244.1.4", Some(false), Some(false), None)
+        ]),
+    );
+    let w = wanted(&snapshot(vec![svc.clone()], vec![mixed]), &scope());
+    assert_eq!(
+        w.ports["default/s/tcp/"].endpoints,
+        vec![(v4("10.244.1.2"), 8080)]
+    );
+
+    let terminating = slice(
+        "s",
+        "s-1",
+        ports,
+        json!([
+            ep("10.244.1.3", Some(false), Some(true), Some(true)),
+            ep("10.244.1.5", Some(false), Some(false), Some(true)),
+            ep("10.244.1.4", Some(false), Some(false), None)
+        ]),
+    );
+    let w = wanted(&snapshot(vec![svc], vec![terminating]), &scope());
+    assert_eq!(
+        w.ports["default/s/tcp/"].endpoints,
+        vec![(v4("10.244.1.3"), 8080)]
+    );
+}
+
+#[test]
+fn no_endpoints_headless_external_name_and_cluster_dns() {
+    let empty = service("empty", "10.96.0.52", json!([{"port": 80}]));
+    let headless = service("headless", "None", json!([{"port": 80}]));
+    let mut ext = service("ext", "", json!([]));
+    ext.spec.as_mut().unwrap().type_ = Some("ExternalName".into());
+    let dns = service(
+        "kube-dns",
+        "10.96.0.10",
+        json!([{"name": "dns", "port": 53, "protocol": "UDP"}]),
+    );
+    let w = wanted(&snapshot(vec![empty, headless, ext, dns], vec![]), &scope());
+    assert_eq!(w.ports.keys().collect::<Vec<_>>(), ["default/empty/tcp/"]);
+    assert!(w.ports["default/empty/tcp/"].endpoints.is_empty());
+    assert_eq!(
+        w.cluster_ips().into_iter().collect::<Vec<_>>(),
+        [v4("10.96.0.52")]
+    );
+}
+
+#[test]
+fn a_slice_without_the_port_or_of_another_family_gives_nothing() {
+    let svc = service("s", "10.96.0.53", json!([{"name": "a", "port": 80}]));
+    let other_port = slice(
+        "s",
+        "s-1",
+        json!([{"name": "b", "port": 1}]),
+        json!([ep("10.244.1.2", None, None, None)]),
+    );
+    let mut v6 = slice(
+        "s",
+        "s-2",
+        json!([{"name": "a", "port": 1}]),
+        json!([ep("fd00::1", None, None, None)]),
+    );
+    v6.address_type = "IPv6".into();
+    let w = wanted(&snapshot(vec![svc], vec![other_port, v6]), &scope());
+    assert!(w.ports["default/s/tcp/a"].endpoints.is_empty());
+}
+
+fn port(ip: &str, port: u16, eps: &[(&str, u16)]) -> ServicePort {
+    ServicePort {
+        cluster_ip: v4(ip),
+        proto: 6,
+        port,
+        endpoints: eps.iter().map(|(i, p)| (v4(i), *p)).collect(),
+    }
+}
+
+#[test]
+fn diff_names_added_removed_and_changed_ports() {
+    let mut old = Wanted::default();
+    old.ports
+        .insert("a".into(), port("10.96.0.1", 80, &[("10.244.1.2", 80)]));
+    old.ports.insert("b".into(), port("10.96.0.2", 80, &[]));
+    old.ports.insert("c".into(), port("10.96.0.3", 80, &[]));
+    old.ports.insert("d".into(), port("10.96.0.4", 80, &[]));
+    let mut new = old.clone();
+    new.ports
+        .insert("a".into(), port("10.96.0.1", 80, &[("10.244.2.2", 80)]));
+    new.ports.remove("b");
+    new.ports.insert("c".into(), port("10.96.0.3", 81, &[]));
+    new.ports.insert("e".into(), port("10.96.0.5", 80, &[]));
+    let d = diff(&old, &new);
+    assert_eq!(d.endpoints_changed, ["a"]);
+    assert_eq!(d.removed, ["b", "c"]);
+    assert_eq!(d.added, ["c", "e"]);
+    assert!(diff(&new, &new).is_empty());
+}
+
+#[test]
+fn chain_names_follow_kube_proxy() {
+    let n = "default/web/tcp/http";
+    let c = service_chain(n);
+    assert!(
+        c.starts_with("service-") && c.ends_with("-default/web/tcp/http"),
+        "{c}"
+    );
+    assert_eq!(c.len(), "service-".len() + 8 + 1 + n.len());
+    let e = endpoint_chain(n, (v4("10.244.1.2"), 8080));
+    assert!(e.ends_with("-default/web/tcp/http__10.244.1.2/8080"), "{e}");
+    assert_eq!(service_chain(n), c, "stable");
+    assert_ne!(endpoints_map(n), endpoints_map("default/web/tcp/other"));
+}

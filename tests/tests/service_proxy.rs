@@ -1,0 +1,121 @@
+//! End-to-end: the agent's Service proxy (nftables, kube-proxy's layout) on two nodes: a
+//! ClusterIP spreads over backends on both nodes, keeps the client pod's address, answers the
+//! node itself, rejects at once without endpoints, resolves named targetPorts, follows a
+//! deleted backend, and its table goes with `podlet cleanup`.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use podlet_e2e::cluster::{ask_peer, echo_server_named, Cluster};
+use serde_json::json;
+
+fn field<'a>(out: &'a str, key: &str) -> Option<&'a str> {
+    out.lines().find_map(|l| l.strip_prefix(key))
+}
+
+/// The pod that answered, and the address it saw.
+fn ask(c: &Cluster, via_node: bool, ip: &str, port: u16) -> Option<(String, String)> {
+    let out = if via_node {
+        // The host has no nc of its own: busybox's (busybox-static).
+        c.sh(1, &ask_peer(ip, port).replace("| nc ", "| busybox nc "))
+    } else {
+        c.exec(1, "client", &ask_peer(ip, port))
+    };
+    let host = field(&out.stdout, "host=")?.to_string();
+    let peer = field(&out.stdout, "peer=")?
+        .trim_start_matches("[::ffff:")
+        .trim_end_matches(']')
+        .to_string();
+    Some((host, peer))
+}
+
+#[test]
+fn cluster_ip_services() {
+    let Some(mut c) = Cluster::start(&[1, 2], &[], true) else {
+        return;
+    };
+    let labels = json!({"app": "web"});
+    c.run_backend(
+        1,
+        "web-1",
+        labels.clone(),
+        "http-alt",
+        8080,
+        &echo_server_named(8080),
+    );
+    c.run_backend(
+        2,
+        "web-2",
+        labels,
+        "http-alt",
+        8080,
+        &echo_server_named(8080),
+    );
+    let client = c.run_pod(1, "client", false, "sleep 100000");
+    let cip = client["status"]["podIP"].as_str().unwrap().to_string();
+    let web = c.create_service(
+        "web",
+        "web",
+        json!([{"name": "http", "port": 80, "targetPort": 8080}]),
+    );
+    let named = c.create_service(
+        "named",
+        "web",
+        json!([{"name": "h", "port": 81, "targetPort": "http-alt"}]),
+    );
+    let empty = c.create_service("empty", "nothing", json!([{"port": 80}]));
+
+    c.wait("the ClusterIP answering", || ask(&c, false, &web, 80));
+    let mut hosts = BTreeSet::new();
+    for _ in 0..20 {
+        let (host, peer) = ask(&c, false, &web, 80).expect("an answer through the ClusterIP");
+        assert_eq!(peer, cip, "pod -> ClusterIP -> pod keeps the pod's address");
+        hosts.insert(host);
+    }
+    assert_eq!(hosts.into_iter().collect::<Vec<_>>(), ["web-1", "web-2"]);
+
+    // From the node itself (masqueraded: the node's own address or the bridge's).
+    let (host, peer) = c.wait("the ClusterIP from the node", || ask(&c, true, &web, 80));
+    assert!(host.starts_with("web-"), "{host}");
+    assert_ne!(peer, cip);
+
+    let (host, _) = c.wait("the named targetPort", || ask(&c, false, &named, 81));
+    assert!(host.starts_with("web-"), "{host}");
+
+    // No endpoints: refused at once, from a pod and from the node.
+    let t = Instant::now();
+    let out = c.exec(1, "client", &format!("nc -w 5 {empty} 80 </dev/null"));
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "not rejected at once: {out:?}"
+    );
+    assert!(
+        format!("{}{}", out.stdout, out.stderr).contains("refused"),
+        "{out:?}"
+    );
+    let out = c.sh(1, &format!("busybox nc -w 5 {empty} 80 </dev/null"));
+    assert!(
+        format!("{}{}", out.stdout, out.stderr).contains("refused"),
+        "{out:?}"
+    );
+
+    // A deleted backend leaves the rotation at once.
+    let del = c.kubectl(&["delete", "pod", "web-2", "--wait=false"]);
+    assert_eq!(del.code, 0, "{}", del.stderr);
+    let t = Instant::now();
+    c.wait("web-2 out of the rotation", || {
+        (0..10)
+            .all(|_| ask(&c, false, &web, 80).is_some_and(|(h, _)| h == "web-1"))
+            .then_some(())
+    });
+    eprintln!("web-2 out of rotation after {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+
+    let list = c.sh(1, "nft list table ip podlet-proxy");
+    assert!(list.stdout.contains("service-ips"), "{list:?}");
+    c.node_mut(1).kill_agent();
+    let cleanup = c.node(1).podlet(&["cleanup"]);
+    assert!(cleanup.stdout.contains("podlet-proxy"), "{cleanup:?}");
+    let list = c.sh(1, "nft list table ip podlet-proxy");
+    assert_ne!(list.code, 0, "table still there: {list:?}");
+}
