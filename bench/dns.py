@@ -16,7 +16,7 @@ import argparse, json, os, re, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAB = os.path.join(ROOT, "hack/lab.sh")
-DNSMASQ_ADDR = "127.0.0.2"
+DNSMASQ_ADDR = "127.0.0.1"
 UPSTREAM = "10.200.1.1"
 
 
