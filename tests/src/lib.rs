@@ -237,7 +237,7 @@ impl TestNode {
     }
 
     /// An all-in-one cluster node (control plane in-process) with an address of its own,
-    /// 10.98.0.2 on eth0, as a real machine has one (the apiserver reaches the node API there).
+    /// 10.201.0.2 on eth0, as a real machine has one (the apiserver reaches the node API there).
     pub fn all_in_one() -> Option<TestNode> {
         Self::all_in_one_with_config("")
     }
@@ -264,7 +264,7 @@ impl TestNode {
                 "eth0-peer",
             ],
         );
-        sh_ip(pid, &["addr", "add", "10.98.0.2/24", "dev", "eth0"]);
+        sh_ip(pid, &["addr", "add", "10.201.0.2/24", "dev", "eth0"]);
         sh_ip(pid, &["link", "set", "eth0-peer", "up"]);
         sh_ip(pid, &["link", "set", "eth0", "up"]);
         node.cluster = true;

@@ -147,7 +147,7 @@ fn all_in_one_node_runs_kubectl_pods_and_reports_status() {
     );
 
     // Logs through the apiserver, which streams them from the node API.
-    assert_eq!(n["status"]["addresses"][0]["address"], "10.98.0.2");
+    assert_eq!(n["status"]["addresses"][0]["address"], "10.201.0.2");
     for minor in [33, 27] {
         let out = node.kubectl(minor, &["logs", "one"]);
         assert_eq!(out.stdout, "hello from one\n", "{}", out.stderr);
@@ -411,7 +411,7 @@ fn all_in_one_node_runs_kubectl_pods_and_reports_status() {
             "/dev/null",
             "-w",
             "%{http_code}",
-            "https://10.98.0.2:10250/pods",
+            "https://10.201.0.2:10250/pods",
         ])
         .output()
         .unwrap();
@@ -585,14 +585,14 @@ fn worker_joins_with_a_bootstrap_token_and_survives_control_plane_outage() {
         "netns",
         &node.holder_pid().to_string(),
     ]);
-    cp_ns.ip(&["addr", "add", "10.99.0.1/24", "dev", "cp0"]);
+    cp_ns.ip(&["addr", "add", "10.202.0.1/24", "dev", "cp0"]);
     cp_ns.ip(&["link", "set", "cp0", "up"]);
     sh_ip(
         node.holder_pid(),
-        &["addr", "add", "10.99.0.2/24", "dev", "node0"],
+        &["addr", "add", "10.202.0.2/24", "dev", "node0"],
     );
     sh_ip(node.holder_pid(), &["link", "set", "node0", "up"]);
-    let mut cp = ControlPlane::start_in_netns(cp_ns.pid(), "10.99.0.1");
+    let mut cp = ControlPlane::start_in_netns(cp_ns.pid(), "10.202.0.1");
     cp.kubectl_env(33, &["apply", "-f", "-"], &[], Some(BOOTSTRAP));
 
     // A join with a wrong token fails with the apiserver's answer, and leaves no kubeconfig.

@@ -268,7 +268,7 @@ fn grpc_liveness_probe_asks_the_health_service() {
         return;
     };
     let serving = Arc::new(AtomicBool::new(true));
-    let _server = HealthServer::start(node.holder_pid(), "10.98.0.2:9090", serving.clone());
+    let _server = HealthServer::start(node.holder_pid(), "10.201.0.2:9090", serving.clone());
 
     // A host-network pod: its probes go to the node's address, where the server listens.
     let pod = r#"
