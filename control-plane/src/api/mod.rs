@@ -4,6 +4,7 @@
 pub mod auth;
 mod bootstrap;
 pub mod discovery;
+pub mod nodeports;
 pub mod objects;
 pub mod patch;
 mod proxy;

@@ -476,7 +476,13 @@ fn service_cells(o: &Value) -> Vec<Value> {
         .as_array()
         .into_iter()
         .flatten()
-        .map(|p| format!("{}/{}", p["port"], p["protocol"].as_str().unwrap_or("TCP")))
+        .map(|p| {
+            let proto = p["protocol"].as_str().unwrap_or("TCP");
+            match p["nodePort"].as_u64().filter(|n| *n != 0) {
+                Some(n) => format!("{}:{n}/{proto}", p["port"]),
+                None => format!("{}/{proto}", p["port"]),
+            }
+        })
         .collect();
     let sel: Vec<String> = o["spec"]["selector"]
         .as_object()
@@ -488,7 +494,7 @@ fn service_cells(o: &Value) -> Vec<Value> {
         name_cell(o),
         json!(s(&o["spec"]["type"])),
         json!(o["spec"]["clusterIP"].as_str().unwrap_or("None")),
-        json!("<none>"),
+        json!(service_external_ip(o)),
         json!(if ports.is_empty() {
             "<none>".into()
         } else {
@@ -501,6 +507,40 @@ fn service_cells(o: &Value) -> Vec<Value> {
             sel.join(",")
         }),
     ]
+}
+
+/// kubectl's EXTERNAL-IP: the external name, the load balancer's addresses (`<pending>` until
+/// it has some) and the external IPs.
+fn service_external_ip(o: &Value) -> String {
+    let strs = |v: &Value, f: &str| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| {
+                if f.is_empty() {
+                    x.as_str()
+                } else {
+                    x[f].as_str().or(x["hostname"].as_str())
+                }
+            })
+            .map(str::to_owned)
+            .collect()
+    };
+    let external = strs(&o["spec"]["externalIPs"], "");
+    match o["spec"]["type"].as_str() {
+        Some("ExternalName") => s(&o["spec"]["externalName"]),
+        Some("LoadBalancer") => {
+            let mut all = strs(&o["status"]["loadBalancer"]["ingress"], "ip");
+            all.extend(external);
+            if all.is_empty() {
+                "<pending>".into()
+            } else {
+                all.join(",")
+            }
+        }
+        _ if !external.is_empty() => external.join(","),
+        _ => "<none>".into(),
+    }
 }
 
 fn csr_cells(o: &Value) -> Vec<Value> {

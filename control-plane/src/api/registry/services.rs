@@ -1,11 +1,13 @@
 //! Services: defaults, a cluster IP allocated on create (released if the create fails and when
-//! the service goes) and immutable afterwards.
+//! the service goes) and immutable afterwards; node ports (`api::nodeports`) taken on create and
+//! on updates that need new ones, given back when no longer held.
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use super::strategy::Strategy;
 use super::Request;
+use crate::api::nodeports;
 use crate::api::objects::{self, child, set_default};
 use crate::api::resources::SERVICES;
 use crate::api::services::{allocate, release};
@@ -35,6 +37,17 @@ impl Strategy for Services {
         let s = spec.as_object_mut().unwrap();
         set_default(s, "type", json!("ClusterIP"));
         set_default(s, "sessionAffinity", json!("None"));
+        let t = s
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        if t == "NodePort" || t == "LoadBalancer" {
+            set_default(s, "externalTrafficPolicy", json!("Cluster"));
+        }
+        if t == "LoadBalancer" {
+            set_default(s, "allocateLoadBalancerNodePorts", json!(true));
+        }
         if let Some(ports) = s.get_mut("ports").and_then(Value::as_array_mut) {
             for p in ports {
                 let p = p.as_object_mut().unwrap();
@@ -77,28 +90,18 @@ impl Strategy for Services {
         if !allocates(req, obj) {
             return Ok(());
         }
-        let wanted = obj["spec"]["clusterIP"]
-            .as_str()
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned);
         let owner = format!(
             "{}/{}",
             ns.unwrap_or("default"),
             obj["metadata"]["name"].as_str().unwrap_or_default()
         );
-        let ip = allocate(
-            req.store(),
-            req.server.service_cidr,
-            wanted.as_deref(),
-            &owner,
-        )
-        .await?;
-        let spec = &mut obj["spec"];
-        spec["clusterIP"] = json!(ip.to_string());
-        spec["clusterIPs"] = json!([ip.to_string()]);
-        spec["ipFamilies"] = json!(["IPv4"]);
-        spec["ipFamilyPolicy"] = json!("SingleStack");
-        spec["internalTrafficPolicy"] = json!("Cluster");
+        self.cluster_ip(req, &owner, obj).await?;
+        if let Err(e) = nodeports::assign(req.store(), &owner, obj, &[]).await {
+            if let Some(ip) = obj["spec"]["clusterIP"].as_str() {
+                release(req.store(), ip).await;
+            }
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -107,7 +110,51 @@ impl Strategy for Services {
             if let Some(ip) = obj["spec"]["clusterIP"].as_str() {
                 release(req.store(), ip).await;
             }
+            nodeports::release(req.store(), &nodeports::held(obj)).await;
         }
+    }
+
+    async fn before_update(
+        &self,
+        req: &Request<'_>,
+        new: &mut Value,
+        old: &Value,
+    ) -> Result<(), ApiError> {
+        // A port given without its node port keeps the one it had (same port and protocol).
+        let old_ports = old["spec"]["ports"].as_array().cloned().unwrap_or_default();
+        if let Some(ports) = new["spec"]["ports"].as_array_mut() {
+            for p in ports {
+                if p["nodePort"].as_i64().unwrap_or(0) != 0 {
+                    continue;
+                }
+                if let Some(o) = old_ports
+                    .iter()
+                    .find(|o| o["port"] == p["port"] && o["protocol"] == p["protocol"])
+                {
+                    if !o["nodePort"].is_null() {
+                        p["nodePort"] = o["nodePort"].clone();
+                    }
+                }
+            }
+        }
+        if new["spec"]["healthCheckNodePort"].as_i64().unwrap_or(0) == 0
+            && !old["spec"]["healthCheckNodePort"].is_null()
+        {
+            new["spec"]["healthCheckNodePort"] = old["spec"]["healthCheckNodePort"].clone();
+        }
+        let owner = format!(
+            "{}/{}",
+            old["metadata"]["namespace"].as_str().unwrap_or("default"),
+            old["metadata"]["name"].as_str().unwrap_or_default()
+        );
+        nodeports::assign(req.store(), &owner, new, &nodeports::held(old)).await
+    }
+
+    async fn update_done(&self, req: &Request<'_>, new: &Value, old: &Value, stored: bool) {
+        let (now, before) = (nodeports::held(new), nodeports::held(old));
+        let (keep, lose) = if stored { (now, before) } else { (before, now) };
+        let gone: Vec<u16> = lose.into_iter().filter(|p| !keep.contains(p)).collect();
+        nodeports::release(req.store(), &gone).await;
     }
 
     async fn after_delete(&self, req: &Request<'_>, gone: &Value) {
@@ -117,5 +164,34 @@ impl Strategy for Services {
         {
             release(req.store(), ip).await;
         }
+        nodeports::release(req.store(), &nodeports::held(gone)).await;
+    }
+}
+
+impl Services {
+    async fn cluster_ip(
+        &self,
+        req: &Request<'_>,
+        owner: &str,
+        obj: &mut Value,
+    ) -> Result<(), ApiError> {
+        let wanted = obj["spec"]["clusterIP"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned);
+        let ip = allocate(
+            req.store(),
+            req.server.service_cidr,
+            wanted.as_deref(),
+            owner,
+        )
+        .await?;
+        let spec = &mut obj["spec"];
+        spec["clusterIP"] = json!(ip.to_string());
+        spec["clusterIPs"] = json!([ip.to_string()]);
+        spec["ipFamilies"] = json!(["IPv4"]);
+        spec["ipFamilyPolicy"] = json!("SingleStack");
+        spec["internalTrafficPolicy"] = json!("Cluster");
+        Ok(())
     }
 }

@@ -127,6 +127,22 @@ pub trait Strategy: Sync {
         let _ = (req, obj);
     }
 
+    /// Takes what an updated object newly needs outside itself (a service's node ports), just
+    /// before it is written; `update_done` then gives back what the loser of old and new held.
+    async fn before_update(
+        &self,
+        req: &Request<'_>,
+        new: &mut Value,
+        old: &Value,
+    ) -> Result<(), ApiError> {
+        let _ = (req, new, old);
+        Ok(())
+    }
+
+    async fn update_done(&self, req: &Request<'_>, new: &Value, old: &Value, stored: bool) {
+        let _ = (req, new, old, stored);
+    }
+
     /// NodeRestriction: what a node (`system:node:<node>`) may create of this kind.
     fn admit_node(&self, node: &str, obj: &Value) -> Result<(), ApiError> {
         let _ = (node, obj);

@@ -174,7 +174,17 @@ impl Store {
             obj["metadata"]["resourceVersion"] = json!(kv.mod_rev.to_string());
             return Ok(req.respond(r, StatusCode::OK, &obj, warnings));
         }
-        self.put(req, name, current, &mut obj).await?;
+        let main = self.update.subresource().is_none();
+        if main {
+            r.strategy.before_update(req, &mut obj, &old).await?;
+        }
+        let stored = self.put(req, name, current, &mut obj).await;
+        if main {
+            r.strategy
+                .update_done(req, &obj, &old, stored.is_ok())
+                .await;
+        }
+        stored?;
         Ok(req.respond(r, StatusCode::OK, &obj, warnings))
     }
 
