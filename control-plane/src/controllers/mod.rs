@@ -20,6 +20,7 @@ pub mod podcontrol;
 pub mod podgc;
 pub mod replicaset;
 pub mod serviceaccount;
+pub mod servicelb;
 pub mod statefulset;
 pub mod ttl;
 
@@ -47,6 +48,7 @@ pub const KNOWN: &[&str] = &[
     "replicaset",
     "replicationcontroller",
     "root-ca-cert-publisher",
+    "service-lb",
     "serviceaccount",
     "statefulset",
     "taint-eviction-controller",
@@ -82,6 +84,7 @@ pub const FULL_NAMES: &[(&str, &str)] = &[
         "root-ca-certificate-publisher-controller",
         "root-ca-cert-publisher",
     ),
+    ("service-lb-controller", "service-lb"),
     ("serviceaccount-controller", "serviceaccount"),
     ("statefulset-controller", "statefulset"),
     ("ttl-after-finished-controller", "ttl-after-finished"),
@@ -247,6 +250,7 @@ pub async fn run(client: kube::Client, pki: PathBuf, opts: Options) {
         nodelifecycle::tainteviction::run(c.clone()),
     );
     l.spawn_if("serviceaccount", serviceaccount::run(c.clone()));
+    l.spawn_if("service-lb", servicelb::run(c.clone()));
     l.spawn_if(
         "root-ca-cert-publisher",
         serviceaccount::run_root_ca_publisher(c.clone(), pki.join("ca.crt")),

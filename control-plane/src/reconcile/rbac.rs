@@ -71,6 +71,16 @@ fn roles() -> Vec<(&'static str, Value, &'static str)> {
             CONTROLLER_MANAGER_USER,
         ),
         (
+            "system:controller:service-controller",
+            json!([
+                {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch"]},
+                {"apiGroups": [""], "resources": ["services/status"], "verbs": ["patch", "update"]},
+                {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]},
+                {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch", "update"]},
+            ]),
+            CONTROLLER_MANAGER_USER,
+        ),
+        (
             "system:controller:ttl-after-finished-controller",
             json!([
                 {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "delete"]},
