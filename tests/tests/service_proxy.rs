@@ -1,12 +1,13 @@
 //! End-to-end: the agent's Service proxy (nftables, kube-proxy's layout) on two nodes: a
 //! ClusterIP spreads over backends on both nodes, keeps the client pod's address, answers the
-//! node itself, rejects at once without endpoints, resolves named targetPorts, follows a
+//! node itself, answers on every node's address at an allocated node port (and stops when the
+//! service goes back to ClusterIP) and as a LoadBalancer on the nodes' addresses, rejects at once without endpoints, resolves named targetPorts, follows a
 //! deleted backend, and its table goes with `podlet cleanup`.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use podlet_e2e::cluster::{ask_peer, echo_server_named, Cluster};
+use podlet_e2e::cluster::{ask_peer, echo_server_named, sh_in, Cluster};
 use serde_json::json;
 
 fn field<'a>(out: &'a str, key: &str) -> Option<&'a str> {
@@ -81,6 +82,77 @@ fn cluster_ip_services() {
 
     let (host, _) = c.wait("the named targetPort", || ask(&c, false, &named, 81));
     assert!(host.starts_with("web-"), "{host}");
+
+    // NodePort: the apiserver allocates the port; every node's address answers on it, from
+    // outside the nodes (the lab switch), whichever node the backend is on.
+    let np = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "webnp"},
+                    "spec": {"type": "NodePort", "selector": {"app": "web"},
+                             "ports": [{"port": 80, "targetPort": 8080}]}});
+    let out = c.kubectl_stdin(&["apply", "-f", "-"], &np.to_string());
+    assert_eq!(out.code, 0, "{out:?}");
+    let svc = c.get_json(&["service", "webnp"]).unwrap();
+    let node_port = svc["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
+    assert!((30000..=32767).contains(&node_port), "{svc}");
+    assert_eq!(svc["spec"]["externalTrafficPolicy"], "Cluster");
+    let row = c.kubectl(&["get", "svc", "webnp", "--no-headers"]);
+    assert!(
+        row.stdout.contains(&format!("80:{node_port}/TCP")),
+        "{row:?}"
+    );
+    let outside = |node: usize| {
+        let cmd = ask_peer(&c.ip(node), node_port as u16).replace("| nc ", "| busybox nc ");
+        let out = sh_in(c.switch.pid(), &cmd);
+        field(&out.stdout, "host=").map(str::to_string)
+    };
+    for node in [1, 2] {
+        let mut hosts = BTreeSet::new();
+        let t = Instant::now();
+        while hosts.len() < 2 && t.elapsed() < Duration::from_secs(30) {
+            if let Some(h) = outside(node) {
+                hosts.insert(h);
+            }
+        }
+        assert_eq!(
+            hosts.into_iter().collect::<Vec<_>>(),
+            ["web-1", "web-2"],
+            "node port {node_port} on n{node}"
+        );
+    }
+    // Back to ClusterIP: the node port is given back and closed on the nodes.
+    let out = c.kubectl(&[
+        "patch",
+        "svc",
+        "webnp",
+        "-p",
+        r#"{"spec":{"type":"ClusterIP"}}"#,
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let svc = c.get_json(&["service", "webnp"]).unwrap();
+    assert!(svc["spec"]["ports"][0]["nodePort"].is_null(), "{svc}");
+    c.wait("the node port closed", || {
+        outside(1).is_none().then_some(())
+    });
+
+    // LoadBalancer: the cluster is its own (k3s' ServiceLB): the ingress is the Ready nodes'
+    // addresses, and every node serves the service port on its own.
+    let lb = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "weblb"},
+                    "spec": {"type": "LoadBalancer", "selector": {"app": "web"},
+                             "ports": [{"port": 8081, "targetPort": 8080}]}});
+    let out = c.kubectl_stdin(&["apply", "-f", "-"], &lb.to_string());
+    assert_eq!(out.code, 0, "{out:?}");
+    let ips = format!("{},{}", c.ip(1), c.ip(2));
+    c.wait("the load balancer's ingress", || {
+        let row = c.kubectl(&["get", "svc", "weblb", "--no-headers"]).stdout;
+        row.contains(&ips).then_some(())
+    });
+    let lb_host = |node: usize| {
+        let cmd = ask_peer(&c.ip(node), 8081).replace("| nc ", "| busybox nc ");
+        field(&sh_in(c.switch.pid(), &cmd).stdout, "host=").map(str::to_string)
+    };
+    for node in [1, 2] {
+        let h = c.wait(&format!("weblb on n{node}'s address"), || lb_host(node));
+        assert!(h.starts_with("web-"), "{h}");
+    }
 
     // No endpoints: refused at once, from a pod and from the node.
     let t = Instant::now();

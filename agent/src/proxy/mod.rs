@@ -47,6 +47,11 @@ impl Scope {
 /// Follows `services` until the process ends.
 pub async fn run(cfg: Arc<Config>, services: Arc<ServiceCache>) {
     let scope = Scope::of(&cfg);
+    if let Some(std::net::IpAddr::V4(ip)) = cfg.node_ip {
+        if scope.service_cidr.contains(ip) {
+            tracing::error!(node_ip = %ip, range = %scope.service_cidr, "the node's address is inside the service range (--service-cluster-ip-range): traffic to it is dropped as to an unallocated ClusterIP, as kube-proxy does; give the cluster a service range that no node or network uses");
+        }
+    }
     let mut changes = services.subscribe();
     let mut programmed: Option<Wanted> = None;
     loop {

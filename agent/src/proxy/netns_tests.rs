@@ -60,6 +60,8 @@ fn port(ip: [u8; 4], eps: &[([u8; 4], u16)]) -> ServicePort {
         proto: 6,
         port: 80,
         endpoints: eps.iter().map(|(i, p)| (Ipv4Addr::from(*i), *p)).collect(),
+        node_port: None,
+        external_ips: Vec::new(),
     }
 }
 
@@ -92,6 +94,9 @@ fn full_and_incremental_syncs_and_cleanup() {
     );
     w.ports
         .insert("default/empty/tcp/".into(), port([10, 96, 0, 51], &[]));
+    // NodePort services: the same, on the node's addresses at their node ports.
+    w.ports.get_mut("default/web/tcp/http").unwrap().node_port = Some(30080);
+    w.ports.get_mut("default/empty/tcp/").unwrap().node_port = Some(30081);
     ns.run(|| sync(None, &w, &scope)).unwrap();
     // Twice: a full sync replaces the table whether or not it is there.
     ns.run(|| sync(None, &w, &scope)).unwrap();
@@ -105,6 +110,9 @@ fn full_and_incremental_syncs_and_cleanup() {
         "ip daddr 10.96.0.10 return",
         "ip daddr 10.96.0.0/12 drop",
         "masquerade fully-random",
+        "fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports",
+        "tcp . 30080 : goto external-",
+        "tcp . 30081 : goto reject-chain",
     ] {
         assert!(l.contains(want), "{want:?} not in\n{l}");
     }
@@ -133,6 +141,8 @@ fn full_and_incremental_syncs_and_cleanup() {
     ns.run(|| sync(Some(&w), &w2, &scope)).unwrap();
     let l = ns.nft_list();
     assert!(l.contains("numgen random mod 3 vmap"), "{l}");
+    // web lost its node port (the port removed and added again, its external chain gone).
+    assert!(!l.contains("30080") && !l.contains("external-"), "{l}");
     assert!(!l.contains("10.244.1.2"), "gone endpoint still there:\n{l}");
     assert!(l.contains("10.96.0.51 . tcp . 80 : goto service-"), "{l}");
     assert!(

@@ -31,6 +31,21 @@ pub struct ServicePort {
     pub port: u16,
     /// Sorted, without duplicates; empty: the service has no usable endpoint (REJECT).
     pub endpoints: Vec<(Ipv4Addr, u16)>,
+    /// The node port of a NodePort or LoadBalancer service: the same endpoints on every
+    /// local address of the node at that port.
+    pub node_port: Option<u16>,
+    /// Addresses the service also answers on at its port, as the ClusterIP but masqueraded:
+    /// `spec.externalIPs` and the load balancer's `status.loadBalancer.ingress` IPs (the
+    /// nodes' own, podlet being its own load balancer).
+    pub external_ips: Vec<Ipv4Addr>,
+}
+
+impl ServicePort {
+    /// Traffic from outside the cluster (node port, external and load balancer IPs) goes
+    /// through the port's external chain.
+    pub fn external(&self) -> bool {
+        self.node_port.is_some() || !self.external_ips.is_empty()
+    }
 }
 
 /// The whole wanted state, by kube-proxy's service port name `ns/name/proto/portname`.
@@ -86,7 +101,12 @@ pub fn wanted(snap: &Snapshot, scope: &Scope) -> Wanted {
             };
             let port_name = sp.name.clone().unwrap_or_default();
             let endpoints = endpoints(&slices, &port_name, proto);
+            let node_port = sp
+                .node_port
+                .and_then(|n| u16::try_from(n).ok())
+                .filter(|n| *n != 0 && has_node_ports(svc));
             let key = format!("{ns}/{name}/{}/{port_name}", proto_name(proto));
+            let external_ips = external_ips(svc);
             ports.insert(
                 key,
                 ServicePort {
@@ -94,11 +114,46 @@ pub fn wanted(snap: &Snapshot, scope: &Scope) -> Wanted {
                     proto,
                     port,
                     endpoints,
+                    node_port,
+                    external_ips,
                 },
             );
         }
     }
     Wanted { ports }
+}
+
+/// `spec.externalIPs` and, for a LoadBalancer, the IPs of `status.loadBalancer.ingress`
+/// (IPv4, sorted, without duplicates).
+fn external_ips(svc: &Service) -> Vec<Ipv4Addr> {
+    let spec = svc.spec.as_ref();
+    let mut ips: BTreeSet<Ipv4Addr> = spec
+        .and_then(|s| s.external_ips.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.parse().ok())
+        .collect();
+    if spec.and_then(|s| s.type_.as_deref()) == Some("LoadBalancer") {
+        let ingress = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|l| l.ingress.as_ref());
+        ips.extend(
+            ingress
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i.ip.as_deref()?.parse::<Ipv4Addr>().ok()),
+        );
+    }
+    ips.into_iter().collect()
+}
+
+fn has_node_ports(svc: &Service) -> bool {
+    matches!(
+        svc.spec.as_ref().and_then(|s| s.type_.as_deref()),
+        Some("NodePort" | "LoadBalancer")
+    )
 }
 
 /// The IPv4 ClusterIP of a proxied service: not headless, not ExternalName.
@@ -149,7 +204,8 @@ fn endpoints(slices: &[&EndpointSlice], port_name: &str, proto: u8) -> Vec<(Ipv4
 /// What changed from one state to the next, by service port name.
 #[derive(Debug, Default, PartialEq)]
 pub struct Diff {
-    /// New ports, and ports whose address, protocol or port changed (removed first).
+    /// New ports, and ports whose address, protocol, port, node port or external addresses
+    /// changed (removed first).
     pub added: Vec<String>,
     pub removed: Vec<String>,
     /// Same key, other endpoints.
@@ -167,7 +223,10 @@ pub fn diff(old: &Wanted, new: &Wanted) -> Diff {
     for (k, o) in &old.ports {
         match new.ports.get(k) {
             None => d.removed.push(k.clone()),
-            Some(n) if (n.cluster_ip, n.proto, n.port) != (o.cluster_ip, o.proto, o.port) => {
+            Some(n)
+                if (n.cluster_ip, n.proto, n.port, n.node_port, &n.external_ips)
+                    != (o.cluster_ip, o.proto, o.port, o.node_port, &o.external_ips) =>
+            {
                 d.removed.push(k.clone());
                 d.added.push(k.clone());
             }
@@ -200,6 +259,12 @@ pub fn hash8(s: &str) -> String {
 /// `service-<hash>-ns/name/proto/port`
 pub fn service_chain(port_name: &str) -> String {
     format!("service-{}-{port_name}", hash8(port_name))
+}
+
+/// `external-<hash>-ns/name/proto/port`: traffic from outside (node port, external and load
+/// balancer IPs), masqueraded, then the service.
+pub fn external_chain(port_name: &str) -> String {
+    format!("external-{}-{port_name}", hash8(port_name))
 }
 
 /// `endpoints-<hash>`: the numgen map of a service port.

@@ -181,6 +181,8 @@ fn port(ip: &str, port: u16, eps: &[(&str, u16)]) -> ServicePort {
         proto: 6,
         port,
         endpoints: eps.iter().map(|(i, p)| (v4(i), *p)).collect(),
+        node_port: None,
+        external_ips: Vec::new(),
     }
 }
 
@@ -218,4 +220,85 @@ fn chain_names_follow_kube_proxy() {
     assert!(e.ends_with("-default/web/tcp/http__10.244.1.2/8080"), "{e}");
     assert_eq!(service_chain(n), c, "stable");
     assert_ne!(endpoints_map(n), endpoints_map("default/web/tcp/other"));
+}
+
+#[test]
+fn node_ports_of_node_port_and_load_balancer_services_only() {
+    let mut np = service(
+        "np",
+        "10.96.0.50",
+        json!([{"name": "a", "port": 80, "nodePort": 30080}]),
+    );
+    np.spec.as_mut().unwrap().type_ = Some("NodePort".into());
+    let mut lb = service(
+        "lb",
+        "10.96.0.51",
+        json!([{"name": "a", "port": 80, "nodePort": 30081}]),
+    );
+    lb.spec.as_mut().unwrap().type_ = Some("LoadBalancer".into());
+    // A ClusterIP service's stray nodePort is not served.
+    let ip = service(
+        "ip",
+        "10.96.0.52",
+        json!([{"name": "a", "port": 80, "nodePort": 30082}]),
+    );
+    let eps = |svc: &str| {
+        slice(
+            svc,
+            &format!("{svc}-x"),
+            json!([{"name": "a", "port": 8080}]),
+            json!([ep("10.244.1.5", None, None, None)]),
+        )
+    };
+    let snap = snapshot(vec![np, lb, ip], vec![eps("np"), eps("lb"), eps("ip")]);
+    let w = wanted(&snap, &scope());
+    assert_eq!(w.ports["default/np/tcp/a"].node_port, Some(30080));
+    assert_eq!(w.ports["default/lb/tcp/a"].node_port, Some(30081));
+    assert_eq!(w.ports["default/ip/tcp/a"].node_port, None);
+    // A changed node port is the port removed and added again.
+    let mut w2 = w.clone();
+    w2.ports.get_mut("default/np/tcp/a").unwrap().node_port = Some(30090);
+    let d = diff(&w, &w2);
+    assert_eq!(d.removed, ["default/np/tcp/a"]);
+    assert_eq!(d.added, ["default/np/tcp/a"]);
+    assert!(external_chain("default/np/tcp/a").starts_with("external-"));
+}
+
+#[test]
+fn external_and_load_balancer_ips() {
+    let mut lb = service(
+        "lb",
+        "10.96.0.51",
+        json!([{"name": "a", "port": 80, "nodePort": 30081}]),
+    );
+    let spec = lb.spec.as_mut().unwrap();
+    spec.type_ = Some("LoadBalancer".into());
+    spec.external_ips = Some(vec!["192.0.2.5".into(), "fd00::5".into()]);
+    lb.status = serde_json::from_value(
+        json!({"loadBalancer": {"ingress": [{"ip": "10.200.1.11"}, {"ip": "10.200.1.12"}]}}),
+    )
+    .unwrap();
+    // The ingress of a service that is no longer a LoadBalancer is not served.
+    let mut ip = service("ip", "10.96.0.52", json!([{"name": "a", "port": 80}]));
+    ip.status = lb.status.clone();
+    let eps = |svc: &str| {
+        slice(
+            svc,
+            &format!("{svc}-x"),
+            json!([{"name": "a", "port": 8080}]),
+            json!([ep("10.244.1.5", None, None, None)]),
+        )
+    };
+    let w = wanted(
+        &snapshot(vec![lb, ip], vec![eps("lb"), eps("ip")]),
+        &scope(),
+    );
+    let p = &w.ports["default/lb/tcp/a"];
+    assert_eq!(
+        p.external_ips,
+        [v4("10.200.1.11"), v4("10.200.1.12"), v4("192.0.2.5")]
+    );
+    assert!(p.external());
+    assert!(w.ports["default/ip/tcp/a"].external_ips.is_empty());
+    assert!(!w.ports["default/ip/tcp/a"].external());
 }

@@ -6,13 +6,19 @@
 //! nat-prerouting, nat-output  → jump services
 //! services                    : ip daddr . meta l4proto . th dport vmap @service-ips
 //! service-ips                 : <ClusterIP> . tcp . 80 : goto service-<h>-ns/name/tcp/p
+//!                               <external or LB IP> . tcp . 80 : goto external-<h>-…
 //! service-<h>-ns/name/tcp/p   : ip daddr <ClusterIP> ip saddr != <cluster CIDR> jump mark-for-masquerade
 //!                               numgen random mod N vmap @endpoints-<h>
 //! endpoint-<h>-…__ip/port     : ip saddr <ip> jump mark-for-masquerade (hairpin)
 //!                               meta l4proto tcp dnat to <ip>:<port>
+//! services (node ports)      : fib daddr type local ip daddr != 127.0.0.0/8
+//!                               meta l4proto . th dport vmap @service-nodeports
+//! service-nodeports           : tcp . 30080 : goto external-<h>-ns/name/tcp/p
+//! external-<h>-ns/name/tcp/p  : jump mark-for-masquerade; goto service-<h>-…
 //! nat-postrouting             → jump masquerading (mark 0x4000: clear it, masquerade fully-random)
 //! filter-{forward,output,input} (ct state new):
-//!   service-endpoints-check   : … vmap @no-endpoint-services (goto reject-chain)
+//!   service-endpoints-check   : … vmap @no-endpoint-services, … vmap @no-endpoint-nodeports
+//!                               (goto reject-chain)
 //!   cluster-ips-check         : ip daddr @cluster-ips reject; <cluster DNS> return;
 //!                               ip daddr <service CIDR> drop
 //! ```
@@ -33,6 +39,8 @@ const TABLE_C: &std::ffi::CStr = c"podlet-proxy";
 const FAMILY: ProtoFamily = ProtoFamily::Ipv4;
 const SERVICE_IPS: &str = "service-ips";
 const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
+const SERVICE_NODEPORTS: &str = "service-nodeports";
+const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
 const CLUSTER_IPS: &str = "cluster-ips";
 const SERVICES: &str = "services";
 const MARK_FOR_MASQ: &str = "mark-for-masquerade";
@@ -169,6 +177,15 @@ impl Writer {
         };
         let svc_ips = self.set(SERVICE_IPS, &vmap);
         let no_eps = self.set(NO_ENDPOINT_SERVICES, &vmap);
+        let ports_vmap = SetSpec {
+            key_type: PROTO_PORT_TYPE,
+            key_len: PROTO_PORT_LEN,
+            flags: NFT_SET_MAP,
+            data_type: Some(NFT_DATA_VERDICT),
+            udata: None,
+        };
+        let node_ports = self.set(SERVICE_NODEPORTS, &ports_vmap);
+        let no_eps_node_ports = self.set(NO_ENDPOINT_NODEPORTS, &ports_vmap);
         let ips = SetSpec {
             key_type: TYPE_IPADDR,
             key_len: 4,
@@ -186,8 +203,36 @@ impl Writer {
                 lookup_vmap(set, id, NFT_REG32_00),
             ]
         };
-        self.chain(SERVICES, &[&lookup(SERVICE_IPS, svc_ips)]);
-        self.chain(ENDPOINTS_CHECK, &[&lookup(NO_ENDPOINT_SERVICES, no_eps)]);
+        // Node ports: on the node's own addresses (not loopback, as kube-proxy), by protocol
+        // and port.
+        let by_port = |set: &str, id: u32| {
+            let mut e = vec![
+                fib_daddr_type(NFT_REG_1),
+                cmp(NFT_CMP_EQ, NFT_REG_1, &RTN_LOCAL.to_ne_bytes()),
+            ];
+            let lo = "127.0.0.0/8".parse().expect("constant network");
+            e.extend(ipv4_in_net(ip_daddr(NFT_REG_1), lo, NFT_CMP_NEQ));
+            e.extend([
+                meta_load(NFT_META_L4PROTO, NFT_REG32_00),
+                th_dport(NFT_REG32_01),
+                lookup_vmap(set, id, NFT_REG32_00),
+            ]);
+            e
+        };
+        self.chain(
+            SERVICES,
+            &[
+                &lookup(SERVICE_IPS, svc_ips),
+                &by_port(SERVICE_NODEPORTS, node_ports),
+            ],
+        );
+        self.chain(
+            ENDPOINTS_CHECK,
+            &[
+                &lookup(NO_ENDPOINT_SERVICES, no_eps),
+                &by_port(NO_ENDPOINT_NODEPORTS, no_eps_node_ports),
+            ],
+        );
         self.chain(REJECT_CHAIN, &[&[reject()]]);
         let mark_or = [
             meta_load(NFT_META_MARK, NFT_REG_1),
@@ -297,6 +342,17 @@ impl Writer {
         let rules = service_rules(p, &map, id, scope);
         let rules: Vec<&[Expr]> = rules.iter().map(Vec::as_slice).collect();
         self.chain(&c, &rules);
+        if p.external() {
+            // externalTrafficPolicy Cluster: node port traffic is masqueraded (the endpoint
+            // may be on another node, whose reply must come back here).
+            self.chain(
+                &rules::external_chain(name),
+                &[
+                    &[verdict(NFT_JUMP, Some(MARK_FOR_MASQ))],
+                    &[verdict(NFT_GOTO, Some(&c))],
+                ],
+            );
+        }
     }
 
     fn endpoint_chain(&mut self, name: &str, p: &ServicePort, ep: (Ipv4Addr, u16)) {
@@ -328,6 +384,11 @@ impl Writer {
         for ep in &p.endpoints {
             let e = Chain::new(cs(&rules::endpoint_chain(name, *ep)), &self.table);
             self.batch.add(&e, MsgType::Del);
+        }
+        if p.external() {
+            let x = Chain::new(cs(&rules::external_chain(name)), &self.table);
+            self.batch.add(&nftnl_rule(&x), MsgType::Del);
+            self.batch.add(&x, MsgType::Del);
         }
         self.batch.add(&c, MsgType::Del);
     }
@@ -382,16 +443,31 @@ impl Writer {
         op: MsgType,
     ) {
         let (mut with, mut without) = (Vec::new(), Vec::new());
+        let (mut np_with, mut np_without) = (Vec::new(), Vec::new());
+        let reject = || Some((NFT_GOTO, Some(REJECT_CHAIN.to_string())));
         for (name, p) in ports {
             let key = ipv4_proto_port_key(p.cluster_ip, p.proto, p.port).to_vec();
+            let np = p.node_port.map(|n| proto_port_key(p.proto, n).to_vec());
+            let ext: Vec<Vec<u8>> = p
+                .external_ips
+                .iter()
+                .map(|ip| ipv4_proto_port_key(*ip, p.proto, p.port).to_vec())
+                .collect();
             if p.endpoints.is_empty() {
-                without.push((key, Some((NFT_GOTO, Some(REJECT_CHAIN.to_string())))));
+                without.push((key, reject()));
+                without.extend(ext.into_iter().map(|k| (k, reject())));
+                np_without.extend(np.map(|k| (k, reject())));
             } else {
                 with.push((key, Some((NFT_GOTO, Some(rules::service_chain(name))))));
+                let external = || Some((NFT_GOTO, Some(rules::external_chain(name))));
+                with.extend(ext.into_iter().map(|k| (k, external())));
+                np_with.extend(np.map(|k| (k, external())));
             }
         }
         self.elems(SERVICE_IPS, &with, op);
         self.elems(NO_ENDPOINT_SERVICES, &without, op);
+        self.elems(SERVICE_NODEPORTS, &np_with, op);
+        self.elems(NO_ENDPOINT_NODEPORTS, &np_without, op);
     }
 }
 

@@ -75,6 +75,32 @@ pub fn ipv4_proto_port_key(ip: std::net::Ipv4Addr, proto: u8, port: u16) -> [u8;
     k
 }
 
+/// `inet_proto . inet_service` (node ports), each part in its own 4-byte register.
+pub const PROTO_PORT_TYPE: u32 = concat_type(&[TYPE_INET_PROTOCOL, TYPE_INET_SERVICE]);
+pub const PROTO_PORT_LEN: u32 = 8;
+
+/// The key of an `inet_proto . inet_service` element: `[proto 0 0 0][port (big endian) 0 0]`.
+pub fn proto_port_key(proto: u8, port: u16) -> [u8; 8] {
+    let mut k = [0u8; 8];
+    k[0] = proto;
+    k[4..6].copy_from_slice(&port.to_be_bytes());
+    k
+}
+
+/// `fib daddr type` (the route type of the destination: RTN_LOCAL for the node's own
+/// addresses) into `dreg`, 4 bytes host-endian.
+pub fn fib_daddr_type(dreg: u32) -> Expr {
+    const NFTA_FIB_F_DADDR: u32 = 1 << 1;
+    const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
+    Expr::new(c"fib")
+        .u32(sys::NFTNL_EXPR_FIB_DREG, dreg)
+        .u32(sys::NFTNL_EXPR_FIB_RESULT, NFT_FIB_RESULT_ADDRTYPE)
+        .u32(sys::NFTNL_EXPR_FIB_FLAGS, NFTA_FIB_F_DADDR)
+}
+
+/// `RTN_LOCAL` (linux/rtnetlink.h): what `fib daddr type` yields for a local address.
+pub const RTN_LOCAL: u32 = 2;
+
 /// Set user data (libnftnl's TLV) saying the key is host-endian, so `nft list` prints numgen
 /// keys as 0, 1, … (cosmetic only).
 pub const UDATA_KEY_HOST_ENDIAN: [u8; 6] = [0, 4, 1, 0, 0, 0];
