@@ -41,6 +41,10 @@ const NAT_RANGE_PROTO_RANDOM_FULLY: u32 = 0x10;
 
 pub const NFT_SET_CONSTANT: u32 = 0x2;
 pub const NFT_SET_MAP: u32 = 0x8;
+/// Elements expire (`flags timeout`).
+pub const NFT_SET_TIMEOUT: u32 = 0x10;
+/// Rules add elements (`flags dynamic`).
+pub const NFT_SET_EVAL: u32 = 0x20;
 pub const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
 
 /// nft's datatype ids, for `nft list` to print keys; a concatenation is the ids shifted by 6
@@ -96,6 +100,27 @@ pub fn fib_daddr_type(dreg: u32) -> Expr {
         .u32(sys::NFTNL_EXPR_FIB_DREG, dreg)
         .u32(sys::NFTNL_EXPR_FIB_RESULT, NFT_FIB_RESULT_ADDRTYPE)
         .u32(sys::NFTNL_EXPR_FIB_FLAGS, NFTA_FIB_F_DADDR)
+}
+
+/// `fib saddr type` (the route type of the source: RTN_LOCAL for traffic from the node
+/// itself) into `dreg`.
+pub fn fib_saddr_type(dreg: u32) -> Expr {
+    const NFTA_FIB_F_SADDR: u32 = 1 << 0;
+    const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
+    Expr::new(c"fib")
+        .u32(sys::NFTNL_EXPR_FIB_DREG, dreg)
+        .u32(sys::NFTNL_EXPR_FIB_RESULT, NFT_FIB_RESULT_ADDRTYPE)
+        .u32(sys::NFTNL_EXPR_FIB_FLAGS, NFTA_FIB_F_SADDR)
+}
+
+/// `update @set { <key in sreg> }`: adds the key to a dynamic set, or refreshes its timeout.
+pub fn dynset_update(set: &str, set_id: u32, sreg: u32) -> Expr {
+    const NFT_DYNSET_OP_UPDATE: u32 = 1;
+    Expr::new(c"dynset")
+        .u32(sys::NFTNL_EXPR_DYNSET_SREG_KEY, sreg)
+        .u32(sys::NFTNL_EXPR_DYNSET_OP, NFT_DYNSET_OP_UPDATE)
+        .str(sys::NFTNL_EXPR_DYNSET_SET_NAME, set)
+        .u32(sys::NFTNL_EXPR_DYNSET_SET_ID, set_id)
 }
 
 /// `RTN_LOCAL` (linux/rtnetlink.h): what `fib daddr type` yields for a local address.

@@ -17,6 +17,7 @@ use nftnl::{FinalizedBatch, MsgType, NlMsg, ProtoFamily, Rule};
 enum Attr {
     U8(u8),
     U32(u32),
+    U64(u64),
     Str(CString),
     Data(Vec<u8>),
 }
@@ -41,6 +42,10 @@ impl Expr {
     }
     pub fn u32(mut self, attr: u32, v: u32) -> Self {
         self.attrs.push((attr as u16, Attr::U32(v)));
+        self
+    }
+    pub fn u64(mut self, attr: u32, v: u64) -> Self {
+        self.attrs.push((attr as u16, Attr::U64(v)));
         self
     }
     /// A string attribute (a chain or set name). Names with a NUL byte cannot exist in the
@@ -69,6 +74,7 @@ impl Expression for Expr {
                 match v {
                     Attr::U8(v) => sys::nftnl_expr_set_u8(p, *a, *v),
                     Attr::U32(v) => sys::nftnl_expr_set_u32(p, *a, *v),
+                    Attr::U64(v) => sys::nftnl_expr_set_u64(p, *a, *v),
                     Attr::Str(s) => {
                         sys::nftnl_expr_set_str(p, *a, s.as_ptr());
                     }
@@ -151,6 +157,14 @@ impl RawSet {
                 );
             }
         }
+        self
+    }
+
+    /// A default timeout for the set's elements (a set with `NFT_SET_TIMEOUT`): elements a
+    /// rule adds or refreshes (`update @set`) expire `ms` after their last refresh.
+    pub fn with_timeout(self, ms: u64) -> Self {
+        // SAFETY: `ptr` is our live set; the setter copies the integer.
+        unsafe { sys::nftnl_set_set_u64(self.ptr.as_ptr(), sys::NFTNL_SET_TIMEOUT as u16, ms) };
         self
     }
 

@@ -141,6 +141,28 @@ pub fn invalid(field: &str, value: &str, why: &str) -> Cause {
     )
 }
 
+/// `Unsupported value: "x": supported values: "A", "B"` (a JSON value, as upstream prints it).
+pub fn not_supported(field: &str, value: &Value, supported: &[&str]) -> Cause {
+    let list: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
+    (
+        "FieldValueNotSupported",
+        field.into(),
+        format!(
+            "Unsupported value: {value}: supported values: {}",
+            list.join(", ")
+        ),
+    )
+}
+
+/// `Invalid value: <json>: why`.
+pub fn invalid_value(field: &str, value: &Value, why: &str) -> Cause {
+    (
+        "FieldValueInvalid",
+        field.into(),
+        format!("Invalid value: {value}: {why}"),
+    )
+}
+
 pub fn required(field: &str) -> Cause {
     (
         "FieldValueRequired",

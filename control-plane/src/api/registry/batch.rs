@@ -12,7 +12,7 @@ use validation::{validate_job_spec, validate_time_zone};
 
 use super::strategy::Strategy;
 use super::Request;
-use crate::api::objects::{self, child, set_default};
+use crate::api::objects::{self, child, invalid_value, not_supported, set_default};
 use crate::api::resources;
 use crate::api::status::{ApiError, Cause};
 use crate::api::table;
@@ -28,27 +28,6 @@ pub struct Jobs;
 pub static JOB: Jobs = Jobs;
 pub struct CronJobs;
 pub static CRONJOB: CronJobs = CronJobs;
-
-fn not_supported(field: &str, value: &Value, supported: &[&str]) -> Cause {
-    let list = supported
-        .iter()
-        .map(|s| format!("{s:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    (
-        "FieldValueNotSupported",
-        field.into(),
-        format!("Unsupported value: {value}: supported values: {list}"),
-    )
-}
-
-fn invalid_value(field: &str, value: &Value, why: &str) -> Cause {
-    (
-        "FieldValueInvalid",
-        field.into(),
-        format!("Invalid value: {value}: {why}"),
-    )
-}
 
 fn required(field: &str, why: &str) -> Cause {
     let msg = if why.is_empty() {

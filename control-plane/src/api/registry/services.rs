@@ -8,11 +8,15 @@ use serde_json::{json, Value};
 use super::strategy::Strategy;
 use super::Request;
 use crate::api::nodeports;
-use crate::api::objects::{self, child, set_default};
+use crate::api::objects::{self, child, invalid_value, not_supported, set_default};
 use crate::api::resources::SERVICES;
 use crate::api::services::{allocate, release};
 use crate::api::status::{ApiError, Cause};
 use crate::api::table;
+
+/// `sessionAffinityConfig.clientIP.timeoutSeconds`: upstream's default (3 hours) and bound.
+const DEFAULT_AFFINITY_SECONDS: i64 = 10800;
+const MAX_AFFINITY_SECONDS: i64 = 86400;
 
 pub struct Services;
 pub static SERVICE: Services = Services;
@@ -48,6 +52,17 @@ impl Strategy for Services {
         if t == "LoadBalancer" {
             set_default(s, "allocateLoadBalancerNodePorts", json!(true));
         }
+        if s.get("sessionAffinity").and_then(Value::as_str) == Some("ClientIP") {
+            let cfg = s
+                .entry("sessionAffinityConfig")
+                .or_insert_with(|| json!({}));
+            if let Some(cfg) = cfg.as_object_mut() {
+                let ip = cfg.entry("clientIP").or_insert_with(|| json!({}));
+                if let Some(ip) = ip.as_object_mut() {
+                    set_default(ip, "timeoutSeconds", json!(DEFAULT_AFFINITY_SECONDS));
+                }
+            }
+        }
         if let Some(ports) = s.get_mut("ports").and_then(Value::as_array_mut) {
             for p in ports {
                 let p = p.as_object_mut().unwrap();
@@ -56,6 +71,51 @@ impl Strategy for Services {
                 set_default(p, "targetPort", port);
             }
         }
+    }
+
+    /// Upstream's checks of the proxy's fields (`ValidateService`): affinity and its timeout,
+    /// the traffic policies.
+    fn validate(&self, obj: &Value) -> Vec<Cause> {
+        let spec = &obj["spec"];
+        let mut causes = Vec::new();
+        let affinity = &spec["sessionAffinity"];
+        match affinity.as_str() {
+            Some("None") | None => {
+                if !spec["sessionAffinityConfig"].is_null() {
+                    causes.push(invalid_value(
+                        "spec.sessionAffinityConfig",
+                        &spec["sessionAffinityConfig"],
+                        "must not be set when session affinity is None",
+                    ));
+                }
+            }
+            Some("ClientIP") => {
+                let t = &spec["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"];
+                if !matches!(t.as_i64(), Some(1..=MAX_AFFINITY_SECONDS)) {
+                    causes.push(invalid_value(
+                        "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                        t,
+                        &format!("must be greater than 0 and less than {MAX_AFFINITY_SECONDS}"),
+                    ));
+                }
+            }
+            Some(_) => causes.push(not_supported(
+                "spec.sessionAffinity",
+                affinity,
+                &["ClientIP", "None"],
+            )),
+        }
+        for f in ["externalTrafficPolicy", "internalTrafficPolicy"] {
+            let v = &spec[f];
+            if !v.is_null() && !matches!(v.as_str(), Some("Cluster" | "Local")) {
+                causes.push(not_supported(
+                    &format!("spec.{f}"),
+                    v,
+                    &["Cluster", "Local"],
+                ));
+            }
+        }
+        causes
     }
 
     /// The cluster IP stays what it was: an update may leave it out, never change it.
@@ -191,7 +251,9 @@ impl Services {
         spec["clusterIPs"] = json!([ip.to_string()]);
         spec["ipFamilies"] = json!(["IPv4"]);
         spec["ipFamilyPolicy"] = json!("SingleStack");
-        spec["internalTrafficPolicy"] = json!("Cluster");
+        if spec["internalTrafficPolicy"].is_null() {
+            spec["internalTrafficPolicy"] = json!("Cluster");
+        }
         Ok(())
     }
 }

@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 use super::apps::Scale;
 use super::strategy::{Strategy, Subresource};
 use super::Request;
-use crate::api::objects::{self, child, set_default};
+use crate::api::objects::{self, child, not_supported, set_default};
 use crate::api::resources;
 use crate::api::status::{ApiError, Cause};
 use crate::api::table;
@@ -94,19 +94,6 @@ fn nonnegative(obj: &Value, path: &[&str], causes: &mut Vec<Cause>) {
             format!("Invalid value: {n}: must be greater than or equal to 0"),
         ));
     }
-}
-
-fn not_supported(field: &str, value: &Value, supported: &[&str]) -> Cause {
-    let list: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
-    (
-        "FieldValueNotSupported",
-        field.into(),
-        format!(
-            "Unsupported value: {}: supported values: {}",
-            value,
-            list.join(", ")
-        ),
-    )
 }
 
 /// What DaemonSets and StatefulSets check alike of their selector and template.
