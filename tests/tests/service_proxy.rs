@@ -191,3 +191,148 @@ fn cluster_ip_services() {
     let list = c.sh(1, "nft list table ip podlet-proxy");
     assert_ne!(list.code, 0, "table still there: {list:?}");
 }
+
+/// ClientIP affinity sticks; `externalTrafficPolicy: Local` answers only where a backend is,
+/// with the client's own address, and its `healthCheckNodePort` says so (200 / 503);
+/// `internalTrafficPolicy: Local` keeps ClusterIP traffic on the client's node.
+#[test]
+fn affinity_and_local_traffic_policies() {
+    let Some(c) = Cluster::start(&[1, 2], &[], true) else {
+        return;
+    };
+    c.run_backend(
+        1,
+        "web-1",
+        json!({"app": "web"}),
+        "http",
+        8080,
+        &echo_server_named(8080),
+    );
+    c.run_backend(
+        2,
+        "web-2",
+        json!({"app": "web"}),
+        "http",
+        8080,
+        &echo_server_named(8080),
+    );
+    c.run_backend(
+        1,
+        "solo",
+        json!({"app": "solo"}),
+        "http",
+        8080,
+        &echo_server_named(8080),
+    );
+    c.run_pod(1, "client", false, "sleep 100000");
+    c.run_pod(2, "client2", false, "sleep 100000");
+
+    // Affinity: every connection of one client goes to the endpoint its first one got.
+    let sticky = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "sticky"},
+                        "spec": {"selector": {"app": "web"}, "sessionAffinity": "ClientIP",
+                                 "ports": [{"port": 80, "targetPort": 8080}]}});
+    let out = c.kubectl_stdin(&["apply", "-f", "-"], &sticky.to_string());
+    assert_eq!(out.code, 0, "{out:?}");
+    let svc = c.get_json(&["service", "sticky"]).unwrap();
+    assert_eq!(
+        svc["spec"]["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"], 10800,
+        "upstream's default timeout: {svc}"
+    );
+    let ip = svc["spec"]["clusterIP"].as_str().unwrap().to_string();
+    let first = c.wait("the sticky service", || ask(&c, false, &ip, 80)).0;
+    for _ in 0..15 {
+        let (host, _) = ask(&c, false, &ip, 80).expect("an answer");
+        assert_eq!(host, first, "ClientIP affinity broken");
+    }
+    // A bad timeout is refused with upstream's message.
+    let bad = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "bad"},
+                     "spec": {"selector": {"app": "web"}, "sessionAffinity": "ClientIP",
+                              "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 0}},
+                              "ports": [{"port": 80}]}});
+    let out = c.kubectl_stdin(&["apply", "-f", "-"], &bad.to_string());
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr
+            .contains("spec.sessionAffinityConfig.clientIP.timeoutSeconds: Invalid value: 0: must be greater than 0 and less than 86400"),
+        "{out:?}"
+    );
+
+    // externalTrafficPolicy Local: the backend is on n1 only.
+    let lb = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "local"},
+                    "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                             "selector": {"app": "solo"},
+                             "ports": [{"port": 8082, "targetPort": 8080}]}});
+    let out = c.kubectl_stdin(&["apply", "-f", "-"], &lb.to_string());
+    assert_eq!(out.code, 0, "{out:?}");
+    let svc = c.get_json(&["service", "local"]).unwrap();
+    let node_port = svc["spec"]["ports"][0]["nodePort"].as_u64().unwrap() as u16;
+    let hc = svc["spec"]["healthCheckNodePort"]
+        .as_u64()
+        .expect("a health check port") as u16;
+    let from_outside = |node: usize, port: u16| {
+        let cmd = ask_peer(&c.ip(node), port).replace("| nc -w 5 ", "| busybox nc -w 2 ");
+        let out = sh_in(c.switch.pid(), &cmd);
+        Some((
+            field(&out.stdout, "host=")?.to_string(),
+            field(&out.stdout, "peer=")?
+                .trim_start_matches("[::ffff:")
+                .trim_end_matches(']')
+                .to_string(),
+        ))
+    };
+    let (host, peer) = c.wait("the node port on n1", || from_outside(1, node_port));
+    assert_eq!(host, "solo");
+    let switch_ip = c
+        .ip(1)
+        .rsplit_once('.')
+        .map(|(net, _)| format!("{net}.1"))
+        .unwrap();
+    assert_eq!(
+        peer, switch_ip,
+        "externalTrafficPolicy Local keeps the client's address"
+    );
+    assert_eq!(
+        from_outside(2, node_port),
+        None,
+        "n2 has no local endpoint: dropped"
+    );
+    let health = |node: usize| {
+        let cmd = format!(
+            "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 2 {} {hc}",
+            c.ip(node)
+        );
+        sh_in(c.switch.pid(), &cmd).stdout
+    };
+    let h1 = c.wait("n1's health check", || {
+        Some(health(1)).filter(|h| h.contains("200"))
+    });
+    assert!(
+        h1.contains("\"localEndpoints\": 1") && h1.contains("\"name\": \"local\""),
+        "{h1}"
+    );
+    let h2 = c.wait("n2's health check", || {
+        Some(health(2)).filter(|h| h.contains(" 503 "))
+    });
+    assert!(h2.contains("\"localEndpoints\": 0"), "{h2}");
+    // From a pod, through the load balancer address of n2: short-circuited to any endpoint.
+    let out = c.exec(2, "client2", &ask_peer(&c.ip(2), 8082));
+    assert!(out.stdout.contains("host=solo"), "{out:?}");
+
+    // internalTrafficPolicy Local: the ClusterIP reaches only the client's node's endpoints.
+    let itp = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "itp"},
+                     "spec": {"internalTrafficPolicy": "Local", "selector": {"app": "solo"},
+                              "ports": [{"port": 80, "targetPort": 8080}]}});
+    let out = c.kubectl_stdin(&["apply", "-f", "-"], &itp.to_string());
+    assert_eq!(out.code, 0, "{out:?}");
+    let itp_ip = c.get_json(&["service", "itp"]).unwrap()["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (host, _) = c.wait("itp from n1", || ask(&c, false, &itp_ip, 80));
+    assert_eq!(host, "solo");
+    let out = c.exec(2, "client2", &ask_peer(&itp_ip, 80).replace("-w 5", "-w 2"));
+    assert!(
+        !out.stdout.contains("host="),
+        "n2 has no local endpoint: {out:?}"
+    );
+}

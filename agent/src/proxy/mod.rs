@@ -7,13 +7,17 @@
 //! cache rewrites only the service ports that changed, in one batch. Bursts of changes coalesce
 //! (the cache's counter), and syncs are at least `MIN_INTERVAL` apart.
 //!
-//! Not in this slice: NodePort (`service-nodeports`), LoadBalancer, externalIPs, session
-//! affinity, traffic policies, IPv6 (`ip6 podlet-proxy`), a periodic resync.
+//! Besides the rules, the `healthCheckNodePort` servers of Local load balancers
+//! (`healthcheck.rs`) and the histograms of `/metrics` (`metrics.rs`).
+//!
+//! Not in this slice: IPv6 (`ip6 podlet-proxy`), a periodic resync.
 
+pub mod healthcheck;
+pub mod metrics;
 pub mod rules;
 pub mod table;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
@@ -40,6 +44,7 @@ impl Scope {
             service_cidr: cfg.service_cluster_ip_range,
             cluster_cidr: cfg.cluster_cidr,
             local_dns: cfg.cluster_dns.clone(),
+            node_name: cfg.node_name.clone(),
         }
     }
 }
@@ -54,11 +59,16 @@ pub async fn run(cfg: Arc<Config>, services: Arc<ServiceCache>) {
     }
     let mut changes = services.subscribe();
     let mut programmed: Option<Wanted> = None;
+    let mut health = healthcheck::Servers::default();
+    let mut triggers = metrics::Triggers::default();
     loop {
         changes.borrow_and_update();
         let snap = services.snapshot();
         let mut wait = None;
         if snap.synced {
+            health
+                .sync(&healthcheck::wanted(&snap, &scope.node_name))
+                .await;
             let want = rules::wanted(&snap, &scope);
             // Without a programmed state (at start, after a failure) the sync is a full one:
             // a failed batch changed nothing, but the table may have been changed by hand.
@@ -67,7 +77,10 @@ pub async fn run(cfg: Arc<Config>, services: Arc<ServiceCache>) {
                 tokio::task::spawn_blocking(move || sync(prev.as_ref(), &want, &s).map(|_| want))
                     .await;
             match res {
-                Ok(Ok(want)) => programmed = Some(want),
+                Ok(Ok(want)) => {
+                    programmed = Some(want);
+                    triggers.programmed(&snap);
+                }
                 Ok(Err(e)) => {
                     tracing::warn!("service proxy: {}", crate::util::chain(&e));
                     wait = Some(RETRY);
@@ -114,7 +127,7 @@ pub fn sync(prev: Option<&Wanted>, want: &Wanted, scope: &Scope) -> Result<(), P
         source,
     })?;
     let took = start.elapsed();
-    record(took);
+    metrics::SYNC.observe(took);
     tracing::debug!(ports = want.ports.len(), ?took, "service proxy: {what}");
     Ok(())
 }
@@ -137,43 +150,9 @@ pub fn cleanup() -> std::io::Result<Vec<String>> {
     })
 }
 
-/// Upper bounds (seconds) of `sync_proxy_rules_duration_seconds`' buckets, kube-proxy's.
-const BUCKETS: [f64; 14] = [
-    0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096,
-    8.192,
-];
-
-/// Cumulative bucket counts, count and sum of the sync durations.
-static DURATIONS: Mutex<([u64; 14], u64, f64)> = Mutex::new(([0; 14], 0, 0.0));
-
-fn record(d: Duration) {
-    let s = d.as_secs_f64();
-    let mut h = DURATIONS.lock().unwrap_or_else(|e| e.into_inner());
-    for (i, b) in BUCKETS.iter().enumerate() {
-        if s <= *b {
-            h.0[i] += 1;
-        }
-    }
-    h.1 += 1;
-    h.2 += s;
-}
-
-/// The histogram `sync_proxy_rules_duration_seconds` in the Prometheus text format.
+/// The proxy's histograms in the Prometheus text format.
 pub fn metrics() -> String {
-    let h = DURATIONS.lock().unwrap_or_else(|e| e.into_inner());
-    let mut out = String::from(
-        "# HELP sync_proxy_rules_duration_seconds [ALPHA] SyncProxyRules latency in seconds\n# TYPE sync_proxy_rules_duration_seconds histogram\n",
-    );
-    for (b, n) in BUCKETS.iter().zip(h.0) {
-        out.push_str(&format!(
-            "sync_proxy_rules_duration_seconds_bucket{{le=\"{b}\"}} {n}\n"
-        ));
-    }
-    out.push_str(&format!(
-        "sync_proxy_rules_duration_seconds_bucket{{le=\"+Inf\"}} {0}\nsync_proxy_rules_duration_seconds_sum {1}\nsync_proxy_rules_duration_seconds_count {0}\n",
-        h.1, h.2
-    ));
-    out
+    metrics::render()
 }
 
 #[cfg(test)]

@@ -16,7 +16,10 @@ impl Netns {
         if std::env::var_os("PODLET_SKIP_PRIVILEGED").is_some() {
             return None;
         }
-        let name = format!("podlet-proxy-test-{}", std::process::id());
+        // Tests run in parallel: each its own namespace.
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("podlet-proxy-test-{}-{n}", std::process::id());
         let st = Command::new("ip")
             .args(["netns", "add", &name])
             .status()
@@ -60,6 +63,10 @@ fn port(ip: [u8; 4], eps: &[([u8; 4], u16)]) -> ServicePort {
         proto: 6,
         port: 80,
         endpoints: eps.iter().map(|(i, p)| (Ipv4Addr::from(*i), *p)).collect(),
+        local_endpoints: Vec::new(),
+        internal_local: false,
+        external_local: false,
+        affinity: None,
         node_port: None,
         external_ips: Vec::new(),
     }
@@ -185,4 +192,90 @@ fn full_and_incremental_syncs_and_cleanup() {
     let removed = ns.run(cleanup).unwrap();
     assert_eq!(removed.len(), 1, "{removed:?}");
     assert!(ns.run(cleanup).unwrap().is_empty());
+}
+
+#[test]
+fn affinity_and_local_policies_in_the_kernel() {
+    let Some(ns) = Netns::new() else { return };
+    let scope = rules::tests::scope();
+    let name = "default/web/tcp/http";
+    let mut p = port(
+        [10, 96, 0, 50],
+        &[([10, 244, 1, 2], 8080), ([10, 244, 2, 2], 8080)],
+    );
+    p.affinity = Some(60);
+    p.node_port = Some(30080);
+    p.external_local = true;
+    p.internal_local = true;
+    p.local_endpoints = vec![(Ipv4Addr::new(10, 244, 1, 2), 8080)];
+    let mut w = Wanted::default();
+    w.ports.insert(name.into(), p.clone());
+    ns.run(|| sync(None, &w, &scope)).unwrap();
+    let l = ns.nft_list();
+    for want in [
+        "10.96.0.50 . tcp . 80 : goto local-",
+        "tcp . 30080 : goto external-",
+        "ip saddr 10.244.0.0/16 goto service-",
+        "fib saddr type local jump mark-for-masquerade",
+        "fib saddr type local goto service-",
+        "goto local-",
+        "numgen random mod 1 vmap @local-endpoints-",
+        "update @affinity-",
+        "flags dynamic,timeout",
+        "timeout 1m",
+    ] {
+        assert!(l.contains(want), "{want:?} not in\n{l}");
+    }
+    let aff = format!(
+        "ip saddr @{} goto endpoint-",
+        rules::affinity_set(name, p.endpoints[1])
+    );
+    assert!(l.contains(&aff), "{aff:?} not in\n{l}");
+
+    // A second remote endpoint: chains refilled in place, the new endpoint's set made.
+    let mut p2 = p.clone();
+    p2.endpoints.push((Ipv4Addr::new(10, 244, 3, 2), 8080));
+    let mut w2 = Wanted::default();
+    w2.ports.insert(name.into(), p2.clone());
+    ns.run(|| sync(Some(&w), &w2, &scope)).unwrap();
+    let l = ns.nft_list();
+    assert!(l.contains("numgen random mod 3 vmap @endpoints-"), "{l}");
+    assert!(
+        l.contains(&format!(
+            "set {}",
+            rules::affinity_set(name, p2.endpoints[2])
+        )),
+        "{l}"
+    );
+
+    // The local endpoint goes: no local chain; the ClusterIP (internal Local) and what is
+    // not short-circuited of the node port dropped here.
+    let mut p3 = p2.clone();
+    p3.endpoints.remove(0);
+    p3.local_endpoints.clear();
+    let mut w3 = Wanted::default();
+    w3.ports.insert(name.into(), p3);
+    ns.run(|| sync(Some(&w2), &w3, &scope)).unwrap();
+    let l = ns.nft_list();
+    // The external chain stays: it short-circuits pods and the node to the cluster's
+    // endpoints; the rest falls through to the drop of the no-endpoint maps.
+    assert!(!l.contains("local-"), "{l}");
+    assert!(l.contains("tcp . 30080 : goto external-"), "{l}");
+    assert!(l.contains("10.96.0.50 . tcp . 80 : drop"), "{l}");
+    assert!(l.contains("tcp . 30080 : drop"), "{l}");
+    assert!(
+        !l.contains(&rules::affinity_set(name, p.endpoints[0])),
+        "{l}"
+    );
+
+    // And back, then everything goes.
+    ns.run(|| sync(Some(&w3), &w, &scope)).unwrap();
+    assert!(ns.nft_list().contains("goto local-"));
+    ns.run(|| sync(Some(&w), &Wanted::default(), &scope))
+        .unwrap();
+    let l = ns.nft_list();
+    assert!(
+        !l.contains("set affinity-") && !l.contains("chain endpoint-"),
+        "{l}"
+    );
 }

@@ -20,6 +20,8 @@ pub struct Scope {
     pub cluster_cidr: IpNetwork,
     /// The cluster DNS addresses the agent answers on itself: never proxied, rejected or dropped.
     pub local_dns: Vec<IpAddr>,
+    /// This node's name: endpoints with this `nodeName` are local (the traffic policies).
+    pub node_name: String,
 }
 
 /// One port of one Service, as programmed.
@@ -31,6 +33,15 @@ pub struct ServicePort {
     pub port: u16,
     /// Sorted, without duplicates; empty: the service has no usable endpoint (REJECT).
     pub endpoints: Vec<(Ipv4Addr, u16)>,
+    /// The endpoints on this node, chosen by the same rule (the `Local` traffic policies).
+    pub local_endpoints: Vec<(Ipv4Addr, u16)>,
+    /// `internalTrafficPolicy: Local`: the ClusterIP only reaches this node's endpoints.
+    pub internal_local: bool,
+    /// `externalTrafficPolicy: Local`: node ports and external addresses only reach this
+    /// node's endpoints, unmasqueraded (the client's address is kept).
+    pub external_local: bool,
+    /// `sessionAffinity: ClientIP`: its timeout in seconds.
+    pub affinity: Option<u32>,
     /// The node port of a NodePort or LoadBalancer service: the same endpoints on every
     /// local address of the node at that port.
     pub node_port: Option<u16>,
@@ -45,6 +56,59 @@ impl ServicePort {
     /// through the port's external chain.
     pub fn external(&self) -> bool {
         self.node_port.is_some() || !self.external_ips.is_empty()
+    }
+
+    /// Whether the port has a `local-…` chain: a Local policy and endpoints on this node.
+    pub fn has_local_chain(&self) -> bool {
+        (self.internal_local || self.external_local) && !self.local_endpoints.is_empty()
+    }
+
+    /// Whether the port has a `service-…` chain (endpoints anywhere).
+    pub fn has_cluster_chain(&self) -> bool {
+        !self.endpoints.is_empty()
+    }
+
+    /// No endpoint at all: traffic is rejected.
+    pub fn no_endpoints(&self) -> bool {
+        self.endpoints.is_empty() && self.local_endpoints.is_empty()
+    }
+
+    /// The chain ClusterIP traffic goes to, if any (else it is dropped, or without any
+    /// endpoint rejected).
+    pub fn internal_chain(&self, name: &str) -> Option<String> {
+        match self.internal_local {
+            true => self.has_local_chain().then(|| local_chain(name)),
+            false => self.has_cluster_chain().then(|| service_chain(name)),
+        }
+    }
+
+    /// Whether external traffic has endpoints to go to (through the `external-…` chain).
+    pub fn has_external_endpoints(&self) -> bool {
+        match self.external_local {
+            true => self.has_local_chain(),
+            false => self.has_cluster_chain(),
+        }
+    }
+
+    /// Whether the port has an `external-…` chain: external addresses and endpoints anywhere
+    /// (with a Local policy and none here, the chain still short-circuits pods and the node
+    /// to the cluster's endpoints, as kube-proxy's; the rest falls through to a drop).
+    pub fn has_external_chain(&self) -> bool {
+        self.external() && !self.no_endpoints()
+    }
+
+    /// Every endpoint with a chain: those of the cluster chain and of the local chain.
+    pub fn chained_endpoints(&self) -> Vec<(Ipv4Addr, u16)> {
+        let mut all: BTreeSet<_> = self.endpoints.iter().copied().collect();
+        if self.has_local_chain() {
+            all.extend(self.local_endpoints.iter().copied());
+        }
+        all.into_iter().collect()
+    }
+
+    /// Which chains exist: an endpoint change that keeps it rewrites them in place.
+    pub fn chain_shape(&self) -> (bool, bool) {
+        (self.has_cluster_chain(), self.has_local_chain())
     }
 }
 
@@ -100,7 +164,15 @@ pub fn wanted(snap: &Snapshot, scope: &Scope) -> Wanted {
                 continue;
             };
             let port_name = sp.name.clone().unwrap_or_default();
-            let endpoints = endpoints(&slices, &port_name, proto);
+            let endpoints = endpoints_of(&slices, &port_name, proto, None);
+            let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+            // Only for services reached from outside (upstream's ExternalPolicyForLocal).
+            let external_local = spec.external_traffic_policy.as_deref() == Some("Local")
+                && (has_node_ports(svc) || !external_ips(svc).is_empty());
+            let local_endpoints = match internal_local || external_local {
+                true => endpoints_of(&slices, &port_name, proto, Some(&scope.node_name)),
+                false => Vec::new(),
+            };
             let node_port = sp
                 .node_port
                 .and_then(|n| u16::try_from(n).ok())
@@ -114,6 +186,10 @@ pub fn wanted(snap: &Snapshot, scope: &Scope) -> Wanted {
                     proto,
                     port,
                     endpoints,
+                    local_endpoints,
+                    internal_local,
+                    external_local,
+                    affinity: affinity(svc),
                     node_port,
                     external_ips,
                 },
@@ -121,6 +197,20 @@ pub fn wanted(snap: &Snapshot, scope: &Scope) -> Wanted {
         }
     }
     Wanted { ports }
+}
+
+/// The ClientIP affinity timeout (upstream's default when the config is left out).
+fn affinity(svc: &Service) -> Option<u32> {
+    let spec = svc.spec.as_ref()?;
+    if spec.session_affinity.as_deref() != Some("ClientIP") {
+        return None;
+    }
+    let t = spec
+        .session_affinity_config
+        .as_ref()
+        .and_then(|c| c.client_ip.as_ref())
+        .and_then(|c| c.timeout_seconds);
+    Some(t.and_then(|t| u32::try_from(t).ok()).unwrap_or(10800))
 }
 
 /// `spec.externalIPs` and, for a LoadBalancer, the IPs of `status.loadBalancer.ingress`
@@ -165,10 +255,16 @@ fn cluster_ip(svc: &Service) -> Option<Ipv4Addr> {
     spec.cluster_ip.as_deref()?.parse().ok()
 }
 
-/// The endpoints of one service port: the slice port of the same name and protocol carries the
-/// number (so a named targetPort resolves per slice). Ready endpoints (no condition = ready); if
-/// there are none, the serving and terminating ones, as kube-proxy falls back to them.
-fn endpoints(slices: &[&EndpointSlice], port_name: &str, proto: u8) -> Vec<(Ipv4Addr, u16)> {
+/// The endpoints of one service port (on `node` only, if given): the slice port of the same
+/// name and protocol carries the number (so a named targetPort resolves per slice). Ready
+/// endpoints (no condition = ready); if there are none, the serving and terminating ones, as
+/// kube-proxy falls back to them (for the cluster and the local set each).
+fn endpoints_of(
+    slices: &[&EndpointSlice],
+    port_name: &str,
+    proto: u8,
+    node: Option<&str>,
+) -> Vec<(Ipv4Addr, u16)> {
     let mut ready = BTreeSet::new();
     let mut terminating = BTreeSet::new();
     for s in slices {
@@ -183,6 +279,9 @@ fn endpoints(slices: &[&EndpointSlice], port_name: &str, proto: u8) -> Vec<(Ipv4
             continue;
         };
         for e in &s.endpoints {
+            if node.is_some_and(|n| e.node_name.as_deref() != Some(n)) {
+                continue;
+            }
             let Some(ip) = e.addresses.first().and_then(|a| a.parse::<Ipv4Addr>().ok()) else {
                 continue;
             };
@@ -199,6 +298,34 @@ fn endpoints(slices: &[&EndpointSlice], port_name: &str, proto: u8) -> Vec<(Ipv4
     if ready.is_empty() { terminating } else { ready }
         .into_iter()
         .collect()
+}
+
+impl ServicePort {
+    /// Everything but the endpoints: a change of it rewrites the whole port.
+    #[allow(clippy::type_complexity)]
+    fn frame(
+        &self,
+    ) -> (
+        Ipv4Addr,
+        u8,
+        u16,
+        Option<u16>,
+        &[Ipv4Addr],
+        bool,
+        bool,
+        Option<u32>,
+    ) {
+        (
+            self.cluster_ip,
+            self.proto,
+            self.port,
+            self.node_port,
+            &self.external_ips,
+            self.internal_local,
+            self.external_local,
+            self.affinity,
+        )
+    }
 }
 
 /// What changed from one state to the next, by service port name.
@@ -223,14 +350,13 @@ pub fn diff(old: &Wanted, new: &Wanted) -> Diff {
     for (k, o) in &old.ports {
         match new.ports.get(k) {
             None => d.removed.push(k.clone()),
-            Some(n)
-                if (n.cluster_ip, n.proto, n.port, n.node_port, &n.external_ips)
-                    != (o.cluster_ip, o.proto, o.port, o.node_port, &o.external_ips) =>
-            {
+            Some(n) if n.frame() != o.frame() || n.chain_shape() != o.chain_shape() => {
                 d.removed.push(k.clone());
                 d.added.push(k.clone());
             }
-            Some(n) if n.endpoints != o.endpoints => d.endpoints_changed.push(k.clone()),
+            Some(n) if (&n.endpoints, &n.local_endpoints) != (&o.endpoints, &o.local_endpoints) => {
+                d.endpoints_changed.push(k.clone())
+            }
             Some(_) => {}
         }
     }
@@ -265,6 +391,25 @@ pub fn service_chain(port_name: &str) -> String {
 /// balancer IPs), masqueraded, then the service.
 pub fn external_chain(port_name: &str) -> String {
     format!("external-{}-{port_name}", hash8(port_name))
+}
+
+/// `local-<hash>-ns/name/proto/port`: the Local traffic policies' chain (this node's
+/// endpoints).
+pub fn local_chain(port_name: &str) -> String {
+    format!("local-{}-{port_name}", hash8(port_name))
+}
+
+/// `local-endpoints-<hash>`: the numgen map of a port's local chain.
+pub fn local_endpoints_map(port_name: &str) -> String {
+    format!("local-endpoints-{}", hash8(port_name))
+}
+
+/// `affinity-<hash>`: the client addresses that stick to one endpoint (ClientIP affinity).
+pub fn affinity_set(port_name: &str, ep: (Ipv4Addr, u16)) -> String {
+    format!(
+        "affinity-{}",
+        hash8(&format!("{port_name}__{}/{}", ep.0, ep.1))
+    )
 }
 
 /// `endpoints-<hash>`: the numgen map of a service port.

@@ -9,6 +9,7 @@ pub fn scope() -> Scope {
         service_cidr: "10.96.0.0/12".parse().unwrap(),
         cluster_cidr: "10.244.0.0/16".parse().unwrap(),
         local_dns: vec!["10.96.0.10".parse().unwrap()],
+        node_name: "n1".into(),
     }
 }
 
@@ -181,6 +182,10 @@ fn port(ip: &str, port: u16, eps: &[(&str, u16)]) -> ServicePort {
         proto: 6,
         port,
         endpoints: eps.iter().map(|(i, p)| (v4(i), *p)).collect(),
+        local_endpoints: Vec::new(),
+        internal_local: false,
+        external_local: false,
+        affinity: None,
         node_port: None,
         external_ips: Vec::new(),
     }
@@ -301,4 +306,124 @@ fn external_and_load_balancer_ips() {
     assert!(p.external());
     assert!(w.ports["default/ip/tcp/a"].external_ips.is_empty());
     assert!(!w.ports["default/ip/tcp/a"].external());
+}
+
+fn on(node: &str, ip: &str, ready: bool) -> serde_json::Value {
+    json!({"addresses": [ip], "nodeName": node, "conditions": {"ready": ready, "serving": ready}})
+}
+
+fn with_spec(mut svc: Service, extra: serde_json::Value) -> Service {
+    let mut spec = serde_json::to_value(svc.spec.take().unwrap()).unwrap();
+    for (k, v) in extra.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    svc.spec = Some(serde_json::from_value(spec).unwrap());
+    svc
+}
+
+#[test]
+fn local_policies_use_this_nodes_endpoints_and_drop_without_any() {
+    let base = service(
+        "web",
+        "10.96.0.60",
+        json!([{"port": 80, "nodePort": 30080}]),
+    );
+    let svc = with_spec(
+        base,
+        json!({"type": "NodePort", "externalTrafficPolicy": "Local", "internalTrafficPolicy": "Local"}),
+    );
+    let eps = json!([on("n1", "10.244.1.2", true), on("n2", "10.244.2.2", true)]);
+    let s = slice("web", "web-1", json!([{"port": 8080}]), eps);
+    let w = wanted(&snapshot(vec![svc.clone()], vec![s]), &scope());
+    let p = &w.ports["default/web/tcp/"];
+    assert_eq!(p.endpoints.len(), 2);
+    assert_eq!(p.local_endpoints, vec![(v4("10.244.1.2"), 8080)]);
+    assert!(p.internal_local && p.external_local && p.has_local_chain());
+    let name = "default/web/tcp/";
+    assert_eq!(p.internal_chain(name), Some(local_chain(name)));
+    assert!(p.has_external_endpoints());
+    assert_eq!(p.chained_endpoints().len(), 2);
+
+    // Only the other node has endpoints: ClusterIP and node port traffic is dropped here
+    // (not rejected: the service has endpoints).
+    let eps = json!([on("n2", "10.244.2.2", true)]);
+    let s = slice("web", "web-1", json!([{"port": 8080}]), eps);
+    let w = wanted(&snapshot(vec![svc], vec![s]), &scope());
+    let p = &w.ports[name];
+    assert!(!p.has_local_chain() && !p.no_endpoints());
+    assert_eq!(p.internal_chain(name), None);
+    assert!(!p.has_external_endpoints());
+    // Still an external chain, for the short-circuit of pods and the node.
+    assert!(p.has_external_chain());
+}
+
+#[test]
+fn cluster_policies_ignore_the_node_and_external_local_needs_an_external_service() {
+    let svc = with_spec(
+        service("web", "10.96.0.61", json!([{"port": 80}])),
+        json!({"externalTrafficPolicy": "Local"}),
+    );
+    let eps = json!([on("n2", "10.244.2.2", true)]);
+    let s = slice("web", "web-1", json!([{"port": 8080}]), eps);
+    let w = wanted(&snapshot(vec![svc], vec![s]), &scope());
+    let p = &w.ports["default/web/tcp/"];
+    assert!(
+        !p.external_local,
+        "a ClusterIP service has no external traffic"
+    );
+    assert!(p.local_endpoints.is_empty());
+    assert_eq!(
+        p.internal_chain("default/web/tcp/"),
+        Some(service_chain("default/web/tcp/"))
+    );
+}
+
+#[test]
+fn client_ip_affinity_and_its_default_timeout() {
+    let svc = service("web", "10.96.0.62", json!([{"port": 80}]));
+    let sticky = with_spec(svc.clone(), json!({"sessionAffinity": "ClientIP"}));
+    let timed = with_spec(
+        svc.clone(),
+        json!({"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}}),
+    );
+    let eps = json!([on("n1", "10.244.1.2", true)]);
+    let s = slice("web", "web-1", json!([{"port": 8080}]), eps);
+    let affinity = |svc: &Service| {
+        let w = wanted(&snapshot(vec![svc.clone()], vec![s.clone()]), &scope());
+        w.ports["default/web/tcp/"].affinity
+    };
+    assert_eq!(affinity(&svc), None);
+    assert_eq!(affinity(&sticky), Some(10800));
+    assert_eq!(affinity(&timed), Some(60));
+    // Affinity on or off remakes the port; endpoints alone only refill it.
+    let old = wanted(&snapshot(vec![svc], vec![s.clone()]), &scope());
+    let new = wanted(&snapshot(vec![timed], vec![s]), &scope());
+    let d = diff(&old, &new);
+    assert_eq!(d.removed, vec!["default/web/tcp/"]);
+    assert_eq!(d.added, vec!["default/web/tcp/"]);
+}
+
+#[test]
+fn a_local_chain_appearing_remakes_the_port_and_endpoint_moves_refill_it() {
+    let svc = with_spec(
+        service("web", "10.96.0.63", json!([{"port": 80}])),
+        json!({"internalTrafficPolicy": "Local"}),
+    );
+    let at = |eps: serde_json::Value| {
+        let s = slice("web", "web-1", json!([{"port": 8080}]), eps);
+        wanted(&snapshot(vec![svc.clone()], vec![s]), &scope())
+    };
+    let remote = at(json!([on("n2", "10.244.2.2", true)]));
+    let both = at(json!([
+        on("n2", "10.244.2.2", true),
+        on("n1", "10.244.1.2", true)
+    ]));
+    let both2 = at(json!([
+        on("n2", "10.244.2.3", true),
+        on("n1", "10.244.1.2", true)
+    ]));
+    assert_eq!(diff(&remote, &both).added, vec!["default/web/tcp/"]);
+    let d = diff(&both, &both2);
+    assert!(d.added.is_empty() && d.removed.is_empty());
+    assert_eq!(d.endpoints_changed, vec!["default/web/tcp/"]);
 }

@@ -7,23 +7,30 @@
 //! services                    : ip daddr . meta l4proto . th dport vmap @service-ips
 //! service-ips                 : <ClusterIP> . tcp . 80 : goto service-<h>-ns/name/tcp/p
 //!                               <external or LB IP> . tcp . 80 : goto external-<h>-…
+//!                               (internalTrafficPolicy Local: goto local-<h>-…)
 //! service-<h>-ns/name/tcp/p   : ip daddr <ClusterIP> ip saddr != <cluster CIDR> jump mark-for-masquerade
+//!                               ip saddr @affinity-<h> goto endpoint-…   (ClientIP affinity, per endpoint)
 //!                               numgen random mod N vmap @endpoints-<h>
+//! local-<h>-ns/name/tcp/p     : the same over this node's endpoints (@local-endpoints-<h>)
 //! endpoint-<h>-…__ip/port     : ip saddr <ip> jump mark-for-masquerade (hairpin)
+//!                               update @affinity-<h> { ip saddr }       (ClientIP affinity)
 //!                               meta l4proto tcp dnat to <ip>:<port>
 //! services (node ports)      : fib daddr type local ip daddr != 127.0.0.0/8
 //!                               meta l4proto . th dport vmap @service-nodeports
 //! service-nodeports           : tcp . 30080 : goto external-<h>-ns/name/tcp/p
 //! external-<h>-ns/name/tcp/p  : jump mark-for-masquerade; goto service-<h>-…
+//!   (externalTrafficPolicy Local: ip saddr <cluster CIDR> goto service-…;
+//!    fib saddr type local jump mark-for-masquerade; fib saddr type local goto service-…;
+//!    goto local-<h>-…  — the client's address kept)
 //! nat-postrouting             → jump masquerading (mark 0x4000: clear it, masquerade fully-random)
 //! filter-{forward,output,input} (ct state new):
 //!   service-endpoints-check   : … vmap @no-endpoint-services, … vmap @no-endpoint-nodeports
-//!                               (goto reject-chain)
+//!                               (goto reject-chain; drop when a Local policy finds no
+//!                               endpoint on this node)
 //!   cluster-ips-check         : ip daddr @cluster-ips reject; <cluster DNS> return;
 //!                               ip daddr <service CIDR> drop
 //! ```
 
-use std::collections::BTreeSet;
 use std::ffi::CString;
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -63,6 +70,8 @@ pub struct Writer {
     pub batch: Batch,
     table: Table,
     next_id: u32,
+    /// The batch-local ids of the sets this batch makes, by name (0: an existing set).
+    ids: std::collections::HashMap<String, u32>,
 }
 
 impl Writer {
@@ -71,6 +80,7 @@ impl Writer {
             batch: Batch::new(),
             table: Table::new(TABLE_C, FAMILY),
             next_id: 0,
+            ids: Default::default(),
         }
     }
 
@@ -101,7 +111,13 @@ impl Writer {
         let id = self.id();
         let s = RawSet::new(TABLE_C, FAMILY, name, id).with_spec(spec);
         self.batch.add(&s.as_set(), MsgType::Add);
+        self.ids.insert(name.to_string(), id);
         id
+    }
+
+    /// The id a rule names set `name` by: its batch-local id if this batch makes it.
+    fn id_of(&self, name: &str) -> u32 {
+        self.ids.get(name).copied().unwrap_or(0)
     }
 
     /// `elems` into (Add) or out of (Del) set `name`, in messages of at most ELEMS_PER_MSG.
@@ -327,75 +343,219 @@ impl Writer {
         self.base_chain("filter-input", ChainType::Filter, Hook::In, 0, &[&eps]);
     }
 
-    /// A port's chains and endpoint map (its `service-ips` element: [`Writer::port_elems`]).
+    /// A port's chains, endpoint maps and affinity sets (its `service-ips` elements:
+    /// [`Writer::port_elems`]).
     fn add_port(&mut self, name: &str, p: &ServicePort, scope: &Scope) {
-        if p.endpoints.is_empty() {
+        if p.no_endpoints() {
             return;
         }
-        for ep in &p.endpoints {
-            self.endpoint_chain(name, p, *ep);
+        for ep in p.chained_endpoints() {
+            self.add_endpoint(name, p, ep);
         }
-        let map = rules::endpoints_map(name);
-        let id = self.set(&map, &numgen_map_spec());
-        self.elems(&map, &numgen_elems(name, &p.endpoints), MsgType::Add);
-        let c = rules::service_chain(name);
-        let rules = service_rules(p, &map, id, scope);
-        let rules: Vec<&[Expr]> = rules.iter().map(Vec::as_slice).collect();
-        self.chain(&c, &rules);
-        if p.external() {
-            // externalTrafficPolicy Cluster: node port traffic is masqueraded (the endpoint
-            // may be on another node, whose reply must come back here).
-            self.chain(
-                &rules::external_chain(name),
-                &[
-                    &[verdict(NFT_JUMP, Some(MARK_FOR_MASQ))],
-                    &[verdict(NFT_GOTO, Some(&c))],
-                ],
-            );
+        self.policy_chains(name, p, scope, true);
+        if p.has_external_chain() {
+            self.external_chain(name, p, scope);
         }
     }
 
-    fn endpoint_chain(&mut self, name: &str, p: &ServicePort, ep: (Ipv4Addr, u16)) {
-        let hairpin = [
+    /// The `service-…` and `local-…` chains and their numgen maps (made, or refilled after a
+    /// flush).
+    fn policy_chains(&mut self, name: &str, p: &ServicePort, scope: &Scope, create: bool) {
+        let chains = [(p.has_cluster_chain(), true), (p.has_local_chain(), false)];
+        for (exists, cluster) in chains {
+            if !exists {
+                continue;
+            }
+            let (chain, map, eps) = match cluster {
+                true => (
+                    rules::service_chain(name),
+                    rules::endpoints_map(name),
+                    &p.endpoints,
+                ),
+                false => (
+                    rules::local_chain(name),
+                    rules::local_endpoints_map(name),
+                    &p.local_endpoints,
+                ),
+            };
+            if create {
+                self.set(&map, &numgen_map_spec());
+            }
+            self.elems(&map, &numgen_elems(name, eps), MsgType::Add);
+            let mut rules = Vec::new();
+            if cluster {
+                rules.push(masquerade_rule(p, scope));
+            }
+            if p.affinity.is_some() {
+                for ep in eps {
+                    let set = rules::affinity_set(name, *ep);
+                    let id = self.id_of(&set);
+                    rules.push(vec![
+                        ip_saddr(NFT_REG_1),
+                        lookup_in(&set, id, NFT_REG_1, false),
+                        verdict(NFT_GOTO, Some(&rules::endpoint_chain(name, *ep))),
+                    ]);
+                }
+            }
+            let id = self.id_of(&map);
+            rules.push(vec![
+                numgen_random(eps.len() as u32, NFT_REG_1),
+                lookup_vmap(&map, id, NFT_REG_1),
+            ]);
+            let rules: Vec<&[Expr]> = rules.iter().map(Vec::as_slice).collect();
+            match create {
+                true => self.chain(&chain, &rules),
+                false => {
+                    let c = Chain::new(cs(&chain), &self.table);
+                    for r in rules {
+                        self.batch.add(&rule(&c, r), MsgType::Add);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Traffic from outside the cluster. `externalTrafficPolicy: Cluster`: masqueraded (the
+    /// endpoint may be on another node, whose reply must come back here), any endpoint.
+    /// `Local`: this node's endpoints with the client's address kept — except for pods and
+    /// the node itself, which reach every endpoint as through the ClusterIP (kube-proxy's
+    /// short-circuit), the node masqueraded.
+    fn external_chain(&mut self, name: &str, p: &ServicePort, scope: &Scope) {
+        let cluster = rules::service_chain(name);
+        let to_cluster = || verdict(NFT_GOTO, Some(&cluster));
+        let mut rules: Vec<Vec<Expr>> = Vec::new();
+        if p.external_local {
+            if p.has_cluster_chain() {
+                if let ipnetwork::IpNetwork::V4(net) = scope.cluster_cidr {
+                    let mut pods = ipv4_in_net(ip_saddr(NFT_REG_1), net, NFT_CMP_EQ);
+                    pods.push(to_cluster());
+                    rules.push(pods);
+                }
+                let from_node = || {
+                    vec![
+                        fib_saddr_type(NFT_REG_1),
+                        cmp(NFT_CMP_EQ, NFT_REG_1, &RTN_LOCAL.to_ne_bytes()),
+                    ]
+                };
+                let mut masq = from_node();
+                masq.push(verdict(NFT_JUMP, Some(MARK_FOR_MASQ)));
+                let mut node = from_node();
+                node.push(to_cluster());
+                rules.extend([masq, node]);
+            }
+            // Without local endpoints the rest falls through, untranslated, to the drop of
+            // the no-endpoint maps.
+            if p.has_local_chain() {
+                rules.push(vec![verdict(NFT_GOTO, Some(&rules::local_chain(name)))]);
+            }
+        } else if p.has_cluster_chain() {
+            rules.push(vec![verdict(NFT_JUMP, Some(MARK_FOR_MASQ))]);
+            rules.push(vec![to_cluster()]);
+        }
+        let rules: Vec<&[Expr]> = rules.iter().map(Vec::as_slice).collect();
+        self.chain(&rules::external_chain(name), &rules);
+    }
+
+    /// An endpoint's chain (hairpin masquerade, affinity, DNAT) and its affinity set.
+    fn add_endpoint(&mut self, name: &str, p: &ServicePort, ep: (Ipv4Addr, u16)) {
+        let hairpin = vec![
             ip_saddr(NFT_REG_1),
             cmp(NFT_CMP_EQ, NFT_REG_1, &ep.0.octets()),
             verdict(NFT_JUMP, Some(MARK_FOR_MASQ)),
         ];
-        let dnat = [
+        let mut rules = vec![hairpin];
+        if let Some(timeout) = p.affinity {
+            let set = rules::affinity_set(name, ep);
+            let spec = SetSpec {
+                key_type: TYPE_IPADDR,
+                key_len: 4,
+                flags: NFT_SET_TIMEOUT | NFT_SET_EVAL,
+                data_type: None,
+                udata: None,
+            };
+            let id = self.id();
+            let s = RawSet::new(TABLE_C, FAMILY, &set, id)
+                .with_spec(&spec)
+                .with_timeout(u64::from(timeout) * 1000);
+            self.batch.add(&s.as_set(), MsgType::Add);
+            self.ids.insert(set.clone(), id);
+            rules.push(vec![
+                ip_saddr(NFT_REG_1),
+                dynset_update(&set, id, NFT_REG_1),
+            ]);
+        }
+        rules.push(vec![
             meta_load(NFT_META_L4PROTO, NFT_REG_1),
             cmp(NFT_CMP_EQ, NFT_REG_1, &[p.proto]),
             imm_data(NFT_REG_1, &ep.0.octets()),
             imm_data(NFT_REG_2, &ep.1.to_be_bytes()),
             dnat_v4(NFT_REG_1, NFT_REG_2),
-        ];
-        self.chain(&rules::endpoint_chain(name, ep), &[&hairpin, &dnat]);
+        ]);
+        let rules: Vec<&[Expr]> = rules.iter().map(Vec::as_slice).collect();
+        self.chain(&rules::endpoint_chain(name, ep), &rules);
+    }
+
+    /// An endpoint's chain and affinity set, once nothing refers to them.
+    fn remove_endpoint(&mut self, name: &str, p: &ServicePort, ep: (Ipv4Addr, u16)) {
+        let e = Chain::new(cs(&rules::endpoint_chain(name, ep)), &self.table);
+        self.batch.add(&e, MsgType::Del);
+        if p.affinity.is_some() {
+            let s = RawSet::new(TABLE_C, FAMILY, &rules::affinity_set(name, ep), 0);
+            self.batch.add(&s.as_set(), MsgType::Del);
+        }
+    }
+
+    /// Empties the policy chains (releasing the maps, sets and chains their rules name).
+    fn flush_policy_chains(&mut self, name: &str, p: &ServicePort) {
+        for (exists, chain) in [
+            (p.has_cluster_chain(), rules::service_chain(name)),
+            (p.has_local_chain(), rules::local_chain(name)),
+        ] {
+            if exists {
+                // A DELRULE without a handle flushes the chain.
+                let c = Chain::new(cs(&chain), &self.table);
+                self.batch.add(&nftnl_rule(&c), MsgType::Del);
+            }
+        }
     }
 
     /// Its map elements go first, then the rules that reach its chains, then the chains.
     fn remove_port(&mut self, name: &str, p: &ServicePort) {
-        if p.endpoints.is_empty() {
+        if p.no_endpoints() {
             return;
         }
-        let c = Chain::new(cs(&rules::service_chain(name)), &self.table);
-        // A DELRULE without a handle flushes the chain (releasing the endpoint map).
-        self.batch.add(&nftnl_rule(&c), MsgType::Del);
-        let map = RawSet::new(TABLE_C, FAMILY, &rules::endpoints_map(name), 0);
-        self.batch.add(&map.as_set(), MsgType::Del);
-        for ep in &p.endpoints {
-            let e = Chain::new(cs(&rules::endpoint_chain(name, *ep)), &self.table);
-            self.batch.add(&e, MsgType::Del);
-        }
-        if p.external() {
+        self.flush_policy_chains(name, p);
+        if p.has_external_chain() {
             let x = Chain::new(cs(&rules::external_chain(name)), &self.table);
             self.batch.add(&nftnl_rule(&x), MsgType::Del);
             self.batch.add(&x, MsgType::Del);
         }
-        self.batch.add(&c, MsgType::Del);
+        for (exists, map) in [
+            (p.has_cluster_chain(), rules::endpoints_map(name)),
+            (p.has_local_chain(), rules::local_endpoints_map(name)),
+        ] {
+            if exists {
+                let m = RawSet::new(TABLE_C, FAMILY, &map, 0);
+                self.batch.add(&m.as_set(), MsgType::Del);
+            }
+        }
+        for ep in p.chained_endpoints() {
+            self.remove_endpoint(name, p, ep);
+        }
+        for (exists, chain) in [
+            (p.has_cluster_chain(), rules::service_chain(name)),
+            (p.has_local_chain(), rules::local_chain(name)),
+        ] {
+            if exists {
+                let c = Chain::new(cs(&chain), &self.table);
+                self.batch.add(&c, MsgType::Del);
+            }
+        }
     }
 
-    /// Same address, other endpoints: the service chain and endpoint map are rewritten, chains
-    /// of new endpoints made and those of gone ones deleted. From or to no endpoint at all,
-    /// the port moves between `service-ips` and `no-endpoint-services` instead.
+    /// Same frame and same chains, other endpoints: the policy chains and their maps are
+    /// refilled, chains (and affinity sets) of new endpoints made and those of gone ones
+    /// deleted; surviving endpoints keep their affinity. Otherwise the port is remade.
     fn replace_endpoints(
         &mut self,
         name: &str,
@@ -403,40 +563,47 @@ impl Writer {
         new: &ServicePort,
         scope: &Scope,
     ) {
-        if old.endpoints.is_empty() || new.endpoints.is_empty() {
+        if old.chain_shape() != new.chain_shape() || !new.has_cluster_chain() {
             self.port_elems([(&name.to_string(), old)], MsgType::Del);
             self.remove_port(name, old);
             self.add_port(name, new, scope);
             self.port_elems([(&name.to_string(), new)], MsgType::Add);
             return;
         }
-        let t = Table::new(TABLE_C, FAMILY);
-        let c = Chain::new(cs(&rules::service_chain(name)), &t);
-        self.batch.add(&nftnl_rule(&c), MsgType::Del);
-        let map = rules::endpoints_map(name);
-        let old_keys: Vec<_> = (0..old.endpoints.len() as u32)
-            .map(|i| (i.to_ne_bytes().to_vec(), None))
-            .collect();
-        self.elems(&map, &old_keys, MsgType::Del);
-        let gone: BTreeSet<_> = old
-            .endpoints
-            .iter()
-            .filter(|e| !new.endpoints.contains(e))
-            .collect();
-        for ep in gone {
-            let e = Chain::new(cs(&rules::endpoint_chain(name, *ep)), &t);
-            self.batch.add(&e, MsgType::Del);
+        self.flush_policy_chains(name, old);
+        for (exists, map, eps) in [
+            (
+                old.has_cluster_chain(),
+                rules::endpoints_map(name),
+                &old.endpoints,
+            ),
+            (
+                old.has_local_chain(),
+                rules::local_endpoints_map(name),
+                &old.local_endpoints,
+            ),
+        ] {
+            if exists {
+                let keys: Vec<_> = (0..eps.len() as u32)
+                    .map(|i| (i.to_ne_bytes().to_vec(), None))
+                    .collect();
+                self.elems(&map, &keys, MsgType::Del);
+            }
         }
-        for ep in new.endpoints.iter().filter(|e| !old.endpoints.contains(e)) {
-            self.endpoint_chain(name, new, *ep);
+        let (was, is) = (old.chained_endpoints(), new.chained_endpoints());
+        for ep in was.iter().filter(|e| !is.contains(e)) {
+            self.remove_endpoint(name, old, *ep);
         }
-        self.elems(&map, &numgen_elems(name, &new.endpoints), MsgType::Add);
-        for r in service_rules(new, &map, 0, scope) {
-            self.batch.add(&rule(&c, &r), MsgType::Add);
+        for ep in is.iter().filter(|e| !was.contains(e)) {
+            self.add_endpoint(name, new, *ep);
         }
+        self.policy_chains(name, new, scope, false);
     }
 
-    /// `service-ips` elements of ports with endpoints, `no-endpoint-services` of the others.
+    /// Each port's ClusterIP, external addresses and node port: to its chains in
+    /// `service-ips`/`service-nodeports`; without any endpoint to the reject chain, and with
+    /// none for its traffic policy (Local, none on this node) to a drop, in the
+    /// `no-endpoint-…` maps.
     fn port_elems<'a>(
         &mut self,
         ports: impl IntoIterator<Item = (&'a String, &'a ServicePort)>,
@@ -444,7 +611,6 @@ impl Writer {
     ) {
         let (mut with, mut without) = (Vec::new(), Vec::new());
         let (mut np_with, mut np_without) = (Vec::new(), Vec::new());
-        let reject = || Some((NFT_GOTO, Some(REJECT_CHAIN.to_string())));
         for (name, p) in ports {
             let key = ipv4_proto_port_key(p.cluster_ip, p.proto, p.port).to_vec();
             let np = p.node_port.map(|n| proto_port_key(p.proto, n).to_vec());
@@ -453,15 +619,25 @@ impl Writer {
                 .iter()
                 .map(|ip| ipv4_proto_port_key(*ip, p.proto, p.port).to_vec())
                 .collect();
-            if p.endpoints.is_empty() {
-                without.push((key, reject()));
-                without.extend(ext.into_iter().map(|k| (k, reject())));
-                np_without.extend(np.map(|k| (k, reject())));
-            } else {
-                with.push((key, Some((NFT_GOTO, Some(rules::service_chain(name))))));
+            let filtered = match p.no_endpoints() {
+                true => (NFT_GOTO, Some(REJECT_CHAIN.to_string())),
+                false => (NF_DROP, None),
+            };
+            match p.internal_chain(name) {
+                Some(c) => with.push((key, Some((NFT_GOTO, Some(c))))),
+                None => without.push((key, Some(filtered.clone()))),
+            }
+            // As kube-proxy: external addresses go to the external chain when there is any
+            // endpoint, and to the no-endpoint maps when there is none for external
+            // traffic; with both, what the external chain did not translate is dropped.
+            if p.has_external_chain() {
                 let external = || Some((NFT_GOTO, Some(rules::external_chain(name))));
-                with.extend(ext.into_iter().map(|k| (k, external())));
-                np_with.extend(np.map(|k| (k, external())));
+                with.extend(ext.iter().map(|k| (k.clone(), external())));
+                np_with.extend(np.iter().map(|k| (k.clone(), external())));
+            }
+            if !p.has_external_endpoints() {
+                without.extend(ext.into_iter().map(|k| (k, Some(filtered.clone()))));
+                np_without.extend(np.map(|k| (k, Some(filtered.clone()))));
             }
         }
         self.elems(SERVICE_IPS, &with, op);
@@ -503,8 +679,8 @@ fn numgen_elems(name: &str, eps: &[(Ipv4Addr, u16)]) -> Vec<Elem> {
         .collect()
 }
 
-/// The masquerade of traffic from outside the cluster CIDR, and the endpoint choice.
-fn service_rules(p: &ServicePort, map: &str, map_id: u32, scope: &Scope) -> Vec<Vec<Expr>> {
+/// ClusterIP traffic from outside the cluster CIDR (the node itself) is masqueraded.
+fn masquerade_rule(p: &ServicePort, scope: &Scope) -> Vec<Expr> {
     let mut masq = vec![
         ip_daddr(NFT_REG_1),
         cmp(NFT_CMP_EQ, NFT_REG_1, &p.cluster_ip.octets()),
@@ -513,9 +689,5 @@ fn service_rules(p: &ServicePort, map: &str, map_id: u32, scope: &Scope) -> Vec<
         masq.extend(ipv4_in_net(ip_saddr(NFT_REG_1), net, NFT_CMP_NEQ));
     }
     masq.push(verdict(NFT_JUMP, Some(MARK_FOR_MASQ)));
-    let pick = vec![
-        numgen_random(p.endpoints.len() as u32, NFT_REG_1),
-        lookup_vmap(map, map_id, NFT_REG_1),
-    ];
-    vec![masq, pick]
+    masq
 }
