@@ -7,6 +7,7 @@
 #   hack/lab.sh kubectl ARGS...   kubectl as the administrator, from node 1's namespace
 #   hack/lab.sh sh I [CMD...]     a shell (or CMD) in node I's namespaces
 #   hack/lab.sh podlet I ARGS...  the podlet CLI of node I (ps, logs, exec POD -- CMD...)
+#   hack/lab.sh restart I         restarts node I's agent with the same arguments
 #   hack/lab.sh down              stops everything and removes every trace
 # Node 1 runs the all-in-one control plane on its own address; the others join it with a
 # bootstrap token. Nothing touches the machine's own network namespace.
@@ -33,6 +34,41 @@ hold() { # hold NAME UNSHARE-ARGS...: a sleeping process that keeps namespaces a
   echo $! > "$lab/$name.pid"
   local own; own=$(readlink /proc/self/ns/net)
   while [ "$(readlink "/proc/$!/ns/net" 2>/dev/null)" = "$own" ]; do sleep 0.01; done
+}
+
+# start_agent I: node I's agent, its arguments kept in the lab dir (so `restart` repeats them).
+start_agent() {
+  local i=$1 d=$lab/n$1 ip
+  ip=$(cat "$lab/n$i.ip")
+  local base=(--root-dir "$d/root" --run-dir "$d/run" --log-dir "$d/logs")
+  local args=(run --node-name "n$i" --node-ip "$ip" --cgroup-root "podlet-lab-n$i"
+    --manifest-dir "$d/manifests" --cni-conf-dir "$d/cni/net.d" --cni-bin-dir "$d/cni/bin"
+    --cni-cache-dir "$d/cni/cache" --eviction-hard= --resolv-conf "$lab/resolv.conf")
+  [ -z "${BACKEND:-}" ] || args+=(--network-backend "$BACKEND")
+  if [ "$i" = 1 ]; then
+    args+=(--apiserver-listen "$ip:6443" --admin-kubeconfig "$lab/admin.kubeconfig")
+  else
+    args+=(--server "https://$(cat "$lab/n1.ip"):6443" --token "$token"
+      --certificate-authority "$lab/n1/root/control-plane/pki/ca.crt")
+  fi
+  # nsenter execs podlet: $! is the agent. It runs in a cgroup of its own, where the pods'
+  # shims stay (they outlive the agent), so `down` finds them all.
+  local agent_cg=$cg_base/podlet-lab-n$i.agent
+  mkdir -p "$agent_cg"
+  (echo "$BASHPID" >"$agent_cg/cgroup.procs"
+    exec nsenter -t "$(pid_of "n$i")" -n -m -- "$podlet" "${base[@]}" "${args[@]}") \
+    >>"$d/agent.log" 2>&1 </dev/null &
+  echo $! > "$lab/n$i.agent.pid"
+}
+
+# restart I: stops node I's agent (SIGTERM, as systemd would; its pods keep running) and
+# starts it again with the same arguments.
+restart() {
+  local i=$1 pid
+  pid=$(cat "$lab/n$i.agent.pid")
+  kill "$pid" 2>/dev/null || true
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+  start_agent "$i"
 }
 
 up() {
@@ -67,26 +103,9 @@ up() {
     in_node "$i" ip addr add "$ip/24" dev eth0
     in_node "$i" ip link set eth0 up
     in_node "$i" ip route add default via "10.200.$s.1"
-    local base=(--root-dir "$d/root" --run-dir "$d/run" --log-dir "$d/logs")
-    in_node "$i" "$podlet" "${base[@]}" image import "$lab/busybox.tar" >/dev/null
-    local args=(run --node-name "n$i" --node-ip "$ip" --cgroup-root "podlet-lab-n$i"
-      --manifest-dir "$d/manifests" --cni-conf-dir "$d/cni/net.d" --cni-bin-dir "$d/cni/bin"
-      --cni-cache-dir "$d/cni/cache" --eviction-hard= --resolv-conf "$lab/resolv.conf")
-    [ -z "${BACKEND:-}" ] || args+=(--network-backend "$BACKEND")
-    if [ "$i" = 1 ]; then
-      args+=(--apiserver-listen "$ip:6443" --admin-kubeconfig "$lab/admin.kubeconfig")
-    else
-      args+=(--server "https://$(cat "$lab/n1.ip"):6443" --token "$token"
-        --certificate-authority "$lab/n1/root/control-plane/pki/ca.crt")
-    fi
-    # nsenter execs podlet: $! is the agent. It runs in a cgroup of its own, where the pods'
-    # shims stay (they outlive the agent), so `down` finds them all.
-    local agent_cg=$cg_base/podlet-lab-n$i.agent
-    mkdir -p "$agent_cg"
-    (echo "$BASHPID" >"$agent_cg/cgroup.procs"
-      exec nsenter -t "$(pid_of "n$i")" -n -m -- "$podlet" "${base[@]}" "${args[@]}") \
-      >"$d/agent.log" 2>&1 </dev/null &
-    echo $! > "$lab/n$i.agent.pid"
+    in_node "$i" "$podlet" --root-dir "$d/root" --run-dir "$d/run" --log-dir "$d/logs" \
+      image import "$lab/busybox.tar" >/dev/null
+    start_agent "$i"
     if [ "$i" = 1 ]; then
       for _ in $(seq 1 300); do
         [ -s "$lab/admin.kubeconfig" ] && kube apply -f - >/dev/null 2>&1 <<EOF && break
@@ -144,6 +163,7 @@ case "${1:-}" in
   sh) shift; i=$1; shift; if [ $# -gt 0 ]; then in_node "$i" "$@"; else in_node "$i" sh; fi ;;
   podlet) shift; i=$1; shift
     in_node "$i" "$podlet" --root-dir "$lab/n$i/root" --run-dir "$lab/n$i/run" --log-dir "$lab/n$i/logs" "$@" ;;
+  restart) shift; restart "$1" ;;
   down) down ;;
-  *) sed -n '2,15p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,16p' "$0" >&2; exit 2 ;;
 esac

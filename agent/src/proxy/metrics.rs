@@ -79,13 +79,13 @@ fn programming_buckets() -> Vec<f64> {
 }
 
 pub static SYNC: Histogram = Histogram::new(
-    "sync_proxy_rules_duration_seconds",
+    "kubeproxy_sync_proxy_rules_duration_seconds",
     "SyncProxyRules latency in seconds",
     sync_buckets,
 );
 
 pub static PROGRAMMING: Histogram = Histogram::new(
-    "network_programming_duration_seconds",
+    "kubeproxy_network_programming_duration_seconds",
     "In Cluster Network Programming Latency in seconds",
     programming_buckets,
 );

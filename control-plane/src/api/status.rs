@@ -76,10 +76,15 @@ impl ApiError {
         } else {
             format!("[{}]", list.join(", "))
         };
+        // Upstream's `GroupKind.String()`: `Deployment.apps`, a core kind bare.
+        let kind = match r.group.is_empty() {
+            true => r.kind.to_string(),
+            false => format!("{}.{}", r.kind, r.group),
+        };
         let mut e = Self::new(
             422,
             "Invalid",
-            format!("{} \"{name}\" is invalid: {summary}", r.kind),
+            format!("{kind} \"{name}\" is invalid: {summary}"),
         );
         let mut d = json!({"name": name, "kind": r.kind, "causes": causes.iter().map(|(reason, field, message)| json!({"reason": reason, "message": message, "field": field})).collect::<Vec<_>>()});
         if !r.group.is_empty() {
