@@ -1,7 +1,5 @@
 //! The columns of NetworkPolicies (`printNetworkPolicy`): name, pod selector, age.
 
-use serde_json::json;
-
 use super::*;
 
 pub static NETWORKPOLICIES: Printer = Printer {
@@ -29,6 +27,7 @@ pub static NETWORKPOLICIES: Printer = Printer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn rows_name_the_pod_selector() {
