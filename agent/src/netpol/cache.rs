@@ -214,14 +214,20 @@ impl Cache {
         now
     }
 
-    fn update(&self, f: impl FnOnce(&mut Snapshot)) {
-        {
+    /// Applies `f`; wakes the readers if it changed anything (most pod updates change
+    /// nothing the rules read: a status condition, a container restart).
+    fn update(&self, f: impl FnOnce(&mut Snapshot) -> bool) {
+        let changed = {
             let mut st = self.state.write().expect("netpol cache lock");
             let snap = Arc::make_mut(&mut st);
-            f(snap);
-            snap.synced = self.listed.read().expect("listed lock").iter().all(|l| *l);
+            let synced = self.listed.read().expect("listed lock").iter().all(|l| *l);
+            let changed = f(snap) || snap.synced != synced;
+            snap.synced = synced;
+            changed
+        };
+        if changed {
+            self.bump();
         }
-        self.bump();
     }
 
     /// Follows the three kinds until the process ends; a new client (a renewed certificate)
@@ -251,7 +257,10 @@ impl Cache {
                     Some(Ok(Event::InitDone)) => {
                         let all = std::mem::take(&mut buffer);
                         self.listed.write().expect("listed lock")[K::INDEX] = true;
-                        self.update(|s| K::replace(s, all));
+                        self.update(|s| {
+                            K::replace(s, all);
+                            true
+                        });
                     }
                     Some(Ok(Event::Apply(o))) => self.update(|s| K::apply(s, o)),
                     Some(Ok(Event::Delete(o))) => self.update(|s| K::delete(s, &o)),
@@ -283,19 +292,21 @@ trait Kind:
 {
     const INDEX: usize;
     const NAME: &'static str;
-    fn apply(s: &mut Snapshot, o: Self);
-    fn delete(s: &mut Snapshot, o: &Self);
+    /// Whether it changed anything.
+    fn apply(s: &mut Snapshot, o: Self) -> bool;
+    fn delete(s: &mut Snapshot, o: &Self) -> bool;
     fn replace(s: &mut Snapshot, all: Vec<Self>);
 }
 
 impl Kind for Pod {
     const INDEX: usize = 0;
     const NAME: &'static str = "pods";
-    fn apply(s: &mut Snapshot, o: Self) {
-        s.pods.insert(key(&o), PodEntry::of(&o));
+    fn apply(s: &mut Snapshot, o: Self) -> bool {
+        let e = PodEntry::of(&o);
+        s.pods.insert(key(&o), e.clone()).as_ref() != Some(&e)
     }
-    fn delete(s: &mut Snapshot, o: &Self) {
-        s.pods.remove(&key(o));
+    fn delete(s: &mut Snapshot, o: &Self) -> bool {
+        s.pods.remove(&key(o)).is_some()
     }
     fn replace(s: &mut Snapshot, all: Vec<Self>) {
         s.pods = all.iter().map(|o| (key(o), PodEntry::of(o))).collect();
@@ -305,11 +316,12 @@ impl Kind for Pod {
 impl Kind for Namespace {
     const INDEX: usize = 1;
     const NAME: &'static str = "namespaces";
-    fn apply(s: &mut Snapshot, o: Self) {
-        s.namespaces.insert(key(&o).1, labels(&o.metadata));
+    fn apply(s: &mut Snapshot, o: Self) -> bool {
+        let l = labels(&o.metadata);
+        s.namespaces.insert(key(&o).1, l.clone()).as_ref() != Some(&l)
     }
-    fn delete(s: &mut Snapshot, o: &Self) {
-        s.namespaces.remove(&key(o).1);
+    fn delete(s: &mut Snapshot, o: &Self) -> bool {
+        s.namespaces.remove(&key(o).1).is_some()
     }
     fn replace(s: &mut Snapshot, all: Vec<Self>) {
         s.namespaces = all
@@ -322,11 +334,12 @@ impl Kind for Namespace {
 impl Kind for NetworkPolicy {
     const INDEX: usize = 2;
     const NAME: &'static str = "networkpolicies";
-    fn apply(s: &mut Snapshot, o: Self) {
+    fn apply(s: &mut Snapshot, o: Self) -> bool {
         s.policies.insert(key(&o), Arc::new(o));
+        true
     }
-    fn delete(s: &mut Snapshot, o: &Self) {
-        s.policies.remove(&key(o));
+    fn delete(s: &mut Snapshot, o: &Self) -> bool {
+        s.policies.remove(&key(o)).is_some()
     }
     fn replace(s: &mut Snapshot, all: Vec<Self>) {
         s.policies = all.into_iter().map(|o| (key(&o), Arc::new(o))).collect();

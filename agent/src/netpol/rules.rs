@@ -359,9 +359,12 @@ fn add_policy(
     w.policies.push(policy);
 }
 
+/// Per set, the elements gone and the elements come.
+pub type Changes = BTreeMap<String, (Vec<Elem>, Vec<Elem>)>;
+
 /// What changed between two states with the same layout: per set, elements gone and come.
 /// None when the layouts differ (the table must be replaced).
-pub fn diff(old: &Wanted, new: &Wanted) -> Option<BTreeMap<String, (Vec<Elem>, Vec<Elem>)>> {
+pub fn diff(old: &Wanted, new: &Wanted) -> Option<Changes> {
     if old.policies != new.policies || old.sets.keys().ne(new.sets.keys()) {
         return None;
     }

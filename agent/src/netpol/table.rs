@@ -34,7 +34,8 @@ use podlet_cni::nft::{
 };
 
 use super::rules::{
-    Dir, Elem, Net, Policy, PortMatch, Wanted, EGRESS_ISOLATED, INGRESS_ISOLATED, PENDING, TCP, UDP,
+    Changes, Dir, Elem, Net, Policy, PortMatch, Wanted, EGRESS_ISOLATED, INGRESS_ISOLATED, PENDING,
+    TCP, UDP,
 };
 
 pub const TABLE: &str = "podlet-netpol";
@@ -321,7 +322,7 @@ impl Writer {
     }
 
     /// Only set elements, from `old` to `new` (same layout): gone ones out, new ones in.
-    pub fn incremental(&mut self, changes: &BTreeMap<String, (Vec<Elem>, Vec<Elem>)>) {
+    pub fn incremental(&mut self, changes: &Changes) {
         for (name, (gone, _)) in changes {
             self.elems(name, gone, MsgType::Del);
         }
