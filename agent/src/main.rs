@@ -13,6 +13,7 @@ mod imagegc;
 mod logs;
 mod manifest;
 mod metrics;
+mod netpol;
 mod network;
 mod overlay;
 mod pod;
@@ -316,6 +317,7 @@ fn run(cli: Cli) -> Result<i32> {
                     let mut done = overlay::cleanup::run().await?;
                     done.extend(dns::cleanup().await?);
                     done.extend(proxy::cleanup()?);
+                    done.extend(netpol::cleanup()?);
                     std::io::Result::Ok(done)
                 })
                 .context("podlet cleanup")?;
@@ -537,6 +539,7 @@ async fn agent(cfg: Config) -> Result<()> {
             overlay::pod_mtu(&cfg, info.host_ip).await,
         )?),
         userns: pod::userns::Allocator::open(&cfg.root_dir.join("userns.json"))?,
+        netpol: Arc::default(),
         info,
     });
     svc.admission.update_qos_cgroups();

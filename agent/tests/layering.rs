@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["util", "sys", "logs"],
     &["config"],
-    &["eviction", "imagegc", "network", "manifest", "services"],
+    &[
+        "eviction", "imagegc", "network", "manifest", "services", "netpol",
+    ],
     &["pod", "overlay", "dns", "proxy"],
     &["cluster", "metrics", "stream"],
     &["server", "cli"],

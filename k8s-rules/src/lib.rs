@@ -13,6 +13,7 @@
 //! - [`cron`]: CronJob schedules (robfig/cron's standard parser) and their next times.
 //! - [`dns`]: a pod's resolv.conf (DNS policy, dnsConfig, limits) as the kubelet forms it.
 //! - [`duration`]: Go durations as Kubernetes flags and config files write them.
+//! - [`netpol`]: NetworkPolicy's default policy types and ipBlock CIDRs.
 //! - [`jobindexes`]: sets of Job completion indexes as their status strings (`0-2,4`).
 //! - [`files`]: the atomic write of a private file.
 //! - [`pki`]: certificates for clients and servers of the cluster CA.
@@ -23,6 +24,7 @@ pub mod duration;
 pub mod files;
 pub mod jobindexes;
 pub mod labels;
+pub mod netpol;
 pub mod nodeaffinity;
 pub mod pki;
 pub mod pods;

@@ -142,6 +142,13 @@ pub fn start(
     tokio::spawn(services.clone().run(client_rx.clone()));
     tokio::spawn(crate::proxy::run(Arc::new(cfg.clone()), services.clone()));
     tokio::spawn(crate::dns::serve(Arc::new(cfg.clone()), services));
+    // NetworkPolicies, enforced for this node's pods (active before any pod worker runs).
+    svc.netpol.activate();
+    tokio::spawn(crate::netpol::run(
+        svc.netpol.clone(),
+        Arc::new(cfg.clone()),
+        client_rx.clone(),
+    ));
     tokio::spawn(join::rotate(
         cfg.kubeconfig.clone(),
         cfg.node_name.clone(),

@@ -56,6 +56,9 @@ pub struct Services {
     pub network: Arc<Network>,
     /// Host ID ranges of `hostUsers: false` pods.
     pub userns: userns::Allocator,
+    /// NetworkPolicy enforcement: a new sandbox's address is registered before its
+    /// containers start.
+    pub netpol: Arc<crate::netpol::Netpol>,
 }
 
 /// A pod's cgroup below the root, by QoS class (the kubelet's layout).

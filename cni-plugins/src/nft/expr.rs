@@ -277,3 +277,21 @@ pub fn rule<'a>(chain: &'a nftnl::Chain<'_>, exprs: &[Expr]) -> Rule<'a> {
     }
     r
 }
+
+pub const NF_ACCEPT: i32 = 1;
+pub const NFT_CMP_LTE: u32 = 3;
+pub const NFT_CMP_GTE: u32 = 5;
+/// `ct state` bits (nf_conntrack_common.h: `NF_CT_STATE_BIT`).
+pub const CT_STATE_ESTABLISHED: u32 = 1 << 1;
+pub const CT_STATE_RELATED: u32 = 1 << 2;
+
+/// `ct state & bits != 0`: e.g. `ct state established,related`.
+pub fn ct_state_in(bits: u32) -> Vec<Expr> {
+    vec![
+        Expr::new(c"ct")
+            .u32(sys::NFTNL_EXPR_CT_KEY, NFT_CT_STATE)
+            .u32(sys::NFTNL_EXPR_CT_DREG, NFT_REG_1),
+        bitwise(NFT_REG_1, &bits.to_ne_bytes(), &[0; 4]),
+        cmp(NFT_CMP_NEQ, NFT_REG_1, &[0; 4]),
+    ]
+}

@@ -291,12 +291,14 @@ pub fn default_rbac() -> (Vec<Value>, Vec<Value>) {
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": READ},
         {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": READ},
         {"apiGroups": [""], "resources": ["namespaces"], "verbs": READ},
+        {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": READ},
     ]);
     let edit = json!([
         {"apiGroups": [""], "resources": ["pods", "pods/attach", "pods/exec", "pods/portforward", "pods/eviction", "services", "endpoints", "configmaps", "secrets", "serviceaccounts", "serviceaccounts/token", "events", "persistentvolumeclaims"], "verbs": WRITE},
         {"apiGroups": ["apps"], "resources": ["deployments", "deployments/scale", "replicasets", "replicasets/scale", "daemonsets", "statefulsets"], "verbs": WRITE},
         {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": WRITE},
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": WRITE},
+        {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": WRITE},
     ]);
     let mut admin = edit.as_array().unwrap().clone();
     admin.push(json!({"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": WRITE}));
@@ -471,6 +473,10 @@ pub async fn node_authorize(store: &dyn Store, user: &User, a: &Attributes) -> O
     let read = matches!(verb.as_str(), "get" | "list" | "watch");
     let ok = match (group.as_str(), resource.as_str(), subresource.as_str()) {
         ("", "services" | "endpoints", "") | ("discovery.k8s.io", "endpointslices", "") => read,
+        // What the agent's NetworkPolicy enforcement watches (a policy agent's rights, as
+        // kube-router's or Calico's node agent has them): every pod (above), namespaces and
+        // policies.
+        ("", "namespaces", "") | ("networking.k8s.io", "networkpolicies", "") => read,
         ("", "nodes", "") => {
             read || (matches!(verb.as_str(), "create" | "update" | "patch")
                 && (name == node || name.is_empty()))

@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use super::registry::strategy::{self, Strategy, Subresource};
 use super::registry::{
-    apps, batch, certificates, componentstatuses, namespaces, nodes, pods, policy, rbac, reviews,
-    secrets, serviceaccounts, services, sets,
+    apps, batch, certificates, componentstatuses, namespaces, networking, nodes, pods, policy,
+    rbac, reviews, secrets, serviceaccounts, services, sets,
 };
 
 pub struct Resource {
@@ -215,7 +215,7 @@ macro_rules! served {
 use k8s_openapi::api::{
     apps as apps_v, authentication, authorization, batch as batch_v,
     certificates as certificates_v, coordination, core::v1 as core, discovery, events as events_v,
-    policy as policy_v, rbac as rbac_v, scheduling,
+    networking as networking_v, policy as policy_v, rbac as rbac_v, scheduling,
 };
 
 served! {
@@ -261,6 +261,8 @@ served! {
     CLUSTERROLEBINDINGS = Resource::of::<rbac_v::v1::ClusterRoleBinding>().strategy(&rbac::RBAC);
     PODDISRUPTIONBUDGETS = Resource::of::<policy_v::v1::PodDisruptionBudget>().short(&["pdb"])
         .with_status().strategy(&policy::PDB);
+    NETWORKPOLICIES = Resource::of::<networking_v::v1::NetworkPolicy>().short(&["netpol"])
+        .strategy(&networking::NETWORKPOLICY);
     PRIORITYCLASSES = Resource::of::<scheduling::v1::PriorityClass>().short(&["pc"]);
     EVENTS_K8S_IO = Resource::of::<events_v::v1::Event>().short(&["ev"]).strategy(&strategy::EVENT);
     CERTIFICATESIGNINGREQUESTS = Resource::of::<certificates_v::v1::CertificateSigningRequest>()

@@ -6,10 +6,12 @@ use serde_json::{json, Value};
 use super::resources::Resource;
 
 mod batch;
+mod networking;
 mod policy;
 mod sets;
 mod workloads;
 pub use batch::{CRONJOBS, JOBS};
+pub use networking::NETWORKPOLICIES;
 pub use policy::{ENDPOINTSLICES, PODDISRUPTIONBUDGETS};
 pub use sets::{CONTROLLERREVISIONS, DAEMONSETS, STATEFULSETS};
 pub use workloads::{DEPLOYMENTS, REPLICASETS, REPLICATIONCONTROLLERS};

@@ -37,6 +37,8 @@ pub(super) enum SandboxError {
     Shim(#[from] ShimError),
     #[error("failed to set up the pod network")]
     Network(#[source] NetworkError),
+    #[error("failed to set up the pod network")]
+    NetworkPolicy(#[source] crate::netpol::NetpolError),
     #[error(transparent)]
     Task(#[from] tokio::task::JoinError),
 }
@@ -65,6 +67,14 @@ impl Worker {
                 }
                 if self.pod_ips.is_empty() && !self.spec.host_network.unwrap_or(false) {
                     self.pod_ips = self.svc.network.cached_ips(&self.uid);
+                }
+                if adopting && !self.spec.host_network.unwrap_or(false) {
+                    // Running already: its rules are in the table from before; registered
+                    // so that the next sync keeps its address (no wait).
+                    let (uid, ips) = (&self.uid, &self.pod_ips);
+                    if let Err(e) = self.svc.netpol.admit(uid, &self.pod, ips, false).await {
+                        tracing::warn!("network policies: {}", chain(&e));
+                    }
                 }
                 return Ok(());
             }
@@ -242,6 +252,12 @@ impl Worker {
                 .await?
                 .map_err(SandboxError::Network)?;
             self.pod_ips = ips;
+            // Its network policies cover its address before any container runs.
+            self.svc
+                .netpol
+                .admit(&self.uid, &self.pod, &self.pod_ips, true)
+                .await
+                .map_err(SandboxError::NetworkPolicy)?;
             // /etc/hosts names the pod's own address now that it has one.
             self.write_hosts().map_err(io("etc files"))?;
         }
@@ -334,6 +350,7 @@ impl Worker {
             .warning(&self.pod, "Evicted", message.clone());
         if let Ok(state) = call(&self.run_dir, Request::State).await {
             if !self.spec.host_network.unwrap_or(false) {
+                self.svc.netpol.forget(&self.uid);
                 let network = self.svc.network.clone();
                 let uid = self.uid.clone();
                 let netns = format!("/proc/{}/ns/net", state.pause_pid);
@@ -417,7 +434,9 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            // The network goes while pause still holds the namespace, as the kubelet does it.
+            // The network goes while pause still holds the namespace, as the kubelet does it;
+            // its address first stops being the pod's for its network policies.
+            self.svc.netpol.forget(&self.uid);
             let network = self.svc.network.clone();
             let uid = self.uid.clone();
             let netns = if state.pause_exited {
@@ -450,6 +469,7 @@ impl Worker {
     /// Removes whatever the runtime left of this pod: processes (through the pod's cgroups),
     /// container state, root filesystem mounts. Used after a shutdown and when a shim died.
     pub(super) async fn cleanup_runtime(&mut self) {
+        self.svc.netpol.forget(&self.uid);
         let (info, network) = (self.svc.info.clone(), self.svc.network.clone());
         let state = shim::read_state(&self.run_dir);
         let data_dir = self.data_dir.clone();

@@ -15,6 +15,7 @@ pub mod batch;
 pub mod certificates;
 pub mod componentstatuses;
 pub mod namespaces;
+pub mod networking;
 pub mod nodes;
 pub mod pods;
 pub mod policy;

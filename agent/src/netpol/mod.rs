@@ -1,0 +1,373 @@
+//! NetworkPolicy enforcement for this node's pods: nftables rules (table `ip podlet-netpol`,
+//! see `table.rs`) computed from watches of every Pod, Namespace and NetworkPolicy
+//! (`cache.rs`, `rules.rs`).
+//!
+//! Where: pod traffic passes the IPv4 `forward` hook whether it is routed (to and from other
+//! nodes, over host-gw or VXLAN) or bridged between two pods on `cni0` — bridged frames go
+//! through the IP hooks with br_netfilter's `bridge-nf-call-iptables`, which the agent turns
+//! on (as kube-proxy's setups do). A pod's traffic to this node itself passes `input`. The
+//! node's own traffic to its pods (probes, host-network pods) passes neither and is allowed,
+//! as with most plugins. Replies of allowed connections pass (conntrack established/related
+//! first); denied packets are dropped.
+//!
+//! When: a pod must never accept or make a connection its policies forbid, so the rules for
+//! its address are in place before its containers start. The pod worker registers a new
+//! sandbox's address here right after CNI ADD ([`Netpol::admit`]) and waits until a sync that
+//! includes it has been programmed; the address is then isolated (or not) by its pod's
+//! policies. Before the watches have listed at all (an agent start with the apiserver away),
+//! such a pod's address goes into the `pending` set instead, dropping all its new connections
+//! until the first full sync decides. A restarted agent leaves the table as it was until that
+//! sync (adopted pods keep their rules), then replaces it in one transaction; after that only
+//! set elements change as pods come and go, and a policy change replaces the table, again in
+//! one transaction. Addresses of this node's pods come from these registrations, never from a
+//! stale pod status, so an address given to a new pod never carries an old pod's rules.
+//!
+//! Other nodes' pods are known by their status addresses: a new remote pod is denied by the
+//! rules that would allow it until the watch shows its address (fail closed), like every
+//! implementation that matches on addresses.
+
+pub mod cache;
+pub mod rules;
+pub mod table;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use cache::{Cache, LocalPod};
+use rules::Wanted;
+
+const MIN_INTERVAL: Duration = Duration::from_millis(20);
+const RETRY: Duration = Duration::from_secs(1);
+/// How long a new pod waits for its rules before its sandbox fails (and is retried).
+const ADMIT_TIMEOUT: Duration = Duration::from_secs(30);
+const BRIDGE_NF: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetpolError {
+    #[error("programming nftables table ip {table} ({what})")]
+    Apply {
+        table: &'static str,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the network policy rules for the pod's address are not programmed: {0}")]
+    NotProgrammed(String),
+    #[error("the network policy rules for the pod's address were not programmed within {0:?}")]
+    Timeout(Duration),
+}
+
+/// The last sync: the change count it covered, and the last failure (its count, message).
+#[derive(Debug, Clone, Default)]
+struct Programmed {
+    count: u64,
+    failed: Option<(u64, String)>,
+}
+
+/// The node's enforcement: the watch cache, the registered local pods, and what was programmed.
+/// Inactive (every call a no-op) unless the node is in a cluster.
+#[derive(Default)]
+pub struct Netpol {
+    active: AtomicBool,
+    cache: Arc<Cache>,
+    locals: Mutex<(u64, BTreeMap<String, LocalPod>)>,
+    done: watch::Sender<Programmed>,
+}
+
+impl Netpol {
+    /// Turns enforcement on: from now on new pods wait for their rules.
+    pub fn activate(&self) {
+        self.active.store(true, Ordering::SeqCst);
+    }
+
+    /// Registers pod `uid`'s addresses (its sandbox's, from CNI ADD). For a new sandbox
+    /// (`fresh`) waits until rules covering them are programmed; an adopted one (its rules
+    /// already there from before an agent restart) does not wait.
+    pub async fn admit(
+        &self,
+        uid: &str,
+        pod: &Pod,
+        ips: &[IpAddr],
+        fresh: bool,
+    ) -> Result<(), NetpolError> {
+        if !self.active.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let ips: Vec<Ipv4Addr> = ips
+            .iter()
+            .filter_map(|i| match i {
+                IpAddr::V4(a) => Some(*a),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        let local = {
+            let mut l = self.locals.lock().expect("netpol locals lock");
+            l.0 += 1;
+            let p = LocalPod {
+                seq: l.0,
+                namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+                name: pod.metadata.name.clone().unwrap_or_default(),
+                labels: cache::labels(&pod.metadata),
+                ports: cache::named_ports(pod),
+                ips,
+                fresh,
+            };
+            // The same registration again (a worker's periodic pass) changes nothing.
+            match l.1.get(uid) {
+                Some(o)
+                    if LocalPod {
+                        seq: o.seq,
+                        ..p.clone()
+                    } == *o
+                        && !fresh =>
+                {
+                    return Ok(())
+                }
+                _ => {}
+            }
+            l.1.insert(uid.to_string(), p);
+            self.cache.bump()
+        };
+        if !fresh {
+            return Ok(());
+        }
+        let mut rx = self.done.subscribe();
+        let wait = async {
+            loop {
+                {
+                    let p = rx.borrow_and_update();
+                    if p.count >= local {
+                        return Ok(());
+                    }
+                    if let Some((n, e)) = &p.failed {
+                        if *n >= local {
+                            return Err(NetpolError::NotProgrammed(e.clone()));
+                        }
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return Err(NetpolError::NotProgrammed("the sync stopped".into()));
+                }
+            }
+        };
+        tokio::time::timeout(ADMIT_TIMEOUT, wait)
+            .await
+            .map_err(|_| NetpolError::Timeout(ADMIT_TIMEOUT))?
+    }
+
+    /// Pod `uid`'s sandbox network is going: its addresses are no longer its.
+    pub fn forget(&self, uid: &str) {
+        if !self.active.load(Ordering::SeqCst) {
+            return;
+        }
+        let removed = self
+            .locals
+            .lock()
+            .expect("netpol locals lock")
+            .1
+            .remove(uid)
+            .is_some();
+        if removed {
+            self.cache.bump();
+        }
+    }
+
+    fn locals(&self) -> BTreeMap<String, LocalPod> {
+        self.locals.lock().expect("netpol locals lock").1.clone()
+    }
+}
+
+/// Follows the cluster until the process ends.
+pub async fn run(np: Arc<Netpol>, cfg: Arc<Config>, client: watch::Receiver<kube::Client>) {
+    np.activate();
+    ensure_bridge_netfilter();
+    tokio::spawn(np.cache.clone().run(client));
+    let dns: Vec<Ipv4Addr> = cfg
+        .cluster_dns
+        .iter()
+        .filter_map(|i| match i {
+            IpAddr::V4(a) => Some(*a),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    let mut changes = np.cache.subscribe();
+    let mut programmed: Option<Wanted> = None;
+    let mut pending: Option<BTreeSet<Ipv4Addr>> = None;
+    loop {
+        let count = *changes.borrow_and_update();
+        let snap = np.cache.snapshot();
+        let locals = np.locals();
+        let (prev, dns2) = (programmed.take(), dns.clone());
+        let res = if snap.synced {
+            let pods = cache::pods(&snap, &locals, &cfg.node_name);
+            let policies: Vec<_> = snap.policies.values().cloned().collect();
+            let want = rules::wanted(&rules::Input {
+                pods: &pods,
+                namespaces: &snap.namespaces,
+                policies: &policies,
+            });
+            tokio::task::spawn_blocking(move || sync(prev.as_ref(), &want, &dns2).map(|_| want))
+                .await
+                .map(|r| r.map(|w| (Some(w), None)))
+        } else {
+            // Not listed yet: only new pods' addresses, into `pending`.
+            let fresh: BTreeSet<Ipv4Addr> = locals
+                .values()
+                .filter(|l| l.fresh)
+                .flat_map(|l| l.ips.iter().copied())
+                .collect();
+            let had = pending.take();
+            tokio::task::spawn_blocking(move || {
+                sync_pending(had.as_ref(), &fresh, &dns2).map(|_| (None, Some(fresh)))
+            })
+            .await
+        };
+        let last = Instant::now();
+        let mut wait = None;
+        match res {
+            Ok(Ok((p, q))) => {
+                programmed = p;
+                pending = q;
+                np.done.send_modify(|d| d.count = count);
+            }
+            Ok(Err(e)) => {
+                let msg = crate::util::chain(&e);
+                tracing::warn!("network policies: {msg}");
+                np.done.send_modify(|d| d.failed = Some((count, msg)));
+                wait = Some(RETRY);
+            }
+            Err(e) => {
+                tracing::warn!("network policies: sync task: {e}");
+                wait = Some(RETRY);
+            }
+        }
+        match wait {
+            Some(d) => tokio::time::sleep(d).await,
+            None => {
+                if changes.changed().await.is_err() {
+                    return;
+                }
+                let since = last.elapsed();
+                if since < MIN_INTERVAL {
+                    tokio::time::sleep(MIN_INTERVAL - since).await;
+                }
+            }
+        }
+    }
+}
+
+/// Programs `want`: set elements only if the layout is `prev`'s, else the whole table.
+pub fn sync(prev: Option<&Wanted>, want: &Wanted, dns: &[Ipv4Addr]) -> Result<(), NetpolError> {
+    let start = Instant::now();
+    let mut w = table::Writer::default();
+    let what = match prev.and_then(|p| rules::diff(p, want)) {
+        Some(d) if d.is_empty() => return Ok(()),
+        Some(d) => {
+            w.incremental(&d);
+            "incremental sync"
+        }
+        None => {
+            w.full(want, dns);
+            "full sync"
+        }
+    };
+    apply(w, what)?;
+    tracing::debug!(policies = want.policies.len(), took = ?start.elapsed(), "network policies: {what}");
+    Ok(())
+}
+
+/// Before the first sync: new pods' addresses into `pending`, in the table that is there (an
+/// agent restart keeps the old rules until the sync), or a table of its own when there is none.
+pub fn sync_pending(
+    had: Option<&BTreeSet<Ipv4Addr>>,
+    fresh: &BTreeSet<Ipv4Addr>,
+    dns: &[Ipv4Addr],
+) -> Result<(), NetpolError> {
+    let list = |source| NetpolError::Apply {
+        table: table::TABLE,
+        what: "listing tables",
+        source,
+    };
+    let exists = podlet_cni::nft::list_tables()
+        .map_err(list)?
+        .iter()
+        .any(|t| t == table::TABLE);
+    if exists {
+        let new: BTreeSet<Ipv4Addr> = match had {
+            Some(h) => fresh.difference(h).copied().collect(),
+            None => fresh.clone(),
+        };
+        if new.is_empty() {
+            return Ok(());
+        }
+        let mut w = table::Writer::default();
+        w.add_pending(&new);
+        match apply(w, "pending pods") {
+            Ok(()) => return Ok(()),
+            // A table of another layout (an older agent's): replaced below.
+            Err(e) => tracing::warn!("network policies: {}", crate::util::chain(&e)),
+        }
+    }
+    let mut w = table::Writer::default();
+    w.full(&Wanted::pending_only(fresh), dns);
+    apply(w, "table for pending pods")
+}
+
+fn apply(w: table::Writer, what: &'static str) -> Result<(), NetpolError> {
+    podlet_cni::nft::send(&w.batch.finalize()).map_err(|source| NetpolError::Apply {
+        table: table::TABLE,
+        what,
+        source,
+    })
+}
+
+/// Bridged IPv4 traffic between pods of this node passes the IP hooks only with br_netfilter
+/// and `bridge-nf-call-iptables` on (per network namespace): loaded and turned on here.
+fn ensure_bridge_netfilter() {
+    if std::fs::metadata(BRIDGE_NF).is_err() {
+        match std::process::Command::new("modprobe")
+            .arg("br_netfilter")
+            .status()
+        {
+            Ok(s) if s.success() => {}
+            Ok(s) => tracing::warn!("modprobe br_netfilter: {s}"),
+            Err(e) => tracing::warn!("running modprobe br_netfilter: {e}"),
+        }
+    }
+    match std::fs::read_to_string(BRIDGE_NF) {
+        Ok(v) if v.trim() == "1" => {}
+        Ok(_) => match std::fs::write(BRIDGE_NF, "1") {
+            Ok(()) => tracing::info!("turned on {BRIDGE_NF}: bridged pod traffic passes the network policy rules"),
+            Err(e) => tracing::error!("writing 1 to {BRIDGE_NF}: {e}: network policies do not apply between pods of this node"),
+        },
+        Err(e) => tracing::error!("reading {BRIDGE_NF} (br_netfilter): {e}: network policies do not apply between pods of this node"),
+    }
+}
+
+/// `podlet cleanup`: removes the table; what was removed, for the user.
+pub fn cleanup() -> std::io::Result<Vec<String>> {
+    let removed = podlet_cni::nft::remove_table(table::TABLE).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("removing nftables table {}: {e}", table::TABLE),
+        )
+    })?;
+    Ok(if removed {
+        vec![format!(
+            "the nftables table ip {} (network policies)",
+            table::TABLE
+        )]
+    } else {
+        Vec::new()
+    })
+}
+
+#[cfg(test)]
+mod netns_tests;
