@@ -96,7 +96,7 @@ impl Strategy for NetworkPolicies {
         }
         for (i, t) in types.iter().enumerate() {
             if !matches!(t.as_str(), Some("Ingress" | "Egress")) {
-                causes.push(not_supported(
+                causes.push(objects::not_supported(
                     &format!("spec.policyTypes[{i}]"),
                     t,
                     &["Ingress", "Egress"],
@@ -109,20 +109,6 @@ impl Strategy for NetworkPolicies {
 
 fn str_of(v: &Value) -> String {
     v.as_str().map_or_else(|| v.to_string(), str::to_string)
-}
-
-/// `field.NotSupported`: the value, then the supported ones in upstream's order.
-fn not_supported(field: &str, value: &Value, supported: &[&str]) -> Cause {
-    let list: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
-    (
-        "FieldValueNotSupported",
-        field.into(),
-        format!(
-            "Unsupported value: {:?}: supported values: {}",
-            str_of(value),
-            list.join(", ")
-        ),
-    )
 }
 
 fn invalid_int(field: &str, n: i64, why: &str) -> Cause {
@@ -140,7 +126,7 @@ const PORT_RANGE: &str = "must be between 1 and 65535, inclusive";
 fn validate_port(port: &Value, at: &str, causes: &mut Vec<Cause>) {
     if let Some(p) = port.get("protocol").filter(|p| !p.is_null()) {
         if !matches!(p.as_str(), Some("TCP" | "UDP" | "SCTP")) {
-            causes.push(not_supported(
+            causes.push(objects::not_supported(
                 &format!("{at}.protocol"),
                 p,
                 &["TCP", "UDP", "SCTP"],

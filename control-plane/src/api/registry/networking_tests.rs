@@ -71,7 +71,7 @@ async fn network_policies_are_served_defaulted_and_validated() {
     );
     assert_eq!(
         refused.body["message"],
-        "NetworkPolicy \"bad\" is invalid: [spec.ingress[0].ports[0].port: Invalid value: 70000: must be between 1 and 65535, inclusive, spec.ingress[0].from[0].ipBlock.except[0]: Invalid value: \"10.1.0.0/24\": must be a strict subset of `cidr`]"
+        "NetworkPolicy.networking.k8s.io \"bad\" is invalid: [spec.ingress[0].ports[0].port: Invalid value: 70000: must be between 1 and 65535, inclusive, spec.ingress[0].from[0].ipBlock.except[0]: Invalid value: \"10.1.0.0/24\": must be a strict subset of `cidr`]"
     );
 
     // A node reads every namespace and policy (what its enforcement watches), writes none.
