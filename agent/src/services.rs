@@ -3,7 +3,7 @@
 //! next), as kube-proxy and CoreDNS each keep their own informers of the same two kinds.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Service;
@@ -24,6 +24,10 @@ pub struct Snapshot {
     pub slices: BTreeMap<Key, Arc<EndpointSlice>>,
     /// Both kinds have been listed once (before that, an empty map means "not known yet").
     pub synced: bool,
+    /// Slice keys by `(namespace, service)`: built on the first `slices_of` of this snapshot
+    /// (a scan of the namespace per service made each rebuild quadratic: 10k services cost
+    /// 50M label comparisons), dropped by every change.
+    pub by_service: OnceLock<BTreeMap<Key, Vec<Key>>>,
 }
 
 impl Snapshot {
@@ -33,11 +37,23 @@ impl Snapshot {
         namespace: &'a str,
         name: &'a str,
     ) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
-        self.slices
-            .range((namespace.to_string(), String::new())..)
-            .take_while(move |((ns, _), _)| ns == namespace)
-            .map(|(_, s)| s.as_ref())
-            .filter(move |s| service_name(s) == Some(name))
+        let index = self.by_service.get_or_init(|| {
+            let mut index: BTreeMap<Key, Vec<Key>> = BTreeMap::new();
+            for (k, s) in &self.slices {
+                if let Some(svc) = service_name(s) {
+                    index
+                        .entry((k.0.clone(), svc.to_string()))
+                        .or_default()
+                        .push(k.clone());
+                }
+            }
+            index
+        });
+        index
+            .get(&(namespace.to_string(), name.to_string()))
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.slices.get(k).map(Arc::as_ref))
     }
 }
 
@@ -82,6 +98,7 @@ impl ServiceCache {
             let mut st = self.state.write().expect("services lock");
             let snap = Arc::make_mut(&mut st);
             f(snap);
+            snap.by_service = OnceLock::new();
             let l = *self.listed.read().expect("listed lock");
             snap.synced = l.0 && l.1;
         }

@@ -110,12 +110,20 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 }
 
 /// Rebuilds the zone whenever the watched objects change (a burst of changes is one rebuild).
+/// A rebuild is followed by a pause as long as it took, so that under a steady stream of
+/// changes (thousands of Services created) rebuilds take at most half of a core and the
+/// changes of the pause coalesce into the next one.
 async fn follow_zone(domain: String, cache: Arc<ServiceCache>, srv: Arc<Server>) {
     let mut changed = cache.subscribe();
     loop {
+        let start = std::time::Instant::now();
         let snap = cache.snapshot();
         let zone = zone::Zone::build(&domain, &snap);
         srv.set_zone(zone);
+        let took = start.elapsed();
+        if took > Duration::from_millis(1) {
+            tokio::time::sleep(took).await;
+        }
         if changed.changed().await.is_err() {
             return;
         }

@@ -5,7 +5,8 @@
 //! A full sync at start replaces the table in one transaction (established flows keep their
 //! translation: it lives in conntrack, which is not flushed); after that each change of the
 //! cache rewrites only the service ports that changed, in one batch. Bursts of changes coalesce
-//! (the cache's counter), and syncs are at least `MIN_INTERVAL` apart.
+//! (the cache's counter), and syncs are at least `MIN_INTERVAL` apart; a change after a quiet
+//! spell is synced at once.
 //!
 //! Besides the rules, the `healthCheckNodePort` servers of Local load balancers
 //! (`healthcheck.rs`) and the histograms of `/metrics` (`metrics.rs`).
@@ -94,10 +95,13 @@ pub async fn run(cfg: Arc<Config>, services: Arc<ServiceCache>) {
         match wait {
             Some(d) => tokio::time::sleep(d).await,
             None => {
+                let last = Instant::now();
                 if changes.changed().await.is_err() {
                     return;
                 }
-                tokio::time::sleep(MIN_INTERVAL).await;
+                // As kube-proxy's bounded-frequency runner: a change after a quiet spell
+                // is synced at once, a burst at most every MIN_INTERVAL.
+                tokio::time::sleep(MIN_INTERVAL.saturating_sub(last.elapsed())).await;
             }
         }
     }

@@ -46,6 +46,7 @@ fn snapshot(services: Vec<Service>, slices: Vec<EndpointSlice>) -> Snapshot {
             .map(|s| (key(&s.metadata), Arc::new(s)))
             .collect(),
         synced: true,
+        ..Default::default()
     }
 }
 
