@@ -14,3 +14,5 @@ python3 bench/cluster.py --podlet target/release/podlet
 python3 bench/pull.py --podlet target/release/podlet
 python3 bench/controllers.py --podlet target/release/podlet
 python3 bench/overlay.py --podlet target/release/podlet
+python3 bench/dns.py --podlet target/release/podlet
+python3 bench/services.py --podlet target/release/podlet

@@ -296,12 +296,27 @@ class Monitor:
     """`nft monitor` in node 2: when each new endpoint chain appears (wall clock)."""
 
     def __init__(self, env):
+        self.err = tempfile.TemporaryFile("w+")
         self.p = subprocess.Popen(["nsenter", "-t", pid(env, "n2"), "-n", "--", "nft", "monitor",
                                    "chains"], stdout=subprocess.PIPE,
-                                  stderr=subprocess.DEVNULL, text=True)
+                                  stderr=self.err, text=True)
         self.q = queue.Queue()
         threading.Thread(target=self.read, daemon=True).start()
-        time.sleep(1)
+        # nft reads the whole ruleset before it listens (seconds at 10k services): it is
+        # ready once it reports a chain made for the purpose in a table of the bench's own.
+        end = time.time() + 120
+        while time.time() < end:
+            in_n2(env, "nft", "add table ip podlet-bench-probe; add chain ip podlet-bench-probe c")
+            try:
+                self.wait_for("podlet-bench-probe", timeout=2)
+                break
+            except SystemExit:
+                in_n2(env, "nft", "delete", "table", "ip", "podlet-bench-probe")
+        else:
+            self.p.kill()
+            self.err.seek(0)
+            sys.exit(f"nft monitor in node 2 never came up: {self.err.read()[-2000:]}")
+        in_n2(env, "nft", "delete", "table", "ip", "podlet-bench-probe")
 
     def read(self):
         for line in self.p.stdout:
@@ -385,14 +400,21 @@ def main():
     a = ap.parse_args()
     env = dict(os.environ, LAB_DIR="/tmp/podlet-bench-services", PODLET=os.path.abspath(a.podlet))
     lab(env, "down", check=False)
-    rows = []
+    print("service proxy programming, ClusterIP services of 2 endpoints (2 cores; medians; "
+          "kube-proxy's rule sets written by its tools into fresh namespaces)")
+    print(f"{'services':>8} | {'full sync: podlet':>17} {'iptables':>9} {'nft -f':>8} {'ratio':>6} |"
+          f" {'1 change: podlet':>16} {'iptables':>9} {'nft -f':>8} {'ratio':>6} |"
+          f" {'PATCH→kernel p50':>16} {'p99':>7}", flush=True)
     try:
         lab(env, "up", "2")
         have = 0
         for n in sorted(int(s) for s in a.sizes.split(",")):
+            t = time.time()
             create(env, have, n)
             have = n
             wait_programmed(env, n)
+            print(f"  ({n} services created and programmed in {time.time() - t:.0f} s)",
+                  file=sys.stderr, flush=True)
             ips = cluster_ips(env, n)
             full = statistics.median(podlet_full(env, n) for _ in range(3))
             changes = [(n * k) // a.changes for k in range(a.changes)]
@@ -401,28 +423,25 @@ def main():
             s1, c1 = metric(env, SYNC)
             inc = (s1 - s0) / (c1 - c0)
             p = peers(ips, changes)
-            rows.append((n, full, inc, lat, p))
+            row(n, full, inc, lat, p)
             # The slices as they were, for the next size's first sync.
-            for k, i in enumerate(changes):
+            for i in changes:
                 lab(env, "kubectl", "apply", "-f", "-", input=json.dumps(
                     slice_of(i, [ep_ip(i, 0), ep_ip(i, 1)])))
     finally:
         lab(env, "down", check=False)
-    print("service proxy programming, ClusterIP services of 2 endpoints (2 cores; medians; "
-          "kube-proxy's rule sets written by its tools into fresh namespaces)")
-    print(f"{'services':>8} | {'full sync: podlet':>17} {'iptables':>9} {'nft -f':>8} {'ratio':>6} |"
-          f" {'1 change: podlet':>16} {'iptables':>9} {'nft -f':>8} {'ratio':>6} |"
-          f" {'PATCH→kernel p50':>16} {'p99':>7}")
-    for n, full, inc, lat, p in rows:
-        best_full = min(p[("iptables", "full")], p[("nftables", "full")])
-        best_inc = min(p[("iptables", "change")], p[("nftables", "change")])
-        p50, p99 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-        print(f"{n:8} | {full * 1000:14.1f} ms {p[('iptables', 'full')] * 1000:6.0f} ms "
-              f"{p[('nftables', 'full')] * 1000:5.0f} ms {best_full / full:6.1f} |"
-              f" {inc * 1000:13.2f} ms {p[('iptables', 'change')] * 1000:6.0f} ms "
-              f"{p[('nftables', 'change')] * 1000:5.0f} ms {best_inc / inc:6.1f} |"
-              f" {p50 * 1000:13.1f} ms {p99 * 1000:4.0f} ms")
     print("ratio: the faster of kube-proxy's two modes over podlet (higher: podlet faster)")
+
+
+def row(n, full, inc, lat, p):
+    best_full = min(p[("iptables", "full")], p[("nftables", "full")])
+    best_inc = min(p[("iptables", "change")], p[("nftables", "change")])
+    p50, p99 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+    print(f"{n:8} | {full * 1000:14.1f} ms {p[('iptables', 'full')] * 1000:6.0f} ms "
+          f"{p[('nftables', 'full')] * 1000:5.0f} ms {best_full / full:6.1f} |"
+          f" {inc * 1000:13.2f} ms {p[('iptables', 'change')] * 1000:6.0f} ms "
+          f"{p[('nftables', 'change')] * 1000:5.0f} ms {best_inc / inc:6.1f} |"
+          f" {p50 * 1000:13.1f} ms {p99 * 1000:4.0f} ms", flush=True)
 
 
 if __name__ == "__main__":
