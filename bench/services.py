@@ -13,7 +13,11 @@ nodes: node 1 holds the control plane, node 2 only proxies).
   against kube-proxy's partial `iptables-restore --noflush` (KUBE-SERVICES rewritten, the
   service's chains replaced) and its `nft -f` transaction, each on top of the full rule set;
 - end to end: from the PATCH of an EndpointSlice sent to the apiserver to the new endpoint's
-  chain in node 2's kernel (`nft monitor` there), p50/p99.
+  chain in node 2's kernel (`nft monitor` there), p50/p99;
+- first packet: TCP connects (2,000) to the first and the last service's ClusterIP through
+  podlet's rules (read back from node 2's kernel) and through kube-proxy's iptables rules
+  (KUBE-SERVICES is a list: the last service is its worst case), each loaded into a fresh
+  namespace whose veth holds the endpoints' addresses.
 
 Services have no selector; their slices are written directly (no pods: no packet is sent).
 """
@@ -292,6 +296,60 @@ def peers(ips, changes):
     return {k: statistics.median(v) for k, v in res.items()}
 
 
+CONNECT = """
+import socket, sys, time, threading
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("0.0.0.0", 8080))
+srv.listen(1024)
+def accept():
+    while True:
+        c, _ = srv.accept()
+        c.close()
+threading.Thread(target=accept, daemon=True).start()
+took = []
+for _ in range(int(sys.argv[2])):
+    c = socket.socket()
+    t = time.perf_counter()
+    c.connect((sys.argv[1], 80))
+    took.append(time.perf_counter() - t)
+    c.close()
+took.sort()
+print(took[len(took) // 2], took[int(len(took) * 0.99)])
+"""
+
+
+def connect_latency(tool, text, target, eps, count=2000):
+    """p50 and p99 seconds of a TCP connect to ClusterIP `target` (DNATed by the rules
+    `tool` loads from `text`) from a fresh namespace whose veth holds the endpoints."""
+    with Netns() as ns:
+        sh = lambda *c: subprocess.run(["nsenter", "-t", ns, "-n", "--", *c], check=True,
+                                       capture_output=True, text=True)
+        sh("ip", "link", "set", "lo", "up")
+        sh("ip", "link", "add", "d0", "type", "veth", "peer", "name", "d1")
+        sh("ip", "link", "set", "d1", "up")
+        for e in eps:
+            sh("ip", "addr", "add", f"{e}/32", "dev", "d0")
+        sh("ip", "link", "set", "d0", "up")
+        sh("ip", "route", "add", "10.96.0.0/12", "dev", "d0")
+        timed(tool, text, ns)
+        out = sh("python3", "-c", CONNECT, target, str(count)).stdout.split()
+        return float(out[0]), float(out[1])
+
+
+def first_packet(env, ips):
+    """Connect latency to the last service (the end of iptables' KUBE-SERVICES) and the first,
+    through podlet's rules (read back from node 2's kernel) and kube-proxy's iptables ones."""
+    ours = in_n2(env, "nft", "list", "table", "ip", "podlet-proxy").stdout
+    base = lambda i: [ep_ip(i, 0), ep_ip(i, 1)]
+    res = {}
+    for i in (0, len(ips) - 1):
+        res[("podlet", i)] = connect_latency(["nft", "-f"], ours, ips[i], base(i))
+        res[("iptables", i)] = connect_latency(["iptables-restore"], ipt_ruleset(ips, base),
+                                               ips[i], base(i))
+    return res
+
+
 class Monitor:
     """`nft monitor` in node 2: when each new endpoint chain appears (wall clock)."""
 
@@ -424,6 +482,13 @@ def main():
             inc = (s1 - s0) / (c1 - c0)
             p = peers(ips, changes)
             row(n, full, inc, lat, p)
+            fp = first_packet(env, ips)
+            us = lambda who, i, k: f"{fp[(who, i)][k] * 1e6:.1f}"
+            print(f"{'':8}   TCP connect to the first / last service, p50 (p99) µs: podlet "
+                  f"{us('podlet', 0, 0)} ({us('podlet', 0, 1)}) / {us('podlet', n - 1, 0)} "
+                  f"({us('podlet', n - 1, 1)}), kube-proxy's iptables {us('iptables', 0, 0)} "
+                  f"({us('iptables', 0, 1)}) / {us('iptables', n - 1, 0)} "
+                  f"({us('iptables', n - 1, 1)})", flush=True)
             # The slices as they were, for the next size's first sync.
             for i in changes:
                 lab(env, "kubectl", "apply", "-f", "-", input=json.dumps(

@@ -22,6 +22,8 @@ mod server;
 mod services;
 mod stream;
 mod sys;
+#[cfg(test)]
+mod testns;
 mod util;
 
 use std::path::PathBuf;

@@ -5,14 +5,12 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock, RwLock};
 
-use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::Api;
-use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
 use kube::Resource;
 use tokio::sync::watch;
+
+use crate::util::Seen;
 
 /// `namespace/name` of an object.
 pub type Key = (String, String);
@@ -123,41 +121,21 @@ impl ServiceCache {
         let _ = tokio::join!(svc, eps);
     }
 
-    async fn follow<K: Kind>(self: Arc<Self>, mut client: watch::Receiver<kube::Client>) {
-        loop {
-            let api: Api<K> = Api::all(client.borrow_and_update().clone());
-            let mut stream = watcher::watcher(api, watcher::Config::default())
-                .default_backoff()
-                .boxed();
-            let mut buffer: Option<BTreeMap<Key, Arc<K>>> = None;
-            loop {
-                let ev = tokio::select! {
-                    ev = stream.next() => ev,
-                    r = client.changed() => { if r.is_err() { return } break }
-                };
-                match ev {
-                    Some(Ok(Event::Init)) => buffer = Some(BTreeMap::new()),
-                    Some(Ok(Event::InitApply(o))) => {
-                        buffer
-                            .get_or_insert_with(BTreeMap::new)
-                            .insert(key(&o), Arc::new(o));
-                    }
-                    Some(Ok(Event::InitDone)) => {
-                        let all = buffer.take().unwrap_or_default();
-                        K::set_listed(&self);
-                        self.update(|s| *K::map(s) = all);
-                    }
-                    Some(Ok(Event::Apply(o))) => self.update(|s| {
-                        K::map(s).insert(key(&o), Arc::new(o));
-                    }),
-                    Some(Ok(Event::Delete(o))) => self.update(|s| {
-                        K::map(s).remove(&key(&o));
-                    }),
-                    Some(Err(e)) => tracing::warn!("watching {}: {e}", K::plural(&())),
-                    None => break,
-                }
+    async fn follow<K: Kind>(self: Arc<Self>, client: watch::Receiver<kube::Client>) {
+        crate::util::watch_all::<K>(client, "services", |seen| match seen {
+            Seen::Listed(all) => {
+                let all = all.into_iter().map(|o| (key(&o), Arc::new(o))).collect();
+                K::set_listed(&self);
+                self.update(|s| *K::map(s) = all);
             }
-        }
+            Seen::Applied(o) => self.update(|s| {
+                K::map(s).insert(key(&o), Arc::new(o));
+            }),
+            Seen::Deleted(o) => self.update(|s| {
+                K::map(s).remove(&key(&o));
+            }),
+        })
+        .await
     }
 }
 

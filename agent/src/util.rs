@@ -69,6 +69,55 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     line
 }
 
+/// What [`watch_all`] saw: the whole list (at start and after each relist), then changes.
+pub enum Seen<K> {
+    Listed(Vec<K>),
+    Applied(K),
+    Deleted(K),
+}
+
+/// Lists and watches every object of kind `K` until the process ends (a watch that fails is
+/// retried with back-off and relisted); a new client (a renewed certificate) restarts it.
+pub async fn watch_all<K>(
+    mut client: watch::Receiver<kube::Client>,
+    what: &str,
+    mut f: impl FnMut(Seen<K>),
+) where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    use futures_util::StreamExt;
+    use kube::runtime::watcher::{self, Event};
+    use kube::runtime::WatchStreamExt;
+    loop {
+        let api: kube::Api<K> = kube::Api::all(client.borrow_and_update().clone());
+        let mut stream = watcher::watcher(api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        let mut buffer = Vec::new();
+        loop {
+            let ev = tokio::select! {
+                ev = stream.next() => ev,
+                r = client.changed() => { if r.is_err() { return } break }
+            };
+            match ev {
+                Some(Ok(Event::Init)) => buffer.clear(),
+                Some(Ok(Event::InitApply(o))) => buffer.push(o),
+                Some(Ok(Event::InitDone)) => f(Seen::Listed(std::mem::take(&mut buffer))),
+                Some(Ok(Event::Apply(o))) => f(Seen::Applied(o)),
+                Some(Ok(Event::Delete(o))) => f(Seen::Deleted(o)),
+                Some(Err(e)) => tracing::warn!("{what}: watching {}: {e}", K::plural(&())),
+                None => break,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,16 +7,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, RwLock};
 
-use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::Api;
-use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
 use kube::Resource;
 use tokio::sync::watch;
 
 use super::rules::{self, Labels, NamedPort};
+use crate::util::Seen;
 
 /// `namespace/name` (namespace empty for cluster-scoped kinds).
 pub type Key = (String, String);
@@ -239,36 +236,19 @@ impl Cache {
         let _ = tokio::join!(pods, nss, pols);
     }
 
-    async fn follow<K: Kind>(self: Arc<Self>, mut client: watch::Receiver<kube::Client>) {
-        loop {
-            let api: Api<K> = Api::all(client.borrow_and_update().clone());
-            let mut stream = watcher::watcher(api, watcher::Config::default())
-                .default_backoff()
-                .boxed();
-            let mut buffer: Vec<K> = Vec::new();
-            loop {
-                let ev = tokio::select! {
-                    ev = stream.next() => ev,
-                    r = client.changed() => { if r.is_err() { return } break }
-                };
-                match ev {
-                    Some(Ok(Event::Init)) => buffer.clear(),
-                    Some(Ok(Event::InitApply(o))) => buffer.push(o),
-                    Some(Ok(Event::InitDone)) => {
-                        let all = std::mem::take(&mut buffer);
-                        self.listed.write().expect("listed lock")[K::INDEX] = true;
-                        self.update(|s| {
-                            K::replace(s, all);
-                            true
-                        });
-                    }
-                    Some(Ok(Event::Apply(o))) => self.update(|s| K::apply(s, o)),
-                    Some(Ok(Event::Delete(o))) => self.update(|s| K::delete(s, &o)),
-                    Some(Err(e)) => tracing::warn!("network policies: watching {}: {e}", K::NAME),
-                    None => break,
-                }
+    async fn follow<K: Kind>(self: Arc<Self>, client: watch::Receiver<kube::Client>) {
+        crate::util::watch_all::<K>(client, "network policies", |seen| match seen {
+            Seen::Listed(all) => {
+                self.listed.write().expect("listed lock")[K::INDEX] = true;
+                self.update(|s| {
+                    K::replace(s, all);
+                    true
+                });
             }
-        }
+            Seen::Applied(o) => self.update(|s| K::apply(s, o)),
+            Seen::Deleted(o) => self.update(|s| K::delete(s, &o)),
+        })
+        .await
     }
 }
 
@@ -291,7 +271,6 @@ trait Kind:
     + 'static
 {
     const INDEX: usize;
-    const NAME: &'static str;
     /// Whether it changed anything.
     fn apply(s: &mut Snapshot, o: Self) -> bool;
     fn delete(s: &mut Snapshot, o: &Self) -> bool;
@@ -300,7 +279,6 @@ trait Kind:
 
 impl Kind for Pod {
     const INDEX: usize = 0;
-    const NAME: &'static str = "pods";
     fn apply(s: &mut Snapshot, o: Self) -> bool {
         let e = PodEntry::of(&o);
         s.pods.insert(key(&o), e.clone()).as_ref() != Some(&e)
@@ -315,7 +293,6 @@ impl Kind for Pod {
 
 impl Kind for Namespace {
     const INDEX: usize = 1;
-    const NAME: &'static str = "namespaces";
     fn apply(s: &mut Snapshot, o: Self) -> bool {
         let l = labels(&o.metadata);
         s.namespaces.insert(key(&o).1, l.clone()).as_ref() != Some(&l)
@@ -333,7 +310,6 @@ impl Kind for Namespace {
 
 impl Kind for NetworkPolicy {
     const INDEX: usize = 2;
-    const NAME: &'static str = "networkpolicies";
     fn apply(s: &mut Snapshot, o: Self) -> bool {
         s.policies.insert(key(&o), Arc::new(o));
         true

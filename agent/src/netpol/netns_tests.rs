@@ -4,8 +4,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -13,51 +11,7 @@ use serde_json::json;
 
 use super::rules::{self, Input, Pod, Wanted};
 use super::*;
-
-struct Netns(String);
-
-impl Netns {
-    fn new() -> Option<Netns> {
-        if std::env::var_os("PODLET_SKIP_PRIVILEGED").is_some() {
-            return None;
-        }
-        let name = format!("podlet-netpol-test-{}", std::process::id());
-        let st = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .unwrap();
-        assert!(st.success(), "ip netns add (root needed)");
-        Some(Netns(name))
-    }
-    fn path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.0)
-    }
-    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        podlet_cni::ns::with_netns(&self.path(), f).unwrap()
-    }
-    fn nft_list(&self) -> String {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.0,
-                "nft",
-                "list",
-                "table",
-                "ip",
-                table::TABLE,
-            ])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
+use crate::testns::Netns;
 
 fn pod(ns: &str, name: &str, app: &str, ip: [u8; 4], local: bool) -> Pod {
     Pod {
@@ -95,7 +49,9 @@ fn wanted(pods: &[Pod], policies: &[Arc<NetworkPolicy>]) -> Wanted {
 
 #[test]
 fn full_incremental_and_pending_syncs_and_cleanup() {
-    let Some(ns) = Netns::new() else { return };
+    let Some(ns) = Netns::new("netpol") else {
+        return;
+    };
     let dns = [Ipv4Addr::new(10, 96, 0, 10)];
     let policies = vec![
         policy(
@@ -120,7 +76,7 @@ fn full_incremental_and_pending_syncs_and_cleanup() {
     ns.run(|| sync(None, &w, &dns)).unwrap();
     // Twice: a full sync replaces the table whether or not it is there.
     ns.run(|| sync(None, &w, &dns)).unwrap();
-    let l = ns.nft_list();
+    let l = ns.nft_list(table::TABLE);
     for want in [
         "ct state established,related accept",
         "ip saddr @pending drop",
@@ -152,7 +108,7 @@ fn full_incremental_and_pending_syncs_and_cleanup() {
     let w2 = wanted(&pods2, &policies);
     assert!(rules::diff(&w, &w2).is_some_and(|d| !d.is_empty()));
     ns.run(|| sync(Some(&w), &w2, &dns)).unwrap();
-    let l = ns.nft_list();
+    let l = ns.nft_list(table::TABLE);
     assert!(
         l.contains("10.244.2.9") && l.contains("10.244.1.7 . tcp . 8080"),
         "{l}"
@@ -165,7 +121,7 @@ fn full_incremental_and_pending_syncs_and_cleanup() {
     // A policy change: a new layout, in one transaction.
     let w3 = wanted(&pods2, &policies[1..]);
     ns.run(|| sync(Some(&w2), &w3, &dns)).unwrap();
-    let l = ns.nft_list();
+    let l = ns.nft_list(table::TABLE);
     assert!(
         !l.contains("in:a/web") && l.contains("in-targets:b/deny"),
         "{l}"
@@ -174,14 +130,14 @@ fn full_incremental_and_pending_syncs_and_cleanup() {
     // Before a first sync the table is kept and new pods go into `pending`.
     let fresh: BTreeSet<Ipv4Addr> = [Ipv4Addr::new(10, 244, 1, 30)].into();
     ns.run(|| sync_pending(None, &fresh, &dns)).unwrap();
-    let l = ns.nft_list();
+    let l = ns.nft_list(table::TABLE);
     assert!(
         l.contains("10.244.1.30") && l.contains("in-targets:b/deny"),
         "{l}"
     );
     ns.run(cleanup).unwrap();
     ns.run(|| sync_pending(None, &fresh, &dns)).unwrap();
-    assert!(ns.nft_list().contains("10.244.1.30"));
+    assert!(ns.nft_list(table::TABLE).contains("10.244.1.30"));
 
     let removed = ns.run(cleanup).unwrap();
     assert_eq!(removed.len(), 1, "{removed:?}");

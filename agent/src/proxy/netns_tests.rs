@@ -2,60 +2,11 @@
 //! only with PODLET_SKIP_PRIVILEGED=1).
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Instant;
 
 use super::rules::{self, ServicePort, Wanted};
 use super::*;
-
-struct Netns(String);
-
-impl Netns {
-    fn new() -> Option<Netns> {
-        if std::env::var_os("PODLET_SKIP_PRIVILEGED").is_some() {
-            return None;
-        }
-        // Tests run in parallel: each its own namespace.
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let name = format!("podlet-proxy-test-{}-{n}", std::process::id());
-        let st = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .unwrap();
-        assert!(st.success(), "ip netns add (root needed)");
-        Some(Netns(name))
-    }
-    fn path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.0)
-    }
-    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        podlet_cni::ns::with_netns(&self.path(), f).unwrap()
-    }
-    fn nft_list(&self) -> String {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.0,
-                "nft",
-                "list",
-                "table",
-                "ip",
-                table::TABLE,
-            ])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
+use crate::testns::Netns;
 
 fn port(ip: [u8; 4], eps: &[([u8; 4], u16)]) -> ServicePort {
     ServicePort {
@@ -89,7 +40,9 @@ fn many(n: u32) -> Wanted {
 
 #[test]
 fn full_and_incremental_syncs_and_cleanup() {
-    let Some(ns) = Netns::new() else { return };
+    let Some(ns) = Netns::new("proxy") else {
+        return;
+    };
     let scope = rules::tests::scope();
     let mut w = Wanted::default();
     w.ports.insert(
@@ -107,7 +60,7 @@ fn full_and_incremental_syncs_and_cleanup() {
     ns.run(|| sync(None, &w, &scope)).unwrap();
     // Twice: a full sync replaces the table whether or not it is there.
     ns.run(|| sync(None, &w, &scope)).unwrap();
-    let l = ns.nft_list();
+    let l = ns.nft_list(table::TABLE);
     for want in [
         "10.96.0.50 . tcp . 80 : goto service-",
         "10.96.0.51 . tcp . 80 : goto reject-chain",
@@ -146,7 +99,7 @@ fn full_and_incremental_syncs_and_cleanup() {
         port([10, 96, 0, 52], &[([10, 244, 1, 7], 80)]),
     );
     ns.run(|| sync(Some(&w), &w2, &scope)).unwrap();
-    let l = ns.nft_list();
+    let l = ns.nft_list(table::TABLE);
     assert!(l.contains("numgen random mod 3 vmap"), "{l}");
     // web lost its node port (the port removed and added again, its external chain gone).
     assert!(!l.contains("30080") && !l.contains("external-"), "{l}");
@@ -161,7 +114,7 @@ fn full_and_incremental_syncs_and_cleanup() {
     w3.ports
         .insert("default/empty/tcp/".into(), port([10, 96, 0, 51], &[]));
     ns.run(|| sync(Some(&w2), &w3, &scope)).unwrap();
-    let l = ns.nft_list();
+    let l = ns.nft_list(table::TABLE);
     assert!(
         !l.contains("10.96.0.52") && !l.contains("10.244.1.7"),
         "{l}"
@@ -187,7 +140,9 @@ fn full_and_incremental_syncs_and_cleanup() {
         "5000 service ports: full sync {full:?}, one endpoint change {:?}",
         t.elapsed()
     );
-    assert!(ns.nft_list().contains("10.97.19.135 . tcp . 80"));
+    assert!(ns
+        .nft_list(table::TABLE)
+        .contains("10.97.19.135 . tcp . 80"));
 
     let removed = ns.run(cleanup).unwrap();
     assert_eq!(removed.len(), 1, "{removed:?}");
@@ -196,7 +151,9 @@ fn full_and_incremental_syncs_and_cleanup() {
 
 #[test]
 fn affinity_and_local_policies_in_the_kernel() {
-    let Some(ns) = Netns::new() else { return };
+    let Some(ns) = Netns::new("proxy") else {
+        return;
+    };
     let scope = rules::tests::scope();
     let name = "default/web/tcp/http";
     let mut p = port(
@@ -211,7 +168,7 @@ fn affinity_and_local_policies_in_the_kernel() {
     let mut w = Wanted::default();
     w.ports.insert(name.into(), p.clone());
     ns.run(|| sync(None, &w, &scope)).unwrap();
-    let l = ns.nft_list();
+    let l = ns.nft_list(table::TABLE);
     for want in [
         "10.96.0.50 . tcp . 80 : goto local-",
         "tcp . 30080 : goto external-",
@@ -238,7 +195,7 @@ fn affinity_and_local_policies_in_the_kernel() {
     let mut w2 = Wanted::default();
     w2.ports.insert(name.into(), p2.clone());
     ns.run(|| sync(Some(&w), &w2, &scope)).unwrap();
-    let l = ns.nft_list();
+    let l = ns.nft_list(table::TABLE);
     assert!(l.contains("numgen random mod 3 vmap @endpoints-"), "{l}");
     assert!(
         l.contains(&format!(
@@ -256,7 +213,7 @@ fn affinity_and_local_policies_in_the_kernel() {
     let mut w3 = Wanted::default();
     w3.ports.insert(name.into(), p3);
     ns.run(|| sync(Some(&w2), &w3, &scope)).unwrap();
-    let l = ns.nft_list();
+    let l = ns.nft_list(table::TABLE);
     // The external chain stays: it short-circuits pods and the node to the cluster's
     // endpoints; the rest falls through to the drop of the no-endpoint maps.
     assert!(!l.contains("local-"), "{l}");
@@ -270,10 +227,10 @@ fn affinity_and_local_policies_in_the_kernel() {
 
     // And back, then everything goes.
     ns.run(|| sync(Some(&w3), &w, &scope)).unwrap();
-    assert!(ns.nft_list().contains("goto local-"));
+    assert!(ns.nft_list(table::TABLE).contains("goto local-"));
     ns.run(|| sync(Some(&w), &Wanted::default(), &scope))
         .unwrap();
-    let l = ns.nft_list();
+    let l = ns.nft_list(table::TABLE);
     assert!(
         !l.contains("set affinity-") && !l.contains("chain endpoint-"),
         "{l}"
