@@ -10,7 +10,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Resource;
 use tokio::sync::watch;
 
-use crate::util::Seen;
+use crate::util::{ns_name as key, Seen};
 
 /// `namespace/name` of an object.
 pub type Key = (String, String);
@@ -137,14 +137,6 @@ impl ServiceCache {
         })
         .await
     }
-}
-
-fn key<K: Resource>(o: &K) -> Key {
-    let m = o.meta();
-    (
-        m.namespace.clone().unwrap_or_default(),
-        m.name.clone().unwrap_or_default(),
-    )
 }
 
 /// The two kinds the cache follows, and where each lives in a `Snapshot`.

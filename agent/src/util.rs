@@ -69,6 +69,15 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     line
 }
 
+/// `(namespace, name)` of an object, the key the watch caches keep it by.
+pub fn ns_name<K: kube::Resource>(o: &K) -> (String, String) {
+    let m = o.meta();
+    (
+        m.namespace.clone().unwrap_or_default(),
+        m.name.clone().unwrap_or_default(),
+    )
+}
+
 /// What [`watch_all`] saw: the whole list (at start and after each relist), then changes.
 pub enum Seen<K> {
     Listed(Vec<K>),

@@ -13,7 +13,7 @@ use kube::Resource;
 use tokio::sync::watch;
 
 use super::rules::{self, Labels, NamedPort};
-use crate::util::Seen;
+use crate::util::{ns_name as key, Seen};
 
 /// `namespace/name` (namespace empty for cluster-scoped kinds).
 pub type Key = (String, String);
@@ -250,14 +250,6 @@ impl Cache {
         })
         .await
     }
-}
-
-fn key<K: Resource>(o: &K) -> Key {
-    let m = o.meta();
-    (
-        m.namespace.clone().unwrap_or_default(),
-        m.name.clone().unwrap_or_default(),
-    )
 }
 
 /// The kinds the cache follows, and where each lives in a `Snapshot`.
