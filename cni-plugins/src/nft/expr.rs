@@ -126,9 +126,34 @@ pub fn dynset_update(set: &str, set_id: u32, sreg: u32) -> Expr {
 /// `RTN_LOCAL` (linux/rtnetlink.h): what `fib daddr type` yields for a local address.
 pub const RTN_LOCAL: u32 = 2;
 
-/// Set user data (libnftnl's TLV) saying the key is host-endian, so `nft list` prints numgen
-/// keys as 0, 1, … (cosmetic only).
-pub const UDATA_KEY_HOST_ENDIAN: [u8; 6] = [0, 4, 1, 0, 0, 0];
+/// Set user data (libnftnl's TLVs, as nft writes them) for a verdict map keyed by
+/// `numgen random mod <modulus>`: the key is host-endian and typed by that expression, so
+/// `nft list` prints `typeof numgen random mod N : verdict` with keys 0, 1, … and its output
+/// loads back with `nft -f`. Only nft reads it: the kernel ignores user data.
+pub fn numgen_map_udata(modulus: u32) -> Vec<u8> {
+    // nft's ids: set udata KEYBYTEORDER 0, KEY_TYPEOF 3, DATA_TYPEOF 4; in a typeof, EXPR 0
+    // and DATA 1; numgen's data TYPE 0, MOD 1, OFFSET 2; expression ids numgen 23, verdict 1.
+    fn tlv(out: &mut Vec<u8>, ty: u8, value: &[u8]) {
+        out.push(ty);
+        out.push(u8::try_from(value.len()).expect("short user data"));
+        out.extend_from_slice(value);
+    }
+    let mut numgen = Vec::new();
+    tlv(&mut numgen, 0, &1u32.to_ne_bytes()); // NFT_NG_RANDOM
+    tlv(&mut numgen, 1, &modulus.to_ne_bytes());
+    tlv(&mut numgen, 2, &0u32.to_ne_bytes());
+    let mut key = Vec::new();
+    tlv(&mut key, 0, &23u32.to_ne_bytes());
+    tlv(&mut key, 1, &numgen);
+    let mut data = Vec::new();
+    tlv(&mut data, 0, &1u32.to_ne_bytes());
+    tlv(&mut data, 1, &[]);
+    let mut out = Vec::new();
+    tlv(&mut out, 0, &1u32.to_ne_bytes()); // host byte order
+    tlv(&mut out, 3, &key);
+    tlv(&mut out, 4, &data);
+    out
+}
 
 /// `[ payload load <len>b @ <base> header + <offset> => reg <dreg> ]`
 fn payload(base: u32, offset: u32, len: u32, dreg: u32) -> Expr {

@@ -160,6 +160,15 @@ impl RawSet {
         self
     }
 
+    /// The expected number of elements: with it the kernel picks a fixed-size hash (or a
+    /// bitmap) instead of a resizable one, much cheaper to walk, which the kernel does for
+    /// every verdict map on each commit that adds a jump (its loop check).
+    pub fn with_size(self, n: u32) -> Self {
+        // SAFETY: `ptr` is our live set; the setter copies the integer.
+        unsafe { sys::nftnl_set_set_u32(self.ptr.as_ptr(), sys::NFTNL_SET_DESC_SIZE as u16, n) };
+        self
+    }
+
     /// A default timeout for the set's elements (a set with `NFT_SET_TIMEOUT`): elements a
     /// rule adds or refreshes (`update @set`) expire `ms` after their last refresh.
     pub fn with_timeout(self, ms: u64) -> Self {
@@ -254,6 +263,20 @@ unsafe impl NlMsg for ElemsMsg<'_> {
             );
             sys::nftnl_set_elems_nlmsg_build_payload(h, self.0.ptr.as_ptr());
         }
+    }
+}
+
+/// A netfilter netlink socket that may move to another thread (the agent's blocking pool).
+pub struct OwnedSocket(pub mnl::Socket);
+
+// SAFETY: an mnl socket is an fd and its bound address, owned by this value alone (never
+// shared): moving it between threads is as safe as moving the fd. It stays in the network
+// namespace it was opened in, wherever it is used from.
+unsafe impl Send for OwnedSocket {}
+
+impl OwnedSocket {
+    pub fn new() -> io::Result<OwnedSocket> {
+        Ok(OwnedSocket(mnl::Socket::new(mnl::Bus::Netfilter)?))
     }
 }
 

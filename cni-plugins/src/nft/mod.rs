@@ -55,10 +55,45 @@ fn family_of(ip: IpAddr) -> ProtoFamily {
 
 /// Sends `batch` as one transaction (one datagram, see [`ffi::send_batch`]) and waits for the
 /// kernel's answer to every message; the first refusal is the error, naming its message.
+/// A one-off: an agent that programs the kernel again and again keeps a [`Session`].
 pub fn send(batch: &FinalizedBatch) -> io::Result<()> {
-    let socket = mnl::Socket::new(mnl::Bus::Netfilter)?;
+    Session::new()?.send(batch)
+}
+
+/// A netfilter netlink socket kept open across transactions, in the network namespace of the
+/// thread of its first send (`default()` opens nothing yet). Closing a socket after a transaction that deleted anything waits for
+/// the kernel's deferred destruction (an RCU grace period, 10–20 ms here): an agent that keeps
+/// its socket pays it never.
+#[derive(Default)]
+pub struct Session {
+    /// `None` after a failed exchange: answers to the failed batch may still be queued on
+    /// it, so the next send starts on a new socket.
+    socket: Option<ffi::OwnedSocket>,
+}
+
+impl Session {
+    /// A session with its socket open in the current thread's network namespace.
+    pub fn new() -> io::Result<Session> {
+        Ok(Session {
+            socket: Some(ffi::OwnedSocket::new()?),
+        })
+    }
+
+    /// As [`send`], on this session's socket.
+    pub fn send(&mut self, batch: &FinalizedBatch) -> io::Result<()> {
+        let socket = match self.socket.take() {
+            Some(s) => s,
+            None => ffi::OwnedSocket::new()?,
+        };
+        exchange(&socket.0, batch)?;
+        self.socket = Some(socket);
+        Ok(())
+    }
+}
+
+fn exchange(socket: &mnl::Socket, batch: &FinalizedBatch) -> io::Result<()> {
     let portid = socket.portid();
-    ffi::send_batch(&socket, batch)?;
+    ffi::send_batch(socket, batch)?;
     let mut buffer = vec![0; nftnl::nft_nlmsg_maxsize() as usize];
     let mut expected = batch.sequence_numbers();
     while !expected.is_empty() {
