@@ -35,6 +35,15 @@ impl Snapshot {
         namespace: &'a str,
         name: &'a str,
     ) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
+        self.slice_arcs_of(namespace, name).map(Arc::as_ref)
+    }
+
+    /// As `slices_of`, shared: an unchanged slice is the same `Arc` in the next snapshot.
+    pub fn slice_arcs_of<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<EndpointSlice>> + 'a {
         let index = self.by_service.get_or_init(|| {
             let mut index: BTreeMap<Key, Vec<Key>> = BTreeMap::new();
             for (k, s) in &self.slices {
@@ -51,7 +60,7 @@ impl Snapshot {
             .get(&(namespace.to_string(), name.to_string()))
             .into_iter()
             .flatten()
-            .filter_map(|k| self.slices.get(k).map(Arc::as_ref))
+            .filter_map(|k| self.slices.get(k))
     }
 }
 

@@ -26,6 +26,10 @@ impl Netns {
         Some(Netns(name))
     }
 
+    pub fn name(&self) -> String {
+        self.0.clone()
+    }
+
     pub fn path(&self) -> PathBuf {
         PathBuf::from("/run/netns").join(&self.0)
     }

@@ -41,6 +41,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use cache::{Cache, LocalPod};
+use podlet_cni::nft::Session;
 use rules::Wanted;
 
 const MIN_INTERVAL: Duration = Duration::from_millis(20);
@@ -200,11 +201,14 @@ pub async fn run(np: Arc<Netpol>, cfg: Arc<Config>, client: watch::Receiver<kube
     let mut changes = np.cache.subscribe();
     let mut programmed: Option<Wanted> = None;
     let mut pending: Option<BTreeSet<Ipv4Addr>> = None;
+    // One socket for the agent's life (see Session), opened by the first sync.
+    let mut session = Session::default();
     loop {
         let count = *changes.borrow_and_update();
         let snap = np.cache.snapshot();
         let locals = np.locals();
         let (prev, dns2) = (programmed.take(), dns.clone());
+        let mut nl = std::mem::take(&mut session);
         let res = if snap.synced {
             let pods = cache::pods(&snap, &locals, &cfg.node_name);
             let policies: Vec<_> = snap.policies.values().cloned().collect();
@@ -213,9 +217,11 @@ pub async fn run(np: Arc<Netpol>, cfg: Arc<Config>, client: watch::Receiver<kube
                 namespaces: &snap.namespaces,
                 policies: &policies,
             });
-            tokio::task::spawn_blocking(move || sync(prev.as_ref(), &want, &dns2).map(|_| want))
-                .await
-                .map(|r| r.map(|w| (Some(w), None)))
+            tokio::task::spawn_blocking(move || {
+                let r = sync(&mut nl, prev.as_ref(), &want, &dns2);
+                (nl, r.map(|_| (Some(want), None)))
+            })
+            .await
         } else {
             // Not listed yet: only new pods' addresses, into `pending`.
             let fresh: BTreeSet<Ipv4Addr> = locals
@@ -225,10 +231,15 @@ pub async fn run(np: Arc<Netpol>, cfg: Arc<Config>, client: watch::Receiver<kube
                 .collect();
             let had = pending.take();
             tokio::task::spawn_blocking(move || {
-                sync_pending(had.as_ref(), &fresh, &dns2).map(|_| (None, Some(fresh)))
+                let r = sync_pending(&mut nl, had.as_ref(), &fresh, &dns2);
+                (nl, r.map(|_| (None, Some(fresh))))
             })
             .await
-        };
+        }
+        .map(|(nl, r)| {
+            session = nl;
+            r
+        });
         let last = Instant::now();
         let mut wait = None;
         match res {
@@ -264,7 +275,12 @@ pub async fn run(np: Arc<Netpol>, cfg: Arc<Config>, client: watch::Receiver<kube
 }
 
 /// Programs `want`: set elements only if the layout is `prev`'s, else the whole table.
-pub fn sync(prev: Option<&Wanted>, want: &Wanted, dns: &[Ipv4Addr]) -> Result<(), NetpolError> {
+pub fn sync(
+    nl: &mut Session,
+    prev: Option<&Wanted>,
+    want: &Wanted,
+    dns: &[Ipv4Addr],
+) -> Result<(), NetpolError> {
     let start = Instant::now();
     let mut w = table::Writer::default();
     let what = match prev.and_then(|p| rules::diff(p, want)) {
@@ -278,7 +294,7 @@ pub fn sync(prev: Option<&Wanted>, want: &Wanted, dns: &[Ipv4Addr]) -> Result<()
             "full sync"
         }
     };
-    apply(w, what)?;
+    apply(nl, w, what)?;
     tracing::debug!(policies = want.policies.len(), took = ?start.elapsed(), "network policies: {what}");
     Ok(())
 }
@@ -286,6 +302,7 @@ pub fn sync(prev: Option<&Wanted>, want: &Wanted, dns: &[Ipv4Addr]) -> Result<()
 /// Before the first sync: new pods' addresses into `pending`, in the table that is there (an
 /// agent restart keeps the old rules until the sync), or a table of its own when there is none.
 pub fn sync_pending(
+    nl: &mut Session,
     had: Option<&BTreeSet<Ipv4Addr>>,
     fresh: &BTreeSet<Ipv4Addr>,
     dns: &[Ipv4Addr],
@@ -309,7 +326,7 @@ pub fn sync_pending(
         }
         let mut w = table::Writer::default();
         w.add_pending(&new);
-        match apply(w, "pending pods") {
+        match apply(nl, w, "pending pods") {
             Ok(()) => return Ok(()),
             // A table of another layout (an older agent's): replaced below.
             Err(e) => tracing::warn!("network policies: {}", crate::util::chain(&e)),
@@ -317,15 +334,16 @@ pub fn sync_pending(
     }
     let mut w = table::Writer::default();
     w.full(&Wanted::pending_only(fresh), dns);
-    apply(w, "table for pending pods")
+    apply(nl, w, "table for pending pods")
 }
 
-fn apply(w: table::Writer, what: &'static str) -> Result<(), NetpolError> {
-    podlet_cni::nft::send(&w.batch.finalize()).map_err(|source| NetpolError::Apply {
-        table: table::TABLE,
-        what,
-        source,
-    })
+fn apply(nl: &mut Session, w: table::Writer, what: &'static str) -> Result<(), NetpolError> {
+    nl.send(&w.batch.finalize())
+        .map_err(|source| NetpolError::Apply {
+            table: table::TABLE,
+            what,
+            source,
+        })
 }
 
 /// Bridged IPv4 traffic between pods of this node passes the IP hooks only with br_netfilter

@@ -53,6 +53,7 @@ fn full_incremental_and_pending_syncs_and_cleanup() {
         return;
     };
     let dns = [Ipv4Addr::new(10, 96, 0, 10)];
+    let mut nl = Session::default();
     let policies = vec![
         policy(
             "a",
@@ -73,9 +74,9 @@ fn full_incremental_and_pending_syncs_and_cleanup() {
         pod("b", "other", "web", [10, 244, 1, 4], true),
     ];
     let w = wanted(&pods, &policies);
-    ns.run(|| sync(None, &w, &dns)).unwrap();
+    ns.run(|| sync(&mut nl, None, &w, &dns)).unwrap();
     // Twice: a full sync replaces the table whether or not it is there.
-    ns.run(|| sync(None, &w, &dns)).unwrap();
+    ns.run(|| sync(&mut nl, None, &w, &dns)).unwrap();
     let l = ns.nft_list(table::TABLE);
     for want in [
         "ct state established,related accept",
@@ -107,7 +108,7 @@ fn full_incremental_and_pending_syncs_and_cleanup() {
     pods2.remove(2);
     let w2 = wanted(&pods2, &policies);
     assert!(rules::diff(&w, &w2).is_some_and(|d| !d.is_empty()));
-    ns.run(|| sync(Some(&w), &w2, &dns)).unwrap();
+    ns.run(|| sync(&mut nl, Some(&w), &w2, &dns)).unwrap();
     let l = ns.nft_list(table::TABLE);
     assert!(
         l.contains("10.244.2.9") && l.contains("10.244.1.7 . tcp . 8080"),
@@ -120,7 +121,7 @@ fn full_incremental_and_pending_syncs_and_cleanup() {
 
     // A policy change: a new layout, in one transaction.
     let w3 = wanted(&pods2, &policies[1..]);
-    ns.run(|| sync(Some(&w2), &w3, &dns)).unwrap();
+    ns.run(|| sync(&mut nl, Some(&w2), &w3, &dns)).unwrap();
     let l = ns.nft_list(table::TABLE);
     assert!(
         !l.contains("in:a/web") && l.contains("in-targets:b/deny"),
@@ -129,14 +130,16 @@ fn full_incremental_and_pending_syncs_and_cleanup() {
 
     // Before a first sync the table is kept and new pods go into `pending`.
     let fresh: BTreeSet<Ipv4Addr> = [Ipv4Addr::new(10, 244, 1, 30)].into();
-    ns.run(|| sync_pending(None, &fresh, &dns)).unwrap();
+    ns.run(|| sync_pending(&mut nl, None, &fresh, &dns))
+        .unwrap();
     let l = ns.nft_list(table::TABLE);
     assert!(
         l.contains("10.244.1.30") && l.contains("in-targets:b/deny"),
         "{l}"
     );
     ns.run(cleanup).unwrap();
-    ns.run(|| sync_pending(None, &fresh, &dns)).unwrap();
+    ns.run(|| sync_pending(&mut nl, None, &fresh, &dns))
+        .unwrap();
     assert!(ns.nft_list(table::TABLE).contains("10.244.1.30"));
 
     let removed = ns.run(cleanup).unwrap();

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::services::ServiceCache;
+use podlet_cni::nft::Session;
 use rules::{Scope, Wanted};
 
 const MIN_INTERVAL: Duration = Duration::from_millis(50);
@@ -60,6 +61,9 @@ pub async fn run(cfg: Arc<Config>, services: Arc<ServiceCache>) {
     }
     let mut changes = services.subscribe();
     let mut programmed: Option<Wanted> = None;
+    let mut memo = rules::Memo::default();
+    // One socket for the agent's life (see Session), opened by the first sync.
+    let mut session = Session::default();
     let mut health = healthcheck::Servers::default();
     let mut triggers = metrics::Triggers::default();
     loop {
@@ -70,13 +74,23 @@ pub async fn run(cfg: Arc<Config>, services: Arc<ServiceCache>) {
             health
                 .sync(&healthcheck::wanted(&snap, &scope.node_name))
                 .await;
-            let want = rules::wanted(&snap, &scope);
+            let want = memo.wanted(&snap, &scope);
             // Without a programmed state (at start, after a failure) the sync is a full one:
             // a failed batch changed nothing, but the table may have been changed by hand.
-            let (prev, s) = (programmed.take(), scope.clone());
-            let res =
-                tokio::task::spawn_blocking(move || sync(prev.as_ref(), &want, &s).map(|_| want))
-                    .await;
+            let (prev, s, mut nl) = (
+                programmed.take(),
+                scope.clone(),
+                std::mem::take(&mut session),
+            );
+            let res = tokio::task::spawn_blocking(move || {
+                let r = sync(&mut nl, prev.as_ref(), &want, &s);
+                (nl, r.map(|_| want))
+            })
+            .await
+            .map(|(nl, r)| {
+                session = nl;
+                r
+            });
             match res {
                 Ok(Ok(want)) => {
                     programmed = Some(want);
@@ -107,8 +121,13 @@ pub async fn run(cfg: Arc<Config>, services: Arc<ServiceCache>) {
     }
 }
 
-/// Programs `want`: incrementally from `prev`, or the whole table without one.
-pub fn sync(prev: Option<&Wanted>, want: &Wanted, scope: &Scope) -> Result<(), ProxyError> {
+/// Programs `want` through `nl`: incrementally from `prev`, or the whole table without one.
+pub fn sync(
+    nl: &mut Session,
+    prev: Option<&Wanted>,
+    want: &Wanted,
+    scope: &Scope,
+) -> Result<(), ProxyError> {
     let start = Instant::now();
     let mut w = table::Writer::new();
     let what = match prev {
@@ -125,11 +144,12 @@ pub fn sync(prev: Option<&Wanted>, want: &Wanted, scope: &Scope) -> Result<(), P
             "full sync"
         }
     };
-    podlet_cni::nft::send(&w.batch.finalize()).map_err(|source| ProxyError::Apply {
-        table: table::TABLE,
-        what,
-        source,
-    })?;
+    nl.send(&w.batch.finalize())
+        .map_err(|source| ProxyError::Apply {
+            table: table::TABLE,
+            what,
+            source,
+        })?;
     let took = start.elapsed();
     metrics::SYNC.observe(took);
     tracing::debug!(ports = want.ports.len(), ?took, "service proxy: {what}");

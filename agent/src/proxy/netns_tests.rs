@@ -44,6 +44,7 @@ fn full_and_incremental_syncs_and_cleanup() {
         return;
     };
     let scope = rules::tests::scope();
+    let mut nl = ns.run(Session::new).unwrap();
     let mut w = Wanted::default();
     w.ports.insert(
         "default/web/tcp/http".into(),
@@ -57,9 +58,9 @@ fn full_and_incremental_syncs_and_cleanup() {
     // NodePort services: the same, on the node's addresses at their node ports.
     w.ports.get_mut("default/web/tcp/http").unwrap().node_port = Some(30080);
     w.ports.get_mut("default/empty/tcp/").unwrap().node_port = Some(30081);
-    ns.run(|| sync(None, &w, &scope)).unwrap();
+    ns.run(|| sync(&mut nl, None, &w, &scope)).unwrap();
     // Twice: a full sync replaces the table whether or not it is there.
-    ns.run(|| sync(None, &w, &scope)).unwrap();
+    ns.run(|| sync(&mut nl, None, &w, &scope)).unwrap();
     let l = ns.nft_list(table::TABLE);
     for want in [
         "10.96.0.50 . tcp . 80 : goto service-",
@@ -98,7 +99,7 @@ fn full_and_incremental_syncs_and_cleanup() {
         "default/new/tcp/".into(),
         port([10, 96, 0, 52], &[([10, 244, 1, 7], 80)]),
     );
-    ns.run(|| sync(Some(&w), &w2, &scope)).unwrap();
+    ns.run(|| sync(&mut nl, Some(&w), &w2, &scope)).unwrap();
     let l = ns.nft_list(table::TABLE);
     assert!(l.contains("numgen random mod 3 vmap"), "{l}");
     // web lost its node port (the port removed and added again, its external chain gone).
@@ -113,7 +114,7 @@ fn full_and_incremental_syncs_and_cleanup() {
     w3.ports.remove("default/new/tcp/");
     w3.ports
         .insert("default/empty/tcp/".into(), port([10, 96, 0, 51], &[]));
-    ns.run(|| sync(Some(&w2), &w3, &scope)).unwrap();
+    ns.run(|| sync(&mut nl, Some(&w2), &w3, &scope)).unwrap();
     let l = ns.nft_list(table::TABLE);
     assert!(
         !l.contains("10.96.0.52") && !l.contains("10.244.1.7"),
@@ -127,7 +128,7 @@ fn full_and_incremental_syncs_and_cleanup() {
     // A big full sync in one batch, then one endpoint change in it.
     let big = many(5000);
     let t = Instant::now();
-    ns.run(|| sync(None, &big, &scope)).unwrap();
+    ns.run(|| sync(&mut nl, None, &big, &scope)).unwrap();
     let full = t.elapsed();
     let mut big2 = big.clone();
     big2.ports.insert(
@@ -135,7 +136,7 @@ fn full_and_incremental_syncs_and_cleanup() {
         port([10, 97, 0, 3], &[([10, 250, 0, 3], 8080)]),
     );
     let t = Instant::now();
-    ns.run(|| sync(Some(&big), &big2, &scope)).unwrap();
+    ns.run(|| sync(&mut nl, Some(&big), &big2, &scope)).unwrap();
     eprintln!(
         "5000 service ports: full sync {full:?}, one endpoint change {:?}",
         t.elapsed()
@@ -155,6 +156,7 @@ fn affinity_and_local_policies_in_the_kernel() {
         return;
     };
     let scope = rules::tests::scope();
+    let mut nl = ns.run(Session::new).unwrap();
     let name = "default/web/tcp/http";
     let mut p = port(
         [10, 96, 0, 50],
@@ -167,7 +169,7 @@ fn affinity_and_local_policies_in_the_kernel() {
     p.local_endpoints = vec![(Ipv4Addr::new(10, 244, 1, 2), 8080)];
     let mut w = Wanted::default();
     w.ports.insert(name.into(), p.clone());
-    ns.run(|| sync(None, &w, &scope)).unwrap();
+    ns.run(|| sync(&mut nl, None, &w, &scope)).unwrap();
     let l = ns.nft_list(table::TABLE);
     for want in [
         "10.96.0.50 . tcp . 80 : goto local-",
@@ -194,7 +196,7 @@ fn affinity_and_local_policies_in_the_kernel() {
     p2.endpoints.push((Ipv4Addr::new(10, 244, 3, 2), 8080));
     let mut w2 = Wanted::default();
     w2.ports.insert(name.into(), p2.clone());
-    ns.run(|| sync(Some(&w), &w2, &scope)).unwrap();
+    ns.run(|| sync(&mut nl, Some(&w), &w2, &scope)).unwrap();
     let l = ns.nft_list(table::TABLE);
     assert!(l.contains("numgen random mod 3 vmap @endpoints-"), "{l}");
     assert!(
@@ -212,7 +214,7 @@ fn affinity_and_local_policies_in_the_kernel() {
     p3.local_endpoints.clear();
     let mut w3 = Wanted::default();
     w3.ports.insert(name.into(), p3);
-    ns.run(|| sync(Some(&w2), &w3, &scope)).unwrap();
+    ns.run(|| sync(&mut nl, Some(&w2), &w3, &scope)).unwrap();
     let l = ns.nft_list(table::TABLE);
     // The external chain stays: it short-circuits pods and the node to the cluster's
     // endpoints; the rest falls through to the drop of the no-endpoint maps.
@@ -226,13 +228,69 @@ fn affinity_and_local_policies_in_the_kernel() {
     );
 
     // And back, then everything goes.
-    ns.run(|| sync(Some(&w3), &w, &scope)).unwrap();
+    ns.run(|| sync(&mut nl, Some(&w3), &w, &scope)).unwrap();
     assert!(ns.nft_list(table::TABLE).contains("goto local-"));
-    ns.run(|| sync(Some(&w), &Wanted::default(), &scope))
+    ns.run(|| sync(&mut nl, Some(&w), &Wanted::default(), &scope))
         .unwrap();
     let l = ns.nft_list(table::TABLE);
     assert!(
         !l.contains("set affinity-") && !l.contains("chain endpoint-"),
         "{l}"
+    );
+}
+
+#[test]
+fn endpoint_maps_grow_past_their_size_and_shrink() {
+    let Some(ns) = Netns::new("proxy") else {
+        return;
+    };
+    let scope = rules::tests::scope();
+    let mut nl = ns.run(Session::new).unwrap();
+    let with = |n: u8| {
+        let eps: Vec<([u8; 4], u16)> = (0..n).map(|i| ([10, 244, 1, i + 2], 8080)).collect();
+        let mut w = Wanted::default();
+        w.ports
+            .insert("default/web/tcp/".into(), port([10, 96, 0, 50], &eps));
+        w
+    };
+    let (two, forty, three) = (with(2), with(40), with(3));
+    ns.run(|| sync(&mut nl, None, &two, &scope)).unwrap();
+    assert!(ns.nft_list(table::TABLE).contains("size 16"));
+    // Past the map's size (the kernel refuses more elements than it): the port is remade.
+    ns.run(|| sync(&mut nl, Some(&two), &forty, &scope))
+        .unwrap();
+    let l = ns.nft_list(table::TABLE);
+    assert!(l.contains("numgen random mod 40 vmap @endpoints-"), "{l}");
+    assert!(
+        l.contains("size 64") && l.contains("dnat to 10.244.1.41:8080"),
+        "{l}"
+    );
+    ns.run(|| sync(&mut nl, Some(&forty), &three, &scope))
+        .unwrap();
+    let l = ns.nft_list(table::TABLE);
+    assert!(
+        l.contains("numgen random mod 3 vmap") && l.contains("size 16"),
+        "{l}"
+    );
+    assert!(!l.contains("10.244.1.41"), "{l}");
+    // What nft lists loads back (the maps' typeof).
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name(), "nft", "-c", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(
+                l.replace("table ip podlet-proxy", "table ip podlet-proxy-copy")
+                    .as_bytes(),
+            )?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

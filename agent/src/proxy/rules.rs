@@ -2,14 +2,15 @@
 //! `ServicePort` per (service, port) with a ClusterIP, its endpoints chosen as kube-proxy
 //! chooses them, and the difference between two such states.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use ipnetwork::{IpNetwork, Ipv4Network};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use crate::services::Snapshot;
+use crate::services::{Key, Snapshot};
 
 /// What of the node's configuration the rules depend on.
 #[derive(Debug, Clone, PartialEq)]
@@ -106,10 +107,22 @@ impl ServicePort {
         all.into_iter().collect()
     }
 
-    /// Which chains exist: an endpoint change that keeps it rewrites them in place.
-    pub fn chain_shape(&self) -> (bool, bool) {
-        (self.has_cluster_chain(), self.has_local_chain())
+    /// Which chains exist and how many endpoints their maps hold at most: an endpoint
+    /// change that keeps it rewrites them in place.
+    pub fn chain_shape(&self) -> (bool, bool, u32, u32) {
+        (
+            self.has_cluster_chain(),
+            self.has_local_chain(),
+            map_capacity(self.endpoints.len()),
+            map_capacity(self.local_endpoints.len()),
+        )
     }
+}
+
+/// The size a numgen map of `n` endpoints is made with: the kernel holds a set to its size
+/// (and sizes its hash by it), so a port whose endpoints outgrow it is remade.
+pub fn map_capacity(n: usize) -> u32 {
+    u32::try_from(n.next_power_of_two().max(16)).unwrap_or(u32::MAX)
 }
 
 /// The whole wanted state, by kube-proxy's service port name `ns/name/proto/portname`.
@@ -143,60 +156,116 @@ pub fn proto_name(p: u8) -> &'static str {
     }
 }
 
-/// Every ClusterIP service port of `snap` with its endpoints.
+/// Every ClusterIP service port of `snap` with its endpoints (without a memo).
+#[cfg(test)]
 pub fn wanted(snap: &Snapshot, scope: &Scope) -> Wanted {
-    let mut ports = BTreeMap::new();
-    for ((ns, name), svc) in &snap.services {
-        let Some(ip) = cluster_ip(svc) else { continue };
-        if scope.local_dns.contains(&IpAddr::V4(ip)) {
-            continue;
-        }
-        let slices: Vec<&EndpointSlice> = snap
-            .slices_of(ns, name)
-            .filter(|s| s.address_type == "IPv4")
-            .collect();
-        let spec = svc.spec.as_ref().expect("cluster_ip checked the spec");
-        for sp in spec.ports.iter().flatten() {
-            let Some(proto) = proto_number(sp.protocol.as_deref()) else {
-                continue;
-            };
-            let Ok(port) = u16::try_from(sp.port) else {
-                continue;
-            };
-            let port_name = sp.name.clone().unwrap_or_default();
-            let endpoints = endpoints_of(&slices, &port_name, proto, None);
-            let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
-            // Only for services reached from outside (upstream's ExternalPolicyForLocal).
-            let external_local = spec.external_traffic_policy.as_deref() == Some("Local")
-                && (has_node_ports(svc) || !external_ips(svc).is_empty());
-            let local_endpoints = match internal_local || external_local {
-                true => endpoints_of(&slices, &port_name, proto, Some(&scope.node_name)),
-                false => Vec::new(),
-            };
-            let node_port = sp
-                .node_port
-                .and_then(|n| u16::try_from(n).ok())
-                .filter(|n| *n != 0 && has_node_ports(svc));
-            let key = format!("{ns}/{name}/{}/{port_name}", proto_name(proto));
-            let external_ips = external_ips(svc);
-            ports.insert(
-                key,
-                ServicePort {
-                    cluster_ip: ip,
-                    proto,
-                    port,
-                    endpoints,
-                    local_endpoints,
-                    internal_local,
-                    external_local,
-                    affinity: affinity(svc),
-                    node_port,
-                    external_ips,
+    Memo::default().wanted(snap, scope)
+}
+
+/// The ports of each service as last computed, with the objects they came from: a service
+/// whose object and slices are the same `Arc`s as last time (the cache shares unchanged
+/// objects between snapshots) is not computed again — at 10,000 services a change would
+/// otherwise recompute them all. Holding the `Arc`s keeps pointer equality sound.
+#[derive(Default)]
+pub struct Memo {
+    services: HashMap<Key, Memoed>,
+}
+
+struct Memoed {
+    service: Arc<Service>,
+    slices: Vec<Arc<EndpointSlice>>,
+    ports: Vec<(String, ServicePort)>,
+}
+
+impl Memo {
+    /// `wanted` for one scope (a memo must not be shared between scopes).
+    pub fn wanted(&mut self, snap: &Snapshot, scope: &Scope) -> Wanted {
+        let mut ports = BTreeMap::new();
+        let mut next = HashMap::with_capacity(snap.services.len());
+        for (key, svc) in &snap.services {
+            let slices: Vec<Arc<EndpointSlice>> =
+                snap.slice_arcs_of(&key.0, &key.1).cloned().collect();
+            let memoed = match self.services.remove(key) {
+                Some(m)
+                    if Arc::ptr_eq(&m.service, svc)
+                        && m.slices.len() == slices.len()
+                        && m.slices.iter().zip(&slices).all(|(a, b)| Arc::ptr_eq(a, b)) =>
+                {
+                    m
+                }
+                _ => Memoed {
+                    ports: service_ports(key, svc, &slices, scope),
+                    service: svc.clone(),
+                    slices,
                 },
-            );
+            };
+            ports.extend(memoed.ports.iter().cloned());
+            next.insert(key.clone(), memoed);
         }
+        self.services = next;
+        Wanted { ports }
     }
-    Wanted { ports }
+}
+
+/// The ports of one service, by kube-proxy's service port name.
+fn service_ports(
+    (ns, name): &Key,
+    svc: &Service,
+    slices: &[Arc<EndpointSlice>],
+    scope: &Scope,
+) -> Vec<(String, ServicePort)> {
+    let mut ports = Vec::new();
+    let Some(ip) = cluster_ip(svc) else {
+        return ports;
+    };
+    if scope.local_dns.contains(&IpAddr::V4(ip)) {
+        return ports;
+    }
+    let slices: Vec<&EndpointSlice> = slices
+        .iter()
+        .map(Arc::as_ref)
+        .filter(|s| s.address_type == "IPv4")
+        .collect();
+    let spec = svc.spec.as_ref().expect("cluster_ip checked the spec");
+    for sp in spec.ports.iter().flatten() {
+        let Some(proto) = proto_number(sp.protocol.as_deref()) else {
+            continue;
+        };
+        let Ok(port) = u16::try_from(sp.port) else {
+            continue;
+        };
+        let port_name = sp.name.clone().unwrap_or_default();
+        let endpoints = endpoints_of(&slices, &port_name, proto, None);
+        let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+        // Only for services reached from outside (upstream's ExternalPolicyForLocal).
+        let external_local = spec.external_traffic_policy.as_deref() == Some("Local")
+            && (has_node_ports(svc) || !external_ips(svc).is_empty());
+        let local_endpoints = match internal_local || external_local {
+            true => endpoints_of(&slices, &port_name, proto, Some(&scope.node_name)),
+            false => Vec::new(),
+        };
+        let node_port = sp
+            .node_port
+            .and_then(|n| u16::try_from(n).ok())
+            .filter(|n| *n != 0 && has_node_ports(svc));
+        let key = format!("{ns}/{name}/{}/{port_name}", proto_name(proto));
+        ports.push((
+            key,
+            ServicePort {
+                cluster_ip: ip,
+                proto,
+                port,
+                endpoints,
+                local_endpoints,
+                internal_local,
+                external_local,
+                affinity: affinity(svc),
+                node_port,
+                external_ips: external_ips(svc),
+            },
+        ));
+    }
+    ports
 }
 
 /// The ClientIP affinity timeout (upstream's default when the config is left out).

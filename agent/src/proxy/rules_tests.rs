@@ -428,3 +428,69 @@ fn a_local_chain_appearing_remakes_the_port_and_endpoint_moves_refill_it() {
     assert!(d.added.is_empty() && d.removed.is_empty());
     assert_eq!(d.endpoints_changed, vec!["default/web/tcp/"]);
 }
+
+#[test]
+fn the_memo_recomputes_only_services_whose_objects_changed() {
+    let ports = json!([{"name": "http", "port": 80}]);
+    let web = service("web", "10.96.0.50", ports.clone());
+    let api = service("api", "10.96.0.51", ports.clone());
+    let sp = json!([{"name": "http", "port": 8080}]);
+    let s1 = slice(
+        "web",
+        "web-1",
+        sp.clone(),
+        json!([ep("10.244.1.2", None, None, None)]),
+    );
+    let s2 = slice(
+        "api",
+        "api-1",
+        sp.clone(),
+        json!([ep("10.244.1.3", None, None, None)]),
+    );
+    let mut snap = snapshot(vec![web, api], vec![s1, s2]);
+    let mut memo = Memo::default();
+    let first = memo.wanted(&snap, &scope());
+    assert_eq!(first, wanted(&snap, &scope()));
+
+    // A new slice object for web (an endpoint added), api's untouched: both as computed fresh.
+    let s1b = slice(
+        "web",
+        "web-1",
+        sp.clone(),
+        json!([
+            ep("10.244.1.2", None, None, None),
+            ep("10.244.2.2", None, None, None)
+        ]),
+    );
+    snap.slices
+        .insert(("default".into(), "web-1".into()), Arc::new(s1b));
+    snap.by_service = Default::default();
+    let second = memo.wanted(&snap, &scope());
+    assert_eq!(second, wanted(&snap, &scope()));
+    assert_eq!(second.ports["default/web/tcp/http"].endpoints.len(), 2);
+    assert_eq!(
+        second.ports["default/api/tcp/http"],
+        first.ports["default/api/tcp/http"]
+    );
+
+    // A second slice, then the service changed (another port), then gone.
+    let s1c = slice(
+        "web",
+        "web-2",
+        sp,
+        json!([ep("10.244.3.2", None, None, None)]),
+    );
+    snap.slices
+        .insert(("default".into(), "web-2".into()), Arc::new(s1c));
+    snap.by_service = Default::default();
+    assert_eq!(memo.wanted(&snap, &scope()), wanted(&snap, &scope()));
+    let web2 = service("web", "10.96.0.50", json!([{"name": "http", "port": 81}]));
+    snap.services
+        .insert(("default".into(), "web".into()), Arc::new(web2));
+    let w = memo.wanted(&snap, &scope());
+    assert_eq!(w, wanted(&snap, &scope()));
+    assert_eq!(w.ports["default/web/tcp/http"].port, 81);
+    snap.services.remove(&("default".into(), "web".into()));
+    let w = memo.wanted(&snap, &scope());
+    assert_eq!(w.ports.keys().collect::<Vec<_>>(), ["default/api/tcp/http"]);
+}

@@ -379,7 +379,14 @@ impl Writer {
                 ),
             };
             if create {
-                self.set(&map, &numgen_map_spec());
+                let id = self.id();
+                let udata = numgen_map_udata(eps.len() as u32);
+                // Sized: a fixed-size hash, cheap to walk (see with_size).
+                let s = RawSet::new(TABLE_C, FAMILY, &map, id)
+                    .with_spec(&numgen_map_spec(&udata))
+                    .with_size(rules::map_capacity(eps.len()));
+                self.batch.add(&s.as_set(), MsgType::Add);
+                self.ids.insert(map.clone(), id);
             }
             self.elems(&map, &numgen_elems(name, eps), MsgType::Add);
             let mut rules = Vec::new();
@@ -655,13 +662,15 @@ fn ip_elem(ip: Ipv4Addr) -> Elem {
     (ip.octets().to_vec(), None)
 }
 
-fn numgen_map_spec() -> SetSpec<'static> {
+/// The numgen map of `modulus` endpoints (its `typeof` says the modulus at creation: the map
+/// stays when its service's endpoints change, the rule's modulus with them).
+fn numgen_map_spec(udata: &[u8]) -> SetSpec<'_> {
     SetSpec {
         key_type: TYPE_INTEGER,
         key_len: 4,
         flags: NFT_SET_MAP,
         data_type: Some(NFT_DATA_VERDICT),
-        udata: Some(&UDATA_KEY_HOST_ENDIAN),
+        udata: Some(udata),
     }
 }
 
