@@ -73,8 +73,8 @@ enum Cmd {
         #[arg(long)]
         token_auth_file: Option<PathBuf>,
         /// Range that service cluster IPs are allocated from.
-        #[arg(long, default_value = "10.96.0.0/12")]
-        service_cluster_ip_range: ipnetwork::Ipv4Network,
+        #[arg(long, default_value = "10.96.0.0/12", value_parser = |v: &str| k8s_rules::cidrs::DualStackCidrs::parse("service-cluster-ip-range", v))]
+        service_cluster_ip_range: k8s_rules::cidrs::DualStackCidrs,
         /// Controllers to run (kube-controller-manager's `--controllers`): `*` every
         /// controller on by default, `name` on, `-name` off, e.g. `*,-cronjob`.
         #[arg(long, value_delimiter = ',', default_value = "*")]

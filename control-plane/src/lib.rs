@@ -35,8 +35,8 @@ pub struct Config {
     pub compaction_interval: Duration,
     /// Static bearer tokens (`token,user,uid,"groups"` lines).
     pub token_auth_file: Option<PathBuf>,
-    /// Where service cluster IPs come from.
-    pub service_cluster_ip_range: ipnetwork::Ipv4Network,
+    /// Where service cluster IPs come from: one range, or one of each family (dual-stack).
+    pub service_cluster_ip_range: k8s_rules::cidrs::DualStackCidrs,
     /// kube-controller-manager's options: which controllers run, and their settings.
     pub controllers: controllers::Options,
 }
@@ -137,8 +137,11 @@ pub async fn run(
     for san in &cfg.tls_san {
         pki::canonical_name(san).map_err(|e| anyhow::anyhow!("--tls-san: {e}"))?;
     }
-    let service_ip = cfg
-        .service_cluster_ip_range
+    // IPv4 service ranges only, for now.
+    let service_range = cfg.service_cluster_ip_range.v4().context(
+        "--service-cluster-ip-range: an IPv4 range is required (IPv6-only clusters are not supported)",
+    )?;
+    let service_ip = service_range
         .nth(1)
         .context("--service-cluster-ip-range has no address for the kubernetes service")?;
     let reach = pki::Reach {
@@ -172,14 +175,14 @@ pub async fn run(
         let _ = tx.send(addr);
     }
     let sa = api::satoken::Signer::load(&cfg.data_dir.join("pki"))?;
-    api::services::ensure_kubernetes_service(&*store, cfg.service_cluster_ip_range, public).await?;
-    api::services::ensure_dns_service(&*store, cfg.service_cluster_ip_range).await?;
+    api::services::ensure_kubernetes_service(&*store, service_range, public).await?;
+    api::services::ensure_dns_service(&*store, service_range).await?;
     let (kubelet, kubelet_tls) = kubelet_client(&cfg.data_dir.join("pki"))?;
     let app = api::router(Arc::new(api::ApiServer {
         store,
         tokens,
         sa,
-        service_cidr: cfg.service_cluster_ip_range,
+        service_cidr: service_range,
         ca_pem: pki.ca_pem.clone(),
         kubelet,
         kubelet_tls,

@@ -17,7 +17,9 @@
 //! - [`jobindexes`]: sets of Job completion indexes as their status strings (`0-2,4`).
 //! - [`files`]: the atomic write of a private file.
 //! - [`pki`]: certificates for clients and servers of the cluster CA.
+//! - [`cidrs`]: dual-stack ranges (`--service-cluster-ip-range`, `--cluster-cidr`).
 
+pub mod cidrs;
 pub mod cron;
 pub mod dns;
 pub mod duration;

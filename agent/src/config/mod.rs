@@ -141,9 +141,9 @@ pub struct Config {
     /// The default network's range: given, or (None) the Node's `spec.podCIDR` in a cluster.
     pub pod_cidr: Option<ipnetwork::IpNetwork>,
     pub network_backend: NetworkBackend,
-    pub cluster_cidr: ipnetwork::IpNetwork,
+    pub cluster_cidr: k8s_rules::cidrs::DualStackCidrs,
     /// `--service-cluster-ip-range` (IPv4 only for now).
-    pub service_cluster_ip_range: ipnetwork::Ipv4Network,
+    pub service_cluster_ip_range: k8s_rules::cidrs::DualStackCidrs,
     pub cluster_dns: Vec<IpAddr>,
     pub cluster_domain: String,
     /// The TTL of cluster DNS answers, in seconds.
@@ -337,21 +337,16 @@ impl Config {
             }
             None => None,
         };
-        let cluster_cidr = cidr(
-            "cluster-cidr",
-            s.cluster_cidr.unwrap_or_else(|| "10.244.0.0/16".into()),
-        )?;
-        let service_cluster_ip_range = {
-            let v = s
-                .service_cluster_ip_range
-                .unwrap_or_else(|| "10.96.0.0/12".into());
-            v.parse::<ipnetwork::Ipv4Network>()
-                .map_err(|e| ConfigError::Invalid {
-                    flag: "service-cluster-ip-range",
-                    value: v.clone(),
-                    why: e.to_string(),
-                })?
+        let dual = |flag: &'static str, v: Option<String>, default: &str| {
+            let v = v.unwrap_or_else(|| default.into());
+            parsed(flag, k8s_rules::cidrs::DualStackCidrs::parse(flag, &v))
         };
+        let cluster_cidr = dual("cluster-cidr", s.cluster_cidr.clone(), "10.244.0.0/16")?;
+        let service_cluster_ip_range = dual(
+            "service-cluster-ip-range",
+            s.service_cluster_ip_range.clone(),
+            "10.96.0.0/12",
+        )?;
         // In a cluster the agent serves the cluster DNS address itself (`crate::dns`), the one
         // the control plane reserves for kube-system/kube-dns; standalone there is none.
         let cluster_dns = s

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use ipnetwork::{IpNetwork, Ipv4Network};
 use k8s_openapi::api::core::v1::Node;
+use k8s_rules::cidrs::DualStackCidrs;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
@@ -225,8 +226,8 @@ fn plan(
 /// Pod traffic to these is never masqueraded: the cluster CIDR, every Node's podCIDRs (also
 /// when `--pod-cidr` put one outside the cluster CIDR) and every Node's InternalIP, so that a
 /// pod's address reaches other pods and other nodes unchanged.
-fn unmasqueraded(cluster_cidr: IpNetwork, nodes: &BTreeMap<String, Node>) -> Vec<IpNetwork> {
-    let mut keep = BTreeSet::from([cluster_cidr]);
+fn unmasqueraded(cluster_cidr: &DualStackCidrs, nodes: &BTreeMap<String, Node>) -> Vec<IpNetwork> {
+    let mut keep: BTreeSet<IpNetwork> = cluster_cidr.iter().copied().collect();
     for n in nodes.values() {
         keep.extend(pod_cidrs(n));
         if let Some(ip) = internal_ip(n) {
@@ -278,7 +279,7 @@ impl Reconciler {
                 if self.network.ensure_default(c, self.mtu)? {
                     tracing::info!(node = %name, cidr = %c, "the default pod network uses this node's podCIDR");
                 }
-                let keep = unmasqueraded(cfg.cluster_cidr, nodes);
+                let keep = unmasqueraded(&cfg.cluster_cidr, nodes);
                 if self.masq.as_ref() != Some(&(c, keep.clone())) {
                     podlet_cni::nft::replace_masquerade(MASQ_TABLE, &[c], &keep)
                         .map_err(RouteError::Masquerade)?;

@@ -41,19 +41,23 @@ pub enum ProxyError {
 }
 
 impl Scope {
-    pub fn of(cfg: &Config) -> Scope {
-        Scope {
-            service_cidr: cfg.service_cluster_ip_range,
-            cluster_cidr: cfg.cluster_cidr,
+    /// The IPv4 scope (`None` without an IPv4 service range).
+    pub fn of(cfg: &Config) -> Option<Scope> {
+        Some(Scope {
+            service_cidr: cfg.service_cluster_ip_range.v4()?,
+            cluster_cidr: cfg.cluster_cidr.v4().map(Into::into)?,
             local_dns: cfg.cluster_dns.clone(),
             node_name: cfg.node_name.clone(),
-        }
+        })
     }
 }
 
 /// Follows `services` until the process ends.
 pub async fn run(cfg: Arc<Config>, services: Arc<ServiceCache>) {
-    let scope = Scope::of(&cfg);
+    let Some(scope) = Scope::of(&cfg) else {
+        tracing::warn!(range = %cfg.service_cluster_ip_range, "service proxy: no IPv4 service or cluster range; IPv6 services are not proxied yet");
+        return;
+    };
     if let Some(std::net::IpAddr::V4(ip)) = cfg.node_ip {
         if scope.service_cidr.contains(ip) {
             tracing::error!(node_ip = %ip, range = %scope.service_cidr, "the node's address is inside the service range (--service-cluster-ip-range): traffic to it is dropped as to an unallocated ClusterIP, as kube-proxy does; give the cluster a service range that no node or network uses");
