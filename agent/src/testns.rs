@@ -40,9 +40,14 @@ impl Netns {
 
     /// `nft list table ip <table>` in the namespace.
     pub fn nft_list(&self, table: &str) -> String {
+        self.nft_list_family("ip", table)
+    }
+
+    /// `nft list table <family> <table>` in the namespace.
+    pub fn nft_list_family(&self, family: &str, table: &str) -> String {
         let out = Command::new("ip")
             .args([
-                "netns", "exec", &self.0, "nft", "list", "table", "ip", table,
+                "netns", "exec", &self.0, "nft", "list", "table", family, table,
             ])
             .output()
             .unwrap();

@@ -1,6 +1,7 @@
 //! The Service proxy: the cluster's ClusterIP services as nftables rules in the node's network
-//! namespace, in the layout of kube-proxy's nftables mode (table `ip podlet-proxy`, see
-//! `table.rs`), from the `ServiceCache`'s Services and EndpointSlices (`rules.rs`).
+//! namespace, in the layout of kube-proxy's nftables mode (table `ip podlet-proxy`, and `ip6
+//! podlet-proxy` for the IPv6 family of a dual-stack or IPv6 cluster; see `table.rs`), from
+//! the `ServiceCache`'s Services and EndpointSlices (`rules.rs`).
 //!
 //! A full sync at start replaces the table in one transaction (established flows keep their
 //! translation: it lives in conntrack, which is not flushed); after that each change of the
@@ -11,7 +12,8 @@
 //! Besides the rules, the `healthCheckNodePort` servers of Local load balancers
 //! (`healthcheck.rs`) and the histograms of `/metrics` (`metrics.rs`).
 //!
-//! Not in this slice: IPv6 (`ip6 podlet-proxy`), a periodic resync.
+//! Each family's table has its own loop, memo, netlink session and programmed state: a
+//! failure in one does not hold the other back.
 
 pub mod healthcheck;
 pub mod metrics;
@@ -23,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::services::ServiceCache;
+use podlet_cni::nft::family::Family;
 use podlet_cni::nft::Session;
 use rules::{Scope, Wanted};
 
@@ -31,8 +34,9 @@ const RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    #[error("programming nftables table ip {table} ({what})")]
+    #[error("programming nftables table {family} {table} ({what})")]
     Apply {
+        family: &'static str,
         table: &'static str,
         what: &'static str,
         #[source]
@@ -41,28 +45,39 @@ pub enum ProxyError {
 }
 
 impl Scope {
-    /// The IPv4 scope (`None` without an IPv4 service range).
-    pub fn of(cfg: &Config) -> Option<Scope> {
+    /// The scope of `family`'s table (`None` without a service range of the family).
+    pub fn of(cfg: &Config, family: Family) -> Option<Scope> {
         Some(Scope {
-            service_cidr: cfg.service_cluster_ip_range.v4()?,
-            cluster_cidr: cfg.cluster_cidr.v4().map(Into::into)?,
+            family,
+            service_cidr: cfg.service_cluster_ip_range.of_family(family.k8s_name())?,
+            cluster_cidr: cfg.cluster_cidr.of_family(family.k8s_name()),
             local_dns: cfg.cluster_dns.clone(),
             node_name: cfg.node_name.clone(),
         })
     }
 }
 
-/// Follows `services` until the process ends.
+/// Follows `services` until the process ends: one table per family of the service range
+/// (`ip` and, dual-stack, `ip6 podlet-proxy`), each programmed on its own as kube-proxy's
+/// dual-stack proxier runs one proxier per family.
 pub async fn run(cfg: Arc<Config>, services: Arc<ServiceCache>) {
-    let Some(scope) = Scope::of(&cfg) else {
-        tracing::warn!(range = %cfg.service_cluster_ip_range, "service proxy: no IPv4 service or cluster range; IPv6 services are not proxied yet");
-        return;
-    };
-    if let Some(std::net::IpAddr::V4(ip)) = cfg.node_ip {
-        if scope.service_cidr.contains(ip) {
-            tracing::error!(node_ip = %ip, range = %scope.service_cidr, "the node's address is inside the service range (--service-cluster-ip-range): traffic to it is dropped as to an unallocated ClusterIP, as kube-proxy does; give the cluster a service range that no node or network uses");
+    let mut families = Vec::new();
+    for family in [Family::V4, Family::V6] {
+        if let Some(scope) = Scope::of(&cfg, family) {
+            if let Some(ip) = cfg.node_ip.filter(|ip| scope.service_cidr.contains(*ip)) {
+                tracing::error!(node_ip = %ip, range = %scope.service_cidr, "the node's address is inside the service range (--service-cluster-ip-range): traffic to it is dropped as to an unallocated ClusterIP, as kube-proxy does; give the cluster a service range that no node or network uses");
+            }
+            // The health check servers answer for the service, whatever its families: once.
+            let health = families.is_empty();
+            families.push(tokio::spawn(run_family(scope, services.clone(), health)));
         }
     }
+    for f in families {
+        let _ = f.await;
+    }
+}
+
+async fn run_family(scope: Scope, services: Arc<ServiceCache>, health_checks: bool) {
     let mut changes = services.subscribe();
     let mut programmed: Option<Wanted> = None;
     let mut memo = rules::Memo::default();
@@ -75,9 +90,11 @@ pub async fn run(cfg: Arc<Config>, services: Arc<ServiceCache>) {
         let snap = services.snapshot();
         let mut wait = None;
         if snap.synced {
-            health
-                .sync(&healthcheck::wanted(&snap, &scope.node_name))
-                .await;
+            if health_checks {
+                health
+                    .sync(&healthcheck::wanted(&snap, &scope.node_name))
+                    .await;
+            }
             let want = memo.wanted(&snap, &scope);
             // Without a programmed state (at start, after a failure) the sync is a full one:
             // a failed batch changed nothing, but the table may have been changed by hand.
@@ -133,7 +150,7 @@ pub fn sync(
     scope: &Scope,
 ) -> Result<(), ProxyError> {
     let start = Instant::now();
-    let mut w = table::Writer::new();
+    let mut w = table::Writer::new(scope.family);
     let what = match prev {
         Some(prev) => {
             let d = rules::diff(prev, want);
@@ -150,6 +167,7 @@ pub fn sync(
     };
     nl.send(&w.batch.finalize())
         .map_err(|source| ProxyError::Apply {
+            family: scope.family.nft_name(),
             table: table::TABLE,
             what,
             source,
@@ -170,7 +188,7 @@ pub fn cleanup() -> std::io::Result<Vec<String>> {
     })?;
     Ok(if removed {
         vec![format!(
-            "the nftables table ip {} (service proxy)",
+            "the nftables table {} (service proxy; ip and ip6 where there were both)",
             table::TABLE
         )]
     } else {

@@ -10,10 +10,13 @@ use crate::testns::Netns;
 
 fn port(ip: [u8; 4], eps: &[([u8; 4], u16)]) -> ServicePort {
     ServicePort {
-        cluster_ip: Ipv4Addr::from(ip),
+        cluster_ip: Ipv4Addr::from(ip).into(),
         proto: 6,
         port: 80,
-        endpoints: eps.iter().map(|(i, p)| (Ipv4Addr::from(*i), *p)).collect(),
+        endpoints: eps
+            .iter()
+            .map(|(i, p)| (Ipv4Addr::from(*i).into(), *p))
+            .collect(),
         local_endpoints: Vec::new(),
         internal_local: false,
         external_local: false,
@@ -166,7 +169,7 @@ fn affinity_and_local_policies_in_the_kernel() {
     p.node_port = Some(30080);
     p.external_local = true;
     p.internal_local = true;
-    p.local_endpoints = vec![(Ipv4Addr::new(10, 244, 1, 2), 8080)];
+    p.local_endpoints = vec![(Ipv4Addr::new(10, 244, 1, 2).into(), 8080)];
     let mut w = Wanted::default();
     w.ports.insert(name.into(), p.clone());
     ns.run(|| sync(&mut nl, None, &w, &scope)).unwrap();
@@ -193,7 +196,8 @@ fn affinity_and_local_policies_in_the_kernel() {
 
     // A second remote endpoint: chains refilled in place, the new endpoint's set made.
     let mut p2 = p.clone();
-    p2.endpoints.push((Ipv4Addr::new(10, 244, 3, 2), 8080));
+    p2.endpoints
+        .push((Ipv4Addr::new(10, 244, 3, 2).into(), 8080));
     let mut w2 = Wanted::default();
     w2.ports.insert(name.into(), p2.clone());
     ns.run(|| sync(&mut nl, Some(&w), &w2, &scope)).unwrap();
@@ -293,4 +297,80 @@ fn endpoint_maps_grow_past_their_size_and_shrink() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn the_ip6_table_in_the_kernel() {
+    let Some(ns) = Netns::new("proxy") else {
+        return;
+    };
+    let scope = rules::tests::scope_v6();
+    let mut nl = Session::default();
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    let name = "default/web/tcp/http";
+    let p = ServicePort {
+        cluster_ip: ip("fd00:10:96::50"),
+        proto: 6,
+        port: 80,
+        endpoints: vec![
+            (ip("fd00:10:244:1::2"), 8080),
+            (ip("fd00:10:244:2::2"), 8080),
+        ],
+        local_endpoints: vec![(ip("fd00:10:244:1::2"), 8080)],
+        internal_local: false,
+        external_local: true,
+        affinity: Some(60),
+        node_port: Some(30080),
+        external_ips: vec![ip("2001:db8::5")],
+    };
+    let mut w = Wanted::default();
+    w.ports.insert(name.into(), p.clone());
+    w.ports.insert(
+        "default/empty/udp/dns".into(),
+        ServicePort {
+            cluster_ip: ip("fd00:10:96::51"),
+            proto: 17,
+            port: 53,
+            endpoints: vec![],
+            local_endpoints: vec![],
+            internal_local: false,
+            external_local: false,
+            affinity: None,
+            node_port: None,
+            external_ips: vec![],
+        },
+    );
+    ns.run(|| sync(&mut nl, None, &w, &scope)).unwrap();
+    let l = ns.nft_list_family("ip6", table::TABLE);
+    for want in [
+        "fd00:10:96::50 . tcp . 80 : goto service-",
+        "2001:db8::5 . tcp . 80 : goto external-",
+        "fd00:10:96::51 . udp . 53 : goto reject-chain",
+        "tcp . 30080 : goto external-",
+        "ip6 daddr != ::1 meta l4proto . th dport vmap @service-nodeports",
+        "ip6 daddr fd00:10:96::50 ip6 saddr != fd00:10:244::/56 jump mark-for-masquerade",
+        "ip6 saddr fd00:10:244::/56 goto service-",
+        "ip6 saddr fd00:10:244:2::2 jump mark-for-masquerade",
+        "update @affinity-",
+        "dnat to [fd00:10:244:2::2]:8080",
+        "numgen random mod 2 vmap @endpoints-",
+        "ip6 daddr fd00:10:96::/112 drop",
+        "masquerade fully-random",
+    ] {
+        assert!(l.contains(want), "{want:?} not in\n{l}");
+    }
+    // Nothing of it in the ip table.
+    assert!(!ns.nft_list_family("ip", table::TABLE).contains("fd00"));
+
+    // One endpoint goes: refilled in place.
+    let mut w2 = w.clone();
+    w2.ports.get_mut(name).unwrap().endpoints.pop();
+    ns.run(|| sync(&mut nl, Some(&w), &w2, &scope)).unwrap();
+    let l = ns.nft_list_family("ip6", table::TABLE);
+    assert!(l.contains("numgen random mod 1 vmap @endpoints-"), "{l}");
+    assert!(!l.contains("fd00:10:244:2::2"), "{l}");
+
+    // Cleanup removes it with the ip one.
+    assert_eq!(ns.run(cleanup).unwrap().len(), 1);
+    assert!(ns.nft_list_family("ip6", table::TABLE).is_empty());
 }

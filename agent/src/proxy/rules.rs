@@ -3,22 +3,27 @@
 //! chooses them, and the difference between two such states.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use podlet_cni::nft::family::Family;
 
 use crate::services::{Key, Snapshot};
 
 /// What of the node's configuration the rules depend on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scope {
-    /// `--service-cluster-ip-range`: traffic to an address in it that no Service has is dropped.
-    pub service_cidr: Ipv4Network,
-    /// `--cluster-cidr`: traffic to a ClusterIP from outside it is masqueraded.
-    pub cluster_cidr: IpNetwork,
+    /// The family of this table (`ip` or `ip6 podlet-proxy`): its addresses only.
+    pub family: Family,
+    /// `--service-cluster-ip-range` of the family: traffic to an address in it that no
+    /// Service has is dropped.
+    pub service_cidr: IpNetwork,
+    /// `--cluster-cidr` of the family: traffic to a ClusterIP from outside it is masqueraded
+    /// (without one, all of it).
+    pub cluster_cidr: Option<IpNetwork>,
     /// The cluster DNS addresses the agent answers on itself: never proxied, rejected or dropped.
     pub local_dns: Vec<IpAddr>,
     /// This node's name: endpoints with this `nodeName` are local (the traffic policies).
@@ -28,14 +33,14 @@ pub struct Scope {
 /// One port of one Service, as programmed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServicePort {
-    pub cluster_ip: Ipv4Addr,
+    pub cluster_ip: IpAddr,
     /// IPPROTO_TCP, IPPROTO_UDP or IPPROTO_SCTP.
     pub proto: u8,
     pub port: u16,
     /// Sorted, without duplicates; empty: the service has no usable endpoint (REJECT).
-    pub endpoints: Vec<(Ipv4Addr, u16)>,
+    pub endpoints: Vec<(IpAddr, u16)>,
     /// The endpoints on this node, chosen by the same rule (the `Local` traffic policies).
-    pub local_endpoints: Vec<(Ipv4Addr, u16)>,
+    pub local_endpoints: Vec<(IpAddr, u16)>,
     /// `internalTrafficPolicy: Local`: the ClusterIP only reaches this node's endpoints.
     pub internal_local: bool,
     /// `externalTrafficPolicy: Local`: node ports and external addresses only reach this
@@ -49,7 +54,7 @@ pub struct ServicePort {
     /// Addresses the service also answers on at its port, as the ClusterIP but masqueraded:
     /// `spec.externalIPs` and the load balancer's `status.loadBalancer.ingress` IPs (the
     /// nodes' own, podlet being its own load balancer).
-    pub external_ips: Vec<Ipv4Addr>,
+    pub external_ips: Vec<IpAddr>,
 }
 
 impl ServicePort {
@@ -99,7 +104,7 @@ impl ServicePort {
     }
 
     /// Every endpoint with a chain: those of the cluster chain and of the local chain.
-    pub fn chained_endpoints(&self) -> Vec<(Ipv4Addr, u16)> {
+    pub fn chained_endpoints(&self) -> Vec<(IpAddr, u16)> {
         let mut all: BTreeSet<_> = self.endpoints.iter().copied().collect();
         if self.has_local_chain() {
             all.extend(self.local_endpoints.iter().copied());
@@ -133,7 +138,7 @@ pub struct Wanted {
 
 impl Wanted {
     /// The ClusterIPs in use (kube-proxy's `cluster-ips` set).
-    pub fn cluster_ips(&self) -> BTreeSet<Ipv4Addr> {
+    pub fn cluster_ips(&self) -> BTreeSet<IpAddr> {
         self.ports.values().map(|p| p.cluster_ip).collect()
     }
 }
@@ -215,16 +220,16 @@ fn service_ports(
     scope: &Scope,
 ) -> Vec<(String, ServicePort)> {
     let mut ports = Vec::new();
-    let Some(ip) = cluster_ip(svc) else {
+    let Some(ip) = cluster_ip(svc, scope.family) else {
         return ports;
     };
-    if scope.local_dns.contains(&IpAddr::V4(ip)) {
+    if scope.local_dns.contains(&ip) {
         return ports;
     }
     let slices: Vec<&EndpointSlice> = slices
         .iter()
         .map(Arc::as_ref)
-        .filter(|s| s.address_type == "IPv4")
+        .filter(|s| s.address_type == scope.family.k8s_name())
         .collect();
     let spec = svc.spec.as_ref().expect("cluster_ip checked the spec");
     for sp in spec.ports.iter().flatten() {
@@ -238,8 +243,9 @@ fn service_ports(
         let endpoints = endpoints_of(&slices, &port_name, proto, None);
         let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
         // Only for services reached from outside (upstream's ExternalPolicyForLocal).
+        let external_ips = external_ips(svc, scope.family);
         let external_local = spec.external_traffic_policy.as_deref() == Some("Local")
-            && (has_node_ports(svc) || !external_ips(svc).is_empty());
+            && (has_node_ports(svc) || !external_ips.is_empty());
         let local_endpoints = match internal_local || external_local {
             true => endpoints_of(&slices, &port_name, proto, Some(&scope.node_name)),
             false => Vec::new(),
@@ -261,7 +267,7 @@ fn service_ports(
                 external_local,
                 affinity: affinity(svc),
                 node_port,
-                external_ips: external_ips(svc),
+                external_ips,
             },
         ));
     }
@@ -283,14 +289,15 @@ fn affinity(svc: &Service) -> Option<u32> {
 }
 
 /// `spec.externalIPs` and, for a LoadBalancer, the IPs of `status.loadBalancer.ingress`
-/// (IPv4, sorted, without duplicates).
-fn external_ips(svc: &Service) -> Vec<Ipv4Addr> {
+/// (of `family`, sorted, without duplicates).
+fn external_ips(svc: &Service, family: Family) -> Vec<IpAddr> {
     let spec = svc.spec.as_ref();
-    let mut ips: BTreeSet<Ipv4Addr> = spec
+    let mut ips: BTreeSet<IpAddr> = spec
         .and_then(|s| s.external_ips.as_ref())
         .into_iter()
         .flatten()
         .filter_map(|i| i.parse().ok())
+        .filter(|i| family.has(*i))
         .collect();
     if spec.and_then(|s| s.type_.as_deref()) == Some("LoadBalancer") {
         let ingress = svc
@@ -302,7 +309,8 @@ fn external_ips(svc: &Service) -> Vec<Ipv4Addr> {
             ingress
                 .into_iter()
                 .flatten()
-                .filter_map(|i| i.ip.as_deref()?.parse::<Ipv4Addr>().ok()),
+                .filter_map(|i| i.ip.as_deref()?.parse::<IpAddr>().ok())
+                .filter(|i| family.has(*i)),
         );
     }
     ips.into_iter().collect()
@@ -315,13 +323,19 @@ fn has_node_ports(svc: &Service) -> bool {
     )
 }
 
-/// The IPv4 ClusterIP of a proxied service: not headless, not ExternalName.
-fn cluster_ip(svc: &Service) -> Option<Ipv4Addr> {
+/// The ClusterIP of `family` of a proxied service (`spec.clusterIPs`, one per family of a
+/// dual-stack service; `spec.clusterIP` from older writers): not headless, not ExternalName.
+fn cluster_ip(svc: &Service, family: Family) -> Option<IpAddr> {
     let spec = svc.spec.as_ref()?;
     if spec.type_.as_deref() == Some("ExternalName") {
         return None;
     }
-    spec.cluster_ip.as_deref()?.parse().ok()
+    spec.cluster_ips
+        .iter()
+        .flatten()
+        .chain(spec.cluster_ip.as_ref())
+        .filter_map(|i| i.parse::<IpAddr>().ok())
+        .find(|i| family.has(*i))
 }
 
 /// The endpoints of one service port (on `node` only, if given): the slice port of the same
@@ -333,7 +347,7 @@ fn endpoints_of(
     port_name: &str,
     proto: u8,
     node: Option<&str>,
-) -> Vec<(Ipv4Addr, u16)> {
+) -> Vec<(IpAddr, u16)> {
     let mut ready = BTreeSet::new();
     let mut terminating = BTreeSet::new();
     for s in slices {
@@ -351,9 +365,13 @@ fn endpoints_of(
             if node.is_some_and(|n| e.node_name.as_deref() != Some(n)) {
                 continue;
             }
-            let Some(ip) = e.addresses.first().and_then(|a| a.parse::<Ipv4Addr>().ok()) else {
+            let Some(ip) = e.addresses.first().and_then(|a| a.parse::<IpAddr>().ok()) else {
                 continue;
             };
+            // A slice's addressType is its family; a stray address of the other is ignored.
+            if s.address_type != Family::of(ip).k8s_name() {
+                continue;
+            }
             let c = e.conditions.clone().unwrap_or_default();
             let is_ready = c.ready.unwrap_or(true);
             let serving = c.serving.unwrap_or(is_ready);
@@ -375,11 +393,11 @@ impl ServicePort {
     fn frame(
         &self,
     ) -> (
-        Ipv4Addr,
+        IpAddr,
         u8,
         u16,
         Option<u16>,
-        &[Ipv4Addr],
+        &[IpAddr],
         bool,
         bool,
         Option<u32>,
@@ -474,7 +492,7 @@ pub fn local_endpoints_map(port_name: &str) -> String {
 }
 
 /// `affinity-<hash>`: the client addresses that stick to one endpoint (ClientIP affinity).
-pub fn affinity_set(port_name: &str, ep: (Ipv4Addr, u16)) -> String {
+pub fn affinity_set(port_name: &str, ep: (IpAddr, u16)) -> String {
     format!(
         "affinity-{}",
         hash8(&format!("{port_name}__{}/{}", ep.0, ep.1))
@@ -487,7 +505,7 @@ pub fn endpoints_map(port_name: &str) -> String {
 }
 
 /// `endpoint-<hash>-ns/name/proto/port__ip/port`
-pub fn endpoint_chain(port_name: &str, ep: (Ipv4Addr, u16)) -> String {
+pub fn endpoint_chain(port_name: &str, ep: (IpAddr, u16)) -> String {
     let tail = format!("{port_name}__{}/{}", ep.0, ep.1);
     format!("endpoint-{}-{tail}", hash8(&tail))
 }

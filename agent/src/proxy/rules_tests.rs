@@ -3,11 +3,13 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::*;
+use podlet_cni::nft::family::Family;
 
 pub fn scope() -> Scope {
     Scope {
+        family: Family::V4,
         service_cidr: "10.96.0.0/12".parse().unwrap(),
-        cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+        cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
         local_dns: vec!["10.96.0.10".parse().unwrap()],
         node_name: "n1".into(),
     }
@@ -59,7 +61,7 @@ fn ep(
     json!({"addresses": [ip], "conditions": {"ready": ready, "serving": serving, "terminating": term}})
 }
 
-fn v4(s: &str) -> Ipv4Addr {
+fn v4(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
@@ -493,4 +495,72 @@ fn the_memo_recomputes_only_services_whose_objects_changed() {
     snap.services.remove(&("default".into(), "web".into()));
     let w = memo.wanted(&snap, &scope());
     assert_eq!(w.ports.keys().collect::<Vec<_>>(), ["default/api/tcp/http"]);
+}
+
+pub fn scope_v6() -> Scope {
+    Scope {
+        family: Family::V6,
+        service_cidr: "fd00:10:96::/112".parse().unwrap(),
+        cluster_cidr: Some("fd00:10:244::/56".parse().unwrap()),
+        local_dns: vec!["10.96.0.10".parse().unwrap()],
+        node_name: "n1".into(),
+    }
+}
+
+#[test]
+fn each_family_takes_its_cluster_ip_slices_and_external_addresses() {
+    let mut svc = service("web", "10.96.0.50", json!([{"name": "http", "port": 80}]));
+    let spec = svc.spec.as_mut().unwrap();
+    spec.cluster_ips = Some(vec!["10.96.0.50".into(), "fd00:10:96::50".into()]);
+    spec.external_ips = Some(vec!["192.0.2.5".into(), "2001:db8::5".into()]);
+    let sp = json!([{"name": "http", "port": 8080}]);
+    let v4_slice = slice(
+        "web",
+        "web-v4",
+        sp.clone(),
+        json!([ep("10.244.1.2", None, None, None)]),
+    );
+    let mut v6_slice = slice(
+        "web",
+        "web-v6",
+        sp,
+        json!([
+            ep("fd00:10:244:1::2", None, None, None),
+            ep("fd00:10:244:2::2", Some(false), None, None)
+        ]),
+    );
+    v6_slice.address_type = "IPv6".into();
+    let snap = snapshot(vec![svc.clone()], vec![v4_slice, v6_slice]);
+
+    let four = wanted(&snap, &scope());
+    let p = &four.ports["default/web/tcp/http"];
+    assert_eq!(p.cluster_ip, v4("10.96.0.50"));
+    assert_eq!(p.endpoints, [(v4("10.244.1.2"), 8080)]);
+    assert_eq!(p.external_ips, [v4("192.0.2.5")]);
+
+    let six = wanted(&snap, &scope_v6());
+    let p = &six.ports["default/web/tcp/http"];
+    assert_eq!(p.cluster_ip, v4("fd00:10:96::50"));
+    assert_eq!(p.endpoints, [(v4("fd00:10:244:1::2"), 8080)]);
+    assert_eq!(p.external_ips, [v4("2001:db8::5")]);
+
+    // A single-stack IPv4 service has nothing in the IPv6 table, and the other way round.
+    let mut only4 = svc.clone();
+    only4.spec.as_mut().unwrap().cluster_ips = Some(vec!["10.96.0.50".into()]);
+    assert!(wanted(&snapshot(vec![only4], vec![]), &scope_v6())
+        .ports
+        .is_empty());
+    let mut only6 = svc;
+    let spec = only6.spec.as_mut().unwrap();
+    spec.cluster_ip = Some("fd00:10:96::50".into());
+    spec.cluster_ips = Some(vec!["fd00:10:96::50".into()]);
+    assert!(wanted(&snapshot(vec![only6.clone()], vec![]), &scope())
+        .ports
+        .is_empty());
+    assert_eq!(
+        wanted(&snapshot(vec![only6], vec![]), &scope_v6())
+            .ports
+            .len(),
+        1
+    );
 }

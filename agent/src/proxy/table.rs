@@ -1,6 +1,7 @@
-//! Writes a [`Wanted`] state into the table `ip podlet-proxy` in kube-proxy's nftables layout,
-//! as one netlink batch: the whole table (a full sync) or only the service ports a [`Diff`]
-//! names (an incremental one).
+//! Writes a [`Wanted`] state into the table `ip podlet-proxy` (or `ip6 podlet-proxy`: the same
+//! layout over IPv6 addresses, for the scope's family) in kube-proxy's nftables layout, as one
+//! netlink batch: the whole table (a full sync) or only the service ports a [`Diff`] names (an
+//! incremental one). The chains of one service port are written by `ports.rs`.
 //!
 //! ```text
 //! nat-prerouting, nat-output  → jump services
@@ -31,19 +32,19 @@
 //!                               ip daddr <service CIDR> drop
 //! ```
 
+mod ports;
+
 use std::ffi::CString;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use podlet_cni::nft::expr::*;
-use podlet_cni::nft::{
-    Batch, Chain, ChainType, Hook, MsgType, ProtoFamily, RawSet, SetSpec, Table,
-};
+use podlet_cni::nft::family::{addr_bytes, addr_proto_port_key, Family};
+use podlet_cni::nft::{Batch, Chain, ChainType, Hook, MsgType, RawSet, SetSpec, Table};
 
 use super::rules::{self, Diff, Scope, ServicePort, Wanted};
 
 pub const TABLE: &str = "podlet-proxy";
 const TABLE_C: &std::ffi::CStr = c"podlet-proxy";
-const FAMILY: ProtoFamily = ProtoFamily::Ipv4;
 const SERVICE_IPS: &str = "service-ips";
 const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
 const SERVICE_NODEPORTS: &str = "service-nodeports";
@@ -69,16 +70,18 @@ fn cs(s: &str) -> CString {
 pub struct Writer {
     pub batch: Batch,
     table: Table,
+    family: Family,
     next_id: u32,
     /// The batch-local ids of the sets this batch makes, by name (0: an existing set).
     ids: std::collections::HashMap<String, u32>,
 }
 
 impl Writer {
-    pub fn new() -> Self {
+    pub fn new(family: Family) -> Self {
         Writer {
             batch: Batch::new(),
-            table: Table::new(TABLE_C, FAMILY),
+            table: Table::new(TABLE_C, family.table()),
+            family,
             next_id: 0,
             ids: Default::default(),
         }
@@ -109,7 +112,7 @@ impl Writer {
 
     fn set(&mut self, name: &str, spec: &SetSpec) -> u32 {
         let id = self.id();
-        let s = RawSet::new(TABLE_C, FAMILY, name, id).with_spec(spec);
+        let s = RawSet::new(TABLE_C, self.family.table(), name, id).with_spec(spec);
         self.batch.add(&s.as_set(), MsgType::Add);
         self.ids.insert(name.to_string(), id);
         id
@@ -123,7 +126,7 @@ impl Writer {
     /// `elems` into (Add) or out of (Del) set `name`, in messages of at most ELEMS_PER_MSG.
     fn elems(&mut self, name: &str, elems: &[Elem], op: MsgType) {
         for chunk in elems.chunks(ELEMS_PER_MSG) {
-            let mut s = RawSet::new(TABLE_C, FAMILY, name, 0);
+            let mut s = RawSet::new(TABLE_C, self.family.table(), name, 0);
             for (key, v) in chunk {
                 let v = match op {
                     MsgType::Add => v.as_ref().map(|(c, ch)| (*c, ch.as_deref())),
@@ -184,9 +187,11 @@ impl Writer {
     /// Table, sets and maps, and the chains every service shares.
     fn skeleton(&mut self, scope: &Scope) {
         self.batch.add(&self.table, MsgType::Add);
+        let fam = self.family;
+        let (key_type, key_len, proto_reg, port_reg) = fam.addr_proto_port();
         let vmap = SetSpec {
-            key_type: IPV4_PROTO_PORT_TYPE,
-            key_len: IPV4_PROTO_PORT_LEN,
+            key_type,
+            key_len,
             flags: NFT_SET_MAP,
             data_type: Some(NFT_DATA_VERDICT),
             udata: None,
@@ -203,8 +208,8 @@ impl Writer {
         let node_ports = self.set(SERVICE_NODEPORTS, &ports_vmap);
         let no_eps_node_ports = self.set(NO_ENDPOINT_NODEPORTS, &ports_vmap);
         let ips = SetSpec {
-            key_type: TYPE_IPADDR,
-            key_len: 4,
+            key_type: fam.addr_type(),
+            key_len: fam.addr_len(),
             flags: 0,
             data_type: None,
             udata: None,
@@ -213,9 +218,9 @@ impl Writer {
 
         let lookup = |set: &str, id: u32| {
             vec![
-                ip_daddr(NFT_REG32_00),
-                meta_load(NFT_META_L4PROTO, NFT_REG32_01),
-                th_dport(NFT_REG32_02),
+                fam.daddr(NFT_REG32_00),
+                meta_load(NFT_META_L4PROTO, proto_reg),
+                th_dport(port_reg),
                 lookup_vmap(set, id, NFT_REG32_00),
             ]
         };
@@ -226,8 +231,7 @@ impl Writer {
                 fib_daddr_type(NFT_REG_1),
                 cmp(NFT_CMP_EQ, NFT_REG_1, &RTN_LOCAL.to_ne_bytes()),
             ];
-            let lo = "127.0.0.0/8".parse().expect("constant network");
-            e.extend(ipv4_in_net(ip_daddr(NFT_REG_1), lo, NFT_CMP_NEQ));
+            e.extend(fam.in_net(fam.daddr(NFT_REG_1), fam.loopback(), NFT_CMP_NEQ));
             e.extend([
                 meta_load(NFT_META_L4PROTO, NFT_REG32_00),
                 th_dport(NFT_REG32_01),
@@ -249,7 +253,7 @@ impl Writer {
                 &by_port(NO_ENDPOINT_NODEPORTS, no_eps_node_ports),
             ],
         );
-        self.chain(REJECT_CHAIN, &[&[reject()]]);
+        self.chain(REJECT_CHAIN, &[&[fam.reject()]]);
         let mark_or = [
             meta_load(NFT_META_MARK, NFT_REG_1),
             bitwise(
@@ -279,20 +283,18 @@ impl Writer {
         // Wrong ports of a ClusterIP are rejected, unallocated ClusterIPs dropped — except the
         // cluster DNS addresses, which the agent answers on itself.
         let mut check: Vec<Vec<Expr>> = vec![vec![
-            ip_daddr(NFT_REG_1),
+            fam.daddr(NFT_REG_1),
             lookup_in(CLUSTER_IPS, cluster_ips, NFT_REG_1, false),
-            reject(),
+            fam.reject(),
         ]];
-        for ip in &scope.local_dns {
-            if let IpAddr::V4(a) = ip {
-                check.push(vec![
-                    ip_daddr(NFT_REG_1),
-                    cmp(NFT_CMP_EQ, NFT_REG_1, &a.octets()),
-                    verdict(NFT_RETURN, None),
-                ]);
-            }
+        for ip in scope.local_dns.iter().filter(|ip| fam.has(**ip)) {
+            check.push(vec![
+                fam.daddr(NFT_REG_1),
+                cmp(NFT_CMP_EQ, NFT_REG_1, &addr_bytes(*ip)),
+                verdict(NFT_RETURN, None),
+            ]);
         }
-        let mut drop = ipv4_in_net(ip_daddr(NFT_REG_1), scope.service_cidr, NFT_CMP_EQ);
+        let mut drop = fam.in_net(fam.daddr(NFT_REG_1), scope.service_cidr, NFT_CMP_EQ);
         drop.push(verdict(NF_DROP, None));
         check.push(drop);
         let check: Vec<&[Expr]> = check.iter().map(Vec::as_slice).collect();
@@ -343,270 +345,6 @@ impl Writer {
         self.base_chain("filter-input", ChainType::Filter, Hook::In, 0, &[&eps]);
     }
 
-    /// A port's chains, endpoint maps and affinity sets (its `service-ips` elements:
-    /// [`Writer::port_elems`]).
-    fn add_port(&mut self, name: &str, p: &ServicePort, scope: &Scope) {
-        if p.no_endpoints() {
-            return;
-        }
-        for ep in p.chained_endpoints() {
-            self.add_endpoint(name, p, ep);
-        }
-        self.policy_chains(name, p, scope, true);
-        if p.has_external_chain() {
-            self.external_chain(name, p, scope);
-        }
-    }
-
-    /// The `service-…` and `local-…` chains and their numgen maps (made, or refilled after a
-    /// flush).
-    fn policy_chains(&mut self, name: &str, p: &ServicePort, scope: &Scope, create: bool) {
-        let chains = [(p.has_cluster_chain(), true), (p.has_local_chain(), false)];
-        for (exists, cluster) in chains {
-            if !exists {
-                continue;
-            }
-            let (chain, map, eps) = match cluster {
-                true => (
-                    rules::service_chain(name),
-                    rules::endpoints_map(name),
-                    &p.endpoints,
-                ),
-                false => (
-                    rules::local_chain(name),
-                    rules::local_endpoints_map(name),
-                    &p.local_endpoints,
-                ),
-            };
-            if create {
-                let id = self.id();
-                let udata = numgen_map_udata(eps.len() as u32);
-                // Sized: a fixed-size hash, cheap to walk (see with_size).
-                let s = RawSet::new(TABLE_C, FAMILY, &map, id)
-                    .with_spec(&numgen_map_spec(&udata))
-                    .with_size(rules::map_capacity(eps.len()));
-                self.batch.add(&s.as_set(), MsgType::Add);
-                self.ids.insert(map.clone(), id);
-            }
-            self.elems(&map, &numgen_elems(name, eps), MsgType::Add);
-            let mut rules = Vec::new();
-            if cluster {
-                rules.push(masquerade_rule(p, scope));
-            }
-            if p.affinity.is_some() {
-                for ep in eps {
-                    let set = rules::affinity_set(name, *ep);
-                    let id = self.id_of(&set);
-                    rules.push(vec![
-                        ip_saddr(NFT_REG_1),
-                        lookup_in(&set, id, NFT_REG_1, false),
-                        verdict(NFT_GOTO, Some(&rules::endpoint_chain(name, *ep))),
-                    ]);
-                }
-            }
-            let id = self.id_of(&map);
-            rules.push(vec![
-                numgen_random(eps.len() as u32, NFT_REG_1),
-                lookup_vmap(&map, id, NFT_REG_1),
-            ]);
-            let rules: Vec<&[Expr]> = rules.iter().map(Vec::as_slice).collect();
-            match create {
-                true => self.chain(&chain, &rules),
-                false => {
-                    let c = Chain::new(cs(&chain), &self.table);
-                    for r in rules {
-                        self.batch.add(&rule(&c, r), MsgType::Add);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Traffic from outside the cluster. `externalTrafficPolicy: Cluster`: masqueraded (the
-    /// endpoint may be on another node, whose reply must come back here), any endpoint.
-    /// `Local`: this node's endpoints with the client's address kept — except for pods and
-    /// the node itself, which reach every endpoint as through the ClusterIP (kube-proxy's
-    /// short-circuit), the node masqueraded.
-    fn external_chain(&mut self, name: &str, p: &ServicePort, scope: &Scope) {
-        let cluster = rules::service_chain(name);
-        let to_cluster = || verdict(NFT_GOTO, Some(&cluster));
-        let mut rules: Vec<Vec<Expr>> = Vec::new();
-        if p.external_local {
-            if p.has_cluster_chain() {
-                if let ipnetwork::IpNetwork::V4(net) = scope.cluster_cidr {
-                    let mut pods = ipv4_in_net(ip_saddr(NFT_REG_1), net, NFT_CMP_EQ);
-                    pods.push(to_cluster());
-                    rules.push(pods);
-                }
-                let from_node = || {
-                    vec![
-                        fib_saddr_type(NFT_REG_1),
-                        cmp(NFT_CMP_EQ, NFT_REG_1, &RTN_LOCAL.to_ne_bytes()),
-                    ]
-                };
-                let mut masq = from_node();
-                masq.push(verdict(NFT_JUMP, Some(MARK_FOR_MASQ)));
-                let mut node = from_node();
-                node.push(to_cluster());
-                rules.extend([masq, node]);
-            }
-            // Without local endpoints the rest falls through, untranslated, to the drop of
-            // the no-endpoint maps.
-            if p.has_local_chain() {
-                rules.push(vec![verdict(NFT_GOTO, Some(&rules::local_chain(name)))]);
-            }
-        } else if p.has_cluster_chain() {
-            rules.push(vec![verdict(NFT_JUMP, Some(MARK_FOR_MASQ))]);
-            rules.push(vec![to_cluster()]);
-        }
-        let rules: Vec<&[Expr]> = rules.iter().map(Vec::as_slice).collect();
-        self.chain(&rules::external_chain(name), &rules);
-    }
-
-    /// An endpoint's chain (hairpin masquerade, affinity, DNAT) and its affinity set.
-    fn add_endpoint(&mut self, name: &str, p: &ServicePort, ep: (Ipv4Addr, u16)) {
-        let hairpin = vec![
-            ip_saddr(NFT_REG_1),
-            cmp(NFT_CMP_EQ, NFT_REG_1, &ep.0.octets()),
-            verdict(NFT_JUMP, Some(MARK_FOR_MASQ)),
-        ];
-        let mut rules = vec![hairpin];
-        if let Some(timeout) = p.affinity {
-            let set = rules::affinity_set(name, ep);
-            let spec = SetSpec {
-                key_type: TYPE_IPADDR,
-                key_len: 4,
-                flags: NFT_SET_TIMEOUT | NFT_SET_EVAL,
-                data_type: None,
-                udata: None,
-            };
-            let id = self.id();
-            let s = RawSet::new(TABLE_C, FAMILY, &set, id)
-                .with_spec(&spec)
-                .with_timeout(u64::from(timeout) * 1000);
-            self.batch.add(&s.as_set(), MsgType::Add);
-            self.ids.insert(set.clone(), id);
-            rules.push(vec![
-                ip_saddr(NFT_REG_1),
-                dynset_update(&set, id, NFT_REG_1),
-            ]);
-        }
-        rules.push(vec![
-            meta_load(NFT_META_L4PROTO, NFT_REG_1),
-            cmp(NFT_CMP_EQ, NFT_REG_1, &[p.proto]),
-            imm_data(NFT_REG_1, &ep.0.octets()),
-            imm_data(NFT_REG_2, &ep.1.to_be_bytes()),
-            dnat_v4(NFT_REG_1, NFT_REG_2),
-        ]);
-        let rules: Vec<&[Expr]> = rules.iter().map(Vec::as_slice).collect();
-        self.chain(&rules::endpoint_chain(name, ep), &rules);
-    }
-
-    /// An endpoint's chain and affinity set, once nothing refers to them.
-    fn remove_endpoint(&mut self, name: &str, p: &ServicePort, ep: (Ipv4Addr, u16)) {
-        let e = Chain::new(cs(&rules::endpoint_chain(name, ep)), &self.table);
-        self.batch.add(&e, MsgType::Del);
-        if p.affinity.is_some() {
-            let s = RawSet::new(TABLE_C, FAMILY, &rules::affinity_set(name, ep), 0);
-            self.batch.add(&s.as_set(), MsgType::Del);
-        }
-    }
-
-    /// Empties the policy chains (releasing the maps, sets and chains their rules name).
-    fn flush_policy_chains(&mut self, name: &str, p: &ServicePort) {
-        for (exists, chain) in [
-            (p.has_cluster_chain(), rules::service_chain(name)),
-            (p.has_local_chain(), rules::local_chain(name)),
-        ] {
-            if exists {
-                // A DELRULE without a handle flushes the chain.
-                let c = Chain::new(cs(&chain), &self.table);
-                self.batch.add(&nftnl_rule(&c), MsgType::Del);
-            }
-        }
-    }
-
-    /// Its map elements go first, then the rules that reach its chains, then the chains.
-    fn remove_port(&mut self, name: &str, p: &ServicePort) {
-        if p.no_endpoints() {
-            return;
-        }
-        self.flush_policy_chains(name, p);
-        if p.has_external_chain() {
-            let x = Chain::new(cs(&rules::external_chain(name)), &self.table);
-            self.batch.add(&nftnl_rule(&x), MsgType::Del);
-            self.batch.add(&x, MsgType::Del);
-        }
-        for (exists, map) in [
-            (p.has_cluster_chain(), rules::endpoints_map(name)),
-            (p.has_local_chain(), rules::local_endpoints_map(name)),
-        ] {
-            if exists {
-                let m = RawSet::new(TABLE_C, FAMILY, &map, 0);
-                self.batch.add(&m.as_set(), MsgType::Del);
-            }
-        }
-        for ep in p.chained_endpoints() {
-            self.remove_endpoint(name, p, ep);
-        }
-        for (exists, chain) in [
-            (p.has_cluster_chain(), rules::service_chain(name)),
-            (p.has_local_chain(), rules::local_chain(name)),
-        ] {
-            if exists {
-                let c = Chain::new(cs(&chain), &self.table);
-                self.batch.add(&c, MsgType::Del);
-            }
-        }
-    }
-
-    /// Same frame and same chains, other endpoints: the policy chains and their maps are
-    /// refilled, chains (and affinity sets) of new endpoints made and those of gone ones
-    /// deleted; surviving endpoints keep their affinity. Otherwise the port is remade.
-    fn replace_endpoints(
-        &mut self,
-        name: &str,
-        old: &ServicePort,
-        new: &ServicePort,
-        scope: &Scope,
-    ) {
-        if old.chain_shape() != new.chain_shape() || !new.has_cluster_chain() {
-            self.port_elems([(&name.to_string(), old)], MsgType::Del);
-            self.remove_port(name, old);
-            self.add_port(name, new, scope);
-            self.port_elems([(&name.to_string(), new)], MsgType::Add);
-            return;
-        }
-        self.flush_policy_chains(name, old);
-        for (exists, map, eps) in [
-            (
-                old.has_cluster_chain(),
-                rules::endpoints_map(name),
-                &old.endpoints,
-            ),
-            (
-                old.has_local_chain(),
-                rules::local_endpoints_map(name),
-                &old.local_endpoints,
-            ),
-        ] {
-            if exists {
-                let keys: Vec<_> = (0..eps.len() as u32)
-                    .map(|i| (i.to_ne_bytes().to_vec(), None))
-                    .collect();
-                self.elems(&map, &keys, MsgType::Del);
-            }
-        }
-        let (was, is) = (old.chained_endpoints(), new.chained_endpoints());
-        for ep in was.iter().filter(|e| !is.contains(e)) {
-            self.remove_endpoint(name, old, *ep);
-        }
-        for ep in is.iter().filter(|e| !was.contains(e)) {
-            self.add_endpoint(name, new, *ep);
-        }
-        self.policy_chains(name, new, scope, false);
-    }
-
     /// Each port's ClusterIP, external addresses and node port: to its chains in
     /// `service-ips`/`service-nodeports`; without any endpoint to the reject chain, and with
     /// none for its traffic policy (Local, none on this node) to a drop, in the
@@ -619,12 +357,12 @@ impl Writer {
         let (mut with, mut without) = (Vec::new(), Vec::new());
         let (mut np_with, mut np_without) = (Vec::new(), Vec::new());
         for (name, p) in ports {
-            let key = ipv4_proto_port_key(p.cluster_ip, p.proto, p.port).to_vec();
+            let key = addr_proto_port_key(p.cluster_ip, p.proto, p.port);
             let np = p.node_port.map(|n| proto_port_key(p.proto, n).to_vec());
             let ext: Vec<Vec<u8>> = p
                 .external_ips
                 .iter()
-                .map(|ip| ipv4_proto_port_key(*ip, p.proto, p.port).to_vec())
+                .map(|ip| addr_proto_port_key(*ip, p.proto, p.port))
                 .collect();
             let filtered = match p.no_endpoints() {
                 true => (NFT_GOTO, Some(REJECT_CHAIN.to_string())),
@@ -658,45 +396,6 @@ fn nftnl_rule<'a>(c: &'a Chain<'_>) -> podlet_cni::nft::Rule<'a> {
     podlet_cni::nft::Rule::new(c)
 }
 
-fn ip_elem(ip: Ipv4Addr) -> Elem {
-    (ip.octets().to_vec(), None)
-}
-
-/// The numgen map of `modulus` endpoints (its `typeof` says the modulus at creation: the map
-/// stays when its service's endpoints change, the rule's modulus with them).
-fn numgen_map_spec(udata: &[u8]) -> SetSpec<'_> {
-    SetSpec {
-        key_type: TYPE_INTEGER,
-        key_len: 4,
-        flags: NFT_SET_MAP,
-        data_type: Some(NFT_DATA_VERDICT),
-        udata: Some(udata),
-    }
-}
-
-/// `0 : goto endpoint-…, 1 : goto endpoint-…, …`
-fn numgen_elems(name: &str, eps: &[(Ipv4Addr, u16)]) -> Vec<Elem> {
-    eps.iter()
-        .enumerate()
-        .map(|(i, ep)| {
-            let key = (i as u32).to_ne_bytes().to_vec();
-            (
-                key,
-                Some((NFT_GOTO, Some(rules::endpoint_chain(name, *ep)))),
-            )
-        })
-        .collect()
-}
-
-/// ClusterIP traffic from outside the cluster CIDR (the node itself) is masqueraded.
-fn masquerade_rule(p: &ServicePort, scope: &Scope) -> Vec<Expr> {
-    let mut masq = vec![
-        ip_daddr(NFT_REG_1),
-        cmp(NFT_CMP_EQ, NFT_REG_1, &p.cluster_ip.octets()),
-    ];
-    if let ipnetwork::IpNetwork::V4(net) = scope.cluster_cidr {
-        masq.extend(ipv4_in_net(ip_saddr(NFT_REG_1), net, NFT_CMP_NEQ));
-    }
-    masq.push(verdict(NFT_JUMP, Some(MARK_FOR_MASQ)));
-    masq
+fn ip_elem(ip: IpAddr) -> Elem {
+    (addr_bytes(ip), None)
 }

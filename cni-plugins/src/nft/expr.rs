@@ -164,6 +164,11 @@ fn payload(base: u32, offset: u32, len: u32, dreg: u32) -> Expr {
         .u32(sys::NFTNL_EXPR_PAYLOAD_LEN, len)
 }
 
+/// `[ payload load <len>b @ network header + <offset> => reg <dreg> ]`
+pub fn network_payload(offset: u32, len: u32, dreg: u32) -> Expr {
+    payload(NFT_PAYLOAD_NETWORK_HEADER, offset, len, dreg)
+}
+
 pub fn ip_saddr(dreg: u32) -> Expr {
     payload(NFT_PAYLOAD_NETWORK_HEADER, 12, 4, dreg)
 }
@@ -262,6 +267,16 @@ pub fn dnat_v4(addr_reg: u32, proto_reg: u32) -> Expr {
         .u32(sys::NFTNL_EXPR_NAT_REG_PROTO_MIN, proto_reg)
 }
 
+/// `dnat ip6 to <addr in addr_reg>:<port in proto_reg>` (the address is 16 bytes: a whole
+/// 16-byte register).
+pub fn dnat_v6(addr_reg: u32, proto_reg: u32) -> Expr {
+    Expr::new(c"nat")
+        .u32(sys::NFTNL_EXPR_NAT_TYPE, NFT_NAT_DNAT)
+        .u32(sys::NFTNL_EXPR_NAT_FAMILY, libc::NFPROTO_IPV6 as u32)
+        .u32(sys::NFTNL_EXPR_NAT_REG_ADDR_MIN, addr_reg)
+        .u32(sys::NFTNL_EXPR_NAT_REG_PROTO_MIN, proto_reg)
+}
+
 pub fn masquerade_fully_random() -> Expr {
     Expr::new(c"masq").u32(sys::NFTNL_EXPR_MASQ_FLAGS, NAT_RANGE_PROTO_RANDOM_FULLY)
 }
@@ -272,6 +287,14 @@ pub fn reject() -> Expr {
     Expr::new(c"reject")
         .u32(sys::NFTNL_EXPR_REJECT_TYPE, NFT_REJECT_ICMP_UNREACH)
         .u8(sys::NFTNL_EXPR_REJECT_CODE, ICMP_PORT_UNREACH)
+}
+
+/// `reject` as the ip6 family does it by default: ICMPv6 port unreachable.
+pub fn reject_icmpv6_port_unreachable() -> Expr {
+    const ICMPV6_PORT_UNREACH: u8 = 4;
+    Expr::new(c"reject")
+        .u32(sys::NFTNL_EXPR_REJECT_TYPE, NFT_REJECT_ICMP_UNREACH)
+        .u8(sys::NFTNL_EXPR_REJECT_CODE, ICMPV6_PORT_UNREACH)
 }
 
 /// `ct state new` (the expressions before a verdict).

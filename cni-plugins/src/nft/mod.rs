@@ -8,6 +8,7 @@
 //! the one-`sendmsg` batch sender), for node agents' own tables such as a service proxy's.
 
 pub mod expr;
+pub mod family;
 mod ffi;
 
 use std::ffi::CString;
