@@ -4,7 +4,7 @@
 //! the watch learns only later (a pod's address reaches the apiserver after its sandbox).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -26,7 +26,7 @@ pub struct PodEntry {
     pub labels: Labels,
     pub ports: Vec<NamedPort>,
     /// `status.podIPs` (IPv4), none for host-network and finished pods.
-    pub ips: Vec<Ipv4Addr>,
+    pub ips: Vec<IpAddr>,
 }
 
 /// The named container ports of a pod spec (containers and sidecar init containers).
@@ -71,10 +71,7 @@ impl PodEntry {
                 .and_then(|s| s.pod_ips.as_ref())
                 .into_iter()
                 .flatten()
-                .filter_map(|i| match i.ip.parse() {
-                    Ok(IpAddr::V4(a)) => Some(a),
-                    _ => None,
-                })
+                .filter_map(|i| i.ip.parse::<IpAddr>().ok())
                 .collect()
         };
         PodEntry {
@@ -96,7 +93,7 @@ pub struct LocalPod {
     pub name: String,
     pub labels: Labels,
     pub ports: Vec<NamedPort>,
-    pub ips: Vec<Ipv4Addr>,
+    pub ips: Vec<IpAddr>,
     /// Registered for a new sandbox (not an adopted one): dropped until the first sync.
     pub fresh: bool,
 }
@@ -125,14 +122,14 @@ pub fn pods(snap: &Snapshot, locals: &BTreeMap<String, LocalPod>, node: &str) ->
         }
     }
     // Each registered address belongs to its latest registration only.
-    let mut owner: BTreeMap<Ipv4Addr, u64> = BTreeMap::new();
+    let mut owner: BTreeMap<IpAddr, u64> = BTreeMap::new();
     for l in locals.values() {
         for a in &l.ips {
             let o = owner.entry(*a).or_insert(l.seq);
             *o = (*o).max(l.seq);
         }
     }
-    let registered: BTreeSet<Ipv4Addr> = owner.keys().copied().collect();
+    let registered: BTreeSet<IpAddr> = owner.keys().copied().collect();
     for ((ns, name), l) in &by_name {
         let watched = snap.pods.get(&(ns.to_string(), name.to_string()));
         let (labels, ports) = match watched {
@@ -317,6 +314,7 @@ impl Kind for NetworkPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     fn entry(node: &str, labels: &[(&str, &str)], ips: &[[u8; 4]]) -> PodEntry {
         PodEntry {
@@ -327,7 +325,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             ports: Vec::new(),
-            ips: ips.iter().map(|a| Ipv4Addr::from(*a)).collect(),
+            ips: ips.iter().map(|a| Ipv4Addr::from(*a).into()).collect(),
         }
     }
 
@@ -338,7 +336,7 @@ mod tests {
             name: name.into(),
             labels: [("app".to_string(), "registered".to_string())].into(),
             ports: Vec::new(),
-            ips: ips.iter().map(|a| Ipv4Addr::from(*a)).collect(),
+            ips: ips.iter().map(|a| Ipv4Addr::from(*a).into()).collect(),
             fresh: true,
         }
     }
@@ -368,19 +366,19 @@ mod tests {
         let pods = pods(&snap, &locals, "n1");
         let a = find(&pods, "a");
         assert_eq!(a.labels["app"], "relabelled");
-        assert_eq!(a.ips, [Ipv4Addr::new(10, 0, 0, 5)]);
+        assert_eq!(a.ips, [IpAddr::from([10, 0, 0, 5])]);
         assert!(a.local);
         assert_eq!(find(&pods, "b").labels["app"], "registered");
         assert!(find(&pods, "old").ips.is_empty());
-        assert_eq!(find(&pods, "adopted").ips, [Ipv4Addr::new(10, 0, 0, 6)]);
+        assert_eq!(find(&pods, "adopted").ips, [IpAddr::from([10, 0, 0, 6])]);
         let r = find(&pods, "remote");
-        assert!(!r.local && r.ips == [Ipv4Addr::new(10, 0, 1, 5)]);
+        assert!(!r.local && r.ips == [IpAddr::from([10, 0, 1, 5])]);
 
         // Two registrations of one address (a torn-down pod not forgotten yet): the later.
         locals.insert("uc".to_string(), local(3, "c", &[[10, 0, 0, 7]]));
         let pods = super::pods(&snap, &locals, "n1");
         assert!(find(&pods, "b").ips.is_empty());
-        assert_eq!(find(&pods, "c").ips, [Ipv4Addr::new(10, 0, 0, 7)]);
+        assert_eq!(find(&pods, "c").ips, [IpAddr::from([10, 0, 0, 7])]);
     }
 
     #[test]
@@ -395,7 +393,9 @@ mod tests {
             .unwrap()
         };
         let e = PodEntry::of(&pod(false, "Running"));
-        assert_eq!(e.ips, [Ipv4Addr::new(10, 0, 0, 9)]);
+        // Both families of a dual-stack pod (each goes into its family's table).
+        let v6: IpAddr = "fd00::9".parse().unwrap();
+        assert_eq!(e.ips, [IpAddr::from([10, 0, 0, 9]), v6]);
         assert_eq!(
             e.ports,
             [

@@ -31,7 +31,7 @@ pub mod rules;
 pub mod table;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,6 +41,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use cache::{Cache, LocalPod};
+use podlet_cni::nft::family::Family;
 use podlet_cni::nft::Session;
 use rules::Wanted;
 
@@ -49,11 +50,13 @@ const RETRY: Duration = Duration::from_secs(1);
 /// How long a new pod waits for its rules before its sandbox fails (and is retried).
 const ADMIT_TIMEOUT: Duration = Duration::from_secs(30);
 const BRIDGE_NF: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+const BRIDGE_NF6: &str = "/proc/sys/net/bridge/bridge-nf-call-ip6tables";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetpolError {
-    #[error("programming nftables table ip {table} ({what})")]
+    #[error("programming nftables table {family} {table} ({what})")]
     Apply {
+        family: &'static str,
         table: &'static str,
         what: &'static str,
         #[source]
@@ -101,13 +104,7 @@ impl Netpol {
         if !self.active.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let ips: Vec<Ipv4Addr> = ips
-            .iter()
-            .filter_map(|i| match i {
-                IpAddr::V4(a) => Some(*a),
-                IpAddr::V6(_) => None,
-            })
-            .collect();
+        let ips = ips.to_vec();
         let local = {
             let mut l = self.locals.lock().expect("netpol locals lock");
             l.0 += 1;
@@ -188,26 +185,28 @@ impl Netpol {
 /// Follows the cluster until the process ends.
 pub async fn run(np: Arc<Netpol>, cfg: Arc<Config>, client: watch::Receiver<kube::Client>) {
     np.activate();
-    ensure_bridge_netfilter();
+    ensure_bridge_netfilter(BRIDGE_NF);
     tokio::spawn(np.cache.clone().run(client));
-    let dns: Vec<Ipv4Addr> = cfg
-        .cluster_dns
+    let dns = cfg.cluster_dns.clone();
+    // A table per family pods have addresses in (their cluster CIDRs).
+    let families: Vec<Family> = cfg
+        .cluster_cidr
         .iter()
-        .filter_map(|i| match i {
-            IpAddr::V4(a) => Some(*a),
-            IpAddr::V6(_) => None,
-        })
+        .map(|c| Family::of(c.ip()))
         .collect();
+    if families.contains(&Family::V6) {
+        ensure_bridge_netfilter(BRIDGE_NF6);
+    }
     let mut changes = np.cache.subscribe();
     let mut programmed: Option<Wanted> = None;
-    let mut pending: Option<BTreeSet<Ipv4Addr>> = None;
+    let mut pending: Option<BTreeSet<IpAddr>> = None;
     // One socket for the agent's life (see Session), opened by the first sync.
     let mut session = Session::default();
     loop {
         let count = *changes.borrow_and_update();
         let snap = np.cache.snapshot();
         let locals = np.locals();
-        let (prev, dns2) = (programmed.take(), dns.clone());
+        let (prev, dns2, fams) = (programmed.take(), dns.clone(), families.clone());
         let mut nl = std::mem::take(&mut session);
         let res = if snap.synced {
             let pods = cache::pods(&snap, &locals, &cfg.node_name);
@@ -218,20 +217,20 @@ pub async fn run(np: Arc<Netpol>, cfg: Arc<Config>, client: watch::Receiver<kube
                 policies: &policies,
             });
             tokio::task::spawn_blocking(move || {
-                let r = sync(&mut nl, prev.as_ref(), &want, &dns2);
+                let r = sync(&mut nl, &fams, prev.as_ref(), &want, &dns2);
                 (nl, r.map(|_| (Some(want), None)))
             })
             .await
         } else {
             // Not listed yet: only new pods' addresses, into `pending`.
-            let fresh: BTreeSet<Ipv4Addr> = locals
+            let fresh: BTreeSet<IpAddr> = locals
                 .values()
                 .filter(|l| l.fresh)
                 .flat_map(|l| l.ips.iter().copied())
                 .collect();
             let had = pending.take();
             tokio::task::spawn_blocking(move || {
-                let r = sync_pending(&mut nl, had.as_ref(), &fresh, &dns2);
+                let r = sync_pending(&mut nl, &fams, had.as_ref(), &fresh, &dns2);
                 (nl, r.map(|_| (None, Some(fresh))))
             })
             .await
@@ -274,27 +273,34 @@ pub async fn run(np: Arc<Netpol>, cfg: Arc<Config>, client: watch::Receiver<kube
     }
 }
 
-/// Programs `want`: set elements only if the layout is `prev`'s, else the whole table.
+/// Programs `want` into each family's table: set elements only if the layout is `prev`'s,
+/// else the whole table (one transaction per table, IPv4 first).
 pub fn sync(
     nl: &mut Session,
+    families: &[Family],
     prev: Option<&Wanted>,
     want: &Wanted,
-    dns: &[Ipv4Addr],
+    dns: &[IpAddr],
 ) -> Result<(), NetpolError> {
     let start = Instant::now();
-    let mut w = table::Writer::default();
-    let what = match prev.and_then(|p| rules::diff(p, want)) {
-        Some(d) if d.is_empty() => return Ok(()),
-        Some(d) => {
-            w.incremental(&d);
-            "incremental sync"
-        }
-        None => {
-            w.full(want, dns);
-            "full sync"
-        }
+    let changes = prev.and_then(|p| rules::diff(p, want));
+    if changes.as_ref().is_some_and(|d| d.is_empty()) {
+        return Ok(());
+    }
+    let what = match changes {
+        Some(_) => "incremental sync",
+        None => "full sync",
     };
-    apply(nl, w, what)?;
+    for &fam in families {
+        let mut w = table::Writer::new(fam);
+        match &changes {
+            Some(d) => w.incremental(d),
+            None => w.full(want, dns),
+        }
+        if w.messages > 0 {
+            apply(nl, fam, w, what)?;
+        }
+    }
     tracing::debug!(policies = want.policies.len(), took = ?start.elapsed(), "network policies: {what}");
     Ok(())
 }
@@ -303,53 +309,64 @@ pub fn sync(
 /// agent restart keeps the old rules until the sync), or a table of its own when there is none.
 pub fn sync_pending(
     nl: &mut Session,
-    had: Option<&BTreeSet<Ipv4Addr>>,
-    fresh: &BTreeSet<Ipv4Addr>,
-    dns: &[Ipv4Addr],
+    families: &[Family],
+    had: Option<&BTreeSet<IpAddr>>,
+    fresh: &BTreeSet<IpAddr>,
+    dns: &[IpAddr],
 ) -> Result<(), NetpolError> {
-    let list = |source| NetpolError::Apply {
-        table: table::TABLE,
-        what: "listing tables",
-        source,
-    };
-    let exists = podlet_cni::nft::list_tables()
-        .map_err(list)?
-        .iter()
-        .any(|t| t == table::TABLE);
-    if exists {
-        let new: BTreeSet<Ipv4Addr> = match had {
-            Some(h) => fresh.difference(h).copied().collect(),
-            None => fresh.clone(),
-        };
-        if new.is_empty() {
-            return Ok(());
+    for &fam in families {
+        let exists =
+            podlet_cni::nft::table_exists(fam.table(), table::TABLE).map_err(|source| {
+                NetpolError::Apply {
+                    family: fam.nft_name(),
+                    table: table::TABLE,
+                    what: "listing tables",
+                    source,
+                }
+            })?;
+        if exists {
+            let new: BTreeSet<IpAddr> = match had {
+                Some(h) => fresh.difference(h).copied().collect(),
+                None => fresh.clone(),
+            };
+            let mut w = table::Writer::new(fam);
+            w.add_pending(&new);
+            if w.messages == 0 {
+                continue;
+            }
+            match apply(nl, fam, w, "pending pods") {
+                Ok(()) => continue,
+                // A table of another layout (an older agent's): replaced below.
+                Err(e) => tracing::warn!("network policies: {}", crate::util::chain(&e)),
+            }
         }
-        let mut w = table::Writer::default();
-        w.add_pending(&new);
-        match apply(nl, w, "pending pods") {
-            Ok(()) => return Ok(()),
-            // A table of another layout (an older agent's): replaced below.
-            Err(e) => tracing::warn!("network policies: {}", crate::util::chain(&e)),
-        }
+        let mut w = table::Writer::new(fam);
+        w.full(&Wanted::pending_only(fresh), dns);
+        apply(nl, fam, w, "table for pending pods")?;
     }
-    let mut w = table::Writer::default();
-    w.full(&Wanted::pending_only(fresh), dns);
-    apply(nl, w, "table for pending pods")
+    Ok(())
 }
 
-fn apply(nl: &mut Session, w: table::Writer, what: &'static str) -> Result<(), NetpolError> {
+fn apply(
+    nl: &mut Session,
+    fam: Family,
+    w: table::Writer,
+    what: &'static str,
+) -> Result<(), NetpolError> {
     nl.send(&w.batch.finalize())
         .map_err(|source| NetpolError::Apply {
+            family: fam.nft_name(),
             table: table::TABLE,
             what,
             source,
         })
 }
 
-/// Bridged IPv4 traffic between pods of this node passes the IP hooks only with br_netfilter
-/// and `bridge-nf-call-iptables` on (per network namespace): loaded and turned on here.
-fn ensure_bridge_netfilter() {
-    if std::fs::metadata(BRIDGE_NF).is_err() {
+/// Bridged traffic between pods of this node passes the IP hooks only with br_netfilter and
+/// `bridge-nf-call-iptables` (IPv6: `-ip6tables`) on (per network namespace): loaded and
+/// turned on here.
+fn ensure_bridge_netfilter(knob: &str) {
+    if std::fs::metadata(knob).is_err() {
         match std::process::Command::new("modprobe")
             .arg("br_netfilter")
             .status()
@@ -359,13 +376,13 @@ fn ensure_bridge_netfilter() {
             Err(e) => tracing::warn!("running modprobe br_netfilter: {e}"),
         }
     }
-    match std::fs::read_to_string(BRIDGE_NF) {
+    match std::fs::read_to_string(knob) {
         Ok(v) if v.trim() == "1" => {}
-        Ok(_) => match std::fs::write(BRIDGE_NF, "1") {
-            Ok(()) => tracing::info!("turned on {BRIDGE_NF}: bridged pod traffic passes the network policy rules"),
-            Err(e) => tracing::error!("writing 1 to {BRIDGE_NF}: {e}: network policies do not apply between pods of this node"),
+        Ok(_) => match std::fs::write(knob, "1") {
+            Ok(()) => tracing::info!("turned on {knob}: bridged pod traffic passes the network policy rules"),
+            Err(e) => tracing::error!("writing 1 to {knob}: {e}: network policies do not apply between pods of this node"),
         },
-        Err(e) => tracing::error!("reading {BRIDGE_NF} (br_netfilter): {e}: network policies do not apply between pods of this node"),
+        Err(e) => tracing::error!("reading {knob} (br_netfilter): {e}: network policies do not apply between pods of this node"),
     }
 }
 
@@ -379,7 +396,7 @@ pub fn cleanup() -> std::io::Result<Vec<String>> {
     })?;
     Ok(if removed {
         vec![format!(
-            "the nftables table ip {} (network policies)",
+            "the nftables table {} (network policies; ip and ip6 where there were both)",
             table::TABLE
         )]
     } else {

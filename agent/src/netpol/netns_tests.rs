@@ -3,7 +3,7 @@
 //! incremental syncs and the pending table, and `nft` reads back the rules meant.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -19,10 +19,17 @@ fn pod(ns: &str, name: &str, app: &str, ip: [u8; 4], local: bool) -> Pod {
         name: name.into(),
         labels: [("app".to_string(), app.to_string())].into(),
         ports: vec![("http".into(), rules::TCP, 8080)],
-        ips: vec![Ipv4Addr::from(ip)],
+        // Dual-stack: fd00::<a>:<b>:<c>:<d> beside a.b.c.d.
+        ips: vec![Ipv4Addr::from(ip).into(), v6(ip).into()],
         local,
     }
 }
+
+fn v6([a, b, c, d]: [u8; 4]) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0, 0, 0, a.into(), b.into(), c.into(), d.into())
+}
+
+const BOTH: [Family; 2] = [Family::V4, Family::V6];
 
 fn policy(ns: &str, name: &str, spec: serde_json::Value) -> Arc<NetworkPolicy> {
     Arc::new(
@@ -52,7 +59,7 @@ fn full_incremental_and_pending_syncs_and_cleanup() {
     let Some(ns) = Netns::new("netpol") else {
         return;
     };
-    let dns = [Ipv4Addr::new(10, 96, 0, 10)];
+    let dns = [IpAddr::from([10, 96, 0, 10])];
     let mut nl = Session::default();
     let policies = vec![
         policy(
@@ -62,7 +69,8 @@ fn full_incremental_and_pending_syncs_and_cleanup() {
             "policyTypes": ["Ingress", "Egress"],
             "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}},
                                   {"namespaceSelector": {"matchLabels": {"team": "x"}}, "podSelector": {}},
-                                  {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.9.0.0/16"]}}],
+                                  {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.9.0.0/16"]}},
+                                  {"ipBlock": {"cidr": "2001:db8::/32"}}],
                          "ports": [{"port": "http"}, {"port": 9000, "endPort": 9100}, {"protocol": "UDP"}]}],
             "egress": [{"ports": [{"port": 53, "protocol": "UDP"}]}, {"to": [{"podSelector": {}}]}]}),
         ),
@@ -74,9 +82,9 @@ fn full_incremental_and_pending_syncs_and_cleanup() {
         pod("b", "other", "web", [10, 244, 1, 4], true),
     ];
     let w = wanted(&pods, &policies);
-    ns.run(|| sync(&mut nl, None, &w, &dns)).unwrap();
+    ns.run(|| sync(&mut nl, &BOTH, None, &w, &dns)).unwrap();
     // Twice: a full sync replaces the table whether or not it is there.
-    ns.run(|| sync(&mut nl, None, &w, &dns)).unwrap();
+    ns.run(|| sync(&mut nl, &BOTH, None, &w, &dns)).unwrap();
     let l = ns.nft_list(table::TABLE);
     for want in [
         "ct state established,related accept",
@@ -100,6 +108,23 @@ fn full_incremental_and_pending_syncs_and_cleanup() {
     ] {
         assert!(l.contains(want), "{want:?} not in\n{l}");
     }
+    assert!(!l.contains("fd00::") && !l.contains("2001:db8"), "{l}");
+    // The same layout in ip6, with the IPv6 addresses and block, and neighbour discovery.
+    let l6 = ns.nft_list_family("ip6", table::TABLE);
+    for want in [
+        "icmpv6 type 133-136 accept",
+        "ip6 daddr @ingress-isolated jump ingress",
+        "ip6 daddr . meta l4proto . th dport @in-port:a/web:0:0 jump in:a/web:0",
+        "ip6 saddr 2001:db8::/32 accept",
+        "fd00::a:f4:1:2 . tcp . 8080",
+        "fd00::a:f4:1:4",
+    ] {
+        assert!(l6.contains(want), "{want:?} not in\n{l6}");
+    }
+    assert!(
+        !l6.contains("10.244.") && !l6.contains("10.0.0.0/8"),
+        "{l6}"
+    );
 
     // Pods come and go: set elements only (the same layout).
     let mut pods2 = pods.clone();
@@ -108,7 +133,8 @@ fn full_incremental_and_pending_syncs_and_cleanup() {
     pods2.remove(2);
     let w2 = wanted(&pods2, &policies);
     assert!(rules::diff(&w, &w2).is_some_and(|d| !d.is_empty()));
-    ns.run(|| sync(&mut nl, Some(&w), &w2, &dns)).unwrap();
+    ns.run(|| sync(&mut nl, &BOTH, Some(&w), &w2, &dns))
+        .unwrap();
     let l = ns.nft_list(table::TABLE);
     assert!(
         l.contains("10.244.2.9") && l.contains("10.244.1.7 . tcp . 8080"),
@@ -118,10 +144,16 @@ fn full_incremental_and_pending_syncs_and_cleanup() {
         !l.contains("10.244.1.4"),
         "a gone pod's address stays:\n{l}"
     );
+    let l6 = ns.nft_list_family("ip6", table::TABLE);
+    assert!(
+        l6.contains("fd00::a:f4:2:9") && !l6.contains("fd00::a:f4:1:4"),
+        "{l6}"
+    );
 
     // A policy change: a new layout, in one transaction.
     let w3 = wanted(&pods2, &policies[1..]);
-    ns.run(|| sync(&mut nl, Some(&w2), &w3, &dns)).unwrap();
+    ns.run(|| sync(&mut nl, &BOTH, Some(&w2), &w3, &dns))
+        .unwrap();
     let l = ns.nft_list(table::TABLE);
     assert!(
         !l.contains("in:a/web") && l.contains("in-targets:b/deny"),
@@ -129,8 +161,9 @@ fn full_incremental_and_pending_syncs_and_cleanup() {
     );
 
     // Before a first sync the table is kept and new pods go into `pending`.
-    let fresh: BTreeSet<Ipv4Addr> = [Ipv4Addr::new(10, 244, 1, 30)].into();
-    ns.run(|| sync_pending(&mut nl, None, &fresh, &dns))
+    let fresh: BTreeSet<IpAddr> =
+        [IpAddr::from([10, 244, 1, 30]), v6([10, 244, 1, 30]).into()].into();
+    ns.run(|| sync_pending(&mut nl, &BOTH, None, &fresh, &dns))
         .unwrap();
     let l = ns.nft_list(table::TABLE);
     assert!(
@@ -138,9 +171,12 @@ fn full_incremental_and_pending_syncs_and_cleanup() {
         "{l}"
     );
     ns.run(cleanup).unwrap();
-    ns.run(|| sync_pending(&mut nl, None, &fresh, &dns))
+    ns.run(|| sync_pending(&mut nl, &BOTH, None, &fresh, &dns))
         .unwrap();
     assert!(ns.nft_list(table::TABLE).contains("10.244.1.30"));
+    assert!(ns
+        .nft_list_family("ip6", table::TABLE)
+        .contains("fd00::a:f4:1:1e"));
 
     let removed = ns.run(cleanup).unwrap();
     assert_eq!(removed.len(), 1, "{removed:?}");

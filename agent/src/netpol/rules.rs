@@ -11,7 +11,7 @@
 //! pods are isolated here: every node enforces ingress and egress for its own pods.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
@@ -42,8 +42,9 @@ pub struct Pod {
     pub name: String,
     pub labels: Labels,
     pub ports: Vec<NamedPort>,
-    /// Its IPv4 addresses; none for host-network pods, finished ones, or pods without one yet.
-    pub ips: Vec<Ipv4Addr>,
+    /// Its addresses (both families of a dual-stack pod); none for host-network pods,
+    /// finished ones, or pods without one yet.
+    pub ips: Vec<IpAddr>,
     /// Runs on this node (its policies are enforced here).
     pub local: bool,
 }
@@ -77,8 +78,8 @@ pub enum PortMatch {
     Named(String),
 }
 
-/// An IPv4 network: address (host bits clear) and prefix length.
-pub type Net = (Ipv4Addr, u8);
+/// A network: address (host bits clear) and prefix length.
+pub type Net = (IpAddr, u8);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Block {
@@ -110,9 +111,9 @@ pub struct Policy {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Elem {
-    Addr(Ipv4Addr),
+    Addr(IpAddr),
     /// `daddr . proto . dport`.
-    AddrPort(Ipv4Addr, u8, u16),
+    AddrPort(IpAddr, u8, u16),
 }
 
 /// The whole wanted state: a layout (equal layouts differ in set elements only) and every
@@ -125,7 +126,7 @@ pub struct Wanted {
 
 impl Wanted {
     /// No policy: only new local pods waiting for the first sync, dropped.
-    pub fn pending_only(pending: &BTreeSet<Ipv4Addr>) -> Wanted {
+    pub fn pending_only(pending: &BTreeSet<IpAddr>) -> Wanted {
         let mut w = Wanted::default();
         for s in [INGRESS_ISOLATED, EGRESS_ISOLATED, PENDING] {
             w.sets.insert(s.into(), BTreeSet::new());
@@ -273,16 +274,14 @@ fn add_policy(
         let mut selects_pods = false;
         for (j, peer) in peers.iter().copied().flatten().enumerate() {
             if let Some(b) = &peer.ip_block {
-                // IPv6 blocks do not apply: pods and this table are IPv4.
-                if let Some((IpAddr::V4(a), len)) = k8s_rules::netpol::parse_cidr(&b.cidr) {
+                // A block applies to its family's table only (see table.rs).
+                if let Some((a, len)) = k8s_rules::netpol::parse_cidr(&b.cidr) {
                     let except = b
                         .except
                         .iter()
                         .flatten()
-                        .filter_map(|e| match k8s_rules::netpol::parse_cidr(e) {
-                            Some((IpAddr::V4(x), l)) => Some((x, l)),
-                            _ => None,
-                        })
+                        .filter_map(|e| k8s_rules::netpol::parse_cidr(e))
+                        .filter(|(x, _)| x.is_ipv4() == a.is_ipv4())
                         .collect();
                     rule.blocks.push(Block {
                         chain: format!("{d}:{tag}:{i}:b{j}"),

@@ -2,7 +2,7 @@
 //! peers, how ports match, and which changes are only set elements.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::*;
 
-fn ip(s: &str) -> Ipv4Addr {
+fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
@@ -228,14 +228,22 @@ fn ip_blocks_and_empty_rules() {
     assert_eq!(ing.targets, "in-targets:a/p");
     let r = &ing.rules[0];
     assert!(r.peers.is_none() && !r.all_peers);
-    // IPv6 blocks and excepts do not apply to this IPv4 table.
+    // Each block keeps the excepts of its own family (the other's cannot be inside it); an
+    // IPv6 block is written into the ip6 table only.
     assert_eq!(
         r.blocks,
-        [Block {
-            chain: "in:a/p:0:b0".into(),
-            cidr: (ip("10.0.0.0"), 8),
-            except: vec![(ip("10.1.0.0"), 16)],
-        }]
+        [
+            Block {
+                chain: "in:a/p:0:b0".into(),
+                cidr: (ip("10.0.0.0"), 8),
+                except: vec![(ip("10.1.0.0"), 16)],
+            },
+            Block {
+                chain: "in:a/p:0:b1".into(),
+                cidr: (ip("fd00::"), 8),
+                except: vec![],
+            }
+        ]
     );
     // No `from`: every peer; no ports: every port.
     let all = &ing.rules[1];

@@ -1,6 +1,8 @@
-//! Writes a [`Wanted`] state into the table `ip podlet-netpol` as one netlink batch: the whole
-//! table (a full sync: a new layout, in the same transaction that deletes the old one) or only
-//! set elements (an incremental one: pods came, went or were relabelled).
+//! Writes a [`Wanted`] state into the table `ip podlet-netpol` (and, where pods have IPv6
+//! addresses, `ip6 podlet-netpol`: the same layout, with the sets' IPv6 elements and the IPv6
+//! ipBlocks) as one netlink batch per table: the whole table (a full sync: a new layout, in the
+//! same transaction that deletes the old one) or only set elements (an incremental one: pods
+//! came, went or were relabelled). Each table takes the elements of its family only.
 //!
 //! ```text
 //! forward-egress  (filter forward -1): ct state established,related accept
@@ -22,16 +24,17 @@
 //! ```
 //!
 //! An accept ends one base chain only: a packet between two pods of this node passes the
-//! egress chain of its source and then the ingress chain of its destination.
+//! egress chain of its source and then the ingress chain of its destination. In `ip6`,
+//! neighbour discovery (ICMPv6 133–136) is accepted first: without it no IPv6 packet reaches
+//! an isolated pod at all, and no policy can name it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use podlet_cni::nft::expr::*;
-use podlet_cni::nft::{
-    Batch, Chain, ChainType, Hook, MsgType, ProtoFamily, RawSet, SetSpec, Table,
-};
+use podlet_cni::nft::family::{addr_bytes, addr_proto_port_key, Family};
+use podlet_cni::nft::{Batch, Chain, ChainType, Hook, MsgType, RawSet, SetSpec, Table};
 
 use super::rules::{
     Changes, Dir, Elem, Net, Policy, PortMatch, Wanted, EGRESS_ISOLATED, INGRESS_ISOLATED, PENDING,
@@ -40,7 +43,6 @@ use super::rules::{
 
 pub const TABLE: &str = "podlet-netpol";
 const TABLE_C: &std::ffi::CStr = c"podlet-netpol";
-const FAMILY: ProtoFamily = ProtoFamily::Ipv4;
 /// Elements per NEWSETELEM message (well under the 64 KiB message limit).
 const ELEMS_PER_MSG: usize = 256;
 
@@ -55,29 +57,39 @@ pub fn is_port_set(name: &str) -> bool {
 
 fn key(e: &Elem) -> Vec<u8> {
     match e {
-        Elem::Addr(a) => a.octets().to_vec(),
-        Elem::AddrPort(a, p, n) => ipv4_proto_port_key(*a, *p, *n).to_vec(),
+        Elem::Addr(a) => addr_bytes(*a),
+        Elem::AddrPort(a, p, n) => addr_proto_port_key(*a, *p, *n),
     }
 }
 
-/// One batch being built, with the batch-local ids of the sets it creates.
+fn family_of(e: &Elem) -> Family {
+    match e {
+        Elem::Addr(a) | Elem::AddrPort(a, _, _) => Family::of(*a),
+    }
+}
+
+/// One batch being built for one family's table, with the batch-local ids of the sets it
+/// creates.
 pub struct Writer {
     pub batch: Batch,
     table: Table,
+    family: Family,
     ids: BTreeMap<String, u32>,
-}
-
-impl Default for Writer {
-    fn default() -> Self {
-        Writer {
-            batch: Batch::new(),
-            table: Table::new(TABLE_C, FAMILY),
-            ids: BTreeMap::new(),
-        }
-    }
+    /// Messages added: an incremental sync with nothing for this family sends nothing.
+    pub messages: usize,
 }
 
 impl Writer {
+    pub fn new(family: Family) -> Writer {
+        Writer {
+            batch: Batch::new(),
+            table: Table::new(TABLE_C, family.table()),
+            family,
+            ids: BTreeMap::new(),
+            messages: 0,
+        }
+    }
+
     fn chain(&mut self, name: &str) {
         let c = Chain::new(cs(name), &self.table);
         self.batch.add(&c, MsgType::Add);
@@ -102,24 +114,21 @@ impl Writer {
 
     fn set(&mut self, name: &str) {
         let id = self.ids.len() as u32 + 1;
-        let spec = if is_port_set(name) {
-            SetSpec {
-                key_type: IPV4_PROTO_PORT_TYPE,
-                key_len: IPV4_PROTO_PORT_LEN,
-                flags: 0,
-                data_type: None,
-                udata: None,
-            }
+        let fam = self.family;
+        let (key_type, key_len) = if is_port_set(name) {
+            let (t, l, _, _) = fam.addr_proto_port();
+            (t, l)
         } else {
-            SetSpec {
-                key_type: TYPE_IPADDR,
-                key_len: 4,
-                flags: 0,
-                data_type: None,
-                udata: None,
-            }
+            (fam.addr_type(), fam.addr_len())
         };
-        let s = RawSet::new(TABLE_C, FAMILY, name, id).with_spec(&spec);
+        let spec = SetSpec {
+            key_type,
+            key_len,
+            flags: 0,
+            data_type: None,
+            udata: None,
+        };
+        let s = RawSet::new(TABLE_C, fam.table(), name, id).with_spec(&spec);
         self.batch.add(&s.as_set(), MsgType::Add);
         self.ids.insert(name.to_string(), id);
     }
@@ -129,26 +138,30 @@ impl Writer {
         lookup_in(set, self.ids.get(set).copied().unwrap_or(0), reg, false)
     }
 
-    /// `elems` into (Add) or out of (Del) set `name`.
+    /// `elems` of this table's family into (Add) or out of (Del) set `name`.
     pub fn elems<'a>(
         &mut self,
         name: &str,
         elems: impl IntoIterator<Item = &'a Elem>,
         op: MsgType,
     ) {
-        let all: Vec<&Elem> = elems.into_iter().collect();
+        let fam = self.family;
+        let all: Vec<&Elem> = elems.into_iter().filter(|e| family_of(e) == fam).collect();
         for chunk in all.chunks(ELEMS_PER_MSG) {
-            let mut s = RawSet::new(TABLE_C, FAMILY, name, 0);
+            let mut s = RawSet::new(TABLE_C, fam.table(), name, 0);
             for e in chunk {
                 s.add(&key(e), None);
             }
             self.batch.add(&s.as_elems(), op);
+            self.messages += 1;
         }
     }
 
     /// The whole table, replacing what is there in the same transaction (`add; delete; add`
     /// works whether or not it exists): no moment without rules.
-    pub fn full(&mut self, want: &Wanted, dns: &[Ipv4Addr]) {
+    pub fn full(&mut self, want: &Wanted, dns: &[IpAddr]) {
+        let fam = self.family;
+        self.messages += 1;
         self.batch.add(&self.table, MsgType::Add);
         self.batch.add(&self.table, MsgType::Del);
         self.batch.add(&self.table, MsgType::Add);
@@ -183,24 +196,32 @@ impl Writer {
                 verdict(NFT_JUMP, Some(chain)),
             ]
         };
-        let fwd_eg = vec![
-            accept_est(),
-            pending(ip_saddr(NFT_REG_1), self),
-            isolated(ip_saddr(NFT_REG_1), EGRESS_ISOLATED, "egress", self),
-        ];
-        let fwd_in = vec![
-            accept_est(),
-            pending(ip_daddr(NFT_REG_1), self),
-            isolated(ip_daddr(NFT_REG_1), INGRESS_ISOLATED, "ingress", self),
-        ];
-        let mut in_eg = vec![accept_est(), pending(ip_saddr(NFT_REG_1), self)];
+        let first = || {
+            let mut f = vec![accept_est()];
+            if fam == Family::V6 {
+                f.push(neighbour_discovery());
+            }
+            f
+        };
+        let mut fwd_eg = first();
+        fwd_eg.extend([
+            pending(fam.saddr(NFT_REG_1), self),
+            isolated(fam.saddr(NFT_REG_1), EGRESS_ISOLATED, "egress", self),
+        ]);
+        let mut fwd_in = first();
+        fwd_in.extend([
+            pending(fam.daddr(NFT_REG_1), self),
+            isolated(fam.daddr(NFT_REG_1), INGRESS_ISOLATED, "ingress", self),
+        ]);
+        let mut in_eg = first();
+        in_eg.push(pending(fam.saddr(NFT_REG_1), self));
         // The cluster DNS server is the agent itself, on this node: no pod selector could
         // name it, so a pod's DNS queries to it pass (as the node's own traffic would).
-        for a in dns {
+        for a in dns.iter().filter(|a| fam.has(**a)) {
             for proto in [UDP, TCP] {
                 in_eg.push(vec![
-                    ip_daddr(NFT_REG_1),
-                    cmp(NFT_CMP_EQ, NFT_REG_1, &a.octets()),
+                    fam.daddr(NFT_REG_1),
+                    cmp(NFT_CMP_EQ, NFT_REG_1, &addr_bytes(*a)),
                     meta_load(NFT_META_L4PROTO, NFT_REG_1),
                     cmp(NFT_CMP_EQ, NFT_REG_1, &[proto]),
                     th_dport(NFT_REG_1),
@@ -210,7 +231,7 @@ impl Writer {
             }
         }
         in_eg.push(isolated(
-            ip_saddr(NFT_REG_1),
+            fam.saddr(NFT_REG_1),
             EGRESS_ISOLATED,
             "egress",
             self,
@@ -222,15 +243,15 @@ impl Writer {
         for dir in [Dir::Ingress, Dir::Egress] {
             let mine: Vec<&Policy> = want.policies.iter().filter(|p| p.dir == dir).collect();
             let (chain, own) = match dir {
-                Dir::Ingress => ("ingress", ip_daddr as fn(u32) -> Expr),
-                Dir::Egress => ("egress", ip_saddr as fn(u32) -> Expr),
+                Dir::Ingress => ("ingress", fam.daddr(NFT_REG_1)),
+                Dir::Egress => ("egress", fam.saddr(NFT_REG_1)),
             };
             let mut dispatch: Vec<Vec<Expr>> = mine
                 .iter()
                 .filter(|p| !p.rules.is_empty())
                 .map(|p| {
                     vec![
-                        own(NFT_REG_1),
+                        own.clone(),
                         self.lookup(&p.targets, NFT_REG_1),
                         verdict(NFT_JUMP, Some(&p.chain)),
                     ]
@@ -248,10 +269,11 @@ impl Writer {
     }
 
     fn policy(&mut self, p: &Policy) {
+        let fam = self.family;
         // The peer is the source of ingress, the destination of egress.
-        let peer = match p.dir {
-            Dir::Ingress => ip_saddr as fn(u32) -> Expr,
-            Dir::Egress => ip_daddr as fn(u32) -> Expr,
+        let peer = |reg| match p.dir {
+            Dir::Ingress => fam.saddr(reg),
+            Dir::Egress => fam.daddr(reg),
         };
         let mut by_port = Vec::new();
         for r in &p.rules {
@@ -276,12 +298,21 @@ impl Writer {
             }
             for b in &r.blocks {
                 peers.push(vec![verdict(NFT_JUMP, Some(&b.chain))]);
+                // A block of the other family stays empty here: it matches nothing.
+                if !fam.has(b.cidr.0) {
+                    continue;
+                }
                 let mut block: Vec<Vec<Expr>> = b
                     .except
                     .iter()
-                    .map(|x| in_net(peer(NFT_REG_1), *x, verdict(NFT_RETURN, None)))
+                    .map(|x| in_net(fam, peer(NFT_REG_1), *x, verdict(NFT_RETURN, None)))
                     .collect();
-                block.push(in_net(peer(NFT_REG_1), b.cidr, verdict(NF_ACCEPT, None)));
+                block.push(in_net(
+                    fam,
+                    peer(NFT_REG_1),
+                    b.cidr,
+                    verdict(NF_ACCEPT, None),
+                ));
                 self.rules(&b.chain, &block);
             }
             self.rules(&r.chain, &peers);
@@ -312,12 +343,15 @@ impl Writer {
                 e.push(cmp(NFT_CMP_LTE, NFT_REG_1, &hi.to_be_bytes()));
                 e
             }
-            PortMatch::Named(set) => vec![
-                ip_daddr(NFT_REG32_00),
-                meta_load(NFT_META_L4PROTO, NFT_REG32_01),
-                th_dport(NFT_REG32_02),
-                self.lookup(set, NFT_REG32_00),
-            ],
+            PortMatch::Named(set) => {
+                let (_, _, proto_reg, port_reg) = self.family.addr_proto_port();
+                vec![
+                    self.family.daddr(NFT_REG32_00),
+                    meta_load(NFT_META_L4PROTO, proto_reg),
+                    th_dport(port_reg),
+                    self.lookup(set, NFT_REG32_00),
+                ]
+            }
         }
     }
 
@@ -332,16 +366,30 @@ impl Writer {
     }
 
     /// Adds addresses to the `pending` set of a table that is there.
-    pub fn add_pending(&mut self, ips: &BTreeSet<Ipv4Addr>) {
+    pub fn add_pending(&mut self, ips: &BTreeSet<IpAddr>) {
         let elems: Vec<Elem> = ips.iter().map(|a| Elem::Addr(*a)).collect();
         self.elems(PENDING, &elems, MsgType::Add);
     }
 }
 
 /// `<addr> & mask == net <verdict>`.
-fn in_net(load: Expr, (addr, len): Net, then: Expr) -> Vec<Expr> {
-    let net = ipnetwork::Ipv4Network::new(addr, len).expect("a prefix length of at most 32");
-    let mut e = ipv4_in_net(load, net, NFT_CMP_EQ);
+fn in_net(fam: Family, load: Expr, (addr, len): Net, then: Expr) -> Vec<Expr> {
+    let net = ipnetwork::IpNetwork::new(addr, len).expect("a prefix length the parser checked");
+    let mut e = fam.in_net(load, net, NFT_CMP_EQ);
     e.push(then);
     e
+}
+
+/// `meta l4proto ipv6-icmp icmpv6 type 133-136 accept`: router and neighbour solicitations
+/// and advertisements.
+fn neighbour_discovery() -> Vec<Expr> {
+    const IPPROTO_ICMPV6: u8 = 58;
+    vec![
+        meta_load(NFT_META_L4PROTO, NFT_REG_1),
+        cmp(NFT_CMP_EQ, NFT_REG_1, &[IPPROTO_ICMPV6]),
+        transport_payload(0, 1, NFT_REG_1),
+        cmp(NFT_CMP_GTE, NFT_REG_1, &[133]),
+        cmp(NFT_CMP_LTE, NFT_REG_1, &[136]),
+        verdict(NF_ACCEPT, None),
+    ]
 }

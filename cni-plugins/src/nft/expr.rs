@@ -169,6 +169,11 @@ pub fn network_payload(offset: u32, len: u32, dreg: u32) -> Expr {
     payload(NFT_PAYLOAD_NETWORK_HEADER, offset, len, dreg)
 }
 
+/// `[ payload load <len>b @ transport header + <offset> => reg <dreg> ]`
+pub fn transport_payload(offset: u32, len: u32, dreg: u32) -> Expr {
+    payload(NFT_PAYLOAD_TRANSPORT_HEADER, offset, len, dreg)
+}
+
 pub fn ip_saddr(dreg: u32) -> Expr {
     payload(NFT_PAYLOAD_NETWORK_HEADER, 12, 4, dreg)
 }

@@ -14,6 +14,7 @@ use nftnl::nftnl_sys as sys;
 use nftnl::{FinalizedBatch, MsgType, NlMsg, ProtoFamily, Rule};
 
 /// One attribute value of an expression.
+#[derive(Clone)]
 enum Attr {
     U8(u8),
     U32(u32),
@@ -24,6 +25,7 @@ enum Attr {
 
 /// Any libnftnl expression: its name (`payload`, `lookup`, `nat`, …) and attributes
 /// (`NFTNL_EXPR_*`). The constructors in `expr.rs` each build one `nft --debug=netlink` line.
+#[derive(Clone)]
 pub struct Expr {
     name: &'static CStr,
     attrs: Vec<(u16, Attr)>,

@@ -315,6 +315,13 @@ pub fn list_tables() -> io::Result<Vec<String>> {
     Ok(names)
 }
 
+/// Whether table `name` exists in family `family`.
+pub fn table_exists(family: ProtoFamily, name: &str) -> io::Result<bool> {
+    Ok(tables()?
+        .iter()
+        .any(|(f, n)| *f == family as u32 && n == name))
+}
+
 /// (family, name) of every table. A dump that a concurrent change interrupts (EINTR) is
 /// started again, as nft does.
 fn tables() -> io::Result<Vec<(u32, String)>> {
