@@ -13,7 +13,7 @@ nodes: node 1 holds the control plane, node 2 only proxies).
   against kube-proxy's partial `iptables-restore --noflush` (KUBE-SERVICES rewritten, the
   service's chains replaced) and its `nft -f` transaction, each on top of the full rule set;
 - end to end: from the PATCH of an EndpointSlice sent to the apiserver to the new endpoint's
-  chain in node 2's kernel (`nft monitor` there), p50/p99;
+  chain in node 2's kernel (nftables' change notifications there), p50/p99;
 - first packet: TCP connects (2,000) to the first and the last service's ClusterIP through
   podlet's rules (read back from node 2's kernel) and through kube-proxy's iptables rules
   (KUBE-SERVICES is a list: the last service is its worst case), each loaded into a fresh
@@ -361,45 +361,63 @@ def first_packet(env, ips):
     return res
 
 
+# Listens to nftables' change notifications in node 2 (NFNLGRP_NFTABLES) and prints the
+# wall-clock time and name of every chain made. `nft monitor` would do, but it first reads the
+# whole ruleset (minutes at 10,000 services); this only listens.
+LISTENER = r"""
+import socket, struct, sys, time
+NETLINK_NETFILTER, NFNLGRP_NFTABLES = 12, 7
+NFT_MSG_NEWCHAIN, NFTA_CHAIN_NAME = 3, 3
+s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+s.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)  # SO_RCVBUFFORCE: bursts of a full sync
+s.bind((0, 1 << (NFNLGRP_NFTABLES - 1)))
+print("ready", flush=True)
+while True:
+    data = s.recv(1 << 20)
+    t = time.time()
+    off = 0
+    while off + 16 <= len(data):
+        ln, ty = struct.unpack_from("=IH", data, off)
+        if ln < 16:
+            break
+        if ty == (10 << 8) | NFT_MSG_NEWCHAIN:
+            a = off + 20
+            while a + 4 <= off + ln:
+                alen, atype = struct.unpack_from("=HH", data, a)
+                if alen < 4:
+                    break
+                if atype & 0x7fff == NFTA_CHAIN_NAME:
+                    name = data[a + 4:a + alen].split(b"\0")[0].decode()
+                    print(f"{t} {name}", flush=True)
+                a += (alen + 3) & ~3
+        off += (ln + 3) & ~3
+"""
+
+
 class Monitor:
-    """`nft monitor` in node 2: when each new endpoint chain appears (wall clock)."""
+    """Node 2's nftables notifications: when each new endpoint chain appears (wall clock)."""
 
     def __init__(self, env):
-        self.err = tempfile.TemporaryFile("w+")
-        self.p = subprocess.Popen(["nsenter", "-t", pid(env, "n2"), "-n", "--", "nft", "monitor",
-                                   "chains"], stdout=subprocess.PIPE,
-                                  stderr=self.err, text=True)
+        self.p = subprocess.Popen(["nsenter", "-t", pid(env, "n2"), "-n", "--", "python3", "-c",
+                                   LISTENER], stdout=subprocess.PIPE, text=True)
+        if self.p.stdout.readline().strip() != "ready":
+            sys.exit("the nftables listener in node 2 did not start")
         self.q = queue.Queue()
         threading.Thread(target=self.read, daemon=True).start()
-        # nft reads the whole ruleset before it listens (seconds at 10k services): it is
-        # ready once it reports a chain made for the purpose in a table of the bench's own.
-        end = time.time() + 120
-        while time.time() < end:
-            in_n2(env, "nft", "add table ip podlet-bench-probe; add chain ip podlet-bench-probe c")
-            try:
-                self.wait_for("podlet-bench-probe", timeout=2)
-                break
-            except SystemExit:
-                in_n2(env, "nft", "delete", "table", "ip", "podlet-bench-probe")
-        else:
-            self.p.kill()
-            self.p.wait()
-            self.err.seek(0)
-            sys.exit(f"nft monitor in node 2 never came up: {self.err.read()[-2000:]}")
-        in_n2(env, "nft", "delete", "table", "ip", "podlet-bench-probe")
 
     def read(self):
         for line in self.p.stdout:
-            self.q.put((time.time(), line))
+            t, name = line.split(" ", 1)
+            self.q.put((float(t), name))
 
     def wait_for(self, needle, timeout=60):
         end = time.time() + timeout
         while time.time() < end:
             try:
-                t, line = self.q.get(timeout=1)
+                t, name = self.q.get(timeout=1)
             except queue.Empty:
                 continue
-            if line.startswith("add chain") and needle in line:
+            if needle in name:
                 return t
         sys.exit(f"no chain {needle} in node 2's kernel after {timeout} s")
 
@@ -443,13 +461,7 @@ def end_to_end(env, changes):
         f.flush()
         p = subprocess.Popen(["nsenter", "-t", pid(env, "n1"), "-n", "--", "python3", "-c", PATCHER,
                               f.name], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        try:
-            mon = Monitor(env)
-        except SystemExit as e:
-            # nft monitor reads the whole ruleset first, slowly at 10k services: the changes
-            # are still made (for the sync histogram), without their latency.
-            print(f"  (no PATCH→kernel figures: {e})", file=sys.stderr, flush=True)
-            mon = None
+        mon = Monitor(env)
         lat = []
         try:
             for k, i in enumerate(changes):
@@ -458,15 +470,11 @@ def end_to_end(env, changes):
                 p.stdin.write(f"svc-{i}-1 {body}\n")
                 p.stdin.flush()
                 sent = float(p.stdout.readline())
-                if mon is None:
-                    time.sleep(1)
-                    continue
                 got = mon.wait_for(f"__{new}/8080")
                 lat.append(got - sent)
                 time.sleep(0.1)
         finally:
-            if mon is not None:
-                mon.close()
+            mon.close()
             p.stdin.close()
             p.wait()
     return lat
