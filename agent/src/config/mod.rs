@@ -317,7 +317,13 @@ impl Config {
         };
         let dual = |flag: &'static str, v: Option<String>, default: &str| {
             let v = v.unwrap_or_else(|| default.into());
-            parsed(flag, k8s_rules::cidrs::DualStackCidrs::parse(flag, &v))
+            // Its messages name the flag already.
+            let r = k8s_rules::cidrs::DualStackCidrs::parse(flag, &v).map_err(|e| {
+                e.strip_prefix(&format!("--{flag}: "))
+                    .map(String::from)
+                    .unwrap_or(e)
+            });
+            parsed(flag, r)
         };
         // Standalone, there is no Node to take the range from. One of each family for a
         // dual-stack default network (a Node's `spec.podCIDRs`, primary first).
