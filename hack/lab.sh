@@ -13,6 +13,9 @@
 # bootstrap token. Nothing touches the machine's own network namespace.
 #   LAB_DIR (default /tmp/podlet-lab), PODLET (default target/debug/podlet),
 #   KUBECTL (default kubectl, else the google-cloud-sdk kubectl 1.33), BACKEND (--network-backend).
+#   LAB_DUAL_STACK=1 (at `up`): dual-stack pods, --cluster-cidr 10.244.0.0/16,fd00:10:244::/56 and
+#   --service-cluster-ip-range 10.96.0.0/12,fd00:10:96::/112; the nodes and the switch also get
+#   fd00:200:<s>::<10+i>/64 (the switch ::1), so pods' IPv6 traffic can leave the cluster.
 # The nodes' --resolv-conf names 10.200.1.1 (the switch), so the cluster DNS forwards there.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -45,6 +48,9 @@ start_agent() {
     --manifest-dir "$d/manifests" --cni-conf-dir "$d/cni/net.d" --cni-bin-dir "$d/cni/bin"
     --cni-cache-dir "$d/cni/cache" --eviction-hard= --resolv-conf "$lab/resolv.conf")
   [ -z "${BACKEND:-}" ] || args+=(--network-backend "$BACKEND")
+  # Kept in the lab dir, so that `restart` repeats it without the variable.
+  [ ! -e "$lab/dual-stack" ] || args+=(--cluster-cidr 10.244.0.0/16,fd00:10:244::/56
+    --service-cluster-ip-range 10.96.0.0/12,fd00:10:96::/112)
   if [ "$i" = 1 ]; then
     args+=(--apiserver-listen "$ip:6443" --admin-kubeconfig "$lab/admin.kubeconfig")
   else
@@ -77,18 +83,22 @@ up() {
   [ -x "$podlet" ] || { echo "no podlet at $podlet (cargo build -p podlet -p podlet-cni)" >&2; exit 1; }
   read -r -a subnets <<< "${SUBNETS:-}"
   mkdir -p "$lab"
+  local dual=
+  [ "${LAB_DUAL_STACK:-0}" = 0 ] || { dual=1; touch "$lab/dual-stack"; }
   bash "$here/hack/busybox-image.sh" "$lab/busybox.tar" >/dev/null
   # The nodes' upstream resolver is the switch (where a bench may run one), never the machine's.
   echo "nameserver 10.200.1.1" > "$lab/resolv.conf"
   hold switch --net
   in_switch ip link set lo up
   in_switch sh -c 'echo 1 > /proc/sys/net/ipv4/ip_forward'
+  [ -z "$dual" ] || in_switch sh -c 'echo 1 > /proc/sys/net/ipv6/conf/all/forwarding'
   local i s ip
   for i in $(seq 1 "$n"); do
     s=${subnets[$((i - 1))]:-1}
     if ! in_switch ip link show "br$s" >/dev/null 2>&1; then
       in_switch ip link add "br$s" type bridge
       in_switch ip addr add "10.200.$s.1/24" dev "br$s"
+      [ -z "$dual" ] || in_switch ip addr add "fd00:200:$s::1/64" dev "br$s" nodad
       in_switch ip link set "br$s" up
     fi
     ip=10.200.$s.$((10 + i))
@@ -103,6 +113,10 @@ up() {
     in_node "$i" ip addr add "$ip/24" dev eth0
     in_node "$i" ip link set eth0 up
     in_node "$i" ip route add default via "10.200.$s.1"
+    if [ -n "$dual" ]; then
+      in_node "$i" ip addr add "fd00:200:$s::$((10 + i))/64" dev eth0 nodad
+      in_node "$i" ip -6 route add default via "fd00:200:$s::1"
+    fi
     in_node "$i" "$podlet" --root-dir "$d/root" --run-dir "$d/run" --log-dir "$d/logs" \
       image import "$lab/busybox.tar" >/dev/null
     start_agent "$i"
@@ -165,5 +179,5 @@ case "${1:-}" in
     in_node "$i" "$podlet" --root-dir "$lab/n$i/root" --run-dir "$lab/n$i/run" --log-dir "$lab/n$i/logs" "$@" ;;
   restart) shift; restart "$1" ;;
   down) down ;;
-  *) sed -n '2,16p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,19p' "$0" >&2; exit 2 ;;
 esac

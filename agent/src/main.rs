@@ -539,6 +539,7 @@ async fn agent(cfg: Config) -> Result<()> {
             &cfg,
             &info.exe,
             overlay::pod_mtu(&cfg, info.host_ip).await,
+            info.host_ip,
         )?),
         userns: pod::userns::Allocator::open(&cfg.root_dir.join("userns.json"))?,
         netpol: Arc::default(),

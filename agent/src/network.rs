@@ -59,6 +59,8 @@ pub struct Network {
     loopback: NetworkList,
     /// The Node whose podCIDR the default network waits for, until it is written.
     waiting: std::sync::Mutex<Option<String>>,
+    /// Whose family comes first in a pod's addresses.
+    node_ip: Option<IpAddr>,
 }
 
 /// Where podlet's own plugin binaries are: beside the podlet binary, or in
@@ -70,12 +72,25 @@ fn own_plugins(exe: &Path) -> Option<PathBuf> {
         .find(|d| PLUGINS.iter().all(|p| d.join(p).is_file()))
 }
 
-/// podlet's default network. No `ipMasq`: the bridge plugin's rule would masquerade pod
-/// traffic to other nodes' pods too; the agent's own rule spares the cluster (see `overlay`).
-fn default_network(pod_cidr: IpNetwork, cache_dir: &Path, mtu: Option<u32>) -> Value {
+/// podlet's default network: one host-local range per pod CIDR (a Node's `spec.podCIDRs`, one
+/// of each family for dual-stack pods) and a default route per family. No `ipMasq`: the bridge
+/// plugin's rule would masquerade pod traffic to other nodes' pods too; the agent's own rule
+/// spares the cluster (see `overlay`).
+fn default_network(pod_cidrs: &[IpNetwork], cache_dir: &Path, mtu: Option<u32>) -> Value {
+    let ranges: Vec<Value> = pod_cidrs
+        .iter()
+        .map(|c| json!([{"subnet": c.to_string()}]))
+        .collect();
+    let mut routes = Vec::new();
+    if pod_cidrs.iter().any(IpNetwork::is_ipv4) {
+        routes.push(json!({"dst": "0.0.0.0/0"}));
+    }
+    if pod_cidrs.iter().any(IpNetwork::is_ipv6) {
+        routes.push(json!({"dst": "::/0"}));
+    }
     let mut bridge = json!({"type": "bridge", "bridge": "cni0", "isGateway": true, "hairpinMode": true,
-         "ipam": {"type": "host-local", "ranges": [[{"subnet": pod_cidr.to_string()}]],
-                  "routes": [{"dst": "0.0.0.0/0"}], "dataDir": cache_dir.join("networks")}});
+         "ipam": {"type": "host-local", "ranges": ranges,
+                  "routes": routes, "dataDir": cache_dir.join("networks")}});
     if let Some(m) = mtu {
         bridge["mtu"] = json!(m);
     }
@@ -89,11 +104,28 @@ fn default_network(pod_cidr: IpNetwork, cache_dir: &Path, mtu: Option<u32>) -> V
     })
 }
 
+/// A pod's addresses as the kubelet reports them (its `sortPodIPs`): the first of the node IP's
+/// family, then the first of the other family. A plugin's result may list any number, in any
+/// order; `status.podIP`, the downward API and probes take the first.
+pub fn sort_pod_ips(ips: &[IpAddr], node_ip: Option<IpAddr>) -> Vec<IpAddr> {
+    let v6_first = node_ip.is_some_and(|i| i.is_ipv6());
+    [v6_first, !v6_first]
+        .into_iter()
+        .filter_map(|v6| ips.iter().copied().find(|i| i.is_ipv6() == v6))
+        .collect()
+}
+
 impl Network {
     /// Prepares the CNI directories: installs podlet's plugins where the bin dir lacks them and
     /// writes the default network where no configuration exists.
-    /// `mtu`: the pods' MTU for the default network (None: the bridge's own).
-    pub fn init(cfg: &Config, exe: &Path, mtu: Option<u32>) -> Result<Self, InitError> {
+    /// `mtu`: the pods' MTU for the default network (None: the bridge's own); `node_ip`: the
+    /// node's (primary) address, whose family comes first in pods' addresses.
+    pub fn init(
+        cfg: &Config,
+        exe: &Path,
+        mtu: Option<u32>,
+        node_ip: Option<IpAddr>,
+    ) -> Result<Self, InitError> {
         let bin = cfg.cni_bin_dirs.first().ok_or(InitError::NoBinDir)?;
         std::fs::create_dir_all(bin).map_err(|e| InitError::CreateDir(bin.clone(), e))?;
         let missing: Vec<&str> = PLUGINS
@@ -142,11 +174,12 @@ impl Network {
             cache_dir: cfg.cni_cache_dir.clone(),
             loopback,
             waiting: std::sync::Mutex::new(None),
+            node_ip,
         })
         .and_then(|n| {
-            match cfg.pod_cidr {
+            match &cfg.pod_cidr {
                 Some(c) => {
-                    n.ensure_default(c, mtu)?;
+                    n.ensure_default(&c.iter().copied().collect::<Vec<_>>(), mtu)?;
                 }
                 None => *n.waiting.lock().expect("lock") = Some(cfg.node_name.clone()),
             }
@@ -154,12 +187,17 @@ impl Network {
         })
     }
 
-    /// Writes podlet's default network for `cidr` where no configuration exists, and rewrites
-    /// podlet's own file (`10-podlet.conflist`) when it says something else (another range, a
-    /// stale MTU). Returns whether it wrote.
-    pub fn ensure_default(&self, cidr: IpNetwork, mtu: Option<u32>) -> Result<bool, InitError> {
+    /// Writes podlet's default network for `cidrs` (the node's pod CIDRs, primary first) where
+    /// no configuration exists, and rewrites podlet's own file (`10-podlet.conflist`) when it
+    /// says something else (other ranges, a stale MTU). Returns whether it wrote.
+    pub fn ensure_default(&self, cidrs: &[IpNetwork], mtu: Option<u32>) -> Result<bool, InitError> {
         let p = self.conf_dir.join(DEFAULT_FILE);
-        let want = default_network(cidr, &self.cache_dir, mtu);
+        let want = default_network(cidrs, &self.cache_dir, mtu);
+        let cidr = cidrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
         let existing: Option<Value> = std::fs::read(&p)
             .ok()
             .map(|d| serde_json::from_slice(&d).unwrap_or(Value::Null));
@@ -233,7 +271,10 @@ impl Network {
             .add(&self.loopback, &lo)
             .and_then(|_| self.client.add(&net, &main));
         match result {
-            Ok(r) => Ok(r.ips.iter().map(|i| i.address.ip()).collect()),
+            Ok(r) => {
+                let all: Vec<IpAddr> = r.ips.iter().map(|i| i.address.ip()).collect();
+                Ok(sort_pod_ips(&all, self.node_ip))
+            }
             Err(e) => {
                 let _ = self.client.del(&net, &main);
                 let _ = self.client.del(&self.loopback, &lo);
@@ -268,7 +309,10 @@ impl Network {
         };
         self.client
             .cached_result(&net.name, &Self::attachment(uid, "", IFNAME, Map::new()))
-            .map(|r| r.ips.iter().map(|i| i.address.ip()).collect())
+            .map(|r| {
+                let all: Vec<IpAddr> = r.ips.iter().map(|i| i.address.ip()).collect();
+                sort_pod_ips(&all, self.node_ip)
+            })
             .unwrap_or_default()
     }
 
@@ -324,6 +368,7 @@ mod tests {
             )
             .unwrap(),
             waiting: std::sync::Mutex::new(Some("n1".into())),
+            node_ip: None,
         }
     }
 
@@ -344,15 +389,15 @@ mod tests {
             Err(NetworkError::WaitingForPodCidr(node)) if node == "n1"
         ));
         assert!(n
-            .ensure_default("10.244.1.0/24".parse().unwrap(), None)
+            .ensure_default(&["10.244.1.0/24".parse().unwrap()], None)
             .unwrap());
         assert_eq!(subnet(dir.path()), "10.244.1.0/24");
         assert!(!n
-            .ensure_default("10.244.1.0/24".parse().unwrap(), None)
+            .ensure_default(&["10.244.1.0/24".parse().unwrap()], None)
             .unwrap());
         // Another range (or MTU): podlet's own file is rewritten, without ipMasq.
         assert!(n
-            .ensure_default("10.244.7.0/24".parse().unwrap(), Some(1450))
+            .ensure_default(&["10.244.7.0/24".parse().unwrap()], Some(1450))
             .unwrap());
         assert_eq!(subnet(dir.path()), "10.244.7.0/24");
         let v = n.network().unwrap();
@@ -373,8 +418,61 @@ mod tests {
         .unwrap();
         let n = network(other.path());
         assert!(!n
-            .ensure_default("10.244.1.0/24".parse().unwrap(), None)
+            .ensure_default(&["10.244.1.0/24".parse().unwrap()], None)
             .unwrap());
         assert!(!other.path().join("net.d").join(DEFAULT_FILE).exists());
+    }
+
+    #[test]
+    fn a_dual_stack_network_has_a_range_and_a_default_route_per_family_in_pod_cidr_order() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("net.d")).unwrap();
+        let n = network(dir.path());
+        let cidrs: Vec<IpNetwork> = vec![
+            "10.244.1.0/24".parse().unwrap(),
+            "fd00:10:244:1::/64".parse().unwrap(),
+        ];
+        assert!(n.ensure_default(&cidrs, None).unwrap());
+        let raw: Value = serde_json::from_slice(
+            &std::fs::read(dir.path().join("net.d").join(DEFAULT_FILE)).unwrap(),
+        )
+        .unwrap();
+        let ipam = &raw["plugins"][0]["ipam"];
+        assert_eq!(
+            ipam["ranges"],
+            json!([[{"subnet": "10.244.1.0/24"}], [{"subnet": "fd00:10:244:1::/64"}]])
+        );
+        assert_eq!(
+            ipam["routes"],
+            json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}])
+        );
+        assert!(!n.ensure_default(&cidrs, None).unwrap());
+        // Back to one family: its range and route alone.
+        assert!(n.ensure_default(&cidrs[1..], None).unwrap());
+        let raw: Value = serde_json::from_slice(
+            &std::fs::read(dir.path().join("net.d").join(DEFAULT_FILE)).unwrap(),
+        )
+        .unwrap();
+        let ipam = &raw["plugins"][0]["ipam"];
+        assert_eq!(ipam["ranges"], json!([[{"subnet": "fd00:10:244:1::/64"}]]));
+        assert_eq!(ipam["routes"], json!([{"dst": "::/0"}]));
+    }
+
+    #[test]
+    fn pod_ips_are_the_first_of_the_node_ip_family_then_the_first_of_the_other() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let result = [ip("fd00::5"), ip("10.0.0.5"), ip("fd00::6"), ip("10.0.0.6")];
+        assert_eq!(
+            sort_pod_ips(&result, Some(ip("192.168.1.1"))),
+            [ip("10.0.0.5"), ip("fd00::5")]
+        );
+        assert_eq!(
+            sort_pod_ips(&result, Some(ip("2001:db8::1"))),
+            [ip("fd00::5"), ip("10.0.0.5")]
+        );
+        // No node IP: IPv4 first, as the kubelet does.
+        assert_eq!(sort_pod_ips(&result, None), [ip("10.0.0.5"), ip("fd00::5")]);
+        assert_eq!(sort_pod_ips(&result[..1], None), [ip("fd00::5")]);
+        assert!(sort_pod_ips(&[], None).is_empty());
     }
 }

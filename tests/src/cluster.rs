@@ -77,7 +77,13 @@ pub struct Cluster {
     pub switch: Netns,
     /// Each node's subnet (1, 2, ...): 10.200.<subnet>.0/24, the switch at .1.
     pub subnets: Vec<u8>,
+    /// Started by `start_dual_stack`.
+    pub dual_stack: bool,
 }
+
+/// The dual-stack cluster's flags (IPv4 primary).
+pub const DUAL_CLUSTER_CIDR: &str = "10.244.0.0/16,fd00:10:244::/56";
+pub const DUAL_SERVICE_RANGE: &str = "10.96.0.0/12,fd00:10:96::/112";
 
 impl Cluster {
     /// Node `i` (1-based) on subnet `subnets[i-1]`, with `extra` agent flags on every node.
@@ -85,6 +91,26 @@ impl Cluster {
     /// nodes register without one and `assign_pod_cidrs` sets what no IPAM controller did.
     /// None where privileged tests are skipped by hand.
     pub fn start(subnets: &[u8], extra: &[&str], pod_cidrs: bool) -> Option<Cluster> {
+        Self::start_with(subnets, extra, pod_cidrs, false)
+    }
+
+    /// Like `start` without `--pod-cidr`, for dual-stack pods: every agent (and node 1's
+    /// control plane, whose node IPAM gives each Node a range of both) gets `--cluster-cidr
+    /// DUAL_CLUSTER_CIDR` and `--service-cluster-ip-range DUAL_SERVICE_RANGE`. The nodes and the
+    /// switch also get fd00:200:<subnet>::<10+i>/64 (the switch at ::1, routing), so that
+    /// pods' IPv6 traffic can leave the cluster; the nodes' InternalIPs stay IPv4.
+    pub fn start_dual_stack(subnets: &[u8], extra: &[&str]) -> Option<Cluster> {
+        let mut all = vec![
+            "--cluster-cidr",
+            DUAL_CLUSTER_CIDR,
+            "--service-cluster-ip-range",
+            DUAL_SERVICE_RANGE,
+        ];
+        all.extend_from_slice(extra);
+        Self::start_with(subnets, &all, false, true)
+    }
+
+    fn start_with(subnets: &[u8], extra: &[&str], pod_cidrs: bool, dual: bool) -> Option<Cluster> {
         if !crate::privileged() {
             return None;
         }
@@ -99,14 +125,33 @@ impl Cluster {
                 switch.pid(),
                 &["addr", "add", &format!("10.200.{s}.1/24"), "dev", &br],
             );
+            if dual {
+                // No duplicate address detection: the address is usable at once.
+                sh_ip(
+                    switch.pid(),
+                    &[
+                        "addr",
+                        "add",
+                        &format!("fd00:200:{s}::1/64"),
+                        "dev",
+                        &br,
+                        "nodad",
+                    ],
+                );
+            }
             sh_ip(switch.pid(), &["link", "set", &br, "up"]);
         }
-        let fwd = sh_in(switch.pid(), "echo 1 > /proc/sys/net/ipv4/ip_forward");
+        let mut fwd_cmd = "echo 1 > /proc/sys/net/ipv4/ip_forward".to_string();
+        if dual {
+            fwd_cmd += " && echo 1 > /proc/sys/net/ipv6/conf/all/forwarding";
+        }
+        let fwd = sh_in(switch.pid(), &fwd_cmd);
         assert_eq!(fwd.code, 0, "{}", fwd.stderr);
         let mut c = Cluster {
             nodes: Vec::new(),
             switch,
             subnets: subnets.to_vec(),
+            dual_stack: dual,
         };
         for i in 1..=subnets.len() {
             let mut node = TestNode::with_busybox();
@@ -136,6 +181,18 @@ impl Cluster {
                 node.holder_pid(),
                 &["route", "add", "default", "via", &format!("10.200.{s}.1")],
             );
+            if dual {
+                let ip6 = format!("{}/64", c.ip6(i));
+                sh_ip(
+                    node.holder_pid(),
+                    &["addr", "add", &ip6, "dev", "eth0", "nodad"],
+                );
+                let gw = format!("fd00:200:{s}::1");
+                sh_ip(
+                    node.holder_pid(),
+                    &["-6", "route", "add", "default", "via", &gw],
+                );
+            }
             node.agent_args = vec!["--node-ip".into(), ip.clone()];
             node.agent_args.extend(extra.iter().map(|a| a.to_string()));
             if i == 1 {
@@ -177,6 +234,30 @@ impl Cluster {
     /// Node `i`'s address.
     pub fn ip(&self, i: usize) -> String {
         format!("10.200.{}.{}", self.subnets[i - 1], 10 + i)
+    }
+
+    /// Node `i`'s IPv6 address in a dual-stack cluster (not an InternalIP).
+    pub fn ip6(&self, i: usize) -> String {
+        format!("fd00:200:{}::{}", self.subnets[i - 1], 10 + i)
+    }
+
+    /// The switch's IPv6 address on node `i`'s subnet: outside the cluster.
+    pub fn switch_ip6(&self, i: usize) -> String {
+        format!("fd00:200:{}::1", self.subnets[i - 1])
+    }
+
+    /// Node `i`'s `spec.podCIDRs` once the node IPAM controller has set them.
+    pub fn pod_cidrs(&self, i: usize) -> Vec<String> {
+        let name = format!("n{i}");
+        self.wait(&format!("spec.podCIDRs of {name}"), || {
+            let n = self.get_json(&["node", &name])?;
+            let l: Vec<String> = n["spec"]["podCIDRs"]
+                .as_array()?
+                .iter()
+                .filter_map(|c| c.as_str().map(String::from))
+                .collect();
+            (!l.is_empty()).then_some(l)
+        })
     }
 
     pub fn node(&self, i: usize) -> &TestNode {
@@ -355,5 +436,57 @@ impl Cluster {
             .as_str()
             .unwrap_or_default()
             .to_string()
+    }
+}
+
+/// Whether an `echo_server`'s answer names `ip` (busybox httpd listens on IPv6 and reports an
+/// IPv4 peer as `[::ffff:a.b.c.d]`, an IPv6 one in brackets).
+pub fn peer_is(out: &Output, ip: &str) -> bool {
+    [
+        format!("peer={ip}\n"),
+        format!("peer=[::ffff:{ip}]"),
+        format!("peer=[{ip}]"),
+    ]
+    .iter()
+    .any(|p| out.stdout.contains(p.as_str()))
+}
+
+/// An `echo_server` outside the cluster: busybox httpd in the switch namespace, on `port` of
+/// every address there. Stopped (by its PID) when dropped.
+pub struct OutsideServer {
+    httpd: std::process::Child,
+    _www: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub fn serve_outside(&self, port: u16) -> OutsideServer {
+        let www = tempfile::tempdir().unwrap();
+        let cgi = www.path().join("cgi-bin");
+        std::fs::create_dir_all(&cgi).unwrap();
+        std::fs::write(
+            cgi.join("peer"),
+            "#!/bin/sh\necho Content-Type: text/plain\necho\necho peer=$REMOTE_ADDR\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            cgi.join("peer"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let httpd = Command::new("nsenter")
+            .args(["-t", &self.switch.pid().to_string(), "-n"])
+            .args(["busybox", "httpd", "-f", "-p", &port.to_string(), "-h"])
+            .arg(www.path())
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        OutsideServer { httpd, _www: www }
+    }
+}
+
+impl Drop for OutsideServer {
+    fn drop(&mut self) {
+        let _ = self.httpd.kill();
+        let _ = self.httpd.wait();
     }
 }

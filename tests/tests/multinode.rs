@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use podlet_e2e::cluster::{ask_peer, echo_server, Cluster};
+use podlet_e2e::cluster::{ask_peer, echo_server, peer_is, Cluster};
 use serde_json::Value;
 
 fn ip_of(p: &Value) -> String {
@@ -37,13 +37,6 @@ mod ipnet_lite {
             u32::from(ip) & self.1 == self.0
         }
     }
-}
-
-/// Whether an `echo_server`'s answer names `ip` (busybox httpd listens on IPv6 and reports an
-/// IPv4 peer as `[::ffff:a.b.c.d]`).
-fn peer_is(out: &podlet_e2e::Output, ip: &str) -> bool {
-    out.stdout.contains(&format!("peer={ip}\n"))
-        || out.stdout.contains(&format!("peer=[::ffff:{ip}]"))
 }
 
 /// Pod -> pod and pod -> node across nodes keep the pod's address; traffic leaving the cluster
@@ -287,7 +280,7 @@ fn nodes_on_two_subnets_get_vxlan_which_survives_restarts_goes_with_the_node_and
     for want in [
         format!("removed 1 route(s) to other nodes' pods (protocol 158): {cidr1}"),
         "removed the VXLAN device podlet.1".to_string(),
-        "removed the nftables table ip podlet-masq".to_string(),
+        "removed the nftables table podlet-masq (pod masquerade, every IP family)".to_string(),
     ] {
         assert!(out.stdout.contains(&want), "{want}: {out:?}");
     }

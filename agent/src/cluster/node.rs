@@ -59,10 +59,14 @@ impl Reporter {
             "true".to_string(),
         )]));
         // Without --pod-cidr the node IPAM controller sets the range (see `overlay`).
-        let cidr = info.cfg.pod_cidr.map(|c| c.to_string());
+        let cidrs: Option<Vec<String>> = info
+            .cfg
+            .pod_cidr
+            .as_ref()
+            .map(|c| c.iter().map(ToString::to_string).collect());
         n.spec = Some(NodeSpec {
-            pod_cidrs: cidr.clone().map(|c| vec![c]),
-            pod_cidr: cidr,
+            pod_cidr: cidrs.as_ref().map(|c| c[0].clone()),
+            pod_cidrs: cidrs,
             taints: (!info.cfg.taints.is_empty()).then(|| info.cfg.taints.clone()),
             ..Default::default()
         });
@@ -101,9 +105,9 @@ impl Reporter {
                 Err(kube::Error::Api(e)) if e.code == 409 => {
                     // Re-registration keeps what others set and re-asserts ours.
                     let mut patch = json!({"metadata": {"labels": want.metadata.labels}});
-                    if let Some(c) = info.cfg.pod_cidr {
-                        patch["spec"] =
-                            json!({"podCIDR": c.to_string(), "podCIDRs": [c.to_string()]});
+                    if let Some(c) = &info.cfg.pod_cidr {
+                        let all: Vec<String> = c.iter().map(ToString::to_string).collect();
+                        patch["spec"] = json!({"podCIDR": all[0], "podCIDRs": all});
                     }
                     api.patch(
                         &info.cfg.node_name,

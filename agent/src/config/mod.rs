@@ -50,13 +50,6 @@ pub enum ConfigError {
     ParallelPulls,
     #[error("--image-gc-low-threshold ({low}) must be below --image-gc-high-threshold ({high}), which is at most 100")]
     ImageGcThresholds { low: u8, high: u8 },
-    #[error("--{flag} {value:?} is not a CIDR")]
-    Cidr {
-        flag: &'static str,
-        value: String,
-        #[source]
-        source: ipnetwork::IpNetworkError,
-    },
     #[error("--network-backend {0:?}: expected auto, host-gw, vxlan or none")]
     NetworkBackend(String),
     #[error("--image-gc-period must be positive")]
@@ -138,8 +131,9 @@ pub struct Config {
     pub cni_conf_dir: PathBuf,
     pub cni_bin_dirs: Vec<PathBuf>,
     pub cni_cache_dir: PathBuf,
-    /// The default network's range: given, or (None) the Node's `spec.podCIDR` in a cluster.
-    pub pod_cidr: Option<ipnetwork::IpNetwork>,
+    /// The default network's ranges (one, or one of each family): given, or (None) the Node's
+    /// `spec.podCIDRs` in a cluster.
+    pub pod_cidr: Option<k8s_rules::cidrs::DualStackCidrs>,
     pub network_backend: NetworkBackend,
     pub cluster_cidr: k8s_rules::cidrs::DualStackCidrs,
     /// `--service-cluster-ip-range` (IPv4 only for now).
@@ -321,25 +315,24 @@ impl Config {
                 },
             }
         };
-        let cidr = |flag: &'static str, v: String| {
-            v.parse::<ipnetwork::IpNetwork>()
-                .map_err(|source| ConfigError::Cidr {
-                    flag,
-                    value: v.clone(),
-                    source,
-                })
-        };
-        // Standalone, there is no Node to take the range from.
-        let pod_cidr = match s.pod_cidr {
-            Some(v) => Some(cidr("pod-cidr", v)?),
-            None if cluster == ClusterMode::Standalone => {
-                Some(cidr("pod-cidr", "10.88.0.0/16".into())?)
-            }
-            None => None,
-        };
         let dual = |flag: &'static str, v: Option<String>, default: &str| {
             let v = v.unwrap_or_else(|| default.into());
-            parsed(flag, k8s_rules::cidrs::DualStackCidrs::parse(flag, &v))
+            // Its messages name the flag already.
+            let r = k8s_rules::cidrs::DualStackCidrs::parse(flag, &v).map_err(|e| {
+                e.strip_prefix(&format!("--{flag}: "))
+                    .map(String::from)
+                    .unwrap_or(e)
+            });
+            parsed(flag, r)
+        };
+        // Standalone, there is no Node to take the range from. One of each family for a
+        // dual-stack default network (a Node's `spec.podCIDRs`, primary first).
+        let pod_cidr = match s.pod_cidr.clone() {
+            Some(v) => Some(dual("pod-cidr", Some(v), "")?),
+            None if cluster == ClusterMode::Standalone => {
+                Some(dual("pod-cidr", None, "10.88.0.0/16")?)
+            }
+            None => None,
         };
         let cluster_cidr = dual("cluster-cidr", s.cluster_cidr.clone(), "10.244.0.0/16")?;
         let service_cluster_ip_range = dual(

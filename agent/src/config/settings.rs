@@ -86,8 +86,9 @@ settings! {
     /// CNI result cache (libcni's layout).
     #[arg(long)]
     cni_cache_dir: PathBuf,
-    /// Pod address range of the default network podlet writes (standalone default
-    /// 10.88.0.0/16; in a cluster the Node's `spec.podCIDR`, which this overrides).
+    /// Pod address range of the default network podlet writes, or one of each IP family for
+    /// dual-stack pods, primary first (standalone default 10.88.0.0/16; in a cluster the
+    /// Node's `spec.podCIDRs`, which this overrides).
     #[arg(long)]
     pod_cidr: String,
     /// Routes to other nodes' pods: `auto` (host-gw to peers on the node IP's subnet, VXLAN to

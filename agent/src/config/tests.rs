@@ -173,3 +173,42 @@ fn switches_take_no_value_and_absent_flags_leave_the_file_alone() {
     let merged = none.or(file);
     assert_eq!((merged.standalone, merged.port), (Some(true), Some(1)));
 }
+
+#[test]
+fn pod_cidr_takes_one_range_or_one_of_each_family_primary_first() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c.yaml"), "{}\n").unwrap();
+    let paths = PathFlags {
+        config: Some(dir.path().join("c.yaml")),
+        ..Default::default()
+    };
+    let load = |v: Option<&str>, standalone: bool| {
+        let s = Settings {
+            pod_cidr: v.map(String::from),
+            standalone: standalone.then_some(true),
+            ..Default::default()
+        };
+        Config::load(&paths, &s).map(|c| c.pod_cidr.map(|p| p.to_string()))
+    };
+    assert_eq!(load(None, true).unwrap().as_deref(), Some("10.88.0.0/16"));
+    assert_eq!(load(None, false).unwrap(), None);
+    assert_eq!(
+        load(Some("fd00:10:244:1::/64,10.244.1.0/24"), false)
+            .unwrap()
+            .as_deref(),
+        Some("fd00:10:244:1::/64,10.244.1.0/24")
+    );
+    for (bad, says) in [
+        (
+            "10.244.1.0/24,10.244.2.0/24",
+            "must be of different IP families",
+        ),
+        ("10.244.1.0/33", "is not a CIDR"),
+    ] {
+        let err = load(Some(bad), false).unwrap_err().to_string();
+        assert!(
+            err.contains("--pod-cidr") && err.contains(says),
+            "{bad}: {err}"
+        );
+    }
+}

@@ -5,20 +5,20 @@
 
 use std::io;
 
-use super::{link, MASQ_TABLE};
+use super::{link, routes, MASQ_TABLE};
 
 /// What was removed, one line each, for the user.
 pub async fn run() -> io::Result<Vec<String>> {
     let nl = podlet_cni::netlink::Netlink::here()?;
     let mut done = Vec::new();
-    let routes = link::own_routes(&nl.handle).await?;
-    let c = link::sync_routes(&nl.handle, &[]).await?;
+    let routes = routes::own_routes(&nl.handle).await?;
+    let c = routes::sync_routes(&nl.handle, &[]).await?;
     if c.removed > 0 {
         let dsts: Vec<String> = routes.iter().map(|(r, _)| r.dst.to_string()).collect();
         done.push(format!(
             "{} route(s) to other nodes' pods (protocol {}): {}",
             c.removed,
-            link::PROTO,
+            routes::PROTO,
             dsts.join(", ")
         ));
     }
@@ -36,7 +36,7 @@ pub async fn run() -> io::Result<Vec<String>> {
     })?;
     if removed {
         done.push(format!(
-            "the nftables table ip {MASQ_TABLE} (pod masquerade)"
+            "the nftables table {MASQ_TABLE} (pod masquerade, every IP family)"
         ));
     }
     Ok(done)

@@ -1,11 +1,11 @@
 //! The kernel side of node routes, over rtnetlink: the underlay link, the VXLAN device, and the
-//! routes, FDB and neighbour entries podlet owns. Every `sync_*` reads what exists, compares it
+//! FDB and neighbour entries podlet owns (the routes are in `routes`). Every `sync_*` reads what exists, compares it
 //! with what is wanted and changes only what differs, so an agent restart leaves established
 //! flows alone.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures_util::TryStreamExt;
 use ipnetwork::Ipv4Network;
@@ -14,16 +14,10 @@ use netlink_packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo, L
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
-use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol,
-};
 use netlink_packet_route::AddressFamily;
 use podlet_cni::netlink::io_err;
-use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkUnspec, LinkVxlan};
 
-/// The route protocol number that marks podlet's routes (`ip route show proto 158`): what
-/// carries it is podlet's to replace or remove, nothing else is touched.
-pub const PROTO: u8 = 158;
 /// The VXLAN device, flannel's `flannel.<VNI>` naming.
 pub const VXLAN_DEV: &str = "podlet.1";
 /// flannel's VXLAN defaults: VNI 1, the Linux kernel's UDP port 8472, 50 bytes of headers.
@@ -31,7 +25,7 @@ pub const VNI: u32 = 1;
 pub const VXLAN_PORT: u16 = 8472;
 pub const VXLAN_OVERHEAD: u32 = 50;
 
-fn ctx(what: String) -> impl FnOnce(rtnetlink::Error) -> io::Error {
+pub(super) fn ctx(what: String) -> impl FnOnce(rtnetlink::Error) -> io::Error {
     move |e| {
         let e = io_err(e);
         io::Error::new(e.kind(), format!("{what}: {e}"))
@@ -173,8 +167,9 @@ fn vxlan_matches(l: &LinkMessage, under: &Underlay) -> bool {
 }
 
 /// Creates (or keeps) the VXLAN device over `under`, up, with its MTU; returns its index and
-/// MAC. A device made for another IP or link is replaced.
-pub async fn ensure_vxlan(h: &Handle, under: &Underlay) -> io::Result<(u32, [u8; 6])> {
+/// MAC. A device made for another IP or link is replaced. `ipv6`: whether it carries IPv6 pod
+/// traffic too (this node has an IPv6 podCIDR); the tunnel itself stays on the IPv4 underlay.
+pub async fn ensure_vxlan(h: &Handle, under: &Underlay, ipv6: bool) -> io::Result<(u32, [u8; 6])> {
     let mtu = under.mtu.saturating_sub(VXLAN_OVERHEAD);
     if let Some(l) = link_by_name(h, VXLAN_DEV).await? {
         if vxlan_matches(&l, under) {
@@ -183,6 +178,7 @@ pub async fn ensure_vxlan(h: &Handle, under: &Underlay) -> io::Result<(u32, [u8;
                 .header
                 .flags
                 .contains(netlink_packet_route::link::LinkFlags::Up);
+            set_ipv6(VXLAN_DEV, ipv6)?;
             if mtu_of(&l) != mtu || !up {
                 h.link()
                     .set(LinkUnspec::new_with_index(index).mtu(mtu).up().build())
@@ -217,32 +213,45 @@ pub async fn ensure_vxlan(h: &Handle, under: &Underlay) -> io::Result<(u32, [u8;
     let l = link_by_name(h, VXLAN_DEV)
         .await?
         .ok_or_else(|| io::Error::other(format!("{VXLAN_DEV} vanished after creation")))?;
-    // The tunnel carries IPv4 only: without this the kernel gives the device an IPv6
-    // link-local address and route a moment after it comes up, a change of the node's
-    // routing nobody asked for (and one that looked like churn after agent restarts).
-    no_ipv6(VXLAN_DEV)?;
+    set_ipv6(VXLAN_DEV, ipv6)?;
     h.link()
         .set(LinkUnspec::new_with_index(l.header.index).up().build())
         .execute()
         .await
         .map_err(ctx(format!("setting up {VXLAN_DEV}")))?;
-    tracing::info!(dev = VXLAN_DEV, underlay = %under.name, mtu, "created the VXLAN device");
+    tracing::info!(dev = VXLAN_DEV, underlay = %under.name, mtu, ipv6, "created the VXLAN device");
     let mac = mac_of(&l).ok_or_else(|| io::Error::other("VXLAN device without MAC"))?;
     Ok((l.header.index, mac))
 }
 
-/// Turns IPv6 off on `dev` (in this process's network namespace); nothing to do where the
-/// kernel has no IPv6.
-fn no_ipv6(dev: &str) -> io::Result<()> {
-    let path = format!("/proc/sys/net/ipv6/conf/{dev}/disable_ipv6");
-    match std::fs::write(&path, "1") {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        r => r.map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}"))),
+/// Before the device is up. Without IPv6 pods, IPv6 is off on `dev`; with them it is on but
+/// without a link-local address (`addr_gen_mode` 1): either way the kernel adds no address
+/// and route of its own a moment after the device comes up, a change of the node's routing
+/// nobody asked for (and one that looked like churn after agent restarts). Peers are reached
+/// through permanent neighbour entries, so no neighbour discovery needs one. Each value is
+/// written only when it differs. Nothing to do where the kernel has no IPv6.
+pub fn set_ipv6(dev: &str, on: bool) -> io::Result<()> {
+    let conf = format!("/proc/sys/net/ipv6/conf/{dev}");
+    let set = |key: &str, value: &str| {
+        let path = format!("{conf}/{key}");
+        match std::fs::read_to_string(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Ok(v) if v.trim() == value => Ok(()),
+            _ => std::fs::write(&path, value)
+                .map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}"))),
+        }
+    };
+    if on {
+        set("addr_gen_mode", "1")?;
+        set("disable_ipv6", "0")
+    } else {
+        set("disable_ipv6", "1")
     }
 }
 
-/// Gives the device exactly the address `ip/32` (the node's VTEP address).
-pub async fn sync_vtep_address(h: &Handle, index: u32, ip: Ipv4Addr) -> io::Result<()> {
+/// Gives the device exactly the addresses `ips` (the node's VTEP addresses: an IPv4 `/32`,
+/// an IPv6 `/128`).
+pub async fn sync_vtep_addresses(h: &Handle, index: u32, ips: &[IpAddr]) -> io::Result<()> {
     let addrs: Vec<AddressMessage> = h
         .address()
         .get()
@@ -251,74 +260,43 @@ pub async fn sync_vtep_address(h: &Handle, index: u32, ip: Ipv4Addr) -> io::Resu
         .try_collect()
         .await
         .map_err(ctx(format!("listing the addresses of {VXLAN_DEV}")))?;
-    let mut present = false;
+    let full = |ip: &IpAddr| if ip.is_ipv4() { 32 } else { 128 };
+    let mut present = BTreeSet::new();
     for m in addrs {
-        match v4_address(&m) {
-            Some(a) if a == ip && m.header.prefix_len == 32 => present = true,
-            Some(_) => h
-                .address()
+        let Some(a) = any_address(&m) else { continue };
+        if ips.contains(&a) && m.header.prefix_len == full(&a) {
+            present.insert(a);
+        } else {
+            h.address()
                 .del(m)
                 .execute()
                 .await
-                .map_err(ctx(format!("removing an old address of {VXLAN_DEV}")))?,
-            None => {}
+                .map_err(ctx(format!("removing the old address {a} of {VXLAN_DEV}")))?;
         }
     }
-    if !present {
+    for ip in ips.iter().filter(|i| !present.contains(*i)) {
         h.address()
-            .add(index, IpAddr::V4(ip), 32)
+            .add(index, *ip, full(ip))
             .execute()
             .await
-            .map_err(ctx(format!("adding {ip}/32 to {VXLAN_DEV}")))?;
+            .map_err(ctx(format!("adding {ip}/{} to {VXLAN_DEV}", full(ip))))?;
     }
     Ok(())
 }
 
-/// A route podlet owns: `dst via gw dev oif [onlink] proto 158`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Route {
-    pub dst: Ipv4Network,
-    pub via: Ipv4Addr,
-    pub oif: u32,
-    pub onlink: bool,
-}
-
-fn route_of(m: &RouteMessage) -> Option<Route> {
-    let mut dst = None;
-    let mut via = None;
-    let mut oif = None;
-    for a in &m.attributes {
-        match a {
-            RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = Some(*d),
-            RouteAttribute::Gateway(RouteAddress::Inet(g)) => via = Some(*g),
-            RouteAttribute::Oif(i) => oif = Some(*i),
-            _ => {}
-        }
-    }
-    Some(Route {
-        dst: Ipv4Network::new(dst?, m.header.destination_prefix_length).ok()?,
-        via: via?,
-        oif: oif?,
-        onlink: m.header.flags.contains(RouteFlags::Onlink),
-    })
-}
-
-/// podlet's routes in the main table.
-pub async fn own_routes(h: &Handle) -> io::Result<Vec<(Route, RouteMessage)>> {
-    let all: Vec<RouteMessage> = h
-        .route()
-        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-        .execute()
-        .try_collect()
-        .await
-        .map_err(ctx("listing routes".into()))?;
-    Ok(all
-        .into_iter()
-        .filter(|m| {
-            u8::from(m.header.protocol) == PROTO && m.header.table == RouteHeader::RT_TABLE_MAIN
+fn any_address(m: &AddressMessage) -> Option<IpAddr> {
+    m.attributes
+        .iter()
+        .find_map(|a| match a {
+            AddressAttribute::Local(ip) => Some(*ip),
+            _ => None,
         })
-        .filter_map(|m| Some((route_of(&m)?, m)))
-        .collect())
+        .or_else(|| {
+            m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            })
+        })
 }
 
 /// Counts of what a sync changed.
@@ -328,55 +306,24 @@ pub struct Changes {
     pub removed: usize,
 }
 
-/// Makes podlet's routes exactly `want`.
-pub async fn sync_routes(h: &Handle, want: &[Route]) -> io::Result<Changes> {
-    let have = own_routes(h).await?;
-    let mut changes = Changes::default();
-    for (r, m) in &have {
-        if !want.contains(r) {
-            h.route()
-                .del(m.clone())
-                .execute()
-                .await
-                .map_err(ctx(format!("removing the route to {}", r.dst)))?;
-            changes.removed += 1;
-        }
-    }
-    for r in want {
-        if have.iter().any(|(h, _)| h == r) {
-            continue;
-        }
-        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(r.dst.network(), r.dst.prefix())
-            .gateway(r.via)
-            .output_interface(r.oif)
-            .protocol(RouteProtocol::from(PROTO));
-        if r.onlink {
-            b = b.onlink();
-        }
-        // Replace: a route to the same range by another way (a podCIDR that moved) is swapped
-        // in one step.
-        h.route()
-            .add(b.build())
-            .replace()
-            .execute()
-            .await
-            .map_err(ctx(format!("adding the route to {} via {}", r.dst, r.via)))?;
-        changes.added += 1;
-    }
-    Ok(changes)
-}
-
 fn neigh_parts(m: &NeighbourMessage) -> (Option<IpAddr>, Option<[u8; 6]>) {
     let mut ip = None;
     let mut mac = None;
     for a in &m.attributes {
         match a {
             NeighbourAttribute::Destination(NeighbourAddress::Inet(i)) => ip = Some(IpAddr::V4(*i)),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(i)) => {
+                ip = Some(IpAddr::V6(*i))
+            }
             // An FDB entry's family is AF_BRIDGE, which says nothing of its address's: the
             // parser leaves it raw.
             NeighbourAttribute::Destination(NeighbourAddress::Other(b)) if b.len() == 4 => {
                 ip = Some(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3])))
+            }
+            NeighbourAttribute::Destination(NeighbourAddress::Other(b)) if b.len() == 16 => {
+                let mut o = [0u8; 16];
+                o.copy_from_slice(b);
+                ip = Some(IpAddr::V6(Ipv6Addr::from(o)))
             }
             NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
                 let mut o = [0u8; 6];
@@ -409,12 +356,13 @@ async fn neighbours(
 }
 
 /// Makes the permanent FDB entries of the VXLAN device exactly `want` (peer VTEP MAC -> peer
-/// node IP), and its permanent neighbour entries exactly `arp` (peer VTEP address -> MAC).
+/// node IP), and its permanent neighbour entries of both families exactly `neigh` (peer VTEP
+/// address -> MAC).
 pub async fn sync_vxlan_peers(
     h: &Handle,
     index: u32,
     fdb: &BTreeMap<[u8; 6], Ipv4Addr>,
-    arp: &BTreeMap<Ipv4Addr, [u8; 6]>,
+    neigh: &BTreeMap<IpAddr, [u8; 6]>,
 ) -> io::Result<Changes> {
     let mut changes = Changes::default();
     let mut seen = BTreeSet::new();
@@ -451,31 +399,29 @@ pub async fn sync_vxlan_peers(
         changes.added += 1;
     }
     let mut seen = BTreeSet::new();
-    for m in neighbours(h, AddressFamily::Inet, index).await? {
-        let (ip, mac) = neigh_parts(&m);
-        let keep = match (ip, mac) {
-            (Some(IpAddr::V4(ip)), Some(mac)) => arp.get(&ip) == Some(&mac),
-            _ => false,
-        };
-        if keep {
-            if let Some(IpAddr::V4(ip)) = ip {
-                seen.insert(ip);
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        for m in neighbours(h, family, index).await? {
+            match neigh_parts(&m) {
+                (Some(ip), Some(mac)) if neigh.get(&ip) == Some(&mac) => {
+                    seen.insert(ip);
+                }
+                _ => {
+                    h.neighbours()
+                        .del(m)
+                        .execute()
+                        .await
+                        .map_err(ctx(format!("removing a neighbour entry of {VXLAN_DEV}")))?;
+                    changes.removed += 1;
+                }
             }
-        } else {
-            h.neighbours()
-                .del(m)
-                .execute()
-                .await
-                .map_err(ctx(format!("removing a neighbour entry of {VXLAN_DEV}")))?;
-            changes.removed += 1;
         }
     }
-    for (ip, mac) in arp {
+    for (ip, mac) in neigh {
         if seen.contains(ip) {
             continue;
         }
         h.neighbours()
-            .add(index, IpAddr::V4(*ip))
+            .add(index, *ip)
             .link_layer_address(mac)
             .state(NeighbourState::Permanent)
             .replace()

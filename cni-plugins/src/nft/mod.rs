@@ -225,34 +225,47 @@ pub fn add_masquerade(
     send(&batch.finalize())
 }
 
-/// Replaces the IPv4 table `name` with one NAT postrouting chain: traffic from `from` to any of
-/// `keep` passes untouched, the rest of it (multicast excepted) is masqueraded. One batch, so
-/// the kernel swaps the rules in one step; connections already tracked keep their translation.
+/// Replaces the table `name` with, per IP family of `from` (an `ip` and an `ip6` table), one NAT
+/// postrouting chain: traffic from `from` to any of `keep` of its family passes untouched, the
+/// rest of it (multicast excepted) is masqueraded. One batch, so the kernel swaps the rules of
+/// both families in one step; connections already tracked keep their translation.
 /// For a node agent's own rules (not an attachment's).
 pub fn replace_masquerade(name: &str, from: &[IpNetwork], keep: &[IpNetwork]) -> io::Result<()> {
     let name = CString::new(name).map_err(io::Error::other)?;
     let mut batch = Batch::new();
     delete_existing(&mut batch, &name, &tables()?);
-    let table = Table::new(&name, ProtoFamily::Ipv4);
-    batch.add(&table, MsgType::Add);
-    let mut chain = Chain::new(c"postrouting", &table);
-    chain.set_hook(Hook::PostRouting, 100);
-    chain.set_type(ChainType::Nat);
-    batch.add(&chain, MsgType::Add);
-    let multicast: IpNetwork = "224.0.0.0/4".parse().expect("net");
-    for src in from.iter().filter(|n| n.is_ipv4()) {
-        for dst in keep.iter().filter(|n| n.is_ipv4()) {
-            let mut r = Rule::new(&chain);
-            match_net(&mut r, saddr(src.ip()), src, CmpOp::Eq);
-            match_net(&mut r, daddr(dst.ip()), dst, CmpOp::Eq);
-            r.add_expr(&nftnl::expr::Verdict::Accept);
-            batch.add(&r, MsgType::Add);
+    for fam in [ProtoFamily::Ipv4, ProtoFamily::Ipv6] {
+        let of_fam = |n: &&IpNetwork| family_of(n.ip()) == fam;
+        let srcs: Vec<&IpNetwork> = from.iter().filter(of_fam).collect();
+        if srcs.is_empty() {
+            continue;
         }
-        let mut masq = Rule::new(&chain);
-        match_net(&mut masq, saddr(src.ip()), src, CmpOp::Eq);
-        match_net(&mut masq, daddr(src.ip()), &multicast, CmpOp::Neq);
-        masq.add_expr(&Masquerade);
-        batch.add(&masq, MsgType::Add);
+        let table = Table::new(&name, fam);
+        batch.add(&table, MsgType::Add);
+        let mut chain = Chain::new(c"postrouting", &table);
+        chain.set_hook(Hook::PostRouting, 100);
+        chain.set_type(ChainType::Nat);
+        batch.add(&chain, MsgType::Add);
+        let multicast: IpNetwork = match fam {
+            ProtoFamily::Ipv4 => "224.0.0.0/4",
+            _ => "ff00::/8",
+        }
+        .parse()
+        .expect("net");
+        for src in srcs {
+            for dst in keep.iter().filter(of_fam) {
+                let mut r = Rule::new(&chain);
+                match_net(&mut r, saddr(src.ip()), src, CmpOp::Eq);
+                match_net(&mut r, daddr(dst.ip()), dst, CmpOp::Eq);
+                r.add_expr(&nftnl::expr::Verdict::Accept);
+                batch.add(&r, MsgType::Add);
+            }
+            let mut masq = Rule::new(&chain);
+            match_net(&mut masq, saddr(src.ip()), src, CmpOp::Eq);
+            match_net(&mut masq, daddr(src.ip()), &multicast, CmpOp::Neq);
+            masq.add_expr(&Masquerade);
+            batch.add(&masq, MsgType::Add);
+        }
     }
     send(&batch.finalize())
 }

@@ -359,6 +359,14 @@ async fn ensure_bridge_addr(
                 .map_err(internal("replacing the bridge address"))?;
         }
     }
+    if gw.is_ipv6() {
+        // Duplicate address detection would keep the gateway tentative, unreachable from the
+        // pod, for 1-2 s after ADD returns (measured: the first ping answers after ~2 s). The
+        // address is this plugin's by configuration; a duplicate is a configuration error
+        // that DAD would not report anyway.
+        let key = format!("net/ipv6/conf/{name}/accept_dad");
+        ns::sysctl(&key, "0").map_err(internal(&key))?;
+    }
     host.add_address(index, gw)
         .await
         .map_err(internal("bridge gateway address"))
