@@ -600,3 +600,7 @@ pub fn validate_upgrade_downgrade(svc: &Value, old: &Value) -> Vec<Cause> {
     }
     causes
 }
+
+#[cfg(test)]
+#[path = "services_dualstack_tests.rs"]
+mod api_tests;
