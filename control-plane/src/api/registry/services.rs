@@ -275,18 +275,24 @@ impl Services {
         let shown = ips.clone();
         let mut taken = Vec::new();
         for (i, family) in families.iter().enumerate().skip(from) {
-            let failed = |why: String| ApiError::internal(why);
             let Some(range) = req.server.service_cidr.of_family(family) else {
                 release_all(req, &taken).await;
-                return Err(failed(format!(
+                return Err(ApiError::internal(format!(
                     "{family} is not configured on this cluster"
                 )));
             };
             let wanted = match ips[i].as_str() {
                 "" => None,
-                ip => Some(ip.parse().map_err(|e| {
-                    failed(format!("clusterIPs[{i}] {ip:?} is not an address: {e}"))
-                })?),
+                ip => match ip.parse() {
+                    Ok(ip) => Some(ip),
+                    // Validation refused these already; kept an error, not a panic.
+                    Err(e) => {
+                        release_all(req, &taken).await;
+                        return Err(ApiError::internal(format!(
+                            "clusterIPs[{i}] {ip:?} is not an address: {e}"
+                        )));
+                    }
+                },
             };
             match allocate(req.store(), range, wanted, owner).await {
                 Ok(ip) => {
@@ -297,7 +303,7 @@ impl Services {
                     release_all(req, &taken).await;
                     return Err(match (wanted, e) {
                         (_, e @ AllocError::Store(_)) => {
-                            failed(format!("failed to allocate a serviceIP: {e}"))
+                            ApiError::internal(format!("failed to allocate a serviceIP: {e}"))
                         }
                         (Some(ip), e) => ApiError::invalid(
                             &SERVICES,
@@ -308,7 +314,9 @@ impl Services {
                                 &format!("failed to allocate IP {ip}: {e}"),
                             )],
                         ),
-                        (None, e) => failed(format!("failed to allocate a serviceIP: {e}")),
+                        (None, e) => {
+                            ApiError::internal(format!("failed to allocate a serviceIP: {e}"))
+                        }
                     });
                 }
             }
