@@ -22,6 +22,7 @@ use crate::store::embedded::Embedded;
 pub struct Cluster {
     app: axum::Router,
     dir: tempfile::TempDir,
+    store: Arc<dyn crate::store::Store>,
 }
 
 pub struct Answer {
@@ -71,7 +72,7 @@ impl Cluster {
         let (cert, key) = crate::pki::client_cert(&pki_dir, "kubelet-client", &["system:masters"])
             .expect("a kubelet client certificate");
         let server = ApiServer {
-            store,
+            store: store.clone(),
             tokens: auth::Tokens::default(),
             sa: satoken::Signer::load(&pki_dir).expect("service-account key"),
             service_cidr,
@@ -83,7 +84,13 @@ impl Cluster {
         Cluster {
             app: router(Arc::new(server)),
             dir,
+            store,
         }
+    }
+
+    /// The apiserver's store, for tests that set up what older versions stored.
+    pub fn store(&self) -> &dyn crate::store::Store {
+        &*self.store
     }
 
     /// The cluster CA's directory.

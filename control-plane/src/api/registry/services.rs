@@ -140,6 +140,7 @@ impl Strategy for Services {
     /// together, and what needs nothing of the cluster's ranges is settled and checked here
     /// (so dry runs see it too); the rest is `before_update`'s.
     fn prepare_for_update(&self, name: &str, obj: &mut Value, old: &Value) -> Result<(), ApiError> {
+        let old = &*ds::as_read(old);
         ds::patch_allocated(obj, old);
         ds::normalize_cluster_ips(obj, Some(old));
         ds::drop_type_dependent(obj, old);
@@ -224,7 +225,8 @@ impl Strategy for Services {
             old["metadata"]["namespace"].as_str().unwrap_or("default"),
             name_of(old)
         );
-        self.update_cluster_ips(req, &owner, new, old).await?;
+        self.update_cluster_ips(req, &owner, new, &ds::as_read(old))
+            .await?;
         let result = nodeports::assign(req.store(), &owner, new, &nodeports::held(old)).await;
         if result.is_err() {
             release_all(req, &newly_held(new, old)).await;

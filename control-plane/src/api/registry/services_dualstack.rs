@@ -6,6 +6,7 @@
 //! values printed as Go prints them (`[]string{"10.96.0.1"}`), since clients and people match
 //! on them. The allocation itself is `Services::allocate_ips` (`services.rs`).
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use k8s_rules::cidrs::DualStackCidrs;
@@ -144,6 +145,18 @@ pub fn normalize_cluster_ips(svc: &mut Value, old: Option<&Value>) {
             svc["spec"]["clusterIPs"] = json!([ip]);
         }
     }
+}
+
+/// `old` as upstream's `defaultOnReadService` would give it, the part objects stored here need:
+/// headless services stored before `clusterIPs` was set for them read as if it had been.
+pub fn as_read(old: &Value) -> Cow<'_, Value> {
+    let ip = old["spec"]["clusterIP"].as_str().unwrap_or_default();
+    if ip.is_empty() || is_external_name(old) || !strings(&old["spec"]["clusterIPs"]).is_empty() {
+        return Cow::Borrowed(old);
+    }
+    let mut o = old.clone();
+    o["spec"]["clusterIPs"] = json!([ip]);
+    Cow::Owned(o)
 }
 
 /// What the system allocated stays when an update leaves it out, so a manifest applied again

@@ -477,3 +477,33 @@ async fn turning_external_name_gives_every_address_back_and_back_allocates() {
     assert_eq!(family(&s["clusterIP"]), "IPv6");
     assert!(!is_free(&c, s["clusterIP"].as_str().unwrap()).await);
 }
+
+#[tokio::test]
+async fn a_headless_service_stored_without_cluster_ips_still_updates() {
+    let c = Cluster::new().await;
+    // As podlet stored headless services before dual-stack: no clusterIPs, no families.
+    let old = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "old", "namespace": "default", "uid": "u1",
+                     "creationTimestamp": "2024-01-01T00:00:00Z"},
+        "spec": {"type": "ClusterIP", "clusterIP": "None", "selector": {"app": "old"},
+                 "sessionAffinity": "None", "ports": [{"port": 80, "protocol": "TCP", "targetPort": 80}]}});
+    let key = crate::api::resources::SERVICES.key(Some("default"), "old");
+    c.store()
+        .create(&key, serde_json::to_vec(&old).unwrap())
+        .await
+        .unwrap();
+    let a = patch(&c, "old", json!({"metadata": {"labels": {"x": "y"}}})).await;
+    assert_eq!(a.code, StatusCode::OK, "{}", a.body);
+    let s = &a.body["spec"];
+    assert_eq!(s["clusterIPs"], json!(["None"]));
+    assert_eq!(s["ipFamilyPolicy"], "SingleStack");
+    assert_eq!(s["ipFamilies"], json!(["IPv4"]));
+    // And a whole PUT without clusterIPs, as an older client sends it.
+    let mut put = old.clone();
+    put["metadata"]["resourceVersion"] = a.body["metadata"]["resourceVersion"].clone();
+    let b = c
+        .call(Method::PUT, &format!("{SVCS}/old"), Some(&put))
+        .await;
+    assert_eq!(b.code, StatusCode::OK, "{}", b.body);
+    assert_eq!(b.body["spec"]["clusterIPs"], json!(["None"]));
+}
