@@ -137,18 +137,18 @@ pub async fn run(
     for san in &cfg.tls_san {
         pki::canonical_name(san).map_err(|e| anyhow::anyhow!("--tls-san: {e}"))?;
     }
-    // IPv4 service ranges only, for now.
-    let service_range = cfg.service_cluster_ip_range.v4().context(
-        "--service-cluster-ip-range: an IPv4 range is required (IPv6-only clusters are not supported)",
-    )?;
-    let service_ip = service_range
-        .nth(1)
-        .context("--service-cluster-ip-range has no address for the kubernetes service")?;
+    // The kubernetes and kube-dns services are single-stack, of the primary range.
+    let service_range = cfg.service_cluster_ip_range.primary();
+    let service_ip = api::services::Hosts::of(service_range)
+        .nth(0)
+        .with_context(|| {
+            format!("--service-cluster-ip-range: {service_range} has no address for the kubernetes service")
+        })?;
     let reach = pki::Reach {
         listen: cfg.listen.ip(),
         advertise: cfg.advertise_address,
         tls_san: &cfg.tls_san,
-        service_ip: service_ip.into(),
+        service_ip,
     };
     let pki = pki::ensure(&cfg.data_dir.join("pki"), &pki::serving_names(&reach))?;
     api::bootstrap(&*store, &pki.ca_pem).await?;
@@ -182,7 +182,7 @@ pub async fn run(
         store,
         tokens,
         sa,
-        service_cidr: service_range,
+        service_cidr: cfg.service_cluster_ip_range.clone(),
         ca_pem: pki.ca_pem.clone(),
         kubelet,
         kubelet_tls,

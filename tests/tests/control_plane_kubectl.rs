@@ -436,3 +436,121 @@ fn kubectl_1_27_and_1_33_drive_the_api() {
     drive(&cp, 33);
     drive(&cp, 27);
 }
+
+/// A dual-stack apiserver (a range of each family) as kubectl sees it: a generated service is
+/// single-stack of the primary family, a patch to RequireDualStack adds an address of the
+/// other, and a patch back to SingleStack takes it away again.
+#[test]
+fn kubectl_creates_and_upgrades_dual_stack_services() {
+    let cp =
+        ControlPlane::start_with(&["--service-cluster-ip-range=10.96.0.0/16,fd00:10:96::/112"]);
+    let k = |args: &[&str]| cp.kubectl(33, args);
+    let field = |path: &str| -> Vec<String> {
+        let out = ok(
+            &k(&["get", "service", "x", "-o", &format!("jsonpath={{{path}}}")]),
+            path,
+        );
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{path}: {e}: {out}"))
+    };
+    ok(
+        &k(&["create", "service", "clusterip", "x", "--tcp=80"]),
+        "create service",
+    );
+    let ips = field(".spec.clusterIPs");
+    assert!(ips.len() == 1 && ips[0].starts_with("10.96."), "{ips:?}");
+    assert_eq!(field(".spec.ipFamilies"), ["IPv4"]);
+
+    let up = r#"{"spec":{"ipFamilyPolicy":"RequireDualStack"}}"#;
+    ok(
+        &k(&["patch", "service", "x", "-p", up]),
+        "patch to dual-stack",
+    );
+    let dual = field(".spec.clusterIPs");
+    assert_eq!(dual.len(), 2, "{dual:?}");
+    assert_eq!(dual[0], ips[0]);
+    assert!(dual[1].starts_with("fd00:10:96::"), "{dual:?}");
+    assert_eq!(field(".spec.ipFamilies"), ["IPv4", "IPv6"]);
+
+    let down = r#"{"spec":{"ipFamilyPolicy":"SingleStack"}}"#;
+    ok(
+        &k(&["patch", "service", "x", "-p", down]),
+        "patch to single-stack",
+    );
+    assert_eq!(field(".spec.clusterIPs"), ips);
+
+    // Upstream's refusal, as kubectl prints it.
+    let out = k(&[
+        "patch",
+        "service",
+        "x",
+        "-p",
+        r#"{"spec":{"ipFamilies":["IPv6"]}}"#,
+    ]);
+    let err = &out.stderr;
+    assert!(
+        err.contains("expected an IPv6 value as indicated by `ipFamilies[0]`"),
+        "{err}"
+    );
+}
+
+/// An IPv6-only apiserver: kubernetes and kube-dns take the first and tenth addresses of the
+/// IPv6 range, and a generated service gets an IPv6 address.
+#[test]
+fn kubectl_on_an_ipv6_only_apiserver() {
+    let cp = ControlPlane::start_with(&["--service-cluster-ip-range=fd00:10:96::/112"]);
+    let k = |args: &[&str]| cp.kubectl(33, args);
+    let get = |ns: &str, name: &str, path: &str| {
+        ok(
+            &k(&[
+                "-n",
+                ns,
+                "get",
+                "service",
+                name,
+                "-o",
+                &format!("jsonpath={{{path}}}"),
+            ]),
+            path,
+        )
+    };
+    assert_eq!(
+        get("default", "kubernetes", ".spec.clusterIP"),
+        "fd00:10:96::1"
+    );
+    assert_eq!(
+        get("kube-system", "kube-dns", ".spec.clusterIP"),
+        "fd00:10:96::a"
+    );
+    assert_eq!(
+        get("default", "kubernetes", ".spec.ipFamilies"),
+        r#"["IPv6"]"#
+    );
+    // Pods reach the apiserver at that address: its serving certificate names it.
+    let sans = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+        .arg(cp.data_dir().join("pki/apiserver.crt"))
+        .output()
+        .expect("running openssl");
+    let sans = String::from_utf8_lossy(&sans.stdout);
+    assert!(sans.contains("IP Address:FD00:10:96:0:0:0:0:1"), "{sans}");
+    ok(
+        &k(&["create", "service", "clusterip", "x", "--tcp=80"]),
+        "create service",
+    );
+    assert!(get("default", "x", ".spec.clusterIP").starts_with("fd00:10:96::"));
+    let refused = k(&[
+        "create",
+        "service",
+        "clusterip",
+        "y",
+        "--tcp=80",
+        "--clusterip=10.96.0.5",
+    ]);
+    assert!(
+        refused
+            .stderr
+            .contains(r#"spec.clusterIPs[0]: Invalid value: []string{"10.96.0.5"}: IPv4 is not configured on this cluster"#),
+        "{}",
+        refused.stderr
+    );
+}

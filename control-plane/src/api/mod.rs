@@ -64,8 +64,8 @@ pub struct ApiServer {
     pub store: Arc<dyn Store>,
     pub tokens: auth::Tokens,
     pub sa: satoken::Signer,
-    /// `--service-cluster-ip-range`.
-    pub service_cidr: ipnetwork::Ipv4Network,
+    /// `--service-cluster-ip-range`: one range, or one of each family (dual-stack Services).
+    pub service_cidr: k8s_rules::cidrs::DualStackCidrs,
     /// The cluster CA (PEM), published to every namespace as `kube-root-ca.crt`.
     pub ca_pem: String,
     /// HTTPS client for node APIs (pods/log), with the apiserver's kubelet client certificate.

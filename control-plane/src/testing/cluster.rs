@@ -22,6 +22,7 @@ use crate::store::embedded::Embedded;
 pub struct Cluster {
     app: axum::Router,
     dir: tempfile::TempDir,
+    store: Arc<dyn crate::store::Store>,
 }
 
 pub struct Answer {
@@ -51,6 +52,15 @@ impl Link {
 
 impl Cluster {
     pub async fn new() -> Cluster {
+        Cluster::with_service_cidrs("10.96.0.0/24").await
+    }
+
+    /// An apiserver whose `--service-cluster-ip-range` is `cidrs` (`10.96.0.0/24,fd00:10:96::/112`
+    /// for a dual-stack one).
+    pub async fn with_service_cidrs(cidrs: &str) -> Cluster {
+        let service_cidr =
+            k8s_rules::cidrs::DualStackCidrs::parse("service-cluster-ip-range", cidrs)
+                .expect("the test's service ranges");
         let dir = tempfile::tempdir().expect("a temporary directory");
         let pki_dir = dir.path().join("pki");
         let pki = crate::pki::ensure(&pki_dir, &[]).expect("cluster PKI");
@@ -62,10 +72,10 @@ impl Cluster {
         let (cert, key) = crate::pki::client_cert(&pki_dir, "kubelet-client", &["system:masters"])
             .expect("a kubelet client certificate");
         let server = ApiServer {
-            store,
+            store: store.clone(),
             tokens: auth::Tokens::default(),
             sa: satoken::Signer::load(&pki_dir).expect("service-account key"),
-            service_cidr: "10.96.0.0/24".parse().unwrap(),
+            service_cidr,
             ca_pem: pki.ca_pem.clone(),
             kubelet: reqwest::Client::new(),
             kubelet_tls: Arc::new(crate::api::proxy_client_config(&cert, &key).unwrap()),
@@ -74,7 +84,13 @@ impl Cluster {
         Cluster {
             app: router(Arc::new(server)),
             dir,
+            store,
         }
+    }
+
+    /// The apiserver's store, for tests that set up what older versions stored.
+    pub fn store(&self) -> &dyn crate::store::Store {
+        &*self.store
     }
 
     /// The cluster CA's directory.

@@ -24,6 +24,8 @@ pub mod reviews;
 pub mod secrets;
 pub mod serviceaccounts;
 pub mod services;
+pub mod services_checks;
+pub mod services_dualstack;
 pub mod sets;
 pub mod strategy;
 
