@@ -87,8 +87,12 @@ fn dual_stack_services_dns_and_policies() {
         .map(|i| i.as_str().unwrap().to_string())
         .collect();
     assert_eq!(ips.len(), 2, "{svc}");
+    let within = |ip: &str, range: &str| {
+        let net: ipnetwork::IpNetwork = range.parse().unwrap();
+        net.contains(ip.parse().unwrap())
+    };
     assert!(
-        ips[0].starts_with("10.96.") && ips[1].starts_with("fd00:10:96::"),
+        within(&ips[0], "10.96.0.0/12") && within(&ips[1], "fd00:10:96::/112"),
         "{ips:?}"
     );
 

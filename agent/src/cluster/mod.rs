@@ -36,11 +36,8 @@ pub async fn all_in_one(
         admin_kubeconfig: Some(admin_kubeconfig.to_path_buf()),
         compaction_interval: std::time::Duration::from_secs(300),
         token_auth_file: None,
-        service_cluster_ip_range: k8s_rules::cidrs::DualStackCidrs::parse(
-            "service-cluster-ip-range",
-            "10.96.0.0/12",
-        )
-        .expect("constant range"),
+        // The agent's own range: the one its proxy treats as the service range.
+        service_cluster_ip_range: cfg.service_cluster_ip_range.clone(),
         controllers,
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
