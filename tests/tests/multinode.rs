@@ -51,40 +51,13 @@ fn check_traffic(c: &Cluster) {
     let out = c.exec(1, "client", &ask_peer(&c.ip(2), 8081));
     assert!(peer_is(&out, &cip), "pod -> other node: {out:?}");
     // The switch's own address is outside the cluster: masqueraded to node 1's address.
-    let www = tempfile::tempdir().unwrap();
-    let cgi = www.path().join("cgi-bin");
-    std::fs::create_dir_all(&cgi).unwrap();
-    std::fs::write(
-        cgi.join("peer"),
-        "#!/bin/sh\necho Content-Type: text/plain\necho\necho peer=$REMOTE_ADDR\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        cgi.join("peer"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let mut httpd = Command::new("nsenter")
-        .args([
-            "-t",
-            &c.switch.pid().to_string(),
-            "-n",
-            "busybox",
-            "httpd",
-            "-f",
-        ])
-        .args(["-p", &format!("10.200.{}.1:8082", c.subnets[0]), "-h"])
-        .arg(www.path())
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+    let server = c.serve_outside(8082);
     let outside = format!("10.200.{}.1", c.subnets[0]);
     let out = c.wait("the outside server", || {
         let o = c.exec(1, "client", &ask_peer(&outside, 8082));
         o.stdout.contains("peer=").then_some(o)
     });
-    let _ = httpd.kill();
-    let _ = httpd.wait();
+    drop(server);
     assert!(
         peer_is(&out, &c.ip(1)),
         "pod -> outside the cluster is masqueraded: {out:?}"
