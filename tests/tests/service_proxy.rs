@@ -2,7 +2,8 @@
 //! ClusterIP spreads over backends on both nodes, keeps the client pod's address, answers the
 //! node itself, answers on every node's address at an allocated node port (and stops when the
 //! service goes back to ClusterIP) and as a LoadBalancer on the nodes' addresses, rejects at once without endpoints, resolves named targetPorts, follows a
-//! deleted backend, and its table goes with `podlet cleanup`.
+//! deleted backend, and its table goes with `podlet cleanup`; a pod's endpoint comes and goes
+//! with its readiness.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -334,5 +335,62 @@ fn affinity_and_local_traffic_policies() {
     assert!(
         !out.stdout.contains("host="),
         "n2 has no local endpoint: {out:?}"
+    );
+}
+
+/// `ip:port` from the client pod: the answering pod, or what nc said.
+fn try_ask(c: &Cluster, ip: &str, port: u16) -> Result<String, String> {
+    let out = c.exec(1, "client", &format!("{} 2>&1", ask_peer(ip, port)));
+    field(&out.stdout, "host=")
+        .map(str::to_string)
+        .ok_or(out.stdout)
+}
+
+#[test]
+fn endpoints_follow_readiness() {
+    let Some(c) = Cluster::start(&[1], &[], true) else {
+        return;
+    };
+    // Ready while /tmp/ready exists (probed every second).
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web-1", "namespace": "default", "labels": {"app": "web"}},
+        "spec": {"nodeName": "n1", "terminationGracePeriodSeconds": 1,
+                 "containers": [{"name": "c", "image": "busybox:1.36",
+                                 "command": ["sh", "-c", echo_server_named(8080)],
+                                 "readinessProbe": {"exec": {"command": ["cat", "/tmp/ready"]},
+                                                    "periodSeconds": 1, "failureThreshold": 1}}]},
+    });
+    let out = c.kubectl_stdin(&["apply", "-f", "-"], &pod.to_string());
+    assert_eq!(out.code, 0, "{out:?}");
+    c.run_pod(1, "client", false, "sleep 100000");
+    let web = c.create_service(
+        "web",
+        "web",
+        json!([{"name": "http", "port": 80, "targetPort": 8080}]),
+    );
+    // Not ready: no endpoint, so the ClusterIP refuses at once (REJECT).
+    let refused = try_ask(&c, &web, 80).expect_err("an answer before the pod is ready");
+    assert!(refused.contains("refused"), "{refused}");
+    // Ready: the proxy follows the EndpointSlice.
+    assert_eq!(c.exec(1, "web-1", "touch /tmp/ready").code, 0);
+    let host = c.wait("the ready pod behind the ClusterIP", || {
+        try_ask(&c, &web, 80).ok()
+    });
+    assert_eq!(host, "web-1");
+    // Not ready again: out of the rules, refused again.
+    assert_eq!(c.exec(1, "web-1", "rm /tmp/ready").code, 0);
+    let refused = c.wait("the unready pod out of the ClusterIP", || {
+        try_ask(&c, &web, 80)
+            .err()
+            .filter(|e| e.contains("refused"))
+    });
+    assert!(refused.contains("refused"), "{refused}");
+    let slice = c
+        .get_json(&["endpointslices", "-l", "kubernetes.io/service-name=web"])
+        .unwrap();
+    assert_eq!(
+        slice["items"][0]["endpoints"][0]["conditions"]["ready"], false,
+        "{slice}"
     );
 }
