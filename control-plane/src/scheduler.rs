@@ -1,9 +1,11 @@
 //! A minimal scheduler on the reconcile framework, acting through the API as kube-scheduler
 //! does: pods with no node and `schedulerName: default-scheduler` are bound (`pods/binding`) to
-//! the node that fits them (not unschedulable, nodeSelector and required node affinity, taints
-//! tolerated, requests within allocatable including the pods already there, pod count) with
-//! the most room left (least allocated). Pods that fit nowhere get `PodScheduled=False`, reason
-//! `Unschedulable`, with kube-scheduler's message, and are retried every 5 s and whenever a node
+//! the node that fits them (kube-scheduler's filters in its order: not unschedulable unless the
+//! pod tolerates the cordon's taint, taints tolerated, nodeSelector and required node affinity,
+//! pod count and requests within allocatable including the pods already there) with the most
+//! room left (least allocated). Pods that fit nowhere get `PodScheduled=False`, reason
+//! `Unschedulable`, with kube-scheduler's message (every reason of the first failing filter per
+//! node, the counts sorted as upstream's), and are retried every 5 s and whenever a node
 //! changes. One pod is placed at a time (the scheduling cycle); its binding, an API write, runs
 //! beside the next pods' cycles (kube-scheduler's binding cycle), and a pod placed counts on its
 //! node from the moment it is placed until the watch shows it there (kube-scheduler's
@@ -13,12 +15,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod, PodCondition, PodStatus};
+use k8s_openapi::api::core::v1::{
+    Binding, Node, ObjectReference, Pod, PodCondition, PodStatus, Taint,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_rules::nodeaffinity::{required_node_affinity_matches, NodeFacts};
 use k8s_rules::quantity::Milli;
 use k8s_rules::resources::pod_request;
-use k8s_rules::taints::{blocks_scheduling, find_untolerated};
+use k8s_rules::taints::{blocks_scheduling, find_untolerated, tolerated};
 use kube::api::{ObjectMeta, PostParams};
 use kube::runtime::controller::{Action, Config, Controller};
 use kube::runtime::reflector::{self, reflector, ObjectRef};
@@ -104,13 +108,30 @@ fn allocatable(node: &Node, res: &str) -> Option<Milli> {
         .and_then(|q| Milli::of(q).ok())
 }
 
-/// Why `node` cannot take `pod` (kube-scheduler's reason texts), or None when it fits.
+/// Why `node` cannot take `pod`, or nothing when it fits: the reasons of the first filter that
+/// fails, in kube-scheduler's order (NodeUnschedulable, TaintToleration, NodeAffinity,
+/// NodeResourcesFit) and with its texts; NodeResourcesFit names every resource short.
 /// `on_node` are the requests of the pods already there.
-fn misfit(pod: &Pod, wants: Requests, node: &Node, on_node: &[Requests]) -> Option<String> {
+fn misfit(pod: &Pod, wants: Requests, node: &Node, on_node: &[Requests]) -> Vec<String> {
     let spec = pod.spec.clone().unwrap_or_default();
     let node_spec = node.spec.clone().unwrap_or_default();
-    if node_spec.unschedulable == Some(true) {
-        return Some("node(s) were unschedulable".into());
+    let tolerations = spec.tolerations.clone().unwrap_or_default();
+    // A cordoned node still takes pods that tolerate its unschedulable taint (DaemonSets').
+    let cordon = Taint {
+        key: "node.kubernetes.io/unschedulable".into(),
+        effect: "NoSchedule".into(),
+        ..Default::default()
+    };
+    if node_spec.unschedulable == Some(true) && !tolerated(&tolerations, &cordon) {
+        return vec!["node(s) were unschedulable".into()];
+    }
+    let taints = node_spec.taints.unwrap_or_default();
+    if let Some(t) = find_untolerated(&taints, &tolerations, blocks_scheduling) {
+        return vec![format!(
+            "node(s) had untolerated taint {{{}: {}}}",
+            t.key,
+            t.value.as_deref().unwrap_or_default()
+        )];
     }
     let labels = node.metadata.labels.clone().unwrap_or_default();
     let facts = NodeFacts {
@@ -118,20 +139,12 @@ fn misfit(pod: &Pod, wants: Requests, node: &Node, on_node: &[Requests]) -> Opti
         labels: &labels,
     };
     if !required_node_affinity_matches(&spec, facts) {
-        return Some("node(s) didn't match Pod's node affinity/selector".into());
+        return vec!["node(s) didn't match Pod's node affinity/selector".into()];
     }
-    let taints = node_spec.taints.unwrap_or_default();
-    let tolerations = spec.tolerations.unwrap_or_default();
-    if let Some(t) = find_untolerated(&taints, &tolerations, blocks_scheduling) {
-        return Some(format!(
-            "node(s) had untolerated taint {{{}: {}}}",
-            t.key,
-            t.value.as_deref().unwrap_or_default()
-        ));
-    }
+    let mut short = Vec::new();
     let max_pods = allocatable(node, "pods").map(Milli::value);
     if max_pods.is_some_and(|m| on_node.len() as i128 + 1 > m) {
-        return Some("Too many pods".into());
+        short.push("Too many pods".into());
     }
     for res in ["cpu", "memory"] {
         let Some(cap) = allocatable(node, res) else {
@@ -139,10 +152,10 @@ fn misfit(pod: &Pod, wants: Requests, node: &Node, on_node: &[Requests]) -> Opti
         };
         let used: Milli = on_node.iter().map(|r| r.get(res)).sum();
         if used + wants.get(res) > cap {
-            return Some(format!("Insufficient {res}"));
+            short.push(format!("Insufficient {res}"));
         }
     }
-    None
+    short
 }
 
 /// The share of the node's allocatable CPU and memory left once `wants` is placed.
@@ -167,7 +180,9 @@ fn unschedulable_message(nodes: usize, reasons: &BTreeMap<String, usize>) -> Str
     if reasons.is_empty() {
         msg.push('.');
     } else {
-        let parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+        // As upstream's FitError: the "<count> <reason>" strings sorted as strings.
+        let mut parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+        parts.sort();
         msg = format!("{msg}: {}.", parts.join(", "));
     }
     msg
@@ -288,14 +303,15 @@ async fn reconcile(pod: Arc<Pod>, s: Arc<Scheduler>) -> Result<Action> {
         for node in &nodes {
             let name = node.metadata.name.as_deref().unwrap_or_default();
             let on = usage.get(name).map(Vec::as_slice).unwrap_or_default();
-            match misfit(&pod, wants, node, on) {
-                Some(why) => *reasons.entry(why).or_default() += 1,
-                None => {
-                    let score = free_fraction(node, on, wants);
-                    if best.is_none_or(|(b, _)| score > b) {
-                        best = Some((score, name));
-                    }
+            let why = misfit(&pod, wants, node, on);
+            if why.is_empty() {
+                let score = free_fraction(node, on, wants);
+                if best.is_none_or(|(b, _)| score > b) {
+                    best = Some((score, name));
                 }
+            }
+            for w in why {
+                *reasons.entry(w).or_default() += 1;
             }
         }
         let Some((_, node)) = best else {
@@ -386,38 +402,62 @@ mod tests {
             serde_json::from_value::<Pod>(p).unwrap()
         };
         let fit = |p: &Pod, on: &[Requests]| misfit(p, Requests::of(p), &node, on);
-        assert_eq!(fit(&pod("500m", json!({})), &[]), None);
-        assert_eq!(fit(&pod("2", json!({})), &[]).unwrap(), "Insufficient cpu");
-        assert!(
-            fit(&pod("1m", json!({"nodeSelector": {"disk": "hdd"}})), &[])
-                .unwrap()
-                .contains("node affinity/selector")
+        assert!(fit(&pod("500m", json!({})), &[]).is_empty());
+        assert_eq!(fit(&pod("2", json!({})), &[]), ["Insufficient cpu"]);
+        assert_eq!(
+            fit(&pod("1m", json!({"nodeSelector": {"disk": "hdd"}})), &[]),
+            ["node(s) didn't match Pod's node affinity/selector"]
         );
         let affinity = json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "disk", "operator": "NotIn", "values": ["ssd"]}]}]}}}});
-        assert!(fit(&pod("1m", affinity), &[])
-            .unwrap()
-            .contains("node affinity/selector"));
-        assert!(fit(&pod("1m", json!({"tolerations": []})), &[])
-            .unwrap()
-            .contains("untolerated taint {gpu: yes}"));
-        let a = Requests::of(&pod("600m", json!({})));
         assert_eq!(
-            fit(&pod("500m", json!({})), &[a]).unwrap(),
-            "Insufficient cpu"
+            fit(&pod("1m", affinity), &[]),
+            ["node(s) didn't match Pod's node affinity/selector"]
         );
+        // Taints are checked before affinity (upstream's filter order): only the first
+        // failing filter's reason.
         assert_eq!(
-            fit(&pod("1m", json!({})), &[a, a]).unwrap(),
-            "Too many pods"
+            fit(
+                &pod(
+                    "1m",
+                    json!({"tolerations": [], "nodeSelector": {"disk": "hdd"}})
+                ),
+                &[]
+            ),
+            ["node(s) had untolerated taint {gpu: yes}"]
+        );
+        let a = Requests::of(&pod("600m", json!({})));
+        assert_eq!(fit(&pod("500m", json!({})), &[a]), ["Insufficient cpu"]);
+        // NodeResourcesFit names every resource short.
+        assert_eq!(
+            fit(&pod("500m", json!({})), &[a, a]),
+            ["Too many pods", "Insufficient cpu"]
+        );
+        let big = json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "2", "memory": "2Gi"}}}]});
+        assert_eq!(
+            fit(&pod("1m", big), &[]),
+            ["Insufficient cpu", "Insufficient memory"]
         );
         // Requests and capacity compare exactly: 1000m of a 1-CPU node fits.
-        assert_eq!(fit(&pod("1000m", json!({})), &[]), None);
+        assert!(fit(&pod("1000m", json!({})), &[]).is_empty());
+        // A cordoned node takes a pod tolerating its unschedulable taint.
+        let mut cordoned = node.clone();
+        cordoned.spec.as_mut().unwrap().unschedulable = Some(true);
+        let on_cordoned = |p: &Pod| misfit(p, Requests::of(p), &cordoned, &[]);
+        assert_eq!(
+            on_cordoned(&pod("1m", json!({}))),
+            ["node(s) were unschedulable"]
+        );
+        let tolerant = json!({"tolerations": [{"key": "gpu", "operator": "Exists"},
+            {"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"}]});
+        assert!(on_cordoned(&pod("1m", tolerant)).is_empty());
+        // Upstream sorts the "<count> <reason>" strings: "1 node(s)…" before "2 Insufficient…".
         let reasons = BTreeMap::from([
             ("Insufficient cpu".to_string(), 2),
             ("node(s) were unschedulable".to_string(), 1),
         ]);
         assert_eq!(
             unschedulable_message(3, &reasons),
-            "0/3 nodes are available: 2 Insufficient cpu, 1 node(s) were unschedulable."
+            "0/3 nodes are available: 1 node(s) were unschedulable, 2 Insufficient cpu."
         );
         assert_eq!(
             unschedulable_message(0, &BTreeMap::new()),

@@ -173,7 +173,7 @@ async fn a_pod_that_fits_nowhere_is_unschedulable_until_a_node_comes_or_changes(
     .await;
     assert_eq!(
         marked,
-        unschedulable("0/3 nodes are available: 2 Insufficient cpu, 1 node(s) were unschedulable.")
+        unschedulable("0/3 nodes are available: 1 node(s) were unschedulable, 2 Insufficient cpu.")
     );
     s.nodes
         .patch(
