@@ -82,9 +82,14 @@ fn node_name(pod: &Pod) -> Option<&str> {
         .filter(|n| !n.is_empty())
 }
 
+/// Unbound, ours, not going, and not held back by scheduling gates (a gated pod waits, with
+/// no status or event from the scheduler, until its gates are removed).
 fn is_pending(pod: &Pod) -> bool {
     let spec = pod.spec.as_ref();
     node_name(pod).is_none()
+        && spec
+            .and_then(|s| s.scheduling_gates.as_ref())
+            .is_none_or(Vec::is_empty)
         && spec
             .and_then(|s| s.scheduler_name.as_deref())
             .unwrap_or("default-scheduler")

@@ -163,6 +163,15 @@ pub fn invalid_value(field: &str, value: &Value, why: &str) -> Cause {
     )
 }
 
+/// `Forbidden: why`.
+pub fn forbidden(field: &str, why: &str) -> Cause {
+    (
+        "FieldValueForbidden",
+        field.into(),
+        format!("Forbidden: {why}"),
+    )
+}
+
 pub fn required(field: &str) -> Cause {
     (
         "FieldValueRequired",

@@ -367,6 +367,15 @@ fn pod_cells(p: &Value) -> Vec<Value> {
         .or(p["status"]["phase"].as_str())
         .unwrap_or("Unknown")
         .to_string();
+    // A pod held by scheduling gates shows `SchedulingGated` (upstream's printPod).
+    let gated = p["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "PodScheduled" && c["reason"] == "SchedulingGated");
+    if gated {
+        reason = "SchedulingGated".into();
+    }
     for c in p["status"]["initContainerStatuses"]
         .as_array()
         .into_iter()
@@ -654,5 +663,8 @@ mod tests {
         assert_eq!(cells[3], "2");
         assert_eq!(cells[5], "10.0.0.5");
         assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+        let gated = json!({"metadata": {"name": "g"}, "spec": {"containers": [{"name": "c"}]},
+            "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "SchedulingGated"}]}});
+        assert_eq!((PODS.cells)(&gated)[2], "SchedulingGated");
     }
 }

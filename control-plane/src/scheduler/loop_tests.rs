@@ -251,3 +251,78 @@ async fn pods_placed_together_never_overcommit_a_node() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_gated_pod_waits_untouched_until_its_gates_are_removed() {
+    let s = Setup::new().await;
+    s.add_nodes(&[node("n1", "2", json!({}))]).await;
+    let _scheduler = s.start_scheduler();
+    let gated = pod(
+        "gated",
+        "100m",
+        json!({"schedulingGates": [{"name": "example.com/quota"}, {"name": "example.com/arch"}]}),
+    );
+    s.add_pods(&[gated]).await;
+    // The apiserver says why it waits; the scheduler writes nothing.
+    let p = s.pods.get("gated").await.unwrap();
+    let (status, reason, message) = scheduled_condition(&p).expect("a PodScheduled condition");
+    assert_eq!(
+        (status.as_str(), reason.as_deref(), message.as_deref()),
+        (
+            "False",
+            Some("SchedulingGated"),
+            Some("Scheduling is blocked due to non-empty scheduling gates")
+        )
+    );
+    // An ungated pod created after it is bound, so the scheduler has seen both.
+    s.add_pods(&[pod("plain", "100m", json!({}))]).await;
+    s.bound("plain", WAIT).await;
+    assert_eq!(super::node_name(&s.pods.get("gated").await.unwrap()), None);
+
+    // Gates may only go: adding one is refused with upstream's message.
+    let add = json!({"spec": {"schedulingGates": [{"name": "example.com/quota"}, {"name": "example.com/arch"}, {"name": "x"}]}});
+    let err = s
+        .pods
+        .patch("gated", &PatchParams::default(), &Patch::Merge(&add))
+        .await
+        .unwrap_err();
+    let kube::Error::Api(e) = err else {
+        panic!("{err}")
+    };
+    assert_eq!(e.code, 422);
+    assert!(
+        e.message.contains("spec.schedulingGates[2].name: Forbidden: only deletion is allowed, but found new scheduling gate 'x'"),
+        "{}",
+        e.message
+    );
+    // One gate left: still waiting; none: scheduled.
+    let one = json!({"spec": {"schedulingGates": [{"name": "example.com/arch"}]}});
+    s.pods
+        .patch("gated", &PatchParams::default(), &Patch::Merge(&one))
+        .await
+        .unwrap();
+    let none = json!({"spec": {"schedulingGates": null}});
+    s.pods
+        .patch("gated", &PatchParams::default(), &Patch::Merge(&none))
+        .await
+        .unwrap();
+    assert_eq!(s.bound("gated", WAIT).await, "n1");
+
+    // A pod may not name a node while gated.
+    let bad = pod(
+        "bad",
+        "1m",
+        json!({"nodeName": "n1", "schedulingGates": [{"name": "g"}]}),
+    );
+    let err = s
+        .pods
+        .create(&PostParams::default(), &bad)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains(
+            "spec.nodeName: Forbidden: cannot be set until all schedulingGates have been cleared"
+        ),
+        "{err}"
+    );
+}

@@ -98,7 +98,37 @@ impl Strategy for Pods {
     fn validate(&self, obj: &Value) -> Vec<Cause> {
         let mut causes = Vec::new();
         validate_spec(&obj["spec"], &mut causes);
+        if !gates(&obj["spec"]).is_empty() && obj["spec"]["nodeName"].is_string() {
+            causes.push(objects::forbidden(
+                "spec.nodeName",
+                "cannot be set until all schedulingGates have been cleared",
+            ));
+        }
         causes
+    }
+
+    fn prepare_for_create(&self, _: &Request<'_>, obj: &mut Value) {
+        scheduling_gated(obj);
+    }
+
+    /// Scheduling gates may only be removed (upstream's `validateOnlyDeletedSchedulingGates`).
+    fn prepare_for_update(&self, name: &str, new: &mut Value, old: &Value) -> Result<(), ApiError> {
+        let before = gates(&old["spec"]);
+        let causes: Vec<Cause> = gates(&new["spec"])
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| !before.contains(g))
+            .map(|(i, g)| {
+                objects::forbidden(
+                    &format!("spec.schedulingGates[{i}].name"),
+                    &format!("only deletion is allowed, but found new scheduling gate '{g}'"),
+                )
+            })
+            .collect();
+        match causes.is_empty() {
+            true => Ok(()),
+            false => Err(ApiError::invalid(&resources::PODS, name, causes)),
+        }
     }
 
     async fn admit(
@@ -148,6 +178,40 @@ impl Strategy for Pods {
 }
 
 /// The QoS class, set wherever requests and limits may have changed.
+/// The names of `spec.schedulingGates`.
+pub(crate) fn gates(spec: &Value) -> Vec<String> {
+    spec["schedulingGates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|g| g["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// A new pod with scheduling gates says why it waits, as the apiserver writes it (the
+/// scheduler leaves gated pods alone and writes nothing).
+fn scheduling_gated(pod: &mut Value) {
+    if gates(&pod["spec"]).is_empty() {
+        return;
+    }
+    let conditions = &mut child(pod, "status")["conditions"];
+    if !conditions.is_array() {
+        *conditions = json!([]);
+    }
+    let list = conditions.as_array_mut().expect("made an array above");
+    if list.iter().any(|c| c["type"] == "PodScheduled") {
+        return;
+    }
+    list.push(json!({
+        "type": "PodScheduled",
+        "status": "False",
+        "reason": "SchedulingGated",
+        "message": "Scheduling is blocked due to non-empty scheduling gates",
+        "lastProbeTime": null,
+        "lastTransitionTime": objects::now(),
+    }));
+}
+
 fn set_qos(pod: &mut Value) {
     let qos = objects::qos_class(&pod["spec"]);
     child(pod, "status")["qosClass"] = json!(qos);

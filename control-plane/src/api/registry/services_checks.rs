@@ -38,13 +38,7 @@ fn invalid_families(field: &str, families: &[String], why: &str) -> Cause {
     )
 }
 
-fn forbidden(field: &str, why: &str) -> Cause {
-    (
-        "FieldValueForbidden",
-        field.into(),
-        format!("Forbidden: {why}"),
-    )
-}
+use crate::api::objects::forbidden;
 
 /// `spec.ipFamilyPolicy` as upstream prints a `*IPFamilyPolicy`: `"null"` when unset.
 pub(super) fn invalid_policy(policy: &Value, why: &str) -> Cause {
