@@ -363,11 +363,16 @@ async fn updates_upgrade_and_downgrade_and_keep_the_primary() {
         refused.body["message"],
         "Service \"web\" is invalid: spec.ipFamilyPolicy: Invalid value: \"PreferDualStack\": must be 'SingleStack' to release the secondary cluster IP"
     );
-    // The primary address and family never change.
+    // The primary address and family never change (another address than the random one the
+    // service got).
+    let other = ["10.96.0.77", "10.96.0.78"]
+        .into_iter()
+        .find(|a| *a != primary)
+        .unwrap();
     let moved = patch(
         &c,
         "web",
-        json!({"spec": {"clusterIP": "10.96.0.77", "clusterIPs": ["10.96.0.77", secondary]}}),
+        json!({"spec": {"clusterIP": other, "clusterIPs": [other, secondary]}}),
     )
     .await;
     assert_eq!(
@@ -378,7 +383,7 @@ async fn updates_upgrade_and_downgrade_and_keep_the_primary() {
     );
     assert_eq!(
         moved.body["message"],
-        format!("Service \"web\" is invalid: spec.clusterIPs[0]: Invalid value: []string{{\"10.96.0.77\", \"{secondary}\"}}: may not change once set")
+        format!("Service \"web\" is invalid: spec.clusterIPs[0]: Invalid value: []string{{\"{other}\", \"{secondary}\"}}: may not change once set")
     );
     let swapped = patch(&c, "web", json!({"spec": {"ipFamilies": ["IPv6", "IPv4"], "clusterIPs": [secondary, primary], "clusterIP": secondary}})).await;
     assert_eq!(
