@@ -150,6 +150,24 @@ impl Selector {
         })
     }
 
+    /// This selector with `r` required too (`Selector.Add`), as matchLabelKeys and the
+    /// scheduler's default spreading selector extend one.
+    pub fn and(mut self, r: Requirement) -> Self {
+        self.requirements.push(r);
+        self
+    }
+
+    /// Both selectors' requirements; nothing when either selects nothing.
+    pub fn and_all(mut self, other: &Selector) -> Self {
+        self.nothing |= other.nothing;
+        self.requirements.extend(other.requirements.iter().cloned());
+        self
+    }
+
+    pub fn selects_nothing(&self) -> bool {
+        self.nothing
+    }
+
     pub fn selects_everything(&self) -> bool {
         !self.nothing && self.requirements.is_empty()
     }

@@ -35,42 +35,61 @@ fn is_sidecar(c: &Container) -> bool {
 /// The pod's request for `name`: what it needs while its longest-lived set of containers runs,
 /// plus its overhead.
 pub fn pod_request(spec: &PodSpec, name: &str) -> Milli {
-    let mut running: Milli = spec
-        .containers
-        .iter()
-        .map(|c| container_resource(c, name).0)
-        .sum();
-    let (mut sidecars, mut init_peak) = (Milli::ZERO, Milli::ZERO);
-    for c in spec.init_containers.iter().flatten() {
-        let req = container_resource(c, name).0;
-        let during = if is_sidecar(c) {
-            running += req;
-            sidecars += req;
-            sidecars
-        } else {
-            req + sidecars
-        };
-        init_peak = init_peak.max(during);
+    aggregate(spec, name, |c| Some(container_resource(c, name).0)).unwrap_or(Milli::ZERO)
+}
+
+/// What the scheduler assumes a container uses when it states no cpu or memory request
+/// (`DefaultMilliCPURequest`, `DefaultMemoryRequest`), so that many request-less pods do not
+/// all land on one node. An explicit `0` stays 0.
+pub fn nonzero_default(name: &str) -> Option<Milli> {
+    match name {
+        "cpu" => Some(Milli(100)),
+        "memory" => Some(Milli::from_units(200 * 1024 * 1024)),
+        _ => None,
     }
-    running.max(init_peak) + overhead(spec, name)
+}
+
+/// `pod_request` with [`nonzero_default`] for each container that states no request (nor
+/// limit) for `name`: the scheduler's `NonZeroRequested`, which its scores weigh.
+pub fn pod_request_nonzero(spec: &PodSpec, name: &str) -> Milli {
+    let Some(default) = nonzero_default(name) else {
+        return pod_request(spec, name);
+    };
+    let stated = |c: &Container| {
+        let r = c.resources.as_ref();
+        get(r.and_then(|r| r.requests.as_ref()), name)
+            .or_else(|| get(r.and_then(|r| r.limits.as_ref()), name))
+    };
+    aggregate(spec, name, |c| Some(stated(c).unwrap_or(default))).unwrap_or(Milli::ZERO)
 }
 
 /// The pod's limit for `name`, only when every container declares one (otherwise the pod may
 /// use what the node has), computed as the request is.
 pub fn pod_limit(spec: &PodSpec, name: &str) -> Option<Milli> {
+    aggregate(spec, name, |c| container_resource(c, name).1)
+}
+
+/// App containers and sidecars add up; an ordinary init container runs beside the sidecars
+/// started before it; the larger of the two phases, plus the overhead. None when `each` is
+/// None for some container.
+fn aggregate(
+    spec: &PodSpec,
+    name: &str,
+    each: impl Fn(&Container) -> Option<Milli>,
+) -> Option<Milli> {
     let mut running = Milli::ZERO;
     for c in &spec.containers {
-        running += container_resource(c, name).1?;
+        running += each(c)?;
     }
     let (mut sidecars, mut init_peak) = (Milli::ZERO, Milli::ZERO);
     for c in spec.init_containers.iter().flatten() {
-        let lim = container_resource(c, name).1?;
+        let v = each(c)?;
         let during = if is_sidecar(c) {
-            running += lim;
-            sidecars += lim;
+            running += v;
+            sidecars += v;
             sidecars
         } else {
-            lim + sidecars
+            v + sidecars
         };
         init_peak = init_peak.max(during);
     }
@@ -197,5 +216,25 @@ pub(crate) mod tests {
             assert_eq!(pod_request(&spec, "cpu"), m(cpu_request), "{what}");
             assert_eq!(pod_limit(&spec, "memory"), memory_limit.map(m), "{what}");
         }
+    }
+
+    #[test]
+    fn nonzero_requests_default_missing_cpu_and_memory_per_container() {
+        let spec = PodSpec {
+            containers: vec![
+                ctr(&[], &[]),
+                ctr(&[("cpu", "0")], &[("memory", "1Gi")]),
+                ctr(&[("ephemeral-storage", "1Gi")], &[]),
+            ],
+            init_containers: Some(vec![ctr(&[], &[])]),
+            ..Default::default()
+        };
+        // 100m + 0 (an explicit zero stays) + 100m; the init container's 100m is smaller.
+        assert_eq!(pod_request_nonzero(&spec, "cpu"), m("200m"));
+        // 200Mi + 1Gi (the limit is the request) + 200Mi.
+        assert_eq!(pod_request_nonzero(&spec, "memory"), m("1424Mi"));
+        assert_eq!(pod_request(&spec, "cpu"), Milli::ZERO);
+        // Only cpu and memory have defaults.
+        assert_eq!(pod_request_nonzero(&spec, "ephemeral-storage"), m("1Gi"));
     }
 }
