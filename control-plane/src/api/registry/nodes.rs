@@ -32,6 +32,7 @@ impl Strategy for Nodes {
 
     fn defaults(&self, obj: &mut Value) {
         sync_pod_cidrs(obj);
+        default_allocatable(obj);
     }
 
     fn prepare_for_update(&self, name: &str, new: &mut Value, old: &Value) -> Result<(), ApiError> {
@@ -64,6 +65,20 @@ impl Strategy for Nodes {
             return Err(ApiError::forbidden(format!("nodes \"{name}\" is forbidden: node \"{node}\" is not allowed to modify node \"{name}\"")));
         }
         Ok(())
+    }
+}
+
+/// `SetDefaults_NodeStatus`: a node that states no allocatable has its capacity allocatable.
+fn default_allocatable(obj: &mut Value) {
+    let Some(status) = obj.get_mut("status").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let capacity = status.get("capacity").filter(|c| c.is_object()).cloned();
+    let unset = status
+        .get("allocatable")
+        .is_none_or(|a| a.as_object().is_none_or(|m| m.is_empty()));
+    if let (Some(capacity), true) = (capacity, unset) {
+        status.insert("allocatable".into(), capacity);
     }
 }
 

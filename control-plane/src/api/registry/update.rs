@@ -91,13 +91,15 @@ impl UpdateStrategy for StatusUpdate {
 
     fn prepare(
         &self,
-        _: &'static Resource,
+        r: &'static Resource,
         _: &str,
         new: Value,
         old: &Value,
     ) -> Result<Value, ApiError> {
         let mut obj = old.clone();
         obj["status"] = new["status"].clone();
+        // Defaults apply to every write, as upstream's decoding does (a node's allocatable).
+        objects::apply_defaults(r, &mut obj);
         Ok(obj)
     }
 }
