@@ -14,6 +14,8 @@ use kube::Resource;
 use serde_json::json;
 
 const CORRELATION_WINDOW: Duration = Duration::from_secs(600);
+/// Remembered events beyond which the old ones are forgotten.
+const SWEEP_AT: usize = 4096;
 
 /// (object uid, type, reason, message) → (namespace, event name, count, last posted).
 type Seen = HashMap<(String, String, String, String), (String, String, i32, Instant)>;
@@ -77,8 +79,13 @@ impl Recorder {
         let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
         let earlier = {
             let mut seen = self.seen.lock().expect("events lock");
-            seen.retain(|_, v| v.3.elapsed() < CORRELATION_WINDOW);
-            seen.get(&key).cloned()
+            // Swept only when large: a sweep per event made posting N events cost N².
+            if seen.len() > SWEEP_AT {
+                seen.retain(|_, v| v.3.elapsed() < CORRELATION_WINDOW);
+            }
+            seen.get(&key)
+                .filter(|v| v.3.elapsed() < CORRELATION_WINDOW)
+                .cloned()
         };
         if let Some((_, name, count, _)) = earlier {
             let patch = json!({"count": count + 1, "lastTimestamp": Time(now)});
