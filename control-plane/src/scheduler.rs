@@ -1,79 +1,91 @@
-//! A minimal scheduler on the reconcile framework, acting through the API as kube-scheduler
-//! does: pods with no node and `schedulerName: default-scheduler` are bound (`pods/binding`) to
-//! the node that fits them (kube-scheduler's filters in its order: not unschedulable unless the
-//! pod tolerates the cordon's taint, taints tolerated, nodeSelector and required node affinity,
-//! pod count and requests within allocatable including the pods already there) with the most
-//! room left (least allocated). Pods that fit nowhere get `PodScheduled=False`, reason
-//! `Unschedulable`, with kube-scheduler's message (every reason of the first failing filter per
-//! node, the counts sorted as upstream's), and are retried every 5 s and whenever a node
-//! changes. One pod is placed at a time (the scheduling cycle); its binding, an API write, runs
-//! beside the next pods' cycles (kube-scheduler's binding cycle), and a pod placed counts on its
-//! node from the moment it is placed until the watch shows it there (kube-scheduler's
-//! "assumed" pods), so two pods never take one place.
+//! The scheduler, kube-scheduler's design acting through the API: one task owns the cache of
+//! nodes and placed pods and the scheduling queue, fed by watches between cycles; a cycle
+//! (PreFilter, Filter, Score of the pod's profile) picks a node, the pod is assumed there and
+//! its binding (`pods/binding`) runs beside the next cycles. A pod that fits nowhere gets
+//! `PodScheduled=False` with kube-scheduler's message and a `FailedScheduling` event, may
+//! preempt lower-priority pods (DefaultPreemption: `nominatedNodeName`, DisruptionTarget,
+//! graceful deletion, `Preempted` events), and waits in the queue for an event that could
+//! help it. Pods whose `schedulerName` names no profile are left alone.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+mod cache;
+pub mod config;
+mod cycle;
+mod listers;
+mod plugins;
+mod preemption;
+mod queue;
+#[cfg(test)]
+mod testing;
 
-use k8s_openapi::api::core::v1::{
-    Binding, Node, ObjectReference, Pod, PodCondition, PodStatus, Taint,
-};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{FutureExt, Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_rules::nodeaffinity::{required_node_affinity_matches, NodeFacts};
-use k8s_rules::quantity::Milli;
-use k8s_rules::resources::pod_request;
-use k8s_rules::taints::{blocks_scheduling, find_untolerated, tolerated};
-use kube::api::{ObjectMeta, PostParams};
-use kube::runtime::controller::{Action, Config, Controller};
-use kube::runtime::reflector::{self, reflector, ObjectRef};
-use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Api, ResourceExt};
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::watcher::{self, Event as Watched};
+use kube::runtime::WatchStreamExt;
+use kube::Api;
+use serde_json::json;
 
-use crate::reconcile::Cache;
-use crate::reconcile::{self, Result};
+use crate::controllers::events::Recorder;
+use cache::{Cache, PodInfo};
+use config::SchedulerConfig;
+use cycle::{Algorithm, Decision, Nominator};
+use listers::Listers;
+use queue::{Event, Queue};
 
-/// Unschedulable pods are tried again this often (kube-scheduler flushes them within 5 min;
-/// podlet's clusters are small enough to retry sooner).
-const RETRY_UNSCHEDULABLE: Duration = Duration::from_secs(5);
+/// FailedScheduling notes longer than this are cut (the message in the condition is not).
+const NOTE_LIMIT: usize = 1024;
+/// Events waiting to be posted; beyond this they are dropped, as client-go's broadcaster does.
+const EVENT_BACKLOG: usize = 1000;
+/// API writes (bindings, status patches) under way at once.
+const WRITERS: usize = 64;
 
-/// Bindings under way at once (the scheduling cycles themselves take turns).
-const BINDINGS: u16 = 16;
-
-/// A pod's effective requests.
-#[derive(Debug, Clone, Copy, Default)]
-struct Requests {
-    cpu: Milli,
-    memory: Milli,
+/// Runs the scheduler with the default profile.
+pub async fn run(client: kube::Client) {
+    run_with(client, Arc::new(SchedulerConfig::default())).await
 }
 
-impl Requests {
-    fn of(pod: &Pod) -> Self {
-        // Read in place: this runs for every pod on every scheduling cycle.
-        pod.spec.as_ref().map_or_else(Self::default, |spec| Self {
-            cpu: pod_request(spec, "cpu"),
-            memory: pod_request(spec, "memory"),
-        })
-    }
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
-    fn get(&self, res: &str) -> Milli {
-        if res == "cpu" {
-            self.cpu
-        } else {
-            self.memory
-        }
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
+}
+
+enum Report {
+    /// A binding failed: the pod is forgotten and tried again after its back-off, unless the
+    /// API says it is bound or gone.
+    BindFailed(Arc<PodInfo>, bool),
 }
 
 struct Scheduler {
     client: kube::Client,
-    pods: Cache<Pod>,
-    nodes: Cache<Node>,
-    /// Pods placed by this scheduler that the pod cache does not show bound yet: uid → (node,
-    /// requests).
-    assumed: Mutex<HashMap<String, (String, Requests)>>,
-    /// Held through one pod's scheduling cycle.
-    cycle: tokio::sync::Mutex<()>,
+    cfg: Arc<SchedulerConfig>,
+    cache: Cache,
+    queue: Queue,
+    nominator: Nominator,
+    algo: Algorithm,
+    listers: Listers,
+    events: tokio::sync::mpsc::Sender<Note>,
+    writers: Arc<tokio::sync::Semaphore>,
+    reports: tokio::sync::mpsc::UnboundedSender<Report>,
+    pods_relist: Option<HashSet<String>>,
+    nodes_relist: Option<HashSet<String>>,
+    synced: (bool, bool),
 }
+
+/// An event to post: (pod, type, reason, message).
+type Note = (
+    Arc<k8s_openapi::api::core::v1::Pod>,
+    &'static str,
+    &'static str,
+    String,
+);
 
 fn node_name(pod: &Pod) -> Option<&str> {
     pod.spec
@@ -82,391 +94,503 @@ fn node_name(pod: &Pod) -> Option<&str> {
         .filter(|n| !n.is_empty())
 }
 
-/// Unbound, ours, not going, and not held back by scheduling gates (a gated pod waits, with
-/// no status or event from the scheduler, until its gates are removed).
-fn is_pending(pod: &Pod) -> bool {
-    let spec = pod.spec.as_ref();
-    node_name(pod).is_none()
-        && spec
-            .and_then(|s| s.scheduling_gates.as_ref())
-            .is_none_or(Vec::is_empty)
-        && spec
-            .and_then(|s| s.scheduler_name.as_deref())
-            .unwrap_or("default-scheduler")
-            == "default-scheduler"
-        && pod.metadata.deletion_timestamp.is_none()
-}
-
-fn is_live(pod: &Pod) -> bool {
-    !matches!(
+fn terminal(pod: &Pod) -> bool {
+    matches!(
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
         Some("Succeeded" | "Failed")
     )
 }
 
-fn allocatable(node: &Node, res: &str) -> Option<Milli> {
-    node.status
-        .as_ref()?
-        .allocatable
-        .as_ref()?
-        .get(res)
-        .and_then(|q| Milli::of(q).ok())
+fn scheduler_name(pod: &Pod) -> &str {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.scheduler_name.as_deref())
+        .unwrap_or(config::DEFAULT_SCHEDULER)
 }
 
-/// Why `node` cannot take `pod`, or nothing when it fits: the reasons of the first filter that
-/// fails, in kube-scheduler's order (NodeUnschedulable, TaintToleration, NodeAffinity,
-/// NodeResourcesFit) and with its texts; NodeResourcesFit names every resource short.
-/// `on_node` are the requests of the pods already there.
-fn misfit(pod: &Pod, wants: Requests, node: &Node, on_node: &[Requests]) -> Vec<String> {
-    let spec = pod.spec.clone().unwrap_or_default();
-    let node_spec = node.spec.clone().unwrap_or_default();
-    let tolerations = spec.tolerations.clone().unwrap_or_default();
-    // A cordoned node still takes pods that tolerate its unschedulable taint (DaemonSets').
-    let cordon = Taint {
-        key: "node.kubernetes.io/unschedulable".into(),
-        effect: "NoSchedule".into(),
-        ..Default::default()
-    };
-    if node_spec.unschedulable == Some(true) && !tolerated(&tolerations, &cordon) {
-        return vec!["node(s) were unschedulable".into()];
+/// How a node changed, as the queue's events.
+fn node_events(old: &Node, new: &Node) -> Vec<Event> {
+    let mut out = Vec::new();
+    let (os, ns) = (
+        old.spec.clone().unwrap_or_default(),
+        new.spec.clone().unwrap_or_default(),
+    );
+    if os.taints != ns.taints || os.unschedulable != ns.unschedulable {
+        out.push(Event::NodeTaint);
     }
-    let taints = node_spec.taints.unwrap_or_default();
-    if let Some(t) = find_untolerated(&taints, &tolerations, blocks_scheduling) {
-        return vec![format!(
-            "node(s) had untolerated taint {{{}: {}}}",
-            t.key,
-            t.value.as_deref().unwrap_or_default()
-        )];
+    if old.metadata.labels != new.metadata.labels {
+        out.push(Event::NodeLabel);
     }
-    let labels = node.metadata.labels.clone().unwrap_or_default();
-    let facts = NodeFacts {
-        name: node.metadata.name.as_deref().unwrap_or_default(),
-        labels: &labels,
-    };
-    if !required_node_affinity_matches(&spec, facts) {
-        return vec!["node(s) didn't match Pod's node affinity/selector".into()];
+    let alloc = |n: &Node| n.status.as_ref().and_then(|s| s.allocatable.clone());
+    if alloc(old) != alloc(new) {
+        out.push(Event::NodeAllocatable);
     }
-    let mut short = Vec::new();
-    let max_pods = allocatable(node, "pods").map(Milli::value);
-    if max_pods.is_some_and(|m| on_node.len() as i128 + 1 > m) {
-        short.push("Too many pods".into());
-    }
-    for res in ["cpu", "memory"] {
-        let Some(cap) = allocatable(node, res) else {
-            continue;
-        };
-        let used: Milli = on_node.iter().map(|r| r.get(res)).sum();
-        if used + wants.get(res) > cap {
-            short.push(format!("Insufficient {res}"));
-        }
-    }
-    short
-}
-
-/// The share of the node's allocatable CPU and memory left once `wants` is placed.
-fn free_fraction(node: &Node, on_node: &[Requests], wants: Requests) -> f64 {
-    let mut score = 0.0;
-    for res in ["cpu", "memory"] {
-        if let Some(cap) = allocatable(node, res).filter(|c| *c > Milli::ZERO) {
-            let used: Milli = on_node.iter().map(|r| r.get(res)).sum::<Milli>() + wants.get(res);
-            score += 1.0 - used.milli() as f64 / cap.milli() as f64;
-        }
-    }
-    score
-}
-
-/// kube-scheduler's FailedScheduling message.
-fn unschedulable_message(nodes: usize, reasons: &BTreeMap<String, usize>) -> String {
-    if nodes == 0 {
-        // kube-scheduler's ErrNoNodesAvailable, not a fit error over zero nodes.
-        return "no nodes available to schedule pods".into();
-    }
-    let mut msg = format!("0/{nodes} nodes are available");
-    if reasons.is_empty() {
-        msg.push('.');
-    } else {
-        // As upstream's FitError: the "<count> <reason>" strings sorted as strings.
-        let mut parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
-        parts.sort();
-        msg = format!("{msg}: {}.", parts.join(", "));
-    }
-    msg
+    out
 }
 
 impl Scheduler {
-    /// Requests of the live pods on each node, the assumed ones included.
-    fn usage(&self) -> HashMap<String, Vec<Requests>> {
-        let pods = self.pods.state();
-        let mut assumed = self.assumed.lock().expect("assumed lock");
-        // An assumed pod is settled once the cache shows it bound, or gone. (One pass over
-        // the pods: a search per assumed pod made scheduling N pods cost N³.)
-        if !assumed.is_empty() {
-            let unbound: HashSet<&str> = pods
-                .iter()
-                .filter(|p| node_name(p).is_none())
-                .filter_map(|p| p.metadata.uid.as_deref())
-                .collect();
-            assumed.retain(|uid, _| unbound.contains(uid.as_str()));
+    fn on_pod(&mut self, pod: Pod) {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        if let Some(seen) = &mut self.pods_relist {
+            seen.insert(uid.clone());
         }
-        let mut usage: HashMap<String, Vec<Requests>> = HashMap::new();
-        for p in pods.iter().filter(|p| is_live(p)) {
-            if let Some(n) = node_name(p) {
-                usage
-                    .entry(n.to_string())
-                    .or_default()
-                    .push(Requests::of(p));
+        if terminal(&pod) {
+            return self.on_pod_gone(&uid);
+        }
+        let now = Instant::now();
+        let info = Arc::new(PodInfo::new(Arc::new(pod)));
+        if let Some(node) = node_name(&info.pod).map(str::to_owned) {
+            self.queue.remove(&uid);
+            self.nominator.remove(&uid);
+            let old = self.cache.pod(&uid).cloned();
+            let was_assumed = self.cache.is_assumed(&uid);
+            let relabelled = old.as_ref().is_some_and(|o| o.labels() != info.labels());
+            self.cache.set_pod(&node, info);
+            if old.is_none() && !was_assumed {
+                self.queue.on_event(Event::AssignedPodAdd, now);
+            } else if relabelled {
+                self.queue.on_event(Event::AssignedPodLabel, now);
             }
+            return;
         }
-        for (node, r) in assumed.values() {
-            usage.entry(node.clone()).or_default().push(*r);
+        if self.cache.is_assumed(&uid) {
+            // Its binding is under way.
+            return;
         }
-        usage
-    }
-
-    async fn bind(&self, pod: &Pod, node: &str) -> Result<()> {
-        let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
-        let binding = Binding {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                namespace: Some(ns.clone()),
-                ..Default::default()
-            },
-            target: ObjectReference {
-                kind: Some("Node".into()),
-                name: Some(node.to_string()),
-                ..Default::default()
-            },
-        };
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
-        pods.create_subresource::<Binding, serde_json::Value>(
-            "binding",
-            &name,
-            &PostParams::default(),
-            &binding,
-        )
-        .await?;
-        tracing::info!(pod = %format!("{ns}/{name}"), node, "scheduled");
-        Ok(())
-    }
-
-    /// Records why the pod fits nowhere, unless that is what it already says.
-    async fn mark_unschedulable(&self, pod: &Pod, message: String) -> Result<()> {
-        let conditions = pod
+        if info.terminating() || self.cfg.profile(scheduler_name(&info.pod)).is_none() {
+            self.queue.remove(&uid);
+            self.nominator.remove(&uid);
+            return;
+        }
+        let nominated = info
+            .pod
             .status
             .as_ref()
-            .and_then(|s| s.conditions.clone())
-            .unwrap_or_default();
-        if conditions.iter().any(|c| {
-            c.type_ == "PodScheduled"
-                && c.reason.as_deref() == Some("Unschedulable")
-                && c.message.as_deref() == Some(message.as_str())
-        }) {
-            return Ok(());
+            .and_then(|s| s.nominated_node_name.clone());
+        if nominated.is_some() || self.nominator.node_of(&uid).is_some() {
+            // The status is the record; a nomination made this cycle arrives there soon.
+            if let Some(n) = nominated {
+                self.nominator.set(info.clone(), Some(&n));
+            }
         }
-        let mut updated = pod.clone();
-        let status = updated.status.get_or_insert_with(PodStatus::default);
-        let conds = status.conditions.get_or_insert_with(Vec::new);
-        conds.retain(|c| c.type_ != "PodScheduled");
-        conds.push(PodCondition {
-            type_: "PodScheduled".into(),
-            status: "False".into(),
-            reason: Some("Unschedulable".into()),
-            message: Some(message),
-            last_transition_time: Some(Time(jiff::Timestamp::now())),
-            ..Default::default()
-        });
-        let pods: Api<Pod> =
-            Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
-        pods.replace_status(&pod.name_any(), &PostParams::default(), &updated)
-            .await?;
-        Ok(())
+        self.queue.upsert(info, now);
     }
-}
 
-async fn reconcile(pod: Arc<Pod>, s: Arc<Scheduler>) -> Result<Action> {
-    if !is_pending(&pod) {
-        return Ok(Action::await_change());
-    }
-    // No pod is judged against a node list that has not been read yet. The reconcile runs in
-    // its own task while the controller keeps polling the node watch, so this wait ends.
-    if s.nodes.synced().await.is_err() {
-        return Ok(Action::requeue(RETRY_UNSCHEDULABLE));
-    }
-    let uid = pod.metadata.uid.clone().unwrap_or_default();
-    let wants = Requests::of(&pod);
-    let node = {
-        // The scheduling cycle: one pod at a time, against what is placed so far.
-        let _cycle = s.cycle.lock().await;
-        if s.assumed.lock().expect("assumed lock").contains_key(&uid) {
-            // Placed already; its binding is under way.
-            return Ok(Action::await_change());
+    fn on_pod_gone(&mut self, uid: &str) {
+        self.queue.remove(uid);
+        self.nominator.remove(uid);
+        if self.cache.remove_pod(uid).is_some() {
+            self.queue
+                .on_event(Event::AssignedPodDelete, Instant::now());
         }
-        let usage = s.usage();
-        let nodes = s.nodes.state();
-        let mut best: Option<(f64, &str)> = None;
-        let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-        for node in &nodes {
-            let name = node.metadata.name.as_deref().unwrap_or_default();
-            let on = usage.get(name).map(Vec::as_slice).unwrap_or_default();
-            let why = misfit(&pod, wants, node, on);
-            if why.is_empty() {
-                let score = free_fraction(node, on, wants);
-                if best.is_none_or(|(b, _)| score > b) {
-                    best = Some((score, name));
+    }
+
+    fn on_pods(&mut self, ev: Watched<Pod>) {
+        match ev {
+            Watched::Init => self.pods_relist = Some(HashSet::new()),
+            Watched::InitApply(p) | Watched::Apply(p) => self.on_pod(p),
+            Watched::Delete(p) => self.on_pod_gone(p.metadata.uid.as_deref().unwrap_or_default()),
+            Watched::InitDone => {
+                let seen = self.pods_relist.take().unwrap_or_default();
+                for uid in self.cache.pod_uids().into_iter().chain(self.queue.uids()) {
+                    if !seen.contains(&uid) {
+                        self.on_pod_gone(&uid);
+                    }
+                }
+                self.synced.0 = true;
+            }
+        }
+    }
+
+    fn on_nodes(&mut self, ev: Watched<Node>) {
+        let now = Instant::now();
+        match ev {
+            Watched::Init => self.nodes_relist = Some(HashSet::new()),
+            Watched::InitApply(n) | Watched::Apply(n) => {
+                let name = n.metadata.name.clone().unwrap_or_default();
+                if let Some(seen) = &mut self.nodes_relist {
+                    seen.insert(name.clone());
+                }
+                let old = self.cache.node(&name).map(|i| i.node.clone());
+                let n = Arc::new(n);
+                self.cache.set_node(n.clone());
+                match old {
+                    None => self.queue.on_event(Event::NodeAdd, now),
+                    Some(old) => {
+                        for e in node_events(&old, &n) {
+                            self.queue.on_event(e, now);
+                        }
+                    }
                 }
             }
-            for w in why {
-                *reasons.entry(w).or_default() += 1;
+            Watched::Delete(n) => {
+                self.cache
+                    .remove_node(n.metadata.name.as_deref().unwrap_or_default());
+                self.queue.on_event(Event::NodeDelete, now);
+            }
+            Watched::InitDone => {
+                let seen = self.nodes_relist.take().unwrap_or_default();
+                let gone: Vec<String> = self
+                    .cache
+                    .node_names()
+                    .filter(|n| !seen.contains(*n))
+                    .map(str::to_owned)
+                    .collect();
+                for n in gone {
+                    self.cache.remove_node(&n);
+                    self.queue.on_event(Event::NodeDelete, now);
+                }
+                self.synced.1 = true;
             }
         }
-        let Some((_, node)) = best else {
-            drop(_cycle);
-            s.mark_unschedulable(&pod, unschedulable_message(nodes.len(), &reasons))
-                .await?;
-            return Ok(Action::requeue(RETRY_UNSCHEDULABLE));
+    }
+
+    fn on_report(&mut self, r: Report) {
+        match r {
+            Report::BindFailed(info, settled) => {
+                self.cache.forget(&info.uid);
+                self.queue
+                    .on_event(Event::AssignedPodDelete, Instant::now());
+                if !settled {
+                    self.queue.retry_later(info, Instant::now());
+                }
+            }
+        }
+    }
+
+    fn note(&self, pod: &Arc<Pod>, type_: &'static str, reason: &'static str, msg: String) {
+        // Dropped when the backlog is full, as client-go's event broadcaster drops them.
+        let _ = self.events.try_send((pod.clone(), type_, reason, msg));
+    }
+
+    /// One pod's scheduling cycle.
+    fn schedule_one(&mut self) {
+        let Some(q) = self.queue.pop() else { return };
+        let pod = q.info;
+        let cfg = self.cfg.clone();
+        let Some(profile) = cfg.profile(scheduler_name(&pod.pod)) else {
+            self.queue.remove(&pod.uid);
+            return;
         };
-        s.assumed
-            .lock()
-            .expect("assumed lock")
-            .insert(uid.clone(), (node.to_string(), wants));
-        node.to_string()
-    };
-    // The binding cycle, beside the next pods' scheduling cycles.
-    match s.bind(&pod, &node).await {
-        Ok(()) => Ok(Action::await_change()),
-        Err(e) => {
-            s.assumed.lock().expect("assumed lock").remove(&uid);
-            match e {
-                // Bound or deleted meanwhile: the watch brings the news.
-                reconcile::Error::Api(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {
-                    Ok(Action::await_change())
-                }
-                e => Err(e),
+        let decision = self.algo.schedule(
+            profile,
+            cfg.percentage_of_nodes_to_score,
+            &self.cache,
+            &self.listers,
+            &self.nominator,
+            &pod,
+        );
+        let now = Instant::now();
+        match decision {
+            Decision::Node(node) => {
+                self.queue.done(&pod.uid);
+                self.nominator.remove(&pod.uid);
+                self.cache.assume(&node, pod.clone());
+                self.bind(pod, node);
             }
+            Decision::NoNodes => {
+                self.queue.failed(&pod.uid, HashSet::new(), now);
+                self.nominator.remove(&pod.uid);
+                self.report_failure(
+                    pod,
+                    "no nodes available to schedule pods".into(),
+                    Some(None),
+                );
+            }
+            Decision::Unfit(unfit) => {
+                let (diag, state) = *unfit;
+                let mut msg = diag.message(self.cache.nodes.len());
+                let mut nominate = None;
+                if profile.preemption {
+                    match preemption::preempt(
+                        profile,
+                        &self.cache,
+                        &self.listers,
+                        &self.nominator,
+                        &state,
+                        &diag,
+                    ) {
+                        preemption::Outcome::NotEligible(why) => {
+                            msg = format!("{msg} preemption: {why}")
+                        }
+                        preemption::Outcome::NoCandidates(why) => {
+                            msg = format!("{msg} preemption: {why}");
+                            nominate = Some(None);
+                            self.nominator.remove(&pod.uid);
+                        }
+                        preemption::Outcome::Preempt(c) => {
+                            self.nominator.set(pod.clone(), Some(&c.node));
+                            self.evict(&pod, &c, &profile.scheduler_name);
+                            nominate = Some(Some(c.node));
+                        }
+                    }
+                }
+                self.queue.failed(&pod.uid, diag.plugins, now);
+                self.report_failure(pod, msg, nominate);
+            }
+        }
+    }
+
+    fn bind(&self, pod: Arc<PodInfo>, node: String) {
+        let client = self.client.clone();
+        let writers = self.writers.clone();
+        let reports = self.reports.clone();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let _permit = writers.acquire_owned().await;
+            let binding = Binding {
+                metadata: ObjectMeta {
+                    name: Some(pod.name.clone()),
+                    namespace: Some(pod.namespace.clone()),
+                    ..Default::default()
+                },
+                target: ObjectReference {
+                    kind: Some("Node".into()),
+                    name: Some(node.clone()),
+                    ..Default::default()
+                },
+            };
+            let api: Api<Pod> = Api::namespaced(client, &pod.namespace);
+            let r = api
+                .create_subresource::<Binding, serde_json::Value>(
+                    "binding",
+                    &pod.name,
+                    &PostParams::default(),
+                    &binding,
+                )
+                .await;
+            match r {
+                Ok(_) => {
+                    let msg = format!("Successfully assigned {} to {node}", pod.key());
+                    let _ = events.try_send((pod.pod.clone(), "Normal", "Scheduled", msg));
+                }
+                Err(e) => {
+                    tracing::info!(pod = %pod.key(), %node, "binding failed: {e}");
+                    // Bound elsewhere or gone: the watch brings the news.
+                    let settled =
+                        matches!(&e, kube::Error::Api(s) if s.code == 409 || s.code == 404);
+                    let _ = reports.send(Report::BindFailed(pod, settled));
+                }
+            }
+        });
+    }
+
+    /// The condition, the event and the nomination of a pod that fits nowhere.
+    /// `nominate`: None leaves `nominatedNodeName`, Some(x) sets it to x.
+    fn report_failure(&self, pod: Arc<PodInfo>, msg: String, nominate: Option<Option<String>>) {
+        let note = if msg.len() > NOTE_LIMIT {
+            let mut cut = NOTE_LIMIT - 4;
+            while !msg.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            format!("{} ...", &msg[..cut])
+        } else {
+            msg.clone()
+        };
+        self.note(&pod.pod, "Warning", "FailedScheduling", note);
+        let status = pod.pod.status.as_ref();
+        let current = status
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "PodScheduled"));
+        let same_condition = current.is_some_and(|c| {
+            c.status == "False"
+                && c.reason.as_deref() == Some("Unschedulable")
+                && c.message.as_deref() == Some(msg.as_str())
+        });
+        let nominated = status
+            .and_then(|s| s.nominated_node_name.clone())
+            .filter(|n| !n.is_empty());
+        let nominate = nominate.filter(|n| *n != nominated);
+        if same_condition && nominate.is_none() {
+            return;
+        }
+        let since = match current {
+            Some(c) if c.status == "False" => c.last_transition_time.clone(),
+            _ => None,
+        }
+        .unwrap_or(Time(jiff::Timestamp::now()));
+        let mut patch = json!({"status": {"conditions": [{
+            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": msg, "lastProbeTime": null, "lastTransitionTime": since,
+        }]}});
+        if let Some(n) = nominate {
+            patch["status"]["nominatedNodeName"] = json!(n);
+        }
+        self.patch_status(&pod, patch);
+    }
+
+    fn patch_status(&self, pod: &PodInfo, patch: serde_json::Value) {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
+        let (name, writers) = (pod.name.clone(), self.writers.clone());
+        tokio::spawn(async move {
+            let _permit = writers.acquire_owned().await;
+            if let Err(e) = api
+                .patch_status(&name, &PatchParams::default(), &Patch::Strategic(patch))
+                .await
+            {
+                tracing::debug!(pod = %name, "status not written: {e}");
+            }
+        });
+    }
+
+    /// Evicts the victims gracefully (DisruptionTarget first, then DELETE), each with a
+    /// `Preempted` event, and takes lower-priority nominations off the node.
+    fn evict(&mut self, preemptor: &PodInfo, c: &preemption::Candidate, scheduler: &str) {
+        let lower: Vec<Arc<PodInfo>> = self
+            .nominator
+            .on(&c.node)
+            .iter()
+            .filter(|p| p.priority < preemptor.priority)
+            .cloned()
+            .collect();
+        for p in lower {
+            self.nominator.remove(&p.uid);
+            self.patch_status(&p, json!({"status": {"nominatedNodeName": null}}));
+        }
+        for v in &c.victims {
+            if v.terminating() {
+                continue;
+            }
+            let msg = format!("Preempted by pod {} on node {}", preemptor.uid, c.node);
+            self.note(&v.pod, "Normal", "Preempted", msg);
+            let api: Api<Pod> = Api::namespaced(self.client.clone(), &v.namespace);
+            let name = v.name.clone();
+            let condition = json!({"status": {"conditions": [{
+                "type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
+                "message": format!("{scheduler}: preempting to accommodate a higher priority pod"),
+                "lastTransitionTime": Time(jiff::Timestamp::now()),
+            }]}});
+            let writers = self.writers.clone();
+            tokio::spawn(async move {
+                let _permit = writers.acquire_owned().await;
+                let patched = api
+                    .patch_status(&name, &PatchParams::default(), &Patch::Strategic(condition))
+                    .await;
+                if let Err(e) = patched {
+                    tracing::info!(pod = %name, "preemption: condition not written: {e}");
+                }
+                if let Err(e) = api.delete(&name, &DeleteParams::default()).await {
+                    tracing::info!(pod = %name, "preemption: victim not deleted: {e}");
+                }
+            });
         }
     }
 }
 
-/// Runs the scheduler with `client` until the process ends (or the task is aborted when the
-/// lease is lost).
-pub async fn run(client: kube::Client) {
-    let (nodes, writer) = reflector::store::<Node>();
-    let node_events = reflector(
-        writer,
-        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
+/// Posts events one at a time from a bounded backlog.
+async fn post_events(client: kube::Client, mut rx: tokio::sync::mpsc::Receiver<Note>) {
+    let recorder = Recorder::new(client, config::DEFAULT_SCHEDULER);
+    while let Some((pod, type_, reason, msg)) = rx.recv().await {
+        recorder
+            .post(
+                crate::controllers::events::reference(&*pod),
+                type_,
+                reason,
+                &msg,
+            )
+            .await;
+    }
+}
+
+fn watch<K>(
+    client: &kube::Client,
+) -> impl Stream<Item = Result<Watched<K>, watcher::Error>> + Send + Unpin
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    Box::pin(
+        watcher::watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+            .default_backoff(),
     )
-    .default_backoff()
-    .touched_objects();
-    let controller = Controller::new(Api::<Pod>::all(client.clone()), watcher::Config::default())
-        .with_config(Config::default().concurrency(BINDINGS));
-    let pods = controller.store();
-    let pending = pods.clone();
-    // A node that comes, goes or changes may fit the pods waiting for one.
-    let controller = controller.watches_stream(node_events, move |_node: Node| {
-        pending
-            .state()
-            .into_iter()
-            .filter(|p| is_pending(p))
-            .map(|p| ObjectRef::from_obj(&*p))
-            .collect::<Vec<_>>()
-    });
-    let ctx = Arc::new(Scheduler {
+}
+
+/// Runs the scheduler with `cfg`'s profiles until the process ends (or the task is aborted
+/// when the lease is lost).
+pub async fn run_with(client: kube::Client, cfg: Arc<SchedulerConfig>) {
+    let (listers, feed) = Listers::start(&client);
+    let _feed = AbortOnDrop(tokio::spawn(feed));
+    let (events, rx) = tokio::sync::mpsc::channel(EVENT_BACKLOG);
+    let _events = AbortOnDrop(tokio::spawn(post_events(client.clone(), rx)));
+    let (reports, mut report_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut pods = watch::<Pod>(&client);
+    let mut nodes = watch::<Node>(&client);
+    let mut s = Scheduler {
+        queue: Queue::new(cfg.initial_backoff, cfg.max_backoff),
         client,
-        pods: Cache::new(pods),
-        nodes: Cache::new(nodes),
-        assumed: Mutex::new(HashMap::new()),
-        cycle: tokio::sync::Mutex::new(()),
-    });
-    reconcile::run("scheduler", controller, reconcile, ctx).await;
+        cfg,
+        cache: Cache::default(),
+        nominator: Nominator::default(),
+        algo: Algorithm::default(),
+        listers,
+        events,
+        writers: Arc::new(tokio::sync::Semaphore::new(WRITERS)),
+        reports,
+        pods_relist: None,
+        nodes_relist: None,
+        synced: (false, false),
+    };
+    let tick = Duration::from_secs(1);
+    let mut next_flush = Instant::now() + tick;
+    loop {
+        // Everything the watches have ready goes into the cache first.
+        loop {
+            let mut any = false;
+            while let Some(Some(ev)) = pods.next().now_or_never() {
+                any = true;
+                match ev {
+                    Ok(ev) => s.on_pods(ev),
+                    Err(e) => tracing::debug!("scheduler: pod watch: {e}"),
+                }
+            }
+            while let Some(Some(ev)) = nodes.next().now_or_never() {
+                any = true;
+                match ev {
+                    Ok(ev) => s.on_nodes(ev),
+                    Err(e) => tracing::debug!("scheduler: node watch: {e}"),
+                }
+            }
+            while let Ok(r) = report_rx.try_recv() {
+                any = true;
+                s.on_report(r);
+            }
+            if !any {
+                break;
+            }
+        }
+        let now = Instant::now();
+        if now >= next_flush {
+            s.queue.flush(now);
+            next_flush = now + tick;
+        }
+        if s.synced == (true, true) && s.queue.has_active() {
+            s.schedule_one();
+            tokio::task::consume_budget().await;
+            continue;
+        }
+        let wake = s
+            .queue
+            .next_backoff()
+            .map_or(next_flush, |b| b.min(next_flush));
+        tokio::select! {
+            Some(ev) = pods.next() => match ev {
+                Ok(ev) => s.on_pods(ev),
+                Err(e) => tracing::debug!("scheduler: pod watch: {e}"),
+            },
+            Some(ev) = nodes.next() => match ev {
+                Ok(ev) => s.on_nodes(ev),
+                Err(e) => tracing::debug!("scheduler: node watch: {e}"),
+            },
+            Some(r) = report_rx.recv() => s.on_report(r),
+            _ = tokio::time::sleep_until(wake.into()) => s.queue.flush(Instant::now()),
+        }
+    }
 }
 
 #[cfg(test)]
 mod loop_tests;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use k8s_rules::quantity::milli;
-    use serde_json::{json, Value};
-
-    #[test]
-    fn quantities_and_fit() {
-        assert_eq!(milli("100m"), Some(100));
-        assert_eq!(milli("2"), Some(2000));
-        assert_eq!(milli("64Mi"), Some(64 * 1024 * 1024 * 1000));
-        assert_eq!(milli("1e3"), Some(1_000_000));
-        assert_eq!(milli("bogus"), None);
-        let node: Node = serde_json::from_value(json!({"metadata": {"name": "n", "labels": {"disk": "ssd"}}, "spec": {"taints": [{"key": "gpu", "value": "yes", "effect": "NoSchedule"}]}, "status": {"allocatable": {"cpu": "1", "memory": "1Gi", "pods": "2"}}})).unwrap();
-        let pod = |cpu: &str, extra: Value| {
-            let mut p = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": cpu}}}], "tolerations": [{"key": "gpu", "operator": "Exists"}]}});
-            if let Some(m) = extra.as_object() {
-                for (k, v) in m {
-                    p["spec"][k] = v.clone();
-                }
-            }
-            serde_json::from_value::<Pod>(p).unwrap()
-        };
-        let fit = |p: &Pod, on: &[Requests]| misfit(p, Requests::of(p), &node, on);
-        assert!(fit(&pod("500m", json!({})), &[]).is_empty());
-        assert_eq!(fit(&pod("2", json!({})), &[]), ["Insufficient cpu"]);
-        assert_eq!(
-            fit(&pod("1m", json!({"nodeSelector": {"disk": "hdd"}})), &[]),
-            ["node(s) didn't match Pod's node affinity/selector"]
-        );
-        let affinity = json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "disk", "operator": "NotIn", "values": ["ssd"]}]}]}}}});
-        assert_eq!(
-            fit(&pod("1m", affinity), &[]),
-            ["node(s) didn't match Pod's node affinity/selector"]
-        );
-        // Taints are checked before affinity (upstream's filter order): only the first
-        // failing filter's reason.
-        assert_eq!(
-            fit(
-                &pod(
-                    "1m",
-                    json!({"tolerations": [], "nodeSelector": {"disk": "hdd"}})
-                ),
-                &[]
-            ),
-            ["node(s) had untolerated taint {gpu: yes}"]
-        );
-        let a = Requests::of(&pod("600m", json!({})));
-        assert_eq!(fit(&pod("500m", json!({})), &[a]), ["Insufficient cpu"]);
-        // NodeResourcesFit names every resource short.
-        assert_eq!(
-            fit(&pod("500m", json!({})), &[a, a]),
-            ["Too many pods", "Insufficient cpu"]
-        );
-        let big = json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "2", "memory": "2Gi"}}}]});
-        assert_eq!(
-            fit(&pod("1m", big), &[]),
-            ["Insufficient cpu", "Insufficient memory"]
-        );
-        // Requests and capacity compare exactly: 1000m of a 1-CPU node fits.
-        assert!(fit(&pod("1000m", json!({})), &[]).is_empty());
-        // A cordoned node takes a pod tolerating its unschedulable taint.
-        let mut cordoned = node.clone();
-        cordoned.spec.as_mut().unwrap().unschedulable = Some(true);
-        let on_cordoned = |p: &Pod| misfit(p, Requests::of(p), &cordoned, &[]);
-        assert_eq!(
-            on_cordoned(&pod("1m", json!({}))),
-            ["node(s) were unschedulable"]
-        );
-        let tolerant = json!({"tolerations": [{"key": "gpu", "operator": "Exists"},
-            {"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"}]});
-        assert!(on_cordoned(&pod("1m", tolerant)).is_empty());
-        // Upstream sorts the "<count> <reason>" strings: "1 node(s)…" before "2 Insufficient…".
-        let reasons = BTreeMap::from([
-            ("Insufficient cpu".to_string(), 2),
-            ("node(s) were unschedulable".to_string(), 1),
-        ]);
-        assert_eq!(
-            unschedulable_message(3, &reasons),
-            "0/3 nodes are available: 1 node(s) were unschedulable, 2 Insufficient cpu."
-        );
-        assert_eq!(
-            unschedulable_message(0, &BTreeMap::new()),
-            "no nodes available to schedule pods"
-        );
-    }
-}

@@ -156,7 +156,7 @@ async fn a_pod_that_fits_nowhere_is_unschedulable_until_a_node_comes_or_changes(
     };
     assert_eq!(
         s.scheduled("huge").await,
-        unschedulable("0/2 nodes are available: 1 Insufficient cpu, 1 node(s) were unschedulable.")
+        unschedulable("0/2 nodes are available: 1 Insufficient cpu, 1 node(s) were unschedulable. preemption: 0/2 nodes are available: 1 No preemption victims found for incoming pod, 1 Preemption is not helpful for scheduling.")
     );
     assert!(super::node_name(&s.pods.get("huge").await.unwrap()).is_none());
 
@@ -173,7 +173,7 @@ async fn a_pod_that_fits_nowhere_is_unschedulable_until_a_node_comes_or_changes(
     .await;
     assert_eq!(
         marked,
-        unschedulable("0/3 nodes are available: 1 node(s) were unschedulable, 2 Insufficient cpu.")
+        unschedulable("0/3 nodes are available: 1 node(s) were unschedulable, 2 Insufficient cpu. preemption: 0/3 nodes are available: 1 Preemption is not helpful for scheduling, 2 No preemption victims found for incoming pod.")
     );
     s.nodes
         .patch(
@@ -201,7 +201,12 @@ async fn a_pod_in_a_cluster_without_nodes_waits_for_the_first() {
             Some("no nodes available to schedule pods".to_string())
         )
     );
-    s.add_nodes(&[node("first", "1", json!({}))]).await;
+    // A node stating only its capacity has that much allocatable (the apiserver's default).
+    let mut first = node("first", "1", json!({}));
+    first.status.as_mut().unwrap().allocatable = None;
+    s.add_nodes(&[first]).await;
+    let stored = s.nodes.get("first").await.unwrap().status.unwrap();
+    assert_eq!(stored.allocatable, stored.capacity);
     assert_eq!(s.bound("early", Duration::from_secs(4)).await, "first");
 }
 
@@ -246,7 +251,7 @@ async fn pods_placed_together_never_overcommit_a_node() {
             let (_, _, message) = scheduled_condition(&p).unwrap();
             assert_eq!(
                 message.as_deref(),
-                Some("0/2 nodes are available: 2 Insufficient cpu.")
+                Some("0/2 nodes are available: 2 Insufficient cpu. preemption: 0/2 nodes are available: 2 No preemption victims found for incoming pod.")
             );
         }
     }
@@ -325,4 +330,209 @@ async fn a_gated_pod_waits_untouched_until_its_gates_are_removed() {
         ),
         "{err}"
     );
+}
+
+/// A higher-priority pod that fits nowhere preempts: the victim is marked DisruptionTarget,
+/// deleted gracefully and told why; the preemptor is nominated to the node and placed there
+/// once the victim is gone.
+#[tokio::test]
+async fn a_higher_priority_pod_preempts_a_lower_one() {
+    let s = Setup::new().await;
+    s.add_nodes(&[node("n1", "1", json!({}))]).await;
+    let _scheduler = s.start_scheduler();
+    s.add_pods(&[pod("low", "800m", json!({"priority": 0}))])
+        .await;
+    assert_eq!(s.bound("low", WAIT).await, "n1");
+    s.add_pods(&[pod("high", "800m", json!({"priority": 100}))])
+        .await;
+    let victim = eventually("the victim to be going", WAIT, || async {
+        let p = s.pods.get("low").await.unwrap();
+        p.metadata.deletion_timestamp.is_some().then_some(p)
+    })
+    .await;
+    let disruption = victim
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "DisruptionTarget").cloned())
+        .expect("a DisruptionTarget condition");
+    assert_eq!(
+        (
+            disruption.status.as_str(),
+            disruption.reason.as_deref(),
+            disruption.message.as_deref()
+        ),
+        (
+            "True",
+            Some("PreemptionByScheduler"),
+            Some("default-scheduler: preempting to accommodate a higher priority pod")
+        )
+    );
+    let high = eventually("the preemptor nominated", WAIT, || async {
+        let p = s.pods.get("high").await.unwrap();
+        let n = p
+            .status
+            .as_ref()
+            .and_then(|s| s.nominated_node_name.clone());
+        n.map(|n| (n, p))
+    })
+    .await;
+    assert_eq!(high.0, "n1");
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(s.c.admin(), "default");
+    let preempted = eventually("the Preempted event", WAIT, || async {
+        let list = events.list(&Default::default()).await.unwrap().items;
+        list.into_iter()
+            .find(|e| e.reason.as_deref() == Some("Preempted"))
+    })
+    .await;
+    let uid = high.1.metadata.uid.clone().unwrap();
+    assert_eq!(
+        preempted.message.as_deref(),
+        Some(format!("Preempted by pod {uid} on node n1").as_str())
+    );
+    assert_eq!(preempted.involved_object.name.as_deref(), Some("low"));
+    // No kubelet here: finish the victim's graceful deletion as one would.
+    s.pods
+        .delete("low", &kube::api::DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    assert_eq!(s.bound("high", WAIT).await, "n1");
+    // A pod that may not preempt says so.
+    s.add_pods(&[pod(
+        "polite",
+        "800m",
+        json!({"priority": 1000, "preemptionPolicy": "Never"}),
+    )])
+    .await;
+    let (_, _, message) = s.scheduled("polite").await;
+    assert_eq!(
+        message.as_deref(),
+        Some("0/1 nodes are available: 1 Insufficient cpu. preemption: not eligible due to preemptionPolicy=Never.")
+    );
+}
+
+/// Required anti-affinity spreads replicas one per node; the one too many waits with
+/// kube-scheduler's message.
+#[tokio::test]
+async fn required_anti_affinity_places_one_replica_per_node() {
+    let s = Setup::new().await;
+    s.add_nodes(&[
+        node("n1", "4", json!({})),
+        node("n2", "4", json!({})),
+        node("n3", "4", json!({})),
+    ])
+    .await;
+    let _scheduler = s.start_scheduler();
+    let replica = |name: &str| {
+        let mut p = pod(
+            name,
+            "100m",
+            json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "kubernetes.io/hostname"}]}}}),
+        );
+        p.metadata.labels = Some([("app".to_string(), "web".to_string())].into());
+        p
+    };
+    s.add_pods(&[replica("w1"), replica("w2"), replica("w3")])
+        .await;
+    let mut nodes = Vec::new();
+    for n in ["w1", "w2", "w3"] {
+        nodes.push(s.bound(n, WAIT).await);
+    }
+    nodes.sort();
+    assert_eq!(nodes, ["n1", "n2", "n3"]);
+    s.add_pods(&[replica("w4")]).await;
+    let (status, reason, message) = s.scheduled("w4").await;
+    assert_eq!(
+        (status.as_str(), reason.as_deref()),
+        ("False", Some("Unschedulable"))
+    );
+    assert_eq!(
+        message.as_deref(),
+        Some("0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules. preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod.")
+    );
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(s.c.admin(), "default");
+    let scheduled = eventually("Scheduled events", WAIT, || async {
+        let list = events.list(&Default::default()).await.unwrap().items;
+        let n = list
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("Scheduled"))
+            .count();
+        (n == 3).then_some(list)
+    })
+    .await;
+    let w1 = scheduled
+        .iter()
+        .find(|e| {
+            e.involved_object.name.as_deref() == Some("w1")
+                && e.reason.as_deref() == Some("Scheduled")
+        })
+        .unwrap();
+    assert_eq!(
+        w1.message.as_deref(),
+        Some(
+            format!(
+                "Successfully assigned default/w1 to {}",
+                s.bound("w1", WAIT).await
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(
+        w1.source.as_ref().and_then(|s| s.component.as_deref()),
+        Some("default-scheduler")
+    );
+    // Removing a replica makes room: the waiting one is placed on the node it leaves.
+    let gone = s.bound("w2", WAIT).await;
+    s.pods
+        .delete("w2", &kube::api::DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    assert_eq!(s.bound("w4", WAIT).await, gone);
+}
+
+/// Profiles are chosen by `schedulerName`; pods for schedulers with no profile are left to
+/// theirs.
+#[tokio::test]
+async fn profiles_are_picked_by_scheduler_name() {
+    let s = Setup::new().await;
+    s.add_nodes(&[node("small", "2", json!({})), node("big", "8", json!({}))])
+        .await;
+    let cfg = super::config::SchedulerConfig::parse(
+        "apiVersion: kubescheduler.config.k8s.io/v1
+kind: KubeSchedulerConfiguration
+profiles:
+- schedulerName: default-scheduler
+- schedulerName: bin-packing
+  plugins:
+    score:
+      disabled:
+      - name: '*'
+      enabled:
+      - name: NodeResourcesFit
+  pluginConfig:
+  - name: NodeResourcesFit
+    args:
+      scoringStrategy:
+        type: MostAllocated
+",
+    )
+    .unwrap();
+    let _scheduler = Task::spawn(super::run_with(
+        s.c.client(SCHEDULER_USER, &[]),
+        std::sync::Arc::new(cfg),
+    ));
+    // The other scheduler's pod comes first: had it been taken, it would be placed before
+    // the two after it.
+    s.add_pods(&[
+        pod("theirs", "1", json!({"schedulerName": "someone-else"})),
+        pod("spread", "1", json!({})),
+        pod("packed", "1", json!({"schedulerName": "bin-packing"})),
+    ])
+    .await;
+    assert_eq!(s.bound("spread", WAIT).await, "big");
+    assert_eq!(s.bound("packed", WAIT).await, "small");
+    let theirs = s.pods.get("theirs").await.unwrap();
+    assert!(super::node_name(&theirs).is_none());
+    assert!(scheduled_condition(&theirs).is_none());
 }
