@@ -93,6 +93,10 @@ enum Cmd {
         /// Extra names or IPs for the serving certificate (repeatable, comma-separated).
         #[arg(long, value_delimiter = ',')]
         tls_san: Vec<String>,
+        /// kube-scheduler's `--config`: a KubeSchedulerConfiguration (v1) file with its
+        /// profiles, plugins and weights.
+        #[arg(long)]
+        scheduler_config: Option<PathBuf>,
         #[command(flatten)]
         nodes: Box<NodeControllerFlags>,
     },
@@ -444,6 +448,7 @@ fn run(cli: Cli) -> Result<i32> {
             max_endpoints_per_slice,
             advertise_address,
             tls_san,
+            scheduler_config,
             nodes,
         } => {
             let (node_ipam, node_lifecycle) = (*nodes).options()?;
@@ -464,6 +469,7 @@ fn run(cli: Cli) -> Result<i32> {
                     node_ipam,
                     node_lifecycle,
                 },
+                scheduler_config,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -516,9 +522,16 @@ async fn agent(cfg: Config) -> Result<()> {
             listen,
             admin_kubeconfig,
             controllers,
+            scheduler_config,
         } => {
-            let (client, task) =
-                cluster::all_in_one(&cfg, *listen, admin_kubeconfig, controllers.clone()).await?;
+            let (client, task) = cluster::all_in_one(
+                &cfg,
+                *listen,
+                admin_kubeconfig,
+                controllers.clone(),
+                scheduler_config.clone(),
+            )
+            .await?;
             control_plane = Some(task);
             Some(client)
         }

@@ -39,6 +39,9 @@ pub struct Config {
     pub service_cluster_ip_range: k8s_rules::cidrs::DualStackCidrs,
     /// kube-controller-manager's options: which controllers run, and their settings.
     pub controllers: controllers::Options,
+    /// kube-scheduler's `--config`: a KubeSchedulerConfiguration file (the default profile
+    /// when None).
+    pub scheduler_config: Option<PathBuf>,
 }
 
 /// A kubeconfig for the apiserver at `server` (trusting `ca_pem`) as the holder of a client
@@ -66,6 +69,7 @@ async fn start_components(
     listen: SocketAddr,
     data_dir: PathBuf,
     opts: controllers::Options,
+    sched_cfg: Arc<scheduler::config::SchedulerConfig>,
 ) -> anyhow::Result<()> {
     let url = reconcile::loopback_url(listen);
     let pki = data_dir.join("pki");
@@ -83,7 +87,7 @@ async fn start_components(
     };
     let sched = elect(&scheduler, "kube-scheduler");
     let sched_client = scheduler.client.clone();
-    tokio::spawn(sched.run(move || scheduler::run(sched_client.clone())));
+    tokio::spawn(sched.run(move || scheduler::run_with(sched_client.clone(), sched_cfg.clone())));
     let cm = elect(&manager, "kube-controller-manager");
     let cm_client = manager.client.clone();
     tokio::spawn(cm.run(move || controllers::run(cm_client.clone(), pki.clone(), opts.clone())));
@@ -120,6 +124,10 @@ pub async fn run(
     cfg.controllers
         .validate()
         .map_err(|e| anyhow::anyhow!("controller options: {e}"))?;
+    let sched_cfg = Arc::new(match &cfg.scheduler_config {
+        Some(path) => scheduler::config::SchedulerConfig::load(path)?,
+        None => scheduler::config::SchedulerConfig::default(),
+    });
     let store: Arc<dyn store::Store> = if cfg.etcd_servers.is_empty() {
         Arc::new(
             store::embedded::Embedded::open(&cfg.data_dir)
@@ -188,7 +196,13 @@ pub async fn run(
         kubelet_tls,
         quota_turn: Default::default(),
     }));
-    start_components(addr, cfg.data_dir.clone(), cfg.controllers.clone()).await?;
+    start_components(
+        addr,
+        cfg.data_dir.clone(),
+        cfg.controllers.clone(),
+        sched_cfg,
+    )
+    .await?;
     loop {
         let (tcp, _) = match listener.accept().await {
             Ok(c) => c,

@@ -25,6 +25,7 @@ pub async fn all_in_one(
     listen: std::net::SocketAddr,
     admin_kubeconfig: &std::path::Path,
     controllers: podlet_control_plane::controllers::Options,
+    scheduler_config: Option<std::path::PathBuf>,
 ) -> Result<(kube::Client, tokio::task::JoinHandle<Result<()>>)> {
     let data_dir = cfg.root_dir.join("control-plane");
     let cp = podlet_control_plane::Config {
@@ -39,6 +40,7 @@ pub async fn all_in_one(
         // The agent's own range: the one its proxy treats as the service range.
         service_cluster_ip_range: cfg.service_cluster_ip_range.clone(),
         controllers,
+        scheduler_config,
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(podlet_control_plane::run(cp, Some(tx)));

@@ -78,6 +78,8 @@ pub enum ClusterMode {
         admin_kubeconfig: PathBuf,
         /// The in-process kube-controller-manager's options.
         controllers: podlet_control_plane::controllers::Options,
+        /// The in-process kube-scheduler's KubeSchedulerConfiguration file.
+        scheduler_config: Option<PathBuf>,
     },
     /// A worker of the control plane at `server`.
     Worker {
@@ -270,6 +272,7 @@ impl Config {
                 admin_kubeconfig: s
                     .admin_kubeconfig
                     .unwrap_or_else(|| "/etc/podlet/admin.kubeconfig".into()),
+                scheduler_config: s.scheduler_config,
                 controllers: {
                     let mut o = podlet_control_plane::controllers::Options::default();
                     if let Some(list) = s.controllers.as_deref() {

@@ -171,6 +171,10 @@ settings! {
     /// All-in-one: where the administrator's kubeconfig is written.
     #[arg(long)]
     admin_kubeconfig: PathBuf,
+    /// All-in-one: the scheduler's KubeSchedulerConfiguration (v1) file (kube-scheduler's
+    /// `--config`): profiles by `schedulerName`, plugins, weights, percentageOfNodesToScore.
+    #[arg(long)]
+    scheduler_config: PathBuf,
     /// All-in-one: the controllers to run, as kube-controller-manager's `--controllers`
     /// (`*` every controller on by default, `name` on, `-name` off; default `*`).
     #[arg(long)]
