@@ -13,6 +13,11 @@ impl LabelSelector {
         Selector::parse(s).map(LabelSelector)
     }
 
+    /// Selects every object.
+    pub fn is_everything(&self) -> bool {
+        self.0.selects_everything()
+    }
+
     pub fn matches(&self, obj: &Value) -> bool {
         let labels = &obj["metadata"]["labels"];
         self.0
@@ -51,6 +56,11 @@ impl FieldSelector {
             out.push((field.to_string(), eq, value.trim().to_string()));
         }
         Ok(FieldSelector(out))
+    }
+
+    /// Selects every object.
+    pub fn is_everything(&self) -> bool {
+        self.0.is_empty()
     }
 
     pub fn matches(&self, obj: &Value) -> bool {

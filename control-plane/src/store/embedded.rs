@@ -201,7 +201,12 @@ impl State {
             value,
         });
         self.rev = rec.r;
-        self.history.push_back(Event { kind, kv, prev });
+        self.history.push_back(Event {
+            kind,
+            kv,
+            prev,
+            rendered: Default::default(),
+        });
     }
 
     fn latest(&self, key: &str) -> Option<KeyValue> {

@@ -337,6 +337,7 @@ impl super::Store for Etcd {
                                     kind,
                                     kv: item,
                                     prev,
+                                    rendered: Default::default(),
                                 })
                                 .await
                                 .is_err()

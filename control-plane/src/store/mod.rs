@@ -37,6 +37,9 @@ pub struct Event {
     pub kv: KeyValue,
     /// The value before this change (None for a create).
     pub prev: Option<KeyValue>,
+    /// The event as a watch line for watchers with no selector, rendered once for all of
+    /// them (the clones a store hands its watchers share it).
+    pub rendered: Arc<std::sync::OnceLock<bytes::Bytes>>,
 }
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]

@@ -65,6 +65,7 @@ impl Store {
         let as_table = req.table;
         let include = req.param("includeObject").unwrap_or("Metadata").to_string();
         let w = store.watch(&prefix, from).await;
+        let plain = !as_table && ls.is_everything() && fs.is_everything();
         let stream = async_stream::stream! {
             let mut first = true;
             let render = |ty: &str, obj: &Value, first: &mut bool| -> Bytes {
@@ -102,7 +103,12 @@ impl Store {
                     ev = w.recv() => {
                         let Some(ev) = ev else { return };
                         last_rev = ev.kv.mod_rev;
-                        if let Some((ty, obj)) = watch_event(&ev, &ls, &fs) {
+                        if plain {
+                            // Every watcher of this kind without a selector sends the same line.
+                            if let Some(ty) = event_type(&ev) {
+                                yield Ok(ev.rendered.get_or_init(|| line(&json!({"type": ty, "object": decode_kv(&ev.kv)}))).clone());
+                            }
+                        } else if let Some((ty, obj)) = watch_event(&ev, &ls, &fs) {
                             yield Ok(render(ty, &obj, &mut first));
                         }
                     }
@@ -120,6 +126,16 @@ impl Store {
             Body::from_stream(stream),
         )
             .into_response())
+    }
+}
+
+/// The watch event type for a client selecting everything (as `watch_event` decides it).
+fn event_type(ev: &Event) -> Option<&'static str> {
+    match (ev.kind, ev.prev.is_some()) {
+        (EventKind::Delete, true) => Some("DELETED"),
+        (EventKind::Delete, false) => None,
+        (EventKind::Put, true) => Some("MODIFIED"),
+        (EventKind::Put, false) => Some("ADDED"),
     }
 }
 
