@@ -243,7 +243,10 @@ impl NodeInfo {
             .flatten()
             .flat_map(|i| {
                 let size = i.size_bytes.unwrap_or(0);
-                i.names.iter().flatten().map(move |n| (n.clone(), size))
+                i.names
+                    .iter()
+                    .flatten()
+                    .map(move |n| (super::plugins::basic::normalized_image(n), size))
             })
             .collect();
         NodeInfo {

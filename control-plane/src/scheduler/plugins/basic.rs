@@ -146,13 +146,22 @@ const MB: i64 = 1024 * 1024;
 const MIN_THRESHOLD: i64 = 23 * MB;
 const MAX_CONTAINER_THRESHOLD: i64 = 1000 * MB;
 
-/// As the container runtime names an image: a tag of `latest` when none is given.
-fn normalized_image(name: &str) -> String {
-    let last = name.rsplit('/').next().unwrap_or(name);
-    if name.contains('@') || last.contains(':') {
-        name.to_string()
+/// An image reference in the form runtimes report it: `latest` when no tag or digest is
+/// given, Docker Hub's registry and `library/` spelled out (a pod's `busybox` is the node's
+/// `docker.io/library/busybox:latest`, which upstream's plain `:latest` rule misses).
+pub fn normalized_image(name: &str) -> String {
+    let (first, rest) = name.split_once('/').unwrap_or(("", name));
+    let registry = first.contains('.') || first.contains(':') || first == "localhost";
+    let full = match (first, registry) {
+        ("", _) => format!("docker.io/library/{rest}"),
+        (_, true) => name.to_string(),
+        _ => format!("docker.io/{name}"),
+    };
+    let last = full.rsplit('/').next().unwrap_or(&full);
+    if full.contains('@') || last.contains(':') {
+        full
     } else {
-        format!("{name}:latest")
+        format!("{full}:latest")
     }
 }
 

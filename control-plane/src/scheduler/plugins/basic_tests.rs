@@ -153,6 +153,20 @@ fn host_ports_conflict_on_the_same_protocol_and_overlapping_addresses() {
     );
 }
 
+#[test]
+fn image_names_are_compared_as_runtimes_report_them() {
+    for (given, full) in [
+        ("busybox", "docker.io/library/busybox:latest"),
+        ("busybox:1.36", "docker.io/library/busybox:1.36"),
+        ("me/app", "docker.io/me/app:latest"),
+        ("gcr.io/x/y", "gcr.io/x/y:latest"),
+        ("localhost:5000/y:v1", "localhost:5000/y:v1"),
+        ("gcr.io/x@sha256:ab", "gcr.io/x@sha256:ab"),
+    ] {
+        assert_eq!(normalized_image(given), full);
+    }
+}
+
 /// kube-scheduler's image_locality_test: images under 23 MiB never count; bigger ones score by
 /// size, spread over the nodes that have them.
 #[test]
