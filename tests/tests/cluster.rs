@@ -145,6 +145,19 @@ fn all_in_one_node_runs_kubectl_pods_and_reports_status() {
         "{}",
         wide.stdout
     );
+    // The node lists its images, by digest and tag, with their sizes (ImageLocality's input).
+    node.wait_for("busybox in status.images", Duration::from_secs(30), || {
+        let n = node.get_json(&["node", "e2e"])?;
+        n["status"]["images"].as_array()?.iter().find_map(|i| {
+            let names = i["names"].as_array()?;
+            let tagged = names.iter().any(|x| x == "docker.io/library/busybox:1.36");
+            let digest = names.iter().any(|x| {
+                x.as_str()
+                    .is_some_and(|s| s.starts_with("docker.io/library/busybox@sha256:"))
+            });
+            (tagged && digest && i["sizeBytes"].as_i64()? > 0).then_some(())
+        })
+    });
 
     // Logs through the apiserver, which streams them from the node API.
     assert_eq!(n["status"]["addresses"][0]["address"], "10.201.0.2");

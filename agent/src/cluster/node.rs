@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
-    DaemonEndpoint, Node as K8sNode, NodeDaemonEndpoints, NodeSpec, NodeStatus,
+    ContainerImage, DaemonEndpoint, Node as K8sNode, NodeDaemonEndpoints, NodeSpec, NodeStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -22,6 +22,41 @@ use crate::util::Limiter;
 const LEASE_DURATION: i32 = 40;
 const RENEW_EVERY: Duration = Duration::from_secs(10);
 const REPORT_EVERY: Duration = Duration::from_secs(300);
+/// Images reported in `status.images` at most (the kubelet's `nodeStatusMaxImages`).
+const MAX_IMAGES: usize = 50;
+
+/// The node's images for `status.images` (the scheduler's ImageLocality weighs them), largest
+/// first, each by its digest and its tag reference, as the kubelet lists them. None when the
+/// store cannot be read (the field is then left as it was).
+fn node_images(dir: &std::path::Path) -> Option<Vec<ContainerImage>> {
+    let mut list = podlet_runtime::image::ImageStore::open(dir)
+        .ok()?
+        .list()
+        .ok()?;
+    list.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.name.cmp(&b.name)));
+    list.truncate(MAX_IMAGES);
+    let images = list
+        .into_iter()
+        .map(|r| {
+            // `repo:tag` → `repo@digest` (a registry's port is not a tag); an image pulled by
+            // digest has only that name.
+            let repo = match r.name.rsplit_once(':') {
+                Some((repo, tag)) if !tag.contains('/') => repo,
+                _ => r.name.as_str(),
+            };
+            let names = if r.name.contains('@') {
+                vec![r.name.clone()]
+            } else {
+                vec![format!("{repo}@{}", r.manifest_digest), r.name.clone()]
+            };
+            ContainerImage {
+                names: Some(names),
+                size_bytes: Some(r.size as i64),
+            }
+        })
+        .collect();
+    Some(images)
+}
 
 /// Registers the node and reports its status: the node's facts, the conditions eviction
 /// drives, and the budget of writes to the apiserver.
@@ -81,6 +116,7 @@ impl Reporter {
         for c in st.conditions.iter_mut().flatten() {
             c.last_heartbeat_time = Some(now.clone());
         }
+        st.images = node_images(&info.cfg.images_dir());
         st.daemon_endpoints = Some(NodeDaemonEndpoints {
             kubelet_endpoint: Some(DaemonEndpoint {
                 port: info.cfg.port as i32,
