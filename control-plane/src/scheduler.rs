@@ -41,8 +41,11 @@ use queue::{Event, Queue};
 const NOTE_LIMIT: usize = 1024;
 /// Events waiting to be posted; beyond this they are dropped, as client-go's broadcaster does.
 const EVENT_BACKLOG: usize = 1000;
-/// API writes (bindings, status patches) under way at once.
-const WRITERS: usize = 64;
+/// API writes (bindings, status patches, preemption's) under way at once: enough for the
+/// store's group commit to batch them.
+const WRITERS: usize = 512;
+/// Events posted at once.
+const EVENT_POSTERS: usize = 16;
 
 /// Runs the scheduler with the default profile.
 pub async fn run(client: kube::Client) {
@@ -79,13 +82,8 @@ struct Scheduler {
     synced: (bool, bool),
 }
 
-/// An event to post: (pod, type, reason, message).
-type Note = (
-    Arc<k8s_openapi::api::core::v1::Pod>,
-    &'static str,
-    &'static str,
-    String,
-);
+/// An event to post: (reporting scheduler, pod, type, reason, message).
+type Note = (Arc<str>, Arc<Pod>, &'static str, &'static str, String);
 
 fn node_name(pod: &Pod) -> Option<&str> {
     pod.spec
@@ -258,9 +256,19 @@ impl Scheduler {
         }
     }
 
-    fn note(&self, pod: &Arc<Pod>, type_: &'static str, reason: &'static str, msg: String) {
+    /// Reported by `scheduler`, the profile acting (each profile is its own event source).
+    fn note(
+        &self,
+        scheduler: &str,
+        pod: &Arc<Pod>,
+        type_: &'static str,
+        reason: &'static str,
+        msg: String,
+    ) {
         // Dropped when the backlog is full, as client-go's event broadcaster drops them.
-        let _ = self.events.try_send((pod.clone(), type_, reason, msg));
+        let _ = self
+            .events
+            .try_send((scheduler.into(), pod.clone(), type_, reason, msg));
     }
 
     /// One pod's scheduling cycle.
@@ -362,7 +370,8 @@ impl Scheduler {
             match r {
                 Ok(_) => {
                     let msg = format!("Successfully assigned {} to {node}", pod.key());
-                    let _ = events.try_send((pod.pod.clone(), "Normal", "Scheduled", msg));
+                    let by: Arc<str> = scheduler_name(&pod.pod).into();
+                    let _ = events.try_send((by, pod.pod.clone(), "Normal", "Scheduled", msg));
                 }
                 Err(e) => {
                     tracing::info!(pod = %pod.key(), %node, "binding failed: {e}");
@@ -387,7 +396,13 @@ impl Scheduler {
         } else {
             msg.clone()
         };
-        self.note(&pod.pod, "Warning", "FailedScheduling", note);
+        self.note(
+            scheduler_name(&pod.pod),
+            &pod.pod,
+            "Warning",
+            "FailedScheduling",
+            note,
+        );
         let status = pod.pod.status.as_ref();
         let current = status
             .and_then(|s| s.conditions.as_ref())
@@ -452,7 +467,7 @@ impl Scheduler {
                 continue;
             }
             let msg = format!("Preempted by pod {} on node {}", preemptor.uid, c.node);
-            self.note(&v.pod, "Normal", "Preempted", msg);
+            self.note(scheduler, &v.pod, "Normal", "Preempted", msg);
             let api: Api<Pod> = Api::namespaced(self.client.clone(), &v.namespace);
             let name = v.name.clone();
             let condition = json!({"status": {"conditions": [{
@@ -479,16 +494,21 @@ impl Scheduler {
 
 /// Posts events one at a time from a bounded backlog.
 async fn post_events(client: kube::Client, mut rx: tokio::sync::mpsc::Receiver<Note>) {
-    let recorder = Recorder::new(client, config::DEFAULT_SCHEDULER);
-    while let Some((pod, type_, reason, msg)) = rx.recv().await {
-        recorder
-            .post(
-                crate::controllers::events::reference(&*pod),
-                type_,
-                reason,
-                &msg,
-            )
-            .await;
+    let mut recorders: std::collections::HashMap<Arc<str>, Arc<Recorder>> = Default::default();
+    let posting = Arc::new(tokio::sync::Semaphore::new(EVENT_POSTERS));
+    while let Some((by, pod, type_, reason, msg)) = rx.recv().await {
+        let recorder = recorders
+            .entry(by.clone())
+            .or_insert_with(|| Arc::new(Recorder::new(client.clone(), &*by)))
+            .clone();
+        let Ok(permit) = posting.clone().acquire_owned().await else {
+            return;
+        };
+        tokio::spawn(async move {
+            let about = crate::controllers::events::reference(&*pod);
+            recorder.post(about, type_, reason, &msg).await;
+            drop(permit);
+        });
     }
 }
 

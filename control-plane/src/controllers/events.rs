@@ -22,7 +22,7 @@ type Seen = HashMap<(String, String, String, String), (String, String, i32, Inst
 
 pub struct Recorder {
     client: kube::Client,
-    component: &'static str,
+    component: String,
     seen: Mutex<Seen>,
 }
 
@@ -41,10 +41,10 @@ pub fn reference<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectReference {
 }
 
 impl Recorder {
-    pub fn new(client: kube::Client, component: &'static str) -> Recorder {
+    pub fn new(client: kube::Client, component: impl Into<String>) -> Recorder {
         Recorder {
             client,
-            component,
+            component: component.into(),
             seen: Mutex::default(),
         }
     }
@@ -109,14 +109,14 @@ impl Recorder {
             message: Some(message.into()),
             type_: Some(type_.into()),
             source: Some(EventSource {
-                component: Some(self.component.into()),
+                component: Some(self.component.clone()),
                 host: None,
             }),
             first_timestamp: Some(Time(now)),
             last_timestamp: Some(Time(now)),
             count: Some(1),
-            reporting_component: Some(self.component.into()),
-            reporting_instance: Some(self.component.into()),
+            reporting_component: Some(self.component.clone()),
+            reporting_instance: Some(self.component.clone()),
             ..Default::default()
         };
         e.metadata.name = Some(name.clone());
@@ -124,7 +124,7 @@ impl Recorder {
         match api.create(&PostParams::default(), &e).await {
             Ok(_) => self.remember(key, ns, name, 1),
             Err(err) => {
-                tracing::debug!(component = self.component, %reason, "event not posted: {err}")
+                tracing::debug!(component = %self.component, %reason, "event not posted: {err}")
             }
         }
     }
