@@ -156,16 +156,38 @@ impl PodTerms {
     }
 }
 
-type Pair = (String, String);
+/// Counts per topology pair: label key → value → count (no zero entries), looked up by
+/// borrowed strings on every node filtered.
+#[derive(Debug, Clone, Default)]
+struct Counts(HashMap<String, HashMap<String, i64>>);
 
-fn bump(m: &mut HashMap<Pair, i64>, key: &str, node: &NodeInfo, delta: i64) {
-    if let Some(v) = node.labels().get(key) {
-        let pair = (key.to_string(), v.clone());
-        let n = m.entry(pair.clone()).or_insert(0);
+impl Counts {
+    /// Adds `delta` at (`key`, the node's value of it), when the node has the label.
+    fn bump(&mut self, key: &str, node: &NodeInfo, delta: i64) {
+        let Some(v) = node.labels().get(key) else {
+            return;
+        };
+        let values = self.0.entry(key.to_string()).or_default();
+        let n = values.entry(v.clone()).or_insert(0);
         *n += delta;
         if *n == 0 {
-            m.remove(&pair);
+            values.remove(v);
+            if values.is_empty() {
+                self.0.remove(key);
+            }
         }
+    }
+
+    fn get(&self, key: &str, value: &str) -> i64 {
+        self.0
+            .get(key)
+            .and_then(|vs| vs.get(value))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
@@ -176,9 +198,9 @@ static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
 pub struct FilterState {
     terms: PodTerms,
     ns_labels: BTreeMap<String, String>,
-    existing_anti: HashMap<Pair, i64>,
-    affinity: HashMap<Pair, i64>,
-    anti: HashMap<Pair, i64>,
+    existing_anti: Counts,
+    affinity: Counts,
+    anti: Counts,
 }
 
 fn matches_all(terms: &[Term], pod: &PodInfo) -> bool {
@@ -199,9 +221,9 @@ pub fn prefilter(pod: &PodInfo, cache: &Cache, listers: &Listers) -> Option<Filt
     let mut s = FilterState {
         ns_labels: listers.namespace_labels(&pod.namespace),
         terms,
-        existing_anti: HashMap::new(),
-        affinity: HashMap::new(),
-        anti: HashMap::new(),
+        existing_anti: Counts::default(),
+        affinity: Counts::default(),
+        anti: Counts::default(),
     };
     for node in &cache.nodes {
         if node.with_required_anti > 0 {
@@ -222,7 +244,7 @@ impl FilterState {
     fn count_existing_anti(&mut self, pod: &PodInfo, e: &PodInfo, node: &NodeInfo, delta: i64) {
         for t in e.terms.iter().flat_map(|t| &t.required_anti) {
             if t.matches(pod, &self.ns_labels) {
-                bump(&mut self.existing_anti, &t.key, node, delta);
+                self.existing_anti.bump(&t.key, node, delta);
             }
         }
     }
@@ -231,28 +253,25 @@ impl FilterState {
         let aff = &self.terms.required_affinity;
         if !aff.is_empty() && matches_all(aff, e) {
             for t in aff {
-                bump(&mut self.affinity, &t.key, node, delta);
+                self.affinity.bump(&t.key, node, delta);
             }
         }
         for t in &self.terms.required_anti {
             if t.matches(e, &NO_LABELS) {
-                bump(&mut self.anti, &t.key, node, delta);
+                self.anti.bump(&t.key, node, delta);
             }
         }
     }
 
     pub fn filter(&self, pod: &PodInfo, node: &NodeInfo) -> Result<(), Rejection> {
         let labels = node.labels();
-        let count = |m: &HashMap<Pair, i64>, k: &str, v: &str| {
-            m.get(&(k.to_string(), v.to_string())).copied().unwrap_or(0)
-        };
         let aff = &self.terms.required_affinity;
         if !aff.is_empty() {
             let mut exist = true;
             let mut keys = true;
             for t in aff {
                 match labels.get(&t.key) {
-                    Some(v) => exist &= count(&self.affinity, &t.key, v) > 0,
+                    Some(v) => exist &= self.affinity.get(&t.key, v) > 0,
                     None => keys = false,
                 }
             }
@@ -269,7 +288,7 @@ impl FilterState {
         for t in &self.terms.required_anti {
             if labels
                 .get(&t.key)
-                .is_some_and(|v| count(&self.anti, &t.key, v) > 0)
+                .is_some_and(|v| self.anti.get(&t.key, v) > 0)
             {
                 return Err(Rejection::new(
                     Plugin::InterPodAffinity,
@@ -279,9 +298,7 @@ impl FilterState {
             }
         }
         if !self.existing_anti.is_empty()
-            && labels
-                .iter()
-                .any(|(k, v)| count(&self.existing_anti, k, v) > 0)
+            && labels.iter().any(|(k, v)| self.existing_anti.get(k, v) > 0)
         {
             return Err(Rejection::new(
                 Plugin::InterPodAffinity,
@@ -328,11 +345,11 @@ pub fn scores(
         return None;
     }
     let ns_labels = listers.namespace_labels(&pod.namespace);
-    let mut topo: HashMap<Pair, i64> = HashMap::new();
+    let mut topo = Counts::default();
     let mut add =
         |t: &Term, who: &PodInfo, ns: &BTreeMap<String, String>, node: &NodeInfo, w: i64| {
             if t.matches(who, ns) {
-                bump(&mut topo, &t.key, node, w);
+                topo.bump(&t.key, node, w);
             }
         };
     for node in cache
@@ -371,16 +388,12 @@ pub fn scores(
     if topo.is_empty() {
         return None;
     }
-    let mut by_key: HashMap<&str, HashMap<&str, i64>> = HashMap::new();
-    for ((k, v), n) in &topo {
-        by_key.entry(k).or_default().insert(v, *n);
-    }
     let raw: Vec<i64> = nodes
         .iter()
         .map(|n| {
-            by_key
+            topo.0
                 .iter()
-                .filter_map(|(k, vs)| vs.get(n.labels().get(*k)?.as_str()))
+                .filter_map(|(k, vs)| vs.get(n.labels().get(k)?.as_str()))
                 .sum()
         })
         .collect();
