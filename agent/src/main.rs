@@ -541,8 +541,10 @@ async fn agent(cfg: Config) -> Result<()> {
         }
     };
     let info = Arc::new(pod::NodeInfo::probe(cfg.clone())?);
+    let node = Arc::new(pod::ApiNode::default());
     let svc = Arc::new(pod::Services {
-        admission: Arc::new(pod::Admission::new(info.clone())),
+        admission: Arc::new(pod::Admission::new(info.clone(), node.clone())),
+        node,
         evictions: Arc::default(),
         statuses: Arc::default(),
         events: Arc::default(),

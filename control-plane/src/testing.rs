@@ -1,7 +1,7 @@
 //! Test helpers shared by this crate's tests and the end-to-end tests: a real etcd (Debian's
 //! `etcd-server` binary, unpacked by `hack/deps.sh`) on loopback ports of its own, with its own
-//! data dir, stopped and removed when dropped; and, for this crate's tests only, the apiserver
-//! in-process (`cluster`, built with the tests).
+//! data dir, stopped and removed when dropped; and the apiserver in-process (`cluster`, built
+//! with this crate's tests, and for other crates' tests with the `test-cluster` feature).
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -114,5 +114,5 @@ impl Drop for EtcdServer {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod cluster;
+#[cfg(any(test, feature = "test-cluster"))]
+pub mod cluster;

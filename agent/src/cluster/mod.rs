@@ -4,6 +4,7 @@
 mod events;
 pub mod join;
 mod node;
+mod node_watch;
 pub mod pods;
 
 use std::sync::Arc;
@@ -113,6 +114,13 @@ pub fn start(
     let event_limit = Limiter::new(50.0, 100);
     let (client_tx, client_rx) = watch::channel(client);
     svc.api.connect(client_rx.clone());
+    // Admission goes by the Node as the apiserver has it, kept current by a watch of it.
+    svc.node.connect(&cfg.node_name, client_rx.clone());
+    tokio::spawn(node_watch::run(
+        cfg.node_name.clone(),
+        client_rx.clone(),
+        svc.node.clone(),
+    ));
     let (api_tx, api_rx) = watch::channel::<pods::ApiPods>(None);
     let initial = pods::merge(cfg, &statics.borrow(), &None);
     let (desired_tx, desired_rx) = watch::channel(initial);

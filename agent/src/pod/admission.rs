@@ -1,25 +1,28 @@
 //! Admission as the kubelet does it: a pod is placed only where its node selector, affinity and
-//! the node's NoExecute taints allow, and only while the requests of the admitted pods fit the
-//! node's allocatable resources; the QoS-level cgroups follow the admitted pods.
+//! the node's NoExecute taints allow — by the Node as the apiserver has it in a cluster
+//! (`ApiNode`), by the local labels and `--register-with-taints` on a standalone node — and only
+//! while the requests of the admitted pods fit the node's allocatable resources; the QoS-level
+//! cgroups follow the admitted pods.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use k8s_openapi::api::core::v1::{Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Pod, PodSpec, Taint};
 use k8s_rules::nodeaffinity::{required_node_affinity_matches, NodeFacts};
 use k8s_rules::qos::QosClass;
 use k8s_rules::taints::find_untolerated;
 
+use super::apinode::{ApiNode, NodeView};
 use super::cache::StatusCache;
 use super::security::{AppArmorProblem, SysctlProblem};
 use super::{pod_cgroup, resources, NodeInfo};
 use crate::eviction::Candidate;
 
 /// Why the node refused a pod, or took it back: its status reason and message, worded as the
-/// kubelet words them.
+/// kubelet words them (`lifecycle/predicate.go`, the sysctl and AppArmor admit handlers).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Refusal {
-    #[error("Pod was rejected: Node didn't have enough resource: {}, requested: {requested}, used: {used}, capacity: {capacity}", resource.as_str())]
+    #[error("Node didn't have enough resource: {}, requested: {requested}, used: {used}, capacity: {capacity}", resource.as_str())]
     OutOfResource {
         resource: Resource,
         requested: i64,
@@ -28,8 +31,9 @@ pub enum Refusal {
     },
     #[error("Predicate NodeAffinity failed: node(s) didn't match Pod's node affinity/selector")]
     NodeAffinity,
-    #[error("Predicate TaintToleration failed: node(s) had untolerated taint {{{key}: {value}}}")]
-    TaintToleration { key: String, value: String },
+    /// A NoExecute taint the pod does not tolerate (the kubelet names none of them).
+    #[error("Predicate TaintToleration failed: node(s) had taints that the pod didn't tolerate")]
+    TaintToleration,
     #[error("forbidden sysctl: {0}")]
     SysctlForbidden(SysctlProblem),
     #[error("{0}")]
@@ -68,16 +72,84 @@ impl Refusal {
                 ..
             } => "OutOfmemory",
             Refusal::NodeAffinity => "NodeAffinity",
-            Refusal::TaintToleration { .. } => "TaintToleration",
+            Refusal::TaintToleration => "TaintToleration",
             Refusal::SysctlForbidden(_) => "SysctlForbidden",
             Refusal::AppArmor(_) => "AppArmor",
             Refusal::Evicted(_) => "Evicted",
         }
     }
 
-    /// The pod status's `message`.
+    /// The admission result's message: the event's.
     pub fn message(&self) -> String {
         self.to_string()
+    }
+
+    /// The pod status's `message`: a refusal at admission is "Pod was rejected: " and the
+    /// event's message (the kubelet's `rejectPod`); an eviction says what ran low.
+    pub fn status_message(&self) -> String {
+        match self {
+            Refusal::Evicted(m) => m.clone(),
+            r => format!("Pod was rejected: {r}"),
+        }
+    }
+
+    /// Whether the pod was refused at admission (it never ran), not evicted.
+    pub fn at_admission(&self) -> bool {
+        !matches!(self, Refusal::Evicted(_))
+    }
+}
+
+/// The placement checks' findings for a pod on a node.
+#[derive(Debug, PartialEq)]
+struct Placement<'a> {
+    /// The node selector and required node affinity match.
+    affinity: bool,
+    /// The first NoExecute taint the pod does not tolerate (not checked for static pods).
+    untolerated: Option<&'a Taint>,
+}
+
+impl Placement<'_> {
+    /// The kubelet's order: node affinity (with the other scheduler predicates), then taints.
+    fn verdict(&self) -> Result<(), Refusal> {
+        if !self.affinity {
+            return Err(Refusal::NodeAffinity);
+        }
+        if self.untolerated.is_some() {
+            return Err(Refusal::TaintToleration);
+        }
+        Ok(())
+    }
+}
+
+fn is_static(pod: &Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("kubernetes.io/config.source"))
+        .is_some_and(|s| s == "file")
+}
+
+/// The kubelet's `generalFilter` for placement: `pod` on the node `name` with `node`'s labels
+/// and taints.
+fn place<'a>(pod: &Pod, name: &str, node: &'a NodeView) -> Placement<'a> {
+    let empty = PodSpec::default();
+    let spec = pod.spec.as_ref().unwrap_or(&empty);
+    let affinity = required_node_affinity_matches(
+        spec,
+        NodeFacts {
+            name,
+            labels: &node.labels,
+        },
+    );
+    let untolerated = if is_static(pod) {
+        None
+    } else {
+        let tolerations = spec.tolerations.as_deref().unwrap_or_default();
+        find_untolerated(&node.taints, tolerations, |t| t.effect == "NoExecute")
+    };
+    Placement {
+        affinity,
+        untolerated,
     }
 }
 
@@ -94,14 +166,17 @@ struct Admitted {
 /// The pods admitted to the node, and the QoS cgroups sized for them.
 pub struct Admission {
     info: Arc<NodeInfo>,
+    /// The Node as the apiserver has it, which placement goes by in a cluster.
+    node: Arc<ApiNode>,
     admitted: Mutex<BTreeMap<String, Admitted>>,
     qos_update: Mutex<()>,
 }
 
 impl Admission {
-    pub fn new(info: Arc<NodeInfo>) -> Self {
+    pub fn new(info: Arc<NodeInfo>, node: Arc<ApiNode>) -> Self {
         Self {
             info,
+            node,
             admitted: Mutex::new(BTreeMap::new()),
             qos_update: Mutex::new(()),
         }
@@ -143,36 +218,48 @@ impl Admission {
     }
 
     /// The kubelet's placement checks at admission (the scheduler may have raced a label or
-    /// taint change): node selector and required node affinity, then NoExecute taints the pod
-    /// does not tolerate (not for static pods).
-    pub fn placement(&self, pod: &Pod) -> Result<(), Refusal> {
-        let spec = pod.spec.clone().unwrap_or_default();
-        let labels = self.info.labels();
-        let node = NodeFacts {
-            name: &self.info.cfg.node_name,
-            labels: &labels,
+    /// taint change, or the pod was bound by hand): node selector and required node affinity,
+    /// then NoExecute taints the pod does not tolerate (not for static pods). In a cluster they
+    /// go by the Node as the apiserver has it: the watch's copy, and when node affinity is all
+    /// that fails, a fresh read, as the kubelet reads the Node again past its informer's cache
+    /// (a fresh read too before the watch has seen the Node). A standalone node — or a cluster
+    /// node whose apiserver does not answer before the watch has seen its Node — goes by the
+    /// local labels and `--register-with-taints` (the kubelet's `initialNode`).
+    pub async fn placement(&self, pod: &Pod) -> Result<(), Refusal> {
+        let name = &self.info.cfg.node_name;
+        let local = || {
+            Arc::new(NodeView {
+                labels: self.info.labels(),
+                taints: self.info.cfg.taints.clone(),
+            })
         };
-        if !required_node_affinity_matches(&spec, node) {
-            return Err(Refusal::NodeAffinity);
-        }
-        let is_static = pod
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get("kubernetes.io/config.source"))
-            .is_some_and(|s| s == "file");
-        if !is_static {
-            let tolerations = spec.tolerations.unwrap_or_default();
-            if let Some(t) = find_untolerated(&self.info.cfg.taints, &tolerations, |t| {
-                t.effect == "NoExecute"
-            }) {
-                return Err(Refusal::TaintToleration {
-                    key: t.key.clone(),
-                    value: t.value.clone().unwrap_or_default(),
-                });
+        let (node, fresh) = match self.node.current() {
+            Some(n) => (n, false),
+            None if self.node.connected() => match self.node.fetch().await {
+                Some(n) => (Arc::new(n), true),
+                None => (local(), false),
+            },
+            None => (local(), false),
+        };
+        let found = place(pod, name, &node);
+        if !fresh && !found.affinity && found.untolerated.is_none() && self.node.connected() {
+            if let Some(n) = self.node.fetch().await {
+                return self.verdict(place(pod, name, &n));
             }
         }
-        Ok(())
+        self.verdict(found)
+    }
+
+    fn verdict(&self, found: Placement<'_>) -> Result<(), Refusal> {
+        if let Some(t) = found.untolerated {
+            tracing::info!(
+                key = t.key,
+                value = t.value.as_deref().unwrap_or_default(),
+                effect = t.effect,
+                "the pod does not tolerate the node's taint"
+            );
+        }
+        found.verdict()
     }
 
     /// Records a pod that already runs (adopted after a restart), whether or not it fits now.
@@ -287,6 +374,9 @@ impl Admission {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::{
+        Affinity, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Toleration,
+    };
 
     #[test]
     fn refusals_read_as_the_kubelets() {
@@ -299,23 +389,269 @@ mod tests {
         assert_eq!(r.reason(), "OutOfmemory");
         assert_eq!(
             r.message(),
+            "Node didn't have enough resource: memory, requested: 2, used: 3, capacity: 4"
+        );
+        assert_eq!(
+            r.status_message(),
             "Pod was rejected: Node didn't have enough resource: memory, requested: 2, used: 3, capacity: 4"
         );
-        let t = Refusal::TaintToleration {
-            key: "k".into(),
-            value: "v".into(),
-        };
+        let a = Refusal::NodeAffinity;
         assert_eq!(
-            t.message(),
-            "Predicate TaintToleration failed: node(s) had untolerated taint {k: v}"
+            (a.reason(), a.message().as_str(), a.status_message().as_str()),
+            (
+                "NodeAffinity",
+                "Predicate NodeAffinity failed: node(s) didn't match Pod's node affinity/selector",
+                "Pod was rejected: Predicate NodeAffinity failed: node(s) didn't match Pod's node affinity/selector"
+            )
+        );
+        let t = Refusal::TaintToleration;
+        assert_eq!(
+            (t.reason(), t.status_message().as_str()),
+            (
+                "TaintToleration",
+                "Pod was rejected: Predicate TaintToleration failed: node(s) had taints that the pod didn't tolerate"
+            )
         );
         let s = Refusal::SysctlForbidden(SysctlProblem::NotNamespaced("kernel.pid_max".into()));
         assert_eq!(
-            (s.reason(), s.message().as_str()),
+            (s.reason(), s.status_message().as_str()),
             (
                 "SysctlForbidden",
-                "forbidden sysctl: \"kernel.pid_max\" not namespaced"
+                "Pod was rejected: forbidden sysctl: \"kernel.pid_max\" not namespaced"
             )
+        );
+        assert!(s.at_admission());
+        // An eviction is not a refusal at admission: its message stands alone.
+        let e = Refusal::Evicted("The node was low on resource: memory.".into());
+        assert_eq!(e.status_message(), "The node was low on resource: memory.");
+        assert!(!e.at_admission());
+    }
+
+    fn view(labels: &[(&str, &str)], taints: &[(&str, &str)]) -> NodeView {
+        NodeView {
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            taints: taints
+                .iter()
+                .map(|(k, e)| Taint {
+                    key: k.to_string(),
+                    value: Some("v".into()),
+                    effect: e.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+        }
+    }
+
+    /// A pod whose required node affinity wants `key` In `values`, with `tolerations`.
+    fn pod(key: &str, values: &[&str], tolerations: Vec<Toleration>) -> Pod {
+        Pod {
+            spec: Some(PodSpec {
+                affinity: Some(Affinity {
+                    node_affinity: Some(NodeAffinity {
+                        required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                            node_selector_terms: vec![NodeSelectorTerm {
+                                match_expressions: Some(vec![NodeSelectorRequirement {
+                                    key: key.into(),
+                                    operator: "In".into(),
+                                    values: Some(values.iter().map(|v| v.to_string()).collect()),
+                                }]),
+                                ..Default::default()
+                            }],
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                tolerations: Some(tolerations),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn placement_goes_by_the_nodes_labels_and_noexecute_taints() {
+        let zone = "topology.kubernetes.io/zone";
+        let want_zone_2 = pod(zone, &["zone-2"], vec![]);
+        // The label as set through the API admits; another value or none refuses.
+        let n2 = view(&[(zone, "zone-2")], &[]);
+        assert_eq!(place(&want_zone_2, "n2", &n2).verdict(), Ok(()));
+        let n1 = view(&[(zone, "zone-1")], &[]);
+        assert_eq!(
+            place(&want_zone_2, "n1", &n1).verdict(),
+            Err(Refusal::NodeAffinity)
+        );
+        assert_eq!(
+            place(&want_zone_2, "n2", &view(&[], &[])).verdict(),
+            Err(Refusal::NodeAffinity)
+        );
+        let selects = Pod {
+            spec: Some(PodSpec {
+                node_selector: Some(BTreeMap::from([(zone.to_string(), "zone-2".to_string())])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(place(&selects, "n2", &n2).verdict(), Ok(()));
+        assert_eq!(
+            place(&selects, "n1", &n1).verdict(),
+            Err(Refusal::NodeAffinity)
+        );
+
+        // Only NoExecute taints count, and a toleration lets the pod in.
+        let anywhere = pod(zone, &["zone-2"], vec![]);
+        let no_schedule = view(&[(zone, "zone-2")], &[("dedicated", "NoSchedule")]);
+        assert_eq!(place(&anywhere, "n2", &no_schedule).verdict(), Ok(()));
+        let no_execute = view(&[(zone, "zone-2")], &[("dedicated", "NoExecute")]);
+        let found = place(&anywhere, "n2", &no_execute);
+        assert_eq!(found.untolerated.map(|t| t.key.as_str()), Some("dedicated"));
+        assert_eq!(found.verdict(), Err(Refusal::TaintToleration));
+        let tolerates = pod(
+            zone,
+            &["zone-2"],
+            vec![Toleration {
+                key: Some("dedicated".into()),
+                operator: Some("Exists".into()),
+                effect: Some("NoExecute".into()),
+                ..Default::default()
+            }],
+        );
+        assert_eq!(place(&tolerates, "n2", &no_execute).verdict(), Ok(()));
+        // Static pods are not checked against taints (node affinity still counts).
+        let mut static_pod = anywhere.clone();
+        static_pod.metadata.annotations = Some(BTreeMap::from([(
+            "kubernetes.io/config.source".to_string(),
+            "file".to_string(),
+        )]));
+        assert_eq!(place(&static_pod, "n2", &no_execute).verdict(), Ok(()));
+        assert_eq!(
+            place(&static_pod, "n1", &view(&[], &[("dedicated", "NoExecute")])).verdict(),
+            Err(Refusal::NodeAffinity)
+        );
+        // Both failing: node affinity is the reason, as the kubelet's first predicate.
+        let tainted = view(&[], &[("dedicated", "NoExecute")]);
+        let both = place(&anywhere, "n1", &tainted);
+        assert!(!both.affinity && both.untolerated.is_some());
+        assert_eq!(both.verdict(), Err(Refusal::NodeAffinity));
+    }
+
+    /// Admission on node `n2` registered with `--node-labels pool=local` and
+    /// `--register-with-taints local=x:NoExecute`.
+    fn admission(node: Arc<ApiNode>) -> Admission {
+        let cfg = crate::config::Config::resolve(crate::config::Settings {
+            node_name: Some("n2".into()),
+            node_labels: Some("pool=local".into()),
+            register_with_taints: Some("local=x:NoExecute".into()),
+            ..Default::default()
+        })
+        .expect("a test config");
+        Admission::new(Arc::new(NodeInfo::for_tests(cfg)), node)
+    }
+
+    fn api_node(labels: serde_json::Value, taints: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": "n2", "labels": labels}, "spec": {"taints": taints}})
+    }
+
+    #[tokio::test]
+    async fn a_standalone_node_places_by_its_local_labels_and_taints() {
+        let a = admission(Arc::default());
+        let tolerates_local = vec![Toleration {
+            key: Some("local".into()),
+            operator: Some("Exists".into()),
+            ..Default::default()
+        }];
+        assert_eq!(
+            a.placement(&pod("pool", &["local"], tolerates_local.clone()))
+                .await,
+            Ok(())
+        );
+        assert_eq!(
+            a.placement(&pod("kubernetes.io/hostname", &["n2"], tolerates_local))
+                .await,
+            Ok(()),
+            "the well-known labels"
+        );
+        assert_eq!(
+            a.placement(&pod("pool", &["blue"], vec![])).await,
+            Err(Refusal::NodeAffinity)
+        );
+        assert_eq!(
+            a.placement(&pod("pool", &["local"], vec![])).await,
+            Err(Refusal::TaintToleration)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cluster_node_places_by_its_node_as_the_api_has_it() {
+        let node = Arc::new(ApiNode::default());
+        let a = admission(node.clone());
+        // What the watch saw: labelled blue through the API, the registered label and taint
+        // since removed through it.
+        let n: k8s_openapi::api::core::v1::Node = serde_json::from_value(api_node(
+            serde_json::json!({"pool": "blue", "kubernetes.io/hostname": "n2"}),
+            serde_json::json!([]),
+        ))
+        .unwrap();
+        node.set(Some(&n));
+        assert_eq!(a.placement(&pod("pool", &["blue"], vec![])).await, Ok(()));
+        assert_eq!(
+            a.placement(&pod("pool", &["local"], vec![])).await,
+            Err(Refusal::NodeAffinity)
+        );
+        // A NoExecute taint set through the API.
+        let n: k8s_openapi::api::core::v1::Node = serde_json::from_value(api_node(
+            serde_json::json!({"pool": "blue"}),
+            serde_json::json!([{"key": "dedicated", "value": "db", "effect": "NoExecute"}]),
+        ))
+        .unwrap();
+        node.set(Some(&n));
+        assert_eq!(
+            a.placement(&pod("pool", &["blue"], vec![])).await,
+            Err(Refusal::TaintToleration)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_node_affinity_failure_reads_the_node_again() {
+        use super::super::apinode::testing::Api2;
+        let api = Api2::new(serde_json::json!({"pool": "blue"}), serde_json::json!([])).await;
+        let (_tx, client) = tokio::sync::watch::channel(api.client());
+        let node = Arc::new(ApiNode::default());
+        node.connect("n2", client);
+        let a = admission(node.clone());
+        // The watch has not seen the Node yet (the local labels and taint do not count), or
+        // not its label: the fresh read has it.
+        assert_eq!(a.placement(&pod("pool", &["blue"], vec![])).await, Ok(()));
+        let stale: k8s_openapi::api::core::v1::Node =
+            serde_json::from_value(api_node(serde_json::json!({}), serde_json::json!([]))).unwrap();
+        node.set(Some(&stale));
+        assert_eq!(a.placement(&pod("pool", &["blue"], vec![])).await, Ok(()));
+        assert_eq!(
+            a.placement(&pod("pool", &["green"], vec![])).await,
+            Err(Refusal::NodeAffinity),
+            "matching neither"
+        );
+        // A taint the watch's copy has refuses without a read, even with the label matching.
+        let current: k8s_openapi::api::core::v1::Node = serde_json::from_value(api_node(
+            serde_json::json!({"pool": "blue"}),
+            serde_json::json!([{"key": "dedicated", "effect": "NoExecute"}]),
+        ))
+        .unwrap();
+        node.set(Some(&current));
+        assert_eq!(
+            a.placement(&pod("pool", &["blue"], vec![])).await,
+            Err(Refusal::TaintToleration)
+        );
+        // Without an answer, the watch's copy decides.
+        node.set(Some(&stale));
+        api.link.cut();
+        assert_eq!(
+            a.placement(&pod("pool", &["blue"], vec![])).await,
+            Err(Refusal::NodeAffinity)
         );
     }
 }

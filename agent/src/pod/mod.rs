@@ -2,12 +2,13 @@
 //! no longer desired, including ones found on disk after a restart); each worker drives its pod's
 //! shim towards the spec and publishes the pod's status.
 //!
-//! What the node's pods share is split by job: `NodeInfo` (the node's fixed facts), `Admission`,
-//! `StatusCache`, `EventSink`, `ApiObjects`, `Images`, plus the eviction requests and the
-//! network from their own modules. A worker holds them all (`Services`); everything else takes
-//! only the pieces it uses.
+//! What the node's pods share is split by job: `NodeInfo` (the node's fixed facts), `ApiNode`
+//! (its Node as the apiserver has it), `Admission`, `StatusCache`, `EventSink`, `ApiObjects`,
+//! `Images`, plus the eviction requests and the network from their own modules. A worker holds
+//! them all (`Services`); everything else takes only the pieces it uses.
 
 mod admission;
+mod apinode;
 mod apiobjects;
 mod cache;
 mod dns;
@@ -22,6 +23,9 @@ pub mod userns;
 mod worker;
 
 pub use admission::{Admission, Refusal};
+#[cfg(test)]
+pub(crate) use apinode::testing;
+pub use apinode::ApiNode;
 pub use apiobjects::ApiObjects;
 pub use cache::StatusCache;
 pub use events::{EventSink, PodEvent};
@@ -47,6 +51,8 @@ use crate::util::send_if_changed;
 /// The pieces of the node a pod worker uses.
 pub struct Services {
     pub info: Arc<NodeInfo>,
+    /// The Node as the apiserver has it (admission's view of the node in a cluster).
+    pub node: Arc<ApiNode>,
     pub admission: Arc<Admission>,
     pub evictions: Arc<Evictions>,
     pub statuses: Arc<StatusCache>,

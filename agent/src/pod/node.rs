@@ -98,6 +98,26 @@ impl NodeInfo {
         })
     }
 
+    /// A node of `cfg` with made-up facts (4 CPUs, 8 GiB, cgroup v2 under a path that does
+    /// not exist), for tests that never touch the host.
+    #[cfg(test)]
+    pub fn for_tests(cfg: Config) -> Self {
+        Self {
+            host_ip: None,
+            cpu_capacity: 4000,
+            memory_capacity: 8.0 * 1024.0 * 1024.0 * 1024.0,
+            exe: PathBuf::from("/nonexistent/podlet"),
+            cgroups: Layout::V2 {
+                root: PathBuf::from("/nonexistent/cgroup"),
+            },
+            missing_controllers: Vec::new(),
+            oom_floor: 0,
+            apparmor: false,
+            started: jiff::Timestamp::now(),
+            cfg,
+        }
+    }
+
     /// Allocatable (millicores, bytes): capacity less what is reserved.
     pub fn allocatable(&self) -> (i64, i64) {
         (

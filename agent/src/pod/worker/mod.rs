@@ -250,7 +250,7 @@ impl Worker {
                 .iter()
                 .flatten()
                 .chain(self.spec.containers.iter());
-            let refused = all
+            let mut refused = all
                 .filter_map(|c| {
                     crate::pod::security::apparmor(&self.pod, c, self.svc.info.apparmor).err()
                 })
@@ -262,15 +262,17 @@ impl Worker {
                     )
                     .err()
                 });
-            if let Some(r) = refused
-                .or_else(|| self.svc.admission.placement(&self.pod).err())
-                .or_else(|| {
-                    self.svc
-                        .admission
-                        .admit(&self.uid, &self.spec, self.qos)
-                        .err()
-                })
-            {
+            if refused.is_none() {
+                refused = self.svc.admission.placement(&self.pod).await.err();
+            }
+            if let Some(r) = refused.or_else(|| {
+                self.svc
+                    .admission
+                    .admit(&self.uid, &self.spec, self.qos)
+                    .err()
+            }) {
+                // The kubelet's `rejectPod`: a Warning event with the admission's reason and
+                // message, and the pod Failed for good (its status says "Pod was rejected: ").
                 tracing::warn!(reason = r.reason(), "{r}");
                 self.svc.events.warning(&self.pod, r.reason(), r.message());
                 self.rejected = Some(r);
@@ -536,6 +538,10 @@ impl Worker {
         } else {
             self.pod_ips.iter().map(|i| i.to_string()).collect()
         };
+        // A pod refused at admission reports no containers, as the kubelet's `rejectPod`: none
+        // was ever created, and a waiting ContainerCreating would hide the refusal (kubectl's
+        // STATUS shows a waiting container's reason before the pod's).
+        let refused = self.rejected.as_ref().is_some_and(Refusal::at_admission);
         let mut pod = self.pod.clone();
         pod.status = Some(PodStatus {
             phase: Some(self.phase().into()),
@@ -543,7 +549,7 @@ impl Worker {
             message: self
                 .rejected
                 .as_ref()
-                .map(Refusal::message)
+                .map(Refusal::status_message)
                 .or_else(|| self.sandbox_error.as_ref().map(|e| crate::util::chain(e))),
             reason: self
                 .rejected
@@ -562,8 +568,8 @@ impl Worker {
             qos_class: Some(self.qos.as_str().into()),
             start_time: self.start_time.clone(),
             resize: self.resize.clone(),
-            init_container_statuses: (!inits.is_empty()).then_some(inits),
-            container_statuses: Some(apps),
+            init_container_statuses: (!refused && !inits.is_empty()).then_some(inits),
+            container_statuses: (!refused).then_some(apps),
             ..Default::default()
         });
         self.svc.statuses.publish(&self.uid, pod);
