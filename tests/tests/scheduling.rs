@@ -326,13 +326,9 @@ fn node_affinity(c: &Cluster) {
         spec(json!({"affinity": required})),
     );
     apply(c, &p);
-    // Bound, not Running: the agent admits by the labels it registered with (--node-labels),
-    // not by the Node's as the kubelet does, so n2 refuses a pod that needs its zone.
-    let p = wait(c, "required-zone-2 bound", || {
-        c.get_json(&["pod", "required-zone-2"])
-            .filter(|p| node_of(p).is_some())
-    });
-    assert_eq!(node_of(&p), Some("n2"), "{p}");
+    // Running there: the agent admits by the Node's labels as the API has them.
+    assert_eq!(wait_running(c, "required-zone-2"), "n2");
+    let p = c.get_json(&["pod", "required-zone-2"]).unwrap();
     wait_event(
         c,
         &p,
