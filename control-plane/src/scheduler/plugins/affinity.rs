@@ -2,7 +2,7 @@
 //! and existing pods' anti-affinity against it), preferred terms and existing pods' terms
 //! score, as kube-scheduler counts them per topology pair.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::{Pod, PodAffinityTerm};
 use k8s_rules::labels::{Requirement, Selector};
@@ -30,7 +30,8 @@ impl Default for AffinityArgs {
 /// One affinity term, its namespaces resolved as upstream's `AffinityTerm`.
 #[derive(Debug, Clone)]
 pub struct Term {
-    namespaces: HashSet<String>,
+    /// A handful of names at most: a list compares faster than a hash set hashes.
+    namespaces: Vec<String>,
     ns_selector: Selector,
     selector: Selector,
     pub key: String,
@@ -41,10 +42,10 @@ impl Term {
     fn of(pod: &Pod, t: &PodAffinityTerm, weight: i32) -> Term {
         let own_ns = pod.metadata.namespace.clone().unwrap_or_default();
         let listed = t.namespaces.as_deref().unwrap_or_default();
-        let namespaces: HashSet<String> = if listed.is_empty() && t.namespace_selector.is_none() {
-            HashSet::from([own_ns])
+        let namespaces: Vec<String> = if listed.is_empty() && t.namespace_selector.is_none() {
+            vec![own_ns]
         } else {
-            listed.iter().cloned().collect()
+            listed.to_vec()
         };
         let mut selector = Selector::from_label_selector(t.label_selector.as_ref())
             .unwrap_or_else(|_| Selector::nothing());
@@ -167,8 +168,15 @@ impl Counts {
         let Some(v) = node.labels().get(key) else {
             return;
         };
-        let values = self.0.entry(key.to_string()).or_default();
-        let n = values.entry(v.clone()).or_insert(0);
+        // Looked up before inserting: most bumps hit a key and value already there.
+        let values = match self.0.get_mut(key) {
+            Some(vs) => vs,
+            None => self.0.entry(key.to_string()).or_default(),
+        };
+        let n = match values.get_mut(v) {
+            Some(n) => n,
+            None => values.entry(v.clone()).or_insert(0),
+        };
         *n += delta;
         if *n == 0 {
             values.remove(v);

@@ -180,7 +180,14 @@ pub fn prefilter(
                 continue;
             }
             let v = &node.labels()[&c.key];
-            *counts[i].entry(v.clone()).or_insert(0) += c.count(&pod.namespace, node);
+            let n = c.count(&pod.namespace, node);
+            // Looked up first: a domain is met once per node in it, created once.
+            match counts[i].get_mut(v) {
+                Some(total) => *total += n,
+                None => {
+                    counts[i].insert(v.clone(), n);
+                }
+            }
         }
     }
     let mut s = FilterState {
