@@ -233,16 +233,12 @@ pub fn prefilter(pod: &PodInfo, cache: &Cache, listers: &Listers) -> Option<Filt
         affinity: Counts::default(),
         anti: Counts::default(),
     };
-    for node in &cache.nodes {
+    for node in cache.nodes.iter().filter(|n| !n.pods.is_empty()) {
         if node.with_required_anti > 0 {
-            for e in &node.pods {
-                s.count_existing_anti(pod, e, node, 1);
-            }
+            s.count_existing_anti_on(pod, node);
         }
         if own {
-            for e in &node.pods {
-                s.count_own(e, node, 1);
-            }
+            s.count_own_on(node);
         }
     }
     Some(s)
@@ -253,6 +249,54 @@ impl FilterState {
         for t in e.terms.iter().flat_map(|t| &t.required_anti) {
             if t.matches(pod, &self.ns_labels) {
                 self.existing_anti.bump(&t.key, node, delta);
+            }
+        }
+    }
+
+    /// `count_existing_anti` for every pod on `node`, counted per node first (a count is a
+    /// label lookup and two hash lookups; a node holds many matching pods).
+    fn count_existing_anti_on(&mut self, pod: &PodInfo, node: &NodeInfo) {
+        let mut per_key: Vec<(&str, i64)> = Vec::new();
+        for e in &node.pods {
+            for t in e.terms.iter().flat_map(|t| &t.required_anti) {
+                if t.matches(pod, &self.ns_labels) {
+                    match per_key.iter_mut().find(|(k, _)| *k == t.key) {
+                        Some(slot) => slot.1 += 1,
+                        None => per_key.push((&t.key, 1)),
+                    }
+                }
+            }
+        }
+        for (k, n) in per_key {
+            self.existing_anti.bump(k, node, n);
+        }
+    }
+
+    /// `count_own` for every pod on `node`, counted per node first.
+    fn count_own_on(&mut self, node: &NodeInfo) {
+        let FilterState {
+            terms,
+            affinity,
+            anti,
+            ..
+        } = self;
+        let aff = &terms.required_affinity;
+        if !aff.is_empty() {
+            let n = node.pods.iter().filter(|e| matches_all(aff, e)).count() as i64;
+            if n > 0 {
+                for t in aff {
+                    affinity.bump(&t.key, node, n);
+                }
+            }
+        }
+        for t in &terms.required_anti {
+            let n = node
+                .pods
+                .iter()
+                .filter(|e| t.matches(e, &NO_LABELS))
+                .count() as i64;
+            if n > 0 {
+                anti.bump(&t.key, node, n);
             }
         }
     }
