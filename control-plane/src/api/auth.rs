@@ -166,6 +166,48 @@ async fn objects(store: &dyn Store, r: &Resource, ns: Option<&str>) -> Vec<Value
         .unwrap_or_default()
 }
 
+/// RBAC objects decoded once per version: every request's authorization reads the bindings
+/// and roles from the store (so several apiservers on one etcd agree at once), and decoding
+/// them all anew was a large part of each request's cost.
+static RBAC_DECODED: std::sync::Mutex<Option<Memo>> = std::sync::Mutex::new(None);
+/// Key → (the version decoded, the object).
+type Memo = std::collections::HashMap<String, (crate::store::Rev, std::sync::Arc<Value>)>;
+/// Entries kept at most; beyond, the memo starts again.
+const RBAC_MEMO: usize = 20_000;
+
+fn decoded(kv: &crate::store::KeyValue) -> Option<std::sync::Arc<Value>> {
+    let mut memo = RBAC_DECODED.lock().expect("rbac memo lock");
+    let memo = memo.get_or_insert_with(Default::default);
+    if let Some((rev, v)) = memo.get(&kv.key) {
+        if *rev == kv.mod_rev {
+            return Some(v.clone());
+        }
+    }
+    let v = std::sync::Arc::new(serde_json::from_slice::<Value>(&kv.value).ok()?);
+    if memo.len() >= RBAC_MEMO {
+        memo.clear();
+    }
+    memo.insert(kv.key.clone(), (kv.mod_rev, v.clone()));
+    Some(v)
+}
+
+/// The bindings (or roles) under `r` in `ns`, decoded through the memo.
+async fn rbac_objects(
+    store: &dyn Store,
+    r: &Resource,
+    ns: Option<&str>,
+) -> Vec<std::sync::Arc<Value>> {
+    let prefix = match ns {
+        Some(ns) => format!("{}{ns}/", r.prefix()),
+        None => r.prefix(),
+    };
+    store
+        .list(&prefix, None)
+        .await
+        .map(|(kvs, _)| kvs.iter().filter_map(decoded).collect())
+        .unwrap_or_default()
+}
+
 async fn role_rules(store: &dyn Store, role_ref: &Value, ns: &str) -> Vec<Value> {
     let name = role_ref["name"].as_str().unwrap_or_default();
     let r = match role_ref["kind"].as_str() {
@@ -174,8 +216,7 @@ async fn role_rules(store: &dyn Store, role_ref: &Value, ns: &str) -> Vec<Value>
     };
     let key = r.key(Some(ns), name);
     match store.get(&key).await {
-        Ok(Some(kv)) => serde_json::from_slice::<Value>(&kv.value)
-            .ok()
+        Ok(Some(kv)) => decoded(&kv)
             .and_then(|v| v["rules"].as_array().cloned())
             .unwrap_or_default(),
         _ => vec![],
@@ -188,7 +229,7 @@ pub async fn authorize(store: &dyn Store, user: &User, a: &Attributes) -> Option
     if let Some(reason) = node_authorize(store, user, a).await {
         return Some(reason);
     }
-    for b in objects(store, &resources::CLUSTERROLEBINDINGS, None).await {
+    for b in rbac_objects(store, &resources::CLUSTERROLEBINDINGS, None).await {
         if !b["subjects"]
             .as_array()
             .into_iter()
@@ -209,7 +250,7 @@ pub async fn authorize(store: &dyn Store, user: &User, a: &Attributes) -> Option
     }
     if let Attributes::Resource { namespace, .. } = a {
         if !namespace.is_empty() {
-            for b in objects(store, &resources::ROLEBINDINGS, Some(namespace)).await {
+            for b in rbac_objects(store, &resources::ROLEBINDINGS, Some(namespace)).await {
                 if !b["subjects"]
                     .as_array()
                     .into_iter()
