@@ -2,7 +2,9 @@
 //! and existing pods' anti-affinity against it), preferred terms and existing pods' terms
 //! score, as kube-scheduler counts them per topology pair.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 
 use k8s_openapi::api::core::v1::{Pod, PodAffinityTerm};
 use k8s_rules::labels::{Requirement, Selector};
@@ -160,7 +162,7 @@ impl PodTerms {
 /// Counts per topology pair: label key → value → count (no zero entries), looked up by
 /// borrowed strings on every node filtered.
 #[derive(Debug, Clone, Default)]
-struct Counts(HashMap<String, HashMap<String, i64>>);
+struct Counts(FxHashMap<String, FxHashMap<String, i64>>);
 
 impl Counts {
     /// Adds `delta` at (`key`, the node's value of it), when the node has the label.

@@ -3,7 +3,9 @@
 //! `ScheduleAnyway` ones score, with the system default constraints (hostname skew 3, zone
 //! skew 5, selected by the Services and controllers owning the pod) for pods stating none.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+
+use rustc_hash::FxHashMap;
 
 use k8s_openapi::api::core::v1::TopologySpreadConstraint;
 use k8s_rules::labels::{Requirement, Selector};
@@ -156,7 +158,7 @@ fn constraints(
 #[derive(Debug, Clone)]
 pub struct FilterState {
     constraints: Vec<Constraint>,
-    counts: Vec<HashMap<String, i64>>,
+    counts: Vec<FxHashMap<String, i64>>,
     min: Vec<i64>,
 }
 
@@ -170,7 +172,7 @@ pub fn prefilter(
     if constraints.is_empty() {
         return None;
     }
-    let mut counts = vec![HashMap::new(); constraints.len()];
+    let mut counts = vec![FxHashMap::default(); constraints.len()];
     for node in &cache.nodes {
         if !has_keys(node, &constraints) {
             continue;
@@ -291,7 +293,7 @@ pub fn scores(
             ((size + 2) as f64).ln()
         })
         .collect();
-    let mut counts: Vec<HashMap<&str, i64>> = values
+    let mut counts: Vec<FxHashMap<&str, i64>> = values
         .iter()
         .map(|vs| vs.iter().map(|v| (*v, 0)).collect())
         .collect();
