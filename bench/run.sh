@@ -16,3 +16,4 @@ python3 bench/controllers.py --podlet target/release/podlet
 python3 bench/overlay.py --podlet target/release/podlet
 python3 bench/dns.py --podlet target/release/podlet
 python3 bench/services.py --podlet target/release/podlet
+python3 bench/scheduler.py --podlet target/release/podlet --nodes 5000 --pods 1000
