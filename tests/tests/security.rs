@@ -126,7 +126,7 @@ fn apparmor_follows_the_kernel() {
         assert_eq!(aa["status"]["reason"], "AppArmor");
         assert_eq!(
             aa["status"]["message"],
-            "Cannot enforce AppArmor: AppArmor is not enabled on the host"
+            "Pod was rejected: Cannot enforce AppArmor: AppArmor is not enabled on the host"
         );
     }
 }
