@@ -260,6 +260,11 @@ fn removing_the_manifest_leaves_nothing_behind() {
     node.wait_for("processes to exit", Duration::from_secs(5), || {
         pids.iter().all(|p| !alive(*p)).then_some(())
     });
+    // The pod leaves the node's list before its directories go (a pod whose run dir is gone
+    // is never reported): the last removals follow within moments.
+    node.wait_for("the pod's logs removed", Duration::from_secs(5), || {
+        (std::fs::read_dir(node.path("logs")).ok()?.count() == 0).then_some(())
+    });
     assert_eq!(node.mounts_below(&node.path("root")), Vec::<String>::new());
     assert_eq!(
         node.cgroups_matching(&uid),
