@@ -80,7 +80,8 @@ EOF
 apparmor_parser -r /etc/apparmor.d/podlet-lab-test
 SH
 profiles=$(on "$node" <<<'cat /sys/kernel/security/apparmor/profiles')
-echo "$profiles" | grep -qx 'podlet-default (enforce)' || fail "podlet-default not loaded on $node: $profiles"
+# (ssh may end lines with CR.)
+echo "$profiles" | tr -d '\r' | grep -qx 'podlet-default (enforce)' || fail "podlet-default not loaded on $node: $profiles"
 aa() { # aa NAME APPARMOR-PROFILE: CAP_SYS_ADMIN and no seccomp, so AppArmor alone refuses
   pod "$1" "    securityContext:
       appArmorProfile: $2
