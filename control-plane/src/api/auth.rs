@@ -150,11 +150,16 @@ fn subject_matches(s: &Value, user: &User, binding_ns: &str) -> bool {
     }
 }
 
-async fn objects(store: &dyn Store, r: &Resource, ns: Option<&str>) -> Vec<Value> {
-    let prefix = match ns {
+/// Where `r`'s objects in `ns` (or all of them) are kept.
+fn prefix_of(r: &Resource, ns: Option<&str>) -> String {
+    match ns {
         Some(ns) => format!("{}{ns}/", r.prefix()),
         None => r.prefix(),
-    };
+    }
+}
+
+async fn objects(store: &dyn Store, r: &Resource, ns: Option<&str>) -> Vec<Value> {
+    let prefix = prefix_of(r, ns);
     store
         .list(&prefix, None)
         .await
@@ -197,10 +202,7 @@ async fn rbac_objects(
     r: &Resource,
     ns: Option<&str>,
 ) -> Vec<std::sync::Arc<Value>> {
-    let prefix = match ns {
-        Some(ns) => format!("{}{ns}/", r.prefix()),
-        None => r.prefix(),
-    };
+    let prefix = prefix_of(r, ns);
     store
         .list(&prefix, None)
         .await
