@@ -4,6 +4,7 @@
 //! network, manifest ← pod ← cluster, metrics, stream ← server, cli ← main); `agent/README.md`
 //! explains the layers and `agent/tests/layering.rs` keeps them.
 
+mod alloc;
 mod cli;
 mod cluster;
 mod config;
@@ -33,6 +34,9 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use config::{Config, PathFlags, Settings};
+
+#[global_allocator]
+static GLOBAL: alloc::Allocator = alloc::Allocator;
 
 #[derive(Parser)]
 #[command(

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 /// From the bottom up: a module may use modules of lower layers only. `main` is the crate root.
 const LAYERS: &[&[&str]] = &[
     &["util", "sys", "logs", "testns"],
-    &["config"],
+    &["config", "alloc"],
     &[
         "eviction", "imagegc", "network", "manifest", "services", "netpol",
     ],
