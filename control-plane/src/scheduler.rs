@@ -12,6 +12,7 @@ pub mod config;
 mod cycle;
 mod listers;
 mod plugins;
+mod podgroups;
 mod preemption;
 mod queue;
 #[cfg(test)]
@@ -280,6 +281,7 @@ impl Scheduler {
             self.queue.remove(&pod.uid);
             return;
         };
+        self.cache.track_keys(&pod);
         let decision = self.algo.schedule(
             profile,
             cfg.percentage_of_nodes_to_score,

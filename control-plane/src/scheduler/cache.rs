@@ -1,7 +1,7 @@
 //! What the scheduler knows of the cluster (kube-scheduler's cache and `NodeInfo`): per node,
 //! its pods (bound, and assumed: placed by this scheduler, binding under way), their summed
 //! requests (plain and with the non-zero defaults the scores use), host ports in use, images
-//! and how many of its pods carry inter-pod affinity terms. Kept up to date from the watches
+//! and the placed pods grouped for inter-pod affinity (`podgroups`). Kept up to date from the watches
 //! between scheduling cycles, so a cycle reads it without copying.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -12,6 +12,7 @@ use k8s_rules::quantity::Milli;
 use k8s_rules::resources::{pod_request, pod_request_nonzero};
 
 use super::plugins::affinity::PodTerms;
+use super::podgroups::{term_keys, NodeLabels, PodGroups};
 
 static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
 
@@ -227,9 +228,6 @@ pub struct NodeInfo {
     pub used_ports: Vec<HostPort>,
     /// Image name → size in bytes, from `status.images`.
     pub images: HashMap<String, i64>,
-    /// Pods here with any inter-pod affinity term, and with required anti-affinity.
-    pub with_affinity: usize,
-    pub with_required_anti: usize,
 }
 
 impl NodeInfo {
@@ -259,8 +257,6 @@ impl NodeInfo {
             pods: Vec::new(),
             used_ports: Vec::new(),
             images,
-            with_affinity: 0,
-            with_required_anti: 0,
         }
     }
 
@@ -289,10 +285,6 @@ impl NodeInfo {
         self.nonzero[0] += p.nonzero[0];
         self.nonzero[1] += p.nonzero[1];
         self.used_ports.extend(p.host_ports.iter().cloned());
-        if let Some(t) = &p.terms {
-            self.with_affinity += 1;
-            self.with_required_anti += usize::from(!t.required_anti.is_empty());
-        }
         self.pods.push(p);
     }
 
@@ -306,10 +298,6 @@ impl NodeInfo {
             if let Some(j) = self.used_ports.iter().position(|u| u == hp) {
                 self.used_ports.swap_remove(j);
             }
-        }
-        if let Some(t) = &p.terms {
-            self.with_affinity -= 1;
-            self.with_required_anti -= usize::from(!t.required_anti.is_empty());
         }
         Some(p)
     }
@@ -332,6 +320,26 @@ pub struct Cache {
     pods: HashMap<String, Placed>,
     /// Image name → how many nodes have it.
     pub image_nodes: HashMap<String, usize>,
+    /// The placed pods grouped for inter-pod affinity.
+    pub groups: PodGroups,
+}
+
+/// Node labels by name, borrowed apart from the groups that need them.
+struct Labels<'a> {
+    nodes: &'a [NodeInfo],
+    index: &'a HashMap<String, usize>,
+}
+
+impl NodeLabels for Labels<'_> {
+    fn labels_of(&self, node: &str) -> Option<&BTreeMap<String, String>> {
+        self.index.get(node).map(|&i| self.nodes[i].labels())
+    }
+}
+
+impl NodeLabels for Cache {
+    fn labels_of(&self, node: &str) -> Option<&BTreeMap<String, String>> {
+        self.node(node).map(NodeInfo::labels)
+    }
 }
 
 impl Cache {
@@ -361,6 +369,11 @@ impl Cache {
             Some(&i) => {
                 let old = std::mem::replace(&mut self.nodes[i], info);
                 self.count_images(&old.images, -1);
+                let new = self.nodes[i].labels();
+                if old.labels() != new {
+                    self.groups
+                        .relabel(&old.name, Some(old.labels()), Some(new));
+                }
                 for p in old.pods {
                     self.nodes[i].add_pod(p);
                 }
@@ -369,6 +382,7 @@ impl Cache {
                 for p in self.orphans.remove(&info.name).unwrap_or_default() {
                     info.add_pod(p);
                 }
+                self.groups.relabel(&info.name, None, Some(info.labels()));
                 self.index.insert(info.name.clone(), self.nodes.len());
                 self.nodes.push(info);
             }
@@ -384,6 +398,7 @@ impl Cache {
             self.index.insert(moved.name.clone(), i);
         }
         self.count_images(&old.images, -1);
+        self.groups.relabel(&old.name, Some(old.labels()), None);
         if !old.pods.is_empty() {
             self.orphans.insert(old.name, old.pods);
         }
@@ -393,7 +408,21 @@ impl Cache {
         self.nodes.iter().map(|n| n.name.as_str())
     }
 
+    /// Keeps per-value counts of the topology keys of `p`'s terms from now on.
+    pub fn track_keys(&mut self, p: &PodInfo) {
+        let labels = Labels {
+            nodes: &self.nodes,
+            index: &self.index,
+        };
+        for key in p.terms.iter().flat_map(term_keys) {
+            self.groups.track(key, &labels);
+        }
+    }
+
     fn place(&mut self, node: &str, p: Arc<PodInfo>, assumed: bool) {
+        self.track_keys(&p);
+        let labels = self.index.get(node).map(|&i| self.nodes[i].labels());
+        self.groups.add(&p, node, labels, 1);
         self.pods.insert(
             p.uid.clone(),
             Placed {
@@ -416,6 +445,11 @@ impl Cache {
 
     pub fn remove_pod(&mut self, uid: &str) -> Option<Arc<PodInfo>> {
         let placed = self.pods.remove(uid)?;
+        let labels = self
+            .index
+            .get(&placed.node)
+            .map(|&i| self.nodes[i].labels());
+        self.groups.add(&placed.info, &placed.node, labels, -1);
         match self.node_mut(&placed.node) {
             Some(n) => n.remove_pod(uid),
             None => {

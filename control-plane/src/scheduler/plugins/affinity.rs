@@ -3,6 +3,7 @@
 //! score, as kube-scheduler counts them per topology pair.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
@@ -12,6 +13,7 @@ use k8s_rules::labels::{Requirement, Selector};
 use super::{Code, Plugin, Rejection};
 use crate::scheduler::cache::{Cache, NodeInfo, PodInfo};
 use crate::scheduler::listers::Listers;
+use crate::scheduler::podgroups::{Held, ValueCounts};
 
 /// `InterPodAffinityArgs`.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,7 +32,7 @@ impl Default for AffinityArgs {
 }
 
 /// One affinity term, its namespaces resolved as upstream's `AffinityTerm`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Term {
     /// A handful of names at most: a list compares faster than a hash set hashes.
     namespaces: Vec<String>,
@@ -76,8 +78,18 @@ impl Term {
 
     /// Whether `pod` (whose namespace has `ns_labels`) is what the term selects.
     fn matches(&self, pod: &PodInfo, ns_labels: &BTreeMap<String, String>) -> bool {
-        (self.namespaces.contains(&pod.namespace) || self.ns_selector.matches(ns_labels))
-            && self.selector.matches(pod.labels())
+        self.selects(&pod.namespace, pod.labels(), ns_labels)
+    }
+
+    /// Whether pods in `namespace` (labelled `ns_labels`) with `labels` are what it selects.
+    fn selects(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+        ns_labels: &BTreeMap<String, String>,
+    ) -> bool {
+        (self.namespaces.iter().any(|n| n == namespace) || self.ns_selector.matches(ns_labels))
+            && self.selector.matches(labels)
     }
 
     /// The namespace selector turned into names (the incoming pod's terms are matched against
@@ -203,14 +215,49 @@ impl Counts {
 
 static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
 
+/// Counts per topology pair as the sum of matching groups' counts (shared with the cache,
+/// not copied) and of the pods this cycle adds or removes (nominated pods, victims).
+#[derive(Debug, Clone, Default)]
+struct Sums {
+    parts: Vec<(String, Arc<ValueCounts>)>,
+    delta: Counts,
+}
+
+impl Sums {
+    fn get(&self, key: &str, value: &str) -> i64 {
+        self.delta.get(key, value)
+            + self
+                .parts
+                .iter()
+                .filter(|(k, _)| k == key)
+                .filter_map(|(_, c)| c.get(value))
+                .sum::<i64>()
+    }
+
+    /// No pair counts anything (a removal may cancel a group's count).
+    fn is_empty(&self) -> bool {
+        let pairs = self
+            .parts
+            .iter()
+            .flat_map(|(k, c)| c.keys().map(move |v| (k.as_str(), v.as_str())))
+            .chain(
+                self.delta
+                    .0
+                    .iter()
+                    .flat_map(|(k, vs)| vs.keys().map(move |v| (k.as_str(), v.as_str()))),
+            );
+        pairs.into_iter().all(|(k, v)| self.get(k, v) == 0)
+    }
+}
+
 /// PreFilter's counts per topology pair.
 #[derive(Debug, Clone)]
 pub struct FilterState {
     terms: PodTerms,
     ns_labels: BTreeMap<String, String>,
-    existing_anti: Counts,
-    affinity: Counts,
-    anti: Counts,
+    existing_anti: Sums,
+    affinity: Sums,
+    anti: Sums,
 }
 
 fn matches_all(terms: &[Term], pod: &PodInfo) -> bool {
@@ -224,23 +271,39 @@ pub fn prefilter(pod: &PodInfo, cache: &Cache, listers: &Listers) -> Option<Filt
         .map(|t| t.resolved(listers))
         .unwrap_or_default();
     let own = !terms.required_affinity.is_empty() || !terms.required_anti.is_empty();
-    let any_anti = cache.nodes.iter().any(|n| n.with_required_anti > 0);
+    let any_anti = cache.groups.holds(Held::RequiredAnti);
     if !own && !any_anti {
         return None;
     }
     let mut s = FilterState {
         ns_labels: listers.namespace_labels(&pod.namespace),
         terms,
-        existing_anti: Counts::default(),
-        affinity: Counts::default(),
-        anti: Counts::default(),
+        existing_anti: Sums::default(),
+        affinity: Sums::default(),
+        anti: Sums::default(),
     };
-    for node in cache.nodes.iter().filter(|n| !n.pods.is_empty()) {
-        if node.with_required_anti > 0 {
-            s.count_existing_anti_on(pod, node);
+    for ((held, t), g) in &cache.groups.by_term {
+        if *held == Held::RequiredAnti && t.matches(pod, &s.ns_labels) {
+            s.existing_anti
+                .parts
+                .push((t.key.clone(), g.topo(&t.key, cache)));
         }
-        if own {
-            s.count_own_on(node);
+    }
+    if own {
+        let (aff, anti) = (&s.terms.required_affinity, &s.terms.required_anti);
+        for ((ns, labels), g) in &cache.groups.by_labels {
+            if !aff.is_empty() && aff.iter().all(|t| t.selects(ns, labels, &NO_LABELS)) {
+                for t in aff {
+                    s.affinity
+                        .parts
+                        .push((t.key.clone(), g.topo(&t.key, cache)));
+                }
+            }
+            for t in anti {
+                if t.selects(ns, labels, &NO_LABELS) {
+                    s.anti.parts.push((t.key.clone(), g.topo(&t.key, cache)));
+                }
+            }
         }
     }
     Some(s)
@@ -250,55 +313,7 @@ impl FilterState {
     fn count_existing_anti(&mut self, pod: &PodInfo, e: &PodInfo, node: &NodeInfo, delta: i64) {
         for t in e.terms.iter().flat_map(|t| &t.required_anti) {
             if t.matches(pod, &self.ns_labels) {
-                self.existing_anti.bump(&t.key, node, delta);
-            }
-        }
-    }
-
-    /// `count_existing_anti` for every pod on `node`, counted per node first (a count is a
-    /// label lookup and two hash lookups; a node holds many matching pods).
-    fn count_existing_anti_on(&mut self, pod: &PodInfo, node: &NodeInfo) {
-        let mut per_key: Vec<(&str, i64)> = Vec::new();
-        for e in &node.pods {
-            for t in e.terms.iter().flat_map(|t| &t.required_anti) {
-                if t.matches(pod, &self.ns_labels) {
-                    match per_key.iter_mut().find(|(k, _)| *k == t.key) {
-                        Some(slot) => slot.1 += 1,
-                        None => per_key.push((&t.key, 1)),
-                    }
-                }
-            }
-        }
-        for (k, n) in per_key {
-            self.existing_anti.bump(k, node, n);
-        }
-    }
-
-    /// `count_own` for every pod on `node`, counted per node first.
-    fn count_own_on(&mut self, node: &NodeInfo) {
-        let FilterState {
-            terms,
-            affinity,
-            anti,
-            ..
-        } = self;
-        let aff = &terms.required_affinity;
-        if !aff.is_empty() {
-            let n = node.pods.iter().filter(|e| matches_all(aff, e)).count() as i64;
-            if n > 0 {
-                for t in aff {
-                    affinity.bump(&t.key, node, n);
-                }
-            }
-        }
-        for t in &terms.required_anti {
-            let n = node
-                .pods
-                .iter()
-                .filter(|e| t.matches(e, &NO_LABELS))
-                .count() as i64;
-            if n > 0 {
-                anti.bump(&t.key, node, n);
+                self.existing_anti.delta.bump(&t.key, node, delta);
             }
         }
     }
@@ -307,12 +322,12 @@ impl FilterState {
         let aff = &self.terms.required_affinity;
         if !aff.is_empty() && matches_all(aff, e) {
             for t in aff {
-                self.affinity.bump(&t.key, node, delta);
+                self.affinity.delta.bump(&t.key, node, delta);
             }
         }
         for t in &self.terms.required_anti {
             if t.matches(e, &NO_LABELS) {
-                self.anti.bump(&t.key, node, delta);
+                self.anti.delta.bump(&t.key, node, delta);
             }
         }
     }
@@ -351,7 +366,7 @@ impl FilterState {
                 ));
             }
         }
-        if !self.existing_anti.is_empty()
+        if (!self.existing_anti.parts.is_empty() || !self.existing_anti.delta.is_empty())
             && labels.iter().any(|(k, v)| self.existing_anti.get(k, v) > 0)
         {
             return Err(Rejection::new(
@@ -395,59 +410,55 @@ pub fn scores(
     if args.ignore_preferred_terms_of_existing_pods && !constrained {
         return None;
     }
-    if !constrained && cache.nodes.iter().all(|n| n.with_affinity == 0) {
+    let hard = args.hard_pod_affinity_weight;
+    let weight_of = |held: Held, t: &Term| match held {
+        Held::RequiredAffinity if hard > 0 => Some(hard),
+        Held::PreferredAffinity => Some(t.weight),
+        Held::PreferredAnti => Some(-t.weight),
+        _ => None,
+    };
+    let held = cache
+        .groups
+        .by_term
+        .keys()
+        .any(|(h, t)| weight_of(*h, t).is_some());
+    if !constrained && !held {
         return None;
     }
     let ns_labels = listers.namespace_labels(&pod.namespace);
-    let mut topo = Counts::default();
-    let mut add =
-        |t: &Term, who: &PodInfo, ns: &BTreeMap<String, String>, node: &NodeInfo, w: i64| {
-            if t.matches(who, ns) {
-                topo.bump(&t.key, node, w);
-            }
-        };
-    for node in cache
-        .nodes
-        .iter()
-        .filter(|n| constrained || n.with_affinity > 0)
-    {
-        if node.labels().is_empty() {
-            continue;
-        }
-        for e in node
-            .pods
+    // (topology key, counts per value, weight) of every matching group.
+    let mut parts: Vec<(&str, Arc<ValueCounts>, i64)> = Vec::new();
+    if constrained {
+        let own = own
+            .preferred_affinity
             .iter()
-            .filter(|p| constrained || p.terms.is_some())
-        {
-            for t in &own.preferred_affinity {
-                add(t, e, &NO_LABELS, node, t.weight);
-            }
-            for t in &own.preferred_anti {
-                add(t, e, &NO_LABELS, node, -t.weight);
-            }
-            let Some(et) = &e.terms else { continue };
-            if args.hard_pod_affinity_weight > 0 {
-                for t in &et.required_affinity {
-                    add(t, pod, &ns_labels, node, args.hard_pod_affinity_weight);
+            .map(|t| (t, t.weight))
+            .chain(own.preferred_anti.iter().map(|t| (t, -t.weight)));
+        for (t, w) in own {
+            for ((ns, labels), g) in &cache.groups.by_labels {
+                if t.selects(ns, labels, &NO_LABELS) {
+                    parts.push((&t.key, g.topo(&t.key, cache), w));
                 }
-            }
-            for t in &et.preferred_affinity {
-                add(t, pod, &ns_labels, node, t.weight);
-            }
-            for t in &et.preferred_anti {
-                add(t, pod, &ns_labels, node, -t.weight);
             }
         }
     }
-    if topo.is_empty() {
+    for ((h, t), g) in &cache.groups.by_term {
+        if let Some(w) = weight_of(*h, t) {
+            if t.matches(pod, &ns_labels) {
+                parts.push((&t.key, g.topo(&t.key, cache), w));
+            }
+        }
+    }
+    if parts.iter().all(|(_, c, _)| c.is_empty()) {
         return None;
     }
     let raw: Vec<i64> = nodes
         .iter()
         .map(|n| {
-            topo.0
+            let labels = n.labels();
+            parts
                 .iter()
-                .filter_map(|(k, vs)| vs.get(n.labels().get(k)?.as_str()))
+                .filter_map(|(k, c, w)| Some(w * c.get(labels.get(*k)?.as_str())?))
                 .sum()
         })
         .collect();
