@@ -62,52 +62,38 @@ fn mimalloc() -> bool {
     }
 }
 
+/// The allocator this process uses (both are unit structs: nothing to build).
+#[inline]
+fn chosen() -> &'static dyn GlobalAlloc {
+    if mimalloc() {
+        &MiMalloc
+    } else {
+        &System
+    }
+}
+
 // SAFETY: every call goes to one of two allocators that uphold GlobalAlloc's contract, and the
 // choice between them is fixed before the first block is handed out, so a block is always
 // freed or resized by the allocator that made it.
 unsafe impl GlobalAlloc for Allocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded with the caller's layout.
-        unsafe {
-            if mimalloc() {
-                MiMalloc.alloc(layout)
-            } else {
-                System.alloc(layout)
-            }
-        }
+        unsafe { chosen().alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: forwarded with the caller's layout.
-        unsafe {
-            if mimalloc() {
-                MiMalloc.alloc_zeroed(layout)
-            } else {
-                System.alloc_zeroed(layout)
-            }
-        }
+        unsafe { chosen().alloc_zeroed(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: `ptr` came from the same allocator (the choice never changes).
-        unsafe {
-            if mimalloc() {
-                MiMalloc.dealloc(ptr, layout)
-            } else {
-                System.dealloc(ptr, layout)
-            }
-        }
+        unsafe { chosen().dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: `ptr` came from the same allocator (the choice never changes).
-        unsafe {
-            if mimalloc() {
-                MiMalloc.realloc(ptr, layout, new_size)
-            } else {
-                System.realloc(ptr, layout, new_size)
-            }
-        }
+        unsafe { chosen().realloc(ptr, layout, new_size) }
     }
 }
 

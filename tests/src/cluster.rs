@@ -293,6 +293,56 @@ impl Cluster {
         }
     }
 
+    /// Runs kubectl and fails the test when it does.
+    pub fn kubectl_ok(&self, args: &[&str]) {
+        let out = self.kubectl(args);
+        assert_eq!(out.code, 0, "kubectl {args:?}: {}", out.stderr);
+    }
+
+    /// `kubectl apply` of one object; fails the test when it is refused.
+    pub fn apply(&self, obj: &Value) {
+        let out = self.kubectl_stdin(&["apply", "-f", "-"], &obj.to_string());
+        let name = &obj["metadata"]["name"];
+        assert_eq!(out.code, 0, "applying {name}: {}", out.stderr);
+    }
+
+    /// The pods (with their phases, reasons and messages), the events and the end of every
+    /// agent's log: what a timed-out wait on the cluster shows.
+    pub fn diagnostics(&self) -> String {
+        let columns = "custom-columns=NAME:.metadata.name,NODE:.spec.nodeName,\
+                       PHASE:.status.phase,REASON:.status.reason,MESSAGE:.status.message";
+        let pods = self.kubectl(&["get", "pods", "-o", columns]).stdout;
+        let columns = "custom-columns=OBJECT:.involvedObject.name,REASON:.reason,\
+                       FROM:.source.component,REPORTER:.reportingComponent,MESSAGE:.message";
+        let events = self.kubectl(&["get", "events", "-o", columns]).stdout;
+        let mut out = format!("--- pods ---\n{pods}\n--- events ---\n{events}");
+        for (i, n) in self.nodes.iter().enumerate() {
+            let log = n.agent_log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            out += &format!("--- n{} agent log (end) ---\n", i + 1);
+            for l in tail.into_iter().rev() {
+                out += l;
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Polls `f` every 250 ms for 90 s at most (scheduling and admission across nodes); on a
+    /// timeout fails with the cluster's `diagnostics`.
+    pub fn wait_long<T>(&self, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}\n{}", self.diagnostics());
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
     /// The podCIDR of Node `n<i>`: what the node IPAM controller (or `--pod-cidr`) set, or
     /// else 10.244.<i>.0/24, set here as the controller would.
     pub fn assign_pod_cidr(&self, i: usize) -> String {

@@ -4,49 +4,12 @@
 //! removed keeps out a pod that needs it, and a pod bound to a node whose labels do not match
 //! its required node affinity ends Failed with the kubelet's reason and message.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use podlet_e2e::cluster::Cluster;
 use serde_json::{json, Value};
 
 const POOL: &str = "e2e.podlet.dev/pool";
-
-/// Polls `f` (90 s at most); on a timeout shows the pods, events and the agents' logs.
-fn wait<T>(c: &Cluster, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            let columns = "custom-columns=NAME:.metadata.name,NODE:.spec.nodeName,\
-                           PHASE:.status.phase,REASON:.status.reason,MESSAGE:.status.message";
-            let pods = c.kubectl(&["get", "pods", "-o", columns]).stdout;
-            let columns = "custom-columns=OBJECT:.involvedObject.name,REASON:.reason,\
-                           FROM:.source.component,MESSAGE:.message";
-            let events = c.kubectl(&["get", "events", "-o", columns]).stdout;
-            let mut logs = String::new();
-            for (i, n) in c.nodes.iter().enumerate() {
-                let log = n.agent_log();
-                let tail: Vec<&str> = log.lines().rev().take(40).collect();
-                logs += &format!("--- n{} agent log (end) ---\n", i + 1);
-                for l in tail.into_iter().rev() {
-                    logs += l;
-                    logs.push('\n');
-                }
-            }
-            panic!(
-                "timed out waiting for {what}\n--- pods ---\n{pods}\n--- events ---\n{events}{logs}"
-            );
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-fn kubectl_ok(c: &Cluster, args: &[&str]) {
-    let out = c.kubectl(args);
-    assert_eq!(out.code, 0, "kubectl {args:?}: {}", out.stderr);
-}
 
 /// A busybox pod; `extra`'s fields are added to its spec.
 fn create_pod(c: &Cluster, name: &str, extra: Value) {
@@ -57,8 +20,7 @@ fn create_pod(c: &Cluster, name: &str, extra: Value) {
     }
     let pod = json!({"apiVersion": "v1", "kind": "Pod",
                      "metadata": {"name": name, "namespace": "default"}, "spec": spec});
-    let out = c.kubectl_stdin(&["apply", "-f", "-"], &pod.to_string());
-    assert_eq!(out.code, 0, "creating pod {name}: {}", out.stderr);
+    c.apply(&pod);
 }
 
 fn required_pool(pool: &str) -> Value {
@@ -69,7 +31,7 @@ fn required_pool(pool: &str) -> Value {
 
 /// Pod `name` once Failed.
 fn wait_failed(c: &Cluster, name: &str) -> Value {
-    wait(c, &format!("pod {name} Failed"), || {
+    c.wait_long(&format!("pod {name} Failed"), || {
         c.get_json(&["pod", name])
             .filter(|p| p["status"]["phase"] == "Failed")
     })
@@ -85,7 +47,7 @@ fn assert_refused_by_node_affinity(c: &Cluster, p: &Value) {
         "{p}"
     );
     let uid = p["metadata"]["uid"].as_str().unwrap().to_string();
-    let e = wait(c, &format!("the NodeAffinity event about {name}"), || {
+    let e = c.wait_long(&format!("the NodeAffinity event about {name}"), || {
         c.get_json(&["events"])?["items"]
             .as_array()?
             .iter()
@@ -109,7 +71,7 @@ fn admission_uses_the_nodes_labels_as_the_api_has_them() {
         return;
     };
     for i in 1..=2 {
-        wait(&c, &format!("n{i} Ready and untainted"), || {
+        c.wait_long(&format!("n{i} Ready and untainted"), || {
             let n = c.get_json(&["node", &format!("n{i}")])?;
             let untainted = n["spec"]["taints"].as_array().is_none_or(|t| t.is_empty());
             let ready = n["status"]["conditions"]
@@ -119,15 +81,15 @@ fn admission_uses_the_nodes_labels_as_the_api_has_them() {
             (ready && untainted).then_some(())
         });
     }
-    wait(&c, "the default service account", || {
+    c.wait_long("the default service account", || {
         (c.kubectl(&["get", "sa", "default"]).code == 0).then_some(())
     });
 
     // A label set through the API (not --node-labels): the scheduler places the pod that
     // selects it on n2, and n2 admits it.
-    kubectl_ok(&c, &["label", "node", "n2", &format!("{POOL}=blue")]);
+    c.kubectl_ok(&["label", "node", "n2", &format!("{POOL}=blue")]);
     create_pod(&c, "selects-blue", json!({"nodeSelector": {POOL: "blue"}}));
-    let p = wait(&c, "selects-blue Running", || {
+    let p = c.wait_long("selects-blue Running", || {
         c.get_json(&["pod", "selects-blue"])
             .filter(|p| p["status"]["phase"] == "Running")
     });
@@ -144,7 +106,7 @@ fn admission_uses_the_nodes_labels_as_the_api_has_them() {
 
     // The label removed through the API is gone for admission too (not only what was
     // registered counts, nor a union with it).
-    kubectl_ok(&c, &["label", "node", "n2", &format!("{POOL}-")]);
+    c.kubectl_ok(&["label", "node", "n2", &format!("{POOL}-")]);
     create_pod(
         &c,
         "needs-blue-on-n2",
@@ -153,13 +115,13 @@ fn admission_uses_the_nodes_labels_as_the_api_has_them() {
     let p = wait_failed(&c, "needs-blue-on-n2");
     assert_refused_by_node_affinity(&c, &p);
     // Set again, a bound pod that selects it runs (n2 sees the change without a restart).
-    kubectl_ok(&c, &["label", "node", "n2", &format!("{POOL}=green")]);
+    c.kubectl_ok(&["label", "node", "n2", &format!("{POOL}=green")]);
     create_pod(
         &c,
         "selects-green-on-n2",
         json!({"nodeName": "n2", "nodeSelector": {POOL: "green"}}),
     );
-    wait(&c, "selects-green-on-n2 Running", || {
+    c.wait_long("selects-green-on-n2 Running", || {
         c.get_json(&["pod", "selects-green-on-n2"])
             .filter(|p| p["status"]["phase"] == "Running")
     });

@@ -68,50 +68,6 @@ fn deployment(name: &str, replicas: u32, spec: Value) -> Value {
                     "template": {"metadata": {"labels": {"app": name}}, "spec": spec}}})
 }
 
-fn apply(c: &Cluster, obj: &Value) {
-    let out = c.kubectl_stdin(&["apply", "-f", "-"], &obj.to_string());
-    assert_eq!(
-        out.code, 0,
-        "applying {}: {}",
-        obj["metadata"]["name"], out.stderr
-    );
-}
-
-fn kubectl_ok(c: &Cluster, args: &[&str]) {
-    let out = c.kubectl(args);
-    assert_eq!(out.code, 0, "kubectl {args:?}: {}", out.stderr);
-}
-
-/// Polls `f` (90 s at most); on a timeout shows the pods and events.
-fn wait<T>(c: &Cluster, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            let pods = c.kubectl(&["get", "pods", "-o", "wide"]).stdout;
-            let columns = "custom-columns=OBJECT:.involvedObject.name,REASON:.reason,\
-                           FROM:.reportingComponent,MESSAGE:.message";
-            let events = c.kubectl(&["get", "events", "-o", columns]).stdout;
-            let mut logs = String::new();
-            for (i, n) in c.nodes.iter().enumerate() {
-                let log = n.agent_log();
-                let tail: Vec<&str> = log.lines().rev().take(40).collect();
-                logs += &format!("--- n{} agent log (end) ---\n", i + 1);
-                for l in tail.into_iter().rev() {
-                    logs += l;
-                    logs.push('\n');
-                }
-            }
-            panic!(
-                "timed out waiting for {what}\n--- pods ---\n{pods}\n--- events ---\n{events}{logs}"
-            );
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
 /// The pods (not being deleted) that `selector` picks.
 fn pods(c: &Cluster, selector: &str) -> Vec<Value> {
     c.get_json(&["pods", "-l", selector])
@@ -147,7 +103,7 @@ fn condition<'a>(obj: &'a Value, ty: &str) -> &'a Value {
 
 /// Pod `name` once Running; returns its node.
 fn wait_running(c: &Cluster, name: &str) -> String {
-    let p = wait(c, &format!("pod {name} Running"), || {
+    let p = c.wait_long(&format!("pod {name} Running"), || {
         c.get_json(&["pod", name]).filter(running)
     });
     node_of(&p).unwrap().to_string()
@@ -155,7 +111,7 @@ fn wait_running(c: &Cluster, name: &str) -> String {
 
 /// Pod `name` once it is Pending with `PodScheduled=False` (Unschedulable); returns it.
 fn wait_unschedulable(c: &Cluster, name: &str) -> Value {
-    wait(c, &format!("pod {name} Unschedulable"), || {
+    c.wait_long(&format!("pod {name} Unschedulable"), || {
         c.get_json(&["pod", name]).filter(|p| {
             let s = condition(p, "PodScheduled");
             s["status"] == "False" && s["reason"] == "Unschedulable"
@@ -185,7 +141,7 @@ fn reporter(e: &Value) -> &str {
 /// Waits for an event `reason` about `pod` whose message is `message`; returns it.
 fn wait_event(c: &Cluster, pod: &Value, reason: &str, message: &str) -> Value {
     let what = format!("event {reason} {message:?} about {}", name_of(pod));
-    wait(c, &what, || {
+    c.wait_long(&what, || {
         events_about(c, uid_of(pod))
             .into_iter()
             .find(|e| e["reason"] == reason && e["message"] == message)
@@ -196,7 +152,7 @@ fn delete(c: &Cluster, what: &[&str]) {
     let mut args = vec!["delete"];
     args.extend_from_slice(what);
     args.push("--wait=false");
-    kubectl_ok(c, &args);
+    c.kubectl_ok(&args);
 }
 
 /// Quantity of cpu → millicores ("2", "1900m", "1.5").
@@ -228,27 +184,24 @@ fn the_scheduler_places_pods_as_kube_scheduler_does() {
     };
     let started = Instant::now();
     for i in 1..=3 {
-        wait(&c, &format!("n{i} Ready and untainted"), || {
+        c.wait_long(&format!("n{i} Ready and untainted"), || {
             let n = c.get_json(&["node", &format!("n{i}")])?;
             let untainted = n["spec"]["taints"].as_array().is_none_or(|t| t.is_empty());
             (condition(&n, "Ready")["status"] == "True" && untainted).then_some(())
         });
     }
-    wait(&c, "the default service account", || {
+    c.wait_long("the default service account", || {
         (c.kubectl(&["get", "sa", "default"]).code == 0).then_some(())
     });
     // n2 last: once a pod lands on n2 by its zone, the scheduler has seen every zone label
     // (one watch of Nodes delivers the changes in order).
     for i in [3, 1, 2] {
-        kubectl_ok(
-            &c,
-            &[
-                "label",
-                "node",
-                &format!("n{i}"),
-                &format!("{ZONE}=zone-{i}"),
-            ],
-        );
+        c.kubectl_ok(&[
+            "label",
+            "node",
+            &format!("n{i}"),
+            &format!("{ZONE}=zone-{i}"),
+        ]);
     }
 
     anti_affinity(&c);
@@ -256,7 +209,7 @@ fn the_scheduler_places_pods_as_kube_scheduler_does() {
     topology_spread(&c);
     taints(&c);
     // What follows counts requests: the pods of the steps before are gone first.
-    wait(&c, "the pods of the steps before gone", || {
+    c.wait_long("the pods of the steps before gone", || {
         let all = c.get_json(&["pods"])?;
         all["items"].as_array()?.is_empty().then_some(())
     });
@@ -272,11 +225,12 @@ fn the_scheduler_places_pods_as_kube_scheduler_does() {
 fn anti_affinity(c: &Cluster) {
     let anti = json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
         "labelSelector": {"matchLabels": {"app": "one-per-node"}}, "topologyKey": HOSTNAME}]}});
-    apply(
-        c,
-        &deployment("one-per-node", 4, spec(json!({"affinity": anti}))),
-    );
-    let (placed, pending) = wait(c, "3 pods Running and 1 Unschedulable", || {
+    c.apply(&deployment(
+        "one-per-node",
+        4,
+        spec(json!({"affinity": anti})),
+    ));
+    let (placed, pending) = c.wait_long("3 pods Running and 1 Unschedulable", || {
         let all = pods(c, "app=one-per-node");
         let (placed, pending): (Vec<Value>, Vec<Value>) =
             all.into_iter().partition(|p| node_of(p).is_some());
@@ -325,7 +279,7 @@ fn node_affinity(c: &Cluster) {
         json!({"step": "affinity"}),
         spec(json!({"affinity": required})),
     );
-    apply(c, &p);
+    c.apply(&p);
     // Running there: the agent admits by the Node's labels as the API has them.
     assert_eq!(wait_running(c, "required-zone-2"), "n2");
     let p = c.get_json(&["pod", "required-zone-2"]).unwrap();
@@ -337,29 +291,23 @@ fn node_affinity(c: &Cluster) {
     );
     let preferred = json!({"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
         {"weight": 100, "preference": zone_term("zone-3")}]}});
-    apply(
-        c,
-        &pod(
-            "preferred-zone-3",
-            json!({"step": "affinity"}),
-            spec(json!({"affinity": preferred})),
-        ),
-    );
+    c.apply(&pod(
+        "preferred-zone-3",
+        json!({"step": "affinity"}),
+        spec(json!({"affinity": preferred})),
+    ));
     assert_eq!(wait_running(c, "preferred-zone-3"), "n3");
     delete(c, &["pods", "-l", "step=affinity"]);
 }
 
 /// maxSkew 1 over zones, DoNotSchedule: 6 replicas are 2 per zone.
 fn topology_spread(c: &Cluster) {
-    apply(
-        c,
-        &deployment(
-            "zonal",
-            6,
-            spec(json!({"topologySpreadConstraints": spread_over_zones("zonal")})),
-        ),
-    );
-    let placed = wait(c, "6 zonal pods Running", || {
+    c.apply(&deployment(
+        "zonal",
+        6,
+        spec(json!({"topologySpreadConstraints": spread_over_zones("zonal")})),
+    ));
+    let placed = c.wait_long("6 zonal pods Running", || {
         let all = pods(c, "app=zonal");
         (all.len() == 6 && all.iter().all(running)).then_some(all)
     });
@@ -377,11 +325,11 @@ fn topology_spread(c: &Cluster) {
 /// n3 tainted dedicated=db:NoSchedule: only pods that tolerate it land there; without the
 /// taint the others follow.
 fn taints(c: &Cluster) {
-    kubectl_ok(c, &["taint", "node", "n3", "dedicated=db:NoSchedule"]);
+    c.kubectl_ok(&["taint", "node", "n3", "dedicated=db:NoSchedule"]);
     // A label set after the taint, as the key of a DoNotSchedule spread constraint: nodes
     // without the key are filtered out, so the pod lands on n3 only once the scheduler has
     // seen the label, and with it the taint (one watch of Nodes, in order).
-    kubectl_ok(c, &["label", "node", "n3", "e2e-after-taint=n3"]);
+    c.kubectl_ok(&["label", "node", "n3", "e2e-after-taint=n3"]);
     let tolerating = spec(json!({
         "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "db",
                          "effect": "NoSchedule"}],
@@ -389,10 +337,7 @@ fn taints(c: &Cluster) {
             "whenUnsatisfiable": "DoNotSchedule",
             "labelSelector": {"matchLabels": {"step": "taints"}}}],
     }));
-    apply(
-        c,
-        &pod("tolerates-db", json!({"step": "taints"}), tolerating),
-    );
+    c.apply(&pod("tolerates-db", json!({"step": "taints"}), tolerating));
     assert_eq!(wait_running(c, "tolerates-db"), "n3");
 
     let msg = "0/3 nodes are available: 1 node(s) had untolerated taint {dedicated: db}, \
@@ -400,7 +345,7 @@ fn taints(c: &Cluster) {
                available: 3 Preemption is not helpful for scheduling.";
     let on_n3 = spec(json!({"nodeSelector": {HOSTNAME: "n3"}}));
     for name in ["untolerating-a", "untolerating-b"] {
-        apply(c, &pod(name, json!({"step": "taints"}), on_n3.clone()));
+        c.apply(&pod(name, json!({"step": "taints"}), on_n3.clone()));
     }
     for name in ["untolerating-a", "untolerating-b"] {
         let p = wait_unschedulable(c, name);
@@ -418,15 +363,12 @@ fn taints(c: &Cluster) {
 
     // Spread over zones with zone-3 out of reach (tainted nodes still count as a domain):
     // a pod in zone-1 and in zone-2, the third waits.
-    apply(
-        c,
-        &deployment(
-            "zonal-b",
-            3,
-            spec(json!({"topologySpreadConstraints": spread_over_zones("zonal-b")})),
-        ),
-    );
-    let (placed, pending) = wait(c, "2 zonal-b pods Running, 1 Unschedulable", || {
+    c.apply(&deployment(
+        "zonal-b",
+        3,
+        spec(json!({"topologySpreadConstraints": spread_over_zones("zonal-b")})),
+    ));
+    let (placed, pending) = c.wait_long("2 zonal-b pods Running, 1 Unschedulable", || {
         let (placed, pending): (Vec<Value>, Vec<Value>) = pods(c, "app=zonal-b")
             .into_iter()
             .partition(|p| node_of(p).is_some());
@@ -450,7 +392,7 @@ fn taints(c: &Cluster) {
     wait_event(c, &pending, "FailedScheduling", msg);
 
     // Untainted: the waiting pods are tried again and land on n3.
-    kubectl_ok(c, &["taint", "node", "n3", "dedicated=db:NoSchedule-"]);
+    c.kubectl_ok(&["taint", "node", "n3", "dedicated=db:NoSchedule-"]);
     for name in ["untolerating-a", "untolerating-b"] {
         assert_eq!(wait_running(c, name), "n3");
     }
@@ -465,7 +407,7 @@ fn taints(c: &Cluster) {
 fn preemption(c: &Cluster) -> Value {
     let pc = json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
                     "metadata": {"name": "high"}, "value": 1000});
-    apply(c, &pc);
+    c.apply(&pc);
     let n2 = c.get_json(&["node", "n2"]).unwrap();
     let allocatable = millicores(n2["status"]["allocatable"]["cpu"].as_str().unwrap());
     let request = format!("{}m", allocatable * 8 / 10);
@@ -478,10 +420,7 @@ fn preemption(c: &Cluster) -> Value {
         pod(name, json!({"step": "preemption"}), s)
     };
     // `sleep` as PID 1 ignores SIGTERM: the victim takes its whole grace period to go.
-    apply(
-        c,
-        &filling("low", json!({"terminationGracePeriodSeconds": 3})),
-    );
+    c.apply(&filling("low", json!({"terminationGracePeriodSeconds": 3})));
     assert_eq!(wait_running(c, "low"), "n2");
     let low = c.get_json(&["pod", "low"]).unwrap();
 
@@ -507,22 +446,22 @@ fn preemption(c: &Cluster) -> Value {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait(c, "the watch's first event", || {
+    c.wait_long("the watch's first event", || {
         std::fs::read_to_string(&log)
             .ok()?
             .contains("\"low\"")
             .then_some(())
     });
-    apply(c, &filling("high", json!({"priorityClassName": "high"})));
+    c.apply(&filling("high", json!({"priorityClassName": "high"})));
     assert_eq!(wait_running(c, "high"), "n2");
-    wait(c, "the victim gone", || {
+    c.wait_long("the victim gone", || {
         let out = c.kubectl(&["get", "pod", "low"]);
         (out.code != 0 && out.stderr.contains("NotFound")).then_some(())
     });
     let high = c.get_json(&["pod", "high"]).unwrap();
     assert_eq!(high["spec"]["priority"], 1000, "{high}");
     // The DELETED of the victim ends the story the watch tells.
-    wait(c, "the watch to see the victim deleted", || {
+    c.wait_long("the watch to see the victim deleted", || {
         std::fs::read_to_string(&log)
             .ok()?
             .contains("\"DELETED\"")
@@ -616,28 +555,23 @@ fn profiles(c: &Cluster, preemptor: &Value) {
         s
     };
     // First: had a profile taken it, the later pods would find it placed.
-    apply(
-        c,
-        &pod(
-            "unclaimed",
-            json!({"step": "profiles"}),
-            small("someone-else"),
-        ),
-    );
+    c.apply(&pod(
+        "unclaimed",
+        json!({"step": "profiles"}),
+        small("someone-else"),
+    ));
     for name in ["packed-1", "packed-2"] {
-        apply(
-            c,
-            &pod(name, json!({"step": "profiles"}), small("bin-packing")),
-        );
-    }
-    apply(
-        c,
-        &pod(
-            "spread-out",
+        c.apply(&pod(
+            name,
             json!({"step": "profiles"}),
-            small("default-scheduler"),
-        ),
-    );
+            small("bin-packing"),
+        ));
+    }
+    c.apply(&pod(
+        "spread-out",
+        json!({"step": "profiles"}),
+        small("default-scheduler"),
+    ));
     let mut packed = Vec::new();
     for name in ["packed-1", "packed-2"] {
         assert_eq!(wait_running(c, name), "n2", "MostAllocated picks n2");

@@ -31,19 +31,20 @@ pub enum Held {
 #[derive(Debug, Default)]
 pub struct Group {
     /// Node name → members bound or assumed there (nodes not seen yet included).
-    per_node: FxHashMap<String, i64>,
+    per_node: ValueCounts,
     /// Tracked topology key → its counts over the nodes seen.
     topo: FxHashMap<String, Arc<ValueCounts>>,
 }
 
-fn bump(counts: &mut ValueCounts, value: &str, delta: i64) {
-    let n = match counts.get_mut(value) {
+/// Adds `delta` at `key`, dropping the entry when it reaches zero.
+fn bump(counts: &mut ValueCounts, key: &str, delta: i64) {
+    let n = match counts.get_mut(key) {
         Some(n) => n,
-        None => counts.entry(value.to_string()).or_insert(0),
+        None => counts.entry(key.to_string()).or_insert(0),
     };
     *n += delta;
     if *n == 0 {
-        counts.remove(value);
+        counts.remove(key);
     }
 }
 
@@ -54,11 +55,7 @@ pub trait NodeLabels {
 
 impl Group {
     fn add(&mut self, node: &str, labels: Option<&BTreeMap<String, String>>, delta: i64) {
-        let n = self.per_node.entry(node.to_string()).or_insert(0);
-        *n += delta;
-        if *n == 0 {
-            self.per_node.remove(node);
-        }
+        bump(&mut self.per_node, node, delta);
         let Some(labels) = labels else { return };
         for (key, counts) in &mut self.topo {
             if let Some(v) = labels.get(key) {
@@ -158,7 +155,7 @@ impl PodGroups {
             }
             Entry::Vacant(e) => e
                 .insert(Group {
-                    per_node: FxHashMap::default(),
+                    per_node: ValueCounts::default(),
                     topo: keys.iter().map(|k| (k.clone(), Arc::default())).collect(),
                 })
                 .add(node, labels, delta),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
-use k8s_openapi::api::core::v1::{Pod, PodAffinityTerm};
+use k8s_openapi::api::core::v1::{Pod, PodAffinityTerm, WeightedPodAffinityTerm};
 use k8s_rules::labels::{Requirement, Selector};
 
 use super::{Code, Plugin, Rejection};
@@ -125,6 +125,12 @@ impl PodTerms {
                 .map(|t| Term::of(pod, t, 1))
                 .collect()
         };
+        let pref = |t: Option<&Vec<WeightedPodAffinityTerm>>| -> Vec<Term> {
+            t.into_iter()
+                .flatten()
+                .map(|w| Term::of(pod, &w.pod_affinity_term, w.weight))
+                .collect()
+        };
         let terms = PodTerms {
             required_affinity: req(aff.and_then(|a| {
                 a.required_during_scheduling_ignored_during_execution
@@ -134,24 +140,14 @@ impl PodTerms {
                 a.required_during_scheduling_ignored_during_execution
                     .as_ref()
             })),
-            preferred_affinity: aff
-                .and_then(|a| {
-                    a.preferred_during_scheduling_ignored_during_execution
-                        .as_ref()
-                })
-                .into_iter()
-                .flatten()
-                .map(|w| Term::of(pod, &w.pod_affinity_term, w.weight))
-                .collect(),
-            preferred_anti: anti
-                .and_then(|a| {
-                    a.preferred_during_scheduling_ignored_during_execution
-                        .as_ref()
-                })
-                .into_iter()
-                .flatten()
-                .map(|w| Term::of(pod, &w.pod_affinity_term, w.weight))
-                .collect(),
+            preferred_affinity: pref(aff.and_then(|a| {
+                a.preferred_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })),
+            preferred_anti: pref(anti.and_then(|a| {
+                a.preferred_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })),
         };
         let empty = terms.required_affinity.is_empty()
             && terms.required_anti.is_empty()
